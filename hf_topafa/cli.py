@@ -10,10 +10,16 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hf_topafa.train", "train an SAE (default: top-AFA on the embedded SmolLM2 model)"),
     "evaluate": ("hf_topafa.evaluate", "reconstruction, sparsity, downstream and AFA diagnostics"),
-    "harvest": ("hf_topafa.harvest", "harvest a language model's activations into an on-disk cache"),
+    "harvest": (
+        "hf_topafa.harvest",
+        "harvest a language model's activations into an on-disk cache",
+    ),
     "convert": ("hf_topafa.convert", "import an SAE saved by SAELens, sparsify, Gemma Scope, ..."),
     "push": ("hf_topafa.hub", "upload a run folder to the Hugging Face Hub with a model card"),
-    "bench": ("hf_topafa.bench", "time the training step against the paper's step and the dense floor"),
+    "bench": (
+        "hf_topafa.bench",
+        "time the training step against the paper's step and the dense floor",
+    ),
 }
 
 
