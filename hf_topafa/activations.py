@@ -95,8 +95,12 @@ def _nearest_prefix(sorted_values: torch.Tensor, target: torch.Tensor) -> torch.
     below = below.squeeze(-1)
     low = below.clamp(min=1, max=m)  # the largest k whose norm is below the target (at least 1)
     high = (below + 1).clamp(max=m)  # the smallest k whose norm reaches the target
-    norm_low = cumulative.gather(-1, (low - 1).unsqueeze(-1)).squeeze(-1)
-    norm_high = cumulative.gather(-1, (high - 1).unsqueeze(-1)).squeeze(-1)
+    norm_low = cumulative.gather(-1, (low - 1).unsqueeze(-1))
+    norm_high = cumulative.gather(-1, (high - 1).unsqueeze(-1))
+    # Zero contributions make plateaus of equal norms: take the first k of a plateau.
+    low = torch.searchsorted(cumulative, norm_low).squeeze(-1) + 1
+    high = torch.searchsorted(cumulative, norm_high).squeeze(-1) + 1
+    norm_low, norm_high = norm_low.squeeze(-1), norm_high.squeeze(-1)
     pick_high = (norm_high - target).abs() < (target - norm_low).abs()
     return torch.where(pick_high, high, low)
 

@@ -1,0 +1,102 @@
+import math
+
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import given, settings
+
+from hf_topafa import SAEConfig, SparseAutoencoder, afa
+
+
+def test_scaled_feature_acts_and_norm():
+    f = torch.tensor([[1.0, 2.0, 0.0]])
+    W_dec = torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0]])  # row norms 5, 2, 1
+    b_dec = torch.tensor([0.0, 3.0])
+    scaled = afa.scaled_feature_acts(f, W_dec, b_dec)
+    assert scaled.tolist() == [[5.0, 4.0, 0.0, 3.0]]
+    assert afa.scaled_feature_norm(f, W_dec, b_dec).item() == pytest.approx(math.sqrt(50))
+    assert afa.scaled_feature_norm(f, W_dec).item() == pytest.approx(math.sqrt(41))
+    assert afa.afa_norm(torch.tensor([[3.0, 4.0]])).item() == 5.0
+
+
+def test_epsilon_lbo_hand_computed():
+    # ||z|| = 5, ||f~|| = 4, h = 11: |25 - 16| / (10 * 16) = 0.05625
+    eps = afa.epsilon_lbo(torch.tensor([5.0]), torch.tensor([4.0]), h=11)
+    assert eps.item() == pytest.approx(9 / 160)
+    zero = afa.epsilon_lbo(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0]), h=3)
+    assert zero.tolist() == [0.0, math.inf]
+    with pytest.raises(ValueError, match="h must be at least 2"):
+        afa.epsilon_lbo(torch.tensor([1.0]), torch.tensor([1.0]), h=1)
+
+
+def test_bounds_and_classification():
+    z = torch.tensor([2.0, 2.0, 2.0, 2.0])
+    lower, upper = afa.zf_bounds(z, 0.5)
+    assert lower[0].item() == pytest.approx(2 / math.sqrt(1.5))
+    assert upper[0].item() == pytest.approx(2 / math.sqrt(0.5))
+    f = torch.tensor([1.0, 2.0, 2.7, 3.0])  # 1.633 and 2.828 are the bounds
+    assert afa.classify_tokens(z, f, 0.5).tolist() == [afa.UNDER, afa.WITHIN, afa.WITHIN, afa.OVER]
+    _, inf_upper = afa.zf_bounds(z, 1.0)
+    assert torch.isinf(inf_upper).all()
+    assert afa.classify_tokens(z, torch.tensor([1.0, 9.0, 99.0, 2.0]), 1.0).tolist() == [
+        afa.UNDER,
+        afa.WITHIN,
+        afa.WITHIN,
+        afa.WITHIN,
+    ]
+    with pytest.raises(ValueError, match="positive"):
+        afa.zf_bounds(z, 0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(d=st.integers(4, 64), h=st.integers(2, 6), seed=st.integers(0, 10_000))
+def test_theorem_holds_for_quasi_orthogonal_codes(d, h, seed):
+    """For unit directions with max |w_i . w_j| = eps, | ||z||^2 - ||f||^2 | <= eps (h-1) ||f||^2."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(h, d, generator=g, dtype=torch.float64)
+    w /= w.norm(dim=-1, keepdim=True)
+    f = torch.randn(h, generator=g, dtype=torch.float64)
+    z = f @ w
+    cos = (w @ w.T).abs()
+    cos.fill_diagonal_(0)
+    eps = cos.max().item()
+    z_norm, f_norm = afa.afa_norm(z), f.norm()
+    assert abs(z_norm**2 - f_norm**2) <= eps * (h - 1) * f_norm**2 + 1e-9
+    # eps_lbo is the smallest eps consistent with the token, so it never exceeds the true eps
+    assert afa.epsilon_lbo(z_norm, f_norm, h).item() <= eps + 1e-9
+    lower, upper = afa.zf_bounds(z_norm, eps * (h - 1) if eps * (h - 1) > 0 else 1e-12)
+    assert lower - 1e-9 <= f_norm <= upper + 1e-9
+
+
+def test_quasi_orthogonality_blocked_matches_dense():
+    torch.manual_seed(0)
+    W = torch.randn(300, 16)
+    unit = W / W.norm(dim=-1, keepdim=True)
+    cos = (unit @ unit.T).abs()
+    cos.fill_diagonal_(0)
+    stats = afa.decoder_quasi_orthogonality(W, block_size=64)
+    assert stats["max_abs_cos"] == pytest.approx(cos.max().item(), rel=1e-5)
+    assert stats["mean_abs_cos"] == pytest.approx(cos.sum().item() / (300 * 299), rel=1e-5)
+
+
+def test_quasi_orthogonality_at_65536_rows_without_the_full_matrix():
+    W = torch.randn(65536, 8)
+    stats = afa.decoder_quasi_orthogonality(W, block_size=2048)  # a block is 2048 x 65536 floats
+    assert 0.99 < stats["max_abs_cos"] <= 1.0 + 1e-5  # with d=8, some pair is almost parallel
+    assert 0.2 < stats["mean_abs_cos"] < 0.4  # E|cos| for random directions in 8-d is about 0.27
+
+
+def test_zf_diagnostics_agree_with_the_parts():
+    torch.manual_seed(1)
+    sae = SparseAutoencoder(SAEConfig(d_in=12, d_sae=48, activation="topafa"))
+    x = torch.randn(3, 7, 12) * 4
+    diag = afa.zf_diagnostics(sae, x)
+    acts = sae.encode(x).reshape(-1, 48)
+    z_norm = x.reshape(-1, 12).norm(dim=-1)
+    f_norm = afa.scaled_feature_norm(acts, sae.W_dec, sae.b_dec)
+    assert torch.allclose(diag["z_norm"], z_norm)
+    assert torch.allclose(diag["f_norm"], f_norm)
+    assert torch.allclose(diag["eps_lbo"], afa.epsilon_lbo(z_norm, f_norm, 49))
+    assert diag["k"].shape == (21,) and (diag["k"] >= 1).all()
+    for band in afa.EPS_H_BANDS:
+        assert torch.equal(diag[f"class_{band}"], afa.classify_tokens(z_norm, f_norm, band))
