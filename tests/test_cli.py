@@ -1,0 +1,28 @@
+import subprocess
+import sys
+
+import pytest
+
+from hf_topafa import cli
+
+
+def test_help_lists_every_command(capsys):
+    assert cli.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert name in text
+
+
+def test_unknown_command_names_the_valid_ones(capsys):
+    with pytest.raises(SystemExit) as err:
+        cli.main(["trian"])
+    assert err.value.code == 2
+    message = capsys.readouterr().err
+    assert "unknown command 'trian'" in message and "train" in message
+
+
+def test_console_script_runs():
+    done = subprocess.run(
+        [sys.executable, "-m", "hf_topafa.cli", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "hf-topafa" in done.stdout
