@@ -57,33 +57,76 @@ def topafa(
 
     Returns ``(acts, k)`` with k [N] (int64).
     """
+    rows, cols, k = topafa_pairs(pre, decoder_norms, target_norm, candidates)
+    mask = torch.zeros_like(pre, dtype=torch.bool)
+    mask[rows, cols] = True
+    return pre * mask, k
+
+
+def topafa_pairs(
+    pre: torch.Tensor,
+    decoder_norms: torch.Tensor,
+    target_norm: torch.Tensor,
+    candidates: int = TOPAFA_CANDIDATES,
+    nonnegative: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The features top-AFA keeps, as (token, feature) pairs sorted by token: (rows, cols, k).
+
+    Same rule and tie-breaking as :func:`topafa`. Only ``candidates`` features per token are ranked;
+    rows whose candidates fall short of the target, or tie at the cut, are ranked in full.
+    ``nonnegative=True`` promises pre >= 0 (after a ReLU), which saves one pass.
+    """
     n_tokens, d_sae = pre.shape
-    contributions = (pre.detach() * decoder_norms.detach()) ** 2
-    target = target_norm.detach().to(contributions.dtype)
-    m = min(candidates, d_sae)
-    values, order = contributions.topk(m, dim=-1, sorted=True)
+    # Rank by |pre_i| * norm_i: the same order as its square, without squaring d_sae values.
+    scaled = pre.detach() * decoder_norms.detach()
+    if not nonnegative:
+        scaled.abs_()
+    target = target_norm.detach().to(scaled.dtype)
+    m = max(1, min(int(candidates), d_sae))
+    top, order = scaled.topk(m, dim=-1, sorted=True)
+    values = top * top
     k = _nearest_prefix(values, target)
 
     # Rows that need the full ranking: the candidates fall short of the target, or contributions
     # tie across the cut (topk does not promise which tied index it returns).
     short = (k == m) & (m < d_sae)
-    kept_last = values.gather(-1, (k - 1).clamp(max=m - 1).unsqueeze(-1)).squeeze(-1)
+    kept_last = values.gather(-1, (k - 1).unsqueeze(-1)).squeeze(-1)
     next_value = values.gather(-1, k.clamp(max=m - 1).unsqueeze(-1)).squeeze(-1)
     tie = (k < m) & (kept_last == next_value)
-    redo = short | tie
-    if redo.any():
-        rows = redo.nonzero().squeeze(-1)
-        full_values, full_order = contributions[rows].sort(dim=-1, descending=True, stable=True)
-        k[rows] = _nearest_prefix(full_values, target[rows])
-        keep = torch.zeros(len(rows), d_sae, dtype=torch.bool, device=pre.device)
-        ranks = torch.arange(d_sae, device=pre.device).expand(len(rows), d_sae)
-        keep.scatter_(-1, full_order, ranks < k[rows].unsqueeze(-1))
-    mask = torch.zeros_like(pre, dtype=torch.bool)
-    ranks = torch.arange(m, device=pre.device).expand(n_tokens, m)
-    mask.scatter_(-1, order, ranks < k.unsqueeze(-1))
-    if redo.any():
-        mask[rows] = keep
-    return pre * mask, k
+    redo = (short | tie).nonzero().squeeze(-1)
+    if len(redo) == 0:
+        ranked = order[:, : int(k.max())] if n_tokens else order[:, :0]
+    else:
+        contributions = (pre[redo].detach() * decoder_norms.detach()) ** 2
+        full_values, full_order = contributions.sort(dim=-1, descending=True, stable=True)
+        k[redo] = _nearest_prefix(full_values, target[redo])
+        width = int(k.max())
+        ranked = torch.zeros(n_tokens, width, dtype=torch.long, device=pre.device)
+        ranked[:, : min(width, m)] = order[:, : min(width, m)]
+        ranked[redo] = full_order[:, :width]
+    keep = torch.arange(ranked.shape[1], device=pre.device) < k.unsqueeze(-1)
+    rows, position = keep.nonzero(as_tuple=True)
+    return rows, ranked.reshape(-1)[rows * ranked.shape[1] + position], k
+
+
+def topk_pairs(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest pre-activations of each token as (rows, cols) pairs sorted by token."""
+    indices = pre.detach().topk(k, dim=-1, sorted=False).indices
+    rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k)
+    return rows, indices.reshape(-1)
+
+
+def batchtopk_pairs(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``k * N`` largest of the batch as (rows, cols) sorted by token, and the smallest
+    positive value kept (see :func:`batchtopk`)."""
+    flat = pre.detach().reshape(-1)
+    keep = min(k * pre.shape[0], flat.numel())
+    values, indices = flat.topk(keep, sorted=False)
+    positive = values[values > 0]
+    smallest = positive.min() if positive.numel() else values.new_zeros(())
+    indices = indices.sort().values
+    d_sae = pre.shape[-1]
+    return indices // d_sae, indices % d_sae, smallest
 
 
 def _nearest_prefix(sorted_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from . import activations
+from . import activations, sparse
 from .afa import afa_norm, scaled_feature_norm
 from .configuration_sae import SAEConfig
 
@@ -68,6 +68,8 @@ class SparseAutoencoder(PreTrainedModel):
         elif config.activation == "batchtopk":
             # Estimated during training (EMA of the smallest kept activation); -1 = not yet.
             self.register_buffer("threshold", torch.empty(d_sae))
+        # Top-AFA candidates ranked per token; adapted to the observed k (speed only).
+        self._topafa_candidates = activations.TOPAFA_CANDIDATES
         self.reset_parameters()
         self.post_init()
 
@@ -111,7 +113,9 @@ class SparseAutoencoder(PreTrainedModel):
         return self._pre(x_n)
 
     def _pre(self, x_n: torch.Tensor) -> torch.Tensor:
-        return torch.relu((x_n - self.b_dec) @ self.W_enc + self.b_enc)
+        flat = x_n.reshape(-1, self.config.d_in)
+        pre = torch.relu(torch.addmm(self.b_enc, flat - self.b_dec, self.W_enc))
+        return pre.reshape(*x_n.shape[:-1], self.config.d_sae)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Dense feature activations [..., d_sae], zeros where a feature is inactive."""
@@ -135,7 +139,7 @@ class SparseAutoencoder(PreTrainedModel):
         if cfg.activation == "topafa":
             target = afa_norm(x_n.reshape(-1, cfg.d_in) - self.b_dec)
             decoder_norms = torch.linalg.vector_norm(self.W_dec, dim=-1)
-            return activations.topafa(pre, decoder_norms, target)
+            return activations.topafa(pre, decoder_norms, target, self._topafa_candidates)
         if cfg.activation == "topk":
             k = torch.full(pre.shape[:1], cfg.k, dtype=torch.long, device=pre.device)
             return activations.topk(pre, cfg.k), k
@@ -173,26 +177,30 @@ class SparseAutoencoder(PreTrainedModel):
         """
         cfg = self.config
         x = self._check_input(x)
+        dead_mask = self._check_dead_mask(dead_mask)
         lead_shape = x.shape[:-1]
-        x_flat = x.reshape(-1, cfg.d_in)
-        x_n, mean, std = self.normalize_input(x_flat)
-        pre = self._pre(x_n)
-        acts, k = self._select(pre, x_n)
-        recon_n = acts @ self.W_dec + self.b_dec
+        x_n, mean, std = self.normalize_input(x.reshape(-1, cfg.d_in))
+        if self._sparse_path_pays():
+            parts = self._forward_sparse(x_n, dead_mask)
+        else:
+            parts = self._forward_dense(x_n, dead_mask)
+        recon_n, acts, l0, k, f_norm, aux_recon, sparsity_loss = parts
 
         total_sq = x_n.detach().pow(2).sum().clamp_min(1e-12)
         mse_loss = (recon_n - x_n).pow(2).sum() / total_sq
-        f_norm = scaled_feature_norm(acts, self.W_dec, self.b_dec)
         afa_loss = (f_norm - afa_norm(x_n)).pow(2).sum() / total_sq
-        aux_loss = self._aux_loss(pre, x_n - recon_n.detach(), dead_mask)
-        sparsity_loss = self._sparsity_loss(pre, acts, x_n)
+        aux_loss = recon_n.new_zeros(())
+        if aux_recon is not None:
+            # Aux-k (Gao et al.): the top dead features model what the live ones missed.
+            residual = (x_n - recon_n).detach()
+            aux_loss = (aux_recon - residual).pow(2).sum() / residual.pow(2).sum().clamp_min(1e-12)
         loss = mse_loss + cfg.afa_coef * afa_loss + cfg.aux_coef * aux_loss + sparsity_loss
 
         output = SAEOutput(
             loss=loss,
             reconstruction=(recon_n * std + mean).reshape(*lead_shape, cfg.d_in),
             feature_acts=acts.reshape(*lead_shape, cfg.d_sae),
-            l0=(acts != 0).sum(-1).to(x.dtype).reshape(lead_shape),
+            l0=l0.to(x.dtype).reshape(lead_shape),
             k=None if k is None else k.reshape(lead_shape),
             mse_loss=mse_loss,
             afa_loss=afa_loss,
@@ -201,20 +209,158 @@ class SparseAutoencoder(PreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def _aux_loss(self, pre, residual, dead_mask) -> torch.Tensor:
-        """Aux-k (Gao et al.): let the top dead features reconstruct what the live ones missed."""
-        zero = pre.new_zeros(())
+    def _sparse_path_pays(self) -> bool:
+        """Whether the code is sparse enough for row gathers to beat dense products."""
+        cfg = self.config
+        if cfg.activation in ("topk", "batchtopk"):
+            expected = cfg.k
+        elif cfg.activation == "topafa":
+            expected = self._topafa_candidates
+        else:
+            return False  # relu and jumprelu need the dense pre-activations for their losses
+        return expected <= sparse.MAX_SPARSE_DENSITY * cfg.d_sae
+
+    def _forward_dense(self, x_n: torch.Tensor, dead_mask: torch.Tensor | None):
+        """The direct computation: dense activations, dense decoder product."""
+        pre = self._pre(x_n)
+        acts, k = self._select(pre, x_n)
+        if k is not None and self.config.activation == "topafa":
+            self._adapt_topafa_candidates(k)
+        recon_n = acts @ self.W_dec + self.b_dec
+        f_norm = scaled_feature_norm(acts, self.W_dec, self.b_dec)
+        l0 = (acts != 0).sum(-1)
+        aux_recon = None
+        plan = self._aux_plan(pre, dead_mask)
+        if plan is not None and plan[0] == "pairs":
+            _, rows, cols = plan
+            values = sparse.encode_pairs(x_n, self.b_dec, self.W_enc, self.b_enc, pre, rows, cols)
+            aux_recon = sparse.decode_pairs(rows, cols, values, self.W_dec, pre.shape[0])
+        elif plan is not None:
+            aux_recon = self._aux_dense(x_n, *plan[1:])
+        sparsity_loss = self._sparsity_loss(pre, acts, x_n)
+        return recon_n, acts, l0, k, f_norm, aux_recon, sparsity_loss
+
+    def _forward_sparse(self, x_n: torch.Tensor, dead_mask: torch.Tensor | None):
+        """Same values and gradients as the dense path, touching only the active features.
+
+        The encoder product runs without autograd; the kept pre-activations are gathered by a
+        function whose backward only visits the kept (token, feature) pairs, and the decoder sums
+        the kept rows of W_dec with ``embedding_bag``. The aux-k pairs, when gathered, ride in
+        the same two calls (as tokens N..2N-1 of the decoder), so each weight gets one gradient.
+        """
+        n_tokens = x_n.shape[0]
+        with torch.no_grad():
+            # one product, bias added and ReLU applied in place: no extra [N, d_sae] tensors
+            pre = torch.addmm(self.b_enc, x_n - self.b_dec, self.W_enc).relu_()
+            rows, cols, k = self._select_pairs(pre, x_n)
+            nonzero = sparse.gather(pre, rows, cols) > 0  # zeros add nothing, either way
+            rows, cols = rows[nonzero], cols[nonzero]
+            plan = self._aux_plan(pre, dead_mask)
+            n_main = rows.numel()
+            all_rows, all_cols, bags = rows, cols, rows
+            if plan is not None and plan[0] == "pairs":
+                all_rows = torch.cat([rows, plan[1]])
+                all_cols = torch.cat([cols, plan[2]])
+                bags = torch.cat([rows, plan[1] + n_tokens])
+        n_bags = 2 * n_tokens if bags is not rows else n_tokens
+        encoder = (x_n, self.b_dec, self.W_enc, self.b_enc, pre, all_rows, all_cols)
+        if plan is not None and plan[0] == "dense":
+            # all tokens on the dead columns, as one dense block riding in the same two calls
+            _, dead, k_aux = plan
+            all_values, block = sparse.encode_pairs(*encoder, block_cols=dead)
+            if k_aux < dead.numel():
+                keep = block.detach().topk(k_aux, dim=-1, sorted=False).indices
+                block = block * torch.zeros_like(block).scatter_(-1, keep, 1.0)
+            decoded, aux_recon = sparse.decode_pairs(
+                bags, all_cols, all_values, self.W_dec, n_bags, block=block, block_cols=dead
+            )
+        else:
+            all_values = sparse.encode_pairs(*encoder)
+            decoded = sparse.decode_pairs(bags, all_cols, all_values, self.W_dec, n_bags)
+            aux_recon = decoded[n_tokens:] if plan is not None else None
+        recon_n = decoded[:n_tokens] + self.b_dec
+        values = all_values[:n_main]
+        acts = sparse.scatter_dense(rows, cols, values, tuple(pre.shape))
+        decoder_norms = torch.linalg.vector_norm(self.W_dec, dim=-1)
+        code_sq = torch.zeros(n_tokens, dtype=values.dtype, device=values.device).index_add(
+            0, rows, (values * decoder_norms[cols]).pow(2)
+        )
+        f_norm = (code_sq + torch.linalg.vector_norm(self.b_dec).pow(2)).sqrt()
+        l0 = torch.bincount(rows, minlength=n_tokens)
+        return recon_n, acts, l0, k, f_norm, aux_recon, pre.new_zeros(())
+
+    @torch.no_grad()
+    def _select_pairs(self, pre: torch.Tensor, x_n: torch.Tensor):
+        """The configured rule as (rows, cols) pairs sorted by token, and k (or None)."""
+        cfg = self.config
+        n_tokens = pre.shape[0]
+        if cfg.activation == "topafa":
+            target = afa_norm(x_n - self.b_dec)
+            decoder_norms = torch.linalg.vector_norm(self.W_dec, dim=-1)
+            rows, cols, k = activations.topafa_pairs(
+                pre, decoder_norms, target, self._topafa_candidates, nonnegative=True
+            )
+            self._adapt_topafa_candidates(k)
+            return rows, cols, k
+        if cfg.activation == "topk":
+            rows, cols = activations.topk_pairs(pre, cfg.k)
+            return rows, cols, torch.full((n_tokens,), cfg.k, dtype=torch.long, device=pre.device)
+        # batchtopk
+        if self.training or self.threshold[0] < 0:
+            rows, cols, smallest = activations.batchtopk_pairs(pre, cfg.k)
+            if self.training:
+                self._update_batchtopk_threshold(smallest)
+            return rows, cols, None
+        rows, cols = (pre > self.threshold).nonzero(as_tuple=True)
+        return rows, cols, None
+
+    def _adapt_topafa_candidates(self, k: torch.Tensor) -> None:
+        """Rank a little more than the largest k seen last time: enough for nearly every token,
+        few enough that ranking costs about what TopK's does. Results never depend on it."""
+        if k.numel():
+            wanted = int(k.max()) * 5 // 4 + 8
+            self._topafa_candidates = max(32, min(self.config.d_sae, wanted))
+
+    @torch.no_grad()
+    def _aux_plan(self, pre: torch.Tensor, dead_mask: torch.Tensor | None):
+        """How the aux-k loss will pick its features: None (off), ("pairs", rows, cols) when
+        aux_k is a small share of many dead features, else ("dense", dead, k_aux)."""
         if dead_mask is None or self.config.aux_coef == 0:
-            return zero
-        n_dead = int(dead_mask.sum())
+            return None
+        dead = dead_mask.nonzero().squeeze(-1)
+        n_dead = dead.numel()
         if n_dead == 0:
-            return zero
+            return None
         k_aux = min(self.config.aux_k, n_dead)
-        dead_pre = pre * dead_mask.to(pre.dtype)
-        values, indices = dead_pre.topk(k_aux, dim=-1, sorted=False)
-        aux_recon = torch.zeros_like(pre).scatter(-1, indices, values) @ self.W_dec
-        residual = residual.detach()
-        return (aux_recon - residual).pow(2).sum() / residual.pow(2).sum().clamp_min(1e-12)
+        if k_aux > sparse.MAX_AUX_DENSITY * n_dead:
+            return "dense", dead, k_aux
+        pre = pre.detach()
+        position = pre.index_select(-1, dead).topk(k_aux, dim=-1, sorted=False).indices
+        rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k_aux)
+        cols = dead[position.reshape(-1)]
+        nonzero = sparse.gather(pre, rows, cols) > 0
+        return "pairs", rows[nonzero], cols[nonzero]
+
+    def _aux_dense(self, x_n: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+        """Aux reconstruction from the dead columns only: their pre-activations are recomputed
+        with autograd (a product n_dead / d_sae the size of the encoder's)."""
+        W_enc_dead = self.W_enc.index_select(1, dead)
+        dead_pre = torch.relu(torch.addmm(self.b_enc[dead], x_n - self.b_dec, W_enc_dead))
+        if k_aux < dead.numel():
+            values, position = dead_pre.topk(k_aux, dim=-1, sorted=False)
+            dead_pre = torch.zeros_like(dead_pre).scatter(-1, position, values)
+        return dead_pre @ self.W_dec.index_select(0, dead)
+
+    def _check_dead_mask(self, dead_mask: torch.Tensor | None) -> torch.Tensor | None:
+        if dead_mask is None:
+            return None
+        if not isinstance(dead_mask, torch.Tensor) or dead_mask.shape != (self.config.d_sae,):
+            shape = tuple(dead_mask.shape) if isinstance(dead_mask, torch.Tensor) else dead_mask
+            raise ValueError(
+                f"dead_mask must be a bool tensor of shape [d_sae={self.config.d_sae}]; "
+                f"got {shape!r}"
+            )
+        return dead_mask.to(device=self.W_enc.device, dtype=torch.bool)
 
     def _sparsity_loss(self, pre, acts, x_n) -> torch.Tensor:
         cfg = self.config
@@ -252,11 +398,11 @@ class SparseAutoencoder(PreTrainedModel):
         """Project out the part of each decoder row's gradient that would change its norm."""
         if self.W_dec.grad is None:
             return
-        unit = self.W_dec / torch.linalg.vector_norm(self.W_dec, dim=-1, keepdim=True).clamp_min(
-            1e-12
-        )
-        parallel = (self.W_dec.grad * unit).sum(-1, keepdim=True)
-        self.W_dec.grad.sub_(parallel * unit)
+        W, grad = self.W_dec, self.W_dec.grad
+        # grad -= (grad . w / |w|^2) w per row; row dot products by bmm, so no W-sized temporaries
+        norm_sq = torch.linalg.vector_norm(W, dim=-1).clamp_min(1e-12).square()
+        dots = torch.bmm(grad.unsqueeze(1), W.unsqueeze(2)).reshape(-1)
+        grad.addcmul_(W, (dots / norm_sq).unsqueeze(1), value=-1)
 
     # -- loading with clear errors -------------------------------------------------------------
 

@@ -1,0 +1,636 @@
+"""`hf-topafa bench`: time one SAE training step next to the paper's step and the dense floor.
+
+Variants, timed side by side in interleaved rounds (A, B, C, ... A, B, C, ...) so that a busy
+machine slows them alike; each reports the median of its timed rounds after warm-up:
+
+- ``paper_topafa``: the published top-AFA step written plainly (full sort of every token's
+  contributions, dense masks and products, W_dec W_dec^T formed on every forward to log the
+  decoder's quasi-orthogonality), then backward, Adam, decoder renormalisation.
+- ``topafa``, ``topk``, ``batchtopk``: this package's step, the sequence train.py runs (forward
+  with a dead mask, backward, decoder-parallel gradient removed, gradient clipping, Adam, decoder
+  renormalisation). TopK and BatchTopK use k = top-AFA's mean L0 measured during warm-up.
+- ``dense_floor``: the six dense matrix products every SAE step needs at these sizes (encoder and
+  decoder, forward and backward).
+
+Peak memory on CPU is measured in a fresh subprocess per variant: the peak resident set size
+(Linux ``VmHWM``, reset after imports) minus the resident set after imports. On CUDA it is
+``torch.cuda.max_memory_allocated`` (minus what was allocated before the variant was built).
+
+By default the benchmark runs with ``OMP_WAIT_POLICY=PASSIVE`` (re-running itself if needed): on a
+shared, oversubscribed CPU, spinning OpenMP threads stall steps made of many short kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+VARIANTS = ("paper_topafa", "topafa", "topk", "batchtopk", "dense_floor")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class BenchConfig:
+    """What to time and how."""
+
+    d_in: int = 576
+    """Width of the SAE's input."""
+    d_sae: int = 4608
+    """Number of features."""
+    batch: int = 1024
+    """Tokens per training step."""
+    dtype: str = "float32"
+    """Parameter and input dtype: float32, bfloat16 or float16."""
+    device: str = "cpu"
+    """Torch device, e.g. cpu or cuda."""
+    threads: int = 2
+    """torch.set_num_threads on CPU (reported; timings depend on it)."""
+    warmup: int = 2
+    """Untimed rounds before the timed ones (top-AFA's L0 for k is measured here)."""
+    repeats: int = 7
+    """Timed rounds; each variant reports its median."""
+    dead_fraction: float = 0.1
+    """Share of features marked dead (every round(1/fraction)-th one) so the aux-k loss runs."""
+    adam: str = "fused"
+    """Adam implementation: fused (one kernel per tensor) or foreach."""
+    lr: float = 1e-4
+    """Adam learning rate (small, so L0 barely drifts while timing)."""
+    seed: int = 0
+    """Seed of the weights and of the Gaussian input batch."""
+    variants: tuple[str, ...] = VARIANTS
+    """Which variants to time."""
+    memory: bool = True
+    """Measure each variant's peak memory (CPU: one subprocess each)."""
+    width_d_sae: int = 65536
+    """d_sae of the width check (a top-AFA step at this width; 0 skips it)."""
+    width_batch: int = 256
+    """Batch of the width check."""
+    width_steps: int = 3
+    """Steps run in the width check."""
+    extra: dict = field(default_factory=dict)
+    """Free-form notes carried into the JSON (e.g. the command line)."""
+
+    def validate(self) -> None:
+        for name in ("d_in", "d_sae", "batch", "threads", "repeats", "width_batch", "width_steps"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value > 0):
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        if self.warmup < 1:
+            raise ValueError(
+                f"warmup must be at least 1 (k for TopK is measured there); got {self.warmup}"
+            )
+        if self.width_d_sae < 0:
+            raise ValueError(
+                f"width_d_sae must be >= 0 (0 skips the width check); got {self.width_d_sae}"
+            )
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        if not 0 <= self.dead_fraction < 1:
+            raise ValueError(f"dead_fraction must be in [0, 1); got {self.dead_fraction}")
+        if self.adam not in ("fused", "foreach"):
+            raise ValueError(f"adam must be fused or foreach; got {self.adam!r}")
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or not self.variants:
+            raise ValueError(f"variants must be among {', '.join(VARIANTS)}; got {self.variants}")
+        try:
+            torch.device(self.device)
+        except RuntimeError as err:
+            raise ValueError(f"device {self.device!r} is not a torch device ({err})") from err
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device cuda was asked for but torch sees no CUDA GPU")
+
+
+# -- the steps ----------------------------------------------------------------------------------
+
+
+def dead_mask_for(d_sae: int, fraction: float, device) -> torch.Tensor:
+    """Every round(1/fraction)-th feature is dead (none when fraction is 0)."""
+    mask = torch.zeros(d_sae, dtype=torch.bool, device=device)
+    if fraction > 0:
+        mask[:: max(1, round(1 / fraction))] = True
+    return mask
+
+
+def make_optimizer(params, cfg: BenchConfig) -> torch.optim.Optimizer:
+    kind = {"fused": {"fused": True}, "foreach": {"foreach": True}}[cfg.adam]
+    return torch.optim.Adam(params, lr=cfg.lr, **kind)
+
+
+class PackageStep:
+    """This package's training step for one activation rule (what train.py runs per step)."""
+
+    def __init__(self, cfg: BenchConfig, activation: str, d_sae: int, k: int | None = None):
+        from .configuration_sae import SAEConfig
+        from .modeling_sae import SparseAutoencoder
+
+        torch.manual_seed(cfg.seed)
+        sae_cfg = SAEConfig(d_in=cfg.d_in, d_sae=d_sae, activation=activation, k=k)
+        self.sae = SparseAutoencoder(sae_cfg).to(cfg.device, DTYPES[cfg.dtype]).train()
+        self.opt = make_optimizer(self.sae.parameters(), cfg)
+        self.dead_mask = dead_mask_for(d_sae, cfg.dead_fraction, cfg.device)
+        self.last_l0 = float("nan")
+
+    def __call__(self, x: torch.Tensor) -> None:
+        sae = self.sae
+        out = sae(x, dead_mask=self.dead_mask)
+        out.loss.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        sae.set_decoder_norm_to_unit_norm()
+        self.last_l0 = out.l0.float().mean().item()
+
+
+class PaperTopAFAStep:
+    """The published top-AFA step, written plainly for comparison (not used for training).
+
+    Per step: pre = ReLU((x - b_dec) W_enc + b_enc); a full descending sort of every token's
+    decoder-scaled contributions; cumulative sum; k = argmin |sqrt(cumsum) - ||x - b_dec|||; a
+    dense mask; a dense decoder product; MSE + lambda_AFA norm loss + aux-k loss; and
+    W_dec W_dec^T (d_sae x d_sae) on every forward to log max / mean |cos| between decoder rows.
+    Then backward, Adam, decoder renormalisation.
+    """
+
+    def __init__(self, cfg: BenchConfig, d_sae: int, afa_coef=1 / 32, aux_k=512, aux_coef=1 / 32):
+        torch.manual_seed(cfg.seed)
+        dtype, device = DTYPES[cfg.dtype], cfg.device
+        w = torch.randn(d_sae, cfg.d_in)
+        w /= w.norm(dim=-1, keepdim=True)
+        self.W_dec = torch.nn.Parameter(w.to(device, dtype))
+        self.W_enc = torch.nn.Parameter(w.T.contiguous().to(device, dtype))
+        self.b_enc = torch.nn.Parameter(torch.zeros(d_sae, device=device, dtype=dtype))
+        self.b_dec = torch.nn.Parameter(torch.zeros(cfg.d_in, device=device, dtype=dtype))
+        self.params = [self.W_enc, self.W_dec, self.b_enc, self.b_dec]
+        self.opt = make_optimizer(self.params, cfg)
+        self.dead_mask = dead_mask_for(d_sae, cfg.dead_fraction, device)
+        self.afa_coef, self.aux_k, self.aux_coef = afa_coef, aux_k, aux_coef
+        self.stats: dict[str, float] = {}
+        self.last_k = None
+
+    def forward(self, x: torch.Tensor):
+        centered = x - self.b_dec
+        pre = torch.relu(centered @ self.W_enc + self.b_enc)
+        norms = self.W_dec.norm(dim=-1)
+        contributions = (pre.detach() * norms.detach()) ** 2
+        values, order = contributions.sort(dim=-1, descending=True, stable=True)
+        cumulative = values.cumsum(-1).sqrt()
+        target = centered.detach().norm(dim=-1, keepdim=True)
+        k = (cumulative - target).abs().argmin(dim=-1) + 1
+        ranks = torch.arange(pre.shape[-1], device=x.device).expand_as(pre)
+        mask = torch.zeros_like(pre, dtype=torch.bool).scatter(-1, order, ranks < k.unsqueeze(-1))
+        acts = pre * mask
+        recon = acts @ self.W_dec + self.b_dec
+        total = x.pow(2).sum()
+        mse = (recon - x).pow(2).sum() / total
+        f_norm = ((acts * norms).pow(2).sum(-1) + self.b_dec.pow(2).sum()).sqrt()
+        afa = (f_norm - x.norm(dim=-1)).pow(2).sum() / total
+        aux = pre.new_zeros(())
+        n_dead = int(self.dead_mask.sum())
+        if n_dead:
+            dead_pre = pre * self.dead_mask
+            top, idx = dead_pre.topk(min(self.aux_k, n_dead), dim=-1)
+            aux_recon = torch.zeros_like(pre).scatter(-1, idx, top) @ self.W_dec
+            residual = (x - recon).detach()
+            aux = (aux_recon - residual).pow(2).sum() / residual.pow(2).sum()
+        with torch.no_grad():  # logged every step in the published code
+            unit = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)
+            cos = (unit @ unit.T).abs()
+            cos.fill_diagonal_(0)
+            n = cos.shape[0]
+            self.stats = {
+                "max_abs_cos": cos.max().item(),
+                "mean_abs_cos": cos.sum().item() / (n * (n - 1)),
+            }
+        self.last_k = k
+        return mse + self.afa_coef * afa + self.aux_coef * aux, acts
+
+    def __call__(self, x: torch.Tensor) -> None:
+        loss, _ = self.forward(x)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True)
+
+
+class DenseFloor:
+    """The six dense products of an SAE step: encoder and decoder, forward and backward."""
+
+    def __init__(self, cfg: BenchConfig, d_sae: int):
+        dtype, device = DTYPES[cfg.dtype], cfg.device
+        g = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        make = lambda *shape: torch.randn(*shape, generator=g).to(device, dtype)  # noqa: E731
+        self.W_enc, self.W_dec = make(cfg.d_in, d_sae), make(d_sae, cfg.d_in)
+        self.x, self.acts = make(cfg.batch, cfg.d_in), make(cfg.batch, d_sae)
+        self.grad_pre, self.grad_recon = make(cfg.batch, d_sae), make(cfg.batch, cfg.d_in)
+
+    def __call__(self, x: torch.Tensor) -> None:
+        self.x @ self.W_enc  # encoder forward
+        self.x.T @ self.grad_pre  # encoder weight gradient
+        self.grad_pre @ self.W_enc.T  # encoder input gradient
+        self.acts @ self.W_dec  # decoder forward
+        self.acts.T @ self.grad_recon  # decoder weight gradient
+        self.grad_recon @ self.W_dec.T  # decoder input gradient
+
+
+def build_variant(name: str, cfg: BenchConfig, d_sae: int, k: int | None):
+    if name == "paper_topafa":
+        return PaperTopAFAStep(cfg, d_sae)
+    if name == "dense_floor":
+        return DenseFloor(cfg, d_sae)
+    return PackageStep(cfg, name, d_sae, k if name != "topafa" else None)
+
+
+def make_batch(cfg: BenchConfig, batch: int) -> torch.Tensor:
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+    return torch.randn(batch, cfg.d_in, generator=g).to(cfg.device, DTYPES[cfg.dtype])
+
+
+# -- timing -------------------------------------------------------------------------------------
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_variants(cfg: BenchConfig) -> dict:
+    """Interleaved rounds; returns per-variant times, medians, L0 and the k used for TopK."""
+    x = make_batch(cfg, cfg.batch)
+    steps: dict[str, object] = {}
+    times: dict[str, list[float]] = {name: [] for name in cfg.variants}
+    l0s: list[float] = []
+    k = None
+    # top-AFA warms up first: its mean L0 is TopK's and BatchTopK's k.
+    needs_k = any(v in ("topk", "batchtopk") for v in cfg.variants)
+    if "topafa" in cfg.variants or needs_k:
+        steps["topafa"] = build_variant("topafa", cfg, cfg.d_sae, None)
+        for _ in range(cfg.warmup):
+            steps["topafa"](x)
+            l0s.append(steps["topafa"].last_l0)
+        k = max(1, min(cfg.d_sae, round(statistics.fmean(l0s))))
+    for name in cfg.variants:
+        if name not in steps:
+            steps[name] = build_variant(name, cfg, cfg.d_sae, k)
+            for _ in range(cfg.warmup):
+                steps[name](x)
+    _sync(cfg.device)
+    afa_l0 = []
+    for _ in range(cfg.repeats):
+        for name in cfg.variants:
+            start = time.perf_counter()
+            steps[name](x)
+            _sync(cfg.device)
+            times[name].append(time.perf_counter() - start)
+            if name == "topafa":
+                afa_l0.append(steps[name].last_l0)
+    result = {
+        name: {"median_s": statistics.median(ts), "times_s": ts, "min_s": min(ts)}
+        for name, ts in times.items()
+    }
+    if afa_l0:
+        result["topafa"]["mean_l0"] = statistics.fmean(afa_l0)
+    return {"variants": result, "k_for_topk": k, "warmup_topafa_l0": l0s}
+
+
+def ratios(variants: dict, stat: str = "median_s") -> dict[str, float]:
+    """The issue's three targets (and the BatchTopK comparison) from median (or min) step times."""
+
+    def ratio(a, b):
+        if a in variants and b in variants:
+            return variants[a][stat] / variants[b][stat]
+        return None
+
+    out = {
+        "paper_over_topafa (target >= 1.7)": ratio("paper_topafa", "topafa"),
+        "topafa_over_dense_floor (target <= 1.3)": ratio("topafa", "dense_floor"),
+        "topafa_over_topk (target <= 1.15)": ratio("topafa", "topk"),
+        "topafa_over_batchtopk": ratio("topafa", "batchtopk"),
+    }
+    return {key: value for key, value in out.items() if value is not None}
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+
+def parameter_need_bytes(d_in: int, d_sae: int, batch: int, dtype: str) -> dict[str, int]:
+    """What a top-AFA step cannot do without: weights, their gradients, Adam's two moments, and
+    the batch's activations (input, pre-activations, reconstruction)."""
+    size = torch.tensor([], dtype=DTYPES[dtype]).element_size()
+    n_params = 2 * d_in * d_sae + d_sae + d_in
+    parts = {
+        "parameters": n_params * size,
+        "gradients": n_params * size,
+        "adam_state": 2 * n_params * size,
+        "activations": batch * (2 * d_in + d_sae) * size,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _max_rss_bytes() -> int:
+    """Peak resident set of this process image. On Linux VmHWM (ru_maxrss survives exec, so a
+    child would inherit its parent's peak); elsewhere ru_maxrss."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _reset_peak_rss() -> None:
+    """Start the peak over from the current resident set (Linux; a no-op where unsupported)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def memory_probe(cfg: BenchConfig, name: str, d_sae: int, batch: int, k: int | None) -> dict:
+    """Peak memory of a few steps of one variant in this process (run it in a fresh one on CPU)."""
+    torch.set_num_threads(cfg.threads)
+    cuda = torch.device(cfg.device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        _reset_peak_rss()
+        before = _rss_bytes()
+    x = make_batch(cfg, batch)
+    step = build_variant(name, cfg, d_sae, k)
+    times = []
+    for _ in range(cfg.width_steps):
+        start = time.perf_counter()
+        step(x)
+        _sync(cfg.device)
+        times.append(time.perf_counter() - start)
+    # the kernel refreshes ru_maxrss lazily, so the current resident set may still be above it
+    peak = torch.cuda.max_memory_allocated() if cuda else max(_max_rss_bytes(), _rss_bytes())
+    result = {"peak_bytes": peak - before, "step_times_s": times}
+    if getattr(step, "last_l0", None) is not None:
+        result["l0"] = step.last_l0
+    return result
+
+
+def memory_in_subprocess(cfg: BenchConfig, name: str, d_sae: int, batch: int, k) -> dict:
+    """Run memory_probe in a fresh interpreter so earlier allocations do not hide the peak."""
+    payload = json.dumps(
+        {"cfg": _cfg_dict(cfg), "name": name, "d_sae": d_sae, "batch": batch, "k": k}
+    )
+    code = (
+        "import json, sys\n"
+        "from hf_topafa import bench\n"
+        "a = json.loads(sys.argv[1])\n"
+        "cfg = bench.BenchConfig(**a['cfg'])\n"
+        "print('RESULT ' + json.dumps(bench.memory_probe(cfg, a['name'], a['d_sae'], a['batch'], a['k'])))\n"
+    )
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, payload], capture_output=True, text=True, env=env, check=False
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(
+        f"memory probe for {name} failed (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    )
+
+
+def _cfg_dict(cfg: BenchConfig) -> dict:
+    d = asdict(cfg)
+    d["variants"] = list(cfg.variants)
+    return d
+
+
+def measure_memory(cfg: BenchConfig, k: int | None) -> dict[str, dict]:
+    cuda = torch.device(cfg.device).type == "cuda"
+    probe = memory_probe if cuda else memory_in_subprocess
+    return {name: probe(cfg, name, cfg.d_sae, cfg.batch, k) for name in cfg.variants}
+
+
+def measure_width(cfg: BenchConfig) -> dict:
+    cuda = torch.device(cfg.device).type == "cuda"
+    probe = memory_probe if cuda else memory_in_subprocess
+    result = probe(cfg, "topafa", cfg.width_d_sae, cfg.width_batch, None)
+    need = parameter_need_bytes(cfg.d_in, cfg.width_d_sae, cfg.width_batch, cfg.dtype)
+    result.update(
+        d_in=cfg.d_in,
+        d_sae=cfg.width_d_sae,
+        batch=cfg.width_batch,
+        need_bytes=need,
+        peak_over_need=result["peak_bytes"] / need["total"],
+    )
+    return result
+
+
+# -- running and reporting ----------------------------------------------------------------------
+
+
+def machine_info(cfg: BenchConfig) -> dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "device": cfg.device,
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if torch.device(cfg.device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run(cfg: BenchConfig) -> dict:
+    cfg.validate()
+    if torch.device(cfg.device).type == "cpu":
+        torch.set_num_threads(cfg.threads)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    timing = time_variants(cfg)
+    report = {
+        "machine": {**machine_info(cfg), "load_average_before": load_before},
+        "config": _cfg_dict(cfg),
+        "k_for_topk": timing["k_for_topk"],
+        "warmup_topafa_l0": timing["warmup_topafa_l0"],
+        "variants": timing["variants"],
+        "ratios": ratios(timing["variants"]),
+        "ratios_of_minimums": ratios(timing["variants"], "min_s"),
+    }
+    if cfg.memory:
+        for name, mem in measure_memory(cfg, timing["k_for_topk"]).items():
+            report["variants"][name]["peak_bytes"] = mem["peak_bytes"]
+    if cfg.width_d_sae:
+        report["width"] = measure_width(cfg)
+    return report
+
+
+def format_report(report: dict) -> str:
+    cfg, machine = report["config"], report["machine"]
+    lines = [
+        f"machine: {machine['processor']} ({machine['cpu_count']} cores), torch {machine['torch']}, "
+        f"{machine['torch_threads']} threads, OMP_WAIT_POLICY={machine['OMP_WAIT_POLICY']}, "
+        f"device {machine['device']}; load average "
+        f"{_load(machine.get('load_average_before'))} before, "
+        f"{_load(machine.get('load_average_1_5_15min'))} after timing",
+        f"sizes: d_in={cfg['d_in']} d_sae={cfg['d_sae']} batch={cfg['batch']} {cfg['dtype']}; "
+        f"dead features {cfg['dead_fraction']:.0%}; Adam {cfg['adam']}; "
+        f"median of {cfg['repeats']} interleaved rounds after {cfg['warmup']} warm-up",
+        f"TopK / BatchTopK k = top-AFA's warm-up mean L0 = {report['k_for_topk']}",
+        "",
+        f"{'variant':<14}{'median ms':>11}{'min ms':>9}{'peak MiB':>10}  note",
+    ]
+    for name, v in report["variants"].items():
+        peak = f"{v['peak_bytes'] / 2**20:10.0f}" if "peak_bytes" in v else f"{'-':>10}"
+        note = f"mean L0 {v['mean_l0']:.1f}" if "mean_l0" in v else ""
+        lines.append(f"{name:<14}{v['median_s'] * 1e3:11.1f}{v['min_s'] * 1e3:9.1f}{peak}  {note}")
+    lines += ["", f"{'ratio':<42}{'medians':>8}{'minimums':>10}"]
+    for key, value in report["ratios"].items():
+        lines.append(f"{key:<42}{value:8.2f}{report['ratios_of_minimums'][key]:10.2f}")
+    if "width" in report:
+        w = report["width"]
+        need = w["need_bytes"]
+        lines += [
+            "",
+            f"width: top-AFA step at d_in={w['d_in']} d_sae={w['d_sae']} batch={w['batch']}: "
+            f"median step {statistics.median(w['step_times_s']) * 1e3:.0f} ms, "
+            f"peak {w['peak_bytes'] / 2**20:.0f} MiB vs need {need['total'] / 2**20:.0f} MiB "
+            f"(params {need['parameters'] / 2**20:.0f} + grads {need['gradients'] / 2**20:.0f} "
+            f"+ Adam {need['adam_state'] / 2**20:.0f} + activations "
+            f"{need['activations'] / 2**20:.0f}) -> {w['peak_over_need']:.2f}x (target <= 1.5)",
+        ]
+    return "\n".join(lines)
+
+
+def _load(values) -> str:
+    return "n/a" if not values else f"{values[0]:.1f}"
+
+
+def write_json(report: dict, path: str) -> None:
+    """Atomic: a crash never leaves half a file behind."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is for reading
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = BenchConfig()
+    p = argparse.ArgumentParser(
+        prog="hf-topafa bench",
+        description="Time a full SAE training step (top-AFA, TopK, BatchTopK) next to the "
+        "paper's top-AFA step and the six dense products, and measure peak memory.",
+    )
+    p.add_argument("--d-in", type=int, default=d.d_in)
+    p.add_argument("--d-sae", type=int, default=d.d_sae)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--dtype", default=d.dtype, choices=list(DTYPES))
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads (default 2)")
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--repeats", type=int, default=d.repeats)
+    p.add_argument("--dead-fraction", type=float, default=d.dead_fraction)
+    p.add_argument("--adam", default=d.adam, choices=["fused", "foreach"])
+    p.add_argument("--variants", default=",".join(d.variants), help="comma-separated subset")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument("--width-d-sae", type=int, default=d.width_d_sae, help="0 skips")
+    p.add_argument("--width-batch", type=int, default=d.width_batch)
+    p.add_argument("--width-steps", type=int, default=d.width_steps)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
+    p.add_argument(
+        "--omp-wait-policy",
+        default="passive",
+        choices=["passive", "active", "inherit"],
+        help="OMP_WAIT_POLICY for the timed process (default passive: idle OpenMP threads sleep "
+        "instead of spinning, which on a shared, busy CPU otherwise stalls many-kernel steps; "
+        "inherit keeps the environment's)",
+    )
+    return p
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    cfg = BenchConfig(
+        d_in=args.d_in,
+        d_sae=args.d_sae,
+        batch=args.batch,
+        dtype=args.dtype,
+        device=args.device,
+        threads=args.threads,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        dead_fraction=args.dead_fraction,
+        adam=args.adam,
+        seed=args.seed,
+        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+        memory=not args.no_memory,
+        width_d_sae=args.width_d_sae,
+        width_batch=args.width_batch,
+        width_steps=args.width_steps,
+        extra={"argv": argv},
+    )
+    try:
+        cfg.validate()
+    except ValueError as err:
+        print(f"hf-topafa bench: {err}", file=sys.stderr)
+        return 2
+    wanted = args.omp_wait_policy.upper()
+    if args.omp_wait_policy != "inherit" and os.environ.get("OMP_WAIT_POLICY") != wanted:
+        # OpenMP reads the policy when torch loads, so it takes a fresh interpreter to change it
+        env = {**os.environ, "OMP_WAIT_POLICY": wanted}
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        command = [sys.executable, "-m", "hf_topafa.bench", *argv]
+        return subprocess.run(command, env=env, check=False).returncode
+    report = run(cfg)
+    print(format_report(report))
+    if args.json:
+        write_json(report, args.json)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())

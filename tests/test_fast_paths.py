@@ -1,0 +1,186 @@
+"""The fast training step equals the straightforward definition: values and gradients."""
+
+import pytest
+import torch
+
+from hf_topafa import SAEConfig, SparseAutoencoder, activations, sparse
+from hf_topafa.afa import afa_norm, scaled_feature_norm
+
+
+def make_sae(activation, d_in=12, d_sae=96, k=5, seed=0, **kwargs):
+    if activation in ("topk", "batchtopk"):
+        kwargs["k"] = k
+    torch.manual_seed(seed)
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, activation=activation, **kwargs)
+    sae = SparseAutoencoder(cfg).double()
+    with torch.no_grad():  # move away from the tied, zero-bias initialisation
+        sae.W_enc.add_(0.1 * torch.randn_like(sae.W_enc))
+        sae.W_dec.mul_(0.5 + torch.rand(d_sae, 1, dtype=torch.float64))
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.3)
+    return sae
+
+
+def direct_forward(sae, x, dead_mask):
+    """The loss written directly: dense pre-activations, dense masks, dense products."""
+    cfg = sae.config
+    x_n, _, _ = sae.normalize_input(x)
+    pre = torch.relu(torch.addmm(sae.b_enc, x_n - sae.b_dec, sae.W_enc))
+    if cfg.activation == "topafa":
+        target = afa_norm(x_n - sae.b_dec)
+        norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+        acts, _ = activations.topafa_reference(pre, norms, target)
+    elif cfg.activation == "topk":
+        acts = activations.topk(pre, cfg.k)
+    else:
+        acts, _ = activations.batchtopk(pre, cfg.k)
+    recon = acts @ sae.W_dec + sae.b_dec
+    total = x_n.pow(2).sum()
+    mse = (recon - x_n).pow(2).sum() / total
+    afa = (scaled_feature_norm(acts, sae.W_dec, sae.b_dec) - afa_norm(x_n)).pow(2).sum() / total
+    aux = pre.new_zeros(())
+    if dead_mask is not None and dead_mask.any():
+        k_aux = min(cfg.aux_k, int(dead_mask.sum()))
+        values, indices = (pre * dead_mask).topk(k_aux, dim=-1)
+        aux_recon = torch.zeros_like(pre).scatter(-1, indices, values) @ sae.W_dec
+        residual = (x_n - recon).detach()
+        aux = (aux_recon - residual).pow(2).sum() / residual.pow(2).sum()
+    loss = mse + cfg.afa_coef * afa + cfg.aux_coef * aux
+    return loss, acts, recon
+
+
+def grads_of(sae, loss):
+    sae.zero_grad(set_to_none=True)
+    loss.backward()
+    return {name: p.grad.clone() for name, p in sae.named_parameters()}
+
+
+@pytest.mark.parametrize("activation", ["topafa", "topk", "batchtopk"])
+@pytest.mark.parametrize(
+    "dead, aux_route",
+    [("none", "-"), ("few", "pairs"), ("few", "dense"), ("many", "pairs"), ("many", "dense")],
+)
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_step_equals_direct_definition(activation, dead, aux_route, path, monkeypatch):
+    # The density limits pick the routes: 1 forces gathered pairs, 0 dense products.
+    monkeypatch.setattr(sparse, "MAX_SPARSE_DENSITY", 1.0 if path == "sparse" else 0.0)
+    monkeypatch.setattr(sparse, "MAX_AUX_DENSITY", 1.0 if aux_route == "pairs" else 0.0)
+    sae = make_sae(activation, aux_k=6)
+    x = torch.randn(40, 12, dtype=torch.float64) * 2
+    dead_mask = {
+        "none": None,
+        "few": torch.arange(96) % 24 == 0,  # 4 dead < aux_k: every dead feature is used
+        "many": torch.arange(96) % 3 == 0,  # 32 dead > aux_k: a top-k among them
+    }[dead]
+    out = sae(x, dead_mask=dead_mask)
+    loss, acts, recon = direct_forward(sae, x, dead_mask)
+    assert torch.equal(out.feature_acts, acts)
+    assert torch.allclose(out.reconstruction, recon, atol=1e-12)
+    assert torch.allclose(out.loss, loss, rtol=1e-12, atol=1e-14)
+    assert (out.aux_loss > 0) == (dead != "none")
+    fast, direct = grads_of(sae, out.loss), grads_of(sae, loss)
+    for name in direct:
+        assert torch.allclose(fast[name], direct[name], rtol=1e-9, atol=1e-12), name
+        assert direct[name].abs().sum() > 0, name  # every parameter is exercised
+
+
+def test_sparse_path_is_taken_at_small_l0(monkeypatch):
+    calls = []
+    monkeypatch.setattr(sparse, "decode_pairs", lambda *a: calls.append(1) or _decode(*a))
+    sae = make_sae("topk", d_sae=96, k=3)  # 3 / 96 < MAX_SPARSE_DENSITY
+    sae(torch.randn(4, 12, dtype=torch.float64))
+    assert calls, "TopK with k << d_sae should decode through the active rows only"
+    calls.clear()
+    sae = make_sae("topk", d_sae=96, k=48)  # half the features: dense products are faster
+    sae(torch.randn(4, 12, dtype=torch.float64))
+    assert not calls
+
+
+_decode = sparse.decode_pairs
+
+
+def test_encode_pairs_gradient_matches_autograd_including_input():
+    torch.manual_seed(1)
+    x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(5, 11, dtype=torch.float64, requires_grad=True)
+    b_enc = torch.randn(11, dtype=torch.float64, requires_grad=True)
+    b_dec = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    pre = torch.relu((x - b_dec) @ W + b_enc)
+    rows = torch.tensor([0, 0, 1, 3, 3, 3, 6])
+    cols = torch.tensor([2, 9, 2, 0, 5, 10, 2])
+    weights = torch.randn(len(rows), dtype=torch.float64)
+    fast = sparse.encode_pairs(x, b_dec, W, b_enc, pre.detach(), rows, cols)
+    assert torch.equal(fast, pre.detach()[rows, cols])
+    g_fast = torch.autograd.grad((fast * weights).sum(), (x, b_dec, W, b_enc))
+    direct = (pre[rows, cols] * weights).sum()
+    g_direct = torch.autograd.grad(direct, (x, b_dec, W, b_enc), retain_graph=True)
+    for a, b in zip(g_fast, g_direct, strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    # with a dense block of columns (the aux-k loss's dead features) riding along
+    block_cols = torch.tensor([1, 2, 7])
+    block_weights = torch.randn(7, 3, dtype=torch.float64)
+    fast, block = sparse.encode_pairs(x, b_dec, W, b_enc, pre.detach(), rows, cols, block_cols)
+    assert torch.equal(block, pre.detach()[:, block_cols])
+    loss_fast = (fast * weights).sum() + (block * block_weights).sum()
+    loss_direct = (pre[rows, cols] * weights).sum() + (pre[:, block_cols] * block_weights).sum()
+    g_fast = torch.autograd.grad(loss_fast, (x, b_dec, W, b_enc))
+    g_direct = torch.autograd.grad(loss_direct, (x, b_dec, W, b_enc))
+    for a, b in zip(g_fast, g_direct, strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_decode_pairs_matches_dense_product_and_handles_empty_tokens():
+    torch.manual_seed(2)
+    W = torch.randn(9, 4, dtype=torch.float64)
+    rows = torch.tensor([0, 0, 2, 2, 2])  # token 1 and token 3 have no active feature
+    cols = torch.tensor([1, 8, 0, 1, 4])
+    values = torch.rand(5, dtype=torch.float64)
+    dense = torch.zeros(4, 9, dtype=torch.float64)
+    dense[rows, cols] = values
+    assert torch.allclose(sparse.decode_pairs(rows, cols, values, W, 4), dense @ W)
+    # values, W_dec and a dense block all get the gradients of the direct products
+    W.requires_grad_(True)
+    values.requires_grad_(True)
+    block = torch.rand(4, 2, dtype=torch.float64, requires_grad=True)
+    block_cols = torch.tensor([8, 3])
+    g1, g2 = torch.randn(4, 4, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64)
+    out, block_out = sparse.decode_pairs(rows, cols, values, W, 4, block, block_cols)
+    fast = torch.autograd.grad((out * g1).sum() + (block_out * g2).sum(), (values, W, block))
+    direct_dense = torch.zeros(4, 9, dtype=torch.float64).index_put((rows, cols), values)
+    direct = (direct_dense @ W * g1).sum() + (block @ W[block_cols] * g2).sum()
+    for a, b in zip(fast, torch.autograd.grad(direct, (values, W, block)), strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_topafa_pairs_match_reference_with_small_candidate_counts():
+    g = torch.Generator().manual_seed(3)
+    pre = torch.relu(torch.randn(64, 200, generator=g, dtype=torch.float64))
+    pre[5] = 0.0  # an all-zero token
+    pre[6, :4] = pre[6, 4]  # ties
+    norms = torch.rand(200, generator=g, dtype=torch.float64) + 0.5
+    target = torch.rand(64, generator=g, dtype=torch.float64) * 12
+    ref_acts, ref_k = activations.topafa_reference(pre, norms, target)
+    for candidates in (1, 8, 40, 200, 500):
+        rows, cols, k = activations.topafa_pairs(pre, norms, target, candidates)
+        assert torch.equal(k, ref_k)
+        mask = torch.zeros_like(pre, dtype=torch.bool)
+        mask[rows, cols] = True
+        assert torch.equal(pre * mask, ref_acts)
+        assert torch.equal(rows, rows.sort().values)  # sorted by token, as embedding_bag needs
+
+
+def test_adaptive_candidates_do_not_change_results():
+    sae = make_sae("topafa", d_sae=512)
+    x = torch.randn(30, 12, dtype=torch.float64)
+    first = sae(x)
+    assert sae._topafa_candidates < activations.TOPAFA_CANDIDATES  # adapted to the small k
+    sae._topafa_candidates = 1  # every token now overflows its candidates and is ranked in full
+    second = sae(x)
+    assert torch.equal(first.feature_acts, second.feature_acts)
+    assert torch.equal(first.k, second.k)
+
+
+def test_bad_dead_mask_raises():
+    sae = make_sae("topafa")
+    with pytest.raises(ValueError, match="dead_mask"):
+        sae(torch.randn(2, 12, dtype=torch.float64), dead_mask=torch.ones(5, dtype=torch.bool))
