@@ -406,6 +406,34 @@ class SparseAutoencoder(PreTrainedModel):
 
     # -- loading with clear errors -------------------------------------------------------------
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        metrics: dict | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        remote_code: bool = False,
+        **kwargs,
+    ) -> str:
+        """Upload config, weights and the hf-topafa model card (see ``hf_topafa.hub.push_model``)."""
+        if kwargs:
+            raise TypeError(f"unsupported push_to_hub arguments: {', '.join(sorted(kwargs))}")
+        from .hub import push_model
+
+        return push_model(
+            self,
+            repo_id,
+            metrics=metrics,
+            private=bool(private),
+            token=token,
+            revision=revision,
+            commit_message=commit_message,
+            remote_code=remote_code,
+        )
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' loader, after checking a local folder's files for readable errors."""

@@ -340,6 +340,8 @@ def test_model_push_to_hub_round_trip(hub):
     sae2.push_to_hub("alice/direct", token=TOKEN, revision="exp")
     same_outputs(sae2, AutoModel.from_pretrained("alice/direct", revision="exp"))
     same_outputs(sae, SparseAutoencoder.from_pretrained("alice/direct"))
+    card = open(hf_hub_download("alice/direct", "README.md")).read()
+    assert "library_name: hf-topafa" in card  # our card, not transformers' generic one
 
 
 def test_push_model_uploads_card_and_metrics(hub):
