@@ -130,8 +130,13 @@ def batchtopk_pairs(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def _nearest_prefix(sorted_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """k in 1..m whose cumulative norm sqrt(sum of the k largest) is nearest target (ties: smaller)."""
-    cumulative = sorted_values.cumsum(-1).sqrt()
+    """k in 1..m whose cumulative norm sqrt(sum of the k largest) is nearest target (ties: smaller).
+
+    Sums run in float64 so that k does not depend on how many candidates were ranked (a float32
+    prefix sum rounds differently with the length of the row it is computed over).
+    """
+    cumulative = sorted_values.double().cumsum(-1).sqrt()
+    target = target.double()
     m = cumulative.shape[-1]
     # j = number of prefixes strictly below the target; the answer is j or j + 1 (as a count).
     below = torch.searchsorted(cumulative.contiguous(), target.unsqueeze(-1).contiguous())
@@ -154,8 +159,8 @@ def topafa_reference(
     """The rule written directly, with a full stable sort; tests compare the fast path to it."""
     contributions = (pre.detach() * decoder_norms.detach()) ** 2
     values, order = contributions.sort(dim=-1, descending=True, stable=True)
-    norms = values.cumsum(-1).sqrt()
-    distance = (norms - target_norm.detach().unsqueeze(-1)).abs()
+    norms = values.double().cumsum(-1).sqrt()
+    distance = (norms - target_norm.detach().double().unsqueeze(-1)).abs()
     k = distance.argmin(dim=-1) + 1  # argmin returns the first minimum: the smaller k on ties
     ranks = torch.arange(pre.shape[-1], device=pre.device).expand_as(pre)
     mask = torch.zeros_like(pre, dtype=torch.bool).scatter(-1, order, ranks < k.unsqueeze(-1))
