@@ -1,0 +1,171 @@
+"""Training checkpoints that survive being killed at any moment.
+
+A checkpoint is a folder ``RUN/checkpoints/step_XXXXXXX/`` holding ``model.safetensors`` (the SAE's
+state dict), ``optimizer.safetensors`` (Adam's moments, flattened) and ``trainer_state.json``
+(step, data position, scheduler, dead-feature counters' file name). It is written into a hidden
+temporary folder and renamed into place, so a ``step_*`` folder is always complete; old ones are
+renamed away before they are deleted, so a half-deleted folder never looks like a checkpoint.
+Everything loads from safetensors and JSON: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+_STEP_DIR = re.compile(r"^step_(\d{7,})$")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to a temporary sibling, flush it to disk, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def checkpoint_dirs(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[-1] if dirs else None
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict,
+    tensors: dict[str, torch.Tensor],
+    state: dict,
+    keep: int,
+) -> Path:
+    """Write checkpoint ``step`` atomically, then drop all but the newest ``keep`` checkpoints.
+
+    ``tensors`` are extra trainer tensors (saved in ``trainer_state.safetensors``); ``state`` is
+    JSON-serialisable trainer state.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        moments, groups = _flatten_optimizer(optimizer_state)
+        _save_tensors({k: v for k, v in model_state.items()}, tmp / "model.safetensors")
+        _save_tensors(moments, tmp / "optimizer.safetensors")
+        _save_tensors(tensors, tmp / "trainer_state.safetensors")
+        state = {**state, "step": step, "optimizer_param_groups": groups}
+        atomic_write_json(tmp / "trainer_state.json", state)
+        _fsync_dir(tmp)
+        if final.exists():  # a re-run of the same step: replace it without a gap
+            _discard(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in checkpoint_dirs(run_dir)[:-keep]:
+        _discard(old)
+    return final
+
+
+def load_checkpoint(path: str | os.PathLike):
+    """Return ``(model_state, optimizer_state, tensors, state)`` saved by ``save_checkpoint``."""
+    path = Path(path)
+    for name in ("model.safetensors", "optimizer.safetensors", "trainer_state.json"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint {path} is incomplete: {name} is missing")
+    state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    model_state = load_file(str(path / "model.safetensors"))
+    moments = load_file(str(path / "optimizer.safetensors"))
+    optimizer_state = _unflatten_optimizer(moments, state.pop("optimizer_param_groups"))
+    extra = path / "trainer_state.safetensors"
+    tensors = load_file(str(extra)) if extra.is_file() else {}
+    return model_state, optimizer_state, tensors, state
+
+
+def clean_temporaries(run_dir: str | os.PathLike) -> None:
+    """Remove leftovers of checkpoint writes that a killed process never finished."""
+    root = Path(run_dir) / CHECKPOINTS
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _flatten_optimizer(optimizer_state: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """torch optimizer state_dict -> (tensors named "<param index>.<key>", JSON param groups)."""
+    moments = {}
+    for index, per_param in optimizer_state["state"].items():
+        for key, value in per_param.items():
+            moments[f"{index}.{key}"] = torch.as_tensor(value)
+    return moments, optimizer_state["param_groups"]
+
+
+def _unflatten_optimizer(moments: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in moments.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": groups}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _discard(path: Path) -> None:
+    """Rename a folder out of the checkpoint namespace, then delete it."""
+    trash = path.parent / f".old-{path.name}-{os.getpid()}"
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

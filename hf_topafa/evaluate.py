@@ -1,0 +1,887 @@
+"""Evaluate SAEs on held-out text: reconstruction, sparsity, downstream loss and AFA diagnostics.
+
+Data. Text is packed into windows of ``context_length`` tokens exactly as harvesting does
+(``hf_topafa.harvest``); by default only the held-out windows (``holdout="eval"``: every 10th
+window) are read, the ones a run trained with ``holdout="train"`` never saw. The evaluated
+positions are the harvested ones: the first position of each window (an attention sink with a
+huge norm) and BOS/EOS/pad positions are excluded, at most ``max_tokens`` of them are kept.
+
+Definitions (all in the SAE's input space, i.e. the original activations; for an SAE with
+``input_normalization="layer_norm"`` the same numbers are also given in its normalized space
+under ``reconstruction_normalized_space``):
+
+- ``normalized_mse``: the paper's per-token ||x - x_hat||^2 / ||x||^2, averaged over tokens;
+- ``fvu``: fraction of variance unexplained, sum ||x - x_hat||^2 / sum ||x - mean(x)||^2, the
+  mean taken over the evaluated tokens; ``explained_variance`` = 1 - fvu;
+- ``cosine_similarity``: mean over tokens of cos(x, x_hat);
+- dead features fire on none of the evaluated tokens, dense ones on more than ``dense_threshold``
+  of them;
+- downstream: the language model runs on the whole windows three ways -- clean, with the SAE's
+  reconstruction spliced in at its hook point, and with the activation zeroed (zero ablation).
+  Only the evaluated positions are replaced (the excluded ones keep their clean activation, since
+  the SAE never saw them), and the next-token cross-entropy and the KL divergence
+  KL(p_clean || p_spliced) are averaged over the predictions made *at* evaluated positions that
+  have a next token inside the window. ``loss_recovered`` = (CE_zero - CE_sae) / (CE_zero -
+  CE_clean): 1 is as good as the clean model, 0 as bad as zero ablation;
+- AFA: z is the SAE's (normalized) input, f~ its activations scaled by decoder-row norms with
+  ||b_dec|| appended, h = d_sae + 1 (see ``hf_topafa.afa``); tokens are over/within/under the
+  bounds for each eps (h - 1) in ``afa.EPS_H_BANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import afa, lm
+from .configuration_sae import SAEConfig
+from .harvest import HOLDOUTS, HarvestConfig, Harvester, dataset_name
+from .modeling_sae import SparseAutoencoder
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+CONTEXT_CHARS = 40  # characters of preceding text shown with a token on the interactive ZF plot
+
+
+@dataclass
+class EvalConfig:
+    """Where the evaluation text comes from and what is measured."""
+
+    dataset: str | None = None
+    """Hub dataset id, local file or folder; None = the bundled WikiText-2 sample."""
+    dataset_config: str | None = None
+    """Configuration name of a Hub dataset (e.g. "wikitext-2-raw-v1")."""
+    text_column: str = "text"
+    """Column holding the text (ignored for .txt files)."""
+    split: str = "train"
+    """Dataset split."""
+    model: str | None = None
+    """Language model; None = the SAE's own ``base_model`` (the embedded SmolLM2 if unset)."""
+    gguf_file: str | None = None
+    """GGUF file name inside ``model``."""
+    layer: int | None = None
+    """Decoder block; None = the SAE's own ``layer``."""
+    hook_point: str | None = None
+    """Hook point; None = the SAE's own ``hook_point``."""
+    max_tokens: int = 4096
+    """Evaluated (kept) positions; reading stops once this many are collected."""
+    context_length: int | None = None
+    """Tokens per window; None = the SAE's own ``context_length`` (so that the held-out windows
+    are exactly those its training skipped), or 256 (the harvest default) if it records none."""
+    batch_windows: int = 4
+    """Windows per language-model forward pass."""
+    holdout: str = "eval"
+    """Which windows to read: "eval" (held out from holdout="train" runs), "train" or "none"."""
+    holdout_every: int = 10
+    """Every ``holdout_every``-th window is an eval window (must match the training run)."""
+    compute_downstream: bool = True
+    """Measure cross-entropy, loss recovered and KL (three or more full forwards per batch)."""
+    dense_threshold: float = 0.1
+    """A feature firing on more than this share of tokens counts as dense."""
+    device: str = "cpu"
+    """Device of the language model and the SAEs."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self):
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive int, got {self.max_tokens!r}")
+        if self.holdout not in HOLDOUTS:
+            raise ValueError(f"holdout must be one of {', '.join(HOLDOUTS)}; got {self.holdout!r}")
+        if not 0 < self.dense_threshold < 1:
+            raise ValueError(f"dense_threshold must be in (0, 1), got {self.dense_threshold!r}")
+        if self.hook_point is not None and self.hook_point not in lm.HOOK_POINTS:
+            raise ValueError(
+                f"unknown hook_point {self.hook_point!r}: valid hook points are "
+                f"{', '.join(lm.HOOK_POINTS)}"
+            )
+
+
+@dataclass
+class EvalDetails:
+    """Per-token values behind the metrics, for plots (not part of the JSON)."""
+
+    label: str
+    normalized_mse: torch.Tensor
+    cosine: torch.Tensor
+    l0: torch.Tensor
+    k: torch.Tensor | None
+    z_norm: torch.Tensor
+    f_norm: torch.Tensor
+    eps_lbo: torch.Tensor
+    classes: dict[str, torch.Tensor] = field(default_factory=dict)
+    token_texts: list[str] | None = None
+
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        """The dict shape ``hf_topafa.afa.zf_diagnostics`` returns, for hf_topafa.plots."""
+        out = {"z_norm": self.z_norm, "f_norm": self.f_norm, "eps_lbo": self.eps_lbo}
+        out["l0"] = self.l0
+        out["k"] = self.k if self.k is not None else self.l0
+        out.update(self.classes)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_sae(sae_or_path, device: str = "cpu") -> tuple[SparseAutoencoder, str]:
+    """An SAE from a model object, a saved folder or a Hub id, with a label for reports."""
+    if isinstance(sae_or_path, SparseAutoencoder):
+        cfg = sae_or_path.config
+        label = f"{cfg.activation} L{cfg.layer}" if cfg.layer is not None else cfg.activation
+        return sae_or_path.to(device).eval(), label
+    path = os.fspath(sae_or_path)
+    local = Path(path).expanduser()
+    if local.exists() and not local.is_dir():
+        raise ValueError(f"{path} is a file; give the folder holding config.json and weights")
+    looks_local = local.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1
+    if looks_local and not local.is_dir():
+        raise FileNotFoundError(
+            f"SAE not found: {path} is neither a local folder nor a Hub id (owner/name)"
+        )
+    if looks_local:
+        return SparseAutoencoder.from_pretrained(str(local)).to(device).eval(), local.name
+    try:
+        sae = SparseAutoencoder.from_pretrained(path)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"SAE {path!r} is not a local folder and could not be loaded from the Hub ({err})"
+        ) from err
+    return sae.to(device).eval(), path
+
+
+# --------------------------------------------------------------------------------------------
+# Small pure functions (tested by hand)
+
+
+def loss_recovered(ce_clean: float, ce_sae: float, ce_zero: float) -> float:
+    """(CE_zero - CE_sae) / (CE_zero - CE_clean); NaN when zero ablation costs nothing."""
+    gap = ce_zero - ce_clean
+    return (ce_zero - ce_sae) / gap if gap != 0 else math.nan
+
+
+def quantiles(values: torch.Tensor, qs: Sequence[float] = QUANTILES) -> dict[str, float]:
+    """Named quantiles ("q05", "q50", ...); "nearest" keeps inf values meaningful."""
+    data = values.reshape(-1).double()
+    q = torch.quantile(data, torch.tensor(qs, dtype=torch.float64), interpolation="nearest")
+    return {f"q{round(p * 100):02d}": float(v) for p, v in zip(qs, q, strict=True)}
+
+
+def histogram(values: torch.Tensor, bins: int = 20) -> dict[str, list]:
+    """Integer-friendly histogram: bin edges and counts over the finite values."""
+    data = values.reshape(-1).double()
+    data = data[torch.isfinite(data)]
+    if data.numel() == 0:
+        return {"edges": [], "counts": []}
+    lo, hi = float(data.min()), float(data.max())
+    if hi == lo:
+        return {"edges": [lo, hi], "counts": [int(data.numel())]}
+    counts = torch.histc(data, bins=bins, min=lo, max=hi)
+    edges = torch.linspace(lo, hi, bins + 1)
+    return {"edges": [round(float(e), 6) for e in edges], "counts": [int(c) for c in counts]}
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming statistics of one SAE
+
+
+class _ReconStats:
+    """Sums for FVU plus per-token normalized MSE and cosine, in one space."""
+
+    def __init__(self):
+        self.sq_err = 0.0
+        self.sq_norm = 0.0
+        self.sum_x: torch.Tensor | None = None
+        self.n = 0
+        self.nmse: list[torch.Tensor] = []
+        self.cos: list[torch.Tensor] = []
+
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:
+        x, x_hat = x.double(), x_hat.double()
+        err = (x - x_hat).pow(2).sum(-1)
+        norm_sq = x.pow(2).sum(-1)
+        self.sq_err += float(err.sum())
+        self.sq_norm += float(norm_sq.sum())
+        self.sum_x = x.sum(0) if self.sum_x is None else self.sum_x + x.sum(0)
+        self.n += len(x)
+        self.nmse.append((err / norm_sq.clamp_min(1e-30)).float())
+        self.cos.append(torch.nn.functional.cosine_similarity(x, x_hat, dim=-1, eps=1e-12).float())
+
+    def result(self) -> dict:
+        centred = self.sq_norm - float(self.sum_x.pow(2).sum()) / self.n
+        fvu = self.sq_err / centred if centred > 0 else math.nan
+        nmse = torch.cat(self.nmse)
+        return {
+            "normalized_mse": float(nmse.mean()),
+            "normalized_mse_quantiles": quantiles(nmse),
+            "fvu": fvu,
+            "explained_variance": 1 - fvu,
+            "total_normalized_mse": self.sq_err / self.sq_norm,
+            "cosine_similarity": float(torch.cat(self.cos).mean()),
+        }
+
+
+class _SAEStats:
+    """Everything measured about one SAE, accumulated batch by batch."""
+
+    def __init__(self, sae: SparseAutoencoder, label: str, site: tuple[int, str]):
+        self.sae, self.label, self.site = sae, label, site
+        self.recon = _ReconStats()
+        self.recon_normalized = _ReconStats() if sae.config.input_normalization != "none" else None
+        self.fires = torch.zeros(sae.config.d_sae, dtype=torch.long)
+        self.per_token: dict[str, list[torch.Tensor]] = {}
+        self.ce_sum = 0.0
+        self.kl_sum = 0.0
+
+    def _keep(self, name: str, value: torch.Tensor) -> None:
+        self.per_token.setdefault(name, []).append(value.detach().float().cpu())
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        """Measure the SAE on activations x [N, d_in]; returns its reconstruction."""
+        sae = self.sae
+        out = sae(x)
+        x_hat = out.reconstruction
+        self.recon.update(x, x_hat)
+        z, _, _ = sae.normalize_input(x)
+        if self.recon_normalized is not None:
+            self.recon_normalized.update(z, sae.decode(out.feature_acts))
+        acts = out.feature_acts
+        self.fires += (acts != 0).sum(0).cpu()
+        z_norm = afa.afa_norm(z)
+        f_norm = afa.scaled_feature_norm(acts, sae.W_dec, sae.b_dec)
+        self._keep("l0", out.l0)
+        if out.k is not None:
+            self._keep("k", out.k)
+        self._keep("z_norm", z_norm)
+        self._keep("f_norm", f_norm)
+        self._keep("eps_lbo", afa.epsilon_lbo(z_norm, f_norm, sae.config.d_sae + 1))
+        for eps_h in afa.EPS_H_BANDS:
+            self._keep(f"class_{eps_h}", afa.classify_tokens(z_norm, f_norm, eps_h))
+        return x_hat
+
+    def finish(
+        self, dense_threshold: float, downstream: dict | None, texts
+    ) -> tuple[dict, EvalDetails]:
+        cfg: SAEConfig = self.sae.config
+        per = {name: torch.cat(parts) for name, parts in self.per_token.items()}
+        n = self.recon.n
+        freq = self.fires.double() / n
+        sparsity = {
+            "l0_mean": float(per["l0"].mean()),
+            "l0_quantiles": quantiles(per["l0"]),
+            "dead_features": int((self.fires == 0).sum()),
+            "dead_fraction": float((self.fires == 0).double().mean()),
+            "dense_features": int((freq > dense_threshold).sum()),
+            "dense_threshold": dense_threshold,
+        }
+        if cfg.activation == "topafa":
+            sparsity["k_mean"] = float(per["k"].mean())
+            sparsity["k_quantiles"] = quantiles(per["k"])
+            sparsity["k_histogram"] = histogram(per["k"])
+        h = cfg.d_sae + 1
+        eps = per["eps_lbo"]
+        afa_metrics = {
+            "h": h,
+            "eps_lbo_quartiles": quantiles(eps, (0.25, 0.5, 0.75)),
+            "eps_lbo_times_h_minus_1_quartiles": quantiles(eps * (h - 1), (0.25, 0.5, 0.75)),
+            "eps_lbo_infinite_tokens": int(torch.isinf(eps).sum()),
+            "bands": {},
+            "decoder": afa.decoder_quasi_orthogonality(self.sae.W_dec),
+            "mean_f_over_z": float((per["f_norm"] / per["z_norm"].clamp_min(1e-30)).mean()),
+        }
+        for eps_h in afa.EPS_H_BANDS:
+            classes = per[f"class_{eps_h}"]
+            afa_metrics["bands"][str(eps_h)] = {
+                "over": float((classes == afa.OVER).double().mean()),
+                "within": float((classes == afa.WITHIN).double().mean()),
+                "under": float((classes == afa.UNDER).double().mean()),
+            }
+        afa_metrics["decoder"]["max_abs_cos_times_h_minus_1"] = afa_metrics["decoder"][
+            "max_abs_cos"
+        ] * (h - 1)
+        metrics = {
+            "label": self.label,
+            "sae": {
+                "activation": cfg.activation,
+                "d_in": cfg.d_in,
+                "d_sae": cfg.d_sae,
+                "k": cfg.k,
+                "afa_coef": cfg.afa_coef,
+                "input_normalization": cfg.input_normalization,
+                "base_model": cfg.base_model,
+                "trained_layer": cfg.layer,
+                "trained_hook_point": cfg.hook_point,
+            },
+            "layer": self.site[0],
+            "hook_point": self.site[1],
+            "num_tokens": n,
+            "reconstruction": {"space": "input (original activations)", **self.recon.result()},
+        }
+        if self.recon_normalized is not None:
+            metrics["reconstruction_normalized_space"] = {
+                "space": f"SAE-normalized ({cfg.input_normalization})",
+                **self.recon_normalized.result(),
+            }
+        metrics["sparsity"] = sparsity
+        if downstream is not None:
+            count = downstream["num_predictions"]
+            ce_sae = self.ce_sum / count
+            metrics["downstream"] = {
+                "ce_clean": downstream["ce_clean"],
+                "ce_sae": ce_sae,
+                "ce_zero_ablation": downstream["ce_zero"],
+                "loss_recovered": loss_recovered(
+                    downstream["ce_clean"], ce_sae, downstream["ce_zero"]
+                ),
+                "ce_increase": ce_sae - downstream["ce_clean"],
+                "kl_div": self.kl_sum / count,
+                "num_predictions": count,
+            }
+        metrics["afa"] = afa_metrics
+        details = EvalDetails(
+            label=self.label,
+            normalized_mse=torch.cat(self.recon.nmse),
+            cosine=torch.cat(self.recon.cos),
+            l0=per["l0"],
+            k=per.get("k") if cfg.activation == "topafa" else None,
+            z_norm=per["z_norm"],
+            f_norm=per["f_norm"],
+            eps_lbo=eps,
+            classes={k: v for k, v in per.items() if k.startswith("class_")},
+            token_texts=texts,
+        )
+        return metrics, details
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluation loop
+
+
+def _next_token_logprobs(model, ids: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """log p(. | prefix) at the predicting positions ``pred`` [B, T-1], as [n, vocab] float32."""
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+    return torch.log_softmax(logits[pred].float(), dim=-1)
+
+
+def _replace_at(keep: torch.Tensor, values: torch.Tensor | None):
+    """Splice function: the activation with the kept positions replaced (zeros when None)."""
+
+    def fn(a: torch.Tensor) -> torch.Tensor:
+        a = a.clone()
+        a[keep.to(a.device)] = 0 if values is None else values.to(a.device, a.dtype)
+        return a
+
+    return fn
+
+
+def _batched(items: Iterator, n: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _token_texts(tokenizer, ids: torch.Tensor, keep: torch.Tensor) -> list[str]:
+    """For each kept position: a little preceding text, then the token in [[ ]]."""
+    texts = []
+    for row, col in keep.nonzero().tolist():
+        before = tokenizer.decode(ids[row, max(0, col - 12) : col].tolist())[-CONTEXT_CHARS:]
+        token = tokenizer.decode(ids[row, col : col + 1].tolist())
+        texts.append(f"{before}[[{token}]]")
+    return texts
+
+
+def _site_of(sae: SparseAutoencoder, cfg: EvalConfig) -> tuple[int, str]:
+    layer = cfg.layer if cfg.layer is not None else sae.config.layer
+    hook = cfg.hook_point if cfg.hook_point is not None else sae.config.hook_point
+    if layer is None:
+        raise ValueError("the SAE's config records no layer; pass layer= (--layer) to evaluate it")
+    if hook is None:
+        raise ValueError(
+            "the SAE's config records no hook_point; pass hook_point= (--hook-point), one of "
+            + ", ".join(lm.HOOK_POINTS)
+        )
+    return int(layer), hook
+
+
+def _context_length(loaded, cfg: EvalConfig) -> int:
+    """The window length: given, else the SAEs' own; warn when held-out windows cannot line up."""
+    recorded = {sae.config.context_length for sae, _ in loaded} - {None}
+    if cfg.context_length is None:
+        if len(recorded) > 1:
+            raise ValueError(
+                f"the SAEs were trained with different context lengths ({sorted(recorded)}); "
+                "pass one context_length (--context-length) or evaluate them separately"
+            )
+        return recorded.pop() if recorded else 256
+    if cfg.holdout == "eval" and recorded - {cfg.context_length}:
+        warnings.warn(
+            f"context_length={cfg.context_length} differs from the SAEs' training context "
+            f"({sorted(recorded)}): the held-out windows then overlap text the SAE trained on",
+            stacklevel=3,
+        )
+    return cfg.context_length
+
+
+def evaluate_saes(
+    saes: Sequence, config: EvalConfig | None = None, *, token_texts: bool = True
+) -> list[tuple[dict, EvalDetails]]:
+    """Evaluate several SAEs of one language model in a single pass over the text.
+
+    The clean forward and the zero ablation of each (layer, hook point) are shared, so adding an
+    SAE costs one spliced forward per batch. Returns (metrics, details) per SAE, in order.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or EvalConfig()
+    if not saes:
+        raise ValueError("no SAE to evaluate")
+    loaded = [load_sae(s, cfg.device) for s in saes]
+    models = {cfg.model} if cfg.model is not None else {s.config.base_model for s, _ in loaded}
+    models = {lm.DEFAULT_MODEL if lm.is_embedded(m) else m for m in models}
+    if len(models) > 1:
+        raise ValueError(
+            f"the SAEs come from different language models ({', '.join(map(str, models))}); "
+            "evaluate them separately or pass one model="
+        )
+    model_name = models.pop()
+    sites = [_site_of(sae, cfg) for sae, _ in loaded]
+    context_length = _context_length(loaded, cfg)
+    harvest_cfg = HarvestConfig(
+        model=model_name,
+        gguf_file=cfg.gguf_file,
+        layer=sites[0][0],
+        hook_point=sites[0][1],
+        dataset=cfg.dataset,
+        dataset_config=cfg.dataset_config,
+        text_column=cfg.text_column,
+        split=cfg.split,
+        context_length=context_length,
+        batch_windows=cfg.batch_windows,
+        holdout=cfg.holdout,
+        holdout_every=cfg.holdout_every,
+        device=cfg.device,
+    )
+    harvester = Harvester(harvest_cfg)
+    model, tokenizer = harvester.model, harvester.tokenizer
+    for (sae, label), (layer, hook) in zip(loaded, sites, strict=True):
+        lm.validate_hook(model, layer, hook)
+        if sae.config.d_in != harvester.d_in:
+            raise ValueError(
+                f"SAE {label!r} has d_in={sae.config.d_in} but {model_name} has hidden size "
+                f"{harvester.d_in}: it was trained on another model (its config says "
+                f"base_model={sae.config.base_model!r})"
+            )
+    stats = [_SAEStats(sae, label, site) for (sae, label), site in zip(loaded, sites, strict=True)]
+    unique_sites = sorted(set(sites))
+    zero_ce = dict.fromkeys(unique_sites, 0.0)
+    ce_clean, n_pred, n_tokens, n_windows = 0.0, 0, 0, 0
+    texts: list[str] = []
+    bar = tqdm(total=cfg.max_tokens, unit="tok", desc="evaluate", disable=not cfg.progress)
+    with torch.no_grad():
+        for batch in _batched(harvester.windows(), cfg.batch_windows):
+            ids = torch.stack(batch).to(harvester.device)
+            keep = harvester.keep_mask(ids)
+            rows, cols = keep.nonzero(as_tuple=True)
+            room = cfg.max_tokens - n_tokens
+            if len(rows) > room:  # stop at exactly max_tokens, in reading order
+                keep[rows[room:], cols[room:]] = False
+            kept = int(keep.sum())
+            if kept == 0:
+                continue
+            n_windows += len(ids)
+            captured: dict[tuple[int, str], torch.Tensor] = {}
+            if cfg.compute_downstream:
+                pred = keep[:, :-1]
+                targets = ids[:, 1:][pred]
+                with contextlib.ExitStack() as stack:
+                    for site in unique_sites:
+
+                        def grab(a, site=site, store=captured):
+                            store[site] = a
+                            return a
+
+                        stack.enter_context(lm.splice(model, *site, grab))
+                    logp_clean = _next_token_logprobs(model, ids, pred)
+                ce_clean += float(-logp_clean.gather(1, targets[:, None]).sum())
+                n_pred += len(targets)
+                for site in unique_sites:
+                    with lm.splice(model, *site, _replace_at(keep, None)):
+                        logp = _next_token_logprobs(model, ids, pred)
+                    zero_ce[site] += float(-logp.gather(1, targets[:, None]).sum())
+            else:
+                for site in unique_sites:
+                    captured[site] = lm.truncated_forward(model, ids, *site)
+            for st in stats:
+                x = captured[st.site][keep].float()
+                x_hat = st.update(x)
+                if cfg.compute_downstream:
+                    with lm.splice(model, *st.site, _replace_at(keep, x_hat)):
+                        logp = _next_token_logprobs(model, ids, pred)
+                    st.ce_sum += float(-logp.gather(1, targets[:, None]).sum())
+                    kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1)
+                    st.kl_sum += float(kl.sum())
+            if token_texts:
+                texts.extend(_token_texts(tokenizer, ids.cpu(), keep.cpu()))
+            n_tokens += kept
+            bar.update(kept)
+            if n_tokens >= cfg.max_tokens:
+                break
+    bar.close()
+    if n_tokens == 0:
+        raise ValueError(
+            f"the dataset {dataset_name(cfg.dataset)!r} gave no tokens to evaluate: no complete "
+            f"window of {context_length} tokens"
+            + (
+                f" among the held-out windows (holdout={cfg.holdout!r}: every "
+                f"{cfg.holdout_every}th window)"
+                if cfg.holdout != "none"
+                else ""
+            )
+            + "; use more text, a smaller context_length, or holdout='none'"
+        )
+    downstream = None
+    data = {
+        "model": model_name,
+        "dataset": dataset_name(cfg.dataset),
+        "dataset_config": cfg.dataset_config,
+        "split": cfg.split,
+        "holdout": cfg.holdout,
+        "holdout_every": cfg.holdout_every if cfg.holdout != "none" else None,
+        "context_length": context_length,
+        "num_windows": n_windows,
+        "num_tokens": n_tokens,
+        "excluded_positions": "first of each window; BOS/EOS/pad tokens",
+    }
+    results = []
+    for st in stats:
+        if cfg.compute_downstream:
+            downstream = {
+                "ce_clean": ce_clean / n_pred,
+                "ce_zero": zero_ce[st.site] / n_pred,
+                "num_predictions": n_pred,
+            }
+        metrics, details = st.finish(
+            cfg.dense_threshold, downstream, texts if token_texts else None
+        )
+        metrics["data"] = data
+        results.append((metrics, details))
+    return results
+
+
+def evaluate_activations(
+    sae_or_path,
+    activations,
+    *,
+    batch_size: int = 4096,
+    dense_threshold: float = 0.1,
+    device: str = "cpu",
+) -> tuple[dict, EvalDetails]:
+    """Reconstruction, sparsity and AFA metrics on activations already harvested (no LM needed).
+
+    ``activations`` is a tensor [N, d_in] or an iterable of such chunks (e.g. the ``acts`` of
+    ``ActivationCache.iter_with_tokens()``); there is no downstream section.
+    """
+    sae, label = load_sae(sae_or_path, device)
+    stats = _SAEStats(sae, label, (sae.config.layer, sae.config.hook_point))
+    chunks = [activations] if isinstance(activations, torch.Tensor) else activations
+    for chunk in chunks:
+        if chunk.ndim != 2 or chunk.shape[-1] != sae.config.d_in:
+            raise ValueError(
+                f"activations must have shape [N, {sae.config.d_in}] (the SAE's d_in); "
+                f"got {tuple(chunk.shape)}"
+            )
+        for start in range(0, len(chunk), batch_size):
+            stats.update(chunk[start : start + batch_size].to(device).float())
+    if stats.recon.n == 0:
+        raise ValueError("no activations given: there are no tokens to evaluate")
+    return stats.finish(dense_threshold, None, None)
+
+
+def evaluate_sae(
+    sae_or_path,
+    *,
+    dataset: str | None = None,
+    max_tokens: int = 4096,
+    model: str | None = None,
+    layer: int | None = None,
+    hook_point: str | None = None,
+    batch_windows: int = 4,
+    context_length: int | None = None,
+    compute_downstream: bool = True,
+    plots_dir: str | os.PathLike | None = None,
+    **config,
+) -> dict:
+    """Evaluate one SAE (object, folder or Hub id); returns JSON-serializable metrics.
+
+    Extra keyword arguments are EvalConfig fields. With ``plots_dir`` the plots are written there
+    and their paths listed under ``metrics["plots"]``.
+    """
+    cfg = EvalConfig(
+        dataset=dataset,
+        max_tokens=max_tokens,
+        model=model,
+        layer=layer,
+        hook_point=hook_point,
+        batch_windows=batch_windows,
+        context_length=context_length,
+        compute_downstream=compute_downstream,
+        **config,
+    )
+    [(metrics, details)] = evaluate_saes([sae_or_path], cfg, token_texts=plots_dir is not None)
+    if plots_dir is not None:
+        metrics["plots"] = [str(p) for p in write_plots(metrics, details, plots_dir)]
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+
+
+def write_plots(metrics: dict, details: EvalDetails, out_dir: str | os.PathLike) -> list[Path]:
+    """ZF plot (PNG and HTML with token text), eps_LBO histogram and, for top-AFA, k histogram."""
+    from . import plots
+
+    out = Path(out_dir)
+    title = f"{details.label} (layer {metrics['layer']}, {metrics['hook_point']})"
+    diag = details.diagnostics()
+    paths = [
+        plots.save_zf_plot(diag, out / "zf_plot.png", title=title),
+        plots.save_zf_plot_html(
+            diag, out / "zf_plot.html", token_texts=details.token_texts, title=title
+        ),
+        plots.save_histogram(
+            details.eps_lbo,
+            out / "eps_lbo_hist.png",
+            xlabel="eps_LBO (log scale)",
+            title=title,
+            log_x=True,
+        ),  # fmt: skip
+    ]
+    if details.k is not None:
+        paths.append(
+            plots.save_histogram(
+                details.k,
+                out / "k_hist.png",
+                xlabel="k (features kept per token)",
+                title=title,
+                integer=True,
+            )  # fmt: skip
+        )
+    return paths
+
+
+def write_multi_plots(results: Sequence[tuple[dict, EvalDetails]], out_dir) -> list[Path]:
+    """Per-SAE plots in sub-folders, plus the half-violin figure across SAEs (e.g. layers)."""
+    from . import plots
+
+    out = Path(out_dir)
+    paths: list[Path] = []
+    names: dict[str, int] = {}
+    per_sae = {}
+    for metrics, details in results:
+        prefix = f"L{metrics['layer']}_"
+        label = details.label
+        name = _safe_name(label if label.startswith(prefix) else prefix + label)
+        names[name] = names.get(name, 0) + 1
+        if names[name] > 1:
+            name = f"{name}_{names[name]}"
+        paths += write_plots(metrics, details, out / name)
+        per_sae[name] = {"normalized_mse": details.normalized_mse, "eps_lbo": details.eps_lbo}
+    if len(results) > 1:
+        paths.append(
+            plots.save_half_violins(
+                per_sae,
+                out / "per_sae_violins.png",
+                title="Per-token normalized MSE and eps_LBO (lower is better)",
+            )  # fmt: skip
+        )
+    return paths
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text).strip("_") or "sae"
+
+
+def to_json(value):
+    """Metrics with non-finite floats written as strings ("inf", "nan") so the JSON is valid."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def write_json(data, path: str | os.PathLike) -> Path:
+    """Atomic JSON write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(to_json(data), fh, indent=2, allow_nan=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def format_report(metrics: dict) -> str:
+    """A readable plain-text table of one SAE's metrics."""
+    rows: list[tuple[str, str]] = []
+    sae, rec, spa = metrics["sae"], metrics["reconstruction"], metrics["sparsity"]
+    data = metrics.get("data", {})
+    rows.append(("SAE", f"{metrics['label']}: {sae['activation']}, d_in {sae['d_in']}, "
+                 f"d_sae {sae['d_sae']}" + (f", k {sae['k']}" if sae["k"] else "")))  # fmt: skip
+    rows.append(
+        ("site", f"layer {metrics['layer']} {metrics['hook_point']} of {data.get('model')}")
+    )
+    rows.append(("tokens", f"{metrics['num_tokens']} from {data.get('dataset')} "
+                 f"(holdout {data.get('holdout')})"))  # fmt: skip
+    rows.append(("-- reconstruction", rec["space"]))
+    rows.append(("normalized MSE", f"{_fmt(rec['normalized_mse'])}  (mean ||x-x^||^2/||x||^2)"))
+    rows.append(
+        ("FVU", f"{_fmt(rec['fvu'])}  (explained variance {_fmt(rec['explained_variance'])})")
+    )
+    rows.append(("cosine similarity", _fmt(rec["cosine_similarity"])))
+    if "reconstruction_normalized_space" in metrics:
+        rn = metrics["reconstruction_normalized_space"]
+        rows.append(("  normalized space", f"nMSE {_fmt(rn['normalized_mse'])}, "
+                     f"FVU {_fmt(rn['fvu'])}, cos {_fmt(rn['cosine_similarity'])}"))  # fmt: skip
+    rows.append(("-- sparsity", ""))
+    q = spa["l0_quantiles"]
+    rows.append(("L0", f"mean {_fmt(spa['l0_mean'])}  (median {_fmt(q['q50'])}, "
+                 f"5-95% {_fmt(q['q05'])}-{_fmt(q['q95'])})"))  # fmt: skip
+    if "k_quantiles" in spa:
+        kq = spa["k_quantiles"]
+        rows.append(("top-AFA k", f"mean {_fmt(spa['k_mean'])}  quartiles {_fmt(kq['q25'])} / "
+                     f"{_fmt(kq['q50'])} / {_fmt(kq['q75'])}"))  # fmt: skip
+    rows.append(("dead / dense", f"{spa['dead_features']} / {spa['dense_features']} "
+                 f"(dense: fires on > {spa['dense_threshold']:.0%} of tokens)"))  # fmt: skip
+    if "downstream" in metrics:
+        d = metrics["downstream"]
+        rows.append(("-- downstream", f"{d['num_predictions']} next-token predictions"))
+        rows.append(("CE clean / SAE / zero", f"{_fmt(d['ce_clean'])} / {_fmt(d['ce_sae'])} / "
+                     f"{_fmt(d['ce_zero_ablation'])}"))  # fmt: skip
+        rows.append(("loss recovered", _fmt(d["loss_recovered"])))
+        rows.append(("KL(clean || SAE)", _fmt(d["kl_div"])))
+    a = metrics["afa"]
+    eq = a["eps_lbo_quartiles"]
+    rows.append(("-- AFA", f"h = {a['h']}"))
+    rows.append(("eps_LBO quartiles", f"{_fmt(eq['q25'])} / {_fmt(eq['q50'])} / {_fmt(eq['q75'])}"))
+    for eps_h, shares in a["bands"].items():
+        rows.append((f"eps(h-1)={eps_h}", f"over {shares['over']:.1%}, within "
+                     f"{shares['within']:.1%}, under {shares['under']:.1%}"))  # fmt: skip
+    dec = a["decoder"]
+    rows.append(
+        ("decoder |cos|", f"max {_fmt(dec['max_abs_cos'])}, mean {_fmt(dec['mean_abs_cos'])}")
+    )
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
+
+
+def print_report(metrics: dict) -> None:
+    """Print the table of ``format_report``."""
+    print(format_report(metrics))
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = EvalConfig()
+    p = argparse.ArgumentParser(
+        prog="hf-topafa evaluate",
+        description="Evaluate SAEs on held-out text: reconstruction, sparsity, downstream loss, AFA.",
+    )
+    p.add_argument("saes", nargs="+", metavar="SAE", help="saved SAE folder or Hub id")
+    p.add_argument("--dataset", default=None, help="Hub id or local file; default: bundled sample")
+    p.add_argument("--dataset-config", default=None)
+    p.add_argument("--text-column", default=d.text_column)
+    p.add_argument("--split", default=d.split)
+    p.add_argument("--model", default=None, help="language model; default: the SAE's base_model")
+    p.add_argument("--gguf-file", default=None)
+    p.add_argument("--layer", type=int, default=None, help="default: the SAE's layer")
+    p.add_argument("--hook-point", default=None, choices=lm.HOOK_POINTS)
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="evaluated positions")
+    p.add_argument(
+        "--context-length", type=int, default=None, help="default: the SAE's training context"
+    )
+    p.add_argument("--batch-windows", type=int, default=d.batch_windows)
+    p.add_argument(
+        "--holdout", default=d.holdout, choices=HOLDOUTS,
+        help="eval: only the windows training runs hold out (default); none: all windows",
+    )  # fmt: skip
+    p.add_argument("--holdout-every", type=int, default=d.holdout_every)
+    p.add_argument("--no-downstream", action="store_true", help="skip CE / loss recovered / KL")
+    p.add_argument("--dense-threshold", type=float, default=d.dense_threshold)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--json", default=None, metavar="OUT", help="write the metrics here")
+    p.add_argument("--plots", default=None, metavar="DIR", help="write the plots here")
+    return p
+
+
+def cli_main(argv: list[str]) -> int:
+    """``hf-topafa evaluate SAE [SAE ...]``."""
+    args = build_parser().parse_args(argv)
+    cfg = EvalConfig(
+        dataset=args.dataset,
+        dataset_config=args.dataset_config,
+        text_column=args.text_column,
+        split=args.split,
+        model=args.model,
+        gguf_file=args.gguf_file,
+        layer=args.layer,
+        hook_point=args.hook_point,
+        max_tokens=args.max_tokens,
+        context_length=args.context_length,
+        batch_windows=args.batch_windows,
+        holdout=args.holdout,
+        holdout_every=args.holdout_every,
+        compute_downstream=not args.no_downstream,
+        dense_threshold=args.dense_threshold,
+        device=args.device,
+    )
+    results = evaluate_saes(args.saes, cfg, token_texts=args.plots is not None)
+    for i, (metrics, _) in enumerate(results):
+        if i:
+            print()
+        print_report(metrics)
+    if args.plots is not None:
+        if len(results) == 1:
+            paths = write_plots(*results[0], args.plots)
+        else:
+            paths = write_multi_plots(results, args.plots)
+        print(f"\nwrote {len(paths)} plots to {args.plots}")
+    if args.json is not None:
+        metrics = [m for m, _ in results]
+        payload = metrics[0] if len(metrics) == 1 else {"results": metrics}
+        payload = {**payload, "config": asdict(cfg)}
+        print(f"wrote {write_json(payload, args.json)}")
+    return 0

@@ -1,0 +1,433 @@
+"""Reproduce the paper's comparison (Lee et al., arXiv 2503.24277) on a real language model.
+
+For each of three middle layers: harvest activations once (cached), train TopK and BatchTopK
+over k in powers of two and top-AFA over lambda_AFA, evaluate every SAE on held-out text, and
+write the table (CSV + Markdown), the L0 - normalized-MSE plot per layer and the per-layer
+half-violins into a results folder, with the exact command, hardware and wall times.
+
+Data split: windows of ``--context-length`` tokens; every 10th window is held out
+(``holdout="eval"``), the others are the training text (``holdout="train"``).
+Evaluation: reconstruction, sparsity and AFA numbers on ``--eval-tokens`` held-out activations;
+loss recovered and KL on the first ``--downstream-tokens`` held-out positions (the language model
+runs once clean, once zero-ablated per layer and once per SAE).
+
+The defaults fit a CPU budget (embedded SmolLM2-135M-Instruct, d = 576, expansion 4, a few tens
+of thousands of tokens). The paper's setting is reached with flags, on a GPU, e.g.::
+
+    python scripts/reproduce_paper.py --model gpt2 --layers 6 7 8 --dataset Skylion007/openwebtext \\
+        --train-tokens 80000000 --expansion 16 --ks 16 32 64 128 256 --batch-size 4096 \\
+        --lr 3e-4 --disk-cache --device cuda --eval-tokens 1000000 --downstream-tokens 65536
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from hf_topafa import SparseAutoencoder, lm, plots
+from hf_topafa import evaluate as ev
+from hf_topafa.harvest import ActivationCache, HarvestConfig, Harvester, dataset_name
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "results" / "paper_comparison"
+AFA_COEFS = ("1/128", "1/64", "1/32", "1/24", "1/16")
+COLUMNS = (
+    "layer", "activation", "k", "afa_coef", "l0", "normalized_mse", "fvu", "loss_recovered",
+    "kl_div", "eps_lbo_median", "within_0.5", "dead_features", "train_steps", "train_seconds",
+)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default=None, help="language model; default: embedded SmolLM2")
+    p.add_argument("--layers", type=int, nargs="+", default=[12, 15, 18])
+    p.add_argument("--hook-point", default="resid_post", choices=lm.HOOK_POINTS)
+    p.add_argument("--dataset", default=None, help="default: the bundled WikiText-2 sample")
+    p.add_argument("--dataset-config", default=None)
+    p.add_argument("--context-length", type=int, default=128)
+    p.add_argument("--train-tokens", type=int, default=16384)
+    p.add_argument("--eval-tokens", type=int, default=2048)
+    p.add_argument("--downstream-tokens", type=int, default=254)
+    p.add_argument("--expansion", type=int, default=4)
+    p.add_argument("--ks", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--afa-coefs", nargs="+", default=list(AFA_COEFS), help="fractions allowed")
+    p.add_argument(
+        "--activations", nargs="+", default=["topk", "batchtopk", "topafa"],
+        choices=["topk", "batchtopk", "topafa"],
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the training tokens")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, every SAE")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="results folder (committed)")
+    p.add_argument(
+        "--disk-cache", action="store_true",
+        help="harvest training activations to on-disk caches (one per layer) instead of memory;\n"
+        "needed at the paper's scale (80M tokens do not fit in memory)",
+    )  # fmt: skip
+    p.add_argument(
+        "--report-only", action="store_true", help="train nothing; report the finished runs"
+    )
+    p.add_argument("--work", default=None, help="activation cache and trained SAEs (not committed)")
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# Harvest: all layers in one truncated forward, train and held-out splits cached once
+
+
+def _settings(args, split: str) -> dict:
+    return {
+        "model": args.model or lm.DEFAULT_MODEL,
+        "layers": sorted(set(args.layers)),
+        "hook_point": args.hook_point,
+        "dataset": dataset_name(args.dataset),
+        "dataset_config": args.dataset_config,
+        "context_length": args.context_length,
+        "split": split,
+        "tokens": args.train_tokens if split == "train" else args.eval_tokens,
+    }
+
+
+def harvest(args, split: str, path: Path) -> dict[int, torch.Tensor]:
+    """Activations {layer: [N, d]} of the ``split`` windows, read from ``path`` or harvested."""
+    settings = _settings(args, split)
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as fh:
+            if json.loads(fh.metadata().get("settings", "{}")) == settings:
+                print(f"reusing cached {split} activations {path}")
+                return {layer: fh.get_tensor(f"L{layer}") for layer in settings["layers"]}
+    from tqdm.auto import tqdm
+
+    layers = settings["layers"]
+    harvester = Harvester(
+        HarvestConfig(
+            model=args.model,
+            layer=layers[-1],
+            hook_point=args.hook_point,
+            dataset=args.dataset,
+            dataset_config=args.dataset_config,
+            context_length=args.context_length,
+            holdout=split,
+            device=args.device,
+        )  # fmt: skip
+    )
+    for layer in layers:
+        lm.validate_hook(harvester.model, layer, args.hook_point)
+    wanted = settings["tokens"]
+    parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    count = 0
+    bar = tqdm(total=wanted, unit="tok", desc=f"harvest {split}")
+    for batch in ev._batched(harvester.windows(), 8):
+        ids = torch.stack(batch).to(harvester.device)
+        keep = harvester.keep_mask(ids)
+        rows, cols = keep.nonzero(as_tuple=True)
+        rows, cols = rows[: wanted - count], cols[: wanted - count]
+        captured = {}
+        with contextlib.ExitStack() as stack:
+            for layer in layers[:-1]:
+
+                def grab(a, layer=layer, store=captured):
+                    store[layer] = a
+                    return a
+
+                stack.enter_context(lm.splice(harvester.model, layer, args.hook_point, grab))
+            captured[layers[-1]] = lm.truncated_forward(
+                harvester.model, ids, layers[-1], args.hook_point
+            )
+        for layer in layers:
+            parts[layer].append(captured[layer][rows, cols].float().cpu())
+        count += len(rows)
+        bar.update(len(rows))
+        if count >= wanted:
+            break
+    bar.close()
+    if count == 0:
+        raise ValueError(f"the dataset gave no {split} tokens to harvest")
+    acts = {layer: torch.cat(parts[layer]) for layer in layers}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    os.chmod(tmp, 0o644)
+    save_file({f"L{k}": v.contiguous() for k, v in acts.items()}, tmp,
+              metadata={"settings": json.dumps(settings)})  # fmt: skip
+    os.replace(tmp, path)
+    return acts
+
+
+# --------------------------------------------------------------------------------------------
+# Train
+
+
+def sae_grid(args) -> list[dict]:
+    """One entry per SAE to train at each layer: activation, k, afa_coef."""
+    grid = []
+    for activation in args.activations:
+        if activation == "topafa":
+            grid += [{"activation": "topafa", "k": None, "afa_coef": c} for c in args.afa_coefs]
+        else:  # the baselines train without the AFA loss, as in the paper
+            grid += [{"activation": activation, "k": k, "afa_coef": "0"} for k in args.ks]
+    return grid
+
+
+def run_name(layer: int, spec: dict) -> str:
+    if spec["activation"] == "topafa":
+        return f"L{layer}_topafa_afa{spec['afa_coef'].replace('/', '-')}"
+    return f"L{layer}_{spec['activation']}_k{spec['k']}"
+
+
+def disk_caches(args, work: Path) -> dict[int, Path]:
+    """--disk-cache: one activation cache of the training windows per layer (hf_topafa.harvest)."""
+    from hf_topafa.harvest import write_cache
+
+    caches = {}
+    for layer in sorted(set(args.layers)):
+        cfg = HarvestConfig(
+            model=args.model, layer=layer, hook_point=args.hook_point, dataset=args.dataset,
+            dataset_config=args.dataset_config, context_length=args.context_length,
+            holdout="train", max_tokens=args.train_tokens, device=args.device,
+        )  # fmt: skip
+        caches[layer] = write_cache(cfg, work / f"train_cache_L{layer}")
+    return caches
+
+
+def train_one(
+    args, layer: int, spec: dict, acts: torch.Tensor | Path, eval_x: torch.Tensor, run_dir: Path
+) -> dict | None:
+    """Train one SAE with hf_topafa.train on activations in memory or in a cache folder; reuse a
+    finished run. Returns the run's metrics.json, or None when ``--report-only`` and it is missing.
+    """
+    from hf_topafa.train import METRICS, TrainConfig, train
+
+    on_disk = isinstance(acts, Path)
+    n_rows = args.train_tokens if on_disk else len(acts)
+    tokens = int(args.epochs * n_rows) // args.batch_size * args.batch_size
+    wanted = {
+        "activation": spec["activation"], "k": spec["k"],
+        "afa_coef": float(Fraction(spec["afa_coef"])), "expansion_factor": args.expansion,
+        "max_tokens": tokens, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+    }  # fmt: skip
+    finished = (run_dir / METRICS).is_file() and (run_dir / "model.safetensors").is_file()
+    if finished:
+        saved = json.loads((run_dir / "training_config.json").read_text())
+        stale = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+        if not stale:
+            return json.loads((run_dir / METRICS).read_text())
+        print(f"   {run_dir.name} was trained with other settings {stale}; training again")
+    if args.report_only:
+        return None
+    config = TrainConfig(
+        model=args.model or lm.DEFAULT_MODEL, layer=layer, hook_point=args.hook_point,
+        dataset=args.dataset, dataset_config=args.dataset_config,
+        context_length=args.context_length, activation=spec["activation"], k=spec["k"],
+        afa_coef=float(Fraction(spec["afa_coef"])), expansion_factor=args.expansion,
+        max_tokens=tokens, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        eval_tokens=min(1024, len(eval_x)), output=str(run_dir), overwrite=True,
+        checkpoint_every=0 if not on_disk else 1000, log_with="none", progress=True,
+        activation_cache=str(acts) if on_disk else None,
+    )  # fmt: skip
+    train(config, data=None if on_disk else acts, eval_data=eval_x)
+    return json.loads((run_dir / METRICS).read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluate and report
+
+
+def evaluate_all(args, runs: list[dict], eval_acts: dict[int, torch.Tensor]) -> None:
+    """Fill each run's metrics: activation-level on held-out activations, then downstream."""
+    for run in runs:
+        sae = SparseAutoencoder.from_pretrained(run["dir"]).eval()
+        metrics, details = ev.evaluate_activations(sae, eval_acts[run["layer"]], device=args.device)
+        run["metrics"], run["details"] = metrics, details
+    if args.downstream_tokens > 0:
+        saes = [SparseAutoencoder.from_pretrained(r["dir"]).eval() for r in runs]
+        cfg = ev.EvalConfig(
+            model=args.model, dataset=args.dataset, dataset_config=args.dataset_config,
+            context_length=args.context_length, max_tokens=args.downstream_tokens,
+            holdout="eval", device=args.device, batch_windows=2,
+        )  # fmt: skip
+        for run, (metrics, _) in zip(
+            runs, ev.evaluate_saes(saes, cfg, token_texts=False), strict=True
+        ):
+            run["metrics"]["downstream"] = metrics["downstream"]
+
+
+def table_rows(runs: list[dict]) -> list[dict]:
+    rows = []
+    for run in runs:
+        m = run["metrics"]
+        down = m.get("downstream", {})
+        rows.append({
+            "layer": run["layer"],
+            "activation": run["spec"]["activation"],
+            "k": run["spec"]["k"] if run["spec"]["k"] is not None else "",
+            "afa_coef": run["spec"]["afa_coef"] if run["spec"]["activation"] == "topafa" else "",
+            "l0": round(m["sparsity"]["l0_mean"], 2),
+            "normalized_mse": round(m["reconstruction"]["normalized_mse"], 4),
+            "fvu": round(m["reconstruction"]["fvu"], 4),
+            "loss_recovered": round(down["loss_recovered"], 4) if down else "",
+            "kl_div": round(down["kl_div"], 4) if down else "",
+            "eps_lbo_median": f"{m['afa']['eps_lbo_quartiles']['q50']:.3g}",
+            "within_0.5": round(m["afa"]["bands"]["0.5"]["within"], 3),
+            "dead_features": m["sparsity"]["dead_features"],
+            "train_steps": run["train"].get("steps", ""),
+            "train_seconds": round(run["train"].get("train_time_s", 0.0), 1),
+        })  # fmt: skip
+    return rows
+
+
+def write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.chmod(tmp, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_tables(rows: list[dict], out: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "table.csv", buf.getvalue())
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    write_text(out / "table.md", "\n".join(lines) + "\n")
+
+
+def write_figures(runs: list[dict], rows: list[dict], out: Path) -> None:
+    for layer in sorted({r["layer"] for r in rows}):
+        plots.save_l0_mse_plot(
+            [r for r in rows if r["layer"] == layer], out / f"l0_vs_nmse_L{layer}.png",
+            title=f"Layer {layer}: L0 vs normalized MSE (held-out)",
+        )  # fmt: skip
+    # Half-violins across layers for each activation's middle setting.
+    for activation in sorted({r["spec"]["activation"] for r in runs}):
+        mine = [r for r in runs if r["spec"]["activation"] == activation]
+        settings = sorted({run_name(0, r["spec"]).split("_", 1)[1] for r in mine})
+        middle = settings[len(settings) // 2]
+        per_layer = {
+            f"layer {r['layer']}": {
+                "normalized_mse": r["details"].normalized_mse,
+                "eps_lbo": r["details"].eps_lbo,
+            }
+            for r in mine
+            if run_name(0, r["spec"]).split("_", 1)[1] == middle
+        }
+        plots.save_half_violins(
+            per_layer, out / f"violins_{middle}.png",
+            title=f"{middle}: per-token normalized MSE and eps_LBO by layer",
+        )  # fmt: skip
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        kb = int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    with contextlib.suppress(OSError, AttributeError):
+        mem += f"; load average at the end {os.getloadavg()[0]:.1f} (other jobs share the machine)"
+    return (
+        f"{cpu}; {os.cpu_count()} CPU cores visible, torch threads {torch.get_num_threads()}"
+        f"{mem}; {gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    for c in args.afa_coefs:
+        Fraction(c)  # fail early on a malformed coefficient
+    started = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work) if args.work else lm.cache_root() / "reproduce_paper"
+    phases = {}
+
+    t = time.perf_counter()
+    if args.disk_cache:
+        train_acts = disk_caches(args, work)
+    else:
+        train_acts = harvest(args, "train", work / "train_activations.safetensors")
+    eval_acts = harvest(args, "eval", work / "eval_activations.safetensors")
+    phases["harvest"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    runs = []
+    for layer in sorted(set(args.layers)):
+        for spec in sae_grid(args):
+            run_dir = work / "runs" / run_name(layer, spec)
+            print(f"== {run_dir.name}", flush=True)
+            info = train_one(args, layer, spec, train_acts[layer], eval_acts[layer], run_dir)
+            if info is None:
+                print(f"   missing (--report-only): {run_dir}")
+                continue
+            runs.append({"layer": layer, "spec": spec, "dir": run_dir, "train": info})
+    phases["train"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    evaluate_all(args, runs, eval_acts)
+    phases["evaluate"] = time.perf_counter() - t
+
+    rows = table_rows(runs)
+    write_tables(rows, out)
+    write_figures(runs, rows, out)
+    ev.write_json(
+        {"runs": [{"name": r["dir"].name, "layer": r["layer"], "spec": r["spec"],
+                   "train": r["train"], "metrics": r["metrics"]} for r in runs]},
+        out / "metrics.json",
+    )  # fmt: skip
+    total = time.perf_counter() - started
+    n_train = {
+        layer: a.num_tokens if args.disk_cache else len(a)
+        for layer, a in (
+            {k: ActivationCache(v) for k, v in train_acts.items()}
+            if args.disk_cache
+            else train_acts
+        ).items()
+    }
+    n_eval = {layer: len(a) for layer, a in eval_acts.items()}
+    command = "python scripts/reproduce_paper.py " + " ".join(shlex.quote(a) for a in argv)
+    write_text(
+        out / "COMMAND.md",
+        "# How this folder was produced\n\n"
+        f"```\n{command}\n```\n\n"
+        f"- Finished: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+        f"- Hardware: {hardware()}\n"
+        f"- Wall time: {total / 60:.1f} min (harvest {phases['harvest'] / 60:.1f}, train "
+        f"{phases['train'] / 60:.1f}, evaluate {phases['evaluate'] / 60:.1f})\n"
+        f"- Settings: {json.dumps(vars(args))}\n"
+        f"- Training tokens per layer: {n_train}; held-out tokens per layer: {n_eval}\n",
+    )
+    print(open(out / "table.md").read())
+    print(f"done in {total / 60:.1f} min; results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
