@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -126,11 +127,11 @@ def write_csv(rows: list[dict], stem: str) -> str:
     """Per-token CSV in a fresh folder (old ones are pruned); Gradio serves it for download."""
     CSV_DIR.mkdir(parents=True, exist_ok=True)
     now = time.time()
-    for old in CSV_DIR.glob("*/*.csv"):
+    # Concurrent requests prune at the same time: any folder may vanish under our feet.
+    for folder in list(CSV_DIR.iterdir()):
         try:
-            if now - old.stat().st_mtime > CSV_MAX_AGE_S:
-                old.unlink()
-                old.parent.rmdir()
+            if now - folder.stat().st_mtime > CSV_MAX_AGE_S:
+                shutil.rmtree(folder, ignore_errors=True)
         except OSError:
             pass
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60] or "sae"
