@@ -37,7 +37,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,7 +45,7 @@ import torch
 
 from . import afa, lm
 from .configuration_sae import SAEConfig
-from .harvest import HOLDOUTS, HarvestConfig, Harvester, dataset_name
+from .harvest import HOLDOUTS, HarvestConfig, Harvester, batched, dataset_name
 from .modeling_sae import SparseAutoencoder
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -385,17 +385,6 @@ def _replace_at(keep: torch.Tensor, values: torch.Tensor | None):
     return fn
 
 
-def _batched(items: Iterator, n: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def _token_texts(tokenizer, ids: torch.Tensor, keep: torch.Tensor) -> list[str]:
     """For each kept position: a little preceding text, then the token in [[ ]]."""
     texts = []
@@ -494,7 +483,7 @@ def evaluate_saes(
     texts: list[str] = []
     bar = tqdm(total=cfg.max_tokens, unit="tok", desc="evaluate", disable=not cfg.progress)
     with torch.no_grad():
-        for batch in _batched(harvester.windows(), cfg.batch_windows):
+        for batch in batched(harvester.windows(), cfg.batch_windows):
             ids = torch.stack(batch).to(harvester.device)
             keep = harvester.keep_mask(ids)
             rows, cols = keep.nonzero(as_tuple=True)

@@ -379,7 +379,7 @@ class Harvester:
         )
         window_index = 0
         try:
-            for batch in _batched(self.windows(), cfg.batch_windows):
+            for batch in batched(self.windows(), cfg.batch_windows):
                 ids = torch.stack(batch).to(self.device)
                 acts = truncated_forward(self.model, ids, cfg.layer, cfg.hook_point)
                 keep = self.keep_mask(ids)
@@ -419,7 +419,8 @@ class Harvester:
         )
 
 
-def _batched(items: Iterable, n: int) -> Iterator[list]:
+def batched(items: Iterable, n: int) -> Iterator[list]:
+    """Consecutive lists of n items (the last may be shorter)."""
     batch = []
     for item in items:
         batch.append(item)

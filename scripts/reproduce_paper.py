@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 
 from hf_topafa import SparseAutoencoder, lm, plots
 from hf_topafa import evaluate as ev
-from hf_topafa.harvest import ActivationCache, HarvestConfig, Harvester, dataset_name
+from hf_topafa.harvest import ActivationCache, HarvestConfig, Harvester, batched, dataset_name
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "results" / "paper_comparison"
@@ -134,7 +134,7 @@ def harvest(args, split: str, path: Path) -> dict[int, torch.Tensor]:
     parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     count = 0
     bar = tqdm(total=wanted, unit="tok", desc=f"harvest {split}")
-    for batch in ev._batched(harvester.windows(), 8):
+    for batch in batched(harvester.windows(), 8):
         ids = torch.stack(batch).to(harvester.device)
         keep = harvester.keep_mask(ids)
         rows, cols = keep.nonzero(as_tuple=True)

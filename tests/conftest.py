@@ -33,3 +33,17 @@ def smollm2():
     except ModuleNotFoundError as err:
         pytest.fail(str(err))
     return load_language_model()
+
+
+# --- threads ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small forwards: one thread avoids stalls at thread barriers on a busy shared machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

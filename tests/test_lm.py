@@ -11,14 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_topafa import lm
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small forwards: one thread avoids stalls at thread barriers on a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
