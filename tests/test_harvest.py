@@ -229,7 +229,7 @@ def test_cache_round_trip(smollm2, base_cfg, cache_dir):
     cache = H.ActivationCache(cache_dir, expect=cfg)
     m = cache.manifest
     assert (m["model"], m["layer"], m["hook_point"]) == (lm.DEFAULT_MODEL, 4, "resid_post")
-    assert m["dataset"] == str(base_cfg["dataset"]) and m["num_tokens"] == 200
+    assert m["dataset"] == H.dataset_name(base_cfg["dataset"]) and m["num_tokens"] == 200
     assert cache.num_tokens == 200 and cache.d_in == 576
     assert [s["num_tokens"] for s in m["shards"]] == [64, 64, 64, 8]
     assert sorted(p.name for p in cache_dir.iterdir()) == ["manifest.json"] + [
