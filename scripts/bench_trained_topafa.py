@@ -21,7 +21,7 @@ pkg = bench.PackageStep(cfg, "topafa", 4608)
 pkg.sae.load_state_dict(trained.state_dict())
 paper = bench.PaperTopAFAStep(cfg, 4608)
 with torch.no_grad():
-    for p, n in zip(paper.params, ["W_enc", "W_dec", "b_enc", "b_dec"]):
+    for p, n in zip(paper.params, ["W_enc", "W_dec", "b_enc", "b_dec"], strict=True):
         p.copy_(getattr(trained, n))
 pkg(x)
 k = round(pkg.last_l0)
