@@ -6,10 +6,14 @@ process reading its own part of the data and ``--batch-size`` being the global b
     accelerate launch --multi_gpu --num_processes 4 -m hf_topafa.train --max-tokens 50000000 ...
     torchrun --nproc_per_node 2 -m hf_topafa.train ...        # CPU processes (gloo)
 
-The step: Adam (lr 3e-4, betas 0.9/0.99) with linear warmup and a linear decay to zero over the
-last part of the run; the decoder-row gradient's radial part is removed before the step, the
-gradient norm clipped, and decoder rows renormalized to unit norm after it. Features that have
-not fired for ``dead_tokens_threshold`` tokens count as dead and feed the aux-k loss.
+The step follows the paper's published code (SewoongLee/top-afa-sae, training/training.py):
+Adam (lr 3e-4 constant, betas 0.9/0.99, eps 1e-8); the gradient norm clipped at 1e5; the
+decoder-row gradient's radial part removed and the rows renormalized to unit norm; then the Adam
+step. Features that have not fired for ``dead_tokens_threshold`` tokens (default five batches, the
+paper's ``n_batches_to_dead``) count as dead and feed the aux-k loss. By default inputs are
+standardized per token, the encoder has no trained bias, ``W_enc`` starts kaiming-uniform and
+``b_dec`` at zero, and the loss is in the paper's units (``SAEOutput``); each of these is a flag.
+A learning-rate warmup and decay are opt-in (``--warmup-fraction``, ``--decay-fraction``).
 
 A run folder ends as a ``save_pretrained`` folder (``config.json``, ``model.safetensors``) plus
 ``training_config.json`` (the resolved configuration, written at the start), ``metrics.json``
@@ -43,8 +47,7 @@ from . import harvest, lm
 from .checkpoint import (
     atomic_write_json,
     clean_temporaries,
-    latest_checkpoint,
-    load_checkpoint,
+    load_latest_intact,
     save_checkpoint,
 )
 from .configuration_sae import ACTIVATIONS, SAEConfig
@@ -130,15 +133,36 @@ class TrainConfig:
     aux_coef: float = _arg(1 / 32, "Weight of the aux-k loss.")
     dead_tokens_threshold: int | None = _arg(
         None,
-        "A feature silent for this many training tokens is dead; default: max_tokens / 10, "
-        "at least 4 batches and at most 10M (the paper's 10M suits long runs only).",
+        "A feature silent for this many training tokens is dead; default: 5 batches "
+        "(the paper's n_batches_to_dead = 5).",
     )
     l1_coef: float = _arg(0.05, "L1 weight (relu).")
     l0_coef: float = _arg(1e-3, "L0 weight (jumprelu).")
     jumprelu_init_threshold: float = _arg(1e-3, "Initial JumpReLU threshold.")
     jumprelu_bandwidth: float = _arg(1e-3, "JumpReLU pseudo-gradient bandwidth.")
-    input_normalization: Literal["none", "layer_norm"] = _arg(
-        "none", "'layer_norm' standardizes each token before the SAE."
+    input_normalization: Literal["none", "layer_norm", "layer_norm_biased"] = _arg(
+        "layer_norm",
+        "layer_norm: standardize each token as the paper does, (x - mean) / (std + 1e-5) with the "
+        "unbiased std; none: raw activations; layer_norm_biased: hf-topafa 0.1's standardization.",
+    )
+    loss_convention: Literal["paper", "hf_topafa_v0.1"] = _arg(
+        "paper",
+        "paper: the published loss (means over elements and tokens, lambda_AFA in the paper's "
+        "units); hf_topafa_v0.1: the 0.1 objective, normalized by the batch's sum of ||x||^2.",
+    )
+    encoder_bias: bool | None = _arg(
+        None, "Train an encoder bias; default: no for topafa/topk/batchtopk (the paper), yes else."
+    )
+    init: Literal["kaiming", "unit_tied"] = _arg(
+        "kaiming",
+        "kaiming: the paper's kaiming-uniform W_enc with W_dec its transpose (unit rows); "
+        "unit_tied: hf-topafa 0.1's unit-norm Gaussian decoder, encoder tied to it.",
+    )
+    decoder_bias_init: Literal["zeros", "mean"] = _arg(
+        "zeros", "zeros: b_dec starts at zero (the paper); mean: the first batch's mean."
+    )
+    batchtopk_threshold_momentum: float = _arg(
+        0.99, "EMA momentum of BatchTopK's inference threshold."
     )
 
     # -- optimization ------------------------------------------------------------------------
@@ -153,12 +177,16 @@ class TrainConfig:
     lr: float = _arg(3e-4, "Adam learning rate.")
     adam_beta1: float = _arg(0.9, "Adam beta1.")
     adam_beta2: float = _arg(0.99, "Adam beta2.")
-    adam_eps: float = _arg(6.25e-10, "Adam epsilon.")
-    warmup_fraction: float = _arg(0.05, "Fraction of the steps with a linear learning-rate warmup.")
-    decay_fraction: float = _arg(
-        0.2, "Fraction of the steps, at the end, over which the learning rate decays to zero."
+    adam_eps: float = _arg(1e-8, "Adam epsilon (torch's default, as the paper).")
+    warmup_fraction: float = _arg(
+        0.0, "Fraction of the steps with a linear learning-rate warmup (the paper: none)."
     )
-    max_grad_norm: float = _arg(1.0, "Gradient-norm clipping (0 turns it off).")
+    decay_fraction: float = _arg(
+        0.0,
+        "Fraction of the steps, at the end, over which the learning rate decays to zero "
+        "(the paper: none, a constant learning rate).",
+    )
+    max_grad_norm: float = _arg(1e5, "Gradient-norm clipping (the paper's 1e5; 0 turns it off).")
     seed: int = _arg(0, "Seed of the SAE's initialization and of the data order.")
     mixed_precision: Literal["auto", "no", "bf16"] = _arg(
         "auto", "auto: bf16 autocast on GPU, full precision on CPU."
@@ -254,7 +282,7 @@ class TrainConfig:
     def resolved_dead_threshold(self) -> int:
         if self.dead_tokens_threshold is not None:
             return self.dead_tokens_threshold
-        return min(10_000_000, max(4 * self.batch_size, self.max_tokens // 10))
+        return 5 * self.batch_size
 
 
 # Fields that may change between a run and its resumption: they steer the run, not its result.
@@ -693,6 +721,7 @@ def train(
             f"batch_size={config.batch_size} must be divisible by the number of processes ({world})"
         )
     resuming, delete = _check_run_dir(config)
+    found = _intact_checkpoint(run, config, resuming, is_main)
     accelerator.wait_for_everyone()
     if is_main and delete:
         shutil.rmtree(run)
@@ -716,6 +745,10 @@ def train(
         jumprelu_init_threshold=config.jumprelu_init_threshold,
         jumprelu_bandwidth=config.jumprelu_bandwidth,
         input_normalization=config.input_normalization,
+        loss_convention=config.loss_convention,
+        encoder_bias=config.encoder_bias,
+        init=config.init,
+        batchtopk_threshold_momentum=config.batchtopk_threshold_momentum,
         **data_.provenance,
     )
     config.d_sae = sae_config.d_sae
@@ -751,9 +784,9 @@ def train(
     )
     state = {"step": 0, "tokens": 0, "positions": [[0, 0]] * world, "train_seconds": 0.0}
     since_fired = torch.zeros(sae_config.d_sae, dtype=torch.long, device=accelerator.device)
-    checkpoint = latest_checkpoint(run) if resuming else None
+    checkpoint = found[0] if found else None
     if checkpoint is not None:
-        model_state, optim_state, tensors, state = load_checkpoint(checkpoint)
+        model_state, optim_state, tensors, state = found[1]
         if len(state["positions"]) != world:
             raise ValueError(
                 f"{checkpoint} was written by {len(state['positions'])} processes; resume it "
@@ -779,7 +812,7 @@ def train(
         accelerator.init_trackers("hf-topafa", config=flat, init_kwargs=_tracker_kwargs(run))
 
     batches = _batches(data_.source, state["positions"][accelerator.process_index])
-    if state["step"] == 0:
+    if state["step"] == 0 and config.decoder_bias_init == "mean":
         first, position = next(batches)
         _init_decoder_bias(sae, first.to(accelerator.device), accelerator)
         batches = _chain_first(first, position, batches)
@@ -797,13 +830,14 @@ def train(
         out = model(x, dead_mask=dead)
         loss = out.loss if world == 1 else _global_norm_loss(out, x, sae, accelerator)
         accelerator.backward(loss)
-        sae.remove_gradient_parallel_to_decoder_directions()
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        # the paper's order: project the radial gradient out, renormalize the rows, then step
+        sae.remove_gradient_parallel_to_decoder_directions()
+        sae.set_decoder_norm_to_unit_norm()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        sae.set_decoder_norm_to_unit_norm()
 
         fired = (out.feature_acts.detach() != 0).any(0).to(torch.long)
         if world > 1:
@@ -913,15 +947,13 @@ def _global_norm_loss(out, x, sae, accelerator) -> torch.Tensor:
     """Re-weight this process's loss terms so that DDP's gradient average equals the gradient of
     one process on the whole global batch.
 
-    MSE and AFA terms are divided by the local sum ||x||^2 and aux-k by the local sum of squared
-    residuals (see SAEOutput); multiplying each by local / mean-over-processes of its divisor
-    turns the average of ratios into the global ratio. The sparsity terms are token means already.
+    Each term is divided by a batch statistic (``SAEOutput.loss_scale`` and ``aux_scale``: a sum
+    or mean of squares, or 1 on standardized inputs under the paper's convention); multiplying
+    a term by local / mean-over-processes of its divisor turns the average of ratios into the
+    global ratio. The sparsity terms are token means already.
     """
     with torch.no_grad():
-        x = x.float()
-        x_n, _, std = sae.normalize_input(x)
-        residual = (x - out.reconstruction.float()) / std
-        local = torch.stack([x_n.pow(2).sum(), residual.pow(2).sum()]).clamp_min(1e-12)
+        local = torch.stack([out.loss_scale.float(), out.aux_scale.float()]).clamp_min(1e-12)
         weight = local / accelerator.reduce(local.clone(), "mean")
     cfg = sae.config
     return (
@@ -1108,22 +1140,49 @@ def summary(run: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+def _intact_checkpoint(run: Path, config: TrainConfig, resuming: bool, is_main: bool):
+    """The newest loadable checkpoint of the run, or None; refuses a resume with nothing to
+    resume and a restart that would overwrite a finished run."""
+    if not resuming:
+        if config.resume:
+            raise ValueError(
+                f"--resume: {run} holds no run to resume (missing or empty); drop --resume to "
+                "start a new run there"
+            )
+        return None
+    found = load_latest_intact(run, on_skip=lambda m: is_main and print(f"warning: {m}"))
+    if found is None and config.resume:
+        raise ValueError(
+            f"--resume: {run} has no intact checkpoint to resume; drop --resume to start this "
+            "run again from step 0, or pass --overwrite"
+        )
+    if found is None and (run / METRICS).is_file():
+        raise ValueError(
+            f"{run} holds a finished run and no intact checkpoint; it was left as it is. Pass "
+            "--overwrite to train it again, or choose another --output"
+        )
+    return found
+
+
 def cli_main(argv: list[str]) -> int:
     """``hf-topafa train``: parse, train, print the figures and the files' locations."""
+    from .cli import debug_requested, run_guarded  # one line per known problem, exit status 2
+
+    return run_guarded(_train_command, argv, debug_requested(argv))
+
+
+def _train_command(argv: list[str]) -> int:
     try:
         config = parse_config(argv)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"hf-topafa train: error: {err}", file=sys.stderr)
-        return 2
-    try:
-        run = train(config)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"hf-topafa train: error: {err}", file=sys.stderr)
-        return 2
+    except ValueError as err:  # FileNotFoundError (--config) already names its file
+        raise ValueError(f"train: {err} (see `hf-topafa train --help`)") from err
+    run = train(config)  # errors: one line each from hf_topafa.cli
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary(run))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(cli_main(sys.argv[1:]))
+    from .cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
