@@ -101,7 +101,8 @@ def decoder_quasi_orthogonality(W_dec: torch.Tensor, block_size: int = 4096) -> 
         cos[idx, idx + start] = 0.0  # drop each row's cosine with itself
         # vector norms of order inf and 1 are max |cos| and sum |cos|, without an abs() copy
         max_abs = max(max_abs, torch.linalg.vector_norm(cos, ord=math.inf).item())
-        total += torch.linalg.vector_norm(cos, ord=1).item()
+        # per-row sums, then float64: one float32 sum over 10^8 entries stops growing at 2^24
+        total += torch.linalg.vector_norm(cos, ord=1, dim=1).double().sum().item()
     return {"max_abs_cos": max_abs, "mean_abs_cos": total / (n * (n - 1))}
 
 

@@ -7,7 +7,12 @@ import math
 from transformers import PretrainedConfig
 
 ACTIVATIONS = ("topafa", "topk", "batchtopk", "relu", "jumprelu")
-INPUT_NORMALIZATIONS = ("none", "layer_norm")
+INPUT_NORMALIZATIONS = ("none", "layer_norm", "layer_norm_biased")
+LOSS_CONVENTIONS = ("paper", "hf_topafa_v0.1")
+INITS = ("kaiming", "unit_tied")
+# Rules whose encoder has no bias in the paper's code (TopK, BatchTopK and top-AFA compute
+# ReLU((x - b_dec) W_enc)); ReLU and JumpReLU SAEs need theirs.
+_NO_ENCODER_BIAS_BY_DEFAULT = ("topafa", "topk", "batchtopk")
 
 
 class SAEConfig(PretrainedConfig):
@@ -23,10 +28,11 @@ class SAEConfig(PretrainedConfig):
             (a learned threshold at inference); ``"relu"`` is a ReLU SAE trained with an L1 penalty;
             ``"jumprelu"`` zeroes pre-activations below a learned per-feature threshold.
         k: features kept per token for ``topk`` and ``batchtopk`` (required there, ignored elsewhere).
-        afa_coef: lambda_AFA, weight of the norm-matching loss ``(||f~|| - ||x||)^2``. The paper uses
-            it for top-AFA; other activations may set it too (0 turns it off).
+        afa_coef: lambda_AFA, weight of the norm-matching loss, in the paper's units when
+            ``loss_convention="paper"`` (see ``SAEOutput``). The paper uses it for top-AFA with
+            lambda in {1/128 ... 1/16}; other activations may set it too (0 turns it off).
         aux_k: number of dead features the auxiliary loss may use to model the residual.
-        aux_coef: weight of the aux-k loss (0 turns it off).
+        aux_coef: weight of the aux-k loss (0 turns it off); the paper's ``aux_penalty`` is 1/32.
         dead_tokens_threshold: a feature that has not fired for this many training tokens is dead.
         l1_coef: weight of the L1 penalty for ``relu``: sum_i f_i ||W_dec,i|| per token, divided by
             the batch's mean ||x|| so that it is scale-free.
@@ -36,7 +42,24 @@ class SAEConfig(PretrainedConfig):
         jumprelu_bandwidth: width of the rectangle kernel in the threshold's pseudo-gradient.
         batchtopk_threshold_momentum: EMA momentum of the inference threshold of ``batchtopk``.
         input_normalization: ``"none"`` reads inputs as they are; ``"layer_norm"`` standardizes each
-            token (zero mean, unit variance), as the paper does. The SAE then works in that space.
+            token exactly as the paper's code does, ``(x - mean) / (std + 1e-5)`` with torch's
+            unbiased std; ``"layer_norm_biased"`` is hf-topafa 0.1's standardization,
+            ``(x - mean) / max(std_biased, 1e-6)``, kept so that SAEs saved by 0.1 behave as
+            before. The SAE works in the standardized space; reconstructions are mapped back.
+        loss_convention: ``"paper"`` (default) computes the loss as the paper's code does (see
+            ``SAEOutput``): MSE as a mean over elements, the norm term as lambda times the mean over
+            tokens of ``(||f|| - ||x_n||)^2`` with f the kept activations, aux-k as a mean over
+            elements, each divided by the inputs' mean squared element when inputs are not
+            standardized (1 when they are) so that coefficients keep their meaning at every scale.
+            ``"hf_topafa_v0.1"`` is the 0.1 objective (every term over the batch's sum of
+            ``||x||^2``, the norm term on ``||f~||`` with ``||b_dec||``, aux-k over the residual's
+            norm), which weighs lambda_AFA d_in times less than the paper.
+        encoder_bias: whether ``b_enc`` is trained. None: False for topafa, topk and batchtopk (the
+            paper's encoders have no bias), True for relu and jumprelu. ``b_enc`` is always part of
+            the weights and always added (zero when untrained), so converted SAEs keep theirs.
+        init: ``"kaiming"`` (the paper's): ``W_enc`` kaiming-uniform over [d_in, d_sae], ``W_dec`` its
+            transpose with unit rows; ``"unit_tied"`` (hf-topafa 0.1): unit-norm Gaussian decoder
+            rows and ``W_enc = W_dec^T``. Biases start at zero either way.
         base_model: model id the activations came from (provenance; used by evaluation and the Space).
         layer: block index the activations came from.
         hook_point: hook point inside that block (``resid_pre``, ``resid_post``, ``mlp_out``, ``attn_out``).
@@ -63,6 +86,9 @@ class SAEConfig(PretrainedConfig):
         jumprelu_bandwidth: float = 1e-3,
         batchtopk_threshold_momentum: float = 0.99,
         input_normalization: str = "none",
+        loss_convention: str | None = None,
+        encoder_bias: bool | None = None,
+        init: str = "kaiming",
         base_model: str | None = None,
         layer: int | None = None,
         hook_point: str | None = None,
@@ -86,7 +112,20 @@ class SAEConfig(PretrainedConfig):
         self.jumprelu_init_threshold = jumprelu_init_threshold
         self.jumprelu_bandwidth = jumprelu_bandwidth
         self.batchtopk_threshold_momentum = batchtopk_threshold_momentum
+        if loss_convention is None and "transformers_version" in kwargs:
+            # A config.json written before these fields existed (hf-topafa 0.1): keep its meaning.
+            loss_convention = "hf_topafa_v0.1"
+            if input_normalization == "layer_norm":
+                input_normalization = "layer_norm_biased"
+            if encoder_bias is None:
+                encoder_bias = True
+            init = "unit_tied"
         self.input_normalization = input_normalization
+        self.loss_convention = "paper" if loss_convention is None else loss_convention
+        if encoder_bias is None:
+            encoder_bias = activation not in _NO_ENCODER_BIAS_BY_DEFAULT
+        self.encoder_bias = encoder_bias
+        self.init = init
         self.base_model = base_model
         self.layer = layer
         self.hook_point = hook_point
@@ -135,6 +174,15 @@ class SAEConfig(PretrainedConfig):
                 f"input_normalization must be one of {', '.join(INPUT_NORMALIZATIONS)}; "
                 f"got {self.input_normalization!r}"
             )
+        if self.loss_convention not in LOSS_CONVENTIONS:
+            raise ValueError(
+                f"loss_convention must be one of {', '.join(LOSS_CONVENTIONS)}; "
+                f"got {self.loss_convention!r}"
+            )
+        if not isinstance(self.encoder_bias, bool):
+            raise ValueError(f"encoder_bias must be true or false; got {self.encoder_bias!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}; got {self.init!r}")
         if self.layer is not None and not (isinstance(self.layer, int) and self.layer >= 0):
             raise ValueError(f"layer must be a non-negative integer or None; got {self.layer!r}")
 

@@ -21,9 +21,18 @@ from .configuration_sae import SAEConfig
 class SAEOutput(ModelOutput):
     """What one forward pass of an SAE returns.
 
-    Losses are normalized by the batch's total squared input norm (sum over tokens of ||x||^2,
-    in the SAE's normalized space), so coefficients mean the same thing at every model scale;
-    ``mse_loss`` is therefore the batch's fraction of squared norm left unexplained.
+    Units follow ``config.loss_convention``. ``"paper"`` (the default) is the paper's code
+    (SewoongLee/top-afa-sae, training/sae.py), in the SAE's working space x_n:
+
+        mse_loss = mean over tokens and elements of (x_hat_n - x_n)^2 / s
+        afa_loss = mean over tokens of (||f|| - ||x_n||)^2 / s        (f: the kept activations)
+        aux_loss = mean over tokens and elements of (x_hat_aux - (x_n - x_hat_n))^2 / s
+
+    with s = 1 when inputs are standardized (``input_normalization="layer_norm"``: exactly the
+    paper's numbers) and s = the batch's mean squared element otherwise (so that coefficients mean
+    the same at every activation scale). As in the paper, the aux-k residual is not detached.
+    ``"hf_topafa_v0.1"``: MSE and norm term over the batch's sum of ||x_n||^2, the norm term on
+    ||f~|| (decoder-scaled, with ||b_dec||), aux-k over the residual's squared norm (detached).
     """
 
     loss: torch.Tensor | None = None
@@ -37,13 +46,18 @@ class SAEOutput(ModelOutput):
     k: torch.Tensor | None = None
     """Top-AFA: features kept per token; TopK: k; None for the other rules."""
     mse_loss: torch.Tensor | None = None
-    """sum ||x - x_hat||^2 / sum ||x||^2."""
+    """Reconstruction error (units above)."""
     afa_loss: torch.Tensor | None = None
-    """Norm matching: sum (||f~|| - ||x||)^2 / sum ||x||^2, f~ as in the ZF plot (with ||b_dec||)."""
+    """Norm matching, before its weight afa_coef (units above)."""
     aux_loss: torch.Tensor | None = None
-    """Aux-k: how well the top aux_k dead features model the residual, normalized by its norm."""
+    """Aux-k: how well the top aux_k dead features model the residual (units above)."""
     sparsity_loss: torch.Tensor | None = None
     """L1 (relu) or L0 (jumprelu) penalty, already weighted by its coefficient."""
+    loss_scale: torch.Tensor | None = None
+    """The detached divisor of mse_loss and afa_loss (and of aux_loss under "paper"); the trainer
+    uses it to make DDP's gradient average equal one process's gradient on the global batch."""
+    aux_scale: torch.Tensor | None = None
+    """The detached divisor of aux_loss."""
 
 
 class SparseAutoencoder(PreTrainedModel):
@@ -61,7 +75,8 @@ class SparseAutoencoder(PreTrainedModel):
         d_in, d_sae = config.d_in, config.d_sae
         self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
         self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
-        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        # Always a weight and always added (zero unless trained), so converted SAEs keep theirs.
+        self.b_enc = nn.Parameter(torch.zeros(d_sae), requires_grad=config.encoder_bias)
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         if config.activation == "jumprelu":
             self.threshold = nn.Parameter(torch.empty(d_sae))
@@ -75,16 +90,27 @@ class SparseAutoencoder(PreTrainedModel):
 
     @torch.no_grad()
     def reset_parameters(self, seed: int | None = None) -> None:
-        """Unit-norm random decoder rows, encoder tied to the decoder's transpose, zero biases."""
+        """Fresh weights as ``config.init`` says; zero biases (the paper starts b_dec at zero).
+
+        kaiming: ``W_enc`` kaiming-uniform over [d_in, d_sae] (torch's defaults, so fan_in = d_sae
+        and columns of norm about sqrt(2 d_in / d_sae)), ``W_dec`` = its transpose with unit rows.
+        unit_tied: unit-norm Gaussian decoder rows, ``W_enc`` = ``W_dec`` transposed.
+        """
         generator = None
         if seed is not None:
             generator = torch.Generator(device="cpu").manual_seed(seed)
         if self.W_dec.device.type == "meta":
             return
-        w = torch.randn(self.W_dec.shape, generator=generator).to(self.W_dec)
+        if self.config.init == "kaiming":
+            w_enc = torch.empty(self.W_enc.shape)
+            nn.init.kaiming_uniform_(w_enc, generator=generator)
+            w = w_enc.T.clone()
+        else:
+            w = torch.randn(self.W_dec.shape, generator=generator)
+            w_enc = None
         w /= torch.linalg.vector_norm(w, dim=-1, keepdim=True)
-        self.W_dec.copy_(w)
-        self.W_enc.copy_(w.T)
+        self.W_dec.copy_(w.to(self.W_dec))
+        self.W_enc.copy_((w.T if w_enc is None else w_enc).to(self.W_enc))
         self.b_enc.zero_()
         self.b_dec.zero_()
         if self.config.activation == "jumprelu":
@@ -100,7 +126,14 @@ class SparseAutoencoder(PreTrainedModel):
 
     def normalize_input(self, x: torch.Tensor):
         """Map x to the SAE's working space; returns (x_n, mean, std) so x = x_n * std + mean."""
-        if self.config.input_normalization == "layer_norm":
+        mode = self.config.input_normalization
+        if mode == "layer_norm":
+            # The paper's: divide by torch's unbiased std plus 1e-5, map back with the std alone
+            # (so the round trip is exact to about 1e-5 relative, as in its code).
+            mean = x.mean(-1, keepdim=True)
+            std = x.std(-1, keepdim=True)
+            return (x - mean) / (std + 1e-5), mean, std
+        if mode == "layer_norm_biased":  # hf-topafa 0.1
             mean = x.mean(-1, keepdim=True)
             std = x.std(-1, keepdim=True, unbiased=False).clamp_min(1e-6)
             return (x - mean) / std, mean, std
@@ -186,14 +219,11 @@ class SparseAutoencoder(PreTrainedModel):
             parts = self._forward_dense(x_n, dead_mask)
         recon_n, acts, l0, k, f_norm, aux_recon, sparsity_loss = parts
 
-        total_sq = x_n.detach().pow(2).sum().clamp_min(1e-12)
-        mse_loss = (recon_n - x_n).pow(2).sum() / total_sq
-        afa_loss = (f_norm - afa_norm(x_n)).pow(2).sum() / total_sq
-        aux_loss = recon_n.new_zeros(())
-        if aux_recon is not None:
-            # Aux-k (Gao et al.): the top dead features model what the live ones missed.
-            residual = (x_n - recon_n).detach()
-            aux_loss = (aux_recon - residual).pow(2).sum() / residual.pow(2).sum().clamp_min(1e-12)
+        if cfg.loss_convention == "paper":
+            terms = self._paper_losses(x_n, recon_n, f_norm, aux_recon)
+        else:
+            terms = self._v01_losses(x_n, recon_n, f_norm, aux_recon)
+        mse_loss, afa_loss, aux_loss, loss_scale, aux_scale = terms
         loss = mse_loss + cfg.afa_coef * afa_loss + cfg.aux_coef * aux_loss + sparsity_loss
 
         output = SAEOutput(
@@ -206,8 +236,37 @@ class SparseAutoencoder(PreTrainedModel):
             afa_loss=afa_loss,
             aux_loss=aux_loss,
             sparsity_loss=sparsity_loss,
+            loss_scale=loss_scale,
+            aux_scale=aux_scale,
         )
         return output if return_dict else output.to_tuple()
+
+    def _paper_losses(self, x_n, recon_n, f_norm, aux_recon):
+        """The paper's terms (means over elements and tokens), over s (see SAEOutput)."""
+        if self.config.input_normalization == "layer_norm":
+            scale = x_n.new_ones(())
+        else:
+            scale = x_n.detach().pow(2).mean().clamp_min(1e-12)
+        mse_loss = (recon_n - x_n).pow(2).mean() / scale
+        afa_loss = (f_norm - afa_norm(x_n)).pow(2).mean() / scale
+        aux_loss = recon_n.new_zeros(())
+        if aux_recon is not None:
+            # as in the paper's code, the residual keeps its gradient
+            aux_loss = (aux_recon - (x_n - recon_n)).pow(2).mean() / scale
+        return mse_loss, afa_loss, aux_loss, scale, scale
+
+    def _v01_losses(self, x_n, recon_n, f_norm, aux_recon):
+        """hf-topafa 0.1's terms: sums over the batch's total squared norm."""
+        total_sq = x_n.detach().pow(2).sum().clamp_min(1e-12)
+        mse_loss = (recon_n - x_n).pow(2).sum() / total_sq
+        afa_loss = (f_norm - afa_norm(x_n)).pow(2).sum() / total_sq
+        aux_loss, aux_sq = recon_n.new_zeros(()), recon_n.new_ones(())
+        if aux_recon is not None:
+            # Aux-k (Gao et al.): the top dead features model what the live ones missed.
+            residual = (x_n - recon_n).detach()
+            aux_sq = residual.pow(2).sum().clamp_min(1e-12)
+            aux_loss = (aux_recon - residual).pow(2).sum() / aux_sq
+        return mse_loss, afa_loss, aux_loss, total_sq, aux_sq
 
     def _sparse_path_pays(self) -> bool:
         """Whether the code is sparse enough for row gathers to beat dense products."""
@@ -227,7 +286,10 @@ class SparseAutoencoder(PreTrainedModel):
         if k is not None and self.config.activation == "topafa":
             self._adapt_topafa_candidates(k)
         recon_n = acts @ self.W_dec + self.b_dec
-        f_norm = scaled_feature_norm(acts, self.W_dec, self.b_dec)
+        if self.config.loss_convention == "paper":
+            f_norm = torch.linalg.vector_norm(acts, dim=-1)  # the paper's ||f||: kept activations
+        else:
+            f_norm = scaled_feature_norm(acts, self.W_dec, self.b_dec)
         l0 = (acts != 0).sum(-1)
         aux_recon = None
         plan = self._aux_plan(pre, dead_mask)
@@ -281,11 +343,16 @@ class SparseAutoencoder(PreTrainedModel):
         recon_n = decoded[:n_tokens] + self.b_dec
         values = all_values[:n_main]
         acts = sparse.scatter_dense(rows, cols, values, tuple(pre.shape))
-        decoder_norms = torch.linalg.vector_norm(self.W_dec, dim=-1)
+        paper = self.config.loss_convention == "paper"
+        if not paper:
+            values = values * torch.linalg.vector_norm(self.W_dec, dim=-1)[cols]
         code_sq = torch.zeros(n_tokens, dtype=values.dtype, device=values.device).index_add(
-            0, rows, (values * decoder_norms[cols]).pow(2)
+            0, rows, values.pow(2)
         )
-        f_norm = (code_sq + torch.linalg.vector_norm(self.b_dec).pow(2)).sqrt()
+        if paper:  # the paper's ||f||: kept activations
+            f_norm = code_sq.clamp_min(1e-30).sqrt()
+        else:  # ||f~||: decoder-scaled, with ||b_dec|| as one more entry
+            f_norm = (code_sq + torch.linalg.vector_norm(self.b_dec).pow(2)).sqrt()
         l0 = torch.bincount(rows, minlength=n_tokens)
         return recon_n, acts, l0, k, f_norm, aux_recon, pre.new_zeros(())
 

@@ -10,6 +10,7 @@ from hf_topafa.afa import afa_norm, scaled_feature_norm
 def make_sae(activation, d_in=12, d_sae=96, k=5, seed=0, **kwargs):
     if activation in ("topk", "batchtopk"):
         kwargs["k"] = k
+    kwargs.setdefault("encoder_bias", True)  # so that every parameter gets a gradient
     torch.manual_seed(seed)
     cfg = SAEConfig(d_in=d_in, d_sae=d_sae, activation=activation, **kwargs)
     sae = SparseAutoencoder(cfg).double()
@@ -35,6 +36,8 @@ def direct_forward(sae, x, dead_mask):
     else:
         acts, _ = activations.batchtopk(pre, cfg.k)
     recon = acts @ sae.W_dec + sae.b_dec
+    if cfg.loss_convention == "paper":
+        return paper_loss(sae, x_n, pre, acts, recon, dead_mask), acts, recon
     total = x_n.pow(2).sum()
     mse = (recon - x_n).pow(2).sum() / total
     afa = (scaled_feature_norm(acts, sae.W_dec, sae.b_dec) - afa_norm(x_n)).pow(2).sum() / total
@@ -49,6 +52,21 @@ def direct_forward(sae, x, dead_mask):
     return loss, acts, recon
 
 
+def paper_loss(sae, x_n, pre, acts, recon, dead_mask):
+    """The paper's terms as its code writes them, over the mean squared input element."""
+    cfg = sae.config
+    scale = x_n.pow(2).mean() if cfg.input_normalization != "layer_norm" else 1.0
+    mse = (recon - x_n).pow(2).mean()
+    afa = (acts.norm(dim=-1) - x_n.norm(dim=-1)).pow(2).mean()
+    aux = pre.new_zeros(())
+    if dead_mask is not None and dead_mask.any():
+        k_aux = min(cfg.aux_k, int(dead_mask.sum()))
+        top = pre[:, dead_mask].topk(k_aux, dim=-1)
+        aux_acts = torch.zeros_like(pre[:, dead_mask]).scatter(-1, top.indices, top.values)
+        aux = (aux_acts @ sae.W_dec[dead_mask] - (x_n - recon)).pow(2).mean()
+    return (mse + cfg.afa_coef * afa + cfg.aux_coef * aux) / scale
+
+
 def grads_of(sae, loss):
     sae.zero_grad(set_to_none=True)
     loss.backward()
@@ -61,11 +79,19 @@ def grads_of(sae, loss):
     [("none", "-"), ("few", "pairs"), ("few", "dense"), ("many", "pairs"), ("many", "dense")],
 )
 @pytest.mark.parametrize("path", ["sparse", "dense"])
-def test_step_equals_direct_definition(activation, dead, aux_route, path, monkeypatch):
+@pytest.mark.parametrize("convention", ["paper", "hf_topafa_v0.1"])
+def test_step_equals_direct_definition(activation, dead, aux_route, path, convention, monkeypatch):
     # The density limits pick the routes: 1 forces gathered pairs, 0 dense products.
     monkeypatch.setattr(sparse, "MAX_SPARSE_DENSITY", 1.0 if path == "sparse" else 0.0)
     monkeypatch.setattr(sparse, "MAX_AUX_DENSITY", 1.0 if aux_route == "pairs" else 0.0)
-    sae = make_sae(activation, aux_k=6)
+    decoded = []
+    monkeypatch.setattr(
+        sparse, "decode_pairs", lambda *a, **kw: decoded.append(1) or _decode(*a, **kw)
+    )
+    sae = make_sae(activation, aux_k=6, loss_convention=convention)
+    # rank fewer top-AFA candidates than d_sae, so the sparse route really runs (a fresh SAE
+    # ranks 256, more than d_sae = 96, and would fall back to the dense path)
+    sae._topafa_candidates = 32
     x = torch.randn(40, 12, dtype=torch.float64) * 2
     dead_mask = {
         "none": None,
@@ -73,6 +99,8 @@ def test_step_equals_direct_definition(activation, dead, aux_route, path, monkey
         "many": torch.arange(96) % 3 == 0,  # 32 dead > aux_k: a top-k among them
     }[dead]
     out = sae(x, dead_mask=dead_mask)
+    if path == "sparse":
+        assert decoded, "the sparse route was not taken"
     loss, acts, recon = direct_forward(sae, x, dead_mask)
     assert torch.equal(out.feature_acts, acts)
     assert torch.allclose(out.reconstruction, recon, atol=1e-12)

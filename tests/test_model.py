@@ -38,7 +38,9 @@ def test_forward_fields_and_losses(activation):
     assert torch.allclose(out.mse_loss, mse, rtol=1e-5)
     assert out.aux_loss > 0  # half the features are marked dead, so the aux-k term is active
     out.loss.backward()
-    assert all(p.grad is not None for p in sae.parameters())
+    # the paper's TopK, BatchTopK and top-AFA encoders have no trained bias; ReLU's and JumpReLU's do
+    assert sae.b_enc.requires_grad == (activation in ("relu", "jumprelu"))
+    assert all(p.grad is not None for p in sae.parameters() if p.requires_grad)
     # encode/decode give the same numbers as the forward pass
     acts = sae.encode(x)
     if activation != "batchtopk":  # batchtopk updates its threshold in train mode
@@ -62,7 +64,17 @@ def test_topafa_k_reported_and_matches_l0_for_positive_preactivations():
 
 
 def test_afa_loss_is_norm_matching():
-    sae = make_sae("topk", k=8)
+    sae = make_sae("topk", k=8)  # the paper's convention: ||f|| of the kept activations
+    x = torch.randn(10, 16) * 3
+    out = sae(x)
+    expected = (out.feature_acts.norm(dim=-1) - x.norm(dim=-1)).pow(2).mean() / x.pow(2).mean()
+    assert torch.allclose(out.afa_loss, expected)
+
+
+def test_afa_loss_of_the_v01_convention():
+    sae = make_sae("topk", k=8, loss_convention="hf_topafa_v0.1")
+    with torch.no_grad():
+        sae.b_dec.normal_()
     x = torch.randn(10, 16)
     out = sae(x)
     f_norm = afa.scaled_feature_norm(out.feature_acts, sae.W_dec, sae.b_dec)
@@ -81,7 +93,13 @@ def test_layer_norm_input_normalization():
     x = torch.randn(6, 16) * 10 + 3
     x_n, mean, std = sae.normalize_input(x)
     assert torch.allclose(x_n.mean(-1), torch.zeros(6), atol=1e-5)
-    assert torch.allclose(x_n.std(-1, unbiased=False), torch.ones(6), atol=1e-4)
+    # the paper's: torch's unbiased std plus 1e-5 (a biased std would give sqrt(16/15) here)
+    assert torch.allclose(x_n.std(-1), torch.ones(6), atol=1e-5)
+    centred = x - x.mean(-1, keepdim=True)
+    by_hand = centred / (centred.pow(2).sum(-1, keepdim=True) / 15).sqrt().add(1e-5)
+    assert torch.allclose(x_n, by_hand, atol=1e-6)
+    biased = make_sae("relu", input_normalization="layer_norm_biased").normalize_input(x)[0]
+    assert torch.allclose(biased.std(-1, unbiased=False), torch.ones(6), atol=1e-5)
     out = sae(x)
     # the reconstruction comes back in the input's own space
     assert torch.allclose(out.reconstruction, sae.decode(out.feature_acts) * std + mean, atol=1e-4)
