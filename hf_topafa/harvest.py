@@ -20,6 +20,7 @@ so evaluation can read text that training never saw.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -40,7 +41,7 @@ from .lm import (
     hidden_size,
     is_embedded,
     load_language_model,
-    truncated_forward,
+    truncated_forward_layers,
     validate_hook,
 )
 
@@ -200,6 +201,12 @@ def _is_plain_text(path: Path) -> bool:
     return path.suffix == ".txt"
 
 
+def _is_blank(path: Path, limit: int = 1 << 20) -> bool:
+    """No text at all (checked for files up to ``limit`` bytes; larger ones are assumed fine)."""
+    size = path.stat().st_size
+    return size == 0 or (size <= limit and not path.read_bytes().strip())
+
+
 def load_text_dataset(
     dataset: str | os.PathLike | None,
     text_column: str = "text",
@@ -225,6 +232,10 @@ def load_text_dataset(
         path = Path(dataset).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"dataset file not found: {path}")
+        if path.is_file() and _is_blank(path):
+            raise ValueError(
+                f"dataset file {path} is empty or holds only whitespace; give a file with text"
+            )
         if path.is_dir() and not _is_plain_text(path):
             ds = datasets.load_dataset(str(path), split=split, streaming=streaming)
         else:
@@ -370,9 +381,20 @@ class Harvester:
 
     def iter_with_tokens(self, progress: bool = True) -> Iterator[TokenActivations]:
         """Unshuffled kept activations with their tokens, one chunk per forward pass."""
+        for chunks in self.iter_layers_with_tokens([self.cfg.layer], progress):
+            yield chunks[self.cfg.layer]
+
+    def iter_layers_with_tokens(
+        self, layers: list[int], progress: bool = True
+    ) -> Iterator[dict[int, TokenActivations]]:
+        """Like ``iter_with_tokens`` for several blocks at once, {layer: chunk}: one forward per
+        batch, stopped after the deepest block (the same tokens at every layer)."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
+        layers = sorted(set(layers))
+        for layer in layers:
+            validate_hook(self.model, layer, cfg.hook_point)
         remaining = cfg.max_tokens
         bar = tqdm(
             total=cfg.max_tokens, unit="tok", unit_scale=True, desc="harvest", disable=not progress
@@ -381,20 +403,23 @@ class Harvester:
         try:
             for batch in batched(self.windows(), cfg.batch_windows):
                 ids = torch.stack(batch).to(self.device)
-                acts = truncated_forward(self.model, ids, cfg.layer, cfg.hook_point)
+                acts = truncated_forward_layers(self.model, ids, layers, cfg.hook_point)
                 keep = self.keep_mask(ids)
                 rows, cols = keep.nonzero(as_tuple=True)
                 if remaining is not None and len(rows) > remaining:
                     rows, cols = rows[:remaining], cols[:remaining]
-                chunk = TokenActivations(
-                    acts=acts[rows, cols].float().cpu(),
-                    token_ids=ids[rows, cols].cpu(),
-                    window_ids=(rows + window_index).cpu(),
-                    positions=cols.cpu(),
-                )
+                token_ids, window_ids = ids[rows, cols].cpu(), (rows + window_index).cpu()
+                yield {
+                    layer: TokenActivations(
+                        acts=acts[layer][rows, cols].float().cpu(),
+                        token_ids=token_ids,
+                        window_ids=window_ids,
+                        positions=cols.cpu(),
+                    )
+                    for layer in layers
+                }
                 window_index += len(ids)
                 bar.update(len(rows))
-                yield chunk
                 if remaining is not None:
                     remaining -= len(rows)
                     if remaining <= 0:
@@ -483,81 +508,127 @@ def write_cache(
     (ValueError) unless ``overwrite``. The cache is built in a temporary sibling folder and renamed
     into place, so an interrupted harvest never leaves a cache that looks complete.
     """
-    from safetensors.torch import save_file
+    return write_layer_caches(
+        cfg, {cfg.layer: out_dir}, shard_tokens, overwrite=overwrite, progress=progress
+    )[cfg.layer]
 
+
+def write_layer_caches(
+    cfg: HarvestConfig,
+    outputs: dict[int, str | os.PathLike],
+    shard_tokens: int = 65536,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[int, Path]:
+    """One activation cache per layer ({layer: folder}) from a single truncated forward up to the
+    deepest layer; ``cfg.layer`` is ignored. Same reuse and atomicity rules as ``write_cache``:
+    caches that already match are kept and the others are harvested together."""
     if shard_tokens < 1:
         raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
-    out = Path(out_dir).expanduser()
-    if (out / MANIFEST).is_file() and not overwrite:
-        cache = ActivationCache(out, expect=cfg)
-        if cfg.max_tokens is not None and cache.num_tokens < cfg.max_tokens:
+    if not outputs:
+        raise ValueError("give at least one layer to harvest")
+    per_layer = {layer: dataclasses.replace(cfg, layer=layer) for layer in outputs}
+    result, todo = {}, {}
+    for layer, out in outputs.items():
+        out = Path(out).expanduser()
+        result[layer] = out
+        if (out / MANIFEST).is_file() and not overwrite:
+            cache = ActivationCache(out, expect=per_layer[layer])
+            if cfg.max_tokens is not None and cache.num_tokens < cfg.max_tokens:
+                raise ValueError(
+                    f"activation cache {out} holds {cache.num_tokens} tokens, fewer than the "
+                    f"{cfg.max_tokens} requested; harvest into another folder or pass "
+                    "overwrite=True"
+                )
+            continue
+        if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
             raise ValueError(
-                f"activation cache {out} holds {cache.num_tokens} tokens, fewer than the "
-                f"{cfg.max_tokens} requested; harvest into another folder or pass overwrite=True"
+                f"{out} exists and is not an activation cache; refusing to overwrite it"
             )
-        return out
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise ValueError(f"{out} exists and is not an activation cache; refusing to overwrite it")
+        todo[layer] = out
+    if todo:
+        _harvest_into(cfg, per_layer, todo, shard_tokens, progress)
+    return result
 
-    harvester = Harvester(cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    shards: list[dict] = []
+
+def _harvest_into(cfg, per_layer, todo: dict[int, Path], shard_tokens: int, progress: bool):
+    from safetensors.torch import save_file
+
+    harvester = Harvester(dataclasses.replace(cfg, layer=max(todo)))
+    tmps = {}
+    for layer, out in todo.items():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmps[layer] = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    shards: dict[int, list[dict]] = {layer: [] for layer in todo}
     started = time.perf_counter()
 
-    def save(parts: list[TokenActivations]):
-        name = f"shard-{len(shards):05d}.safetensors"
+    def save(layer: int, parts: list[TokenActivations]):
+        name = f"shard-{len(shards[layer]):05d}.safetensors"
         tensors = {
             "activations": torch.cat([p.acts for p in parts]).contiguous(),
             "token_ids": torch.cat([p.token_ids for p in parts]).to(torch.int32),
             "window_ids": torch.cat([p.window_ids for p in parts]).to(torch.int64),
             "positions": torch.cat([p.positions for p in parts]).to(torch.int32),
         }
-        save_file(tensors, str(tmp / name))
-        shards.append({"file": name, "num_tokens": len(tensors["activations"])})
+        save_file(tensors, str(tmps[layer] / name))
+        shards[layer].append({"file": name, "num_tokens": len(tensors["activations"])})
 
     try:
-        parts: list[TokenActivations] = []
+        parts: dict[int, list[TokenActivations]] = {layer: [] for layer in todo}
         count = 0
-        for chunk in harvester.iter_with_tokens(progress=progress):
-            while len(chunk.acts):
-                take = min(shard_tokens - count, len(chunk.acts))
-                parts.append(TokenActivations(*(t[:take] for t in chunk)))
-                chunk = TokenActivations(*(t[take:] for t in chunk))
+        for chunks in harvester.iter_layers_with_tokens(list(todo), progress=progress):
+            n, offset = len(next(iter(chunks.values())).acts), 0
+            while offset < n:
+                take = min(shard_tokens - count, n - offset)
+                for layer in todo:
+                    piece = TokenActivations(*(t[offset : offset + take] for t in chunks[layer]))
+                    parts[layer].append(piece)
+                offset += take
                 count += take
                 if count == shard_tokens:
-                    save(parts)
-                    parts, count = [], 0
-        if parts:
-            save(parts)
-        total = sum(s["num_tokens"] for s in shards)
+                    for layer in todo:
+                        save(layer, parts[layer])
+                    parts, count = {layer: [] for layer in todo}, 0
+        if count:
+            for layer in todo:
+                save(layer, parts[layer])
+        total = sum(s["num_tokens"] for s in next(iter(shards.values())))
         if total == 0:
             raise ValueError(
                 f"the dataset {dataset_name(cfg.dataset)!r} gave no complete window of "
                 f"{cfg.context_length} tokens to harvest"
             )
-        manifest = {
-            "format": CACHE_FORMAT,
-            "version": 1,
-            **cfg.identity(),
-            "num_tokens": total,
-            "d_in": harvester.d_in,
-            "activation_dtype": "float32",
-            "shards": shards,
-            "harvest_seconds": round(time.perf_counter() - started, 3),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / out.name)
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        seconds = round(time.perf_counter() - started, 3)
+        for layer, out in todo.items():
+            manifest = {
+                "format": CACHE_FORMAT,
+                "version": 1,
+                **per_layer[layer].identity(),
+                "num_tokens": total,
+                "d_in": harvester.d_in,
+                "activation_dtype": "float32",
+                "shards": shards[layer],
+                "harvest_seconds": seconds,
+                "harvested_layers": sorted(todo),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            (tmps[layer] / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            _move_into_place(tmps[layer], out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+        for tmp in tmps.values():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename a finished temporary cache folder to ``out``, replacing an old cache there."""
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, trash / out.name)
+        os.rename(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
 
 
 class ActivationCache:
@@ -663,7 +734,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = HarvestConfig()
     p.add_argument("--model", default=d.model, help="Hub id, local folder or .gguf file")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
-    p.add_argument("--layer", type=int, default=d.layer)
+    p.add_argument("--layer", type=int, default=d.layer, help="decoder block to read, 0-based")
+    p.add_argument(
+        "--layers",
+        default=None,
+        help="several blocks from one forward pass, e.g. 12,15,18: writes OUTPUT/layer_<L> "
+        "for each (overrides --layer)",
+    )
     p.add_argument("--hook-point", default=d.hook_point, choices=HOOK_POINTS)
     p.add_argument("--dataset", default=None, help="Hub id or local file; default: bundled sample")
     p.add_argument("--dataset-config", default=None)
@@ -715,7 +792,27 @@ def cli_main(argv: list[str]) -> int:
     out = Path(args.output)
     if world_size > 1:
         out = out / f"rank-{rank}"
-    path = write_cache(cfg, out, shard_tokens=args.shard_tokens, overwrite=args.overwrite)
-    cache = ActivationCache(path)
-    print(f"wrote {cache.num_tokens} tokens x {cache.d_in} to {path}")
+    if args.layers is None:
+        paths = [write_cache(cfg, out, shard_tokens=args.shard_tokens, overwrite=args.overwrite)]
+    else:
+        outputs = {layer: out / f"layer_{layer}" for layer in parse_layers(args.layers)}
+        paths = write_layer_caches(
+            cfg, outputs, shard_tokens=args.shard_tokens, overwrite=args.overwrite
+        ).values()
+    for path in paths:
+        cache = ActivationCache(path)
+        print(f"wrote {cache.num_tokens} tokens x {cache.d_in} to {path}")
     return 0
+
+
+def parse_layers(text: str) -> list[int]:
+    """``12,15,18`` as [12, 15, 18]; a one-line error names what is wrong."""
+    try:
+        layers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(
+            f"--layers must be comma-separated block indices such as 12,15,18; got {text!r}"
+        ) from None
+    if not layers or any(layer < 0 for layer in layers):
+        raise ValueError(f"--layers must list block indices >= 0, such as 12,15,18; got {text!r}")
+    return sorted(set(layers))

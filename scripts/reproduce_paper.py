@@ -70,9 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--activations", nargs="+", default=["topk", "batchtopk", "topafa"],
         choices=["topk", "batchtopk", "topafa"],
     )  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the training tokens")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, every SAE")
+    p.add_argument(
+        "--layer-tokens", nargs="+", default=[], metavar="LAYER=N",
+        help="training tokens per SAE at a layer (overrides --epochs there), e.g. 15=1048576;\n"
+        "when N exceeds the harvested tokens, training makes several passes over them",
+    )  # fmt: skip
+    p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (the paper's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results folder (committed)")
@@ -207,6 +212,15 @@ def disk_caches(args, work: Path) -> dict[int, Path]:
     return caches
 
 
+def layer_tokens(args) -> dict[int, int]:
+    """--layer-tokens 15=1048576 ... as {layer: tokens}."""
+    out = {}
+    for item in args.layer_tokens:
+        layer, _, n = item.partition("=")
+        out[int(layer)] = int(n)
+    return out
+
+
 def train_one(
     args, layer: int, spec: dict, acts: torch.Tensor | Path, eval_x: torch.Tensor, run_dir: Path
 ) -> dict | None:
@@ -217,11 +231,13 @@ def train_one(
 
     on_disk = isinstance(acts, Path)
     n_rows = args.train_tokens if on_disk else len(acts)
-    tokens = int(args.epochs * n_rows) // args.batch_size * args.batch_size
+    tokens = layer_tokens(args).get(layer, int(args.epochs * n_rows))
+    tokens = tokens // args.batch_size * args.batch_size
     wanted = {
         "activation": spec["activation"], "k": spec["k"],
         "afa_coef": float(Fraction(spec["afa_coef"])), "expansion_factor": args.expansion,
         "max_tokens": tokens, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "loss_convention": "paper", "input_normalization": "layer_norm", "init": "kaiming",
     }  # fmt: skip
     finished = (run_dir / METRICS).is_file() and (run_dir / "model.safetensors").is_file()
     if finished:
@@ -239,7 +255,8 @@ def train_one(
         afa_coef=float(Fraction(spec["afa_coef"])), expansion_factor=args.expansion,
         max_tokens=tokens, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         eval_tokens=min(1024, len(eval_x)), output=str(run_dir), overwrite=True,
-        checkpoint_every=0 if not on_disk else 1000, log_with="none", progress=True,
+        checkpoint_every=0 if not on_disk else 1000, log_with="none",
+        progress=sys.stderr.isatty(),
         activation_cache=str(acts) if on_disk else None,
     )  # fmt: skip
     train(config, data=None if on_disk else acts, eval_data=eval_x)
@@ -312,6 +329,37 @@ def write_tables(rows: list[dict], out: Path) -> None:
     write_text(out / "table.md", "\n".join(lines) + "\n")
 
 
+def write_summary(args, runs: list[dict], rows: list[dict], out: Path) -> None:
+    """summary.json: the comparison in one documented shape (k is null for rules without one)."""
+    main_layer = 15 if 15 in args.layers else sorted(args.layers)[len(args.layers) // 2]
+    first = runs[0] if runs else None
+    summary = {
+        "model": args.model or lm.DEFAULT_MODEL,
+        "hook_point": args.hook_point,
+        "d_sae": first["metrics"]["sae"]["d_sae"] if first else None,
+        "main_layer": main_layer,
+        "train_tokens": {str(r["layer"]): r["train"]["tokens_trained"] for r in runs},
+        "eval_tokens": first["metrics"]["num_tokens"] if first else 0,
+        "rows": [
+            {
+                "layer": row["layer"],
+                "activation": row["activation"],
+                "k": run["spec"]["k"],
+                "afa_coef": float(Fraction(run["spec"]["afa_coef"])),
+                "l0": row["l0"],
+                "normalized_mse": row["normalized_mse"],
+                "fvu": row["fvu"],
+                "loss_recovered": row["loss_recovered"] if row["loss_recovered"] != "" else None,
+                "eps_lbo_median": float(row["eps_lbo_median"]),
+                "within_0.5": row["within_0.5"],
+                "dead": row["dead_features"],
+            }
+            for run, row in zip(runs, rows, strict=True)
+        ],
+    }
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
 def write_figures(runs: list[dict], rows: list[dict], out: Path) -> None:
     for layer in sorted({r["layer"] for r in rows}):
         plots.save_l0_mse_plot(
@@ -379,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     runs = []
-    for layer in sorted(set(args.layers)):
+    main_first = sorted(set(args.layers), key=lambda layer: (layer != 15, layer))
+    for layer in main_first:  # the main layer first: a partial run still answers the question
         for spec in sae_grid(args):
             run_dir = work / "runs" / run_name(layer, spec)
             print(f"== {run_dir.name}", flush=True)
@@ -402,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                    "train": r["train"], "metrics": r["metrics"]} for r in runs]},
         out / "metrics.json",
     )  # fmt: skip
+    write_summary(args, runs, rows, out)
     total = time.perf_counter() - started
     n_train = {
         layer: a.num_tokens if args.disk_cache else len(a)

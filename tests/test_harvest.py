@@ -318,3 +318,42 @@ def test_progress_bar_reports_tokens(smollm2, base_cfg, capsys):
     assert sum(len(c.acts) for c in harvester.iter_with_tokens(progress=True)) == 40
     err = capsys.readouterr().err
     assert re.search(r"harvest: 100%.*40(\.0)?/40(\.0)? .*tok/s", err), err
+
+
+def test_several_layers_from_one_forward(smollm2, base_cfg, cache_dir, tmp_path, monkeypatch):
+    """--layers 2,4: one truncated forward (to block 4) per batch; each cache equals the
+    single-layer harvest of its layer, and a matching cache is reused, not harvested again."""
+    cfg = H.HarvestConfig(**base_cfg, max_tokens=200)
+    forwards = []
+    real = lm.truncated_forward
+    monkeypatch.setattr(
+        lm, "truncated_forward", lambda *a, **k: forwards.append(a[2]) or real(*a, **k)
+    )
+    outputs = {2: tmp_path / "layer_2", 4: tmp_path / "layer_4"}
+    paths = H.write_layer_caches(cfg, outputs, shard_tokens=64, progress=False)
+    assert paths == outputs
+    assert forwards and set(forwards) == {4}  # never a second forward for block 2
+    four = torch.cat([c.acts for c in H.ActivationCache(paths[4]).iter_with_tokens()])
+    alone = torch.cat([c.acts for c in H.ActivationCache(cache_dir).iter_with_tokens()])
+    assert torch.equal(four, alone)
+    two = H.ActivationCache(paths[2], expect=H.HarvestConfig(**{**base_cfg, "layer": 2}))
+    fresh = H.Harvester(H.HarvestConfig(**{**base_cfg, "layer": 2}, max_tokens=200))
+    expected = torch.cat([c.acts for c in fresh.iter_with_tokens(progress=False)])
+    assert torch.equal(torch.cat([c.acts for c in two.iter_with_tokens()]), expected)
+    assert not torch.equal(expected, alone)
+    forwards.clear()
+    H.write_layer_caches(cfg, outputs, shard_tokens=64, progress=False)
+    assert forwards == []
+
+
+def test_cli_layers_flag(smollm2, wikitext_path, tmp_path):
+    from hf_topafa.cli import main
+
+    argv = ["harvest", "--layers", "1,3", "--dataset", str(wikitext_path), "--context-length"]
+    argv += ["16", "--max-tokens", "30", "--output", str(tmp_path / "multi")]
+    assert main(argv) == 0
+    for layer in (1, 3):
+        cache = H.ActivationCache(tmp_path / "multi" / f"layer_{layer}")
+        assert (cache.num_tokens, cache.manifest["layer"]) == (30, layer)
+    with pytest.raises(ValueError, match="12,15,18"):
+        H.parse_layers("12;15")
