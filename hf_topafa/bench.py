@@ -614,7 +614,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     try:
         cfg.validate()
     except ValueError as err:
-        print(f"hf-topafa bench: {err}", file=sys.stderr)
+        print(f"error: bench: {err}", file=sys.stderr)
         return 2
     wanted = args.omp_wait_policy.upper()
     if args.omp_wait_policy != "inherit" and os.environ.get("OMP_WAIT_POLICY") != wanted:

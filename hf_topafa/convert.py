@@ -838,8 +838,8 @@ def cli_main(argv: list[str]) -> int:
     try:
         sae = convert(args.format, args.source, args.output, overwrite=args.overwrite, **overrides)
     except (ValueError, OSError) as err:
-        print(f"error: convert failed: {err}", file=sys.stderr)
-        return 1
+        print(f"error: convert failed: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     cfg = sae.config
     where = ", ".join(
         f"{name}={getattr(cfg, name)}"

@@ -47,6 +47,7 @@ from . import afa, lm
 from .configuration_sae import SAEConfig
 from .harvest import HOLDOUTS, HarvestConfig, Harvester, batched, dataset_name
 from .modeling_sae import SparseAutoencoder
+from .sources import looks_local, not_found, prepare_hub_read
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 CONTEXT_CHARS = 40  # characters of preceding text shown with a token on the interactive ZF plot
@@ -144,19 +145,16 @@ def load_sae(sae_or_path, device: str = "cpu") -> tuple[SparseAutoencoder, str]:
     local = Path(path).expanduser()
     if local.exists() and not local.is_dir():
         raise ValueError(f"{path} is a file; give the folder holding config.json and weights")
-    looks_local = local.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1
-    if looks_local and not local.is_dir():
+    if looks_local(path) and not local.is_dir():
         raise FileNotFoundError(
             f"SAE not found: {path} is neither a local folder nor a Hub id (owner/name)"
         )
-    if looks_local:
+    if looks_local(path):
         return SparseAutoencoder.from_pretrained(str(local)).to(device).eval(), local.name
     try:
-        sae = SparseAutoencoder.from_pretrained(path)
+        sae = SparseAutoencoder.from_pretrained(path, **prepare_hub_read(path, "SAE"))
     except OSError as err:
-        raise FileNotFoundError(
-            f"SAE {path!r} is not a local folder and could not be loaded from the Hub ({err})"
-        ) from err
+        raise not_found(path, "SAE", err) from err
     return sae.to(device).eval(), path
 
 

@@ -592,6 +592,15 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     token = args.token or None
+    from .sources import HUB_ID
+
+    if not HUB_ID.fullmatch(args.repo_id) or ".." in args.repo_id:
+        print(
+            f"error: invalid repo id {args.repo_id!r}: a Hub repo id is 'user/name' (letters, "
+            "digits, '-', '_', '.')",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.dry_run:
             files = check_run_dir(args.run_dir)
@@ -615,14 +624,18 @@ def cli_main(argv: list[str]) -> int:
     except Exception as err:  # noqa: BLE001 - one scrubbed line instead of a traceback
         from huggingface_hub import get_token
 
-        message = _scrub(f"{type(err).__name__}: {err}", token or get_token())
-        print(f"error: push failed: {message}", file=sys.stderr)
+        from huggingface_hub import constants
+
+        found = token or get_token()
+        message = _scrub(" ".join(f"{type(err).__name__}: {err}".split()), found)
+        where = f"{constants.ENDPOINT}, token {'found' if found else 'not found'}"
+        print(f"error: push failed ({where}): {message}", file=sys.stderr)
         if getattr(getattr(err, "response", None), "status_code", None) == 401:
             print(
                 "hint: the Hub refused the token; set HF_TOKEN, run `hf auth login`, or pass "
                 "--token with a write token",
                 file=sys.stderr,
             )
-        return 1
+        return 2
     print(f"pushed {args.run_dir} to {commit}")
     return 0

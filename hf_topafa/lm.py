@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .sources import looks_local, not_found, prepare_hub_read
+
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_LAYER = 15
 DEFAULT_HOOK_POINT = "resid_post"
@@ -111,8 +113,21 @@ def _load_cached(name: str | None, gguf_file: str | None, device: str, dtype: to
         source = converted_gguf(_resolve_gguf(name, gguf_file))
     else:
         source = name
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, **_dtype_kwarg(dtype))
+    extra = {}
+    if source is name and not looks_local(name):
+        extra = prepare_hub_read(name, "language model")
+    elif source is name and not Path(name).expanduser().exists():
+        raise FileNotFoundError(
+            f"language model {name!r}: no such file or folder; give a Hub id (owner/name), a "
+            "local model folder or a .gguf file"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        model = AutoModelForCausalLM.from_pretrained(source, **extra, **_dtype_kwarg(dtype))
+    except OSError as err:
+        if source is name and not looks_local(name):
+            raise not_found(name, "language model", err) from err
+        raise
     model.to(device).eval()
     return model, tokenizer
 

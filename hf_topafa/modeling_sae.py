@@ -504,10 +504,37 @@ class SparseAutoencoder(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' loader, after checking a local folder's files for readable errors."""
+        from .sources import looks_local, not_found, prepare_hub_read
+
         path = os.fspath(pretrained_model_name_or_path)
         if os.path.isdir(path):
             check_saved_sae(path)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        elif os.path.exists(path):
+            raise NotADirectoryError(
+                f"{path} is a file; give the folder holding config.json and model.safetensors"
+            )
+        elif looks_local(path):
+            raise FileNotFoundError(
+                f"no saved SAE at {path}: no such folder (give a folder holding config.json and "
+                "model.safetensors, or a Hub id owner/name)"
+            )
+        elif "local_files_only" not in kwargs:
+            kwargs.update(prepare_hub_read(path, "SAE"))  # seconds, not 30 s of retries
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except OSError as err:
+            if os.path.isdir(path):
+                raise
+            raise not_found(path, "SAE", err) from err
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' saver, refusing a path that is an existing file (it would do nothing)."""
+        path = os.fspath(save_directory)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NotADirectoryError(
+                f"cannot save the SAE to {path}: it is an existing file; give a folder path"
+            )
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 def check_saved_sae(folder: str) -> None:

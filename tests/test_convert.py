@@ -549,7 +549,7 @@ def test_cli_converts_and_reports_errors(tmp_path, capsys):
     assert cli_main(["--from", "saelens", str(src), str(out), "--hook-point", "resid_post"]) == 0
     assert "activation=topk, k=5" in capsys.readouterr().out
     assert SparseAutoencoder.from_pretrained(out).config.hook_point == "resid_post"
-    assert cli_main(["--from", "gemmascope", str(src), str(tmp_path / "o2")]) == 1  # README name
+    assert cli_main(["--from", "gemmascope", str(src), str(tmp_path / "o2")]) == 2  # README name
     assert "params.npz" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["--from", "onnx", str(src), str(out)])

@@ -368,17 +368,17 @@ def test_cli_push_with_env_token(hub, tmp_path, monkeypatch, capsys):
 def test_cli_errors_are_clear_and_never_show_the_token(hub, tmp_path, capsys):
     run = tmp_path / "run"
     make_run(run)
-    assert cli(["push", str(run), "alice/x", "--token", WRONG_TOKEN]) == 1
+    assert cli(["push", str(run), "alice/x", "--token", WRONG_TOKEN]) == 2
     err = capsys.readouterr().err
     assert "401" in err and "hint:" in err and WRONG_TOKEN not in err
     # Someone else's namespace: 403 from the Hub, reported without the token.
-    assert cli(["push", str(run), "bob/x", "--token", TOKEN]) == 1
+    assert cli(["push", str(run), "bob/x", "--token", TOKEN]) == 2
     err = capsys.readouterr().err
     assert "403" in err and TOKEN not in err
     seen = len(hub.state.requests)
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert cli(["push", str(empty), "alice/x", "--token", TOKEN]) == 1
+    assert cli(["push", str(empty), "alice/x", "--token", TOKEN]) == 2
     err = capsys.readouterr().err
     assert "not an SAE folder" in err and "config.json" in err and "model.safetensors" in err
     with pytest.raises(FileNotFoundError, match="does not exist"):
