@@ -622,9 +622,7 @@ def cli_main(argv: list[str]) -> int:
             remote_code=args.remote_code,
         )
     except Exception as err:  # noqa: BLE001 - one scrubbed line instead of a traceback
-        from huggingface_hub import get_token
-
-        from huggingface_hub import constants
+        from huggingface_hub import constants, get_token
 
         found = token or get_token()
         message = _scrub(" ".join(f"{type(err).__name__}: {err}".split()), found)
