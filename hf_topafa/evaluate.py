@@ -47,7 +47,7 @@ from . import afa, lm
 from .configuration_sae import SAEConfig
 from .harvest import HOLDOUTS, HarvestConfig, Harvester, batched, dataset_name
 from .modeling_sae import SparseAutoencoder
-from .sources import looks_local, not_found, prepare_hub_read
+from .sources import looks_local
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 CONTEXT_CHARS = 40  # characters of preceding text shown with a token on the interactive ZF plot
@@ -151,10 +151,7 @@ def load_sae(sae_or_path, device: str = "cpu") -> tuple[SparseAutoencoder, str]:
         )
     if looks_local(path):
         return SparseAutoencoder.from_pretrained(str(local)).to(device).eval(), local.name
-    try:
-        sae = SparseAutoencoder.from_pretrained(path, **prepare_hub_read(path, "SAE"))
-    except OSError as err:
-        raise not_found(path, "SAE", err) from err
+    sae = SparseAutoencoder.from_pretrained(path)  # a missing id: one line naming it and the mode
     return sae.to(device).eval(), path
 
 
