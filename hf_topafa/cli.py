@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "harvest a language model's activations into an on-disk cache",
     ),
     "convert": ("hf_topafa.convert", "import an SAE saved by SAELens, sparsify, Gemma Scope, ..."),
+    "features": (
+        "hf_topafa.features",
+        "top examples, density, histograms and logit effects of every feature",
+    ),
     "push": ("hf_topafa.hub", "upload a run folder to the Hugging Face Hub with a model card"),
     "bench": (
         "hf_topafa.bench",

@@ -47,3 +47,43 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- tiny random language model (features, steering) ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """A 2-block random Llama (hidden size 16) with a word-level tokenizer over the words of the
+    bundled WikiText sample, saved as a local folder: fast stand-in for a real base model."""
+    import collections
+    import re
+
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from hf_topafa.harvest import BUNDLED_SAMPLE
+
+    words = re.findall(r"\w+|[^\w\s]", BUNDLED_SAMPLE.read_text(encoding="utf-8").lower())
+    common = [w for w, _ in collections.Counter(words).most_common(400)]
+    vocab = {"<unk>": 0, "<s>": 1, **{w: i + 2 for i, w in enumerate(common)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
+    folder = tmp_path_factory.mktemp("tiny_lm")
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>")
+    fast.save_pretrained(folder)
+    return folder
