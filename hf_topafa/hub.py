@@ -33,7 +33,10 @@ OPTIONAL_FILES = (
     "zf_plot.html",
     "training_config.json",
     "training_config.yaml",
+    "features.parquet",  # hf-topafa features: the feature browser's data
+    "examples.parquet",
 )
+FEATURE_TABLE_ROWS = 5
 # trust_remote_code: transformers imports these classes from the repo's own copy of the code.
 AUTO_MAP = {
     "AutoConfig": "configuration_sae.SAEConfig",
@@ -309,6 +312,63 @@ def _remote_code_section(repo_id: str) -> str:
     )
 
 
+def _md_token(text: str) -> str:
+    """A token as inline code in a table cell: visible spaces, no cell breaks."""
+    return "`" + text.replace("|", "\\|").replace("`", "'").replace("\n", "\\n") + "`"
+
+
+def _features_section(run_dir: Path, repo_id: str) -> str:
+    """Summary of features.parquet (written by ``hf-topafa features``), when the run has it."""
+    path = run_dir / "features.parquet"
+    if not path.is_file():
+        return ""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["feature", "density", "max_activation", "top_logits"])
+    meta = json.loads((table.schema.metadata or {}).get(b"hf_topafa", b"{}"))
+    rows = table.to_pylist()
+    dead = sum(1 for r in rows if not r["density"])
+    densities = sorted(r["density"] or 0.0 for r in rows)
+    median = densities[len(densities) // 2] if densities else 0.0
+    tokens = meta.get("num_tokens")
+    read = f" over {tokens:,} tokens" if isinstance(tokens, int) else ""
+    dataset = f" of `{meta['dataset']}`" if meta.get("dataset") else ""
+    lines = [
+        "## Features",
+        "",
+        f"`hf-topafa features` read the SAE's {len(rows):,} features{read}{dataset}: "
+        f"{dead:,} never fired, the median density (share of tokens where a feature fires) is "
+        f"{median:.3g}. [features.parquet](features.parquet) has each feature's density, "
+        "activation statistics and histogram, the εLBO and over/under shares of the tokens "
+        "where it fires, and the tokens its decoder direction promotes and suppresses "
+        "through the unembedding"
+        + (
+            "; [examples.parquet](examples.parquet) its top examples with their windows."
+            if (run_dir / "examples.parquet").is_file()
+            else "."
+        ),
+        "",
+        f"The {FEATURE_TABLE_ROWS} densest features:",
+        "",
+        "| feature | density | max activation | top logits |",
+        "|---:|---:|---:|---|",
+    ]
+    densest = sorted(rows, key=lambda r: (-(r["density"] or 0.0), r["feature"]))
+    for r in densest[:FEATURE_TABLE_ROWS]:
+        top = " ".join(_md_token(t) for t in (r["top_logits"] or [])[:5])
+        lines.append(
+            f"| {r['feature']} | {r['density'] or 0:.3g} | {r['max_activation'] or 0:.3g} | {top} |"
+        )
+    code = (
+        "import datasets\n"
+        "from huggingface_hub import hf_hub_download\n\n"
+        f'path = hf_hub_download("{repo_id}", "features.parquet")\n'
+        'features = datasets.load_dataset("parquet", data_files=path, split="train")'
+    )
+    lines += ["", "```python", code, "```", "", ""]
+    return "\n".join(lines)
+
+
 def _fill(template: str, values: dict[str, str]) -> str:
     def lookup(match: re.Match) -> str:
         name = match.group(1)
@@ -385,6 +445,11 @@ def render_model_card(
         ("Features (d_sae)", f"{config.d_sae:,} ({config.d_sae / config.d_in:g}x)"),
         ("Activation", f"`{activation}`" + (f", k = {config.k}" if config.k else "")),
         ("Input normalization", f"`{config.input_normalization}`"),
+        (
+            "Objective",
+            f"`{config.loss_convention}` (lambda_AFA = {config.afa_coef:g}); encoder bias "
+            f"{'trained' if config.encoder_bias else 'none'}; init `{config.init}`",
+        ),
         ("Training dataset", f"`{config.dataset}`" if config.dataset else "not recorded"),
     ]
     if config.context_length:
@@ -420,6 +485,7 @@ def render_model_card(
         "usage_intro": "Load the SAE and run the ZF analysis on one sentence:",
         "usage_code": _usage_code(config, repo_id),
         "remote_code_section": _remote_code_section(repo_id) if remote_code else "",
+        "features_section": _features_section(run_dir, repo_id) if run_dir is not None else "",
     }
     return _scrub(_fill(TEMPLATE_PATH.read_text(encoding="utf-8"), values), None)
 

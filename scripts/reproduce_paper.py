@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-only", action="store_true", help="train nothing; report the finished runs"
     )
     p.add_argument("--work", default=None, help="activation cache and trained SAEs (not committed)")
+    p.add_argument(
+        "--threads-file", default=None,
+        help="a file holding a torch thread count, re-read before each SAE (so a long run can\n"
+        "take more cores when the machine frees up)",
+    )  # fmt: skip
     return p
 
 
@@ -210,6 +215,12 @@ def disk_caches(args, work: Path) -> dict[int, Path]:
         )  # fmt: skip
         caches[layer] = write_cache(cfg, work / f"train_cache_L{layer}")
     return caches
+
+
+def set_threads(path: str | None) -> None:
+    if path and Path(path).is_file():
+        with contextlib.suppress(ValueError):
+            torch.set_num_threads(max(1, int(Path(path).read_text().strip())))
 
 
 def layer_tokens(args) -> dict[int, int]:
@@ -431,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     for layer in main_first:  # the main layer first: a partial run still answers the question
         for spec in sae_grid(args):
             run_dir = work / "runs" / run_name(layer, spec)
-            print(f"== {run_dir.name}", flush=True)
+            set_threads(args.threads_file)
+            print(f"== {run_dir.name} ({torch.get_num_threads()} threads)", flush=True)
             info = train_one(args, layer, spec, train_acts[layer], eval_acts[layer], run_dir)
             if info is None:
                 print(f"   missing (--report-only): {run_dir}")
