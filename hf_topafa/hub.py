@@ -153,7 +153,7 @@ def check_run_dir(run_dir: str | os.PathLike) -> list[Path]:
             f"{folder} is not an SAE folder: {', '.join(missing)} missing "
             f"(a run folder holds {' and '.join(REQUIRED_FILES)}, as written by save_pretrained)"
         )
-    from .modeling_sae import check_saved_sae  # shapes and truncation, with readable errors
+    from .saved import check_saved_sae  # shapes and truncation, with readable errors
 
     check_saved_sae(str(folder))
     return [folder / n for n in REQUIRED_FILES + OPTIONAL_FILES if (folder / n).is_file()]
@@ -547,6 +547,8 @@ def push_run(
     token: str | None = None,
     commit_message: str | None = None,
     remote_code: bool = False,
+    create_pr: bool = False,
+    commit_description: str | None = None,
 ) -> str:
     """Upload a run folder and its generated model card as one commit; returns the commit URL.
 
@@ -580,7 +582,9 @@ def push_run(
         repo_id,
         operations,
         commit_message=commit_message or "Upload SAE with hf-topafa",
+        commit_description=commit_description,
         revision=revision,
+        create_pr=create_pr,
     )
 
 
@@ -594,8 +598,10 @@ def push_model(
     token: str | None = None,
     commit_message: str | None = None,
     remote_code: bool = False,
+    **commit_options,
 ) -> str:
-    """``push_run`` for an SAE in memory: saved to a temporary run folder with its metrics."""
+    """``push_run`` for an SAE in memory: saved to a temporary run folder with its metrics.
+    ``commit_options``: ``create_pr``, ``commit_description``."""
     with tempfile.TemporaryDirectory(prefix="hf_topafa_push_") as tmp:
         model.save_pretrained(tmp)
         if metrics:
@@ -608,6 +614,7 @@ def push_model(
             token=token,
             commit_message=commit_message,
             remote_code=remote_code,
+            **commit_options,
         )
 
 

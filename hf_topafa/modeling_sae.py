@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import importlib
 import os
 from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
@@ -15,6 +14,7 @@ from transformers.utils import ModelOutput
 from . import activations, sparse
 from .afa import afa_norm, scaled_feature_norm
 from .configuration_sae import SAEConfig
+from .saved import check_saved_sae
 
 
 @dataclass
@@ -479,26 +479,42 @@ class SparseAutoencoder(PreTrainedModel):
         *,
         metrics: dict | None = None,
         private: bool | None = None,
-        token: str | None = None,
+        token: str | bool | None = None,
         revision: str | None = None,
         commit_message: str | None = None,
         remote_code: bool = False,
         **kwargs,
     ) -> str:
-        """Upload config, weights and the hf-topafa model card (see ``hf_topafa.hub.push_model``)."""
-        if kwargs:
-            raise TypeError(f"unsupported push_to_hub arguments: {', '.join(sorted(kwargs))}")
-        from .hub import push_model
+        """Upload config, weights and the hf-topafa model card (see ``hf_topafa.hub.push_model``).
 
+        Accepts the keywords of transformers' ``push_to_hub``; those about serialization
+        (``safe_serialization``, ``max_shard_size``, ``use_temp_dir``) change nothing here, as
+        an SAE is always one safetensors file, and ``create_pr`` and ``commit_description``
+        are passed on.
+        """
+        # Looked up at call time by name: the Hub code is not part of the model, nor of
+        # --remote-code bundles (whose loader would otherwise demand the hf_topafa package),
+        # and hf_topafa.hub never imports this module.
+        push_model = importlib.import_module("hf_topafa.hub").push_model
+
+        known = {"create_pr", "commit_description"}
+        ignored = {"safe_serialization", "max_shard_size", "use_temp_dir", "variant"}
+        unknown = sorted(set(kwargs) - known - ignored)
+        if unknown:
+            raise TypeError(
+                f"unsupported push_to_hub arguments: {', '.join(unknown)} (accepted besides "
+                f"the named ones: {', '.join(sorted(known | ignored))})"
+            )
         return push_model(
             self,
             repo_id,
             metrics=metrics,
             private=bool(private),
-            token=token,
+            token=token if isinstance(token, str) else None,
             revision=revision,
             commit_message=commit_message,
             remote_code=remote_code,
+            **{k: v for k, v in kwargs.items() if k in known},
         )
 
     @classmethod
@@ -535,63 +551,3 @@ class SparseAutoencoder(PreTrainedModel):
                 f"cannot save the SAE to {path}: it is an existing file; give a folder path"
             )
         return super().save_pretrained(save_directory, *args, **kwargs)
-
-
-def check_saved_sae(folder: str) -> None:
-    """Raise a clear error if a saved SAE folder is missing files, is corrupt, or disagrees with itself."""
-    config_path = os.path.join(folder, "config.json")
-    weights_path = os.path.join(folder, "model.safetensors")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(
-            f"{folder} is not a saved SAE: config.json is missing "
-            "(a saved SAE folder holds config.json and model.safetensors)"
-        )
-    try:
-        with open(config_path, encoding="utf-8") as fh:
-            raw = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_path} is not valid JSON ({err}); re-save the SAE") from err
-    if not isinstance(raw, dict) or raw.get("model_type") != SAEConfig.model_type:
-        found = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(
-            f"{config_path} has model_type={found!r}; an hf-topafa SAE has "
-            f"model_type={SAEConfig.model_type!r}"
-        )
-    config = SAEConfig.from_dict({k: v for k, v in raw.items() if k != "model_type"})
-    if not os.path.isfile(weights_path):
-        raise FileNotFoundError(
-            f"{folder} has no model.safetensors (weights load from safetensors only)"
-        )
-    try:
-        with safe_open(weights_path, framework="pt") as fh:
-            shapes = {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{weights_path} is truncated or not a safetensors file ({err})") from err
-    expected = {
-        "W_enc": (config.d_in, config.d_sae),
-        "W_dec": (config.d_sae, config.d_in),
-        "b_enc": (config.d_sae,),
-        "b_dec": (config.d_in,),
-    }
-    if config.activation in ("jumprelu", "batchtopk"):
-        expected["threshold"] = (config.d_sae,)
-    for name, shape in expected.items():
-        if name not in shapes:
-            raise ValueError(
-                f"{weights_path} lacks the tensor {name!r} (expected shape {list(shape)})"
-            )
-        if shapes[name] != shape:
-            raise ValueError(
-                f"{weights_path}: {name} has shape {list(shapes[name])} but config.json says "
-                f"{list(shape)} (d_in={config.d_in}, d_sae={config.d_sae})"
-            )
-    size = os.path.getsize(weights_path)
-    with open(weights_path, "rb") as fh:
-        header_len = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(header_len))
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_len + end > size:
-        raise ValueError(
-            f"{weights_path} is truncated: its header describes {8 + header_len + end} bytes, "
-            f"the file has {size}"
-        )

@@ -342,6 +342,14 @@ def test_model_push_to_hub_round_trip(hub):
     same_outputs(sae, SparseAutoencoder.from_pretrained("alice/direct"))
     card = open(hf_hub_download("alice/direct", "README.md")).read()
     assert "library_name: hf-topafa" in card  # our card, not transformers' generic one
+    # transformers' own keywords are accepted: serialization ones change nothing, others pass on
+    commit = sae.push_to_hub(
+        "alice/direct", token=TOKEN, safe_serialization=True, max_shard_size="5GB",
+        commit_description="same weights, transformers-style call",
+    )  # fmt: skip
+    assert "/alice/direct/commit/" in commit
+    with pytest.raises(TypeError, match="unsupported push_to_hub arguments: shard_everything"):
+        sae.push_to_hub("alice/direct", token=TOKEN, shard_everything=True)
 
 
 def test_push_model_uploads_card_and_metrics(hub):
@@ -480,3 +488,34 @@ def test_remote_code_loads_without_the_package(hub, tmp_path):
         expected = sae(x)
     assert torch.equal(got["reconstruction"], expected.reconstruction)
     assert torch.equal(got["acts"], expected.feature_acts)
+
+
+def test_push_uploads_feature_files_and_card_summarises_them(hub, tmp_path, tiny_lm_dir):
+    """``hf-topafa features`` output in the run folder goes up with the SAE and into the card."""
+    import pyarrow.parquet as pq
+
+    from hf_topafa.features import write_features
+    from hf_topafa.harvest import HarvestConfig
+
+    run = tmp_path / "run"
+    sae = make_run(run, base_model=str(tiny_lm_dir), input_normalization="layer_norm")
+    harvest = HarvestConfig(model=str(tiny_lm_dir), layer=1, context_length=16, max_tokens=300)
+    write_features(sae, harvest, run, top=3, logits=4, progress=False)
+    push_run(run, "alice/feature-sae", token=TOKEN)
+    files = set(HfApi(token=TOKEN).list_repo_files("alice/feature-sae"))
+    assert {"features.parquet", "examples.parquet"} <= files
+    for name in ("features.parquet", "examples.parquet"):
+        remote = open(hf_hub_download("alice/feature-sae", name), "rb").read()
+        assert remote == (run / name).read_bytes()
+    card = open(hf_hub_download("alice/feature-sae", "README.md")).read()
+    assert "## Features" in card and "(features.parquet)" in card and "(examples.parquet)" in card
+    rows = pq.read_table(run / "features.parquet").to_pylist()
+    dead = sum(1 for r in rows if r["density"] == 0)
+    assert "read the SAE's 64 features over 300 tokens of `bundled:" in card
+    assert f"{dead:,} never fired" in card
+    densest = max(rows, key=lambda r: (r["density"], -r["feature"]))
+    assert f"| {densest['feature']} | {densest['density']:.3g} |" in card
+    assert 'hf_hub_download("alice/feature-sae", "features.parquet")' in card
+    # without the files the card has no Features section (the example card stays as it is)
+    (run / "features.parquet").unlink()
+    assert "## Features" not in render_model_card(run, repo_id="alice/feature-sae")
