@@ -258,18 +258,20 @@ def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Import
     k = cfg.get("k")
     if legacy and activation_fn == "topk" and kwargs.get("k") is not None:
         architecture, k = "topk", kwargs["k"]
-    if architecture == "batchtopk":
+    training_checkpoint = architecture in _SAELENS_BATCHTOPK
+    if training_checkpoint and "topk_threshold" not in weights:
         raise UnsupportedSAEError(
-            f"{where}: architecture 'batchtopk' is a SAELens training checkpoint; SAELens saves "
-            "BatchTopK SAEs for inference as 'jumprelu' with a threshold (save_inference_model), "
-            "and that file converts"
+            f"{where}: architecture {architecture!r} is a SAELens training checkpoint, but "
+            f"{folder / 'sae_weights.safetensors'} holds no topk_threshold; convert the file "
+            "save_inference_model wrote (architecture 'jumprelu') instead"
         )
-    if architecture not in ("standard", "topk", "jumprelu"):
+    if architecture not in ("standard", "topk", "jumprelu", *_SAELENS_BATCHTOPK):
         raise UnsupportedSAEError(
             f"{where}: architecture {architecture!r} has no exact counterpart here; "
-            "convertible SAELens architectures: standard, topk, jumprelu"
+            "convertible SAELens architectures: standard, topk, jumprelu, and the training "
+            f"checkpoints {', '.join(_SAELENS_BATCHTOPK)}"
         )
-    if architecture != "topk" and activation_fn not in (None, "relu"):
+    if architecture in ("standard", "jumprelu") and activation_fn not in (None, "relu"):
         raise UnsupportedSAEError(
             f"{where}: activation_fn {activation_fn!r} is not ReLU; only ReLU-based "
             "standard and jumprelu SAEs convert exactly"
@@ -296,6 +298,10 @@ def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Import
         if "threshold" not in weights and "log_threshold" in weights:
             weights["threshold"] = weights.pop("log_threshold").double().exp()
         shapes["threshold"] = (d_sae,)
+    if training_checkpoint:  # a 0-d float64 buffer; save_inference_model turns it into threshold
+        topk_threshold = weights.pop("topk_threshold")
+        if topk_threshold.numel() != 1:
+            raise ValueError(f"{folder}: topk_threshold has shape {list(topk_threshold.shape)}")
     scaling = weights.pop("scaling_factor", None)
     if scaling is not None and not torch.all(scaling == 1):
         raise UnsupportedSAEError(
@@ -332,7 +338,9 @@ def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Import
             f"'expected_average_only_in'; {where} has {normalize!r}"
         )
 
-    if architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
+    # TopKTrainingSAEConfig defaults rescale_acts_by_decoder_norm to True, TopKSAEConfig to False.
+    rescaled = cfg.get("rescale_acts_by_decoder_norm", training_checkpoint)
+    if (architecture == "topk" or training_checkpoint) and rescaled:
         # Ranks hidden_pre * ||W_dec,i|| and decodes acts / ||W_dec,i||: fold both (exact).
         # After the input-scale fold, as SAE.from_pretrained orders them.
         norms = torch.linalg.vector_norm(t["W_dec"], dim=-1)
@@ -341,7 +349,15 @@ def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Import
         t["W_enc"], t["b_enc"] = t["W_enc"] * norms, t["b_enc"] * norms
         t["W_dec"] = t["W_dec"] / norms[:, None]
 
-    activation = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}[architecture]
+    if training_checkpoint:
+        # What save_inference_model writes: the folded weights and, under architecture
+        # jumprelu, threshold = ones_like(b_enc) * topk_threshold (rounded to b_enc's dtype).
+        value = float(topk_threshold.reshape(()).item())
+        t["threshold"] = torch.full((d_sae,), value, dtype=weights["b_enc"].dtype).double()
+        activation, source_k, k = "jumprelu", k, None
+    else:
+        activation = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}[architecture]
+        source_k = None
     if activation == "topk":
         k = _positive_int(k, f"{where}: k")
     model_name = meta.get("model_name")
@@ -355,6 +371,8 @@ def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Import
         "dataset": meta.get("dataset_path"),
         "context_length": meta.get("context_size"),
         "source_architecture": architecture,
+        "source_k": source_k,
+        "source_matryoshka_widths": cfg.get("matryoshka_widths"),
         "source_model_name": model_name,
         "source_hook_name": hook_name,
         "source_hook_head_index": meta.get("hook_head_index"),
@@ -496,8 +514,15 @@ def read_gemma_scope(path: Path) -> Imported:
     )
 
 
+_SAELENS_BATCHTOPK = ("batchtopk", "matryoshka_batchtopk")
 _GEMMA_KEYS = "W_enc, W_dec, b_enc, b_dec, threshold"
-_DL_CLASSES = ("AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "JumpReluAutoEncoder")
+_DL_CLASSES = (
+    "AutoEncoder",
+    "AutoEncoderTopK",
+    "BatchTopKSAE",
+    "MatryoshkaBatchTopKSAE",
+    "JumpReluAutoEncoder",
+)
 
 
 def read_dictionary_learning(path: Path, normalize_decoder: bool = True) -> Imported:
@@ -507,27 +532,27 @@ def read_dictionary_learning(path: Path, normalize_decoder: bool = True) -> Impo
     ``AutoEncoder.from_pretrained``'s default: decoder columns scaled to unit norm, encoder rows
     and bias scaled up to match (reconstructions unchanged, activations rescaled).
     """
-    folder = _folder_of(path, ("ae.pt", "config.json"))
-    cfg = _read_json(folder / "config.json")
+    weights_file, config_file = _dictionary_learning_files(path)
+    cfg = _read_json(config_file)
     trainer = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
     dict_class = trainer.get("dict_class")
-    where = f"{folder / 'config.json'}"
+    where = f"{config_file}"
     if dict_class not in _DL_CLASSES:
         raise UnsupportedSAEError(
             f"{where}: trainer.dict_class={dict_class!r} has no exact counterpart here; "
             f"convertible classes: {', '.join(_DL_CLASSES)}"
         )
     try:
-        state = torch.load(folder / "ae.pt", map_location="cpu", weights_only=True)
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - pickle errors come in many types
         raise ValueError(
-            f"{folder / 'ae.pt'} could not be read as a tensor-only state dict ({err})"
+            f"{weights_file} could not be read as a tensor-only state dict ({err})"
         ) from err
     if not isinstance(state, dict):
-        raise ValueError(f"{folder / 'ae.pt'} holds a {type(state).__name__}, not a state dict")
+        raise ValueError(f"{weights_file} holds a {type(state).__name__}, not a state dict")
     d_in = trainer.get("activation_dim")
     d_sae = trainer.get("dict_size")
-    if dict_class == "JumpReluAutoEncoder":
+    if dict_class in ("JumpReluAutoEncoder", "MatryoshkaBatchTopKSAE"):
         if "W_enc" in state:
             d_in, d_sae = state["W_enc"].shape
         shapes = {
@@ -537,12 +562,20 @@ def read_dictionary_learning(path: Path, normalize_decoder: bool = True) -> Impo
             "b_dec": (d_in,),
             "threshold": (d_sae,),
         }
-        _check_tensors(folder / "ae.pt", state, shapes)
+        optional = {}
+        if dict_class == "MatryoshkaBatchTopKSAE":  # same names; scalar k and threshold buffers
+            del shapes["threshold"]
+            optional = {"k": (), "threshold": (), "group_sizes": None}
+        _check_tensors(weights_file, state, shapes, optional)
         W_enc, b_enc = state["W_enc"].double(), state["b_enc"].double()
         W_dec, b_dec = state["W_dec"].double(), state["b_dec"].double()
-        # apply_b_dec_to_input is an attribute, not saved; its default is False.
-        subtracts_b_dec, threshold, k = False, state["threshold"].double(), None
-        activation = "jumprelu"
+        if dict_class == "JumpReluAutoEncoder":
+            # apply_b_dec_to_input is an attribute, not saved; its default is False.
+            subtracts_b_dec, threshold, k = False, state["threshold"].double(), None
+            activation = "jumprelu"
+        else:  # encode: ReLU((x - b_dec) W_enc + b_enc), then the threshold rule
+            subtracts_b_dec = True
+            activation, threshold, k = _batchtopk_rule(weights_file, state, trainer, d_sae)
     else:
         if "encoder.weight" in state:
             d_sae, d_in = state["encoder.weight"].shape
@@ -557,7 +590,7 @@ def read_dictionary_learning(path: Path, normalize_decoder: bool = True) -> Impo
         else:
             shapes["b_dec"] = (d_in,)
             optional = {"k": (), "threshold": ()}  # 0-d buffers of the TopK classes
-        _check_tensors(folder / "ae.pt", state, shapes, optional)
+        _check_tensors(weights_file, state, shapes, optional)
         W_enc = state["encoder.weight"].double().T
         b_enc = state["encoder.bias"].double()
         W_dec = state["decoder.weight"].double().T
@@ -568,26 +601,15 @@ def read_dictionary_learning(path: Path, normalize_decoder: bool = True) -> Impo
             if normalize_decoder:
                 norms = torch.linalg.vector_norm(W_dec, dim=-1)
                 if not (norms > 0).all():
-                    raise UnsupportedSAEError(f"{folder / 'ae.pt'}: a decoder column is zero")
+                    raise UnsupportedSAEError(f"{weights_file}: a decoder column is zero")
                 W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
         else:
-            k = int(state["k"]) if "k" in state else trainer.get("k")
-            k = _positive_int(k, f"{where}: k (neither ae.pt nor trainer.k give it)")
-            activation = "topk"
             if dict_class == "BatchTopKSAE":
-                if "threshold" not in state:
-                    raise UnsupportedSAEError(
-                        f"{folder / 'ae.pt'}: this BatchTopKSAE has no inference threshold "
-                        "(older dictionary_learning); its encode is a batch-level top-k, which "
-                        "depends on the batch and is not converted"
-                    )
-                value = float(state["threshold"])
-                if value < 0:
-                    raise UnsupportedSAEError(
-                        f"{folder / 'ae.pt'}: BatchTopKSAE threshold is {value} (never "
-                        "calibrated during training); refusing to guess an inference rule"
-                    )
-                activation, threshold = "batchtopk", torch.full((d_sae,), value).double()
+                activation, threshold, k = _batchtopk_rule(weights_file, state, trainer, d_sae)
+            else:
+                k = int(state["k"]) if "k" in state else trainer.get("k")
+                k = _positive_int(k, f"{where}: k (neither the weights nor trainer.k give it)")
+                activation = "topk"
     if dict_class != "AutoEncoder" and normalize_decoder is not True:
         raise ValueError("normalize_decoder applies only to dictionary_learning AutoEncoder")
     submodule = trainer.get("submodule_name")
@@ -602,6 +624,7 @@ def read_dictionary_learning(path: Path, normalize_decoder: bool = True) -> Impo
         "source_hook_name": submodule,
         "source_architecture": dict_class,
         "source_trainer_class": trainer.get("trainer_class"),
+        "source_weights_file": weights_file.name,
     }
     return Imported(
         activation=activation,
@@ -614,6 +637,48 @@ def read_dictionary_learning(path: Path, normalize_decoder: bool = True) -> Impo
         k=k,
         provenance=provenance,
     )
+
+
+def _dictionary_learning_files(path: Path) -> tuple[Path, Path]:
+    """The weights file asked for (a folder means its ae.pt) and the run's config.json.
+
+    trainSAE writes ``ae.pt`` and ``config.json`` side by side and its checkpoints as
+    ``checkpoints/ae_<step>.pt``, so a file's config.json is looked for next to it, then one up.
+    """
+    if path.is_dir():
+        folder = _folder_of(path, ("ae.pt", "config.json"))
+        return folder / "ae.pt", folder / "config.json"
+    if path.suffix != ".pt":
+        raise ValueError(
+            f"{path} is not a .pt file; give a dictionary_learning folder (ae.pt + config.json) "
+            "or one of its .pt weight files (ae.pt, checkpoints/ae_<step>.pt)"
+        )
+    for folder in (path.parent, path.parent.parent):
+        if (folder / "config.json").is_file():
+            return path, folder / "config.json"
+    raise FileNotFoundError(
+        f"no config.json next to {path} or in {path.parent.parent} (dictionary_learning keeps "
+        "the run's config.json beside ae.pt, one folder above checkpoints/)"
+    )
+
+
+def _batchtopk_rule(file: Path, state: dict, trainer: dict, d_sae: int):
+    """(activation, threshold, k) of dictionary_learning's BatchTopK encode at inference.
+
+    ``encode(use_threshold=True)`` keeps ``ReLU(pre) * (ReLU(pre) > threshold)``. A threshold
+    still at its initial -1 (never calibrated) keeps every ReLU(pre): that is a ReLU SAE.
+    """
+    k = int(state["k"]) if "k" in state else trainer.get("k")
+    k = _positive_int(k, f"{file}: k (neither the weights nor trainer.k give it)")
+    if "threshold" not in state:
+        raise UnsupportedSAEError(
+            f"{file}: this BatchTopK SAE has no inference threshold (older dictionary_learning); "
+            "its encode is a batch-level top-k, which depends on the batch and is not converted"
+        )
+    value = float(state["threshold"])
+    if value < 0:  # ReLU output is >= 0 > value: the mask keeps everything
+        return "relu", None, None
+    return "batchtopk", torch.full((d_sae,), value).double(), k
 
 
 _READERS = {
@@ -679,12 +744,20 @@ def _hub_patterns(fmt: str, inside: str) -> list[str]:
         return [inside] if inside.endswith(".npz") else [join(inside, "params.npz")]
     if inside.endswith(".pt"):
         parent = inside.rsplit("/", 1)[0] if "/" in inside else ""
-        return [inside, join(parent, "config.json")]
+        grandparent = parent.rsplit("/", 1)[0] if "/" in parent else ""
+        patterns = [inside, join(parent, "config.json"), join(grandparent, "config.json")]
+        return list(dict.fromkeys(patterns))
     return [join(inside, "ae.pt"), join(inside, "config.json")]
 
 
 def _folder_of(path: Path, needed: tuple[str, ...], subfolders_hint: bool = False) -> Path:
-    """The folder holding ``needed``: the path itself, or the folder of a file inside it."""
+    """The folder holding ``needed``: the path itself, or the folder of one of those files."""
+    if not path.is_dir() and path.name not in needed:
+        # Converting the folder's default file instead would report another SAE as this one.
+        raise ValueError(
+            f"{path} is not one of this format's files ({', '.join(needed)}); give the folder "
+            "or one of those files"
+        )
     folder = path if path.is_dir() else path.parent
     missing = [name for name in needed if not (folder / name).is_file()]
     if not missing:
@@ -741,7 +814,7 @@ def _check_tensors(file, tensors: dict, shapes: dict, optional: dict | None = No
             f"expected {', '.join(shapes)} — a variant whose computation is not verified here"
         )
     for name, shape in optional.items():
-        if name in tensors and tuple(tensors[name].shape) != tuple(shape):
+        if name in tensors and shape is not None and tuple(tensors[name].shape) != tuple(shape):
             raise ValueError(f"{file}: {name} has shape {list(tensors[name].shape)}")
 
 

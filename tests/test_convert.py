@@ -495,9 +495,6 @@ def test_dictionary_learning_jumprelu(tmp_path):
 def test_dictionary_learning_refusals(tmp_path):
     state = _linear_state(15, "b_dec")
     state.update(k=torch.tensor(K), threshold=torch.tensor(-1.0))
-    src = _write_dictionary_learning(tmp_path / "b", "BatchTopKSAE", state)
-    with pytest.raises(UnsupportedSAEError, match="never calibrated"):
-        convert("dictionary_learning", src)
     src = _write_dictionary_learning(tmp_path / "g", "GatedAutoEncoder", state)
     with pytest.raises(UnsupportedSAEError, match="GatedAutoEncoder"):
         convert("dictionary_learning", src)
@@ -505,6 +502,96 @@ def test_dictionary_learning_refusals(tmp_path):
     torch.save(state, tmp_path / "nocfg" / "ae.pt")
     with pytest.raises(FileNotFoundError, match="config.json"):
         convert("dictionary_learning", tmp_path / "nocfg")
+
+
+@pytest.mark.parametrize("dict_class", ["BatchTopKSAE", "MatryoshkaBatchTopKSAE"])
+@pytest.mark.parametrize("threshold", [0.3, -1.0])
+def test_dictionary_learning_batchtopk_threshold_rule(tmp_path, dict_class, threshold):
+    """encode(use_threshold=True): ReLU(pre) * (ReLU(pre) > t); t = -1 (uncalibrated) is ReLU."""
+    w = _weights(17)
+    if dict_class == "BatchTopKSAE":
+        state = _linear_state(17, "b_dec")
+    else:  # W_enc [d_in, d_sae], W_dec [d_sae, d_in] and a group_sizes buffer
+        state = dict(w, group_sizes=torch.tensor([D_SAE // 4, D_SAE - D_SAE // 4]))
+    state.update(k=torch.tensor(K, dtype=torch.int), threshold=torch.tensor(threshold))
+    src = _write_dictionary_learning(tmp_path / "b", dict_class, state)
+    sae = convert("dictionary_learning", src, dtype="float64")
+    x = _inputs()
+    pre = _relu((_np(x) - _np(w["b_dec"])) @ _np(w["W_enc"]) + _np(w["b_enc"]))
+    ref = pre * (pre > threshold)
+    _check(sae, x, ref, ref @ _np(w["W_dec"]) + _np(w["b_dec"]), tol=1e-10)
+    expected = ("relu", None) if threshold < 0 else ("batchtopk", K)
+    assert (sae.config.activation, sae.config.k) == expected
+
+
+def test_dictionary_learning_file_path_converts_that_file(tmp_path):
+    """checkpoints/ae_<step>.pt is converted itself, with the run's config.json one folder up."""
+    src = _write_dictionary_learning(tmp_path / "run", "AutoEncoder", _linear_state(18, "bias"))
+    (src / "checkpoints").mkdir()
+    step = _linear_state(19, "bias")
+    torch.save(step, src / "checkpoints" / "ae_100.pt")
+    torch.save(_linear_state(20, "bias"), src / "ae_step7.pt")
+    final = convert("dictionary_learning", src, normalize_decoder=False, dtype="float64")
+    ckpt = convert(
+        "dictionary_learning", src / "checkpoints" / "ae_100.pt", normalize_decoder=False,
+        dtype="float64",
+    )
+    beside = convert("dictionary_learning", src / "ae_step7.pt", normalize_decoder=False)
+    assert torch.equal(ckpt.W_enc, step["encoder.weight"].double().T)
+    assert not torch.equal(final.W_enc, ckpt.W_enc)
+    assert beside.config.source_weights_file == "ae_step7.pt"
+    assert torch.equal(beside.b_dec, _linear_state(20, "bias")["bias"])
+    with pytest.raises(ValueError, match="not a .pt file"):
+        convert("dictionary_learning", src / "config.json")
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    torch.save(step, lone / "ae_1.pt")
+    with pytest.raises(FileNotFoundError, match="no config.json next to"):
+        convert("dictionary_learning", lone / "ae_1.pt")
+
+
+def test_file_path_that_is_not_the_format_file_is_refused(tmp_path):
+    """A file path never silently converts the folder's default file instead."""
+    src = _write_saelens(tmp_path / "sae", _weights(21))
+    save_file(_weights(22), str(src / "sae_weights_step100.safetensors"))
+    with pytest.raises(ValueError, match="sae_weights_step100.safetensors is not one of"):
+        convert("saelens", src / "sae_weights_step100.safetensors")
+
+
+@pytest.mark.parametrize("architecture", ["batchtopk", "matryoshka_batchtopk"])
+def test_saelens_batchtopk_training_checkpoint_converts_like_its_inference_file(
+    tmp_path, architecture
+):
+    """save_inference_model folds decoder norms and writes threshold = ones * topk_threshold."""
+    w = _weights(23)
+    extra = {"matryoshka_widths": [D_SAE // 2, D_SAE]} if architecture != "batchtopk" else {}
+    train_w = dict(w, topk_threshold=torch.tensor(0.37, dtype=torch.float64))
+    src = _write_saelens(
+        tmp_path / "ckpt", train_w, architecture, k=float(K), topk_threshold_lr=0.01,
+        rescale_acts_by_decoder_norm=True, **extra,
+    )
+    sae = convert("saelens", src, dtype="float64")
+    # The inference file, written independently: fold W_dec norms, threshold in b_enc's dtype.
+    norms = torch.linalg.vector_norm(w["W_dec"], dim=-1, keepdim=True)
+    inference = {
+        "W_enc": w["W_enc"] * norms.T,
+        "b_enc": w["b_enc"] * norms[:, 0],
+        "W_dec": w["W_dec"] / norms,
+        "b_dec": w["b_dec"],
+        "threshold": torch.ones_like(w["b_enc"]) * 0.37,
+    }
+    x = _inputs()
+    _check(sae, x, *_saelens_reference(inference, x, "jumprelu"), tol=1e-5)
+    from_inference = convert(
+        "saelens", _write_saelens(tmp_path / "inf", inference, "jumprelu"), dtype="float64"
+    )
+    assert torch.equal(sae.threshold, from_inference.threshold)
+    assert sae.config.activation == "jumprelu" and sae.config.source_k == K
+    assert sae.config.source_architecture == architecture
+    del train_w["topk_threshold"]
+    bare = _write_saelens(tmp_path / "bare", train_w, architecture, k=float(K), **extra)
+    with pytest.raises(UnsupportedSAEError, match="no topk_threshold"):
+        convert("saelens", bare)
 
 
 def test_dictionary_learning_pickled_objects_are_not_unpickled(tmp_path):
