@@ -205,10 +205,9 @@ def _example_columns(best: _TopN, window_tokens: list[torch.Tensor], vocab: list
         "tokens": [],
         "activations": best.traces[slot, feature].tolist(),
     }
-    for window in columns["window"]:
-        ids = window_tokens[window].tolist()
-        columns["token_ids"].append(ids)
-        columns["tokens"].append([vocab[i] for i in ids])
+    if window_tokens:
+        columns["token_ids"] = torch.stack(window_tokens)[columns["window"]].tolist()
+        columns["tokens"] = [[vocab[i] for i in ids] for ids in columns["token_ids"]]
     return columns
 
 
@@ -299,6 +298,93 @@ def write_features(
         write_parquet(examples, out / EXAMPLES_FILE, meta),
         write_parquet(features, out / FEATURES_FILE, meta),
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading back (the Space)
+
+SAMPLE_TOKENS = 2048  # computed on the fly when an SAE has no feature files: seconds on a CPU
+
+
+@dataclass
+class FeatureTables:
+    """examples.parquet and features.parquet as DataFrames, and where they came from."""
+
+    examples: object  # pandas.DataFrame
+    features: object
+    origin: str
+
+
+def read_feature_files(folder: str | os.PathLike) -> FeatureTables | None:
+    """The two files of ``folder`` (or None when it lacks them)."""
+    import pandas as pd
+
+    folder = Path(folder)
+    if not all((folder / name).is_file() for name in FEATURE_FILES):
+        return None
+    return FeatureTables(
+        pd.read_parquet(folder / EXAMPLES_FILE),
+        pd.read_parquet(folder / FEATURES_FILE),
+        f"precomputed files in {folder}",
+    )
+
+
+def download_feature_files(repo_id: str) -> FeatureTables | None:
+    """The two files from a Hub model repo (None when it has none or the Hub is unreachable)."""
+    from huggingface_hub import hf_hub_download
+
+    from .sources import check_hub_reachable
+
+    try:
+        check_hub_reachable()
+        paths = [Path(hf_hub_download(repo_id, name)) for name in FEATURE_FILES]
+    except Exception:  # noqa: BLE001 - any failure means: compute them instead
+        return None
+    tables = read_feature_files(paths[0].parent)
+    if tables is not None:
+        tables.origin = f"precomputed files of the Hub repo {repo_id}"
+    return tables
+
+
+def sample_feature_tables(
+    sae: SparseAutoencoder, max_tokens: int = SAMPLE_TOKENS, top: int = 10, progress: bool = True
+) -> FeatureTables:
+    """Feature tables computed on the first ``max_tokens`` tokens of the bundled WikiText sample."""
+    import pandas as pd
+
+    cfg = sae.config
+    if cfg.layer is None or cfg.hook_point is None:
+        raise ValueError("the SAE's config.json records no layer/hook_point to read features at")
+    harvest_cfg = HarvestConfig(
+        model=cfg.base_model,
+        layer=cfg.layer,
+        hook_point=cfg.hook_point,
+        context_length=DEFAULT_CONTEXT,
+        batch_windows=8,
+        max_tokens=max_tokens,
+    )
+    examples, features = collect_features(sae, harvest_cfg, top=top, progress=progress)
+    origin = f"computed now on {features['num_tokens'][0]:,} tokens of the bundled WikiText sample"
+    return FeatureTables(pd.DataFrame(examples), pd.DataFrame(features), origin)
+
+
+@torch.no_grad()
+def features_promoting(sae: SparseAutoencoder, model, tokenizer, token: str, n: int = 20):
+    """(token id, [(feature, logit)]) of the n features whose W_dec[i] · W_U most raise ``token``.
+
+    ``token`` is text; when it encodes to several tokens the first is used.
+    """
+    if not isinstance(token, str) or not token:
+        raise ValueError("type a token to look for, e.g. ' Paris' (with its leading space)")
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"{token!r} encodes to no token; type a word or a piece of one")
+    W_U = model.get_output_embeddings().weight.detach().float().cpu()
+    if W_U.shape[1] != sae.config.d_in:
+        raise ValueError("logit effects need an SAE on the residual stream's width")
+    scores = sae.W_dec.detach().float().cpu() @ W_U[ids[0]]
+    values, features = scores.topk(min(n, len(scores)))
+    return ids[0], list(zip(features.tolist(), values.tolist(), strict=True))
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import yaml
@@ -578,14 +579,16 @@ def push_run(
         uploads.update(remote_code_files())
     uploads["README.md"] = card.encode()
     operations = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=c) for n, c in uploads.items()]
-    return api.create_commit(
-        repo_id,
-        operations,
-        commit_message=commit_message or "Upload SAE with hf-topafa",
-        commit_description=commit_description,
-        revision=revision,
-        create_pr=create_pr,
-    )
+    with warnings.catch_warnings():  # the feature parquet files belong with the SAE, on purpose
+        warnings.filterwarnings("ignore", message=".*commit a data file.*", category=UserWarning)
+        return api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message or "Upload SAE with hf-topafa",
+            commit_description=commit_description,
+            revision=revision,
+            create_pr=create_pr,
+        )
 
 
 def push_model(
