@@ -380,3 +380,22 @@ def splice(
     """
     with _hook(model, layer, hook_point, fn):
         yield
+
+
+def truncated_forward_layers(
+    model: nn.Module, input_ids: torch.Tensor, layers: list[int], hook_point: str
+) -> dict[int, torch.Tensor]:
+    """The activations at ``hook_point`` of several blocks from one forward, stopped after the
+    deepest: {layer: [B, T, d]}. This is how one pass feeds SAEs at many layers."""
+    layers = sorted(set(layers))
+    captured: dict[int, torch.Tensor] = {}
+    with contextlib.ExitStack() as stack:
+        for layer in layers[:-1]:
+
+            def grab(activation, layer=layer):
+                captured[layer] = activation
+                return activation
+
+            stack.enter_context(splice(model, layer, hook_point, grab))
+        captured[layers[-1]] = truncated_forward(model, input_ids, layers[-1], hook_point)
+    return captured

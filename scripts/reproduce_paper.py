@@ -196,6 +196,20 @@ def sae_grid(args) -> list[dict]:
     return grid
 
 
+def training_order(grid: list[dict]) -> list[dict]:
+    """The order SAEs are trained in, most informative first, so that a run stopped early has
+    the extremes of top-AFA's lambda and the TopK frontier; the tables keep the grid's order."""
+
+    def rank(spec):
+        if spec["activation"] == "topafa":
+            coefs = [g["afa_coef"] for g in grid if g["activation"] == "topafa"]
+            i = coefs.index(spec["afa_coef"])
+            return (0 if i in (0, len(coefs) - 1, len(coefs) // 2) else 2, i)
+        return (1 if spec["activation"] == "topk" else 3, spec["k"])
+
+    return sorted(grid, key=rank)
+
+
 def run_name(layer: int, spec: dict) -> str:
     if spec["activation"] == "topafa":
         return f"L{layer}_topafa_afa{spec['afa_coef'].replace('/', '-')}"
@@ -440,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     main_first = sorted(set(args.layers), key=lambda layer: (layer != 15, layer))
     for layer in main_first:  # the main layer first: a partial run still answers the question
-        for spec in sae_grid(args):
+        for spec in training_order(sae_grid(args)):
             run_dir = work / "runs" / run_name(layer, spec)
             set_threads(args.threads_file)
             print(f"== {run_dir.name} ({torch.get_num_threads()} threads)", flush=True)
@@ -449,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"   missing (--report-only): {run_dir}")
                 continue
             runs.append({"layer": layer, "spec": spec, "dir": run_dir, "train": info})
+    grid_order = {run_name(0, spec): i for i, spec in enumerate(sae_grid(args))}
+    runs.sort(key=lambda r: (r["layer"], grid_order[run_name(0, r["spec"])]))
     phases["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
