@@ -561,22 +561,85 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time a full SAE training step (top-AFA, TopK, BatchTopK) next to the "
         "paper's top-AFA step and the six dense products, and measure peak memory.",
     )
-    p.add_argument("--d-in", type=int, default=d.d_in)
-    p.add_argument("--d-sae", type=int, default=d.d_sae)
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--dtype", default=d.dtype, choices=list(DTYPES))
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads (default 2)")
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--repeats", type=int, default=d.repeats)
-    p.add_argument("--dead-fraction", type=float, default=d.dead_fraction)
-    p.add_argument("--adam", default=d.adam, choices=["fused", "foreach"])
-    p.add_argument("--variants", default=",".join(d.variants), help="comma-separated subset")
+    p.add_argument(
+        "--d-in", type=int, default=d.d_in, help="width of the SAE's input (default: %(default)s)"
+    )
+    p.add_argument(
+        "--d-sae", type=int, default=d.d_sae, help="number of features (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch", type=int, default=d.batch, help="tokens per training step (default: %(default)s)"
+    )
+    p.add_argument(
+        "--dtype",
+        default=d.dtype,
+        choices=list(DTYPES),
+        help="parameter and input dtype (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device", default=d.device, help="torch device, e.g. cpu or cuda (default: %(default)s)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help="CPU threads (timings depend on it) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=d.warmup,
+        help="untimed rounds first (top-AFA's L0 is "
+        "measured here and sets TopK's and BatchTopK's k) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=d.repeats,
+        help="timed rounds; each variant reports its median (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dead-fraction",
+        type=float,
+        default=d.dead_fraction,
+        help="share of features marked dead so the aux-k loss runs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--adam",
+        default=d.adam,
+        choices=["fused", "foreach"],
+        help="Adam implementation: fused (one kernel per tensor) or foreach (default: %(default)s)",
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(d.variants),
+        help=f"comma-separated subset of {', '.join(VARIANTS)} (default: %(default)s)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
-    p.add_argument("--width-d-sae", type=int, default=d.width_d_sae, help="0 skips")
-    p.add_argument("--width-batch", type=int, default=d.width_batch)
-    p.add_argument("--width-steps", type=int, default=d.width_steps)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--width-d-sae",
+        type=int,
+        default=d.width_d_sae,
+        help="d_sae of the width check (a top-AFA step at this width); 0 skips it (default: %(default)s)",
+    )
+    p.add_argument(
+        "--width-batch",
+        type=int,
+        default=d.width_batch,
+        help="width check's batch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--width-steps",
+        type=int,
+        default=d.width_steps,
+        help="width check's steps (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seed of the weights and inputs (default: %(default)s)",
+    )
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
     p.add_argument(
         "--omp-wait-policy",

