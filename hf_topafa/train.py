@@ -102,64 +102,19 @@ def train(
     ``config`` (``activation_cache``, else live harvesting). ``eval_data``: held-out rows; by
     default the last ``eval_tokens`` rows of a tensor, the held-out windows otherwise.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import set_seed
 
     started = time.perf_counter()
     config = dataclasses.replace(config)  # __post_init__ validates a hand-made config too
     if isinstance(data, str | os.PathLike):
         config.activation_cache, data = os.fspath(data), None
-    mixed = config.mixed_precision
-    if mixed == "auto":
-        mixed = "bf16" if torch.cuda.is_available() else "no"
     run = Path(config.output)
-    tracker = _tracker_name(config.log_with)
-    accelerator = Accelerator(
-        mixed_precision=mixed,
-        cpu=not torch.cuda.is_available(),
-        log_with=tracker,
-        project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")),
-    )
+    accelerator, tracker = _make_accelerator(config, run)
     is_main, world = accelerator.is_main_process, accelerator.num_processes
-    if config.batch_size % world:
-        raise ValueError(
-            f"batch_size={config.batch_size} must be divisible by the number of processes ({world})"
-        )
-    resuming, delete = _check_run_dir(config)
-    found = _intact_checkpoint(run, config, resuming, is_main)
-    accelerator.wait_for_everyone()
-    if is_main and delete:
-        shutil.rmtree(run)
-    if is_main and resuming and not config.resume:
-        print(f"note: {run} holds this same run; continuing it (--overwrite starts again)")
-    accelerator.wait_for_everyone()
+    resuming, found = _prepare_run_folder(config, run, accelerator)
 
     data_ = _build_data(config, data, eval_data, accelerator, config.batch_size // world)
-    sae_config = SAEConfig(
-        d_in=data_.source.d_in,
-        d_sae=config.d_sae,
-        expansion_factor=config.expansion_factor,
-        activation=config.activation,
-        k=config.k,
-        afa_coef=config.afa_coef,
-        aux_k=config.aux_k,
-        aux_coef=config.aux_coef,
-        dead_tokens_threshold=config.resolved_dead_threshold(),
-        l1_coef=config.l1_coef,
-        l0_coef=config.l0_coef,
-        jumprelu_init_threshold=config.jumprelu_init_threshold,
-        jumprelu_bandwidth=config.jumprelu_bandwidth,
-        input_normalization=config.input_normalization,
-        loss_convention=config.loss_convention,
-        encoder_bias=config.encoder_bias,
-        init=config.init,
-        batchtopk_threshold_momentum=config.batchtopk_threshold_momentum,
-        **data_.provenance,
-    )
-    config.d_sae = sae_config.d_sae
-    for key in ("layer", "hook_point", "context_length"):
-        if data_.provenance[key] is not None:
-            setattr(config, key, data_.provenance[key])
+    sae_config = _sae_config(config, data_)
     resolved = {
         **dataclasses.asdict(config),
         "dead_tokens_threshold": sae_config.dead_tokens_threshold,
@@ -175,37 +130,9 @@ def train(
     sae = SparseAutoencoder(sae_config)
     sae.reset_parameters(seed=config.seed)
     sae.to(accelerator.device)
-    optimizer = torch.optim.Adam(
-        sae.parameters(),
-        lr=config.lr,
-        betas=(config.adam_beta1, config.adam_beta2),
-        eps=config.adam_eps,
-        fused=True,  # one kernel for the whole update: several times faster on CPU and GPU
-    )
-    total_steps = config.steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_factor(s, total_steps, config.warmup_fraction, config.decay_fraction),
-    )
-    state = {"step": 0, "tokens": 0, "positions": [[0, 0]] * world, "train_seconds": 0.0}
-    since_fired = torch.zeros(sae_config.d_sae, dtype=torch.long, device=accelerator.device)
-    checkpoint = found[0] if found else None
-    if checkpoint is not None:
-        model_state, optim_state, tensors, state = found[1]
-        if len(state["positions"]) != world:
-            raise ValueError(
-                f"{checkpoint} was written by {len(state['positions'])} processes; resume it "
-                f"with the same number (now {world})"
-            )
-        sae.load_state_dict(model_state)
-        optimizer.load_state_dict(optim_state)
-        scheduler.load_state_dict(state.pop("scheduler"))
-        since_fired = tensors["since_fired"].to(accelerator.device)
-        for name, value in state.pop("model_runtime", {}).items():
-            setattr(sae, name, value)
-        if is_main:
-            print(f"resuming from {checkpoint} (step {state['step']} of {total_steps})")
-    elif resuming and is_main:
+    optimizer, scheduler = _optimizer(sae, config)
+    state, since_fired = _restore(found, sae, optimizer, scheduler, accelerator, config)
+    if found is None and resuming and is_main:
         print(f"note: {run} has no checkpoint yet; starting from step 0")
 
     model, optimizer = accelerator.prepare(sae, optimizer)
@@ -222,6 +149,7 @@ def train(
         _init_decoder_bias(sae, first.to(accelerator.device), accelerator)
         batches = _chain_first(first, position, batches)
 
+    total_steps = config.steps
     bar = _progress(config, accelerator, total_steps, state["step"])
     loop_started = time.perf_counter()
     step = state["step"]
@@ -232,17 +160,7 @@ def train(
         x, position = next(batches)
         x = x.to(accelerator.device, non_blocking=True)
         dead = since_fired >= threshold
-        out = model(x, dead_mask=dead)
-        loss = out.loss if world == 1 else _global_norm_loss(out, x, sae, accelerator)
-        accelerator.backward(loss)
-        if config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        # the paper's order: project the radial gradient out, renormalize the rows, then step
-        sae.remove_gradient_parallel_to_decoder_directions()
-        sae.set_decoder_norm_to_unit_norm()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        out = train_step(model, sae, optimizer, scheduler, x, dead, config, accelerator)
 
         fired = (out.feature_acts.detach() != 0).any(0).to(torch.long)
         if world > 1:
@@ -254,14 +172,7 @@ def train(
 
         if step % config.log_every == 0 or step == total_steps:
             logged = _log_step(accelerator, out, dead, step, scheduler, config)
-            if bar is not None:
-                bar.set_postfix(
-                    loss=f"{logged['train/loss']:.4f}",
-                    L0=f"{logged['train/l0']:.1f}",
-                    nmse=f"{logged['train/normalized_mse']:.4f}",
-                    dead=int(logged["train/dead_features"]),
-                    refresh=False,
-                )
+            _show(bar, logged)
         if bar is not None:
             bar.update(1)
         if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == total_steps):
@@ -275,8 +186,7 @@ def train(
     replica_gap = _replica_gap(sae, accelerator) if world > 1 else 0.0
 
     if is_main:
-        eval_x = data_.eval_x.to(accelerator.device)
-        top, diagnostics = held_out_metrics(sae, eval_x)
+        top, diagnostics = held_out_metrics(sae, data_.eval_x.to(accelerator.device))
         metrics = {
             "tokens_trained": step * config.batch_size,
             "steps": step,
@@ -295,6 +205,138 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run
+
+
+def train_step(model, sae, optimizer, scheduler, x, dead, config: TrainConfig, accelerator):
+    """One optimizer step, in the paper's order; returns the forward's SAEOutput.
+
+    Loss, backward, gradient clipping, then the radial part of each decoder row's gradient
+    projected out and the rows renormalized, then Adam. ``hf-topafa bench`` times this function.
+    """
+    out = model(x, dead_mask=dead)
+    world = accelerator.num_processes
+    loss = out.loss if world == 1 else _global_norm_loss(out, x, sae, accelerator)
+    accelerator.backward(loss)
+    if config.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    sae.remove_gradient_parallel_to_decoder_directions()
+    sae.set_decoder_norm_to_unit_norm()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return out
+
+
+def _make_accelerator(config: TrainConfig, run: Path):
+    """The Accelerator (bf16 autocast on GPU under ``auto``) and the tracker's name, or None."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    mixed = config.mixed_precision
+    if mixed == "auto":
+        mixed = "bf16" if torch.cuda.is_available() else "no"
+    tracker = _tracker_name(config.log_with)
+    accelerator = Accelerator(
+        mixed_precision=mixed,
+        cpu=not torch.cuda.is_available(),
+        log_with=tracker,
+        project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")),
+    )
+    if config.batch_size % accelerator.num_processes:
+        raise ValueError(
+            f"batch_size={config.batch_size} must be divisible by the number of processes "
+            f"({accelerator.num_processes})"
+        )
+    return accelerator, tracker
+
+
+def _prepare_run_folder(config: TrainConfig, run: Path, accelerator):
+    """Check --output, delete it under --overwrite; returns (resuming, intact checkpoint)."""
+    is_main = accelerator.is_main_process
+    resuming, delete = _check_run_dir(config)
+    found = _intact_checkpoint(run, config, resuming, is_main)
+    accelerator.wait_for_everyone()
+    if is_main and delete:
+        shutil.rmtree(run)
+    if is_main and resuming and not config.resume:
+        print(f"note: {run} holds this same run; continuing it (--overwrite starts again)")
+    accelerator.wait_for_everyone()
+    return resuming, found
+
+
+# TrainConfig fields that are SAEConfig fields of the same name and meaning.
+SAE_FIELDS = (
+    "d_sae", "expansion_factor", "activation", "k", "afa_coef", "aux_k", "aux_coef", "l1_coef",
+    "l0_coef", "jumprelu_init_threshold", "jumprelu_bandwidth", "input_normalization",
+    "loss_convention", "encoder_bias", "init", "batchtopk_threshold_momentum",
+)  # fmt: skip
+
+
+def _sae_config(config: TrainConfig, data_: _Data) -> SAEConfig:
+    """The SAE's config from the training config and the data's provenance; the provenance
+    (layer, hook point, context length of a cache) is written back into ``config``."""
+    sae_config = SAEConfig(
+        d_in=data_.source.d_in,
+        dead_tokens_threshold=config.resolved_dead_threshold(),
+        **{name: getattr(config, name) for name in SAE_FIELDS},
+        **data_.provenance,
+    )
+    config.d_sae = sae_config.d_sae
+    for key in ("layer", "hook_point", "context_length"):
+        if data_.provenance[key] is not None:
+            setattr(config, key, data_.provenance[key])
+    return sae_config
+
+
+def _optimizer(sae, config: TrainConfig):
+    optimizer = torch.optim.Adam(
+        sae.parameters(),
+        lr=config.lr,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_eps,
+        fused=True,  # one kernel for the whole update: several times faster on CPU and GPU
+    )
+    total = config.steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, config.warmup_fraction, config.decay_fraction)
+    )
+    return optimizer, scheduler
+
+
+def _restore(found, sae, optimizer, scheduler, accelerator, config: TrainConfig):
+    """A fresh (state, since_fired), or the intact checkpoint's, loaded into the SAE and
+    optimizer."""
+    world = accelerator.num_processes
+    state = {"step": 0, "tokens": 0, "positions": [[0, 0]] * world, "train_seconds": 0.0}
+    since_fired = torch.zeros(sae.config.d_sae, dtype=torch.long, device=accelerator.device)
+    if found is None:
+        return state, since_fired
+    checkpoint, (model_state, optim_state, tensors, state) = found
+    if len(state["positions"]) != world:
+        raise ValueError(
+            f"{checkpoint} was written by {len(state['positions'])} processes; resume it "
+            f"with the same number (now {world})"
+        )
+    sae.load_state_dict(model_state)
+    optimizer.load_state_dict(optim_state)
+    scheduler.load_state_dict(state.pop("scheduler"))
+    since_fired = tensors["since_fired"].to(accelerator.device)
+    for name, value in state.pop("model_runtime", {}).items():
+        setattr(sae, name, value)
+    if accelerator.is_main_process:
+        print(f"resuming from {checkpoint} (step {state['step']} of {config.steps})")
+    return state, since_fired
+
+
+def _show(bar, logged: dict[str, float]) -> None:
+    if bar is not None:
+        bar.set_postfix(
+            loss=f"{logged['train/loss']:.4f}",
+            L0=f"{logged['train/l0']:.1f}",
+            nmse=f"{logged['train/normalized_mse']:.4f}",
+            dead=int(logged["train/dead_features"]),
+            refresh=False,
+        )
 
 
 def _plan(config: TrainConfig, sae_config: SAEConfig, data_: _Data, world: int) -> str:
