@@ -463,7 +463,9 @@ def evaluate_saes(
     )
     harvester = Harvester(harvest_cfg)
     model, tokenizer = harvester.model, harvester.tokenizer
+    used_weights = lm.weights_description(model_name, cfg.gguf_file)
     for (sae, label), (layer, hook) in zip(loaded, sites, strict=True):
+        lm.warn_if_other_weights(sae.config, used_weights, f"evaluating {label!r}")
         lm.validate_hook(model, layer, hook)
         if sae.config.d_in != harvester.d_in:
             raise ValueError(

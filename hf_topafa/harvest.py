@@ -43,6 +43,7 @@ from .lm import (
     load_language_model,
     truncated_forward_layers,
     validate_hook,
+    weights_description,
 )
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -605,6 +606,10 @@ def _harvest_into(cfg, per_layer, todo: dict[int, Path], shard_tokens: int, prog
                 "format": CACHE_FORMAT,
                 "version": 1,
                 **per_layer[layer].identity(),
+                # Not part of the identity: caches written before this field still match.
+                "model_weights": weights_description(
+                    per_layer[layer].identity()["model"], cfg.gguf_file
+                ),
                 "num_tokens": total,
                 "d_in": harvester.d_in,
                 "activation_dtype": "float32",

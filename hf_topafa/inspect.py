@@ -142,10 +142,13 @@ def language_model_for(sae: SparseAutoencoder):
     with _lock_for(f"lm:{cfg.base_model}"):
         try:
             model, tokenizer = lm.load_language_model(cfg.base_model)
+            used = lm.weights_description(cfg.base_model)
         except ModuleNotFoundError:
             if not lm.is_embedded(cfg.base_model):
                 raise
             model, tokenizer = _default_model_from_hub()
+            used = lm.stored_weights_description(lm.DEFAULT_MODEL)
+    lm.warn_if_other_weights(cfg, used, "this page")
     lm.validate_hook(model, cfg.layer, cfg.hook_point)
     width = lm.hidden_size(model)
     if width != cfg.d_in:

