@@ -43,7 +43,7 @@ EXAMPLES_FILE = "examples.parquet"
 FEATURES_FILE = "features.parquet"
 FEATURE_FILES = (EXAMPLES_FILE, FEATURES_FILE)
 DEFAULT_CONTEXT = 64  # short windows keep examples readable and the files small
-HIST_EDGES = torch.logspace(-4, 4, 81, dtype=torch.float64)  # 80 bins from 1e-4 to 1e4
+HIST_EDGES = torch.logspace(-4, 4, 321, dtype=torch.float64)  # 40 bins a decade, 1e-4 to 1e4
 
 
 class _RecordingHarvester(Harvester):

@@ -25,6 +25,7 @@ if importlib.util.find_spec("hf_topafa") is None:  # a source checkout without p
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import features_tab  # noqa: E402
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 import render  # noqa: E402
@@ -279,6 +280,7 @@ def build_demo(sae_default: str | None = None, max_tokens: int = sae_inspect.MAX
                 [status_c, plot_a, plot_b, summary_c, csv_c],
                 api_name="compare",
             )
+        features_tab.build(sae_default, open_from=table, sae_from=sae_box)
     # Every request goes through the queue; two run at once on a small CPU box, the rest wait.
     demo.queue(default_concurrency_limit=2, max_size=256)
     return demo
