@@ -143,7 +143,8 @@ def zf_figure(analysis, title: str, eps_h: float):
     kept = analysis.kept.tolist()
     texts = [t for t, keep in zip(analysis.tokens, kept, strict=True) if keep]
     diagnostics = sae_inspect.kept_diagnostics(analysis)
-    return plots.zf_plot_figure_plotly(diagnostics, token_texts=texts, title=title, eps_h=eps_h)
+    fig = plots.zf_plot_figure_plotly(diagnostics, token_texts=texts, title=title, eps_h=eps_h)
+    return render.polish_zf_figure(fig)
 
 
 def error_markdown(err: Exception) -> str:
@@ -235,8 +236,10 @@ def build_demo(sae_default: str | None = None, max_tokens: int = sae_inspect.MAX
         with gr.Tab("Analyze"):
             with gr.Row():
                 sae_box = gr.Textbox(
-                    value=sae_default, label="SAE (local run folder or Hub id)", scale=3
-                )
+                    value=sae_default, label="SAE (local run folder or Hub id)", scale=3,
+                    min_width=300,  # on a phone the radios wrap below instead of squeezing it
+                    elem_id="sae-box",
+                )  # fmt: skip
                 band = gr.Radio(BANDS, value=DEFAULT_BAND, label="colour by band ε(h−1)")
                 shade = gr.Radio(SHADES, value="eps_lbo", label="shade text by")
             text = gr.Textbox(
@@ -249,12 +252,17 @@ def build_demo(sae_default: str | None = None, max_tokens: int = sae_inspect.MAX
             button = gr.Button("Analyze", variant="primary", elem_id="analyze-button")
             status = gr.Markdown(elem_id="analyze-status")
             with gr.Row():
-                plot = gr.Plot(label="ZF plot", elem_id="zf-plot", scale=3)
+                plot = gr.Plot(label="ZF plot", elem_id="zf-plot", scale=3, min_width=340)
                 summary = gr.Dataframe(
-                    label="Summary", elem_id="summary-table", scale=2, max_height=720
-                )
+                    value=pd.DataFrame(columns=["figure", "SAE"]),  # headers before a run
+                    label="Summary", elem_id="summary-table", scale=2, max_height=720,
+                )  # fmt: skip
             shaded = gr.HTML(label="Text shaded per token", elem_id="shaded-html")
-            table = gr.Dataframe(label="Per-token results", elem_id="token-table", wrap=True)
+            table = gr.Dataframe(
+                value=pd.DataFrame(columns=render.TABLE_COLUMNS),
+                label="Per-token results", elem_id="token-table", wrap=True,
+                column_widths=render.TABLE_WIDTHS,
+            )  # fmt: skip
             csv_file = gr.File(label="Per-token results (CSV)", elem_id="csv-file")
             outputs = [status, plot, summary, shaded, table, csv_file]
             inputs = [sae_box, text, band, shade]
@@ -272,7 +280,10 @@ def build_demo(sae_default: str | None = None, max_tokens: int = sae_inspect.MAX
             with gr.Row():
                 plot_a = gr.Plot(label="SAE A")
                 plot_b = gr.Plot(label="SAE B")
-            summary_c = gr.Dataframe(label="Summary, side by side", max_height=720)
+            summary_c = gr.Dataframe(
+                value=pd.DataFrame(columns=["figure", "SAE A", "SAE B"]),
+                label="Summary, side by side", elem_id="compare-summary", max_height=720,
+            )  # fmt: skip
             csv_c = gr.File(label="Per-token results of both (CSV)")
             button_c.click(
                 compare,

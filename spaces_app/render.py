@@ -15,6 +15,47 @@ SHADE_LABELS = {"eps_lbo": "εLBO (log scale)", "k": "k (features chosen)"}
 TABLE_COLUMNS = ["#", "token", "‖z‖", "‖f̃‖", "εLBO", "status", "k", "rec. error", "top features"]
 
 
+# The plotting library writes ASCII; the page writes the paper's notation.
+PLOT_NOTATION = (("eps(h-1)", "ε(h−1)"), ("||f~||", "‖f̃‖"), ("||z||", "‖z‖"), ("eps_LBO", "εLBO"))
+MARKER_SIZE = 7
+# Widths of TABLE_COLUMNS in pixels (percentages crush a phone-width table; pixels scroll):
+# the top-features list gets the room it needs.
+TABLE_WIDTHS = ["48px", "90px", "84px", "84px", "92px", "150px", "56px", "84px", "360px"]
+
+
+def notation(text):
+    """A plot label in the page's notation (non-strings pass through)."""
+    if not isinstance(text, str):
+        return text
+    for ascii_form, symbol in PLOT_NOTATION:
+        text = text.replace(ascii_form, symbol)
+    return text
+
+
+def polish_zf_figure(fig):
+    """The page's notation in the ZF plot, markers large enough to see, axes fitted to the
+    points (not from 0, which leaves the cloud in a corner)."""
+    xs, ys = [], []
+    for trace in fig.data:
+        trace.name = notation(trace.name)
+        if trace.text is not None and not isinstance(trace.text, str):
+            trace.text = [notation(t) for t in trace.text]
+        if trace.mode == "markers":
+            trace.marker.size = MARKER_SIZE
+            xs += [v for v in trace.x or () if math.isfinite(v)]
+            ys += [v for v in trace.y or () if math.isfinite(v)]
+    layout = fig.layout
+    layout.title.text = notation(layout.title.text)
+    layout.xaxis.title.text = notation(layout.xaxis.title.text)
+    layout.yaxis.title.text = notation(layout.yaxis.title.text)
+    for axis, values in ((layout.xaxis, xs), (layout.yaxis, ys)):
+        if values:
+            lo, hi = min(values), max(values)
+            pad = 0.06 * (hi - lo) if hi > lo else max(abs(hi) * 0.1, 1e-3)
+            axis.range = [lo - pad, hi + pad]
+    return fig
+
+
 def visible(token: str) -> str:
     """Make spaces and newlines in a token visible in a table cell."""
     return token.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")

@@ -145,8 +145,8 @@ def test_analyze_matches_library(space):
     fig = json.loads(plot["plot"])
     names = [trace.get("name", "") for trace in fig["data"]]
     for eps_h in afa.EPS_H_BANDS:
-        assert any(f"eps(h-1)={eps_h:g}" in name for name in names)
-    assert any("||f~|| = ||z||" in name for name in names)
+        assert any(f"ε(h−1)={eps_h:g}" in name for name in names)  # the page's notation
+    assert any("‖f̃‖ = ‖z‖" in name for name in names)
     points = [t for t in fig["data"] if t.get("mode") == "markers"]
     xs = [x for t in points for x in t["x"]]
     ys = [y for t in points for y in t["y"]]

@@ -112,11 +112,11 @@ def test_analyze_in_browser(browser, space, tmp_path):
     )
     names = " ".join(t["name"] for t in traces)
     for eps_h in afa.EPS_H_BANDS:
-        assert f"eps(h-1)={eps_h:g}" in names
+        assert f"ε(h−1)={eps_h:g}" in names
     markers = [t for t in traces if t["mode"] == "markers"]
     assert sum(t["n"] for t in markers) == n - 1  # the first position is left out
     hover = " ".join(h for t in markers for h in t["text"])
-    assert repr(ref["tokens"][1]) in hover and "eps_LBO" in hover
+    assert repr(ref["tokens"][1]) in hover and "εLBO" in hover
     legend = page.locator("#zf-plot .legend").text_content()
     assert "within bounds" in legend or "over-activated" in legend or "under-activated" in legend
 
@@ -148,6 +148,62 @@ def test_analyze_in_browser(browser, space, tmp_path):
     if os.environ.get("HF_TOPAFA_SAVE_SCREENSHOT"):  # refresh the README's picture on request
         shutil.copyfile(shot, ROOT / "spaces_app" / "screenshot.png")
     assert not errors, errors
+    page.close()
+
+
+def _header(page, table: str) -> list[str]:
+    return [
+        cell.strip()
+        for cell in page.locator(f"#{table} thead th").all_inner_texts()
+        if cell.strip()
+    ]
+
+
+@pytest.mark.parametrize("width", [420, 1400])
+def test_layout_before_and_after_a_run(browser, space, width):
+    """Named headers before the first run, a readable ZF plot, whole columns, no clipped box."""
+    import render
+
+    page = browser.new_page(viewport={"width": width, "height": 1600})
+    page.goto(space["url"], wait_until="domcontentloaded", timeout=TIMEOUT_MS)
+    page.wait_for_selector("#token-table thead th", timeout=TIMEOUT_MS)
+    before = _header(page, "token-table")
+    assert [h.replace("\n", "") for h in before] == render.TABLE_COLUMNS, before  # not 1 2 3
+    assert _header(page, "summary-table")[0] == "figure"
+
+    # The SAE box keeps its width and stays inside the page and its panel.
+    box = page.locator("#sae-box textarea, #sae-box input").first.bounding_box()
+    panel = page.locator("#sae-box").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= min(width, panel["x"] + panel["width"])
+    assert box["width"] >= min(300, width - 60), box
+
+    page.locator("#input-text textarea").fill(TEXT)
+    page.locator("#analyze-button").click()
+    page.wait_for_selector('#token-table [data-testid="cell-1-8"]', timeout=TIMEOUT_MS)
+    page.wait_for_selector("#zf-plot .js-plotly-plot", timeout=TIMEOUT_MS)
+    fig = page.evaluate(
+        "() => { const p = document.querySelector('#zf-plot .js-plotly-plot');"
+        " return {data: p.data.map(t => ({mode: t.mode, x: t.x, y: t.y,"
+        " size: t.marker && t.marker.size})), layout: {x: p.layout.xaxis.range,"
+        " y: p.layout.yaxis.range, xt: p.layout.xaxis.title.text,"
+        " yt: p.layout.yaxis.title.text}}; }"
+    )
+    markers = [t for t in fig["data"] if t["mode"] == "markers"]
+    xs = [v for t in markers for v in t["x"]]
+    ys = [v for t in markers for v in t["y"]]
+    assert all(t["size"] >= 7 for t in markers)
+    lo, hi = fig["layout"]["x"]
+    assert 0 < lo <= min(xs) and max(xs) <= hi  # fitted to the points, not from 0
+    assert hi - lo < 1.5 * (max(xs) - min(xs)) + 1e-6
+    lo, hi = fig["layout"]["y"]
+    assert 0 < lo <= min(ys) and max(ys) <= hi
+    assert "‖z‖" in fig["layout"]["xt"] and "‖f̃‖" in fig["layout"]["yt"]
+
+    # The top-features cell shows its whole list: nothing hidden by overflow.
+    cell = page.locator('#token-table [data-testid="cell-1-8"]')
+    shown = cell.evaluate("c => [c.scrollWidth, c.clientWidth, c.scrollHeight, c.clientHeight]")
+    assert shown[0] <= shown[1] + 1 and shown[2] <= shown[3] + 1, shown
+    assert cell.inner_text().count("f") >= 3  # several features listed, in full
     page.close()
 
 
