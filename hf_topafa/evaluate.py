@@ -141,7 +141,9 @@ def load_sae(sae_or_path, device: str = "cpu") -> tuple[SparseAutoencoder, str]:
         cfg = sae_or_path.config
         label = f"{cfg.activation} L{cfg.layer}" if cfg.layer is not None else cfg.activation
         return sae_or_path.to(device).eval(), label
-    path = os.fspath(sae_or_path)
+    from .foreign import resolve_sae
+
+    path = resolve_sae(sae_or_path)  # FORMAT:SOURCE -> its cached conversion
     local = Path(path).expanduser()
     if local.exists() and not local.is_dir():
         raise ValueError(f"{path} is a file; give the folder holding config.json and weights")

@@ -61,6 +61,10 @@ def load_sae(source: str | os.PathLike) -> SparseAutoencoder:
             "No SAE given: enter a local run folder (holding config.json and model.safetensors) "
             "or a Hub id such as user/repo"
         )
+    from .foreign import resolve_sae
+
+    with _lock_for(f"convert:{source}"):
+        source = resolve_sae(source)  # FORMAT:SOURCE (saelens:..., ...) -> its cached conversion
     path = Path(source).expanduser()
     if path.is_dir():
         weights = path / "model.safetensors"
