@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "top examples, density, histograms and logit effects of every feature",
     ),
     "push": ("hf_topafa.hub", "upload a run folder to the Hugging Face Hub with a model card"),
+    "space": ("hf_topafa.space", "publish the SAE explorer as a Gradio Space"),
     "bench": (
         "hf_topafa.bench",
         "time the training step against the paper's step and the dense floor",

@@ -56,10 +56,14 @@ CSV_MAX_AGE_S = 3600
 
 
 def default_sae() -> str:
-    """$HF_TOPAFA_SAE, else runs/smollm2-topafa under the working folder or the repository."""
+    """$HF_TOPAFA_SAE, else default_sae.txt next to this file (`hf-topafa space --sae` writes it),
+    else runs/smollm2-topafa under the working folder or the repository."""
     env = os.environ.get("HF_TOPAFA_SAE", "").strip()
     if env:
         return env
+    published = HERE / "default_sae.txt"
+    if published.is_file() and published.read_text(encoding="utf-8").strip():
+        return published.read_text(encoding="utf-8").strip()
     for base in (Path.cwd(), HERE.parent):
         if (base / DEFAULT_RUN).is_dir():
             return str(base / DEFAULT_RUN)
