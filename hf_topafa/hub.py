@@ -453,6 +453,9 @@ def render_model_card(
         ),
         ("Training dataset", f"`{config.dataset}`" if config.dataset else "not recorded"),
     ]
+    weights = getattr(config, "base_model_weights", None)
+    if weights:  # the exact file read: other weights of the same model give other activations
+        rows.insert(1, ("Base-model weights", f"`{weights}`"))
     if config.context_length:
         rows.append(("Context length", f"{config.context_length:,} tokens"))
 

@@ -9,6 +9,7 @@ import pytest
 
 from hf_topafa import SparseAutoencoder, harvest, lm
 from hf_topafa.evaluate import EvalConfig, evaluate_saes
+from hf_topafa.hub import render_model_card
 from hf_topafa.train import TrainConfig, train
 
 
@@ -39,6 +40,7 @@ def test_harvest_train_and_evaluate_carry_the_weights(tiny_lm_dir, tmp_path):
         )
     )
     assert json.loads((run / "config.json").read_text())["base_model_weights"] == recorded
+    assert f"| Base-model weights | `{recorded}` |" in render_model_card(run)
 
     cfg = EvalConfig(max_tokens=64, context_length=32, progress=False)
     with warnings.catch_warnings():
