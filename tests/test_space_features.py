@@ -88,7 +88,7 @@ def test_features_tab_in_browser(browser, space, tmp_path):  # noqa: F811
     page.locator('#found [data-testid="cell-0-0"]').click()
     # no feature files next to this SAE: computed on the bundled sample, then shown
     page.wait_for_function(
-        "() => document.querySelector('#feature-status').innerText.includes('computed now')",
+        "() => (document.querySelector('#feature-status')?.innerText || '').includes('computed now')",
         timeout=TIMEOUT_MS,
     )
     assert f"Feature {first} of 512" in page.locator("#feature-status").inner_text()
@@ -103,7 +103,7 @@ def test_features_tab_in_browser(browser, space, tmp_path):  # noqa: F811
     page.locator("#steer-coef input").fill("80")
     page.locator("#steer-button").click()
     page.wait_for_function(
-        "() => document.querySelector('#steer-status').innerText.includes('added')",
+        "() => (document.querySelector('#steer-status')?.innerText || '').includes('added')",
         timeout=TIMEOUT_MS,
     )
     plain = page.locator("#unsteered textarea").input_value()
@@ -131,7 +131,7 @@ def test_feature_listed_in_analyze_opens_in_features_tab(browser, space):  # noq
     feature = int(listed[1:].split("=")[0])
     cell.click()
     page.wait_for_function(
-        f"() => document.querySelector('#feature-status').innerText.includes('Feature {feature} of')",
+        f"() => (document.querySelector('#feature-status')?.innerText || '').includes('Feature {feature} of')",
         timeout=TIMEOUT_MS,
     )
     assert page.locator("#feature-id input").input_value() == str(feature)
