@@ -383,7 +383,7 @@ def truncated_forward(
     The forward is stopped by an exception raised from the hook, which works for any architecture
     whose blocks are modules (no re-implementation of the model's own forward). The hook sits on
     the shared model, so callers that serve several threads must serialize calls on one model
-    (as ``hf_topafa.inspect`` does).
+    (as ``hf_topafa.text_analysis`` does).
     """
     captured: list[torch.Tensor] = []
 

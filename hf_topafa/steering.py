@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from . import lm
-from .inspect import _lock_for, language_model_for
 from .modeling_sae import SparseAutoencoder
+from .text_analysis import _lock_for, language_model_for
 
 MODES = ("add", "clamp")
 MAX_NEW_TOKENS = 200

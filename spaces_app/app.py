@@ -31,7 +31,7 @@ import pandas as pd  # noqa: E402
 import render  # noqa: E402
 
 from hf_topafa import afa, plots  # noqa: E402
-from hf_topafa import inspect as sae_inspect  # noqa: E402
+from hf_topafa import text_analysis as sae_inspect  # noqa: E402
 
 log = logging.getLogger("hf_topafa.space")
 

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from render import fmt, visible
 
 from hf_topafa import afa, features, steering
-from hf_topafa import inspect as sae_inspect
+from hf_topafa import text_analysis as sae_inspect
 
 BEFORE, AFTER = 24, 8  # tokens shown around the firing one
 EXAMPLES_SHOWN = 10

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from hf_topafa import foreign
-from hf_topafa import inspect as sae_inspect
+from hf_topafa import text_analysis as sae_inspect
 from hf_topafa.cli import main as cli
 from hf_topafa.evaluate import load_sae
 

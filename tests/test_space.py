@@ -1,7 +1,7 @@
 """The Gradio Space, launched on 127.0.0.1 and called with gradio_client.
 
 Every number the page shows is checked against the library's own functions (lm.truncated_forward,
-afa.zf_diagnostics, the SAE's forward), computed here independently of hf_topafa.inspect.
+afa.zf_diagnostics, the SAE's forward), computed here independently of hf_topafa.text_analysis.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from hf_topafa import SAEConfig, SparseAutoencoder, afa, lm  # noqa: E402
-from hf_topafa import inspect as sae_inspect  # noqa: E402
+from hf_topafa import text_analysis as sae_inspect  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_TOKENS = 64
