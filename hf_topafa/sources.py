@@ -18,8 +18,10 @@ HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 def looks_local(name: str) -> bool:
     """A path rather than a Hub id: it exists, starts like a path, or is not ``owner/name``."""
-    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or (
-        not HUB_ID.fullmatch(name)
+    return (
+        Path(name).expanduser().exists()
+        or name.startswith((".", "/", "~"))
+        or (not HUB_ID.fullmatch(name))
     )
 
 

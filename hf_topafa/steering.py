@@ -46,7 +46,9 @@ def _check(sae: SparseAutoencoder, feature, coefficient, mode, max_new_tokens, t
     if not isinstance(coefficient, int | float) or not torch.isfinite(torch.tensor(coefficient)):
         raise ValueError(f"coefficient must be a finite number; got {coefficient!r}")
     if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
-        raise ValueError(f"max_new_tokens must be an int in 1..{MAX_NEW_TOKENS}; got {max_new_tokens!r}")
+        raise ValueError(
+            f"max_new_tokens must be an int in 1..{MAX_NEW_TOKENS}; got {max_new_tokens!r}"
+        )
     if not isinstance(temperature, int | float) or temperature < 0:
         raise ValueError(f"temperature must be a number >= 0 (0 = greedy); got {temperature!r}")
 

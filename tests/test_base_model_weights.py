@@ -27,16 +27,23 @@ def test_harvest_train_and_evaluate_carry_the_weights(tiny_lm_dir, tmp_path):
     model = str(tiny_lm_dir)
     base = dict(model=model, layer=1, context_length=32, batch_windows=8, shuffle_buffer=0)
     cache = harvest.write_cache(
-        harvest.HarvestConfig(**base, holdout="train", max_tokens=2048), tmp_path / "c",
+        harvest.HarvestConfig(**base, holdout="train", max_tokens=2048),
+        tmp_path / "c",
         progress=False,
     )
     recorded = json.loads((cache / "manifest.json").read_text())["model_weights"]
     assert recorded == lm.stored_weights_description(str(tiny_lm_dir.resolve()))
     run = train(
         TrainConfig(
-            activation_cache=str(cache), output=str(tmp_path / "run"), max_tokens=1024,
-            expansion_factor=4, batch_size=128, eval_tokens=128, log_with="none",
-            progress=False, checkpoint_every=0,
+            activation_cache=str(cache),
+            output=str(tmp_path / "run"),
+            max_tokens=1024,
+            expansion_factor=4,
+            batch_size=128,
+            eval_tokens=128,
+            log_with="none",
+            progress=False,
+            checkpoint_every=0,
         )
     )
     assert json.loads((run / "config.json").read_text())["base_model_weights"] == recorded

@@ -533,7 +533,9 @@ def test_dictionary_learning_file_path_converts_that_file(tmp_path):
     torch.save(_linear_state(20, "bias"), src / "ae_step7.pt")
     final = convert("dictionary_learning", src, normalize_decoder=False, dtype="float64")
     ckpt = convert(
-        "dictionary_learning", src / "checkpoints" / "ae_100.pt", normalize_decoder=False,
+        "dictionary_learning",
+        src / "checkpoints" / "ae_100.pt",
+        normalize_decoder=False,
         dtype="float64",
     )
     beside = convert("dictionary_learning", src / "ae_step7.pt", normalize_decoder=False)
@@ -567,8 +569,13 @@ def test_saelens_batchtopk_training_checkpoint_converts_like_its_inference_file(
     extra = {"matryoshka_widths": [D_SAE // 2, D_SAE]} if architecture != "batchtopk" else {}
     train_w = dict(w, topk_threshold=torch.tensor(0.37, dtype=torch.float64))
     src = _write_saelens(
-        tmp_path / "ckpt", train_w, architecture, k=float(K), topk_threshold_lr=0.01,
-        rescale_acts_by_decoder_norm=True, **extra,
+        tmp_path / "ckpt",
+        train_w,
+        architecture,
+        k=float(K),
+        topk_threshold_lr=0.01,
+        rescale_acts_by_decoder_norm=True,
+        **extra,
     )
     sae = convert("saelens", src, dtype="float64")
     # The inference file, written independently: fold W_dec norms, threshold in b_enc's dtype.
