@@ -17,23 +17,20 @@ import csv
 import functools
 import math
 import os
-import re
-import socket
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import torch
 
 from . import afa, lm
 from .modeling_sae import SparseAutoencoder
+from .sources import HUB_ID, check_hub_reachable
 
 MAX_TOKENS = 256  # longer texts are truncated (a 135M model on 2 CPU cores: a few seconds)
 TOP_FEATURES = 5  # features listed per token
 STATUS_NAMES = {afa.OVER: "over", afa.WITHIN: "within", afa.UNDER: "under"}
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 _locks_guard = threading.Lock()
 _locks: dict[str, threading.Lock] = {}
@@ -102,7 +99,7 @@ def _load_local(folder: str, stamp: int) -> SparseAutoencoder:
 def _load_hub(repo_id: str) -> SparseAutoencoder:
     try:
         try:
-            _check_hub_reachable()
+            check_hub_reachable()
             sae = SparseAutoencoder.from_pretrained(repo_id)
         except ConnectionError:  # offline: a copy downloaded earlier still does
             sae = SparseAutoencoder.from_pretrained(repo_id, local_files_only=True)
@@ -113,20 +110,6 @@ def _load_hub(repo_id: str) -> SparseAutoencoder:
             "or give a local run folder holding config.json and model.safetensors."
         ) from err
     return sae.eval()
-
-
-def _check_hub_reachable(timeout: float = 3.0) -> None:
-    """Fail in seconds, not after the Hub client's half-minute of retries, when it is offline."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return  # the client then reads its local cache only, without network calls
-    url = urlsplit(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError as err:
-        raise ConnectionError(f"cannot reach {constants.ENDPOINT} ({err})") from err
 
 
 def _first_line(err: BaseException) -> str:

@@ -149,18 +149,7 @@ def harvest(args, split: str, path: Path) -> dict[int, torch.Tensor]:
         keep = harvester.keep_mask(ids)
         rows, cols = keep.nonzero(as_tuple=True)
         rows, cols = rows[: wanted - count], cols[: wanted - count]
-        captured = {}
-        with contextlib.ExitStack() as stack:
-            for layer in layers[:-1]:
-
-                def grab(a, layer=layer, store=captured):
-                    store[layer] = a
-                    return a
-
-                stack.enter_context(lm.splice(harvester.model, layer, args.hook_point, grab))
-            captured[layers[-1]] = lm.truncated_forward(
-                harvester.model, ids, layers[-1], args.hook_point
-            )
+        captured = lm.truncated_forward_layers(harvester.model, ids, layers, args.hook_point)
         for layer in layers:
             parts[layer].append(captured[layer][rows, cols].float().cpu())
         count += len(rows)
