@@ -41,11 +41,14 @@ from safetensors.torch import save_file
 
 from hf_topafa import SparseAutoencoder, lm, plots
 from hf_topafa import evaluate as ev
-from hf_topafa.harvest import ActivationCache, HarvestConfig, Harvester, batched, dataset_name
+from hf_topafa.configuration_sae import ACTIVATIONS
+from hf_topafa.harvest import HarvestConfig, Harvester, batched, dataset_name
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "results" / "paper_comparison"
 AFA_COEFS = ("1/128", "1/64", "1/32", "1/24", "1/16")
+K_RULES = ("topk", "batchtopk")
+VIOLIN_QUANTILES = 201  # per-token quantiles kept in each record, for the violins
 COLUMNS = (
     "layer", "activation", "k", "afa_coef", "l0", "normalized_mse", "fvu", "loss_recovered",
     "kl_div", "eps_lbo_median", "within_0.5", "dead_features", "train_steps", "train_seconds",
@@ -68,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--afa-coefs", nargs="+", default=list(AFA_COEFS), help="fractions allowed")
     p.add_argument(
         "--activations", nargs="+", default=["topk", "batchtopk", "topafa"],
-        choices=["topk", "batchtopk", "topafa"],
+        choices=sorted(set(ACTIVATIONS) - {"relu", "jumprelu"}),
+        help="rules to train; rules with a k run over --ks, k-free rules over --afa-coefs",
     )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the training tokens")
@@ -175,13 +179,15 @@ def harvest(args, split: str, path: Path) -> dict[int, torch.Tensor]:
 
 
 def sae_grid(args) -> list[dict]:
-    """One entry per SAE to train at each layer: activation, k, afa_coef."""
+    """One entry per SAE to train at each layer: activation, k, afa_coef. Rules that take a k
+    (TopK, BatchTopK) run over ``--ks`` without the AFA loss, as in the paper; k-free rules
+    (top-AFA and its variants) run over ``--afa-coefs``."""
     grid = []
     for activation in args.activations:
-        if activation == "topafa":
-            grid += [{"activation": "topafa", "k": None, "afa_coef": c} for c in args.afa_coefs]
-        else:  # the baselines train without the AFA loss, as in the paper
+        if activation in K_RULES:
             grid += [{"activation": activation, "k": k, "afa_coef": "0"} for k in args.ks]
+        else:
+            grid += [{"activation": activation, "k": None, "afa_coef": c} for c in args.afa_coefs]
     return grid
 
 
@@ -190,18 +196,19 @@ def training_order(grid: list[dict]) -> list[dict]:
     the extremes of top-AFA's lambda and the TopK frontier; the tables keep the grid's order."""
 
     def rank(spec):
-        if spec["activation"] == "topafa":
-            coefs = [g["afa_coef"] for g in grid if g["activation"] == "topafa"]
+        if spec["activation"] not in K_RULES:
+            coefs = [g["afa_coef"] for g in grid if g["activation"] == spec["activation"]]
             i = coefs.index(spec["afa_coef"])
-            return (0 if i in (0, len(coefs) - 1, len(coefs) // 2) else 2, i)
+            first = spec["activation"] == "topafa" and i in (0, len(coefs) - 1, len(coefs) // 2)
+            return (0 if first else 2, i)
         return (1 if spec["activation"] == "topk" else 3, spec["k"])
 
     return sorted(grid, key=rank)
 
 
 def run_name(layer: int, spec: dict) -> str:
-    if spec["activation"] == "topafa":
-        return f"L{layer}_topafa_afa{spec['afa_coef'].replace('/', '-')}"
+    if spec["k"] is None:
+        return f"L{layer}_{spec['activation']}_afa{spec['afa_coef'].replace('/', '-')}"
     return f"L{layer}_{spec['activation']}_k{spec['k']}"
 
 
@@ -235,69 +242,93 @@ def layer_tokens(args) -> dict[int, int]:
     return out
 
 
-def train_one(
-    args, layer: int, spec: dict, acts: torch.Tensor | Path, eval_x: torch.Tensor, run_dir: Path
-) -> dict | None:
-    """Train one SAE with hf_topafa.train on activations in memory or in a cache folder; reuse a
-    finished run. Returns the run's metrics.json, or None when ``--report-only`` and it is missing.
-    """
-    from hf_topafa.train import METRICS, TrainConfig, train
-
-    on_disk = isinstance(acts, Path)
-    n_rows = args.train_tokens if on_disk else len(acts)
+def wanted_settings(args, layer: int, spec: dict, n_rows: int) -> dict:
+    """The settings that make a finished SAE reusable: a record with other settings is stale."""
     tokens = layer_tokens(args).get(layer, int(args.epochs * n_rows))
-    tokens = tokens // args.batch_size * args.batch_size
-    wanted = {
-        "activation": spec["activation"], "k": spec["k"],
+    return {
+        "layer": layer, "activation": spec["activation"], "k": spec["k"],
         "afa_coef": float(Fraction(spec["afa_coef"])), "expansion_factor": args.expansion,
-        "max_tokens": tokens, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "max_tokens": tokens // args.batch_size * args.batch_size,
+        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "loss_convention": "paper", "input_normalization": "layer_norm", "init": "kaiming",
     }  # fmt: skip
-    finished = (run_dir / METRICS).is_file() and (run_dir / "model.safetensors").is_file()
-    if finished:
+
+
+def train_one(args, wanted: dict, acts: torch.Tensor | Path, eval_x, run_dir: Path) -> dict:
+    """Train one SAE with hf_topafa.train on activations in memory or in a cache folder, or reuse
+    the finished weights in ``run_dir``; returns the run's training metrics."""
+    from hf_topafa.train import METRICS, TrainConfig, train
+
+    if (run_dir / METRICS).is_file() and (run_dir / "model.safetensors").is_file():
         saved = json.loads((run_dir / "training_config.json").read_text())
-        stale = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
-        if not stale:
+        if all(saved.get(k) == v for k, v in wanted.items() if k != "layer"):
             return json.loads((run_dir / METRICS).read_text())
-        print(f"   {run_dir.name} was trained with other settings {stale}; training again")
-    if args.report_only:
-        return None
+        print(f"   {run_dir.name} was trained with other settings; training again")
+    on_disk = isinstance(acts, Path)
     config = TrainConfig(
-        model=args.model or lm.DEFAULT_MODEL, layer=layer, hook_point=args.hook_point,
-        dataset=args.dataset, dataset_config=args.dataset_config,
-        context_length=args.context_length, activation=spec["activation"], k=spec["k"],
-        afa_coef=float(Fraction(spec["afa_coef"])), expansion_factor=args.expansion,
-        max_tokens=tokens, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        model=args.model or lm.DEFAULT_MODEL, hook_point=args.hook_point, dataset=args.dataset,
+        dataset_config=args.dataset_config, context_length=args.context_length, **wanted,
         eval_tokens=min(1024, len(eval_x)), output=str(run_dir), overwrite=True,
         checkpoint_every=0 if not on_disk else 1000, log_with="none",
-        progress=sys.stderr.isatty(),
-        activation_cache=str(acts) if on_disk else None,
+        progress=sys.stderr.isatty(), activation_cache=str(acts) if on_disk else None,
     )  # fmt: skip
     train(config, data=None if on_disk else acts, eval_data=eval_x)
     return json.loads((run_dir / METRICS).read_text())
 
 
-# --------------------------------------------------------------------------------------------
-# Evaluate and report
-
-
-def evaluate_all(args, runs: list[dict], eval_acts: dict[int, torch.Tensor]) -> None:
-    """Fill each run's metrics: activation-level on held-out activations, then downstream."""
-    for run in runs:
-        sae = SparseAutoencoder.from_pretrained(run["dir"]).eval()
-        metrics, details = ev.evaluate_activations(sae, eval_acts[run["layer"]], device=args.device)
-        run["metrics"], run["details"] = metrics, details
+def evaluate_run(args, run_dir: Path, eval_x: torch.Tensor) -> tuple[dict, dict]:
+    """Held-out metrics of one SAE (activation-level, then downstream) and the quantiles of its
+    per-token normalized MSE and eps_LBO (what the violins need, small enough to commit)."""
+    sae = SparseAutoencoder.from_pretrained(run_dir).eval()
+    metrics, details = ev.evaluate_activations(sae, eval_x, device=args.device)
     if args.downstream_tokens > 0:
-        saes = [SparseAutoencoder.from_pretrained(r["dir"]).eval() for r in runs]
         cfg = ev.EvalConfig(
             model=args.model, dataset=args.dataset, dataset_config=args.dataset_config,
             context_length=args.context_length, max_tokens=args.downstream_tokens,
             holdout="eval", device=args.device, batch_windows=2,
         )  # fmt: skip
-        for run, (metrics, _) in zip(
-            runs, ev.evaluate_saes(saes, cfg, token_texts=False), strict=True
-        ):
-            run["metrics"]["downstream"] = metrics["downstream"]
+        ((downstream, _),) = ev.evaluate_saes([sae], cfg, token_texts=False)
+        metrics["downstream"] = downstream["downstream"]
+    qs = torch.linspace(0, 1, VIOLIN_QUANTILES, dtype=torch.float64)
+    per_token = {
+        name: [float(f"{v:.5g}") for v in torch.quantile(values.double(), qs).tolist()]
+        for name, values in (
+            ("normalized_mse", details.normalized_mse),
+            ("eps_lbo", details.eps_lbo),
+        )
+    }
+    return metrics, per_token
+
+
+def ensure_record(args, layer, spec, acts, eval_x, work: Path, records: Path) -> dict | None:
+    """The committed record of one SAE: read when it exists with the wanted settings (a finished
+    SAE is never trained twice, even on a machine without the work folder), otherwise trained,
+    evaluated and written at once. None with --report-only when it is missing."""
+    name = run_name(layer, spec)
+    path = records / f"{name}.json"
+    n_rows = args.train_tokens if isinstance(acts, Path) else len(acts)
+    wanted = wanted_settings(args, layer, spec, n_rows)
+    if path.is_file():
+        record = json.loads(path.read_text())
+        if record["settings"] == wanted:
+            return record
+        print(f"   {name}: its record has other settings; training again")
+    if args.report_only:
+        return None
+    set_threads(args.threads_file)
+    print(f"== {name} ({torch.get_num_threads()} threads)", flush=True)
+    run_dir = work / "runs" / name
+    info = train_one(args, wanted, acts, eval_x, run_dir)
+    metrics, per_token = evaluate_run(args, run_dir, eval_x)
+    record = {"name": name, "layer": layer, "spec": spec, "settings": wanted, "train": info,
+              "metrics": metrics, "per_token_quantiles": per_token}  # fmt: skip
+    records.mkdir(parents=True, exist_ok=True)
+    ev.write_json(record, path)
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# Report
 
 
 def table_rows(runs: list[dict]) -> list[dict]:
@@ -309,7 +340,7 @@ def table_rows(runs: list[dict]) -> list[dict]:
             "layer": run["layer"],
             "activation": run["spec"]["activation"],
             "k": run["spec"]["k"] if run["spec"]["k"] is not None else "",
-            "afa_coef": run["spec"]["afa_coef"] if run["spec"]["activation"] == "topafa" else "",
+            "afa_coef": run["spec"]["afa_coef"] if run["spec"]["k"] is None else "",
             "l0": round(m["sparsity"]["l0_mean"], 2),
             "normalized_mse": round(m["reconstruction"]["normalized_mse"], 4),
             "fvu": round(m["reconstruction"]["fvu"], 4),
@@ -352,7 +383,10 @@ def write_summary(args, runs: list[dict], rows: list[dict], out: Path) -> None:
         "hook_point": args.hook_point,
         "d_sae": first["metrics"]["sae"]["d_sae"] if first else None,
         "main_layer": main_layer,
-        "train_tokens": {str(r["layer"]): r["train"]["tokens_trained"] for r in runs},
+        "train_tokens": {
+            str(layer): max(r["train"]["tokens_trained"] for r in runs if r["layer"] == layer)
+            for layer in sorted({r["layer"] for r in runs})
+        },
         "eval_tokens": first["metrics"]["num_tokens"] if first else 0,
         "rows": [
             {
@@ -380,23 +414,22 @@ def write_figures(runs: list[dict], rows: list[dict], out: Path) -> None:
             [r for r in rows if r["layer"] == layer], out / f"l0_vs_nmse_L{layer}.png",
             title=f"Layer {layer}: L0 vs normalized MSE (held-out)",
         )  # fmt: skip
-    # Half-violins across layers for each activation's middle setting.
+    # Half-violins across layers for each rule's middle setting, from the records' per-token
+    # quantiles (records carried over without them are left out of the violins).
     for activation in sorted({r["spec"]["activation"] for r in runs}):
         mine = [r for r in runs if r["spec"]["activation"] == activation]
         settings = sorted({run_name(0, r["spec"]).split("_", 1)[1] for r in mine})
         middle = settings[len(settings) // 2]
         per_layer = {
-            f"layer {r['layer']}": {
-                "normalized_mse": r["details"].normalized_mse,
-                "eps_lbo": r["details"].eps_lbo,
-            }
+            f"layer {r['layer']}": r["per_token_quantiles"]
             for r in mine
-            if run_name(0, r["spec"]).split("_", 1)[1] == middle
+            if run_name(0, r["spec"]).split("_", 1)[1] == middle and r.get("per_token_quantiles")
         }
-        plots.save_half_violins(
-            per_layer, out / f"violins_{middle}.png",
-            title=f"{middle}: per-token normalized MSE and eps_LBO by layer",
-        )  # fmt: skip
+        if per_layer:
+            plots.save_half_violins(
+                per_layer, out / f"violins_{middle}.png",
+                title=f"{middle}: per-token normalized MSE and eps_LBO by layer",
+            )  # fmt: skip
 
 
 def hardware() -> str:
@@ -428,8 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    records = out / "runs"
     work = Path(args.work) if args.work else lm.cache_root() / "reproduce_paper"
-    phases = {}
 
     t = time.perf_counter()
     if args.disk_cache:
@@ -437,59 +470,43 @@ def main(argv: list[str] | None = None) -> int:
     else:
         train_acts = harvest(args, "train", work / "train_activations.safetensors")
     eval_acts = harvest(args, "eval", work / "eval_activations.safetensors")
-    phases["harvest"] = time.perf_counter() - t
+    harvest_s = time.perf_counter() - t
 
-    t = time.perf_counter()
     runs = []
     main_first = sorted(set(args.layers), key=lambda layer: (layer != 15, layer))
     for layer in main_first:  # the main layer first: a partial run still answers the question
         for spec in training_order(sae_grid(args)):
-            run_dir = work / "runs" / run_name(layer, spec)
-            set_threads(args.threads_file)
-            print(f"== {run_dir.name} ({torch.get_num_threads()} threads)", flush=True)
-            info = train_one(args, layer, spec, train_acts[layer], eval_acts[layer], run_dir)
-            if info is None:
-                print(f"   missing (--report-only): {run_dir}")
-                continue
-            runs.append({"layer": layer, "spec": spec, "dir": run_dir, "train": info})
+            record = ensure_record(
+                args, layer, spec, train_acts[layer], eval_acts[layer], work, records
+            )
+            if record is None:
+                print(f"   missing (--report-only): {run_name(layer, spec)}")
+            else:
+                runs.append(record)
     grid_order = {run_name(0, spec): i for i, spec in enumerate(sae_grid(args))}
     runs.sort(key=lambda r: (r["layer"], grid_order[run_name(0, r["spec"])]))
-    phases["train"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    evaluate_all(args, runs, eval_acts)
-    phases["evaluate"] = time.perf_counter() - t
 
     rows = table_rows(runs)
     write_tables(rows, out)
     write_figures(runs, rows, out)
-    ev.write_json(
-        {"runs": [{"name": r["dir"].name, "layer": r["layer"], "spec": r["spec"],
-                   "train": r["train"], "metrics": r["metrics"]} for r in runs]},
-        out / "metrics.json",
-    )  # fmt: skip
     write_summary(args, runs, rows, out)
     total = time.perf_counter() - started
-    n_train = {
-        layer: a.num_tokens if args.disk_cache else len(a)
-        for layer, a in (
-            {k: ActivationCache(v) for k, v in train_acts.items()}
-            if args.disk_cache
-            else train_acts
-        ).items()
-    }
     n_eval = {layer: len(a) for layer, a in eval_acts.items()}
     command = "python scripts/reproduce_paper.py " + " ".join(shlex.quote(a) for a in argv)
     write_text(
         out / "COMMAND.md",
         "# How this folder was produced\n\n"
         f"```\n{command}\n```\n\n"
-        f"- Finished: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
-        f"- Hardware: {hardware()}\n"
-        f"- Wall time: {total / 60:.1f} min (harvest {phases['harvest'] / 60:.1f}, train "
-        f"{phases['train'] / 60:.1f}, evaluate {phases['evaluate'] / 60:.1f})\n"
-        f"- Settings: {json.dumps(vars(args))}\n"
-        f"- Training tokens per layer: {n_train}; held-out tokens per layer: {n_eval}\n",
+        "Each finished SAE is recorded in `runs/<name>.json` (settings, training metrics, held-out "
+        "metrics, per-token quantiles) as soon as it is evaluated; a record with the wanted "
+        "settings is never trained again, so the command resumes on any machine. The tables, "
+        "plots and `summary.json` are made from the records.\n\n"
+        f"- Reported: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{len(runs)} of {len(sae_grid(args)) * len(set(args.layers))} SAEs recorded\n"
+        f"- Hardware of this report: {hardware()}\n"
+        f"- Wall time of this invocation: {total / 60:.1f} min (harvest or cache read "
+        f"{harvest_s / 60:.1f}); each SAE's own training time is `train_seconds` in table.csv\n"
+        f"- Held-out tokens per layer: {n_eval}\n",
     )
     print(open(out / "table.md").read())
     print(f"done in {total / 60:.1f} min; results in {out}")
