@@ -6,13 +6,12 @@ import math
 
 from transformers import PretrainedConfig
 
-ACTIVATIONS = ("topafa", "topk", "batchtopk", "relu", "jumprelu")
+from .rules import ACTIVATIONS, RULES, get_rule
+
+__all__ = ["ACTIVATIONS", "INITS", "INPUT_NORMALIZATIONS", "LOSS_CONVENTIONS", "SAEConfig"]
 INPUT_NORMALIZATIONS = ("none", "layer_norm", "layer_norm_biased")
 LOSS_CONVENTIONS = ("paper", "hf_topafa_v0.1")
 INITS = ("kaiming", "unit_tied")
-# Rules whose encoder has no bias in the paper's code (TopK, BatchTopK and top-AFA compute
-# ReLU((x - b_dec) W_enc)); ReLU and JumpReLU SAEs need theirs.
-_NO_ENCODER_BIAS_BY_DEFAULT = ("topafa", "topk", "batchtopk")
 
 
 class SAEConfig(PretrainedConfig):
@@ -22,12 +21,14 @@ class SAEConfig(PretrainedConfig):
         d_in: width of the activations the SAE reads (the language model's hidden size).
         d_sae: number of features. Left as None it is resolved to ``d_in * expansion_factor``.
         expansion_factor: used only to resolve ``d_sae`` when it is not given.
-        activation: selection rule. ``"topafa"`` keeps, per token, the features whose cumulative
-            decoder-scaled norm is nearest the input's norm (no k to tune); ``"topk"`` keeps the k
-            largest per token; ``"batchtopk"`` keeps the ``k * batch`` largest across a batch
-            (a learned threshold at inference); ``"relu"`` is a ReLU SAE trained with an L1 penalty;
-            ``"jumprelu"`` zeroes pre-activations below a learned per-feature threshold.
-        k: features kept per token for ``topk`` and ``batchtopk`` (required there, ignored elsewhere).
+        activation: selection rule, a name in ``hf_topafa.rules.RULES`` (each entry says what the
+            rule needs). ``"topafa"`` keeps, per token, the features whose cumulative
+            decoder-scaled norm is nearest the input's norm (no k to tune); ``"topk"`` keeps the
+            k largest per token; ``"batchtopk"`` keeps the ``k * batch`` largest across a batch
+            (a learned threshold at inference); ``"relu"`` is a ReLU SAE trained with an L1
+            penalty; ``"jumprelu"`` zeroes pre-activations below a learned per-feature threshold.
+        k: features kept per token for the rules that need it (``topk`` and ``batchtopk``:
+            ``Rule.needs_k``); ignored elsewhere.
         afa_coef: lambda_AFA, weight of the norm-matching loss, in the paper's units when
             ``loss_convention="paper"`` (see ``SAEOutput``). The paper uses it for top-AFA with
             lambda in {1/128 ... 1/16}; other activations may set it too (0 turns it off).
@@ -54,8 +55,9 @@ class SAEConfig(PretrainedConfig):
             ``"hf_topafa_v0.1"`` is the 0.1 objective (every term over the batch's sum of
             ``||x||^2``, the norm term on ``||f~||`` with ``||b_dec||``, aux-k over the residual's
             norm), which weighs lambda_AFA d_in times less than the paper.
-        encoder_bias: whether ``b_enc`` is trained. None: False for topafa, topk and batchtopk (the
-            paper's encoders have no bias), True for relu and jumprelu. ``b_enc`` is always part of
+        encoder_bias: whether ``b_enc`` is trained. None: the rule's ``Rule.encoder_bias`` (False
+            for topafa, topk and batchtopk, whose encoders in the paper have no bias; True for
+            relu and jumprelu). ``b_enc`` is always part of
             the weights and always added (zero when untrained), so converted SAEs keep theirs.
         init: ``"kaiming"`` (the paper's): ``W_enc`` kaiming-uniform over [d_in, d_sae], ``W_dec`` its
             transpose with unit rows; ``"unit_tied"`` (hf-topafa 0.1): unit-norm Gaussian decoder
@@ -123,7 +125,8 @@ class SAEConfig(PretrainedConfig):
         self.input_normalization = input_normalization
         self.loss_convention = "paper" if loss_convention is None else loss_convention
         if encoder_bias is None:
-            encoder_bias = activation not in _NO_ENCODER_BIAS_BY_DEFAULT
+            rule = RULES.get(activation) if isinstance(activation, str) else None
+            encoder_bias = rule.encoder_bias if rule is not None else True
         self.encoder_bias = encoder_bias
         self.init = init
         self.base_model = base_model
@@ -142,11 +145,7 @@ class SAEConfig(PretrainedConfig):
             raise ValueError(
                 f"expansion_factor must be a positive number, got {self.expansion_factor!r}"
             )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}"
-            )
-        if self.activation in ("topk", "batchtopk"):
+        if get_rule(self.activation).needs_k:
             if self.k is None:
                 raise ValueError(
                     f"k is required for activation={self.activation!r}: "

@@ -50,6 +50,7 @@ import torch
 
 from .configuration_sae import SAEConfig
 from .modeling_sae import SparseAutoencoder
+from .rules import get_rule
 
 FORMATS = ("saelens", "sparsify", "gemma_scope", "dictionary_learning")
 HOOK_POINTS = ("resid_pre", "resid_post", "mlp_out", "attn_out")
@@ -97,7 +98,7 @@ class Imported:
     subtracts_b_dec: bool
     """Whether the source encodes x - b_dec (True) or x (False; b_dec is then folded)."""
     threshold: torch.Tensor | None = None
-    """[d_sae] for jumprelu and batchtopk."""
+    """[d_sae] for the rules that keep a threshold (jumprelu and batchtopk)."""
     k: int | None = None
     """Features per token for topk; the nominal k of batchtopk."""
     provenance: dict = field(default_factory=dict)
@@ -156,7 +157,7 @@ def build_sae(imported: Imported, dtype: str = "float32") -> SparseAutoencoder:
     if not imported.subtracts_b_dec:
         b_enc = b_enc + b_dec @ W_enc
     state = {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}
-    if imported.activation in ("jumprelu", "batchtopk"):
+    if get_rule(imported.activation).threshold is not None:
         state["threshold"] = imported.threshold.double()
     for name, tensor in state.items():
         if not torch.isfinite(tensor).all():

@@ -47,6 +47,7 @@ from . import afa, lm
 from .configuration_sae import SAEConfig
 from .harvest import HOLDOUTS, HarvestConfig, Harvester, batched, dataset_name
 from .modeling_sae import SparseAutoencoder
+from .rules import get_rule
 from .sources import looks_local
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -282,7 +283,7 @@ class _SAEStats:
             "dense_features": int((freq > dense_threshold).sum()),
             "dense_threshold": dense_threshold,
         }
-        if cfg.activation == "topafa":
+        if get_rule(cfg.activation).adaptive_k:
             sparsity["k_mean"] = float(per["k"].mean())
             sparsity["k_quantiles"] = quantiles(per["k"])
             sparsity["k_histogram"] = histogram(per["k"])
@@ -351,7 +352,7 @@ class _SAEStats:
             normalized_mse=torch.cat(self.recon.nmse),
             cosine=torch.cat(self.recon.cos),
             l0=per["l0"],
-            k=per.get("k") if cfg.activation == "topafa" else None,
+            k=per.get("k") if get_rule(cfg.activation).adaptive_k else None,
             z_norm=per["z_norm"],
             f_norm=per["f_norm"],
             eps_lbo=eps,

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from .configuration_sae import SAEConfig
+from .rules import get_rule
 
 TEMPLATE_PATH = Path(__file__).parent / "data" / "model_card.md"
 REQUIRED_FILES = ("config.json", "model.safetensors")
@@ -47,43 +48,11 @@ CARD_TAGS = ["sparse-autoencoder", "interpretability", "hf-topafa", "safetensors
 LICENSE = "apache-2.0"
 MAX_METRIC_ROWS = 150
 
-ACTIVATION_TEXT = {
-    "topafa": (
-        "Features are chosen per token by **top-AFA**: the largest features are kept until the "
-        "norm of the decoder-scaled feature vector reaches the input's norm (its approximate "
-        "feature activation), so the number of active features adapts to each token and there "
-        "is no *k* to tune."
-    ),
-    "topk": "Features are chosen per token by **top-k** with k = {k}.",
-    "batchtopk": (
-        "Features are chosen by **BatchTopK** (k = {k} per token on average over a batch during "
-        "training; a learned threshold at inference)."
-    ),
-    "relu": "Features are a **ReLU** of the encoder output, trained with an L1 sparsity penalty.",
-    "jumprelu": (
-        "Features are a **JumpReLU** of the encoder output (learned per-feature thresholds), "
-        "trained with an L0 sparsity penalty."
-    ),
-}
 HOOK_TEXT = {
     "resid_pre": "residual stream entering block {layer}",
     "resid_post": "residual stream leaving block {layer}",
     "mlp_out": "MLP output of block {layer}",
     "attn_out": "attention output of block {layer}",
-}
-ACTIVATION_NAMES = {
-    "topafa": "Top-AFA",
-    "topk": "TopK",
-    "batchtopk": "BatchTopK",
-    "relu": "ReLU",
-    "jumprelu": "JumpReLU",
-}
-ACTIVATION_TAGS = {
-    "topafa": "top-afa",
-    "topk": "top-k",
-    "batchtopk": "batch-top-k",
-    "relu": "relu",
-    "jumprelu": "jumprelu",
 }
 
 
@@ -256,10 +225,9 @@ def _training_summary(config: SAEConfig, training: dict, metrics: dict) -> str:
         losses.append(
             f"aux-k for dead features (k_aux = {config.aux_k}, weight {config.aux_coef:g})"
         )
-    if config.activation == "relu":
-        losses.append(f"L1 (weight {config.l1_coef:g})")
-    if config.activation == "jumprelu":
-        losses.append(f"L0 (weight {config.l0_coef:g})")
+    rule = get_rule(config.activation)
+    if rule.penalty is not None:
+        losses.append(f"{rule.penalty_name} (weight {getattr(config, rule.penalty_coef):g})")
     width = f"{config.d_sae:,} features on {config.d_in}-dimensional inputs"
     return f"{text} It holds {width}.\nLoss: {'; '.join(losses)}."
 
@@ -415,9 +383,10 @@ def render_model_card(
     metrics, training = metrics or {}, training or {}
     repo_id = repo_id or "<user>/<repo>"
     activation = config.activation
+    rule = get_rule(activation)
 
     metadata = {"library_name": "hf-topafa", "license": LICENSE}
-    metadata["tags"] = CARD_TAGS[:2] + [ACTIVATION_TAGS[activation]] + CARD_TAGS[2:]
+    metadata["tags"] = CARD_TAGS[:2] + [rule.card_tag] + CARD_TAGS[2:]
     if config.base_model:
         metadata["base_model"] = config.base_model
     if config.dataset:
@@ -430,7 +399,7 @@ def render_model_card(
         hook_description = hook.format(layer=config.layer, hook=config.hook_point)
     base_model = config.base_model
     base_link = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "a model"
-    title_parts = [f"{ACTIVATION_NAMES[activation]} SAE"]
+    title_parts = [f"{rule.display_name} SAE"]
     if base_model:
         title_parts.append(f"for {base_model.split('/')[-1]}")
     if config.layer is not None:
@@ -480,7 +449,7 @@ def render_model_card(
         "title": " ".join(title_parts),
         "hook_description": hook_description,
         "base_model_link": base_link,
-        "activation_description": ACTIVATION_TEXT[activation].format(k=config.k),
+        "activation_description": rule.card_text.format(k=config.k),
         "sae_table": "\n".join(f"| {name} | {value} |" for name, value in rows),
         "training_summary": _training_summary(config, training, metrics),
         "config_json": json.dumps(full_config, indent=2, default=str),

@@ -14,6 +14,7 @@ from transformers.utils import ModelOutput
 from . import activations, sparse
 from .afa import afa_norm, scaled_feature_norm
 from .configuration_sae import SAEConfig
+from .rules import get_rule
 from .saved import check_saved_sae
 
 
@@ -78,10 +79,11 @@ class SparseAutoencoder(PreTrainedModel):
         # Always a weight and always added (zero unless trained), so converted SAEs keep theirs.
         self.b_enc = nn.Parameter(torch.zeros(d_sae), requires_grad=config.encoder_bias)
         self.b_dec = nn.Parameter(torch.zeros(d_in))
-        if config.activation == "jumprelu":
+        self.rule = get_rule(config.activation)
+        if self.rule.threshold == "learned":
             self.threshold = nn.Parameter(torch.empty(d_sae))
-        elif config.activation == "batchtopk":
-            # Estimated during training (EMA of the smallest kept activation); -1 = not yet.
+        elif self.rule.threshold == "estimated":
+            # Estimated during training (BatchTopK: EMA of the smallest kept activation).
             self.register_buffer("threshold", torch.empty(d_sae))
         # Top-AFA candidates ranked per token; adapted to the observed k (speed only).
         self._topafa_candidates = activations.TOPAFA_CANDIDATES
@@ -113,10 +115,8 @@ class SparseAutoencoder(PreTrainedModel):
         self.W_enc.copy_((w.T if w_enc is None else w_enc).to(self.W_enc))
         self.b_enc.zero_()
         self.b_dec.zero_()
-        if self.config.activation == "jumprelu":
-            self.threshold.fill_(self.config.jumprelu_init_threshold)
-        elif self.config.activation == "batchtopk":
-            self.threshold.fill_(-1.0)
+        if self.rule.threshold is not None:
+            self.threshold.fill_(self.rule.threshold_init(self.config))
 
     def _init_weights(self, module):
         # Weights are initialized in reset_parameters; loading overwrites them.
@@ -168,24 +168,7 @@ class SparseAutoencoder(PreTrainedModel):
 
     def _select(self, pre: torch.Tensor, x_n: torch.Tensor):
         """Apply the configured activation rule to pre [N, d_sae]; returns (acts, k or None)."""
-        cfg = self.config
-        if cfg.activation == "topafa":
-            target = afa_norm(x_n.reshape(-1, cfg.d_in) - self.b_dec)
-            decoder_norms = torch.linalg.vector_norm(self.W_dec, dim=-1)
-            return activations.topafa(pre, decoder_norms, target, self._topafa_candidates)
-        if cfg.activation == "topk":
-            k = torch.full(pre.shape[:1], cfg.k, dtype=torch.long, device=pre.device)
-            return activations.topk(pre, cfg.k), k
-        if cfg.activation == "batchtopk":
-            if self.training or self.threshold[0] < 0:
-                acts, smallest = activations.batchtopk(pre, cfg.k)
-                if self.training:
-                    self._update_batchtopk_threshold(smallest)
-                return acts, None
-            return activations.threshold_activation(pre, self.threshold), None
-        if cfg.activation == "jumprelu":
-            return activations.jumprelu(pre, self.threshold, cfg.jumprelu_bandwidth), None
-        return pre, None  # relu
+        return self.rule.select(self, pre, x_n)
 
     @torch.no_grad()
     def _update_batchtopk_threshold(self, smallest: torch.Tensor) -> None:
@@ -270,21 +253,14 @@ class SparseAutoencoder(PreTrainedModel):
 
     def _sparse_path_pays(self) -> bool:
         """Whether the code is sparse enough for row gathers to beat dense products."""
-        cfg = self.config
-        if cfg.activation in ("topk", "batchtopk"):
-            expected = cfg.k
-        elif cfg.activation == "topafa":
-            expected = self._topafa_candidates
-        else:
-            return False  # relu and jumprelu need the dense pre-activations for their losses
-        return expected <= sparse.MAX_SPARSE_DENSITY * cfg.d_sae
+        if not self.rule.sparse_path:
+            return False  # e.g. relu and jumprelu: their losses need the dense pre-activations
+        return self.rule.kept_per_token(self) <= sparse.MAX_SPARSE_DENSITY * self.config.d_sae
 
     def _forward_dense(self, x_n: torch.Tensor, dead_mask: torch.Tensor | None):
         """The direct computation: dense activations, dense decoder product."""
         pre = self._pre(x_n)
         acts, k = self._select(pre, x_n)
-        if k is not None and self.config.activation == "topafa":
-            self._adapt_topafa_candidates(k)
         recon_n = acts @ self.W_dec + self.b_dec
         if self.config.loss_convention == "paper":
             f_norm = torch.linalg.vector_norm(acts, dim=-1)  # the paper's ||f||: kept activations
@@ -359,27 +335,7 @@ class SparseAutoencoder(PreTrainedModel):
     @torch.no_grad()
     def _select_pairs(self, pre: torch.Tensor, x_n: torch.Tensor):
         """The configured rule as (rows, cols) pairs sorted by token, and k (or None)."""
-        cfg = self.config
-        n_tokens = pre.shape[0]
-        if cfg.activation == "topafa":
-            target = afa_norm(x_n - self.b_dec)
-            decoder_norms = torch.linalg.vector_norm(self.W_dec, dim=-1)
-            rows, cols, k = activations.topafa_pairs(
-                pre, decoder_norms, target, self._topafa_candidates, nonnegative=True
-            )
-            self._adapt_topafa_candidates(k)
-            return rows, cols, k
-        if cfg.activation == "topk":
-            rows, cols = activations.topk_pairs(pre, cfg.k)
-            return rows, cols, torch.full((n_tokens,), cfg.k, dtype=torch.long, device=pre.device)
-        # batchtopk
-        if self.training or self.threshold[0] < 0:
-            rows, cols, smallest = activations.batchtopk_pairs(pre, cfg.k)
-            if self.training:
-                self._update_batchtopk_threshold(smallest)
-            return rows, cols, None
-        rows, cols = (pre > self.threshold).nonzero(as_tuple=True)
-        return rows, cols, None
+        return self.rule.select_pairs(self, pre, x_n)
 
     def _adapt_topafa_candidates(self, k: torch.Tensor) -> None:
         """Rank a little more than the largest k seen last time: enough for nearly every token,
@@ -430,14 +386,11 @@ class SparseAutoencoder(PreTrainedModel):
         return dead_mask.to(device=self.W_enc.device, dtype=torch.bool)
 
     def _sparsity_loss(self, pre, acts, x_n) -> torch.Tensor:
-        cfg = self.config
-        if cfg.activation == "relu" and cfg.l1_coef > 0:
-            decoder_norms = torch.linalg.vector_norm(self.W_dec, dim=-1)
-            l1 = (acts * decoder_norms).sum(-1).mean()
-            return cfg.l1_coef * l1 / afa_norm(x_n.detach()).mean().clamp_min(1e-12)
-        if cfg.activation == "jumprelu" and cfg.l0_coef > 0:
-            l0 = activations.jumprelu_l0(pre, self.threshold, cfg.jumprelu_bandwidth)
-            return cfg.l0_coef * l0.mean()
+        """The rule's sparsity penalty (relu: L1, jumprelu: L0), weighted; zero when off."""
+        rule = self.rule
+        coef = getattr(self.config, rule.penalty_coef) if rule.penalty is not None else 0
+        if coef > 0:
+            return rule.penalty(self, pre, acts, x_n, coef)
         return pre.new_zeros(())
 
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:

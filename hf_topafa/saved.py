@@ -11,6 +11,7 @@ import os
 from safetensors import SafetensorError, safe_open
 
 from .configuration_sae import SAEConfig
+from .rules import get_rule
 
 
 def check_saved_sae(folder: str) -> None:
@@ -49,7 +50,7 @@ def check_saved_sae(folder: str) -> None:
         "b_enc": (config.d_sae,),
         "b_dec": (config.d_in,),
     }
-    if config.activation in ("jumprelu", "batchtopk"):
+    if get_rule(config.activation).threshold is not None:
         expected["threshold"] = (config.d_sae,)
     for name, shape in expected.items():
         if name not in shapes:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from . import harvest, lm
-from .configuration_sae import ACTIVATIONS
+from . import harvest, lm, rules
+from .rules import ACTIVATIONS, get_rule
 
 DEFAULT_OUTPUT = "runs/smollm2-topafa"
 
@@ -91,14 +91,14 @@ class TrainConfig:
     )
 
     # -- the SAE -----------------------------------------------------------------------------
-    activation: Literal["topafa", "topk", "batchtopk", "relu", "jumprelu"] = _arg(
-        "topafa", "Sparse activation rule."
-    )
+    activation: str = _arg("topafa", "Sparse activation rule.", choices=ACTIVATIONS)
     expansion_factor: float = _arg(
         8.0, "d_sae = d_in * expansion_factor when --d-sae is not given."
     )
     d_sae: int | None = _arg(None, "Number of features.")
-    k: int | None = _arg(None, "Features kept per token (required for topk and batchtopk).")
+    k: int | None = _arg(
+        None, f"Features kept per token (required for {' and '.join(rules.NEEDS_K)})."
+    )
     afa_coef: float = _arg(1 / 32, "lambda_AFA: weight of the norm-matching loss.")
     aux_k: int = _arg(512, "Dead features the aux-k loss may use.")
     aux_coef: float = _arg(1 / 32, "Weight of the aux-k loss.")
@@ -122,7 +122,9 @@ class TrainConfig:
         "units); hf_topafa_v0.1: the 0.1 objective, normalized by the batch's sum of ||x||^2.",
     )
     encoder_bias: bool | None = _arg(
-        None, "Train an encoder bias; default: no for topafa/topk/batchtopk (the paper), yes else."
+        None,
+        f"Train an encoder bias; default: yes for {'/'.join(rules.ENCODER_BIAS)}, no else "
+        "(the paper's k-selecting encoders have none).",
     )
     init: Literal["kaiming", "unit_tied"] = _arg(
         "kaiming",
@@ -185,11 +187,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0; got {value!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}"
-            )
-        if self.activation in ("topk", "batchtopk") and self.k is None:
+        if get_rule(self.activation).needs_k and self.k is None:
             raise ValueError(
                 f"--activation {self.activation} needs --k (features kept per token), e.g. --k 32"
             )

@@ -1,0 +1,302 @@
+"""The activation rules of the SAE family, one registry entry each.
+
+A ``Rule`` says everything the rest of the package needs to know about a selection rule: its
+name, whether it needs ``k``, what threshold it keeps, whether it has a sparse fast path, whether
+its encoder has a bias and the paper trains it with the AFA norm loss, its sparsity penalty, the
+text of model cards, and the functions that apply it. ``SAEConfig`` validation, the training
+flags, the model, saved-folder checks, conversion, evaluation and the model card all read this
+table, so adding a rule touches this file only.
+
+The module imports no torch (the command line validates names with it before loading torch);
+the apply functions import ``activations`` when they first run.
+
+How to add a rule
+-----------------
+1. Write its selection below as ``_name_select(sae, pre, x_n) -> (acts, k)``: ``pre`` is the
+   ReLU pre-activation [N, d_sae], ``x_n`` the SAE's (normalized) input [N, d_in], ``acts`` the
+   dense activations [N, d_sae] (zeros where inactive) and ``k`` a long tensor [N] of features
+   kept per token, or None. Gradients must flow into the kept pre-activations. Put new tensor
+   math in ``activations.py`` only if it is shared; a rule's own arithmetic can live here.
+2. Append ``Rule(name=..., display_name=..., card_tag=..., card_text=..., select=...)`` to
+   ``RULES``, setting the fields whose defaults do not fit (a k-free rule with no threshold,
+   no penalty and no sparse path needs nothing more). ``card_text`` may use ``{k}``.
+3. Optional: a sparse path (``select_pairs`` returning (rows, cols, k) sorted by token, plus
+   ``kept_per_token`` estimating the kept count), a threshold (``threshold="learned"`` is an
+   ``nn.Parameter`` named ``threshold``, ``"estimated"`` a buffer; ``threshold_init`` gives its
+   starting value) or a penalty (``penalty`` returns the weighted loss, ``penalty_coef`` names
+   the SAEConfig field that weighs it). A new hyperparameter is a new SAEConfig/TrainConfig field.
+Then run ``pytest tests/test_rules.py``: it checks every registered rule end to end (config,
+forward, backward, save and load, model card, training flag).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+THRESHOLD_KINDS = (None, "learned", "estimated")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One activation rule: what it needs, how it is shown, and how it selects features."""
+
+    name: str
+    """The ``SAEConfig.activation`` value (also ``--activation``)."""
+    display_name: str
+    """Its name in prose and card titles ("Top-AFA")."""
+    card_tag: str
+    """Its Hub tag on model cards ("top-afa")."""
+    card_text: str
+    """One paragraph for the model card; ``{k}`` is replaced by ``config.k``."""
+    select: Callable[[Any, Any, Any], tuple[Any, Any]]
+    """Dense selection ``(sae, pre, x_n) -> (acts, k or None)``."""
+    needs_k: bool = False
+    """Whether ``k`` (features kept per token) must be given."""
+    adaptive_k: bool = False
+    """Whether ``k`` is chosen per token (evaluation reports its distribution)."""
+    threshold: Literal[None, "learned", "estimated"] = None
+    """A per-feature ``threshold`` tensor: trained (``nn.Parameter``), estimated during training
+    (a buffer), or none."""
+    threshold_init: Callable[[Any], float] | None = None
+    """The threshold's starting value from the config."""
+    encoder_bias: bool = False
+    """Default of ``SAEConfig.encoder_bias`` (the paper's k-selecting encoders have none)."""
+    afa_loss: bool = True
+    """Whether the paper trains this rule with its AFA norm loss (its comparison gives the rules
+    that need k ``afa_coef = 0``). ``SAEConfig.afa_coef`` defaults to 1/32 for every rule."""
+    penalty: Callable[[Any, Any, Any, Any, float], Any] | None = None
+    """Sparsity penalty ``(sae, pre, acts, x_n, coef) -> coef * loss``; called when coef > 0."""
+    penalty_coef: str | None = None
+    """The SAEConfig field weighing the penalty (0 turns it off)."""
+    penalty_name: str | None = None
+    """The penalty on model cards ("L1")."""
+    select_pairs: Callable[[Any, Any, Any], tuple[Any, Any, Any]] | None = None
+    """Sparse selection ``(sae, pre, x_n) -> (rows, cols, k or None)``; None: dense path only."""
+    kept_per_token: Callable[[Any], int] | None = None
+    """Expected features kept per token (decides whether the sparse path pays)."""
+
+    def __post_init__(self):
+        if self.threshold not in THRESHOLD_KINDS:
+            raise ValueError(f"rule {self.name}: threshold must be one of {THRESHOLD_KINDS}")
+        if (self.threshold is None) != (self.threshold_init is None):
+            raise ValueError(f"rule {self.name}: threshold and threshold_init go together")
+        if not (self.penalty is None) == (self.penalty_coef is None) == (self.penalty_name is None):
+            raise ValueError(
+                f"rule {self.name}: penalty, penalty_coef and penalty_name go together"
+            )
+        if (self.select_pairs is None) != (self.kept_per_token is None):
+            raise ValueError(f"rule {self.name}: select_pairs and kept_per_token go together")
+
+    @property
+    def sparse_path(self) -> bool:
+        """Whether the model may take the sparse (row-gather) route for this rule."""
+        return self.select_pairs is not None
+
+
+def _ops():
+    from . import activations
+
+    return activations
+
+
+def _k_tensor(sae, pre):
+    import torch
+
+    return torch.full(pre.shape[:1], sae.config.k, dtype=torch.long, device=pre.device)
+
+
+# -- top-AFA ---------------------------------------------------------------------------------
+
+
+def _topafa_target(sae, x_n):
+    """The paper's target norm, ||x - b_dec||."""
+    from .afa import afa_norm
+
+    return afa_norm(x_n.reshape(-1, sae.config.d_in) - sae.b_dec)
+
+
+def _topafa_select(sae, pre, x_n):
+    import torch
+
+    decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+    target = _topafa_target(sae, x_n)
+    acts, k = _ops().topafa(pre, decoder_norms, target, sae._topafa_candidates)
+    sae._adapt_topafa_candidates(k)
+    return acts, k
+
+
+def _topafa_pairs(sae, pre, x_n):
+    import torch
+
+    decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+    target = _topafa_target(sae, x_n)
+    rows, cols, k = _ops().topafa_pairs(
+        pre, decoder_norms, target, sae._topafa_candidates, nonnegative=True
+    )
+    sae._adapt_topafa_candidates(k)
+    return rows, cols, k
+
+
+# -- TopK and BatchTopK ----------------------------------------------------------------------
+
+
+def _topk_select(sae, pre, x_n):
+    return _ops().topk(pre, sae.config.k), _k_tensor(sae, pre)
+
+
+def _topk_pairs(sae, pre, x_n):
+    rows, cols = _ops().topk_pairs(pre, sae.config.k)
+    return rows, cols, _k_tensor(sae, pre)
+
+
+def _batchtopk_estimating(sae) -> bool:
+    """Training, or no threshold estimated yet: select across the batch."""
+    return sae.training or bool(sae.threshold[0] < 0)
+
+
+def _batchtopk_select(sae, pre, x_n):
+    if _batchtopk_estimating(sae):
+        acts, smallest = _ops().batchtopk(pre, sae.config.k)
+        if sae.training:
+            sae._update_batchtopk_threshold(smallest)
+        return acts, None
+    return _ops().threshold_activation(pre, sae.threshold), None
+
+
+def _batchtopk_pairs(sae, pre, x_n):
+    if _batchtopk_estimating(sae):
+        rows, cols, smallest = _ops().batchtopk_pairs(pre, sae.config.k)
+        if sae.training:
+            sae._update_batchtopk_threshold(smallest)
+        return rows, cols, None
+    rows, cols = (pre > sae.threshold).nonzero(as_tuple=True)
+    return rows, cols, None
+
+
+# -- ReLU and JumpReLU -----------------------------------------------------------------------
+
+
+def _relu_select(sae, pre, x_n):
+    return pre, None
+
+
+def _relu_l1(sae, pre, acts, x_n, coef):
+    """coef * sum_i f_i ||W_dec,i|| per token over the batch's mean ||x|| (scale-free)."""
+    import torch
+
+    from .afa import afa_norm
+
+    decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+    l1 = (acts * decoder_norms).sum(-1).mean()
+    return coef * l1 / afa_norm(x_n.detach()).mean().clamp_min(1e-12)
+
+
+def _jumprelu_select(sae, pre, x_n):
+    return _ops().jumprelu(pre, sae.threshold, sae.config.jumprelu_bandwidth), None
+
+
+def _jumprelu_l0(sae, pre, acts, x_n, coef):
+    """coef * the straight-through L0 per token."""
+    return coef * _ops().jumprelu_l0(pre, sae.threshold, sae.config.jumprelu_bandwidth).mean()
+
+
+# -- the registry ----------------------------------------------------------------------------
+
+RULES: dict[str, Rule] = {
+    rule.name: rule
+    for rule in (
+        Rule(
+            name="topafa",
+            display_name="Top-AFA",
+            card_tag="top-afa",
+            card_text=(
+                "Features are chosen per token by **top-AFA**: the largest features are kept "
+                "until the norm of the decoder-scaled feature vector reaches the input's norm "
+                "(its approximate feature activation), so the number of active features adapts "
+                "to each token and there is no *k* to tune."
+            ),
+            select=_topafa_select,
+            adaptive_k=True,
+            select_pairs=_topafa_pairs,
+            kept_per_token=lambda sae: sae._topafa_candidates,
+        ),
+        Rule(
+            name="topk",
+            display_name="TopK",
+            card_tag="top-k",
+            card_text="Features are chosen per token by **top-k** with k = {k}.",
+            select=_topk_select,
+            needs_k=True,
+            afa_loss=False,
+            select_pairs=_topk_pairs,
+            kept_per_token=lambda sae: sae.config.k,
+        ),
+        Rule(
+            name="batchtopk",
+            display_name="BatchTopK",
+            card_tag="batch-top-k",
+            card_text=(
+                "Features are chosen by **BatchTopK** (k = {k} per token on average over a batch "
+                "during training; a learned threshold at inference)."
+            ),
+            select=_batchtopk_select,
+            needs_k=True,
+            afa_loss=False,
+            threshold="estimated",
+            threshold_init=lambda config: -1.0,  # -1: not estimated yet
+            select_pairs=_batchtopk_pairs,
+            kept_per_token=lambda sae: sae.config.k,
+        ),
+        Rule(
+            name="relu",
+            display_name="ReLU",
+            card_tag="relu",
+            card_text=(
+                "Features are a **ReLU** of the encoder output, trained with an L1 sparsity "
+                "penalty."
+            ),
+            select=_relu_select,
+            encoder_bias=True,
+            afa_loss=False,
+            penalty=_relu_l1,
+            penalty_coef="l1_coef",
+            penalty_name="L1",
+        ),
+        Rule(
+            name="jumprelu",
+            display_name="JumpReLU",
+            card_tag="jumprelu",
+            card_text=(
+                "Features are a **JumpReLU** of the encoder output (learned per-feature "
+                "thresholds), trained with an L0 sparsity penalty."
+            ),
+            select=_jumprelu_select,
+            encoder_bias=True,
+            afa_loss=False,
+            threshold="learned",
+            threshold_init=lambda config: config.jumprelu_init_threshold,
+            penalty=_jumprelu_l0,
+            penalty_coef="l0_coef",
+            penalty_name="L0",
+        ),
+    )
+}
+
+ACTIVATIONS: tuple[str, ...] = tuple(RULES)
+"""The rule names, in registry order."""
+NEEDS_K: tuple[str, ...] = tuple(name for name, rule in RULES.items() if rule.needs_k)
+"""The rules that need ``k``."""
+ENCODER_BIAS: tuple[str, ...] = tuple(name for name, rule in RULES.items() if rule.encoder_bias)
+"""The rules whose encoder bias is trained by default."""
+
+
+def get_rule(name: str) -> Rule:
+    """The registered rule called ``name``; a ValueError listing the valid names otherwise."""
+    try:
+        return RULES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"activation must be one of {', '.join(ACTIVATIONS)}; got {name!r}"
+        ) from None

@@ -1,0 +1,104 @@
+"""The activation-rule registry: every rule works end to end, and a rule added to the registry
+alone is accepted by the config, the model, saved-folder checks, the model card and training."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hf_topafa import rules
+from hf_topafa.configuration_sae import ACTIVATIONS, SAEConfig
+from hf_topafa.hub import render_model_card
+from hf_topafa.modeling_sae import SparseAutoencoder
+from hf_topafa.saved import check_saved_sae
+from hf_topafa.train_config import TrainConfig, build_parser
+
+
+def _sae(name, **kwargs):
+    torch.manual_seed(0)
+    k = 4 if rules.RULES[name].needs_k else None
+    return SparseAutoencoder(SAEConfig(d_in=8, d_sae=32, activation=name, k=k, **kwargs))
+
+
+def test_names_are_the_registry_everywhere():
+    assert ACTIVATIONS == tuple(rules.RULES) == ("topafa", "topk", "batchtopk", "relu", "jumprelu")
+    assert rules.NEEDS_K == ("topk", "batchtopk")
+    assert rules.ENCODER_BIAS == ("relu", "jumprelu")
+    action = next(a for a in build_parser()._actions if a.dest == "activation")
+    assert tuple(action.choices) == ACTIVATIONS
+    with pytest.raises(ValueError, match="activation must be one of topafa, topk"):
+        rules.get_rule("topkk")
+
+
+def test_registry_imports_no_torch():
+    code = "import sys, hf_topafa.rules; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_each_rule_round_trips(name, tmp_path):
+    rule = rules.RULES[name]
+    sae = _sae(name)
+    assert sae.config.encoder_bias == rule.encoder_bias
+    assert hasattr(sae, "threshold") == (rule.threshold is not None)
+    if rule.threshold == "learned":
+        assert isinstance(sae.threshold, torch.nn.Parameter)
+    x = torch.randn(6, 8) * 3
+    out = sae(x)
+    out.loss.backward()
+    assert (out.sparsity_loss != 0) == (rule.penalty is not None)
+    assert (out.k is not None) == (rule.adaptive_k or name == "topk")
+    sae.save_pretrained(tmp_path)
+    check_saved_sae(str(tmp_path))
+    loaded = SparseAutoencoder.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded.encode(x), sae.eval().encode(x))
+    card = render_model_card(sae.config)
+    assert f"{rule.display_name} SAE" in card and f"- {rule.card_tag}" in card
+    assert rule.card_text.format(k=sae.config.k) in card
+    if rule.penalty_name:
+        assert f"{rule.penalty_name} (weight" in card
+    if rule.needs_k:
+        with pytest.raises(ValueError, match=f"k is required for activation='{name}'"):
+            SAEConfig(d_in=8, d_sae=32, activation=name)
+        with pytest.raises(ValueError, match="needs --k"):
+            TrainConfig(activation=name)
+    else:
+        TrainConfig(activation=name)
+
+
+def _keep_largest_two(sae, pre, x_n):
+    """A toy k-free rule: the two largest pre-activations of each token."""
+    values, index = pre.topk(2, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, index, values), None
+
+
+def test_a_rule_added_to_the_registry_alone_works_everywhere(monkeypatch, tmp_path):
+    new = rules.Rule(
+        name="top2",
+        display_name="Top-2",
+        card_tag="top-2",
+        card_text="Two features per token.",
+        select=_keep_largest_two,
+    )
+    monkeypatch.setitem(rules.RULES, "top2", new)
+    sae = _sae("top2")
+    assert sae.config.encoder_bias is False  # the Rule default
+    x = torch.randn(5, 8)
+    out = sae(x)
+    # independent expectation: exactly the two largest ReLU pre-activations survive
+    pre = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    expected = torch.zeros_like(pre)
+    top = pre.topk(2, dim=-1)
+    expected.scatter_(-1, top.indices, top.values)
+    torch.testing.assert_close(out.feature_acts, expected)
+    sae.save_pretrained(tmp_path)
+    check_saved_sae(str(tmp_path))
+    assert "Top-2 SAE" in render_model_card(sae.config)
+    TrainConfig(activation="top2")
+
+
+def test_inconsistent_rule_is_refused():
+    with pytest.raises(ValueError, match="threshold and threshold_init go together"):
+        rules.Rule("x", "X", "x", "x", _keep_largest_two, threshold="learned")
