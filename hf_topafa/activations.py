@@ -57,10 +57,28 @@ def topafa(
 
     Returns ``(acts, k)`` with k [N] (int64).
     """
+    mask, k = topafa_mask(pre, decoder_norms, target_norm, candidates)
+    return pre * mask, k
+
+
+def topafa_mask(
+    pre: torch.Tensor,
+    decoder_norms: torch.Tensor,
+    target_norm: torch.Tensor,
+    candidates: int = TOPAFA_CANDIDATES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The features :func:`topafa` keeps, as a bool mask [N, d_sae], and k [N].
+
+    ``candidates`` is the expected k (plus a margin): when many features are kept, the cut is
+    found from a histogram of the contributions (:func:`_bucket_cut`), never by a full sort.
+    """
+    d_sae = pre.shape[-1]
+    if _use_buckets(candidates, d_sae):
+        return _bucket_cut(pre, decoder_norms, target_norm)
     rows, cols, k = topafa_pairs(pre, decoder_norms, target_norm, candidates)
     mask = torch.zeros_like(pre, dtype=torch.bool)
     mask[rows, cols] = True
-    return pre * mask, k
+    return mask, k
 
 
 def topafa_pairs(
@@ -72,11 +90,16 @@ def topafa_pairs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The features top-AFA keeps, as (token, feature) pairs sorted by token: (rows, cols, k).
 
-    Same rule and tie-breaking as :func:`topafa`. Only ``candidates`` features per token are ranked;
-    rows whose candidates fall short of the target, or tie at the cut, are ranked in full.
+    Same rule and tie-breaking as :func:`topafa`. With few candidates only ``candidates``
+    features per token are ranked; rows whose candidates fall short of the target, or tie at the
+    cut, are ranked in full. With many, the histogram cut of :func:`topafa_mask` is used.
     ``nonnegative=True`` promises pre >= 0 (after a ReLU), which saves one pass.
     """
     n_tokens, d_sae = pre.shape
+    if _use_buckets(candidates, d_sae):
+        mask, k = _bucket_cut(pre, decoder_norms, target_norm)
+        rows, cols = mask.nonzero(as_tuple=True)
+        return rows, cols, k
     # Rank by |pre_i| * norm_i: the same order as its square, without squaring d_sae values.
     scaled = pre.detach() * decoder_norms.detach()
     if not nonnegative:
@@ -97,9 +120,8 @@ def topafa_pairs(
     if len(redo) == 0:
         ranked = order[:, : int(k.max())] if n_tokens else order[:, :0]
     else:
-        contributions = (pre[redo].detach() * decoder_norms.detach()) ** 2
-        full_values, full_order = contributions.sort(dim=-1, descending=True, stable=True)
-        k[redo] = _nearest_prefix(full_values, target[redo])
+        full_values, full_order, k_redo = _full_sort(pre[redo], decoder_norms, target[redo])
+        k[redo] = k_redo
         width = int(k.max())
         ranked = torch.zeros(n_tokens, width, dtype=torch.long, device=pre.device)
         ranked[:, : min(width, m)] = order[:, : min(width, m)]
@@ -107,6 +129,147 @@ def topafa_pairs(
     keep = torch.arange(ranked.shape[1], device=pre.device) < k.unsqueeze(-1)
     rows, position = keep.nonzero(as_tuple=True)
     return rows, ranked.reshape(-1)[rows * ranked.shape[1] + position], k
+
+
+# -- the histogram cut (many features kept) ---------------------------------------------------
+
+# The histogram cut is used when the expected k is at least this many features: below it the
+# cut lies among the few largest contributions, where ranking ``candidates`` of them is cheaper
+# and the histogram's buckets are too sparse to bracket the cut.
+TOPAFA_BUCKET_MIN_K = 128
+# Buckets of the histogram: contributions are keyed by their float exponent and the top three
+# mantissa bits (eight buckets per octave), in a window of this many buckets below the batch's
+# largest key (64 octaves; anything smaller shares the lowest bucket).
+_N_BUCKETS = 512
+_MANTISSA_BITS = 3
+
+
+def _use_buckets(candidates: int, d_sae: int) -> bool:
+    return int(candidates) >= TOPAFA_BUCKET_MIN_K and d_sae > int(candidates)
+
+
+def _full_sort(pre, decoder_norms, target):
+    """Rows ranked in full (stable sort: equal contributions keep the lower index first)."""
+    contributions = (pre.detach() * decoder_norms.detach()) ** 2
+    values, order = contributions.sort(dim=-1, descending=True, stable=True)
+    return values, order, _nearest_prefix(values, target.to(values.dtype))
+
+
+def _bucket_cut(
+    pre: torch.Tensor, decoder_norms: torch.Tensor, target_norm: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-AFA's mask and k without sorting d_sae contributions per token.
+
+    1. Contributions c are bucketed by the bits of their float representation (monotone in the
+       value for c >= 0), and each token's bucket sums S_b are added up in float64.
+    2. The bucket where the cumulative sum from the top crosses target^2 brackets the cut; the
+       contributions of that bucket and its two neighbours (the *band*) are sorted (stable, so
+       equal contributions keep the lower index first), and the cumulative norms of the band's
+       prefixes are the float64 sum of the buckets above plus the band's running sum.
+    3. k is the band prefix nearest the target (smaller k on ties), as in :func:`_nearest_prefix`.
+
+    Exactness: the float64 sums differ from the reference's running sum in their order only,
+    so each cumulative norm is within ``(4 d + 2048) 2^-53 (norm + target)`` of the reference's.
+    A token keeps this k only when its two neighbours k - 1 and k + 1 are in the band and both
+    are farther from the target by more than twice that bound (or k + 1 adds a zero, which the
+    reference's tie rule also rejects); the distance is unimodal in k, so k is then the
+    reference's k. Every other token (near ties, a cut among the smallest contributions, all
+    contributions short of the target, an all-zero token) is ranked by a full sort.
+    """
+    n_tokens, d_sae = pre.shape
+    device = pre.device
+    contributions = (pre.detach() * decoder_norms.detach()) ** 2
+    c = contributions if contributions.dtype == torch.float64 else contributions.float()
+    if c.dtype == torch.float64:
+        bits, shift = c.view(torch.int64), 52 - _MANTISSA_BITS
+    else:
+        bits, shift = c.view(torch.int32), 23 - _MANTISSA_BITS
+    target = target_norm.detach().to(contributions.dtype).double()  # as _nearest_prefix has it
+    key = bits >> shift
+    base = int(key.max()) - (_N_BUCKETS - 1) if n_tokens else 0
+    index = (key.long() - base).clamp_(min=0)
+    sums = torch.zeros(n_tokens, _N_BUCKETS, dtype=torch.float64, device=device)
+    sums.scatter_add_(1, index, c.double())
+    # S_ge[b]: sum of the buckets b and above, the running sum from the top
+    s_ge = sums.flip(-1).cumsum(-1).flip(-1)
+    t2 = target * target
+    crossing = (s_ge >= t2.unsqueeze(-1)).sum(-1) - 1  # largest b with S_ge[b] >= target^2
+    b = crossing.clamp(min=1, max=_N_BUCKETS - 1)
+    lo_b, hi_b = b - 1, b + 2  # the band is buckets [b - 1, b + 1]
+
+    def edge(bucket):
+        """The smallest value of a bucket, as the contributions' float type."""
+        raw = (bucket + base) << shift
+        if c.dtype == torch.float64:
+            return raw.view(torch.float64)
+        return raw.to(torch.int32).view(torch.float32)
+
+    hi_b_c = hi_b.clamp(max=_N_BUCKETS - 1)
+    hi_value = torch.where(hi_b >= _N_BUCKETS, torch.full_like(c[:, 0], float("inf")), edge(hi_b_c))
+    lo_value = edge(lo_b)
+    above_sum = torch.where(
+        hi_b >= _N_BUCKETS, torch.zeros_like(target), s_ge.gather(1, hi_b_c.unsqueeze(1))[:, 0]
+    )
+    n_positive = (c > 0).sum(-1)
+
+    above = c >= hi_value.unsqueeze(1)
+    n_above = above.sum(-1)
+    band = (c >= lo_value.unsqueeze(1)) & ~above
+    band_rows, band_cols = band.nonzero(as_tuple=True)
+    counts = torch.bincount(band_rows, minlength=n_tokens)
+    width = int(counts.max()) if n_tokens else 0
+    starts = torch.zeros(n_tokens, dtype=torch.long, device=device)
+    starts[1:] = counts.cumsum(0)[:-1]
+    slot = torch.arange(band_rows.numel(), device=device) - starts[band_rows]
+    padded = torch.full((n_tokens, width), -1.0, dtype=c.dtype, device=device)
+    padded[band_rows, slot] = c[band_rows, band_cols]
+    cols_padded = torch.zeros(n_tokens, width, dtype=torch.long, device=device)
+    cols_padded[band_rows, slot] = band_cols
+    values, order = padded.sort(dim=-1, descending=True, stable=True)
+    band_order = cols_padded.gather(1, order)
+
+    # cumulative norms of the prefixes that end at the band's edge (0) and inside it (1..width)
+    running = torch.cat(
+        [above_sum.unsqueeze(1), above_sum.unsqueeze(1) + values.clamp(min=0).double().cumsum(-1)],
+        dim=1,
+    )
+    norms = running.sqrt()
+    position = torch.arange(width + 1, device=device)
+    count = n_above.unsqueeze(1) + position  # the k each prefix stands for
+    valid = (position <= counts.unsqueeze(1)) & (count >= 1)
+    distance = torch.where(valid, (norms - target.unsqueeze(1)).abs(), float("inf"))
+    best = distance.argmin(-1)  # the first minimum: the smaller k on ties
+    k = n_above + best
+
+    slack = (4 * d_sae + 2048) * 2.0**-53 * (norms + target.unsqueeze(1)) + 1e-300
+    pick = best.unsqueeze(1)
+    d_best, s_best = distance.gather(1, pick)[:, 0], slack.gather(1, pick)[:, 0]
+    left = (best - 1).clamp(min=0).unsqueeze(1)
+    right = (best + 1).clamp(max=width).unsqueeze(1)
+    left_ok = (k == 1) | (
+        (best >= 1)
+        & (distance.gather(1, left)[:, 0] - d_best > slack.gather(1, left)[:, 0] + s_best)
+    )
+    last = best == counts
+    right_ok = (
+        (best < counts)
+        & (distance.gather(1, right)[:, 0] - d_best > slack.gather(1, right)[:, 0] + s_best)
+    ) | (last & (k == n_positive))  # k + 1 would add a zero: the reference keeps k
+    ok = left_ok & right_ok & (crossing >= 1) & (s_ge[:, 0] > 0) & torch.isfinite(s_ge[:, 0])
+
+    keep_band = position[1:].unsqueeze(0) <= best.unsqueeze(1)  # the first `best` of the band
+    mask = above & ok.unsqueeze(1)
+    kept_rows, kept_slots = (keep_band & ok.unsqueeze(1)).nonzero(as_tuple=True)
+    mask[kept_rows, band_order[kept_rows, kept_slots]] = True
+    redo = (~ok).nonzero().squeeze(-1)
+    if redo.numel():
+        _, full_order, k_redo = _full_sort(pre[redo], decoder_norms, target_norm.detach()[redo])
+        k[redo] = k_redo
+        ranks = torch.arange(d_sae, device=device)
+        mask[redo] = torch.zeros_like(mask[redo]).scatter_(
+            -1, full_order, ranks < k_redo.unsqueeze(-1)
+        )
+    return mask, k
 
 
 def topk_pairs(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
