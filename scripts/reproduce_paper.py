@@ -26,6 +26,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import platform
 import shlex
@@ -41,17 +42,18 @@ from safetensors.torch import save_file
 
 from hf_topafa import SparseAutoencoder, lm, plots
 from hf_topafa import evaluate as ev
-from hf_topafa.configuration_sae import ACTIVATIONS
 from hf_topafa.harvest import HarvestConfig, Harvester, batched, dataset_name
+from hf_topafa.rules import ACTIVATIONS, NEEDS_K
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "results" / "paper_comparison"
 AFA_COEFS = ("1/128", "1/64", "1/32", "1/24", "1/16")
-K_RULES = ("topk", "batchtopk")
+K_RULES = NEEDS_K  # rules with a k: the baselines, trained over --ks
 VIOLIN_QUANTILES = 201  # per-token quantiles kept in each record, for the violins
 COLUMNS = (
     "layer", "activation", "k", "afa_coef", "l0", "normalized_mse", "fvu", "loss_recovered",
     "kl_div", "eps_lbo_median", "within_0.5", "dead_features", "train_steps", "train_seconds",
+    "vs_topk",
 )  # fmt: skip
 
 
@@ -363,6 +365,28 @@ def write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def topk_frontier(rows: list[dict], layer: int, l0: float) -> float | None:
+    """TopK's normalized MSE at ``l0`` on ``layer``, interpolated log-log between the two TopK
+    SAEs around it; None outside their range (no extrapolation)."""
+    points = sorted(
+        (float(r["l0"]), float(r["normalized_mse"]))
+        for r in rows
+        if r["layer"] == layer and r["activation"] == "topk"
+    )
+    for (l0_a, mse_a), (l0_b, mse_b) in zip(points, points[1:], strict=False):
+        if l0_a <= l0 <= l0_b:
+            t = (math.log(l0) - math.log(l0_a)) / (math.log(l0_b) - math.log(l0_a))
+            return math.exp(math.log(mse_a) + t * (math.log(mse_b) - math.log(mse_a)))
+    return None
+
+
+def add_frontier_ratios(rows: list[dict]) -> None:
+    """vs_topk: a k-free rule's normalized MSE over TopK's at the same L0 (below 1: better)."""
+    for row in rows:
+        frontier = None if row["k"] != "" else topk_frontier(rows, row["layer"], row["l0"])
+        row["vs_topk"] = round(row["normalized_mse"] / frontier, 3) if frontier else ""
+
+
 def write_tables(rows: list[dict], out: Path) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
@@ -487,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     runs.sort(key=lambda r: (r["layer"], grid_order[run_name(0, r["spec"])]))
 
     rows = table_rows(runs)
+    add_frontier_ratios(rows)
     write_tables(rows, out)
     write_figures(runs, rows, out)
     write_summary(args, runs, rows, out)
