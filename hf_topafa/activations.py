@@ -261,6 +261,9 @@ def _bucket_cut(
     mask = above & ok.unsqueeze(1)
     kept_rows, kept_slots = (keep_band & ok.unsqueeze(1)).nonzero(as_tuple=True)
     mask[kept_rows, band_order[kept_rows, kept_slots]] = True
+    short = ((crossing < 1) & (s_ge[:, 0] > 0) & torch.isfinite(s_ge[:, 0])).nonzero()[:, 0]
+    if short.numel():
+        _keep_all_positive(c[short], s_ge[short, 0], target[short], d_sae, short, mask, k, ok)
     redo = (~ok).nonzero().squeeze(-1)
     if redo.numel():
         _, full_order, k_redo = _full_sort(pre[redo], decoder_norms, target_norm.detach()[redo])
@@ -270,6 +273,26 @@ def _bucket_cut(
             -1, full_order, ranks < k_redo.unsqueeze(-1)
         )
     return mask, k
+
+
+def _keep_all_positive(c, total, target, d_sae, rows, mask, k, ok) -> None:
+    """Tokens whose contributions all together fall short of the target: k = P, the number of
+    positive ones (every further prefix adds zeros, and the tie rule keeps the smaller k), when
+    dropping the smallest positive one moves the norm away from the target by more than the
+    rounding bound of :func:`_bucket_cut`. Writes mask, k and ok in place for those rows."""
+    positive = c > 0
+    n_positive = positive.sum(-1)
+    smallest = torch.where(positive, c, float("inf")).amin(-1).double()
+    norm_all = total.sqrt()
+    norm_less = (total - smallest).clamp(min=0).sqrt()
+    slack_all = (4 * d_sae + 2048) * 2.0**-53 * (norm_all + target) + 1e-300
+    slack_less = (4 * d_sae + 2048) * 2.0**-53 * (norm_less + target) + 1e-300
+    gap = (norm_less - target).abs() - (norm_all - target).abs()
+    good = (n_positive == 1) | (gap > slack_all + slack_less)
+    settled = rows[good]
+    k[settled] = n_positive[good]
+    mask[settled] = positive[good]
+    ok[settled] = True
 
 
 def topk_pairs(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -198,6 +198,8 @@ class SparseAutoencoder(PreTrainedModel):
         x_n, mean, std = self.normalize_input(x.reshape(-1, cfg.d_in))
         if self._sparse_path_pays():
             parts = self._forward_sparse(x_n, dead_mask)
+        elif self.rule.sparse_path:  # a rule keeping a subset of the pre-activations, dense code
+            parts = self._forward_masked(x_n, dead_mask)
         else:
             parts = self._forward_dense(x_n, dead_mask)
         recon_n, acts, l0, k, f_norm, aux_recon, sparsity_loss = parts
@@ -277,6 +279,43 @@ class SparseAutoencoder(PreTrainedModel):
             aux_recon = self._aux_dense(x_n, *plan[1:])
         sparsity_loss = self._sparsity_loss(pre, acts, x_n)
         return recon_n, acts, l0, k, f_norm, aux_recon, sparsity_loss
+
+    def _forward_masked(self, x_n: torch.Tensor, dead_mask: torch.Tensor | None):
+        """The dense route for rules that keep a subset of the pre-activations: the encoder
+        product and the selection run without autograd, and ``sparse.encode_dense`` gives the
+        kept values their gradient with two products instead of autograd's three. The aux-k
+        loss's dead columns, when taken as a block, share that gradient product."""
+        with torch.no_grad():
+            pre = torch.addmm(self.b_enc, x_n - self.b_dec, self.W_enc).relu_()
+            plan = self._aux_plan(pre, dead_mask)
+            block = block_cols = None
+            if plan is not None and plan[0] == "dense":
+                block_cols = plan[1]
+                block = pre.index_select(1, block_cols)
+            kept, k = self._select(pre, x_n)
+        encoder = (x_n, self.b_dec, self.W_enc, self.b_enc)
+        if block is None:
+            acts = sparse.encode_dense(*encoder, kept)
+        else:
+            acts, block = sparse.encode_dense(*encoder, kept, block, block_cols)
+        recon_n = acts @ self.W_dec + self.b_dec
+        if self.config.loss_convention == "paper":
+            f_norm = torch.linalg.vector_norm(acts, dim=-1)  # the paper's ||f||: kept activations
+        else:
+            f_norm = scaled_feature_norm(acts, self.W_dec, self.b_dec)
+        l0 = (kept != 0).sum(-1)
+        aux_recon = None
+        if plan is not None and plan[0] == "pairs":
+            _, rows, cols = plan
+            values = sparse.encode_pairs(x_n, self.b_dec, self.W_enc, self.b_enc, pre, rows, cols)
+            aux_recon = sparse.decode_pairs(rows, cols, values, self.W_dec, pre.shape[0])
+        elif plan is not None:
+            k_aux = plan[2]
+            if k_aux < block_cols.numel():
+                keep = block.detach().topk(k_aux, dim=-1, sorted=False).indices
+                block = block * torch.zeros_like(block).scatter_(-1, keep, 1.0)
+            aux_recon = block @ self.W_dec.index_select(0, block_cols)
+        return recon_n, acts, l0, k, f_norm, aux_recon, pre.new_zeros(())
 
     def _forward_sparse(self, x_n: torch.Tensor, dead_mask: torch.Tensor | None):
         """Same values and gradients as the dense path, touching only the active features.

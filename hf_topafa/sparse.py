@@ -68,6 +68,61 @@ def encode_pairs(
     return values if block_cols is None else (values, dense)
 
 
+def encode_dense(
+    x_n: torch.Tensor,
+    b_dec: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    kept: torch.Tensor,
+    block: torch.Tensor | None = None,
+    block_cols: torch.Tensor | None = None,
+):
+    """``kept`` (kept pre-activations [N, d_sae], zero elsewhere) made differentiable in x_n,
+    b_dec, W_enc and b_enc, for the dense route of a rule that keeps a subset of the ReLU
+    pre-activations (top-AFA, TopK, BatchTopK).
+
+    The encoder product ran without autograd; the backward is two products, not three:
+    b_dec's gradient is ``-W_enc @ sum_tokens(g)``, so the input gradient [N, d_in] is only
+    formed when x_n itself needs one. With ``block`` (= pre[:, block_cols], e.g. the dead
+    features of the aux-k loss) returns ``(kept, block)``, both differentiable; the block's
+    gradient joins the same weight-gradient product.
+    """
+    if block is None:
+        empty = torch.empty(0, dtype=torch.long, device=kept.device)
+        out, _ = _EncodeDense.apply(
+            x_n, b_dec, W_enc, b_enc, kept.detach(), kept.new_zeros(kept.shape[0], 0), empty
+        )
+        return out
+    return _EncodeDense.apply(x_n, b_dec, W_enc, b_enc, kept.detach(), block.detach(), block_cols)
+
+
+class _EncodeDense(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_n, b_dec, W_enc, b_enc, kept, block, block_cols):
+        ctx.save_for_backward(x_n, b_dec, W_enc, kept, block, block_cols)
+        return kept.view_as(kept), block.view_as(block)
+
+    @staticmethod
+    def backward(ctx, grad_kept, grad_block):
+        x_n, b_dec, W_enc, kept, block, block_cols = ctx.saved_tensors
+        need_x, need_b_dec, need_W, need_b_enc = ctx.needs_input_grad[:4]
+        # ReLU's derivative and the selection: a gradient only where a kept value is positive
+        g = torch.where(kept > 0, grad_kept, 0).to(W_enc.dtype)
+        if block_cols.numel() and grad_block is not None:
+            g.index_add_(1, block_cols, (grad_block * (block > 0)).to(W_enc.dtype))
+        grad_x = grad_b_dec = grad_W = grad_b_enc = None
+        if need_b_enc or need_b_dec:
+            summed = g.sum(0)
+            grad_b_enc = summed if need_b_enc else None
+            if need_b_dec:
+                grad_b_dec = -(W_enc @ summed)
+        if need_W:
+            grad_W = (x_n - b_dec).to(W_enc.dtype).t() @ g
+        if need_x:
+            grad_x = (g @ W_enc.t()).to(x_n.dtype)
+        return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None, None
+
+
 def decode_pairs(
     rows: torch.Tensor,
     cols: torch.Tensor,
