@@ -21,7 +21,10 @@ from . import __version__
 # `cli_main(argv)`; those of train, evaluate, harvest and bench check every argument before they
 # import torch (the modules that do the work are imported after the checks).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("hf_topafa.train", "train an SAE (default: top-AFA on the embedded SmolLM2 model)"),
+    "train": (
+        "hf_topafa.train_config",
+        "train an SAE (default: top-AFA on the embedded SmolLM2 model)",
+    ),
     "evaluate": (
         "hf_topafa.eval_config",
         "reconstruction, sparsity, downstream and AFA diagnostics",
@@ -32,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "convert": ("hf_topafa.convert", "import an SAE saved by SAELens, sparsify, Gemma Scope, ..."),
     "features": (
-        "hf_topafa.features",
+        "hf_topafa.features_config",
         "top examples, density, histograms and logit effects of every feature",
     ),
     "push": ("hf_topafa.hub", "upload a run folder to the Hugging Face Hub with a model card"),

@@ -24,7 +24,7 @@ token, BOS/EOS/pad) read 0.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import math
 import os
 import tempfile
@@ -36,13 +36,18 @@ from pathlib import Path
 import torch
 
 from . import afa
-from .harvest import HOLDOUTS, HarvestConfig, Harvester
+from .features_config import (  # noqa: F401 - re-exported: the command line lives there
+    DEFAULT_CONTEXT,
+    FeaturesOptions,
+    build_parser,
+    cli_main,
+)
+from .harvest import HarvestConfig, Harvester
 from .modeling_sae import SparseAutoencoder
 
 EXAMPLES_FILE = "examples.parquet"
 FEATURES_FILE = "features.parquet"
 FEATURE_FILES = (EXAMPLES_FILE, FEATURES_FILE)
-DEFAULT_CONTEXT = 64  # short windows keep examples readable and the files small
 HIST_EDGES = torch.logspace(-4, 4, 321, dtype=torch.float64)  # 40 bins a decade, 1e-4 to 1e4
 
 
@@ -391,56 +396,18 @@ def features_promoting(sae: SparseAutoencoder, model, tokenizer, token: str, n: 
 # Command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="hf-topafa features",
-        description="Top examples, density, histograms and logit effects of every feature.",
-    )
-    p.add_argument("sae", metavar="RUN", help="saved SAE folder or Hub id")
-    p.add_argument("--dataset", default=None, help="Hub id or local file; default: bundled sample")
-    p.add_argument("--dataset-config", default=None)
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--split", default="train")
-    p.add_argument("--model", default=None, help="language model; default: the SAE's base_model")
-    p.add_argument("--gguf-file", default=None)
-    p.add_argument("--max-tokens", type=int, default=100_000, help="tokens read (default 100000)")
-    p.add_argument("--top", type=int, default=20, help="examples kept per feature")
-    p.add_argument("--logits", type=int, default=10, help="top/bottom logit tokens per feature")
-    p.add_argument("--context-length", type=int, default=DEFAULT_CONTEXT)
-    p.add_argument("--batch-windows", type=int, default=32)
-    p.add_argument("--holdout", default="none", choices=HOLDOUTS)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for the parquet files")
-    return p
-
-
-def cli_main(argv: list[str]) -> int:
-    """``hf-topafa features RUN --output DIR``; errors reach the user as one line (hf_topafa.cli)."""
+def run_command(options: FeaturesOptions, text: HarvestConfig) -> int:
+    """``hf-topafa features`` once its arguments are checked; the SAE gives layer and hook."""
     from .evaluate import load_sae
 
-    args = build_parser().parse_args(argv)
-    _check_counts(args.top, args.logits)
-    sae, _ = load_sae(args.sae)
+    sae, _ = load_sae(options.sae)
     cfg = sae.config
     if cfg.layer is None or cfg.hook_point is None:
-        raise ValueError(f"the SAE {args.sae} records no layer/hook_point in its config.json")
-    harvest_cfg = HarvestConfig(
-        model=args.model or cfg.base_model,
-        gguf_file=args.gguf_file,
-        layer=cfg.layer,
-        hook_point=cfg.hook_point,
-        dataset=args.dataset,
-        dataset_config=args.dataset_config,
-        text_column=args.text_column,
-        split=args.split,
-        context_length=args.context_length,
-        batch_windows=args.batch_windows,
-        max_tokens=args.max_tokens,
-        holdout=args.holdout,
-        device=args.device,
-    )
+        raise ValueError(f"the SAE {options.sae} records no layer/hook_point in its config.json")
+    model = options.model or cfg.base_model
+    harvest_cfg = dataclasses.replace(text, model=model, layer=cfg.layer, hook_point=cfg.hook_point)
     started = time.perf_counter()
-    paths = write_features(sae, harvest_cfg, args.output, args.top, args.logits)
+    paths = write_features(sae, harvest_cfg, options.output, options.top, options.logits)
     seconds = time.perf_counter() - started
     print(f"wrote {', '.join(map(str, paths))} in {seconds:.1f} s")
     return 0

@@ -56,6 +56,7 @@ from .train_config import (
     TrainConfig,
     _number,
     build_parser,
+    cli_main,
     load_config_file,
     parse_config,
 )
@@ -481,24 +482,6 @@ def _tracker_name(choice: str) -> str | None:
 def _tracker_kwargs(run: Path) -> dict:
     name = run.resolve().name
     return {"trackio": {"name": name}, "wandb": {"name": name}}
-
-
-def cli_main(argv: list[str]) -> int:
-    """``hf-topafa train``: parse, train, print the figures and the files' locations."""
-    from .cli import debug_requested, run_guarded  # one line per known problem, exit status 2
-
-    return run_guarded(_train_command, argv, debug_requested(argv))
-
-
-def _train_command(argv: list[str]) -> int:
-    try:
-        config = parse_config(argv)
-    except ValueError as err:  # FileNotFoundError (--config) already names its file
-        raise ValueError(f"train: {err} (see `hf-topafa train --help`)") from err
-    run = train(config)  # errors: one line each from hf_topafa.cli
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(summary(run))
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The training configuration (``training_config.json``) and its command line and file parsing.
 
 ``TrainConfig`` validates itself; ``hf-topafa train``'s flags are generated from its fields by
-``HfArgumentParser``, and ``--config FILE`` (YAML or JSON) sets the same fields.
+``HfArgumentParser``, and ``--config FILE`` (YAML or JSON) sets the same fields. The module
+imports no torch, so that a bad flag answers before the training code loads.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from . import harvest, lm, rules
+from . import rules
+from .names import (
+    DEFAULT_HOOK_POINT,
+    DEFAULT_LAYER,
+    DEFAULT_MODEL,
+    HOOK_POINTS,
+    LOCAL_FORMATS,
+    MANIFEST,
+)
 from .rules import ACTIVATIONS, get_rule
 
 DEFAULT_OUTPUT = "runs/smollm2-topafa"
@@ -46,13 +55,13 @@ class TrainConfig:
 
     # -- activations -----------------------------------------------------------------------
     model: str = _arg(
-        lm.DEFAULT_MODEL,
+        DEFAULT_MODEL,
         "Hub id or folder of a causal LM, or a .gguf file; the default is the offline SmolLM2 copy.",
     )
     gguf_file: str | None = _arg(None, "GGUF file name inside --model (a folder or Hub repo).")
-    layer: int = _arg(lm.DEFAULT_LAYER, "Decoder block to read, 0-based.")
+    layer: int = _arg(DEFAULT_LAYER, "Decoder block to read, 0-based.")
     hook_point: Literal["resid_pre", "resid_post", "mlp_out", "attn_out"] = _arg(
-        lm.DEFAULT_HOOK_POINT, "Where in the block the activations are read."
+        DEFAULT_HOOK_POINT, "Where in the block the activations are read."
     )
     dataset: str | None = _arg(
         None,
@@ -191,9 +200,9 @@ class TrainConfig:
             raise ValueError(
                 f"--activation {self.activation} needs --k (features kept per token), e.g. --k 32"
             )
-        if self.hook_point not in lm.HOOK_POINTS:
+        if self.hook_point not in HOOK_POINTS:
             raise ValueError(
-                f"hook_point must be one of {', '.join(lm.HOOK_POINTS)}; got {self.hook_point!r}"
+                f"hook_point must be one of {', '.join(HOOK_POINTS)}; got {self.hook_point!r}"
             )
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
             raise ValueError(f"layer must be an integer >= 0; got {self.layer!r}")
@@ -238,10 +247,10 @@ class TrainConfig:
                 )
         for name in ("activation_cache", "eval_cache"):
             value = getattr(self, name)
-            if value is not None and not (Path(value).expanduser() / harvest.MANIFEST).is_file():
+            if value is not None and not (Path(value).expanduser() / MANIFEST).is_file():
                 raise FileNotFoundError(
                     f"--{name.replace('_', '-')} {value}: no activation cache there (missing "
-                    f"{harvest.MANIFEST}); write one with `hf-topafa harvest --output DIR`"
+                    f"{MANIFEST}); write one with `hf-topafa harvest --output DIR`"
                 )
 
     @property
@@ -278,9 +287,7 @@ def _number(value) -> bool:
 
 def _looks_local(dataset: str) -> bool:
     path = Path(dataset).expanduser()
-    return (
-        path.exists() or path.suffix in harvest.LOCAL_FORMATS or dataset.startswith((".", "/", "~"))
-    )
+    return path.exists() or path.suffix in LOCAL_FORMATS or dataset.startswith((".", "/", "~"))
 
 
 def build_parser():
@@ -352,5 +359,30 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     known, _ = pre.parse_known_args(argv)
     if known.config:
         parser.set_defaults(**load_config_file(known.config))
-    config, _extra = parser.parse_args_into_dataclasses(args=argv)
+    # the parsed TrainConfig, a namespace holding --config, and any unknown arguments
+    config, _extra, unknown = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
+    if unknown:
+        raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
     return config
+
+
+def cli_main(argv: list[str]) -> int:
+    """``hf-topafa train``: check the arguments, then load torch, train and print the figures."""
+    from .cli import debug_requested, run_guarded  # one line per known problem, exit status 2
+
+    return run_guarded(_train_command, argv, debug_requested(argv))
+
+
+def _train_command(argv: list[str]) -> int:
+    try:
+        config = parse_config(argv)
+    except ValueError as err:  # FileNotFoundError (--config) already names its file
+        raise ValueError(f"train: {err} (see `hf-topafa train --help`)") from err
+    from .train import summary, train
+
+    run = train(config)  # errors: one line each from hf_topafa.cli
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(summary(run))
+    return 0

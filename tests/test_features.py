@@ -184,6 +184,8 @@ def test_cli_writes_files_and_rejects_bad_input(tmp_path, tiny_lm_dir, sae, caps
     assert (out / "examples.parquet").is_file() and (out / "features.parquet").is_file()
     assert "wrote" in capsys.readouterr().out
     assert cli([*args, "--top", "0", "--output", str(out)]) == 2
-    assert capsys.readouterr().err.startswith("error: top must be a positive int")
+    assert capsys.readouterr().err.startswith(
+        "error: hf-topafa features: top must be a positive int"
+    )
     assert cli(["features", str(tmp_path / "missing"), "--output", str(out)]) == 2
     assert "SAE not found" in capsys.readouterr().err
