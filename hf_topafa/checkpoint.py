@@ -23,32 +23,14 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from .helpers import fsync_dir, save_safetensors, umask, write_json
+from .helpers import write_json as atomic_write_json  # noqa: F401 (its old home; train imports it)
 
 CHECKPOINTS = "checkpoints"
 CHECKSUMS = "checksums.json"
 _STEP_DIR = re.compile(r"^step_(\d{7,})$")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to a temporary sibling, flush it to disk, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def checkpoint_dirs(run_dir: str | os.PathLike) -> list[Path]:
@@ -83,20 +65,20 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~umask())
     try:
         moments, groups = _flatten_optimizer(optimizer_state)
-        _save_tensors({k: v for k, v in model_state.items()}, tmp / "model.safetensors")
-        _save_tensors(moments, tmp / "optimizer.safetensors")
-        _save_tensors(tensors, tmp / "trainer_state.safetensors")
+        save_safetensors(tmp / "model.safetensors", model_state)
+        save_safetensors(tmp / "optimizer.safetensors", moments)
+        save_safetensors(tmp / "trainer_state.safetensors", tensors)
         state = {**state, "step": step, "optimizer_param_groups": groups}
-        atomic_write_json(tmp / "trainer_state.json", state)
-        atomic_write_json(tmp / CHECKSUMS, {p.name: _sha256(p) for p in sorted(tmp.iterdir())})
-        _fsync_dir(tmp)
+        write_json(tmp / "trainer_state.json", state)
+        write_json(tmp / CHECKSUMS, {p.name: _sha256(p) for p in sorted(tmp.iterdir())})
+        fsync_dir(tmp)
         if final.exists():  # a re-run of the same step: replace it without a gap
             _discard(final)
         os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -187,12 +169,6 @@ def clean_temporaries(run_dir: str | os.PathLike) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
 def _flatten_optimizer(optimizer_state: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """torch optimizer state_dict -> (tensors named "<param index>.<key>", JSON param groups)."""
     moments = {}
@@ -210,27 +186,8 @@ def _unflatten_optimizer(moments: dict[str, torch.Tensor], groups: list[dict]) -
     return {"state": state, "param_groups": groups}
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _discard(path: Path) -> None:
     """Rename a folder out of the checkpoint namespace, then delete it."""
     trash = path.parent / f".old-{path.name}-{os.getpid()}"
     os.rename(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 from transformers import PretrainedConfig
 
+from .helpers import (
+    is_positive_number,
+    require_nonnegative_number,
+    require_positive_int,
+    require_positive_number,
+)
 from .rules import ACTIVATIONS, RULES, get_rule
 
 __all__ = ["ACTIVATIONS", "INITS", "INPUT_NORMALIZATIONS", "LOSS_CONVENTIONS", "SAEConfig"]
@@ -100,7 +104,7 @@ class SAEConfig(PretrainedConfig):
     ):
         self.d_in = d_in
         self.expansion_factor = expansion_factor
-        if d_sae is None and _is_positive_number(d_in) and _is_positive_number(expansion_factor):
+        if d_sae is None and is_positive_number(d_in) and is_positive_number(expansion_factor):
             d_sae = int(round(d_in * expansion_factor))
         self.d_sae = d_sae
         self.activation = activation
@@ -139,9 +143,9 @@ class SAEConfig(PretrainedConfig):
 
     def validate(self) -> None:
         """Raise a ValueError naming the first field that is out of range, and what is valid."""
-        _require_positive_int("d_in", self.d_in)
-        _require_positive_int("d_sae", self.d_sae)
-        if not _is_positive_number(self.expansion_factor):
+        require_positive_int("d_in", self.d_in)
+        require_positive_int("d_sae", self.d_sae)
+        if not is_positive_number(self.expansion_factor):
             raise ValueError(
                 f"expansion_factor must be a positive number, got {self.expansion_factor!r}"
             )
@@ -151,20 +155,17 @@ class SAEConfig(PretrainedConfig):
                     f"k is required for activation={self.activation!r}: "
                     f"an integer between 1 and d_sae={self.d_sae}"
                 )
-            _require_positive_int("k", self.k)
+            require_positive_int("k", self.k)
             if self.k > self.d_sae:
                 raise ValueError(f"k must be at most d_sae={self.d_sae}; got {self.k}")
         elif self.k is not None:
-            _require_positive_int("k", self.k)
-        _require_positive_int("aux_k", self.aux_k)
-        _require_positive_int("dead_tokens_threshold", self.dead_tokens_threshold)
+            require_positive_int("k", self.k)
+        require_positive_int("aux_k", self.aux_k)
+        require_positive_int("dead_tokens_threshold", self.dead_tokens_threshold)
         for name in ("afa_coef", "aux_coef", "l1_coef", "l0_coef"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+            require_nonnegative_number(name, getattr(self, name))
         for name in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
-            if not _is_positive_number(getattr(self, name)):
-                raise ValueError(f"{name} must be a positive number; got {getattr(self, name)!r}")
+            require_positive_number(name, getattr(self, name))
         momentum = self.batchtopk_threshold_momentum
         if not (isinstance(momentum, int | float) and 0 <= momentum < 1):
             raise ValueError(f"batchtopk_threshold_momentum must be in [0, 1); got {momentum!r}")
@@ -184,17 +185,3 @@ class SAEConfig(PretrainedConfig):
             raise ValueError(f"init must be one of {', '.join(INITS)}; got {self.init!r}")
         if self.layer is not None and not (isinstance(self.layer, int) and self.layer >= 0):
             raise ValueError(f"layer must be a non-negative integer or None; got {self.layer!r}")
-
-
-def _is_positive_number(value) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
-
-
-def _require_positive_int(name: str, value) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")

@@ -39,9 +39,7 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,12 +47,13 @@ import numpy as np
 import torch
 
 from .configuration_sae import SAEConfig
+from .helpers import atomic_folder, require_positive_int, torch_dtype
 from .modeling_sae import SparseAutoencoder
 from .rules import get_rule
 
 FORMATS = ("saelens", "sparsify", "gemma_scope", "dictionary_learning")
 HOOK_POINTS = ("resid_pre", "resid_post", "mlp_out", "attn_out")
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+DTYPES = {name: torch_dtype(name) for name in ("float32", "float64", "bfloat16")}
 PROVENANCE_OVERRIDES = ("base_model", "layer", "hook_point", "dataset", "context_length")
 OPTIONS = {
     "dtype": "all formats: parameter dtype of the converted SAE (float32, float64, bfloat16)",
@@ -197,19 +196,8 @@ def save_atomically(sae: SparseAutoencoder, output: str | os.PathLike, overwrite
                 f"refusing to replace {output}: it is not empty and holds no config.json, so it "
                 "is not a saved SAE"
             )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; give it a normal folder's mode
-    try:
+    with atomic_folder(output) as tmp:
         sae.save_pretrained(tmp)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output
 
 
@@ -820,11 +808,10 @@ def _check_tensors(file, tensors: dict, shapes: dict, optional: dict | None = No
 
 
 def _positive_int(value, what: str) -> int:
+    """Configs written by Python tools may hold 32.0 for 32."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise ValueError(f"{what} must be a positive integer; got {value!r}")
-    return value
+    return require_positive_int(what, value)
 
 
 def _parse_transformer_lens_hook(name: str | None) -> tuple[int | None, str | None]:

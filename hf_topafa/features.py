@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from .features_config import (  # noqa: F401 - re-exported: the command line liv
     cli_main,
 )
 from .harvest import HarvestConfig, Harvester
+from .helpers import atomic_path
 from .modeling_sae import SparseAutoencoder
 
 EXAMPLES_FILE = "examples.parquet"
@@ -267,15 +267,8 @@ def write_parquet(columns: dict[str, list], path: str | os.PathLike, metadata: d
     table = pa.table(columns)
     if metadata:
         table = table.replace_schema_metadata({"hf_topafa": json.dumps(metadata)})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from .configuration_sae import SAEConfig
+from .helpers import is_number
 from .rules import get_rule
 
 TEMPLATE_PATH = Path(__file__).parent / "data" / "model_card.md"
@@ -141,14 +142,10 @@ def _config_fields(config: SAEConfig) -> dict:
     return {name: getattr(config, name) for name in names if hasattr(config, name)}
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _cell(value) -> str | None:
     """A metric as table text; None for what does not fit a cell (paths, long lists)."""
     if isinstance(value, list):
-        if 0 < len(value) <= 5 and all(_is_number(v) or v is None for v in value):
+        if 0 < len(value) <= 5 and all(is_number(v) or v is None for v in value):
             return " / ".join("n/a" if v is None else _format_value(v) for v in value)
         return None
     if isinstance(value, bool | int | float | str) or value is None:
@@ -161,7 +158,7 @@ def _format_value(value) -> str:
         if math.isnan(value) or math.isinf(value):
             return str(value)
         return f"{value:.4g}"
-    if _is_number(value) and abs(value) >= 10_000:
+    if is_number(value) and abs(value) >= 10_000:
         return f"{value:,}"
     return str(value).replace("|", "\\|")
 
@@ -207,14 +204,14 @@ def _training_summary(config: SAEConfig, training: dict, metrics: dict) -> str:
     tokens = metrics.get("tokens_trained")
     budget = training.get("max_tokens")
     data = f" of `{config.dataset}`" if config.dataset else ""
-    if _is_number(tokens) and tokens > 0:
+    if is_number(tokens) and tokens > 0:
         text = f"Trained on **{int(tokens):,} tokens**{data}"
-        if _is_number(metrics.get("steps")):
+        if is_number(metrics.get("steps")):
             text += f" in {int(metrics['steps']):,} steps"
-        if _is_number(metrics.get("wall_time_s")):
+        if is_number(metrics.get("wall_time_s")):
             text += f" ({metrics['wall_time_s']:.0f} s wall time)"
         text += "."
-    elif _is_number(budget) and budget > 0:
+    elif is_number(budget) and budget > 0:
         text = f"Training budget: **{int(budget):,} tokens**{data}."
     else:
         text = "The number of training tokens was not recorded."

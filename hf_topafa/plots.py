@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from . import afa
+from .helpers import atomic_path
 
 CLASS_EPS_H = 0.5  # the eps (h - 1) band whose over/within/under split colours the points
 CLASS_STYLE = {  # class value -> (label, colour)
@@ -94,24 +94,13 @@ def _band_curves(z: torch.Tensor):
     return grid, bands
 
 
-def _atomic_target(path: Path) -> tuple[Path, str]:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; plots are meant to be shared
-    return path, tmp
-
-
 def _savefig(fig, path: Path, plt) -> Path:
-    path, tmp = _atomic_target(path)
+    path = Path(path)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -249,13 +238,9 @@ def save_zf_plot_html(
 ) -> Path:  # fmt: skip
     """Write the interactive ZF plot as a self-contained HTML file (plotly.js inlined)."""
     fig = zf_plot_figure_plotly(diagnostics, token_texts, title, eps_h)
-    path, tmp = _atomic_target(Path(path))
-    try:
+    path = Path(path)
+    with atomic_path(path) as tmp:
         fig.write_html(tmp, include_plotlyjs=True, full_html=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_json, load_latest_intact
+from .checkpoint import load_latest_intact
+from .helpers import replace, write_json
 from .train_config import METRICS, PLOT_HINT, RUN_CONTROL, TRAINING_CONFIG, ZF_PLOT, TrainConfig
 
 
@@ -102,11 +103,11 @@ def _save_final(run: Path, sae, metrics: dict, diagnostics: dict, config: TrainC
     sae.save_pretrained(tmp)
     for item in tmp.iterdir():
         item.chmod(0o644)
-        os.replace(item, run / item.name)
+        replace(item, run / item.name)
     tmp.rmdir()
     from .evaluate import to_json
 
-    atomic_write_json(run / METRICS, to_json(metrics))
+    write_json(run / METRICS, to_json(metrics))
     try:
         from . import plots
 

@@ -1,0 +1,187 @@
+"""File and argument helpers shared by the package: atomic writes, number checks, dtype names.
+
+Atomic writes. A file or folder is built under a hidden temporary name next to its target,
+flushed to disk, and renamed over the target in one step (``replace``), so a reader sees the old
+content or the new one, never half a file, even when the process is killed. ``atomic_path``
+and ``atomic_folder`` give the temporary path to any writer (safetensors, parquet, matplotlib);
+``write_text``, ``write_json``, ``write_bytes`` and ``save_safetensors`` cover the usual cases.
+
+Imports no torch, so that configurations can validate their numbers before torch loads.
+Whether a name is a local path or a Hub id is decided in ``sources``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+# -- atomic writes -------------------------------------------------------------------------------
+
+
+def replace(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename ``source`` over ``target`` in one step, then flush the folder entry to disk."""
+    os.replace(source, target)
+    fsync_dir(Path(target).parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of ``path`` (same suffix) to write; renamed over ``path`` on success,
+    removed on error. The file gets the usual mode (``0o666`` minus the umask)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent
+    )
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes files private
+        replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling folder to fill; on success it replaces ``path`` (an existing folder is
+    moved aside first and then deleted), on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes folders private
+    try:
+        yield tmp
+        for item in tmp.rglob("*"):
+            if item.is_file():
+                _fsync_file(item)
+        fsync_dir(tmp)
+        if path.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            replace(path, trash / path.name)
+            replace(tmp, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: str | os.PathLike, text: str, newline: str | None = None) -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8); returns the path."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline=newline) as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data, **dumps) -> Path:
+    """Write ``data`` as indented JSON (no NaN or inf: they are not JSON) atomically."""
+    options = {"indent": 2, "allow_nan": False, **dumps}
+    return write_text(path, json.dumps(data, **options) + "\n")
+
+
+def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> Path:
+    """Save torch tensors as a safetensors file atomically (contiguous CPU copies)."""
+    from safetensors.torch import save_file
+
+    plain = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(plain, str(tmp), metadata)
+    return Path(path)
+
+
+def umask() -> int:
+    """The process's umask (read without changing it for longer than one call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# -- number checks -------------------------------------------------------------------------------
+
+
+def is_number(value) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_positive_number(value) -> bool:
+    """A finite number > 0 (not a bool)."""
+    return is_number(value) and math.isfinite(value) and value > 0
+
+
+def require_positive_int(name: str, value) -> int:
+    """``value`` if it is an int > 0 (not a bool); else a ValueError naming ``name``."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return value
+
+
+def require_nonnegative_int(name: str, value) -> int:
+    """``value`` if it is an int >= 0 (not a bool); else a ValueError naming ``name``."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise ValueError(f"{name} must be an integer >= 0; got {value!r}")
+    return value
+
+
+def require_positive_number(name: str, value) -> float:
+    """``value`` if it is a finite number > 0; else a ValueError naming ``name``."""
+    if not is_positive_number(value):
+        raise ValueError(f"{name} must be a positive number; got {value!r}")
+    return value
+
+
+def require_nonnegative_number(name: str, value) -> float:
+    """``value`` if it is a finite number >= 0; else a ValueError naming ``name``."""
+    if not (is_number(value) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+    return value
+
+
+# -- dtypes --------------------------------------------------------------------------------------
+
+DTYPE_NAMES = ("float32", "float64", "bfloat16", "float16")
+"""The parameter and activation dtypes the package reads and writes, by name."""
+
+
+def torch_dtype(name: str):
+    """The torch dtype called ``name`` (one of DTYPE_NAMES); a ValueError naming the valid ones."""
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}; got {name!r}")
+    import torch
+
+    return getattr(torch, name)
