@@ -210,3 +210,51 @@ def test_dispatcher_imports_no_torch():
     done, seconds = _run("--version")
     assert done.returncode == 0 and done.stdout.startswith("hf-topafa ")
     assert seconds < 5, seconds
+
+
+# A usage error inside a subcommand: one line and exit status 2 before torch (and, but for
+# train, transformers) loads
+# (how fast that is, is measured by hand, never asserted here).
+EARLY_ERRORS = [
+    (["train", "--layr", "3"], ["unrecognized arguments: --layr 3"]),
+    (["train", "--lr", "fast"], ["--lr", "fast"]),
+    (["train", "--max-tokens", "-3"], ["max_tokens", "-3"]),
+    (["evaluate", "sae", "--max-tokens", "-3"], ["max_tokens", "-3"]),
+    (["evaluate", "--max-tokens", "-3"], ["SAE"]),
+    (["evaluate", "sae", "--hook-point", "resid_mid"], ["--hook-point", "resid_post"]),
+    (["evaluate", "sae", "--batch-windows", "0"], ["batch_windows", "0"]),
+    (["harvest", "--output", "o", "--bogus"], ["unrecognized arguments: --bogus"]),
+    (["harvest", "--output", "o", "--max-tokens", "-3"], ["max_tokens", "-3"]),
+    (["harvest", "--output", "o", "--layers", "1,x"], ["--layers", "1,x"]),
+    (["harvest", "--output", "o", "--dtype", "int8"], ["--dtype", "float32"]),
+    (["bench", "--bogus"], ["--bogus"]),
+    (["bench", "--d-sae", "-1"], ["d_sae"]),
+    (["bench", "--variants", "nonsense"], ["nonsense", "topafa"]),
+    (["features", "sae"], ["--output"]),
+    (["features", "sae", "--output", "o", "--top", "0"], ["top", "0"]),
+    (["features", "sae", "--output", "o", "--holdout", "some"], ["--holdout", "eval"]),
+]
+_WRAPPER = (
+    "import sys\nfrom hf_topafa.cli import main\ncode = main(sys.argv[1:])\n"
+    "print('heavy:', sorted({'torch', 'transformers'} & set(sys.modules)))\nsys.exit(code)\n"
+)
+
+
+@pytest.mark.parametrize(("argv", "words"), EARLY_ERRORS, ids=lambda v: " ".join(v)[:60])
+def test_argument_errors_answer_before_torch_loads(argv, words, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    line = _one_error_line(done.stderr)
+    for word in words:
+        assert word in line, line
+    # train's parser is transformers' HfArgumentParser, which loads transformers but not torch
+    allowed = "['transformers']" if argv[0] == "train" else "[]"
+    assert f"heavy: {allowed}" in done.stdout, (argv, done.stdout)
