@@ -473,7 +473,9 @@ def read_gemma_scope(path: Path) -> Imported:
             f"{threshold.min().item():.4g}); Gemma Scope's JumpReLU p * [p > t] then keeps "
             "negative activations, which our ReLU-first rule cannot express"
         )
-    text = file.resolve().as_posix()
+    # the path as named, not resolved: in the Hub cache params.npz is a link to blobs/<hash>,
+    # and the layer and site are only in the name of the link
+    text = file.absolute().as_posix()
     layer_match = re.search(r"layer_(\d+)", text)
     layer = int(layer_match.group(1)) if layer_match else None
     site = re.search(r"gemma-scope-(2b|9b|27b)-(pt|it)-(res|mlp|att)", text)
