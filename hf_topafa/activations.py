@@ -58,7 +58,7 @@ def topafa(
     Returns ``(acts, k)`` with k [N] (int64).
     """
     mask, k = topafa_mask(pre, decoder_norms, target_norm, candidates)
-    return pre * mask, k
+    return pre * mask.to(pre.dtype), k  # a float mask multiplies faster than a bool one
 
 
 def topafa_mask(
@@ -144,6 +144,11 @@ _N_BUCKETS = 512
 _MANTISSA_BITS = 3
 
 
+def count_true(mask: torch.Tensor) -> torch.Tensor:
+    """Per-row count of a bool [N, d] mask as int64 [N] (a bool sum first copies to int64)."""
+    return mask.view(torch.uint8).sum(-1, dtype=torch.int32).long()
+
+
 def _use_buckets(candidates: int, d_sae: int) -> bool:
     return int(candidates) >= TOPAFA_BUCKET_MIN_K and d_sae > int(candidates)
 
@@ -178,7 +183,8 @@ def _bucket_cut(
     """
     n_tokens, d_sae = pre.shape
     device = pre.device
-    contributions = (pre.detach() * decoder_norms.detach()) ** 2
+    contributions = pre.detach() * decoder_norms.detach()
+    contributions.mul_(contributions)  # the reference's (pre * norm) ** 2, without a new tensor
     c = contributions if contributions.dtype == torch.float64 else contributions.float()
     if c.dtype == torch.float64:
         bits, shift = c.view(torch.int64), 52 - _MANTISSA_BITS
@@ -187,10 +193,11 @@ def _bucket_cut(
     target = target_norm.detach().to(contributions.dtype).double()  # as _nearest_prefix has it
     key = bits >> shift
     base = int(key.max()) - (_N_BUCKETS - 1) if n_tokens else 0
-    index = (key.long() - base).clamp_(min=0)
+    index = key.sub_(base).clamp_(min=0).long()
     sums = torch.zeros(n_tokens, _N_BUCKETS, dtype=torch.float64, device=device)
     sums.scatter_add_(1, index, c.double())
-    # S_ge[b]: sum of the buckets b and above, the running sum from the top
+    del index
+    # S_ge[b]: sum of the buckets b and above, the running sum from the top (float64)
     s_ge = sums.flip(-1).cumsum(-1).flip(-1)
     t2 = target * target
     crossing = (s_ge >= t2.unsqueeze(-1)).sum(-1) - 1  # largest b with S_ge[b] >= target^2
@@ -210,11 +217,9 @@ def _bucket_cut(
     above_sum = torch.where(
         hi_b >= _N_BUCKETS, torch.zeros_like(target), s_ge.gather(1, hi_b_c.unsqueeze(1))[:, 0]
     )
-    n_positive = (c > 0).sum(-1)
-
     above = c >= hi_value.unsqueeze(1)
-    n_above = above.sum(-1)
-    band = (c >= lo_value.unsqueeze(1)) & ~above
+    n_above = count_true(above)
+    band = (c >= lo_value.unsqueeze(1)).logical_xor_(above)  # above lies inside c >= lo_value
     band_rows, band_cols = band.nonzero(as_tuple=True)
     counts = torch.bincount(band_rows, minlength=n_tokens)
     width = int(counts.max()) if n_tokens else 0
@@ -251,6 +256,9 @@ def _bucket_cut(
         & (distance.gather(1, left)[:, 0] - d_best > slack.gather(1, left)[:, 0] + s_best)
     )
     last = best == counts
+    n_positive = torch.zeros_like(k)
+    ends = last.nonzero()[:, 0]  # rare: k + 1 lies below the band
+    n_positive[ends] = (c[ends] > 0).sum(-1)
     right_ok = (
         (best < counts)
         & (distance.gather(1, right)[:, 0] - d_best > slack.gather(1, right)[:, 0] + s_best)
@@ -263,7 +271,8 @@ def _bucket_cut(
     mask[kept_rows, band_order[kept_rows, kept_slots]] = True
     short = ((crossing < 1) & (s_ge[:, 0] > 0) & torch.isfinite(s_ge[:, 0])).nonzero()[:, 0]
     if short.numel():
-        _keep_all_positive(c[short], s_ge[short, 0], target[short], d_sae, short, mask, k, ok)
+        total = s_ge[short, 0]
+        _keep_all_positive(c[short], total, target[short], d_sae, short, mask, k, ok)
     redo = (~ok).nonzero().squeeze(-1)
     if redo.numel():
         _, full_order, k_redo = _full_sort(pre[redo], decoder_norms, target_norm.detach()[redo])

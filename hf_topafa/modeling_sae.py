@@ -303,7 +303,7 @@ class SparseAutoencoder(PreTrainedModel):
             f_norm = torch.linalg.vector_norm(acts, dim=-1)  # the paper's ||f||: kept activations
         else:
             f_norm = scaled_feature_norm(acts, self.W_dec, self.b_dec)
-        l0 = (kept != 0).sum(-1)
+        l0 = activations.count_true(kept != 0)
         aux_recon = None
         if plan is not None and plan[0] == "pairs":
             _, rows, cols = plan

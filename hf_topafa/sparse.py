@@ -107,7 +107,7 @@ class _EncodeDense(torch.autograd.Function):
         x_n, b_dec, W_enc, kept, block, block_cols = ctx.saved_tensors
         need_x, need_b_dec, need_W, need_b_enc = ctx.needs_input_grad[:4]
         # ReLU's derivative and the selection: a gradient only where a kept value is positive
-        g = torch.where(kept > 0, grad_kept, 0).to(W_enc.dtype)
+        g = (grad_kept * (kept > 0).to(grad_kept.dtype)).to(W_enc.dtype)
         if block_cols.numel() and grad_block is not None:
             g.index_add_(1, block_cols, (grad_block * (block > 0)).to(W_enc.dtype))
         grad_x = grad_b_dec = grad_W = grad_b_enc = None
