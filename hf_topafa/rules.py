@@ -202,6 +202,24 @@ def _jumprelu_l0(sae, pre, acts, x_n, coef):
     return coef * _ops().jumprelu_l0(pre, sae.threshold, sae.config.jumprelu_bandwidth).mean()
 
 
+# -- k-free rules beyond the paper (hf_topafa.kfree) -------------------------------------------
+
+
+def _kfree_select(rule):
+    """A kfree rule applied with top-AFA's target ||x - b_dec|| and the decoder's eps_rms."""
+
+    def select(sae, pre, x_n):
+        import torch
+
+        from . import kfree
+
+        decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+        eps = kfree.decoder_coherence_rms(sae.W_dec)
+        return getattr(kfree, rule)(pre, decoder_norms, _topafa_target(sae, x_n), eps)
+
+    return select
+
+
 # -- the registry ----------------------------------------------------------------------------
 
 RULES: dict[str, Rule] = {
@@ -280,6 +298,32 @@ RULES: dict[str, Rule] = {
             penalty=_jumprelu_l0,
             penalty_coef="l0_coef",
             penalty_name="L0",
+        ),
+        Rule(
+            name="afa_band",
+            display_name="AFA band entry",
+            card_tag="afa-band",
+            card_text=(
+                "Features are chosen per token by **AFA band entry**: the largest features are "
+                "kept until their cumulative norm enters the AFA bound for a code of that many "
+                "features, ||x - b_dec||^2 / (1 + eps (k - 1)), with eps the decoder's measured "
+                "RMS coherence; there is no *k* to tune."
+            ),
+            select=_kfree_select("band_entry"),
+            adaptive_k=True,
+        ),
+        Rule(
+            name="afa_universal",
+            display_name="AFA universal threshold",
+            card_tag="afa-universal",
+            card_text=(
+                "Features are kept when their decoder-scaled activation exceeds the largest "
+                "interference the decoder allows, eps sqrt(2 ln h) ||x - b_dec|| (eps: the "
+                "decoder's measured RMS coherence; at least one feature per token); there is no "
+                "*k* to tune."
+            ),
+            select=_kfree_select("universal_threshold"),
+            adaptive_k=True,
         ),
     )
 }

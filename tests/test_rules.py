@@ -22,7 +22,16 @@ def _sae(name, **kwargs):
 
 
 def test_names_are_the_registry_everywhere():
-    assert ACTIVATIONS == tuple(rules.RULES) == ("topafa", "topk", "batchtopk", "relu", "jumprelu")
+    assert ACTIVATIONS == tuple(rules.RULES)
+    assert ACTIVATIONS == (
+        "topafa",
+        "topk",
+        "batchtopk",
+        "relu",
+        "jumprelu",
+        "afa_band",
+        "afa_universal",
+    )
     assert rules.NEEDS_K == ("topk", "batchtopk")
     assert rules.ENCODER_BIAS == ("relu", "jumprelu")
     action = next(a for a in build_parser()._actions if a.dest == "activation")

@@ -1,0 +1,94 @@
+"""k-free selection rules beyond the paper, grounded in the AFA bound and the decoder's measured
+quasi-orthogonality (issue: a k-free SAE at low L0).
+
+Both rules need one number from the decoder, its interference level: the root-mean-square
+cosine between distinct decoder rows,
+
+    eps_rms = sqrt( (||W^T W||_F^2 - sum_i ||w_i||^4) / (h (h - 1)) ),   W: unit rows [h, d],
+
+computed exactly through the d x d Gram matrix (never the h x h one). For h unit vectors in
+d dimensions it is at least the Welch bound sqrt((h - d) / (d (h - 1))) and about 1/sqrt(d) for
+random directions.
+
+- **Universal threshold** (``universal_threshold``). If z is a sum of features other than i,
+  then pre_i = w_i . z is interference of size about eps_rms ||z||, and the largest of h such
+  values is about eps_rms ||z|| sqrt(2 ln h) (the universal threshold of wavelet denoising,
+  Donoho & Johnstone 1994). A feature is kept only when its decoder-scaled activation exceeds
+  it: pre_i ||W_dec,i|| > eps_rms sqrt(2 ln h) ||x - b_dec||. Since the kept contributions sum
+  to about ||x||^2 at most, L0 <= 1 / (2 eps_rms^2 ln h): about 37 at d = 576, h = 2304,
+  with no k anywhere.
+- **Band entry** (``band_entry``). Rank the contributions c_i = (pre_i ||W_dec,i||)^2 as
+  top-AFA does, with C_k the sum of the k largest; the AFA bound for a code of k features says
+  ||z||^2 <= (1 + eps (k - 1)) ||f||^2. Keep the smallest k whose cumulative norm enters that
+  band, C_k >= ||x - b_dec||^2 / (1 + eps_rms (k - 1)), instead of top-AFA's nearest k.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+@torch.no_grad()
+def decoder_coherence_rms(W_dec: torch.Tensor) -> torch.Tensor:
+    """eps_rms: the RMS cosine between distinct rows of W_dec [h, d] (rows normalized first)."""
+    h = W_dec.shape[0]
+    if h < 2:
+        raise ValueError(f"the decoder needs at least 2 rows to measure coherence; got {h}")
+    w = W_dec.float()
+    w = w / torch.linalg.vector_norm(w, dim=-1, keepdim=True).clamp_min(1e-12)
+    gram = w.T @ w  # [d, d]: its squared Frobenius norm is the sum of all squared cosines
+    off_diagonal = gram.double().pow(2).sum() - h
+    return (off_diagonal / (h * (h - 1))).clamp_min(0).sqrt().to(W_dec.dtype)
+
+
+def universal_factor(h: int) -> float:
+    """sqrt(2 ln h): the largest of h unit-variance interference terms, in standard deviations."""
+    return math.sqrt(2 * math.log(h))
+
+
+def universal_threshold(
+    pre: torch.Tensor, decoder_norms: torch.Tensor, target_norm: torch.Tensor, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep feature i of a token when pre_i ||W_dec,i|| > eps sqrt(2 ln h) ||x - b_dec||.
+
+    ``pre`` [N, h] (ReLU pre-activations), ``decoder_norms`` [h], ``target_norm`` [N],
+    ``eps`` a scalar tensor (``decoder_coherence_rms``). Returns ``(acts, k)`` with k the number
+    kept per token. Every token keeps at least its largest positive feature. The threshold is
+    not differentiated; gradients reach the kept pre only.
+    """
+    h = pre.shape[-1]
+    scaled = pre.detach() * decoder_norms.detach()
+    theta = (eps * universal_factor(h) * target_norm).detach().unsqueeze(-1)
+    # every token keeps at least its largest feature (as top-AFA keeps k >= 1): without it a
+    # fresh SAE, whose activations all sit below the threshold, would have no gradient at all
+    largest = scaled.argmax(-1, keepdim=True)
+    keep = (scaled > theta).scatter(-1, largest, (scaled.gather(-1, largest) > 0))
+    return pre * keep, keep.sum(-1)
+
+
+def band_entry(
+    pre: torch.Tensor, decoder_norms: torch.Tensor, target_norm: torch.Tensor, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the smallest k whose cumulative contribution C_k reaches target^2 / (1 + eps (k-1)).
+
+    Ranking, float64 prefix sums and ties at the cut (lower feature index kept) are top-AFA's.
+    A token whose cumulative norm never enters the band keeps every positive feature; a token
+    with no positive pre-activation keeps none (k = 1, L0 = 0, as in top-AFA).
+    Returns ``(acts, k)``.
+    """
+    n, h = pre.shape
+    contrib = (pre.detach() * decoder_norms.detach()).pow(2)
+    # stable sort on (-c, index) keeps the lower index first among ties
+    order = torch.sort(contrib, dim=-1, descending=True, stable=True).indices
+    cumulative = contrib.gather(-1, order).double().cumsum(-1)
+    ks = torch.arange(1, h + 1, device=pre.device, dtype=torch.float64)
+    lower = target_norm.detach().double().pow(2).unsqueeze(-1) / (1 + eps.double() * (ks - 1))
+    enters = cumulative >= lower
+    positive = (contrib > 0).sum(-1)
+    first = torch.where(enters.any(-1), enters.double().argmax(-1) + 1, positive)
+    k = first.clamp_min(1)
+    keep_sorted = torch.arange(h, device=pre.device).unsqueeze(0) < k.unsqueeze(-1)
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return pre * keep, k

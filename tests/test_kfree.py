@@ -1,0 +1,76 @@
+"""The k-free rules of hf_topafa.kfree on hand-computed cases."""
+
+import math
+
+import pytest
+import torch
+
+from hf_topafa import kfree
+from hf_topafa.activations import topafa
+
+
+def test_coherence_is_the_rms_cosine_of_distinct_rows():
+    torch.manual_seed(0)
+    W = torch.randn(300, 40) * torch.rand(300, 1)  # rows of any norm: cosines, not dot products
+    unit = W / W.norm(dim=-1, keepdim=True)
+    cos = unit @ unit.T
+    off = cos[~torch.eye(300, dtype=torch.bool)]
+    assert kfree.decoder_coherence_rms(W).item() == pytest.approx(off.pow(2).mean().sqrt().item())
+    # Welch: h unit vectors in d dimensions cannot be more orthogonal than this
+    welch = math.sqrt((300 - 40) / (40 * 299))
+    assert kfree.decoder_coherence_rms(W).item() >= welch
+
+
+def test_orthonormal_rows_have_zero_coherence():
+    q, _ = torch.linalg.qr(torch.randn(16, 16))
+    assert kfree.decoder_coherence_rms(q[:10]).item() ** 2 == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        kfree.decoder_coherence_rms(torch.ones(1, 4))
+
+
+def test_band_entry_keeps_the_smallest_k_inside_the_band():
+    pre = torch.tensor([[3.0, 0.0, 4.0, 1.0]])
+    ones = torch.ones(4)
+    # contributions 16, 9, 1 (sorted): C = 16, 25, 26; lower edge 30.25 / (1 + 0.5 (k - 1))
+    # = 30.25, 20.17 -> k = 2. Top-AFA takes the C nearest 5.5^2 instead: sqrt(26) -> k = 3.
+    acts, k = kfree.band_entry(pre, ones, torch.tensor([5.5]), torch.tensor(0.5))
+    assert k.tolist() == [2]
+    assert acts.tolist() == [[3.0, 0.0, 4.0, 0.0]]
+    _, k_afa = topafa(pre, ones, torch.tensor([5.5]))
+    assert k_afa.tolist() == [3]
+
+
+def test_band_entry_edge_cases():
+    ones = torch.ones(3)
+    # a tie at the cut keeps the lower feature index
+    acts, k = kfree.band_entry(torch.tensor([[2.0, 2.0, 1.0]]), ones, torch.tensor([2.0]),
+                               torch.tensor(0.0))  # fmt: skip
+    assert k.tolist() == [1] and acts.tolist() == [[2.0, 0.0, 0.0]]
+    # never entering the band keeps every positive feature; an all-zero token keeps none
+    pre = torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    acts, k = kfree.band_entry(pre, ones, torch.tensor([10.0, 1.0]), torch.tensor(0.1))
+    assert k.tolist() == [2, 1]
+    assert acts.tolist() == [[1.0, 0.5, 0.0], [0.0, 0.0, 0.0]]
+    # decoder norms scale the contributions: a long row ranks first
+    acts, k = kfree.band_entry(torch.tensor([[1.0, 2.0, 0.0]]), torch.tensor([5.0, 1.0, 1.0]),
+                               torch.tensor([5.0]), torch.tensor(0.0))  # fmt: skip
+    assert k.tolist() == [1] and acts.tolist() == [[1.0, 0.0, 0.0]]
+
+
+def test_universal_threshold_keeps_what_interference_cannot_explain():
+    pre = torch.tensor([[5.0, 1.0, 0.5, 3.0], [5.0, 1.0, 0.5, 3.0], [0.0, 0.0, 0.0, 0.0]])
+    eps = torch.tensor(0.1)
+    # theta = eps * sqrt(2 ln 4) * target = 1.665 at target 10, 16.65 at target 100
+    acts, k = kfree.universal_threshold(pre, torch.ones(4), torch.tensor([10.0, 100.0, 1.0]), eps)
+    assert kfree.universal_factor(4) == pytest.approx(math.sqrt(2 * math.log(4)))
+    assert k.tolist() == [2, 1, 0]  # the second keeps its largest only; the empty row nothing
+    assert acts.tolist() == [[5.0, 0.0, 0.0, 3.0], [5.0, 0.0, 0.0, 0.0], [0.0] * 4]
+
+
+def test_gradients_reach_the_kept_features_only():
+    pre = torch.tensor([[3.0, 0.0, 4.0, 1.0]], requires_grad=True)
+    for rule in (kfree.band_entry, kfree.universal_threshold):
+        pre.grad = None
+        acts, _ = rule(pre, torch.ones(4), torch.tensor([5.5]), torch.tensor(0.5))
+        acts.sum().backward()
+        assert pre.grad.tolist() == (acts != 0).float().tolist()
