@@ -101,15 +101,22 @@ def stored_weights_description(name: str) -> str:
     return f"{name} (weights as stored, not a GGUF)"
 
 
+def other_weights_message(sae_config, used: str | None, where: str) -> str | None:
+    """The warning's text when an SAE runs on other weights than it was trained on, else None."""
+    recorded = getattr(sae_config, "base_model_weights", None)
+    if not recorded or used is None or recorded == used:
+        return None
+    return (
+        f"this SAE was trained on activations of {recorded}, but {where} uses {used}: "
+        "activations differ, so reconstructions and features may not carry over"
+    )
+
+
 def warn_if_other_weights(sae_config, used: str, where: str) -> None:
     """Warn when an SAE runs on other weights than it was trained on (other activations)."""
-    recorded = getattr(sae_config, "base_model_weights", None)
-    if recorded and recorded != used:
-        warnings.warn(
-            f"this SAE was trained on activations of {recorded}, but {where} uses {used}: "
-            "activations differ, so reconstructions and features may not carry over",
-            stacklevel=2,
-        )
+    message = other_weights_message(sae_config, used, where)
+    if message:
+        warnings.warn(message, stacklevel=2)
 
 
 # --------------------------------------------------------------------------------------------

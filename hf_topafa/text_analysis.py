@@ -117,6 +117,10 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+# base model name -> the weights language_model_for loaded for it (for the page's warning)
+USED_WEIGHTS: dict[str, str] = {}
+
+
 def language_model_for(sae: SparseAutoencoder):
     """(model, tokenizer) of the SAE's base model, checked against its d_in, layer and hook point."""
     cfg = sae.config
@@ -135,6 +139,7 @@ def language_model_for(sae: SparseAutoencoder):
                 raise
             model, tokenizer = _default_model_from_hub()
             used = lm.stored_weights_description(lm.DEFAULT_MODEL)
+    USED_WEIGHTS[cfg.base_model] = used
     lm.warn_if_other_weights(cfg, used, "this page")
     lm.validate_hook(model, cfg.layer, cfg.hook_point)
     width = lm.hidden_size(model)
@@ -144,6 +149,12 @@ def language_model_for(sae: SparseAutoencoder):
             f"{width}: the SAE does not belong to this base model"
         )
     return model, tokenizer
+
+
+def other_weights_note(sae: SparseAutoencoder) -> str | None:
+    """For the page: the weights warning of the SAE's last load, when its weights differ."""
+    used = USED_WEIGHTS.get(sae.config.base_model)
+    return lm.other_weights_message(sae.config, used, "this page")
 
 
 @functools.lru_cache(maxsize=1)

@@ -128,6 +128,15 @@ def truncation_note(analysis) -> str:
     )
 
 
+def weights_note(sae, label: str = "") -> str:
+    """The page's copy of the log's warning: the SAE runs on other weights than it learned on."""
+    message = sae_inspect.other_weights_note(sae)
+    if not message:
+        return ""
+    who = f"SAE {label}: " if label else ""
+    return f"\n\n**Warning:** {who}{message[0].upper()}{message[1:]}."
+
+
 def write_csv(rows: list[dict], stem: str) -> str:
     """Per-token CSV in a fresh folder (old ones are pruned); Gradio serves it for download."""
     CSV_DIR.mkdir(parents=True, exist_ok=True)
@@ -171,7 +180,7 @@ def make_handlers(max_tokens: int):
             status = (
                 f"Analysed {len(analysis.token_ids)} tokens with {describe(source.strip(), sae)}."
                 " The first position and special tokens are left out of the plot and summary "
-                "(as in training)." + truncation_note(analysis)
+                "(as in training)." + truncation_note(analysis) + weights_note(sae)
             )
             rows = sae_inspect.token_rows(analysis)
             return (
@@ -189,7 +198,7 @@ def make_handlers(max_tokens: int):
         """Two SAEs on the same text, side by side."""
         try:
             eps_h = float(band or DEFAULT_BAND)
-            names, descriptions, analyses = [], [], []
+            names, descriptions, analyses, notes = [], [], [], []
             for label, source in (("A", source_a), ("B", source_b)):
                 source = (source or "").strip()
                 if not source:
@@ -198,10 +207,12 @@ def make_handlers(max_tokens: int):
                     sae, analysis = run_analysis(source, text, max_tokens)
                 except UserError as err:
                     raise UserError(f"SAE {label}: {err}") from err
+                notes.append(weights_note(sae, label))
                 names.append(f"{label}: {short_name(source, sae)}")
                 descriptions.append(f"{label} = {describe(source, sae)}")
                 analyses.append(analysis)
             status = "Compared: " + "; ".join(descriptions) + truncation_note(analyses[0])
+            status += "".join(notes)
             rows = [
                 {"sae": name, **row}
                 for name, analysis in zip(names, analyses, strict=True)

@@ -381,3 +381,20 @@ def test_default_model_falls_back_to_the_hub(monkeypatch, tmp_path):
             sae_inspect.language_model_for(sae)
     finally:
         sae_inspect._default_model_from_hub.cache_clear()
+
+
+def test_other_base_weights_are_warned_on_the_page(space):
+    """The log's warning also reaches the visitor: the SAE learned on other weights."""
+    other = make_sae(
+        space["tmp"] / "other_weights", "topafa", base_model_weights="tiny.Q8_0.gguf (GGUF Q8_0)"
+    )
+    status, *_ = analyze(space, other, TEXT)
+    assert "**Warning:**" in status and "tiny.Q8_0.gguf (GGUF Q8_0)" in status, status
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in status, status  # what the page ran on
+    plain, *_ = analyze(space, space["saes"]["topafa"], TEXT)  # records no weights: no warning
+    assert "Warning" not in plain, plain
+    status, *_ = space["client"].predict(
+        str(space["saes"]["topafa"]), str(other), TEXT, "0.5", api_name="/compare"
+    )
+    assert "**Warning:** SAE B: This SAE was trained on activations of tiny.Q8_0" in status
+    assert "SAE A:" not in status
