@@ -107,14 +107,17 @@ def decoder_quasi_orthogonality(W_dec: torch.Tensor, block_size: int = 4096) -> 
 
 
 @torch.no_grad()
-def zf_diagnostics(sae, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def zf_diagnostics(sae, x: torch.Tensor, out=None) -> dict[str, torch.Tensor]:
     """Per-token AFA diagnostics of an SAE on inputs x [..., d_in] (flattened to tokens).
 
-    z is the SAE's own input after its input normalization; f~ uses its W_dec and b_dec.
+    The one definition the library, evaluation and the Space use. z is the SAE's own input after
+    its input normalization; f~ uses its W_dec and b_dec. ``out``: the SAE's output on ``x``
+    when the caller has already run it (then the SAE does not run again).
     Returns z_norm, f_norm, eps_lbo, l0, k (top-AFA's chosen k, else l0) and one class tensor
     per eps (h - 1) band, keyed ``class_0.25`` etc.
     """
-    out = sae(x)
+    if out is None:
+        out = sae(x)
     z, _, _ = sae.normalize_input(x.reshape(-1, x.shape[-1]))
     acts = out.feature_acts.reshape(-1, sae.config.d_sae)
     z_norm = afa_norm(z)
@@ -130,3 +133,17 @@ def zf_diagnostics(sae, x: torch.Tensor) -> dict[str, torch.Tensor]:
     for eps_h in EPS_H_BANDS:
         result[f"class_{eps_h}"] = classify_tokens(z_norm, f_norm, eps_h)
     return result
+
+
+def quantile(values: torch.Tensor, q: float) -> float:
+    """The q-quantile, linearly interpolated between order statistics (``torch.quantile``'s
+    default), tolerating +inf: a quantile next to an infinite value is that value. NaN if empty."""
+    data = values.detach().double().reshape(-1).sort().values
+    if data.numel() == 0:
+        return math.nan
+    pos = q * (data.numel() - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    a, b = float(data[lo]), float(data[hi])
+    if math.isinf(a) or math.isinf(b) or lo == hi:
+        return b if pos > lo else a
+    return a + (b - a) * (pos - lo)

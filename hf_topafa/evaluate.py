@@ -31,13 +31,11 @@ under ``reconstruction_normalized_space``):
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -50,37 +48,25 @@ from .eval_config import (  # noqa: F401 - re-exported: the config and its CLI l
     build_parser,
     cli_main,
 )
+from .eval_report import (  # noqa: F401 - re-exported: reports were defined here
+    QUANTILES,
+    EvalDetails,
+    format_report,
+    histogram,
+    loss_recovered,
+    print_report,
+    quantiles,
+    to_json,
+    write_json,
+    write_multi_plots,
+    write_plots,
+)
 from .harvest import HarvestConfig, Harvester, batched, dataset_name
 from .modeling_sae import SparseAutoencoder
 from .rules import get_rule
 from .sources import looks_local
 
-QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 CONTEXT_CHARS = 40  # characters of preceding text shown with a token on the interactive ZF plot
-
-
-@dataclass
-class EvalDetails:
-    """Per-token values behind the metrics, for plots (not part of the JSON)."""
-
-    label: str
-    normalized_mse: torch.Tensor
-    cosine: torch.Tensor
-    l0: torch.Tensor
-    k: torch.Tensor | None
-    z_norm: torch.Tensor
-    f_norm: torch.Tensor
-    eps_lbo: torch.Tensor
-    classes: dict[str, torch.Tensor] = field(default_factory=dict)
-    token_texts: list[str] | None = None
-
-    def diagnostics(self) -> dict[str, torch.Tensor]:
-        """The dict shape ``hf_topafa.afa.zf_diagnostics`` returns, for hf_topafa.plots."""
-        out = {"z_norm": self.z_norm, "f_norm": self.f_norm, "eps_lbo": self.eps_lbo}
-        out["l0"] = self.l0
-        out["k"] = self.k if self.k is not None else self.l0
-        out.update(self.classes)
-        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,37 +93,6 @@ def load_sae(sae_or_path, device: str = "cpu") -> tuple[SparseAutoencoder, str]:
         return SparseAutoencoder.from_pretrained(str(local)).to(device).eval(), local.name
     sae = SparseAutoencoder.from_pretrained(path)  # a missing id: one line naming it and the mode
     return sae.to(device).eval(), path
-
-
-# --------------------------------------------------------------------------------------------
-# Small pure functions (tested by hand)
-
-
-def loss_recovered(ce_clean: float, ce_sae: float, ce_zero: float) -> float:
-    """(CE_zero - CE_sae) / (CE_zero - CE_clean); NaN when zero ablation costs nothing."""
-    gap = ce_zero - ce_clean
-    return (ce_zero - ce_sae) / gap if gap != 0 else math.nan
-
-
-def quantiles(values: torch.Tensor, qs: Sequence[float] = QUANTILES) -> dict[str, float]:
-    """Named quantiles ("q05", "q50", ...); "nearest" keeps inf values meaningful."""
-    data = values.reshape(-1).double()
-    q = torch.quantile(data, torch.tensor(qs, dtype=torch.float64), interpolation="nearest")
-    return {f"q{round(p * 100):02d}": float(v) for p, v in zip(qs, q, strict=True)}
-
-
-def histogram(values: torch.Tensor, bins: int = 20) -> dict[str, list]:
-    """Integer-friendly histogram: bin edges and counts over the finite values."""
-    data = values.reshape(-1).double()
-    data = data[torch.isfinite(data)]
-    if data.numel() == 0:
-        return {"edges": [], "counts": []}
-    lo, hi = float(data.min()), float(data.max())
-    if hi == lo:
-        return {"edges": [lo, hi], "counts": [int(data.numel())]}
-    counts = torch.histc(data, bins=bins, min=lo, max=hi)
-    edges = torch.linspace(lo, hi, bins + 1)
-    return {"edges": [round(float(e), 6) for e in edges], "counts": [int(c) for c in counts]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,18 +160,9 @@ class _SAEStats:
         z, _, _ = sae.normalize_input(x)
         if self.recon_normalized is not None:
             self.recon_normalized.update(z, sae.decode(out.feature_acts))
-        acts = out.feature_acts
-        self.fires += (acts != 0).sum(0).cpu()
-        z_norm = afa.afa_norm(z)
-        f_norm = afa.scaled_feature_norm(acts, sae.W_dec, sae.b_dec)
-        self._keep("l0", out.l0)
-        if out.k is not None:
-            self._keep("k", out.k)
-        self._keep("z_norm", z_norm)
-        self._keep("f_norm", f_norm)
-        self._keep("eps_lbo", afa.epsilon_lbo(z_norm, f_norm, sae.config.d_sae + 1))
-        for eps_h in afa.EPS_H_BANDS:
-            self._keep(f"class_{eps_h}", afa.classify_tokens(z_norm, f_norm, eps_h))
+        self.fires += (out.feature_acts != 0).sum(0).cpu()
+        for name, value in afa.zf_diagnostics(sae, x, out).items():  # l0, k, z_norm, eps_lbo, ...
+            self._keep(name, value)
         return x_hat
 
     def finish(
@@ -376,17 +322,11 @@ def _context_length(loaded, cfg: EvalConfig) -> int:
     return cfg.context_length
 
 
-def evaluate_saes(
-    saes: Sequence, config: EvalConfig | None = None, *, token_texts: bool = True
-) -> list[tuple[dict, EvalDetails]]:
-    """Evaluate several SAEs of one language model in a single pass over the text.
+def _prepare(saes: Sequence, cfg: EvalConfig):
+    """Load the SAEs and the one language model they read; check that they fit it.
 
-    The clean forward and the zero ablation of each (layer, hook point) are shared, so adding an
-    SAE costs one spliced forward per batch. Returns (metrics, details) per SAE, in order.
-    """
-    from tqdm.auto import tqdm
-
-    cfg = config or EvalConfig()
+    Returns (loaded SAEs with labels, their (layer, hook point) sites, the harvester, the model's
+    name, the context length)."""
     if not saes:
         raise ValueError("no SAE to evaluate")
     loaded = [load_sae(s, cfg.device) for s in saes]
@@ -416,7 +356,7 @@ def evaluate_saes(
         device=cfg.device,
     )
     harvester = Harvester(harvest_cfg)
-    model, tokenizer = harvester.model, harvester.tokenizer
+    model = harvester.model
     used_weights = lm.weights_description(model_name, cfg.gguf_file)
     for (sae, label), (layer, hook) in zip(loaded, sites, strict=True):
         lm.warn_if_other_weights(sae.config, used_weights, f"evaluating {label!r}")
@@ -427,6 +367,36 @@ def evaluate_saes(
                 f"{harvester.d_in}: it was trained on another model (its config says "
                 f"base_model={sae.config.base_model!r})"
             )
+    return loaded, sites, harvester, model_name, context_length
+
+
+def _no_tokens_error(cfg: EvalConfig, context_length: int) -> ValueError:
+    where = ""
+    if cfg.holdout != "none":
+        where = (
+            f" among the held-out windows (holdout={cfg.holdout!r}: every "
+            f"{cfg.holdout_every}th window)"
+        )
+    return ValueError(
+        f"the dataset {dataset_name(cfg.dataset)!r} gave no tokens to evaluate: no complete "
+        f"window of {context_length} tokens{where}; use more text, a smaller context_length, "
+        "or holdout='none'"
+    )
+
+
+def evaluate_saes(
+    saes: Sequence, config: EvalConfig | None = None, *, token_texts: bool = True
+) -> list[tuple[dict, EvalDetails]]:
+    """Evaluate several SAEs of one language model in a single pass over the text.
+
+    The clean forward and the zero ablation of each (layer, hook point) are shared, so adding an
+    SAE costs one spliced forward per batch. Returns (metrics, details) per SAE, in order.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or EvalConfig()
+    loaded, sites, harvester, model_name, context_length = _prepare(saes, cfg)
+    model, tokenizer = harvester.model, harvester.tokenizer
     stats = [_SAEStats(sae, label, site) for (sae, label), site in zip(loaded, sites, strict=True)]
     unique_sites = sorted(set(sites))
     zero_ce = dict.fromkeys(unique_sites, 0.0)
@@ -484,17 +454,7 @@ def evaluate_saes(
                 break
     bar.close()
     if n_tokens == 0:
-        raise ValueError(
-            f"the dataset {dataset_name(cfg.dataset)!r} gave no tokens to evaluate: no complete "
-            f"window of {context_length} tokens"
-            + (
-                f" among the held-out windows (holdout={cfg.holdout!r}: every "
-                f"{cfg.holdout_every}th window)"
-                if cfg.holdout != "none"
-                else ""
-            )
-            + "; use more text, a smaller context_length, or holdout='none'"
-        )
+        raise _no_tokens_error(cfg, context_length)
     downstream = None
     data = {
         "model": model_name,
@@ -587,167 +547,6 @@ def evaluate_sae(
     if plots_dir is not None:
         metrics["plots"] = [str(p) for p in write_plots(metrics, details, plots_dir)]
     return metrics
-
-
-# --------------------------------------------------------------------------------------------
-# Output
-
-
-def write_plots(metrics: dict, details: EvalDetails, out_dir: str | os.PathLike) -> list[Path]:
-    """ZF plot (PNG and HTML with token text), eps_LBO histogram and, for top-AFA, k histogram."""
-    from . import plots
-
-    out = Path(out_dir)
-    title = f"{details.label} (layer {metrics['layer']}, {metrics['hook_point']})"
-    diag = details.diagnostics()
-    paths = [
-        plots.save_zf_plot(diag, out / "zf_plot.png", title=title),
-        plots.save_zf_plot_html(
-            diag, out / "zf_plot.html", token_texts=details.token_texts, title=title
-        ),
-        plots.save_histogram(
-            details.eps_lbo,
-            out / "eps_lbo_hist.png",
-            xlabel="eps_LBO (log scale)",
-            title=title,
-            log_x=True,
-        ),  # fmt: skip
-    ]
-    if details.k is not None:
-        paths.append(
-            plots.save_histogram(
-                details.k,
-                out / "k_hist.png",
-                xlabel="k (features kept per token)",
-                title=title,
-                integer=True,
-            )  # fmt: skip
-        )
-    return paths
-
-
-def write_multi_plots(results: Sequence[tuple[dict, EvalDetails]], out_dir) -> list[Path]:
-    """Per-SAE plots in sub-folders, plus the half-violin figure across SAEs (e.g. layers)."""
-    from . import plots
-
-    out = Path(out_dir)
-    paths: list[Path] = []
-    names: dict[str, int] = {}
-    per_sae = {}
-    for metrics, details in results:
-        prefix = f"L{metrics['layer']}_"
-        label = details.label
-        name = _safe_name(label if label.startswith(prefix) else prefix + label)
-        names[name] = names.get(name, 0) + 1
-        if names[name] > 1:
-            name = f"{name}_{names[name]}"
-        paths += write_plots(metrics, details, out / name)
-        per_sae[name] = {"normalized_mse": details.normalized_mse, "eps_lbo": details.eps_lbo}
-    if len(results) > 1:
-        paths.append(
-            plots.save_half_violins(
-                per_sae,
-                out / "per_sae_violins.png",
-                title="Per-token normalized MSE and eps_LBO (lower is better)",
-            )  # fmt: skip
-        )
-    return paths
-
-
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text).strip("_") or "sae"
-
-
-def to_json(value):
-    """Metrics with non-finite floats written as strings ("inf", "nan") so the JSON is valid."""
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-def write_json(data, path: str | os.PathLike) -> Path:
-    """Atomic JSON write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(to_json(data), fh, indent=2, allow_nan=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _fmt(value, digits: int = 4) -> str:
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def format_report(metrics: dict) -> str:
-    """A readable plain-text table of one SAE's metrics."""
-    rows: list[tuple[str, str]] = []
-    sae, rec, spa = metrics["sae"], metrics["reconstruction"], metrics["sparsity"]
-    data = metrics.get("data", {})
-    rows.append(("SAE", f"{metrics['label']}: {sae['activation']}, d_in {sae['d_in']}, "
-                 f"d_sae {sae['d_sae']}" + (f", k {sae['k']}" if sae["k"] else "")))  # fmt: skip
-    rows.append(
-        ("site", f"layer {metrics['layer']} {metrics['hook_point']} of {data.get('model')}")
-    )
-    rows.append(("tokens", f"{metrics['num_tokens']} from {data.get('dataset')} "
-                 f"(holdout {data.get('holdout')})"))  # fmt: skip
-    rows.append(("-- reconstruction", rec["space"]))
-    rows.append(("normalized MSE", f"{_fmt(rec['normalized_mse'])}  (mean ||x-x^||^2/||x||^2)"))
-    rows.append(
-        ("FVU", f"{_fmt(rec['fvu'])}  (explained variance {_fmt(rec['explained_variance'])})")
-    )
-    rows.append(("cosine similarity", _fmt(rec["cosine_similarity"])))
-    if "reconstruction_normalized_space" in metrics:
-        rn = metrics["reconstruction_normalized_space"]
-        rows.append(("  normalized space", f"nMSE {_fmt(rn['normalized_mse'])}, "
-                     f"FVU {_fmt(rn['fvu'])}, cos {_fmt(rn['cosine_similarity'])}"))  # fmt: skip
-    rows.append(("-- sparsity", ""))
-    q = spa["l0_quantiles"]
-    rows.append(("L0", f"mean {_fmt(spa['l0_mean'])}  (median {_fmt(q['q50'])}, "
-                 f"5-95% {_fmt(q['q05'])}-{_fmt(q['q95'])})"))  # fmt: skip
-    if "k_quantiles" in spa:
-        kq = spa["k_quantiles"]
-        rows.append(("top-AFA k", f"mean {_fmt(spa['k_mean'])}  quartiles {_fmt(kq['q25'])} / "
-                     f"{_fmt(kq['q50'])} / {_fmt(kq['q75'])}"))  # fmt: skip
-    rows.append(("dead / dense", f"{spa['dead_features']} / {spa['dense_features']} "
-                 f"(dense: fires on > {spa['dense_threshold']:.0%} of tokens)"))  # fmt: skip
-    if "downstream" in metrics:
-        d = metrics["downstream"]
-        rows.append(("-- downstream", f"{d['num_predictions']} next-token predictions"))
-        rows.append(("CE clean / SAE / zero", f"{_fmt(d['ce_clean'])} / {_fmt(d['ce_sae'])} / "
-                     f"{_fmt(d['ce_zero_ablation'])}"))  # fmt: skip
-        rows.append(("loss recovered", _fmt(d["loss_recovered"])))
-        rows.append(("KL(clean || SAE)", _fmt(d["kl_div"])))
-    a = metrics["afa"]
-    eq = a["eps_lbo_quartiles"]
-    rows.append(("-- AFA", f"h = {a['h']}"))
-    rows.append(("eps_LBO quartiles", f"{_fmt(eq['q25'])} / {_fmt(eq['q50'])} / {_fmt(eq['q75'])}"))
-    for eps_h, shares in a["bands"].items():
-        rows.append((f"eps(h-1)={eps_h}", f"over {shares['over']:.1%}, within "
-                     f"{shares['within']:.1%}, under {shares['under']:.1%}"))  # fmt: skip
-    dec = a["decoder"]
-    rows.append(
-        ("decoder |cos|", f"max {_fmt(dec['max_abs_cos'])}, mean {_fmt(dec['mean_abs_cos'])}")
-    )
-    width = max(len(r[0]) for r in rows)
-    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
-
-
-def print_report(metrics: dict) -> None:
-    """Print the table of ``format_report``."""
-    print(format_report(metrics))
 
 
 # --------------------------------------------------------------------------------------------

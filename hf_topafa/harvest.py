@@ -39,6 +39,7 @@ from .harvest_config import (  # noqa: F401 - re-exported: the config and its CL
     dataset_name,
     parse_layers,
 )
+from .helpers import replace_folder, torch_dtype
 from .lm import (
     hidden_size,
     load_language_model,
@@ -46,21 +47,17 @@ from .lm import (
     validate_hook,
     weights_description,
 )
-from .names import BUNDLED_NAME, HOLDOUTS, LOCAL_FORMATS, MANIFEST  # noqa: F401 - re-exported
+from .names import BUNDLED_NAME, HOLDOUTS, LM_DTYPES, LOCAL_FORMATS, MANIFEST  # noqa: F401 - re-exported
+from .sources import dataset_looks_local
 
 DATA_DIR = Path(__file__).parent / "data"
 BUNDLED_SAMPLE = DATA_DIR / "wikitext-2-raw-test-sample.txt"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: torch_dtype(name) for name in LM_DTYPES}
 CACHE_FORMAT = "hf_topafa.activation_cache"
 
 
 # --------------------------------------------------------------------------------------------
 # Text
-
-
-def _is_local(dataset: str) -> bool:
-    path = Path(dataset).expanduser()
-    return path.exists() or path.suffix in LOCAL_FORMATS or dataset.startswith((".", "/", "~"))
 
 
 def _is_plain_text(path: Path) -> bool:
@@ -98,7 +95,7 @@ def load_text_dataset(
     if dataset is None:
         dataset = BUNDLED_SAMPLE
     dataset = os.fspath(dataset)
-    if _is_local(dataset):
+    if dataset_looks_local(dataset):
         path = Path(dataset).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"dataset file not found: {path}")
@@ -218,7 +215,7 @@ class Harvester:
         cfg = self.cfg
         streaming = cfg.streaming
         if streaming is None:
-            streaming = cfg.dataset is not None and not _is_local(os.fspath(cfg.dataset))
+            streaming = cfg.dataset is not None and not dataset_looks_local(os.fspath(cfg.dataset))
         return load_text_dataset(
             cfg.dataset,
             cfg.text_column,
@@ -488,21 +485,10 @@ def _harvest_into(cfg, per_layer, todo: dict[int, Path], shard_tokens: int, prog
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             (tmps[layer] / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            _move_into_place(tmps[layer], out)
+            replace_folder(tmps[layer], out)
     finally:
         for tmp in tmps.values():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename a finished temporary cache folder to ``out``, replacing an old cache there."""
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, trash / out.name)
-        os.rename(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
 
 
 class ActivationCache:

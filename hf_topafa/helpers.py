@@ -60,19 +60,26 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes folders private
     try:
         yield tmp
-        for item in tmp.rglob("*"):
-            if item.is_file():
-                _fsync_file(item)
-        fsync_dir(tmp)
-        if path.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            replace(path, trash / path.name)
-            replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            replace(tmp, path)
+        replace_folder(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_folder(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Flush the finished folder ``source`` to disk and rename it to ``target``; an existing
+    ``target`` is first renamed aside (so no moment shows half of either) and then deleted."""
+    source, target = Path(source), Path(target)
+    for item in source.rglob("*"):
+        if item.is_file():
+            _fsync_file(item)
+    fsync_dir(source)
+    if not target.exists():
+        replace(source, target)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    replace(target, trash / target.name)
+    replace(source, target)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str, newline: str | None = None) -> Path:
@@ -139,9 +146,14 @@ def is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def is_finite_number(value) -> bool:
+    """A finite int or float, not a bool."""
+    return is_number(value) and math.isfinite(value)
+
+
 def is_positive_number(value) -> bool:
     """A finite number > 0 (not a bool)."""
-    return is_number(value) and math.isfinite(value) and value > 0
+    return is_finite_number(value) and value > 0
 
 
 def require_positive_int(name: str, value) -> int:
@@ -167,7 +179,7 @@ def require_positive_number(name: str, value) -> float:
 
 def require_nonnegative_number(name: str, value) -> float:
     """``value`` if it is a finite number >= 0; else a ValueError naming ``name``."""
-    if not (is_number(value) and math.isfinite(value) and value >= 0):
+    if not (is_finite_number(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
     return value
 

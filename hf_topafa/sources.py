@@ -25,6 +25,15 @@ def looks_local(name: str) -> bool:
     )
 
 
+def dataset_looks_local(name: str) -> bool:
+    """A dataset name that is a local file or folder: it exists, starts like a path, or ends in a
+    readable file suffix (``names.LOCAL_FORMATS``); anything else is a Hub dataset id."""
+    from .names import LOCAL_FORMATS
+
+    path = Path(name).expanduser()
+    return path.exists() or path.suffix in LOCAL_FORMATS or name.startswith((".", "/", "~"))
+
+
 def hub_mode() -> str:
     """How the Hub is reached right now, in words for error messages."""
     from huggingface_hub import constants

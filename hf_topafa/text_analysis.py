@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import math
 import os
 import threading
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from . import afa, lm
+from .afa import quantile
 from .helpers import atomic_path
 from .modeling_sae import SparseAutoencoder
 from .sources import HUB_ID, check_hub_reachable
@@ -247,9 +247,11 @@ def excluded_reasons(tokenizer, ids: list[int]) -> list[str]:
 def analyze_activations(
     sae: SparseAutoencoder, x: torch.Tensor, top_n: int = TOP_FEATURES
 ) -> dict[str, object]:
-    """Diagnostics, reconstruction error and top features of an SAE on activations x [T, d_in]."""
-    diagnostics = afa.zf_diagnostics(sae, x)
-    acts = sae.encode(x)
+    """Diagnostics, reconstruction error and top features of an SAE on activations x [T, d_in],
+    from one run of the SAE."""
+    out = sae(x)
+    diagnostics = afa.zf_diagnostics(sae, x, out)
+    acts = out.feature_acts
     x_n, _, _ = sae.normalize_input(x)
     sq_error = (x_n - sae.decode(acts)).pow(2).sum(-1)
     rel_error = sq_error / x_n.pow(2).sum(-1).clamp_min(1e-12)
@@ -342,19 +344,6 @@ def token_rows(analysis: TextAnalysis) -> list[dict[str, object]]:
 def format_features(features: list[tuple[int, float]]) -> str:
     """'f123=4.56, f7=1.2' (feature index = activation), largest first."""
     return ", ".join(f"f{i}={v:.4g}" for i, v in features)
-
-
-def quantile(values: torch.Tensor, q: float) -> float:
-    """Linear-interpolated quantile that tolerates +inf (two infinite neighbours give +inf)."""
-    data = values.detach().double().reshape(-1).sort().values
-    if data.numel() == 0:
-        return math.nan
-    pos = q * (data.numel() - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    a, b = float(data[lo]), float(data[hi])
-    if math.isinf(a) or math.isinf(b) or lo == hi:
-        return b if pos > lo else a
-    return a + (b - a) * (pos - lo)
 
 
 def summarize(analysis: TextAnalysis) -> dict[str, float]:

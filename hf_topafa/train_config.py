@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import typing
@@ -19,15 +18,17 @@ from pathlib import Path
 from typing import Literal
 
 from . import rules
+from .helpers import is_finite_number as _number
+from .helpers import require_nonnegative_int, require_positive_int, require_positive_number
 from .names import (
     DEFAULT_HOOK_POINT,
     DEFAULT_LAYER,
     DEFAULT_MODEL,
     HOOK_POINTS,
-    LOCAL_FORMATS,
     MANIFEST,
 )
 from .rules import ACTIVATIONS, get_rule
+from .sources import dataset_looks_local
 
 DEFAULT_OUTPUT = "runs/smollm2-topafa"
 
@@ -189,13 +190,11 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("max_tokens", "batch_size", "context_length", "eval_tokens", "holdout_every"):
-            _positive_int(name, getattr(self, name))
+            require_positive_int(name, getattr(self, name))
         for name in ("harvest_batch_windows", "aux_k", "keep_checkpoints", "log_every"):
-            _positive_int(name, getattr(self, name))
+            require_positive_int(name, getattr(self, name))
         for name in ("memory_tokens", "shuffle_buffer", "checkpoint_every", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0; got {value!r}")
+            require_nonnegative_int(name, getattr(self, name))
         if get_rule(self.activation).needs_k and self.k is None:
             raise ValueError(
                 f"--activation {self.activation} needs --k (features kept per token), e.g. --k 32"
@@ -213,10 +212,9 @@ class TrainConfig:
             )
         for name in ("dead_tokens_threshold", "harvest_tokens"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                require_positive_int(name, getattr(self, name))
         for name in ("lr", "adam_eps"):
-            if not (_number(getattr(self, name)) and getattr(self, name) > 0):
-                raise ValueError(f"{name} must be a positive number; got {getattr(self, name)!r}")
+            require_positive_number(name, getattr(self, name))
         for name in ("adam_beta1", "adam_beta2"):
             if not (_number(getattr(self, name)) and 0 <= getattr(self, name) < 1):
                 raise ValueError(f"{name} must be in [0, 1); got {getattr(self, name)!r}")
@@ -238,7 +236,7 @@ class TrainConfig:
             )
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other; pass only one")
-        if self.dataset is not None and _looks_local(self.dataset):
+        if self.dataset is not None and dataset_looks_local(self.dataset):
             path = Path(self.dataset).expanduser()
             if not path.exists():
                 raise FileNotFoundError(
@@ -274,20 +272,6 @@ RUN_CONTROL = (
     "log_with",
     "progress",
 )
-
-
-def _positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-
-
-def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _looks_local(dataset: str) -> bool:
-    path = Path(dataset).expanduser()
-    return path.exists() or path.suffix in LOCAL_FORMATS or dataset.startswith((".", "/", "~"))
 
 
 def build_parser():
