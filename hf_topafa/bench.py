@@ -1,4 +1,5 @@
-"""`hf-topafa bench`: time one SAE training step next to the paper's step and the dense floor.
+"""`hf-topafa bench`: time one SAE training step next to the paper's step, a dense ReLU-SAE step
+and the dense floor, and mark the performance targets met or missed.
 
 Variants, timed side by side in interleaved rounds (A, B, C, ... A, B, C, ...) so that a busy
 machine slows them alike; each reports the median of its timed rounds after warm-up:
@@ -6,11 +7,15 @@ machine slows them alike; each reports the median of its timed rounds after warm
 - ``paper_topafa``: the published top-AFA step written plainly (full sort of every token's
   contributions, dense masks and products, W_dec W_dec^T formed on every forward to log the
   decoder's quasi-orthogonality), then backward, Adam, decoder renormalisation.
-- ``topafa``, ``topk``, ``batchtopk``: this package's step, the sequence train.py runs (forward
-  with a dead mask, backward, decoder-parallel gradient removed, gradient clipping, Adam, decoder
-  renormalisation). TopK and BatchTopK use k = top-AFA's mean L0 measured during warm-up.
+- ``topafa``, ``topk``, ``batchtopk``, ``relu``: this package's step, ``hf_topafa.train.train_step``
+  itself (forward with a dead mask, backward, gradient clipping, decoder-parallel gradient
+  removed, decoder renormalised, Adam). TopK and BatchTopK use k = top-AFA's mean L0 measured
+  during warm-up; ``relu`` is a dense ReLU SAE with its L1 penalty, same shapes.
 - ``dense_floor``: the six dense matrix products every SAE step needs at these sizes (encoder and
   decoder, forward and backward).
+
+``--encoder-scale`` multiplies every variant's fresh W_enc, which sets how many features top-AFA
+keeps (a trained top-AFA SAE keeps hundreds: 1.02 gives about 32% of d_sae).
 
 Peak memory on CPU is measured in a fresh subprocess per variant: the peak resident set size
 (Linux ``VmHWM``, reset after imports) minus the resident set after imports. On CUDA it is
@@ -63,29 +68,55 @@ def make_optimizer(params, cfg: BenchConfig) -> torch.optim.Optimizer:
 
 
 class PackageStep:
-    """This package's training step for one activation rule (what train.py runs per step)."""
+    """This package's training step for one activation rule: ``train.train_step``, the function
+    the trainer calls, with the trainer's default clipping and a constant learning rate."""
 
     def __init__(self, cfg: BenchConfig, activation: str, d_sae: int, k: int | None = None):
         from .configuration_sae import SAEConfig
         from .modeling_sae import SparseAutoencoder
+        from .train_config import TrainConfig
 
         torch.manual_seed(cfg.seed)
         sae_cfg = SAEConfig(d_in=cfg.d_in, d_sae=d_sae, activation=activation, k=k)
         self.sae = SparseAutoencoder(sae_cfg).to(cfg.device, DTYPES[cfg.dtype]).train()
+        with torch.no_grad():
+            self.sae.W_enc.mul_(cfg.encoder_scale)
         self.opt = make_optimizer(self.sae.parameters(), cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: 1.0)
+        self.train_config = TrainConfig()  # only its step settings are read (max_grad_norm)
+        self.accelerator = _accelerator(cfg.device)
         self.dead_mask = dead_mask_for(d_sae, cfg.dead_fraction, cfg.device)
         self.last_l0 = float("nan")
 
     def __call__(self, x: torch.Tensor) -> None:
-        sae = self.sae
-        out = sae(x, dead_mask=self.dead_mask)
-        out.loss.backward()
-        sae.remove_gradient_parallel_to_decoder_directions()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        sae.set_decoder_norm_to_unit_norm()
+        from .train import train_step
+
+        out = train_step(
+            self.sae,
+            self.sae,
+            self.opt,
+            self.scheduler,
+            x,
+            self.dead_mask,
+            self.train_config,
+            self.accelerator,
+        )
         self.last_l0 = out.l0.float().mean().item()
+
+
+_ACCELERATORS: dict[str, object] = {}
+
+
+def _accelerator(device: str):
+    """One single-process Accelerator per device (what ``train`` builds, without precision
+    casts: the bench sets the dtype itself)."""
+    if device not in _ACCELERATORS:
+        from accelerate import Accelerator
+
+        _ACCELERATORS[device] = Accelerator(
+            cpu=torch.device(device).type == "cpu", mixed_precision="no"
+        )
+    return _ACCELERATORS[device]
 
 
 class PaperTopAFAStep:
@@ -104,7 +135,7 @@ class PaperTopAFAStep:
         w = torch.randn(d_sae, cfg.d_in)
         w /= w.norm(dim=-1, keepdim=True)
         self.W_dec = torch.nn.Parameter(w.to(device, dtype))
-        self.W_enc = torch.nn.Parameter(w.T.contiguous().to(device, dtype))
+        self.W_enc = torch.nn.Parameter((w.T * cfg.encoder_scale).contiguous().to(device, dtype))
         self.b_enc = torch.nn.Parameter(torch.zeros(d_sae, device=device, dtype=dtype))
         self.b_dec = torch.nn.Parameter(torch.zeros(cfg.d_in, device=device, dtype=dtype))
         self.params = [self.W_enc, self.W_dec, self.b_enc, self.b_dec]
@@ -185,7 +216,7 @@ def build_variant(name: str, cfg: BenchConfig, d_sae: int, k: int | None):
         return PaperTopAFAStep(cfg, d_sae)
     if name == "dense_floor":
         return DenseFloor(cfg, d_sae)
-    return PackageStep(cfg, name, d_sae, k if name != "topafa" else None)
+    return PackageStep(cfg, name, d_sae, k if name in ("topk", "batchtopk") else None)
 
 
 def make_batch(cfg: BenchConfig, batch: int) -> torch.Tensor:
@@ -240,21 +271,51 @@ def time_variants(cfg: BenchConfig) -> dict:
     return {"variants": result, "k_for_topk": k, "warmup_topafa_l0": l0s}
 
 
+# The targets of issue 16 (top-AFA where trained SAEs live) and issue 9 (the paper's step):
+# (name, numerator, denominator, comparison, bound); a None comparison is reported, not judged.
+RATIOS = (
+    ("paper_over_topafa", "paper_topafa", "topafa", ">=", 1.7),
+    ("topafa_over_relu", "topafa", "relu", "<=", 1.3),
+    ("topafa_over_topk", "topafa", "topk", "<=", 1.1),
+    ("topafa_over_dense_floor", "topafa", "dense_floor", None, None),
+    ("topafa_over_batchtopk", "topafa", "batchtopk", None, None),
+)
+MEMORY_TARGET = 1.5
+"""Peak memory over what parameters, gradients, Adam state and activations need."""
+
+
 def ratios(variants: dict, stat: str = "median_s") -> dict[str, float]:
-    """The issue's three targets (and the BatchTopK comparison) from median (or min) step times."""
-
-    def ratio(a, b):
-        if a in variants and b in variants:
-            return variants[a][stat] / variants[b][stat]
-        return None
-
-    out = {
-        "paper_over_topafa (target >= 1.7)": ratio("paper_topafa", "topafa"),
-        "topafa_over_dense_floor (target <= 1.3)": ratio("topafa", "dense_floor"),
-        "topafa_over_topk (target <= 1.15)": ratio("topafa", "topk"),
-        "topafa_over_batchtopk": ratio("topafa", "batchtopk"),
+    """The ratios of RATIOS whose two variants were timed, from median (or min) step times."""
+    return {
+        name: variants[a][stat] / variants[b][stat]
+        for name, a, b, _, _ in RATIOS
+        if a in variants and b in variants
     }
-    return {key: value for key, value in out.items() if value is not None}
+
+
+def judge(value: float, comparison: str, bound: float) -> dict:
+    """One target: met or missed, and by how much (as a share of the bound)."""
+    met = value >= bound if comparison == ">=" else value <= bound
+    return {
+        "value": value,
+        "target": f"{comparison} {bound}",
+        "met": met,
+        "missed_by": 0.0 if met else abs(value - bound) / bound,
+    }
+
+
+def targets(report: dict) -> dict[str, dict]:
+    """Every target this run measured, judged on medians: step-time ratios and peak memory."""
+    out = {}
+    for name, _, _, comparison, bound in RATIOS:
+        if comparison is not None and name in report["ratios"]:
+            out[name] = judge(report["ratios"][name], comparison, bound)
+    topafa = report["variants"].get("topafa", {})
+    if "peak_over_need" in topafa:
+        out["topafa_peak_over_need"] = judge(topafa["peak_over_need"], "<=", MEMORY_TARGET)
+    if "width" in report:
+        out["width_peak_over_need"] = judge(report["width"]["peak_over_need"], "<=", MEMORY_TARGET)
+    return out
 
 
 # -- memory -------------------------------------------------------------------------------------
@@ -306,6 +367,9 @@ def _reset_peak_rss() -> None:
 def memory_probe(cfg: BenchConfig, name: str, d_sae: int, batch: int, k: int | None) -> dict:
     """Peak memory of a few steps of one variant in this process (run it in a fresh one on CPU)."""
     torch.set_num_threads(cfg.threads)
+    from . import train  # noqa: F401  (the trainer's modules and Accelerator are not the step's)
+
+    _accelerator(cfg.device)
     cuda = torch.device(cfg.device).type == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -430,10 +494,15 @@ def run(cfg: BenchConfig) -> dict:
         "ratios_of_minimums": ratios(timing["variants"], "min_s"),
     }
     if cfg.memory:
+        need = parameter_need_bytes(cfg.d_in, cfg.d_sae, cfg.batch, cfg.dtype)
+        report["need_bytes"] = need
         for name, mem in measure_memory(cfg, timing["k_for_topk"]).items():
             report["variants"][name]["peak_bytes"] = mem["peak_bytes"]
+            if name == "topafa":
+                report["variants"][name]["peak_over_need"] = mem["peak_bytes"] / need["total"]
     if cfg.width_d_sae:
         report["width"] = measure_width(cfg)
+    report["targets"] = targets(report)
     return report
 
 
@@ -456,9 +525,18 @@ def format_report(report: dict) -> str:
         peak = f"{v['peak_bytes'] / 2**20:10.0f}" if "peak_bytes" in v else f"{'-':>10}"
         note = f"mean L0 {v['mean_l0']:.1f}" if "mean_l0" in v else ""
         lines.append(f"{name:<14}{v['median_s'] * 1e3:11.1f}{v['min_s'] * 1e3:9.1f}{peak}  {note}")
-    lines += ["", f"{'ratio':<42}{'medians':>8}{'minimums':>10}"]
+    lines += ["", f"{'ratio':<28}{'medians':>8}{'minimums':>10}  target"]
+    judged = report.get("targets", {})
     for key, value in report["ratios"].items():
-        lines.append(f"{key:<42}{value:8.2f}{report['ratios_of_minimums'][key]:10.2f}")
+        mark = _mark(judged[key]) if key in judged else ""
+        lines.append(f"{key:<28}{value:8.2f}{report['ratios_of_minimums'][key]:10.2f}  {mark}")
+    if "topafa_peak_over_need" in judged:
+        need = report["need_bytes"]["total"]
+        lines.append(
+            f"top-AFA peak memory over need ({need / 2**20:.0f} MiB): "
+            f"{report['variants']['topafa']['peak_over_need']:.2f}  "
+            f"{_mark(judged['topafa_peak_over_need'])}"
+        )
     if "width" in report:
         w = report["width"]
         need = w["need_bytes"]
@@ -469,9 +547,23 @@ def format_report(report: dict) -> str:
             f"peak {w['peak_bytes'] / 2**20:.0f} MiB vs need {need['total'] / 2**20:.0f} MiB "
             f"(params {need['parameters'] / 2**20:.0f} + grads {need['gradients'] / 2**20:.0f} "
             f"+ Adam {need['adam_state'] / 2**20:.0f} + activations "
-            f"{need['activations'] / 2**20:.0f}) -> {w['peak_over_need']:.2f}x (target <= 1.5)",
+            f"{need['activations'] / 2**20:.0f}) -> {w['peak_over_need']:.2f}x "
+            f"{_mark(judged['width_peak_over_need'])}",
+        ]
+    if judged:
+        missed = [name for name, t in judged.items() if not t["met"]]
+        lines += [
+            "",
+            f"targets: {len(judged) - len(missed)} of {len(judged)} met"
+            + (f"; MISSED: {', '.join(missed)}" if missed else ""),
         ]
     return "\n".join(lines)
+
+
+def _mark(target: dict) -> str:
+    if target["met"]:
+        return f"{target['target']}: met"
+    return f"{target['target']}: MISSED by {target['missed_by']:.0%}"
 
 
 def _load(values) -> str:

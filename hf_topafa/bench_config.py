@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .cli_args import DataclassParser, arg
 
-VARIANTS = ("paper_topafa", "topafa", "topk", "batchtopk", "dense_floor")
+VARIANTS = ("paper_topafa", "topafa", "topk", "batchtopk", "relu", "dense_floor")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
@@ -48,6 +48,11 @@ class BenchConfig:
     )
     lr: float = arg(1e-4, "Adam learning rate (small, so L0 barely drifts while timing)")
     seed: int = arg(0, "seed of the weights and of the Gaussian input batch")
+    encoder_scale: float = arg(
+        1.0,
+        "multiply the fresh W_enc by this (every variant): sets top-AFA's L0; at 1 it keeps about "
+        "40% of d_sae, at 1.02 about 32% (trained-like), larger keeps fewer",
+    )
     variants: tuple[str, ...] = arg(
         VARIANTS,
         f"comma-separated subset of {', '.join(VARIANTS)} (default: all)",
@@ -88,6 +93,8 @@ class BenchConfig:
             )
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}; got {self.dtype!r}")
+        if not (isinstance(self.encoder_scale, int | float) and self.encoder_scale > 0):
+            raise ValueError(f"encoder_scale must be > 0; got {self.encoder_scale!r}")
         if not 0 <= self.dead_fraction < 1:
             raise ValueError(f"dead_fraction must be in [0, 1); got {self.dead_fraction}")
         if self.adam not in ("fused", "foreach"):

@@ -27,10 +27,55 @@ def test_cli_writes_json_with_ratios_from_medians(tmp_path, capfd):
     assert set(variants) == set(bench.VARIANTS)
     for v in variants.values():
         assert len(v["times_s"]) == 2 and v["median_s"] > 0
-    ratio = report["ratios"]["topafa_over_topk (target <= 1.15)"]
+    ratio = report["ratios"]["topafa_over_topk"]
     assert ratio == pytest.approx(variants["topafa"]["median_s"] / variants["topk"]["median_s"])
+    relu = report["ratios"]["topafa_over_relu"]
+    assert relu == pytest.approx(variants["topafa"]["median_s"] / variants["relu"]["median_s"])
+    target = report["targets"]["topafa_over_topk"]
+    assert target["target"] == "<= 1.1" and target["met"] == (ratio <= 1.1)
+    assert ("topafa_over_topk" in printed) and ("met" in printed or "MISSED" in printed)
     assert 1 <= report["k_for_topk"] <= 128
     assert report["machine"]["torch_threads"] == 2
+
+
+def test_targets_are_judged_met_or_missed_with_the_margin():
+    report = {
+        "ratios": {"topafa_over_relu": 1.56, "topafa_over_topk": 1.05, "paper_over_topafa": 1.2},
+        "variants": {"topafa": {"peak_over_need": 1.2}},
+    }
+    judged = bench.targets(report)
+    assert judged["topafa_over_relu"]["met"] is False
+    assert judged["topafa_over_relu"]["missed_by"] == pytest.approx(0.2)  # 1.56 vs 1.3
+    assert judged["topafa_over_topk"]["met"] is True
+    assert judged["topafa_over_topk"]["missed_by"] == 0.0
+    assert judged["paper_over_topafa"]["met"] is False  # a ">=" target, 1.2 < 1.7
+    assert judged["topafa_peak_over_need"]["met"] is True
+    assert "topafa_over_dense_floor" not in judged  # reported, not judged
+
+
+def test_package_step_is_the_trainers_train_step(monkeypatch):
+    """The bench times hf_topafa.train.train_step itself, not a copy of it."""
+    from hf_topafa import train
+
+    calls = []
+    real = train.train_step
+    monkeypatch.setattr(train, "train_step", lambda *a: calls.append(a) or real(*a))
+    step = bench.PackageStep(tiny(), "topafa", 128)
+    before = step.sae.W_dec.detach().clone()
+    step(bench.make_batch(tiny(), 32))
+    assert len(calls) == 1 and calls[0][0] is step.sae
+    assert not torch.equal(before, step.sae.W_dec)  # the step moved the weights
+    norms = torch.linalg.vector_norm(step.sae.W_dec, dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-2)  # renormalised, then Adam
+
+
+def test_encoder_scale_sets_the_kept_share():
+    low, high = [], []
+    for scale, out in ((1.0, low), (1.3, high)):
+        step = bench.PackageStep(tiny(encoder_scale=scale, d_sae=512), "topafa", 512)
+        step(bench.make_batch(tiny(), 32))
+        out.append(step.last_l0)
+    assert high[0] < low[0]  # larger encoder weights: the target is met with fewer features
 
 
 def test_paper_step_selects_like_the_package():
