@@ -266,7 +266,7 @@ def _bucket_cut(
     ok = left_ok & right_ok & (crossing >= 1) & (s_ge[:, 0] > 0) & torch.isfinite(s_ge[:, 0])
 
     keep_band = position[1:].unsqueeze(0) <= best.unsqueeze(1)  # the first `best` of the band
-    mask = above & ok.unsqueeze(1)
+    mask = above  # rows not settled here are rewritten below
     kept_rows, kept_slots = (keep_band & ok.unsqueeze(1)).nonzero(as_tuple=True)
     mask[kept_rows, band_order[kept_rows, kept_slots]] = True
     short = ((crossing < 1) & (s_ge[:, 0] > 0) & torch.isfinite(s_ge[:, 0])).nonzero()[:, 0]
@@ -291,7 +291,8 @@ def _keep_all_positive(c, total, target, d_sae, rows, mask, k, ok) -> None:
     rounding bound of :func:`_bucket_cut`. Writes mask, k and ok in place for those rows."""
     positive = c > 0
     n_positive = positive.sum(-1)
-    smallest = torch.where(positive, c, float("inf")).amin(-1).double()
+    # zeros lifted above every contribution (adding 0.0 leaves the positive ones exact)
+    smallest = (c + (~positive).to(c.dtype) * torch.finfo(c.dtype).max).amin(-1).double()
     norm_all = total.sqrt()
     norm_less = (total - smallest).clamp(min=0).sqrt()
     slack_all = (4 * d_sae + 2048) * 2.0**-53 * (norm_all + target) + 1e-300
