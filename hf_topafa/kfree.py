@@ -21,6 +21,12 @@ random directions.
   top-AFA does, with C_k the sum of the k largest; the AFA bound for a code of k features says
   ||z||^2 <= (1 + eps (k - 1)) ||f||^2. Keep the smallest k whose cumulative norm enters that
   band, C_k >= ||x - b_dec||^2 / (1 + eps_rms (k - 1)), instead of top-AFA's nearest k.
+- **Batch band** (``batch_band``). Band entry sets the budget, not the allocation: the batch
+  keeps the sum over its tokens of their band-entry k, as the (token, feature) pairs with the
+  largest decoder-scaled activations across the whole batch (BatchTopK's allocation, which
+  spends each feature where it removes the most squared error, with a budget that no k sets).
+  At inference a per-feature threshold estimated during training replaces the batch, as in
+  BatchTopK.
 """
 
 from __future__ import annotations
@@ -92,3 +98,22 @@ def band_entry(
     keep_sorted = torch.arange(h, device=pre.device).unsqueeze(0) < k.unsqueeze(-1)
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
     return pre * keep, k
+
+
+def batch_band(
+    pre: torch.Tensor, decoder_norms: torch.Tensor, target_norm: torch.Tensor, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the B largest decoder-scaled activations of the batch, B = the sum of the tokens'
+    band-entry k (``band_entry``). Returns ``(acts, smallest)``: ``smallest`` is the smallest
+    kept decoder-scaled activation (0 when nothing positive is kept), the inference threshold's
+    estimate. Ties at the cut keep the lower flat index."""
+    _, k = band_entry(pre, decoder_norms, target_norm, eps)
+    scaled = (pre.detach() * decoder_norms.detach()).reshape(-1)
+    budget = int(k.sum().clamp(max=scaled.numel()))
+    order = torch.sort(scaled, descending=True, stable=True)
+    kept = order.indices[:budget]
+    kept = kept[order.values[:budget] > 0]
+    keep = torch.zeros_like(scaled, dtype=torch.bool)
+    keep[kept] = True
+    smallest = order.values[: len(kept)].min() if len(kept) else scaled.new_zeros(())
+    return pre * keep.reshape(pre.shape), smallest

@@ -220,6 +220,22 @@ def _kfree_select(rule):
     return select
 
 
+def _afa_batch_select(sae, pre, x_n):
+    """Batch band while training (or before a threshold is estimated); the threshold after."""
+    import torch
+
+    from . import kfree
+
+    decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+    if sae.training or bool(sae.threshold[0] < 0):
+        eps = kfree.decoder_coherence_rms(sae.W_dec)
+        acts, smallest = kfree.batch_band(pre, decoder_norms, _topafa_target(sae, x_n), eps)
+        if sae.training:
+            sae._update_batchtopk_threshold(smallest)
+        return acts, None
+    return pre * (pre * decoder_norms > sae.threshold), None
+
+
 # -- the registry ----------------------------------------------------------------------------
 
 RULES: dict[str, Rule] = {
@@ -324,6 +340,20 @@ RULES: dict[str, Rule] = {
             ),
             select=_kfree_select("universal_threshold"),
             adaptive_k=True,
+        ),
+        Rule(
+            name="afa_batch",
+            display_name="AFA batch band",
+            card_tag="afa-batch",
+            card_text=(
+                "Features are chosen by **AFA batch band**: during training a batch keeps as many "
+                "(token, feature) pairs as AFA band entry would keep per token in total, taken "
+                "as the largest activations across the batch; at inference a per-feature "
+                "threshold estimated during training. There is no *k* to tune."
+            ),
+            select=_afa_batch_select,
+            threshold="estimated",
+            threshold_init=lambda config: -1.0,  # -1: not estimated yet
         ),
     )
 }

@@ -74,3 +74,18 @@ def test_gradients_reach_the_kept_features_only():
         acts, _ = rule(pre, torch.ones(4), torch.tensor([5.5]), torch.tensor(0.5))
         acts.sum().backward()
         assert pre.grad.tolist() == (acts != 0).float().tolist()
+
+
+def test_batch_band_spends_the_band_budget_across_the_batch():
+    # band entry alone: token 0 keeps 1 feature (16 >= 16), token 1 keeps 2 (1 + 1 >= 2)
+    pre = torch.tensor([[4.0, 3.0, 0.0], [1.0, 1.0, 0.0]])
+    ones = torch.ones(3)
+    target, eps = torch.tensor([4.0, math.sqrt(2.0)]), torch.tensor(0.0)
+    assert kfree.band_entry(pre, ones, target, eps)[1].tolist() == [1, 2]
+    # the batch keeps 3 pairs, the 3 largest of the batch: both of token 0's and one of token 1's
+    acts, smallest = kfree.batch_band(pre, ones, target, eps)
+    assert acts.tolist() == [[4.0, 3.0, 0.0], [1.0, 0.0, 0.0]]
+    assert smallest.item() == 1.0
+    # nothing positive: nothing kept, threshold estimate 0
+    acts, smallest = kfree.batch_band(torch.zeros(2, 3), ones, target, eps)
+    assert acts.abs().sum().item() == 0 and smallest.item() == 0.0

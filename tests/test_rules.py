@@ -31,6 +31,7 @@ def test_names_are_the_registry_everywhere():
         "jumprelu",
         "afa_band",
         "afa_universal",
+        "afa_batch",
     )
     assert rules.NEEDS_K == ("topk", "batchtopk")
     assert rules.ENCODER_BIAS == ("relu", "jumprelu")
