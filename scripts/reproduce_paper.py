@@ -121,12 +121,22 @@ def _settings(args, split: str) -> dict:
     }
 
 
+def same_harvest(cached: dict, wanted: dict) -> bool:
+    """A cache serves a request with the same settings whose layers it holds (a run of some
+    layers reuses the cache of all three)."""
+    rest = {k: v for k, v in cached.items() if k != "layers"}
+    return rest == {k: v for k, v in wanted.items() if k != "layers"} and set(
+        wanted["layers"]
+    ) <= set(cached.get("layers", []))
+
+
 def harvest(args, split: str, path: Path) -> dict[int, torch.Tensor]:
     """Activations {layer: [N, d]} of the ``split`` windows, read from ``path`` or harvested."""
     settings = _settings(args, split)
     if path.is_file():
         with safe_open(str(path), framework="pt") as fh:
-            if json.loads(fh.metadata().get("settings", "{}")) == settings:
+            cached = json.loads(fh.metadata().get("settings", "{}"))
+            if same_harvest(cached, settings):
                 print(f"reusing cached {split} activations {path}")
                 return {layer: fh.get_tensor(f"L{layer}") for layer in settings["layers"]}
     from tqdm.auto import tqdm
@@ -333,6 +343,21 @@ def ensure_record(args, layer, spec, acts, eval_x, work: Path, records: Path) ->
 # Report
 
 
+def other_records(records: Path, runs: list[dict]) -> list[dict]:
+    """Records in the folder beyond this invocation's grid (e.g. a k-free rule run on its own):
+    the report always covers every finished SAE."""
+    seen = {r["name"] for r in runs}
+    found = [json.loads(path.read_text()) for path in sorted(records.glob("*.json"))]
+    return [r for r in found if r["name"] not in seen]
+
+
+def report_order(run: dict) -> tuple:
+    """Layer, then the registry's rule order, then k or lambda_AFA."""
+    spec = run["spec"]
+    rule = ACTIVATIONS.index(spec["activation"]) if spec["activation"] in ACTIVATIONS else 99
+    return (run["layer"], rule, spec["k"] or 0, float(Fraction(spec["afa_coef"])))
+
+
 def table_rows(runs: list[dict]) -> list[dict]:
     rows = []
     for run in runs:
@@ -507,8 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"   missing (--report-only): {run_name(layer, spec)}")
             else:
                 runs.append(record)
-    grid_order = {run_name(0, spec): i for i, spec in enumerate(sae_grid(args))}
-    runs.sort(key=lambda r: (r["layer"], grid_order[run_name(0, r["spec"])]))
+    runs = sorted(runs + other_records(records, runs), key=report_order)
 
     rows = table_rows(runs)
     add_frontier_ratios(rows)
