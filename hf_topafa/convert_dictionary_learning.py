@@ -8,14 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .convert_common import (
-    Imported,
-    UnsupportedSAEError,
-    check_tensors,
-    folder_of,
-    positive_int,
-    read_json,
-)
+from . import convert_common as common
+from .convert_common import Imported, UnsupportedSAEError
 
 _DL_CLASSES = (
     "AutoEncoder",
@@ -34,7 +28,7 @@ def read_dictionary_learning(path: Path, normalize_decoder: bool = True) -> Impo
     and bias scaled up to match (reconstructions unchanged, activations rescaled).
     """
     weights_file, config_file = _dictionary_learning_files(path)
-    cfg = read_json(config_file)
+    cfg = common.read_json(config_file)
     trainer = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
     dict_class = trainer.get("dict_class")
     where = f"{config_file}"
@@ -67,7 +61,7 @@ def read_dictionary_learning(path: Path, normalize_decoder: bool = True) -> Impo
         if dict_class == "MatryoshkaBatchTopKSAE":  # same names; scalar k and threshold buffers
             del shapes["threshold"]
             optional = {"k": (), "threshold": (), "group_sizes": None}
-        check_tensors(weights_file, state, shapes, optional)
+        common.check_tensors(weights_file, state, shapes, optional)
         W_enc, b_enc = state["W_enc"].double(), state["b_enc"].double()
         W_dec, b_dec = state["W_dec"].double(), state["b_dec"].double()
         if dict_class == "JumpReluAutoEncoder":
@@ -91,7 +85,7 @@ def read_dictionary_learning(path: Path, normalize_decoder: bool = True) -> Impo
         else:
             shapes["b_dec"] = (d_in,)
             optional = {"k": (), "threshold": ()}  # 0-d buffers of the TopK classes
-        check_tensors(weights_file, state, shapes, optional)
+        common.check_tensors(weights_file, state, shapes, optional)
         W_enc = state["encoder.weight"].double().T
         b_enc = state["encoder.bias"].double()
         W_dec = state["decoder.weight"].double().T
@@ -109,7 +103,9 @@ def read_dictionary_learning(path: Path, normalize_decoder: bool = True) -> Impo
                 activation, threshold, k = _batchtopk_rule(weights_file, state, trainer, d_sae)
             else:
                 k = int(state["k"]) if "k" in state else trainer.get("k")
-                k = positive_int(k, f"{where}: k (neither the weights nor trainer.k give it)")
+                k = common.positive_int(
+                    k, f"{where}: k (neither the weights nor trainer.k give it)"
+                )
                 activation = "topk"
     if dict_class != "AutoEncoder" and normalize_decoder is not True:
         raise ValueError("normalize_decoder applies only to dictionary_learning AutoEncoder")
@@ -147,7 +143,7 @@ def _dictionary_learning_files(path: Path) -> tuple[Path, Path]:
     ``checkpoints/ae_<step>.pt``, so a file's config.json is looked for next to it, then one up.
     """
     if path.is_dir():
-        folder = folder_of(path, ("ae.pt", "config.json"))
+        folder = common.folder_of(path, ("ae.pt", "config.json"))
         return folder / "ae.pt", folder / "config.json"
     if path.suffix != ".pt":
         raise ValueError(
@@ -170,7 +166,7 @@ def _batchtopk_rule(file: Path, state: dict, trainer: dict, d_sae: int):
     still at its initial -1 (never calibrated) keeps every ReLU(pre): that is a ReLU SAE.
     """
     k = int(state["k"]) if "k" in state else trainer.get("k")
-    k = positive_int(k, f"{file}: k (neither the weights nor trainer.k give it)")
+    k = common.positive_int(k, f"{file}: k (neither the weights nor trainer.k give it)")
     if "threshold" not in state:
         raise UnsupportedSAEError(
             f"{file}: this BatchTopK SAE has no inference threshold (older dictionary_learning); "

@@ -9,11 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .convert_common import (
-    Imported,
-    UnsupportedSAEError,
-    check_tensors,
-)
+from . import convert_common as common
+from .convert_common import Imported, UnsupportedSAEError
 
 _GEMMA_KEYS = "W_enc, W_dec, b_enc, b_dec, threshold"
 
@@ -41,7 +38,7 @@ def read_gemma_scope(path: Path) -> Imported:
         "b_dec": (d_in,),
         "threshold": (d_sae,),
     }
-    check_tensors(file, arrays, shapes)
+    common.check_tensors(file, arrays, shapes)
     threshold = arrays["threshold"].double()
     if (threshold < 0).any():
         raise UnsupportedSAEError(

@@ -9,15 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .convert_common import (
-    Imported,
-    UnsupportedSAEError,
-    check_tensors,
-    folder_of,
-    positive_int,
-    read_json,
-    read_safetensors,
-)
+from . import convert_common as common
+from .convert_common import Imported, UnsupportedSAEError
 
 # TransformerLens model aliases used in SAELens configs -> Hugging Face ids.
 _TRANSFORMER_LENS_NAMES = {
@@ -39,9 +32,9 @@ _SAELENS_BATCHTOPK = ("batchtopk", "matryoshka_batchtopk")
 
 def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Imported:
     """SAELens folder: cfg.json + sae_weights.safetensors (v6 layout and the older flat one)."""
-    folder = folder_of(path, ("cfg.json", "sae_weights.safetensors"))
-    cfg = read_json(folder / "cfg.json")
-    weights = read_safetensors(folder / "sae_weights.safetensors")
+    folder = common.folder_of(path, ("cfg.json", "sae_weights.safetensors"))
+    cfg = common.read_json(folder / "cfg.json")
+    weights = common.read_safetensors(folder / "sae_weights.safetensors")
     legacy = "metadata" not in cfg
     meta = cfg if legacy else (cfg.get("metadata") or {})
     where = f"{folder / 'cfg.json'}"
@@ -61,8 +54,8 @@ def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Import
         normalize = "expected_average_only_in" if normalize else "none"
     normalize = normalize or "none"
 
-    d_in = positive_int(cfg.get("d_in"), f"{where}: d_in")
-    d_sae = positive_int(cfg.get("d_sae"), f"{where}: d_sae")
+    d_in = common.positive_int(cfg.get("d_in"), f"{where}: d_in")
+    d_sae = common.positive_int(cfg.get("d_sae"), f"{where}: d_sae")
     shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
     if architecture == "jumprelu":
         if "threshold" not in weights and "log_threshold" in weights:
@@ -78,7 +71,7 @@ def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Import
             f"{folder}: sae_weights.safetensors holds a scaling_factor that is not all ones "
             "(the finetuning scaling of SAELens < 6); such files are not converted here"
         )
-    check_tensors(folder / "sae_weights.safetensors", weights, shapes)
+    common.check_tensors(folder / "sae_weights.safetensors", weights, shapes)
     t = {name: weights[name].double() for name in shapes}
 
     _fold_input_scale(t, normalize, norm_scaling_factor, where)
@@ -104,7 +97,7 @@ def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Import
         activation = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}[architecture]
         source_k = None
     if activation == "topk":
-        k = positive_int(k, f"{where}: k")
+        k = common.positive_int(k, f"{where}: k")
     model_name = meta.get("model_name")
     layer, hook_point = _parse_transformer_lens_hook(hook_name)
     if layer is None and meta.get("hook_layer") is not None:

@@ -6,15 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .convert_common import (
-    Imported,
-    UnsupportedSAEError,
-    check_tensors,
-    folder_of,
-    positive_int,
-    read_json,
-    read_safetensors,
-)
+from . import convert_common as common
+from .convert_common import Imported, UnsupportedSAEError
 
 
 def read_sparsify(path: Path) -> Imported:
@@ -23,8 +16,8 @@ def read_sparsify(path: Path) -> Imported:
     sparsify encodes ``topk(ReLU(encoder(x - b_dec)))`` and decodes
     ``sum_i acts_i W_dec[i] + b_dec`` with encoder.weight [M, d_in] and W_dec [M, d_in].
     """
-    folder = folder_of(path, ("cfg.json", "sae.safetensors"), subfolders_hint=True)
-    cfg = read_json(folder / "cfg.json")
+    folder = common.folder_of(path, ("cfg.json", "sae.safetensors"), subfolders_hint=True)
+    cfg = common.read_json(folder / "cfg.json")
     where = f"{folder / 'cfg.json'}"
     if cfg.get("activation", "topk") != "topk":
         raise UnsupportedSAEError(
@@ -38,20 +31,20 @@ def read_sparsify(path: Path) -> Imported:
     ):
         if cfg.get(flag):
             raise UnsupportedSAEError(f"{where}: {flag}=true ({why}); our SAEs cannot express it")
-    d_in = positive_int(cfg.get("d_in"), f"{where}: d_in")
+    d_in = common.positive_int(cfg.get("d_in"), f"{where}: d_in")
     d_sae = cfg.get("num_latents") or d_in * cfg.get("expansion_factor", 32)
-    d_sae = positive_int(d_sae, f"{where}: num_latents")
-    k = positive_int(cfg.get("k"), f"{where}: k")
-    weights = read_safetensors(folder / "sae.safetensors")
+    d_sae = common.positive_int(d_sae, f"{where}: num_latents")
+    k = common.positive_int(cfg.get("k"), f"{where}: k")
+    weights = common.read_safetensors(folder / "sae.safetensors")
     shapes = {
         "encoder.weight": (d_sae, d_in),
         "encoder.bias": (d_sae,),
         "W_dec": (d_sae, d_in),
         "b_dec": (d_in,),
     }
-    check_tensors(folder / "sae.safetensors", weights, shapes)
+    common.check_tensors(folder / "sae.safetensors", weights, shapes)
     run_cfg = (
-        read_json(folder.parent / "config.json")
+        common.read_json(folder.parent / "config.json")
         if (folder.parent / "config.json").is_file()
         else {}
     )
