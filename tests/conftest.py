@@ -87,3 +87,24 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>")
     fast.save_pretrained(folder)
     return folder
+
+
+# --- a worked top-AFA SAE (test_model, test_afa) ---------------------------------------------
+
+
+@pytest.fixture
+def worked_topafa_sae():
+    """d_in 2, d_sae 4, b_dec = (0, 1), unit decoder rows; encoder columns chosen so that
+    x - b_dec = (a, b) gives pre = ReLU(b, a, a / 3, b / 8). Numbers worked by hand in
+    test_model.test_topafa_k_by_hand and test_afa.test_zf_diagnostics_by_hand."""
+    import torch
+
+    from hf_topafa import SAEConfig, SparseAutoencoder
+
+    sae = SparseAutoencoder(SAEConfig(d_in=2, d_sae=4, activation="topafa"))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.tensor([[0.0, 1.0, 1 / 3, 0.0], [1.0, 0.0, 0.0, 1 / 8]]))
+        sae.W_dec.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+        sae.b_enc.zero_()
+        sae.b_dec.copy_(torch.tensor([0.0, 1.0]))
+    return sae.eval()

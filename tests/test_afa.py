@@ -100,3 +100,32 @@ def test_zf_diagnostics_agree_with_the_parts():
     assert diag["k"].shape == (21,) and (diag["k"] >= 1).all()
     for band in afa.EPS_H_BANDS:
         assert torch.equal(diag[f"class_{band}"], afa.classify_tokens(z_norm, f_norm, band))
+
+
+def test_zf_diagnostics_by_hand(worked_topafa_sae):
+    # The worked top-AFA SAE of conftest (no input normalization, so z = x):
+    #   x = (3, 5):  f = (4, 3, 0, 0),  ||f~||^2 = 16 + 9 + ||b_dec||^2 = 26,   ||z||^2 = 34
+    #   x = (0, 3):  f = (2, 0, 0, 0),  ||f~||^2 = 4 + 1 = 5,                   ||z||^2 = 9
+    #   x = (-3, 5): f = (4, 0, 0, .5), ||f~||^2 = 16 + .25 + 1 = 17.25,        ||z||^2 = 34
+    # h = 5; eps_LBO = | ||z||^2 - ||f~||^2 | / (4 ||f~||^2); every token is under-activated
+    # at eps (h-1) = 0.25, since ||z||^2 / ||f~||^2 - 1 = 0.31, 0.8 and 0.97 all exceed it.
+    sae = worked_topafa_sae
+    x = torch.tensor([[3.0, 5.0], [0.0, 3.0], [-3.0, 5.0]])
+    diag = afa.zf_diagnostics(sae, x)
+    assert diag["z_norm"].tolist() == pytest.approx([34**0.5, 3.0, 34**0.5])
+    assert diag["f_norm"].tolist() == pytest.approx([26**0.5, 5**0.5, 17.25**0.5])
+    assert diag["eps_lbo"].tolist() == pytest.approx([8 / 104, 4 / 20, 16.75 / 69])
+    assert diag["l0"].tolist() == [2.0, 1.0, 2.0] and diag["k"].tolist() == [2, 1, 2]
+    assert diag["class_0.25"].tolist() == [afa.UNDER] * 3
+    assert diag["class_0.5"].tolist() == [afa.WITHIN, afa.UNDER, afa.UNDER]
+    assert diag["class_1.0"].tolist() == [afa.WITHIN] * 3
+    # the same numbers from an output the caller already has (one SAE run, as the Space does)
+    again = afa.zf_diagnostics(sae, x, sae(x))
+    assert all(torch.equal(again[key], diag[key]) for key in diag)
+
+
+def test_space_quantile_by_hand():
+    values = torch.tensor([4.0, 1.0, 3.0, 2.0])  # sorted 1, 2, 3, 4: position q * 3
+    assert afa.quantile(values, 0.5) == pytest.approx(2.5)
+    assert afa.quantile(values, 0.25) == pytest.approx(1.75)
+    assert math.isnan(afa.quantile(torch.tensor([]), 0.5))

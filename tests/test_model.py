@@ -219,3 +219,23 @@ def test_loading_malformed_folders(tmp_path):
     (invalid / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="activation must be one of"):
         SparseAutoencoder.from_pretrained(invalid)
+
+
+def test_topafa_k_by_hand(worked_topafa_sae):
+    # Target ||x - b_dec||; contributions (pre_i * ||W_dec,i||)^2 ranked, k = the prefix whose
+    # norm is nearest the target:
+    #   x - b = (3, 4):  pre (4, 3, 1, .5), prefix norms 4, 5, 5.10, 5.12, target 5  -> k = 2
+    #   x - b = (0, 2):  pre (2, 0, 0, .25), prefix norms 2, 2.016, ...,   target 2  -> k = 1
+    #   x - b = (-3, 4): pre (4, 0, 0, .5), prefix norms 4, 4.03, ...,     target 5  -> k = 2
+    # (a target of ||x|| instead would give k = 4, 2 and 2; an off-by-one, 1 or 3 on row one)
+    sae = worked_topafa_sae
+    x = torch.tensor([[3.0, 5.0], [0.0, 3.0], [-3.0, 5.0]])
+    out = sae(x)
+    assert out.k.tolist() == [2, 1, 2]
+    expected = torch.tensor([[4.0, 3.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0], [4.0, 0.0, 0.0, 0.5]])
+    torch.testing.assert_close(out.feature_acts, expected)
+    assert out.l0.tolist() == [2.0, 1.0, 2.0]
+    # x_hat = f W_dec + b_dec
+    torch.testing.assert_close(
+        out.reconstruction, torch.tensor([[3.0, 5.0], [0.0, 3.0], [0.0, 5.5]])
+    )
