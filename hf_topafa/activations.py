@@ -194,6 +194,7 @@ def _bucket_cut(
     key = bits >> shift
     base = int(key.max()) - (_N_BUCKETS - 1) if n_tokens else 0
     index = key.sub_(base).clamp_(min=0).long()
+    del key  # peak memory: the int32 keys go before the float64 copy arrives
     sums = torch.zeros(n_tokens, _N_BUCKETS, dtype=torch.float64, device=device)
     sums.scatter_add_(1, index, c.double())
     del index
