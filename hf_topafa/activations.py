@@ -58,7 +58,12 @@ def topafa(
     Returns ``(acts, k)`` with k [N] (int64).
     """
     mask, k = topafa_mask(pre, decoder_norms, target_norm, candidates)
-    return pre * mask.to(pre.dtype), k  # a float mask multiplies faster than a bool one
+    if pre.requires_grad:
+        return pre * mask.to(pre.dtype), k  # a float mask multiplies faster than a bool one
+    acts = torch.empty_like(pre)
+    for rows in _row_blocks(pre):  # small temporaries: no fresh [N, d_sae] float mask
+        torch.mul(pre[rows], mask[rows].to(pre.dtype), out=acts[rows])
+    return acts, k
 
 
 def topafa_mask(
@@ -160,7 +165,31 @@ def _full_sort(pre, decoder_norms, target):
     return values, order, _nearest_prefix(values, target.to(values.dtype))
 
 
+# The histogram cut works through the batch this many elements at a time: its temporaries
+# (float64 and int64 copies among them) then stay a few MB, reused from the allocator instead of
+# freshly mapped (and page-faulted) on every step.
+_BLOCK_ELEMENTS = 1 << 20
+
+
+def _row_blocks(pre: torch.Tensor):
+    """Row slices covering pre [N, d] in blocks of about _BLOCK_ELEMENTS elements."""
+    step = max(1, _BLOCK_ELEMENTS // max(1, pre.shape[-1]))
+    return [slice(start, start + step) for start in range(0, pre.shape[0], step)]
+
+
 def _bucket_cut(
+    pre: torch.Tensor, decoder_norms: torch.Tensor, target_norm: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-AFA's mask and k without sorting, block of tokens by block (see _bucket_cut_rows)."""
+    if pre.shape[0] == 0:
+        return torch.zeros_like(pre, dtype=torch.bool), torch.ones(0, dtype=torch.long)
+    parts = [_bucket_cut_rows(pre[r], decoder_norms, target_norm[r]) for r in _row_blocks(pre)]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([m for m, _ in parts]), torch.cat([k for _, k in parts])
+
+
+def _bucket_cut_rows(
     pre: torch.Tensor, decoder_norms: torch.Tensor, target_norm: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-AFA's mask and k without sorting d_sae contributions per token.

@@ -299,3 +299,17 @@ def test_dense_regime_step_equals_direct_definition(convention):
     fast, direct = grads_of(sae, out.loss), grads_of(sae, loss)
     for name in direct:
         assert torch.allclose(fast[name], direct[name], rtol=1e-9, atol=1e-12), name
+
+
+def test_histogram_cut_in_row_blocks_equals_one_block(monkeypatch):
+    g = torch.Generator().manual_seed(6)
+    pre = torch.relu(torch.randn(37, 500, generator=g))
+    norms = torch.rand(500, generator=g) + 0.5
+    target = ((pre * norms) ** 2).sum(-1).sqrt() * 0.95
+    whole = activations.topafa(pre, norms, target, candidates=400)
+    monkeypatch.setattr(activations, "_BLOCK_ELEMENTS", 3000)  # 6 rows a block, a short last
+    assert len(activations._row_blocks(pre)) == 7
+    blocked = activations.topafa(pre, norms, target, candidates=400)
+    ref_acts, ref_k = activations.topafa_reference(pre, norms, target)
+    for acts, k in (whole, blocked):
+        assert torch.equal(k, ref_k) and torch.equal(acts, ref_acts)
