@@ -1,5 +1,11 @@
-"""Top-AFA step speed in the realistic dense regime: the main job's trained SAE (L0 ~1300 of
-4608) on real SmolLM2 layer-15 activations, next to the paper's step and TopK at the same L0."""
+"""Top-AFA step speed in the realistic dense regime: a trained SAE (e.g. the main job's, L0 ~1200
+of 4608) on real SmolLM2 layer-15 activations, next to the paper's step, TopK at the same L0, a
+dense ReLU-SAE step of the same shapes and the dense floor; each target marked met or missed.
+
+    python scripts/bench_trained_topafa.py [RUN_FOLDER] [THREADS]
+
+Every package step is ``hf_topafa.train.train_step`` (through ``bench.PackageStep``).
+"""
 
 import statistics
 import sys
@@ -10,25 +16,28 @@ import torch
 from hf_topafa import SparseAutoencoder, bench
 from hf_topafa.harvest import HarvestConfig, Harvester
 
-torch.set_num_threads(2)
+threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+torch.set_num_threads(threads)
 trained = SparseAutoencoder.from_pretrained(
     sys.argv[1] if len(sys.argv) > 1 else "runs/smollm2-topafa"
 )
+d_in, d_sae = trained.config.d_in, trained.config.d_sae
 h = Harvester(HarvestConfig(layer=15, hook_point="resid_post", max_tokens=1024, holdout="eval"))
 x = torch.cat([c.acts for c in h.iter_with_tokens(progress=False)])[:1024]
-cfg = bench.BenchConfig(d_in=576, d_sae=4608, batch=1024)
-pkg = bench.PackageStep(cfg, "topafa", 4608)
+cfg = bench.BenchConfig(d_in=d_in, d_sae=d_sae, batch=1024, threads=threads, lr=1e-5)
+pkg = bench.PackageStep(cfg, "topafa", d_sae)
 pkg.sae.load_state_dict(trained.state_dict())
-paper = bench.PaperTopAFAStep(cfg, 4608)
+paper = bench.PaperTopAFAStep(cfg, d_sae)
 with torch.no_grad():
     for p, n in zip(paper.params, ["W_enc", "W_dec", "b_enc", "b_dec"], strict=True):
         p.copy_(getattr(trained, n))
 pkg(x)
 k = round(pkg.last_l0)
-topk = bench.PackageStep(cfg, "topk", 4608, k=k)
+topk = bench.PackageStep(cfg, "topk", d_sae, k=k)
 topk.sae.load_state_dict(trained.state_dict())
-dense = bench.DenseFloor(cfg, 4608)
-steps = {"paper": paper, "topafa": pkg, "topk": topk, "dense_floor": dense}
+relu = bench.PackageStep(cfg, "relu", d_sae)  # same shapes; its own weights
+dense = bench.DenseFloor(cfg, d_sae)
+steps = {"paper_topafa": paper, "topafa": pkg, "topk": topk, "relu": relu, "dense_floor": dense}
 for s in steps.values():
     s(x)
 times = {n: [] for n in steps}
@@ -37,10 +46,12 @@ for _ in range(7):
         t = time.perf_counter()
         s(x)
         times[n].append(time.perf_counter() - t)
-med = {n: statistics.median(v) * 1000 for n, v in times.items()}
-print(f"top-AFA mean L0 {pkg.last_l0:.0f} of 4608; TopK k={k}")
-for n, m in med.items():
-    print(f"{n:12s} {m:8.0f} ms")
-print(
-    f"paper/topafa {med['paper'] / med['topafa']:.2f}  topafa/dense {med['topafa'] / med['dense_floor']:.2f}  topafa/topk {med['topafa'] / med['topk']:.2f}"
-)
+variants = {n: {"median_s": statistics.median(v)} for n, v in times.items()}
+print(f"top-AFA mean L0 {pkg.last_l0:.0f} of {d_sae}; TopK k={k}; {threads} threads")
+for n, v in variants.items():
+    print(f"{n:12s} {v['median_s'] * 1e3:8.0f} ms")
+report = {"ratios": bench.ratios(variants), "variants": variants}
+judged = bench.targets(report)
+for name, value in report["ratios"].items():
+    mark = bench._mark(judged[name]) if name in judged else ""
+    print(f"{name:26s} {value:6.2f}  {mark}")
