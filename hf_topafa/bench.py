@@ -45,7 +45,6 @@ from .bench_config import (  # noqa: F401 - re-exported: the config and its CLI 
     BenchConfig,
     BenchRun,
     build_parser,
-    cli_main,
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -589,6 +588,13 @@ def run_command(cfg: BenchConfig, run_options: BenchRun) -> int:
         write_json(report, run_options.json)
         print(f"\nwrote {run_options.json}")
     return 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``hf-topafa bench ...`` from Python: the command line's checks, errors and exit status."""
+    from .cli import main
+
+    return main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -139,8 +139,10 @@ def build_parser() -> DataclassParser:
     )
 
 
-def cli_main(argv: list[str] | None = None) -> int:
-    """``hf-topafa bench``: check every value, then (re)start with the wait policy and time."""
+def parse_command(argv: list[str] | None = None) -> tuple[BenchConfig, BenchRun] | int:
+    """``hf-topafa bench``'s values, checked before torch loads. Returns the configs for
+    ``hf_topafa.bench.run_command``, or an exit status when the command ran in a fresh
+    interpreter with the wanted OpenMP wait policy (or a value was refused)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, run = build_parser().parse_dataclasses(argv, extra={"argv": argv})
     try:
@@ -159,6 +161,4 @@ def cli_main(argv: list[str] | None = None) -> int:
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         command = [sys.executable, "-m", "hf_topafa.bench", *argv]
         return subprocess.run(command, env=env, check=False).returncode
-    from .bench import run_command
-
-    return run_command(cfg, run)
+    return cfg, run

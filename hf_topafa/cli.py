@@ -17,31 +17,46 @@ import traceback
 
 from . import __version__
 
-# subcommand -> (module that parses its arguments, one-line help). Each module exposes
-# `cli_main(argv)`; those of train, evaluate, harvest and bench check every argument before they
-# import torch (the modules that do the work are imported after the checks).
-COMMANDS: dict[str, tuple[str, str]] = {
+# subcommand -> (module that checks its arguments, module that runs it, one-line help). A
+# checking module exposes `parse_command(argv)`, imports no torch, and returns the arguments for
+# the running module's `run_command(*arguments)` (or an exit status); the running module is
+# imported only after the checks. A subcommand without a separate checking module (None) runs
+# its module's `cli_main(argv)`.
+COMMANDS: dict[str, tuple[str | None, str, str]] = {
     "train": (
         "hf_topafa.train_config",
+        "hf_topafa.train",
         "train an SAE (default: top-AFA on the embedded SmolLM2 model)",
     ),
     "evaluate": (
         "hf_topafa.eval_config",
+        "hf_topafa.evaluate",
         "reconstruction, sparsity, downstream and AFA diagnostics",
     ),
     "harvest": (
         "hf_topafa.harvest_config",
+        "hf_topafa.harvest",
         "harvest a language model's activations into an on-disk cache",
     ),
-    "convert": ("hf_topafa.convert", "import an SAE saved by SAELens, sparsify, Gemma Scope, ..."),
+    "convert": (
+        None,
+        "hf_topafa.convert",
+        "import an SAE saved by SAELens, sparsify, Gemma Scope, ...",
+    ),
     "features": (
         "hf_topafa.features_config",
+        "hf_topafa.features",
         "top examples, density, histograms and logit effects of every feature",
     ),
-    "push": ("hf_topafa.hub", "upload a run folder to the Hugging Face Hub with a model card"),
-    "space": ("hf_topafa.space", "publish the SAE explorer as a Gradio Space"),
+    "push": (
+        None,
+        "hf_topafa.hub",
+        "upload a run folder to the Hugging Face Hub with a model card",
+    ),
+    "space": (None, "hf_topafa.space", "publish the SAE explorer as a Gradio Space"),
     "bench": (
         "hf_topafa.bench_config",
+        "hf_topafa.bench",
         "time the training step against the paper's step and the dense floor",
     ),
 }
@@ -61,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hf-topafa {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
+    for name, (_, _, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
@@ -125,8 +140,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return USAGE_ERROR
-    command = COMMANDS[name][0]
-    return run_guarded(lambda a: importlib.import_module(command).cli_main(a), rest, debug)
+    return run_guarded(lambda a: run_subcommand(name, a), rest, debug)
+
+
+def run_subcommand(name: str, argv: list[str]) -> int:
+    """Check ``argv`` with the subcommand's checking module, then import the module that runs it."""
+    checks, runs, _ = COMMANDS[name]
+    if checks is None:
+        return importlib.import_module(runs).cli_main(argv)
+    arguments = importlib.import_module(checks).parse_command(argv)
+    if isinstance(arguments, int):
+        return arguments
+    return importlib.import_module(runs).run_command(*arguments)
 
 
 if __name__ == "__main__":

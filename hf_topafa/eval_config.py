@@ -99,9 +99,7 @@ def build_parser() -> DataclassParser:
     )
 
 
-def cli_main(argv: list[str]) -> int:
-    """``hf-topafa evaluate SAE [SAE ...]``: check the arguments, then load torch and measure."""
-    cfg, outputs = build_parser().parse_dataclasses(argv)
-    from .evaluate import run_command
-
-    return run_command(cfg, outputs)
+def parse_command(argv: list[str]) -> tuple[EvalConfig, EvalOutputs]:
+    """``hf-topafa evaluate SAE [SAE ...]``'s arguments, checked before torch loads; the
+    dispatcher (hf_topafa.cli) hands them to ``hf_topafa.evaluate.run_command``."""
+    return build_parser().parse_dataclasses(argv)

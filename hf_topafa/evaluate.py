@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -46,7 +47,6 @@ from .eval_config import (  # noqa: F401 - re-exported: the config and its CLI l
     EvalConfig,
     EvalOutputs,
     build_parser,
-    cli_main,
 )
 from .eval_report import (  # noqa: F401 - re-exported: reports were defined here
     QUANTILES,
@@ -572,3 +572,10 @@ def run_command(cfg: EvalConfig, outputs: EvalOutputs) -> int:
         payload = {**payload, "config": asdict(cfg)}
         print(f"wrote {write_json(payload, outputs.json)}")
     return 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``hf-topafa evaluate ...`` from Python: the command line's checks, errors and exit status."""
+    from .cli import main
+
+    return main(["evaluate", *(sys.argv[1:] if argv is None else argv)])

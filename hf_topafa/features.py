@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +40,6 @@ from .features_config import (  # noqa: F401 - re-exported: the command line liv
     DEFAULT_CONTEXT,
     FeaturesOptions,
     build_parser,
-    cli_main,
 )
 from .harvest import HarvestConfig, Harvester
 from .helpers import atomic_path
@@ -404,3 +404,10 @@ def run_command(options: FeaturesOptions, text: HarvestConfig) -> int:
     seconds = time.perf_counter() - started
     print(f"wrote {', '.join(map(str, paths))} in {seconds:.1f} s")
     return 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``hf-topafa features ...`` from Python: the command line's checks, errors and exit status."""
+    from .cli import main
+
+    return main(["features", *(sys.argv[1:] if argv is None else argv)])

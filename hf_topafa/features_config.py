@@ -57,9 +57,7 @@ def build_parser() -> DataclassParser:
     )
 
 
-def cli_main(argv: list[str]) -> int:
-    """``hf-topafa features RUN --output DIR``: check the arguments, then load torch and run."""
-    options, text = build_parser().parse_dataclasses(argv)
-    from .features import run_command
-
-    return run_command(options, text)
+def parse_command(argv: list[str]) -> tuple[FeaturesOptions, HarvestConfig]:
+    """``hf-topafa features RUN --output DIR``'s arguments, checked before torch loads (for
+    ``hf_topafa.features.run_command``)."""
+    return build_parser().parse_dataclasses(argv)

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -35,7 +36,6 @@ from .harvest_config import (  # noqa: F401 - re-exported: the config and its CL
     HarvestConfig,
     HarvestOutput,
     build_parser,
-    cli_main,
     dataset_name,
     parse_layers,
 )
@@ -486,3 +486,10 @@ def run_command(cfg: HarvestConfig, out: HarvestOutput) -> int:
         cache = ActivationCache(path)
         print(f"wrote {cache.num_tokens} tokens x {cache.d_in} to {path}")
     return 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``hf-topafa harvest ...`` from Python: the command line's checks, errors and exit status."""
+    from .cli import main
+
+    return main(["harvest", *(sys.argv[1:] if argv is None else argv)])

@@ -204,9 +204,7 @@ def parse_args(argv: list[str]) -> tuple[HarvestConfig, HarvestOutput]:
     return build_parser().parse_dataclasses(argv, rank=rank, world_size=world_size)
 
 
-def cli_main(argv: list[str]) -> int:
-    """``hf-topafa harvest``: check the arguments, then load torch and harvest."""
-    cfg, out = parse_args(argv)
-    from .harvest import run_command
-
-    return run_command(cfg, out)
+def parse_command(argv: list[str]) -> tuple[HarvestConfig, HarvestOutput]:
+    """``hf-topafa harvest``'s arguments, checked before torch loads (for
+    ``hf_topafa.harvest.run_command``)."""
+    return parse_args(argv)

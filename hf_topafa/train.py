@@ -56,7 +56,6 @@ from .train_config import (
     TrainConfig,
     _number,
     build_parser,
-    cli_main,
     load_config_file,
     parse_config,
 )
@@ -488,3 +487,18 @@ if __name__ == "__main__":
     from .cli import main
 
     sys.exit(main(["train", *sys.argv[1:]]))
+
+
+def run_command(config: TrainConfig) -> int:
+    """``hf-topafa train`` once its arguments are checked: train and print the figures."""
+    run = train(config)  # errors: one line each from hf_topafa.cli
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(summary(run))
+    return 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``hf-topafa train ...`` from Python: the command line's checks, errors and exit status."""
+    from .cli import main
+
+    return main(["train", *(sys.argv[1:] if argv is None else argv)])

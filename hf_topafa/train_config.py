@@ -352,21 +352,10 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return config
 
 
-def cli_main(argv: list[str]) -> int:
-    """``hf-topafa train``: check the arguments, then load torch, train and print the figures."""
-    from .cli import debug_requested, run_guarded  # one line per known problem, exit status 2
-
-    return run_guarded(_train_command, argv, debug_requested(argv))
-
-
-def _train_command(argv: list[str]) -> int:
+def parse_command(argv: list[str]) -> tuple[TrainConfig]:
+    """``hf-topafa train``'s arguments, checked before torch loads (for
+    ``hf_topafa.train.run_command``)."""
     try:
-        config = parse_config(argv)
+        return (parse_config(argv),)
     except ValueError as err:  # FileNotFoundError (--config) already names its file
         raise ValueError(f"train: {err} (see `hf-topafa train --help`)") from err
-    from .train import summary, train
-
-    run = train(config)  # errors: one line each from hf_topafa.cli
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(summary(run))
-    return 0
