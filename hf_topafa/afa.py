@@ -10,6 +10,7 @@ h = d_sae + 1 is the length of f~. All functions work on the last dimension and 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -135,15 +136,26 @@ def zf_diagnostics(sae, x: torch.Tensor, out=None) -> dict[str, torch.Tensor]:
     return result
 
 
-def quantile(values: torch.Tensor, q: float) -> float:
-    """The q-quantile, linearly interpolated between order statistics (``torch.quantile``'s
-    default), tolerating +inf: a quantile next to an infinite value is that value. NaN if empty."""
+def quantiles(values: torch.Tensor, qs: Sequence[float]) -> list[float]:
+    """The qs-quantiles, linearly interpolated between order statistics (``torch.quantile``'s
+    default), the one definition behind evaluate's reports and the Space. Tolerates +inf (a
+    token with an empty code has eps_LBO = +inf): a quantile next to an infinite value is that
+    value. NaN if empty."""
     data = values.detach().double().reshape(-1).sort().values
     if data.numel() == 0:
-        return math.nan
-    pos = q * (data.numel() - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    a, b = float(data[lo]), float(data[hi])
-    if math.isinf(a) or math.isinf(b) or lo == hi:
-        return b if pos > lo else a
-    return a + (b - a) * (pos - lo)
+        return [math.nan for _ in qs]
+    out = []
+    for q in qs:
+        pos = q * (data.numel() - 1)
+        lo, hi = math.floor(pos), math.ceil(pos)
+        a, b = float(data[lo]), float(data[hi])
+        if math.isinf(a) or math.isinf(b) or lo == hi:
+            out.append(b if pos > lo else a)
+        else:
+            out.append(a + (b - a) * (pos - lo))
+    return out
+
+
+def quantile(values: torch.Tensor, q: float) -> float:
+    """One quantile as :func:`quantiles` defines it."""
+    return quantiles(values, (q,))[0]

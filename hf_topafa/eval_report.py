@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import helpers
+from . import afa, helpers
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -27,13 +27,9 @@ def loss_recovered(ce_clean: float, ce_sae: float, ce_zero: float) -> float:
 
 
 def quantiles(values: torch.Tensor, qs: Sequence[float] = QUANTILES) -> dict[str, float]:
-    """Named quantiles ("q05", "q50", ...) by nearest rank, so that a quantile is always one of
-    the values (an L0, a token's eps_LBO, inf included). The Space's ``afa.quantile``
-    interpolates instead; tests pin both (test_evaluate, test_space), so making them one
-    changes one of those expectations."""
-    data = values.reshape(-1).double()
-    q = torch.quantile(data, torch.tensor(qs, dtype=torch.float64), interpolation="nearest")
-    return {f"q{round(p * 100):02d}": float(v) for p, v in zip(qs, q, strict=True)}
+    """Named quantiles ("q05", "q50", ...) as :func:`hf_topafa.afa.quantiles` defines them
+    (linear interpolation, +inf tolerated), so evaluate and the Space agree on every token set."""
+    return {f"q{round(p * 100):02d}": v for p, v in zip(qs, afa.quantiles(values, qs), strict=True)}
 
 
 def histogram(values: torch.Tensor, bins: int = 20) -> dict[str, list]:

@@ -64,7 +64,9 @@ def test_eps_lbo_and_bands_by_hand():
     assert details.eps_lbo.tolist() == pytest.approx([1 / 21, 0.0, 2 / 17], rel=1e-5)
     quartiles = metrics["afa"]["eps_lbo_quartiles"]
     assert quartiles["q50"] == pytest.approx(1 / 21, rel=1e-5)
-    assert quartiles["q75"] == pytest.approx(2 / 17, rel=1e-5)
+    # sorted eps: 0, 1/21, 2/17; q75 sits at position 0.75 * 2 = 1.5, halfway between
+    # 1/21 = 0.047619 and 2/17 = 0.117647: (1/21 + 2/17) / 2 = 0.082633 (linear interpolation)
+    assert quartiles["q75"] == pytest.approx(0.0826331, rel=1e-5)
     assert metrics["afa"]["h"] == 5
     bands = metrics["afa"]["bands"]
     assert bands["0.25"] == pytest.approx({"over": 1 / 3, "within": 2 / 3, "under": 0.0})
@@ -124,6 +126,11 @@ def test_quantiles_and_histogram():
     q = ev.quantiles(torch.arange(1.0, 101.0))
     assert q["q50"] == pytest.approx(50.0, abs=1) and q["q05"] == pytest.approx(5.0, abs=1)
     assert ev.quantiles(torch.tensor([1.0, math.inf, math.inf]), (0.5,))["q50"] == math.inf
+    # the Space's definition: sorted 1, 2, 3, inf -> median halfway between 2 and 3
+    assert ev.quantiles(torch.tensor([3.0, math.inf, 1.0, 2.0]), (0.5, 1.0)) == {
+        "q50": 2.5,
+        "q100": math.inf,
+    }
     h = ev.histogram(torch.tensor([1.0, 1.0, 2.0, 5.0]), bins=4)
     assert sum(h["counts"]) == 4 and len(h["edges"]) == 5
     assert ev.to_json({"a": math.inf, "b": [math.nan, 1.0]}) == {"a": "inf", "b": ["nan", 1.0]}
