@@ -34,7 +34,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 
@@ -46,9 +45,7 @@ from .bench_config import (  # noqa: F401 - re-exported: the config and its CLI 
     BenchRun,
     build_parser,
 )
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
+from .helpers import torch_dtype, write_json
 
 # -- the steps ----------------------------------------------------------------------------------
 
@@ -77,7 +74,7 @@ class PackageStep:
 
         torch.manual_seed(cfg.seed)
         sae_cfg = SAEConfig(d_in=cfg.d_in, d_sae=d_sae, activation=activation, k=k)
-        self.sae = SparseAutoencoder(sae_cfg).to(cfg.device, DTYPES[cfg.dtype]).train()
+        self.sae = SparseAutoencoder(sae_cfg).to(cfg.device, torch_dtype(cfg.dtype)).train()
         with torch.no_grad():
             self.sae.W_enc.mul_(cfg.encoder_scale)
         self.opt = make_optimizer(self.sae.parameters(), cfg)
@@ -130,7 +127,7 @@ class PaperTopAFAStep:
 
     def __init__(self, cfg: BenchConfig, d_sae: int, afa_coef=1 / 32, aux_k=512, aux_coef=1 / 32):
         torch.manual_seed(cfg.seed)
-        dtype, device = DTYPES[cfg.dtype], cfg.device
+        dtype, device = torch_dtype(cfg.dtype), cfg.device
         w = torch.randn(d_sae, cfg.d_in)
         w /= w.norm(dim=-1, keepdim=True)
         self.W_dec = torch.nn.Parameter(w.to(device, dtype))
@@ -194,7 +191,7 @@ class DenseFloor:
     """The six dense products of an SAE step: encoder and decoder, forward and backward."""
 
     def __init__(self, cfg: BenchConfig, d_sae: int):
-        dtype, device = DTYPES[cfg.dtype], cfg.device
+        dtype, device = torch_dtype(cfg.dtype), cfg.device
         g = torch.Generator(device="cpu").manual_seed(cfg.seed)
         make = lambda *shape: torch.randn(*shape, generator=g).to(device, dtype)  # noqa: E731
         self.W_enc, self.W_dec = make(cfg.d_in, d_sae), make(d_sae, cfg.d_in)
@@ -220,7 +217,7 @@ def build_variant(name: str, cfg: BenchConfig, d_sae: int, k: int | None):
 
 def make_batch(cfg: BenchConfig, batch: int) -> torch.Tensor:
     g = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
-    return torch.randn(batch, cfg.d_in, generator=g).to(cfg.device, DTYPES[cfg.dtype])
+    return torch.randn(batch, cfg.d_in, generator=g).to(cfg.device, torch_dtype(cfg.dtype))
 
 
 # -- timing -------------------------------------------------------------------------------------
@@ -323,7 +320,7 @@ def targets(report: dict) -> dict[str, dict]:
 def parameter_need_bytes(d_in: int, d_sae: int, batch: int, dtype: str) -> dict[str, int]:
     """What a top-AFA step cannot do without: weights, their gradients, Adam's two moments, and
     the batch's activations (input, pre-activations, reconstruction)."""
-    size = torch.tensor([], dtype=DTYPES[dtype]).element_size()
+    size = torch.tensor([], dtype=torch_dtype(dtype)).element_size()
     n_params = 2 * d_in * d_sae + d_sae + d_in
     parts = {
         "parameters": n_params * size,
@@ -569,23 +566,13 @@ def _load(values) -> str:
     return "n/a" if not values else f"{values[0]:.1f}"
 
 
-def write_json(report: dict, path: str) -> None:
-    """Atomic: a crash never leaves half a file behind."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is for reading
-    os.replace(tmp, path)
-
-
 def run_command(cfg: BenchConfig, run_options: BenchRun) -> int:
     """``hf-topafa bench`` once its values are checked and the wait policy is in place."""
     report = run(cfg)
     print(format_report(report))
     if run_options.json:
-        write_json(report, run_options.json)
+        # NaN stays writable: a failed measurement must not lose the whole run's report
+        write_json(run_options.json, report, allow_nan=True)
         print(f"\nwrote {run_options.json}")
     return 0
 
