@@ -251,18 +251,8 @@ def _bucket_cut_rows(
     above = c >= hi_value.unsqueeze(1)
     n_above = count_true(above)
     band = (c >= lo_value.unsqueeze(1)).logical_xor_(above)  # above lies inside c >= lo_value
-    band_rows, band_cols = band.nonzero(as_tuple=True)
-    counts = torch.bincount(band_rows, minlength=n_tokens)
-    width = int(counts.max()) if n_tokens else 0
-    starts = torch.zeros(n_tokens, dtype=torch.long, device=device)
-    starts[1:] = counts.cumsum(0)[:-1]
-    slot = torch.arange(band_rows.numel(), device=device) - starts[band_rows]
-    padded = torch.full((n_tokens, width), -1.0, dtype=c.dtype, device=device)
-    padded[band_rows, slot] = c[band_rows, band_cols]
-    cols_padded = torch.zeros(n_tokens, width, dtype=torch.long, device=device)
-    cols_padded[band_rows, slot] = band_cols
-    values, order = padded.sort(dim=-1, descending=True, stable=True)
-    band_order = cols_padded.gather(1, order)
+    values, band_order, counts = _sort_band(c, band)
+    width = values.shape[1]
 
     # cumulative norms of the prefixes that end at the band's edge (0) and inside it (1..width)
     running = torch.cat(
@@ -313,6 +303,24 @@ def _bucket_cut_rows(
             -1, full_order, ranks < k_redo.unsqueeze(-1)
         )
     return mask, k
+
+
+def _sort_band(c: torch.Tensor, band: torch.Tensor):
+    """Each row's band contributions, sorted descending (stable: equal ones keep the lower index
+    first) into a [N, width] matrix padded with -1, their feature indices, and the band sizes."""
+    n_tokens, device = c.shape[0], c.device
+    band_rows, band_cols = band.nonzero(as_tuple=True)
+    counts = torch.bincount(band_rows, minlength=n_tokens)
+    width = int(counts.max()) if n_tokens else 0
+    starts = torch.zeros(n_tokens, dtype=torch.long, device=device)
+    starts[1:] = counts.cumsum(0)[:-1]
+    slot = torch.arange(band_rows.numel(), device=device) - starts[band_rows]
+    padded = torch.full((n_tokens, width), -1.0, dtype=c.dtype, device=device)
+    padded[band_rows, slot] = c[band_rows, band_cols]
+    cols_padded = torch.zeros(n_tokens, width, dtype=torch.long, device=device)
+    cols_padded[band_rows, slot] = band_cols
+    values, order = padded.sort(dim=-1, descending=True, stable=True)
+    return values, cols_padded.gather(1, order), counts
 
 
 def _keep_all_positive(c, total, target, d_sae, rows, mask, k, ok) -> None:

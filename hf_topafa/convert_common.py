@@ -39,6 +39,13 @@ class Imported:
     provenance: dict = field(default_factory=dict)
     """SAEConfig keyword arguments: base_model, layer, hook_point, ... and source_* extras."""
 
+    def __post_init__(self):
+        # Held in float64 until written: folding b_dec and rescaling then add no rounding.
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.double())
+
 
 def folder_of(path: Path, needed: tuple[str, ...], subfolders_hint: bool = False) -> Path:
     """The folder holding ``needed``: the path itself, or the folder of one of those files."""

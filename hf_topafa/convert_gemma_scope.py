@@ -66,13 +66,7 @@ def read_gemma_scope(path: Path) -> Imported:
         "hook_point": hook_point,
         "source_hook_name": hook_name,
     }
+    weights = {name: arrays[name] for name in ("W_enc", "W_dec", "b_enc", "b_dec")}
     return Imported(
-        activation="jumprelu",
-        W_enc=arrays["W_enc"].double(),
-        W_dec=arrays["W_dec"].double(),
-        b_enc=arrays["b_enc"].double(),
-        b_dec=arrays["b_dec"].double(),
-        subtracts_b_dec=False,
-        threshold=threshold,
-        provenance=provenance,
+        "jumprelu", **weights, subtracts_b_dec=False, threshold=threshold, provenance=provenance
     )

@@ -82,23 +82,15 @@ def write_plots(metrics: dict, details: EvalDetails, out_dir: str | os.PathLike)
         plots.save_zf_plot_html(
             diag, out / "zf_plot.html", token_texts=details.token_texts, title=title
         ),
-        plots.save_histogram(
-            details.eps_lbo,
-            out / "eps_lbo_hist.png",
-            xlabel="eps_LBO (log scale)",
-            title=title,
-            log_x=True,
-        ),  # fmt: skip
     ]
+    histograms = [(details.eps_lbo, "eps_lbo_hist.png", "eps_LBO (log scale)", {"log_x": True})]
     if details.k is not None:
+        histograms.append(
+            (details.k, "k_hist.png", "k (features kept per token)", {"integer": True})
+        )
+    for values, name, xlabel, options in histograms:
         paths.append(
-            plots.save_histogram(
-                details.k,
-                out / "k_hist.png",
-                xlabel="k (features kept per token)",
-                title=title,
-                integer=True,
-            )  # fmt: skip
+            plots.save_histogram(values, out / name, xlabel=xlabel, title=title, **options)
         )
     return paths
 
