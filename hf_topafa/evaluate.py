@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from . import afa, lm
+from . import afa, lm, sae_loading
 from .configuration_sae import SAEConfig
 from .eval_config import (  # noqa: F401 - re-exported: the config and its CLI live there
     EvalConfig,
@@ -74,25 +74,15 @@ CONTEXT_CHARS = 40  # characters of preceding text shown with a token on the int
 
 
 def load_sae(sae_or_path, device: str = "cpu") -> tuple[SparseAutoencoder, str]:
-    """An SAE from a model object, a saved folder or a Hub id, with a label for reports."""
+    """An SAE on ``device`` in eval mode, with a label for reports: a model object as it is, or
+    any name :func:`hf_topafa.sae_loading.load_sae` takes (folder, Hub id, FORMAT:SOURCE)."""
     if isinstance(sae_or_path, SparseAutoencoder):
         cfg = sae_or_path.config
         label = f"{cfg.activation} L{cfg.layer}" if cfg.layer is not None else cfg.activation
         return sae_or_path.to(device).eval(), label
-    from .foreign import resolve_sae
-
-    path = resolve_sae(sae_or_path)  # FORMAT:SOURCE -> its cached conversion
-    local = Path(path).expanduser()
-    if local.exists() and not local.is_dir():
-        raise ValueError(f"{path} is a file; give the folder holding config.json and weights")
-    if looks_local(path) and not local.is_dir():
-        raise FileNotFoundError(
-            f"SAE not found: {path} is neither a local folder nor a Hub id (owner/name)"
-        )
-    if looks_local(path):
-        return SparseAutoencoder.from_pretrained(str(local)).to(device).eval(), local.name
-    sae = SparseAutoencoder.from_pretrained(path)  # a missing id: one line naming it and the mode
-    return sae.to(device).eval(), path
+    name = os.fspath(sae_or_path).strip()
+    label = Path(name).name if looks_local(name) else name
+    return sae_loading.load_sae(name).to(device).eval(), label
 
 
 # --------------------------------------------------------------------------------------------

@@ -246,7 +246,7 @@ def test_folder_without_config(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
         ev.evaluate_sae(tmp_path)
-    with pytest.raises(FileNotFoundError, match="neither a local folder nor a Hub id"):
+    with pytest.raises(FileNotFoundError, match="neither an existing folder nor a Hub id"):
         ev.evaluate_sae(tmp_path / "does" / "not" / "exist")
 
 
