@@ -51,7 +51,7 @@ AFA_COEFS = ("1/128", "1/64", "1/32", "1/24", "1/16")
 K_RULES = NEEDS_K  # rules with a k: the baselines, trained over --ks
 VIOLIN_QUANTILES = 201  # per-token quantiles kept in each record, for the violins
 COLUMNS = (
-    "layer", "activation", "k", "afa_coef", "l0", "normalized_mse", "fvu", "loss_recovered",
+    "layer", "seed", "activation", "k", "afa_coef", "l0", "normalized_mse", "fvu", "loss_recovered",
     "kl_div", "eps_lbo_median", "within_0.5", "dead_features", "train_steps", "train_seconds",
     "vs_topk",
 )  # fmt: skip
@@ -218,10 +218,13 @@ def training_order(grid: list[dict]) -> list[dict]:
     return sorted(grid, key=rank)
 
 
-def run_name(layer: int, spec: dict) -> str:
+def run_name(layer: int, spec: dict, seed: int = 0) -> str:
+    """L15_topk_k32, L15_topafa_afa1-32; a seed other than 0 adds _s<seed> (a replicate)."""
     if spec["k"] is None:
-        return f"L{layer}_{spec['activation']}_afa{spec['afa_coef'].replace('/', '-')}"
-    return f"L{layer}_{spec['activation']}_k{spec['k']}"
+        name = f"L{layer}_{spec['activation']}_afa{spec['afa_coef'].replace('/', '-')}"
+    else:
+        name = f"L{layer}_{spec['activation']}_k{spec['k']}"
+    return name if seed == 0 else f"{name}_s{seed}"
 
 
 def disk_caches(args, work: Path) -> dict[int, Path]:
@@ -316,7 +319,7 @@ def ensure_record(args, layer, spec, acts, eval_x, work: Path, records: Path) ->
     """The committed record of one SAE: read when it exists with the wanted settings (a finished
     SAE is never trained twice, even on a machine without the work folder), otherwise trained,
     evaluated and written at once. None with --report-only when it is missing."""
-    name = run_name(layer, spec)
+    name = run_name(layer, spec, args.seed)
     path = records / f"{name}.json"
     n_rows = args.train_tokens if isinstance(acts, Path) else len(acts)
     wanted = wanted_settings(args, layer, spec, n_rows)
@@ -355,7 +358,8 @@ def report_order(run: dict) -> tuple:
     """Layer, then the registry's rule order, then k or lambda_AFA."""
     spec = run["spec"]
     rule = ACTIVATIONS.index(spec["activation"]) if spec["activation"] in ACTIVATIONS else 99
-    return (run["layer"], rule, spec["k"] or 0, float(Fraction(spec["afa_coef"])))
+    coef = float(Fraction(spec["afa_coef"]))
+    return (run["layer"], rule, spec["k"] or 0, coef, run["settings"]["seed"])
 
 
 def table_rows(runs: list[dict]) -> list[dict]:
@@ -365,6 +369,7 @@ def table_rows(runs: list[dict]) -> list[dict]:
         down = m.get("downstream", {})
         rows.append({
             "layer": run["layer"],
+            "seed": run["settings"]["seed"],
             "activation": run["spec"]["activation"],
             "k": run["spec"]["k"] if run["spec"]["k"] is not None else "",
             "afa_coef": run["spec"]["afa_coef"] if run["spec"]["k"] is None else "",
@@ -396,7 +401,7 @@ def topk_frontier(rows: list[dict], layer: int, l0: float) -> float | None:
     points = sorted(
         (float(r["l0"]), float(r["normalized_mse"]))
         for r in rows
-        if r["layer"] == layer and r["activation"] == "topk"
+        if r["layer"] == layer and r["activation"] == "topk" and r["seed"] == 0
     )
     for (l0_a, mse_a), (l0_b, mse_b) in zip(points, points[1:], strict=False):
         if l0_a <= l0 <= l0_b:
@@ -452,6 +457,7 @@ def write_summary(args, runs: list[dict], rows: list[dict], out: Path) -> None:
                 "dead": row["dead_features"],
             }
             for run, row in zip(runs, rows, strict=True)
+            if row["seed"] == 0  # replicates with other seeds are in table.csv
         ],
     }
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -529,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                 args, layer, spec, train_acts[layer], eval_acts[layer], work, records
             )
             if record is None:
-                print(f"   missing (--report-only): {run_name(layer, spec)}")
+                print(f"   missing (--report-only): {run_name(layer, spec, args.seed)}")
             else:
                 runs.append(record)
     runs = sorted(runs + other_records(records, runs), key=report_order)
