@@ -85,8 +85,10 @@ class SparseAutoencoder(PreTrainedModel):
         elif self.rule.threshold == "estimated":
             # Estimated during training (BatchTopK: EMA of the smallest kept activation).
             self.register_buffer("threshold", torch.empty(d_sae))
-        # Top-AFA candidates ranked per token; adapted to the observed k (speed only).
+        # Top-AFA candidates ranked per token, and the mean k of the last batch (None before
+        # one): adapted to the observed k, for speed only.
         self._topafa_candidates = activations.TOPAFA_CANDIDATES
+        self._topafa_mean_k: float | None = None
         self.reset_parameters()
         self.post_init()
 
@@ -378,10 +380,13 @@ class SparseAutoencoder(PreTrainedModel):
 
     def _adapt_topafa_candidates(self, k: torch.Tensor) -> None:
         """Rank a little more than the largest k seen last time: enough for nearly every token,
-        few enough that ranking costs about what TopK's does. Results never depend on it."""
+        few enough that ranking costs about what TopK's does. The mean k, what a token keeps on
+        average, decides the route (sparse or dense) as TopK's k does. Results never depend on
+        either."""
         if k.numel():
             wanted = int(k.max()) * 5 // 4 + 8
             self._topafa_candidates = max(32, min(self.config.d_sae, wanted))
+            self._topafa_mean_k = float(k.float().mean())
 
     @torch.no_grad()
     def _aux_plan(self, pre: torch.Tensor, dead_mask: torch.Tensor | None):

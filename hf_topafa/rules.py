@@ -127,6 +127,12 @@ def _topafa_select(sae, pre, x_n):
     return acts, k
 
 
+def _topafa_kept(sae):
+    """Features a token keeps on average: the last batch's mean k (the candidate count, which
+    covers the batch's largest k, before any batch). It decides the route, not the ranking."""
+    return sae._topafa_candidates if sae._topafa_mean_k is None else sae._topafa_mean_k
+
+
 def _topafa_pairs(sae, pre, x_n):
     import torch
 
@@ -254,7 +260,7 @@ RULES: dict[str, Rule] = {
             select=_topafa_select,
             adaptive_k=True,
             select_pairs=_topafa_pairs,
-            kept_per_token=lambda sae: sae._topafa_candidates,
+            kept_per_token=_topafa_kept,
         ),
         Rule(
             name="topk",

@@ -450,9 +450,10 @@ def _save(accelerator, run, sae, optimizer, scheduler, since_fired, state, confi
 
 
 # Plain attributes of the SAE, outside its state dict, that its forward pass reads and updates.
-# Top-AFA's candidate count picks the code path and so the float rounding, which top-AFA's
-# nearest-norm choice can amplify; a checkpoint keeps it so a resumed run matches a straight one.
-_RUNTIME_ATTRIBUTES = ("_topafa_candidates",)
+# Top-AFA's candidate count and mean k pick the code path and so the float rounding, which
+# top-AFA's nearest-norm choice can amplify; a checkpoint keeps them so a resumed run matches a
+# straight one.
+_RUNTIME_ATTRIBUTES = ("_topafa_candidates", "_topafa_mean_k")
 
 
 def _runtime_state(sae) -> dict:

@@ -124,6 +124,26 @@ def test_sparse_path_is_taken_at_small_l0(monkeypatch):
     assert not calls
 
 
+def test_topafa_route_follows_mean_k_not_candidates(monkeypatch):
+    """Top-AFA picks its route on the mean k it keeps (as TopK does on k), while the candidate
+    count, sized for the batch's largest k, only sets how many it ranks."""
+    calls = []
+    monkeypatch.setattr(sparse, "decode_pairs", lambda *a: calls.append(1) or _decode(*a))
+    sae = make_sae("topafa")
+    x = torch.randn(40, 12, dtype=torch.float64) * 2
+    sae(x)  # before any batch: the candidate count (256 > d_sae) picks the dense route
+    assert not calls
+    mean_k, candidates = sae._topafa_mean_k, sae._topafa_candidates
+    assert mean_k < candidates  # candidates cover the largest k, plus a margin
+    # a density limit between the two: the mean k is under it, the candidate count over it
+    monkeypatch.setattr(sparse, "MAX_SPARSE_DENSITY", (mean_k + candidates) / 2 / 96)
+    out = sae(x)
+    assert calls, "the sparse route was not taken"
+    _, acts, recon = direct_forward(sae, x, None)
+    assert torch.equal(out.feature_acts, acts)
+    assert torch.allclose(out.reconstruction, recon, atol=1e-12)
+
+
 _decode = sparse.decode_pairs
 
 
