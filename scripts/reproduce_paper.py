@@ -336,7 +336,7 @@ def ensure_record(args, layer, spec, acts, eval_x, work: Path, records: Path) ->
     info = train_one(args, wanted, acts, eval_x, run_dir)
     metrics, per_token = evaluate_run(args, run_dir, eval_x)
     record = {"name": name, "layer": layer, "spec": spec, "settings": wanted, "train": info,
-              "metrics": metrics, "per_token_quantiles": per_token}  # fmt: skip
+              "metrics": metrics, "per_token_quantiles": per_token, "command": args.command}  # fmt: skip
     records.mkdir(parents=True, exist_ok=True)
     ev.write_json(record, path)
     return record
@@ -511,6 +511,7 @@ def hardware() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command = "python scripts/reproduce_paper.py " + shlex.join(argv)
     for c in args.afa_coefs:
         Fraction(c)  # fail early on a malformed coefficient
     started = time.perf_counter()
@@ -547,17 +548,26 @@ def main(argv: list[str] | None = None) -> int:
     write_summary(args, runs, rows, out)
     total = time.perf_counter() - started
     n_eval = {layer: len(a) for layer, a in eval_acts.items()}
-    command = "python scripts/reproduce_paper.py " + " ".join(shlex.quote(a) for a in argv)
+    in_grid = {run_name(layer, spec, args.seed) for layer in args.layers for spec in sae_grid(args)}
+    commands: dict[str, list[str]] = {}
+    for run in runs:
+        commands.setdefault(run.get("command", "(command not recorded)"), []).append(run["name"])
+    made_by = "".join(
+        f"\n```\n{command}\n```\n{len(names)} SAEs: {', '.join(names)}\n"
+        for command, names in commands.items()
+    )
     write_text(
         out / "COMMAND.md",
         "# How this folder was produced\n\n"
-        f"```\n{command}\n```\n\n"
         "Each finished SAE is recorded in `runs/<name>.json` (settings, training metrics, held-out "
-        "metrics, per-token quantiles) as soon as it is evaluated; a record with the wanted "
-        "settings is never trained again, so the command resumes on any machine. The tables, "
-        "plots and `summary.json` are made from the records.\n\n"
-        f"- Reported: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{len(runs)} of {len(sae_grid(args)) * len(set(args.layers))} SAEs recorded\n"
+        "metrics, per-token quantiles, the command) as soon as it is evaluated; a record with the "
+        "wanted settings is never trained again, so a command resumes on any machine. The tables, "
+        "plots and `summary.json` are made from every record in the folder, by any of the "
+        "commands below with `--report-only`.\n"
+        f"{made_by}\n"
+        f"- Reported: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+        f"{sum(r['name'] in in_grid for r in runs)} of this grid's {len(in_grid)} SAEs and "
+        f"{sum(r['name'] not in in_grid for r in runs)} other records\n"
         f"- Hardware of this report: {hardware()}\n"
         f"- Wall time of this invocation: {total / 60:.1f} min (harvest or cache read "
         f"{harvest_s / 60:.1f}); each SAE's own training time is `train_seconds` in table.csv\n"
