@@ -411,9 +411,10 @@ def topk_frontier(rows: list[dict], layer: int, l0: float) -> float | None:
 
 
 def add_frontier_ratios(rows: list[dict]) -> None:
-    """vs_topk: a k-free rule's normalized MSE over TopK's at the same L0 (below 1: better)."""
+    """vs_topk: any other rule's normalized MSE over TopK's at the same L0 (below 1: better)."""
     for row in rows:
-        frontier = None if row["k"] != "" else topk_frontier(rows, row["layer"], row["l0"])
+        other = row["activation"] != "topk"
+        frontier = topk_frontier(rows, row["layer"], row["l0"]) if other else None
         row["vs_topk"] = round(row["normalized_mse"] / frontier, 3) if frontier else ""
 
 
