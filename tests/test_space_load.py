@@ -8,6 +8,7 @@ library computed here.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -171,10 +172,18 @@ def test_twenty_concurrent_visitors(server):
         assert plot["type"] == "plotly" and csv_path
         rows = table["data"]
         assert len(rows) == ref["n"]
+        h = json.loads((server["sae"] / "config.json").read_text())["d_sae"] + 1
         for pos, row in enumerate(rows):
-            assert row[2] == pytest.approx(float(ref["diag"]["z_norm"][pos]), rel=1e-4, abs=1e-3)
-            assert row[3] == pytest.approx(float(ref["diag"]["f_norm"][pos]), rel=1e-4, abs=1e-3)
-            assert float(row[4]) == pytest.approx(float(ref["diag"]["eps_lbo"][pos]), rel=1e-3)
+            z, f = float(ref["diag"]["z_norm"][pos]), float(ref["diag"]["f_norm"][pos])
+            assert row[2] == pytest.approx(z, rel=1e-4, abs=1e-3)
+            assert row[3] == pytest.approx(f, rel=1e-4, abs=1e-3)
+            # eps_LBO is a difference of near-equal squares over (h - 1): float32 rounding of
+            # ||z||^2 and ||f~||^2 (another process, other summation order) moves it by up to a
+            # few float32 epsilons of z^2 / ((h - 1) f^2), beyond the 4 digits the table shows
+            cancellation = 8 * torch.finfo(torch.float32).eps * z**2 / (h - 1) / f**2
+            assert float(row[4]) == pytest.approx(
+                float(ref["diag"]["eps_lbo"][pos]), rel=1e-3, abs=cancellation
+            )
             assert row[6] == int(ref["diag"]["k"][pos])
     latencies = sorted(t for _, t in answers)
     print(
