@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
         "harvest a language model's activations into an on-disk cache",
     ),
     "convert": (
-        None,
+        "hf_topafa.convert_config",
         "hf_topafa.convert",
         "import an SAE saved by SAELens, sparsify, Gemma Scope, ...",
     ),
@@ -49,7 +49,7 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
         "top examples, density, histograms and logit effects of every feature",
     ),
     "push": (
-        None,
+        "hf_topafa.hub_config",
         "hf_topafa.hub",
         "upload a run folder to the Hugging Face Hub with a model card",
     ),

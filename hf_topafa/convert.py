@@ -34,7 +34,6 @@ models with weight processing (``model_from_pretrained_kwargs`` is kept in the c
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -44,6 +43,17 @@ import torch
 
 from .configuration_sae import SAEConfig
 from .convert_common import Imported, UnsupportedSAEError
+from .convert_config import (  # noqa: F401 - FORMATS, OPTIONS, build_parser: imported from here
+    DTYPE_NAMES,
+    FORMATS,
+    HOOK_POINTS,
+    OPTIONS,
+    PROVENANCE_OVERRIDES,
+    build_parser,
+    overrides_of,
+)
+from .convert_config import check_format as _check_format
+from .convert_config import split_overrides as _split_overrides
 from .convert_dictionary_learning import read_dictionary_learning
 from .convert_gemma_scope import read_gemma_scope
 from .convert_saelens import read_saelens
@@ -52,15 +62,7 @@ from .helpers import atomic_folder, torch_dtype
 from .modeling_sae import SparseAutoencoder
 from .rules import get_rule
 
-FORMATS = ("saelens", "sparsify", "gemma_scope", "dictionary_learning")
-HOOK_POINTS = ("resid_pre", "resid_post", "mlp_out", "attn_out")
-DTYPES = {name: torch_dtype(name) for name in ("float32", "float64", "bfloat16")}
-PROVENANCE_OVERRIDES = ("base_model", "layer", "hook_point", "dataset", "context_length")
-OPTIONS = {
-    "dtype": "all formats: parameter dtype of the converted SAE (float32, float64, bfloat16)",
-    "norm_scaling_factor": "saelens: the constant of normalize_activations=expected_average_only_in",
-    "normalize_decoder": "dictionary_learning AutoEncoder: fold decoder norms like from_pretrained",
-}
+DTYPES = {name: torch_dtype(name) for name in DTYPE_NAMES}
 
 # -- public API --------------------------------------------------------------------------------
 
@@ -195,41 +197,6 @@ _READERS = {
 }
 
 
-def _check_format(format: str) -> str:
-    fmt = str(format).strip().lower().replace("-", "_")
-    fmt = {"gemmascope": "gemma_scope", "sae_lens": "saelens"}.get(fmt, fmt)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; valid formats: {', '.join(FORMATS)}")
-    return fmt
-
-
-def _split_overrides(fmt: str, overrides: dict) -> tuple[dict, dict]:
-    provenance, options = {}, {"reader": {}}
-    for name, value in overrides.items():
-        if value is None:
-            continue
-        if name in PROVENANCE_OVERRIDES:
-            provenance[name] = value
-        elif name == "dtype":
-            if value not in DTYPES:
-                raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {value!r}")
-            options["dtype"] = value
-        elif name == "norm_scaling_factor" and fmt == "saelens":
-            options["reader"][name] = value
-        elif name == "normalize_decoder" and fmt == "dictionary_learning":
-            options["reader"][name] = bool(value)
-        else:
-            valid = list(PROVENANCE_OVERRIDES) + list(OPTIONS)
-            raise ValueError(
-                f"unknown or inapplicable option {name!r} for format {fmt!r}; options: "
-                f"{', '.join(valid)} ({'; '.join(f'{k}: {v}' for k, v in OPTIONS.items())})"
-            )
-    hook = provenance.get("hook_point")
-    if hook is not None and hook not in HOOK_POINTS:
-        raise ValueError(f"hook_point must be one of {', '.join(HOOK_POINTS)}; got {hook!r}")
-    return provenance, options
-
-
 def _hub_patterns(fmt: str, inside: str) -> list[str]:
     def join(*parts: str) -> str:
         return "/".join(p for p in parts if p)
@@ -256,65 +223,18 @@ def _hub_patterns(fmt: str, inside: str) -> list[str]:
 # -- command line ------------------------------------------------------------------------------
 
 
-def _cli_format(text: str) -> str:
-    try:
-        return _check_format(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hf-topafa convert",
-        description="Import an SAE saved by another library as an hf-topafa SAE folder. "
-        "Anything our family cannot express exactly is refused, never approximated.",
-    )
-    parser.add_argument(
-        "--from",
-        dest="format",
-        required=True,
-        type=_cli_format,
-        metavar="{" + ",".join(FORMATS) + "}",
-        help="the library that saved SOURCE (gemmascope, gemma-scope, sae_lens also accepted)",
-    )
-    parser.add_argument("source", help="local folder/file, or owner/repo[/path] on the Hub")
-    parser.add_argument("output", help="folder to write (config.json + model.safetensors)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    parser.add_argument("--base-model", help="override the recorded language model id")
-    parser.add_argument("--layer", type=int, help="override the recorded block index")
-    parser.add_argument("--hook-point", choices=HOOK_POINTS, help="override the hook point")
-    parser.add_argument("--dataset", help="override the recorded training dataset")
-    parser.add_argument("--context-length", type=int, help="override the recorded context")
-    parser.add_argument(
-        "--norm-scaling-factor",
-        type=float,
-        help="saelens expected_average_only_in: the input scale to fold into the weights",
-    )
-    parser.add_argument(
-        "--no-normalize-decoder",
-        dest="normalize_decoder",
-        action="store_false",
-        default=None,
-        help="dictionary_learning AutoEncoder: keep decoder norms as saved",
-    )
-    return parser
-
-
 def cli_main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    overrides = {
-        "base_model": args.base_model,
-        "layer": args.layer,
-        "hook_point": args.hook_point,
-        "dataset": args.dataset,
-        "context_length": args.context_length,
-        "dtype": args.dtype,
-        "norm_scaling_factor": args.norm_scaling_factor,
-        "normalize_decoder": args.normalize_decoder,
-    }
+    """``hf-topafa convert ...`` from Python: argparse errors raise SystemExit, conversion
+    errors print one line and return 2."""
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args) -> int:
+    """Convert what ``hf_topafa.convert_config.parse_command`` checked; print one line."""
     try:
-        sae = convert(args.format, args.source, args.output, overwrite=args.overwrite, **overrides)
+        sae = convert(
+            args.format, args.source, args.output, overwrite=args.overwrite, **overrides_of(args)
+        )
     except (ValueError, OSError) as err:
         print(f"error: convert failed: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

@@ -7,7 +7,6 @@ The card is rendered by ``hf_topafa.model_card`` (re-exported here).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from .hub_config import build_parser, check_repo_id  # noqa: F401 - build_parser: imported here
 from .model_card import (  # noqa: F401 - re-exported: the card was rendered here
     TEMPLATE_PATH,
     _read_json,
@@ -196,51 +196,21 @@ def push_model(
 # Command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hf-topafa push",
-        description="Upload a run folder (config.json, model.safetensors, metrics.json, ZF plot) "
-        "to the Hugging Face Hub with a generated model card.",
-    )
-    parser.add_argument(
-        "run_dir", help="folder written by training: config.json, model.safetensors"
-    )
-    parser.add_argument("repo_id", help="Hub repo, 'user/name' (created when missing)")
-    parser.add_argument("--private", action="store_true", help="create the repo as private")
-    parser.add_argument("--revision", default=None, help="branch to push to (created when missing)")
-    parser.add_argument(
-        "--token",
-        default=None,
-        help="Hub token (default: $HF_TOKEN or the token saved by `hf auth login`; prefer those, "
-        "a token on the command line is visible to other users of the machine)",
-    )
-    parser.add_argument("--message", default=None, help="commit message")
-    parser.add_argument(
-        "--remote-code",
-        action="store_true",
-        help="also upload the model code, so AutoModel.from_pretrained(repo, "
-        "trust_remote_code=True) loads it without hf-topafa installed",
-    )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="check the folder and print the model card and the file list; upload nothing",
-    )
-    return parser
-
-
 def cli_main(argv: list[str]) -> int:
+    """``hf-topafa push ...`` from Python: argparse errors raise SystemExit, a bad repo id or a
+    failed push prints one line and returns 2."""
     args = build_parser().parse_args(argv)
-    token = args.token or None
-    from .sources import HUB_ID
-
-    if not HUB_ID.fullmatch(args.repo_id) or ".." in args.repo_id:
-        print(
-            f"error: invalid repo id {args.repo_id!r}: a Hub repo id is 'user/name' (letters, "
-            "digits, '-', '_', '.')",
-            file=sys.stderr,
-        )
+    try:
+        check_repo_id(args.repo_id)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
+    return run_command(args)
+
+
+def run_command(args) -> int:
+    """Push (or with --dry-run, show) what ``hf_topafa.hub_config.parse_command`` checked."""
+    token = args.token or None
     try:
         if args.dry_run:
             files = check_run_dir(args.run_dir)

@@ -233,6 +233,17 @@ EARLY_ERRORS = [
     (["features", "sae"], ["--output"]),
     (["features", "sae", "--output", "o", "--top", "0"], ["top", "0"]),
     (["features", "sae", "--output", "o", "--holdout", "some"], ["--holdout", "eval"]),
+    (["convert", "--bogus"], ["--from"]),
+    (["convert", "--from", "saelens", "src", "out", "--bogus"], ["unrecognized", "--bogus"]),
+    (["convert", "--from", "onnx", "src", "out"], ["onnx", "saelens"]),
+    (["convert", "--from", "saelens", "src", "out", "--dtype", "int8"], ["--dtype", "float32"]),
+    (
+        ["convert", "--from", "sparsify", "src", "out", "--norm-scaling-factor", "2"],
+        ["norm_scaling_factor", "sparsify"],
+    ),
+    (["push", "--bogus"], ["run_dir", "repo_id"]),
+    (["push", "run", "alice/x", "--bogus"], ["unrecognized", "--bogus"]),
+    (["push", "run", "not a repo id!!"], ["invalid repo id", "user/name"]),
 ]
 _WRAPPER = (
     "import sys\nfrom hf_topafa.cli import main\ncode = main(sys.argv[1:])\n"
