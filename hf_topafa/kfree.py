@@ -84,6 +84,23 @@ def band_entry(
     with no positive pre-activation keeps none (k = 1, L0 = 0, as in top-AFA).
     Returns ``(acts, k)``.
     """
+    keep, k = _band_entry_mask(pre, decoder_norms, target_norm, eps)
+    return pre * keep, k
+
+
+def band_entry_pairs(
+    pre: torch.Tensor, decoder_norms: torch.Tensor, target_norm: torch.Tensor, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``band_entry``'s kept features as (token, feature) pairs sorted by token: (rows, cols, k),
+    for the model's sparse route."""
+    keep, k = _band_entry_mask(pre, decoder_norms, target_norm, eps)
+    rows, cols = (keep & (pre > 0)).nonzero(as_tuple=True)
+    return rows, cols, k
+
+
+@torch.no_grad()
+def _band_entry_mask(pre, decoder_norms, target_norm, eps) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept positions of band entry (bool [N, h]) and k [N]."""
     n, h = pre.shape
     contrib = (pre.detach() * decoder_norms.detach()).pow(2)
     # stable sort on (-c, index) keeps the lower index first among ties
@@ -96,8 +113,7 @@ def band_entry(
     first = torch.where(enters.any(-1), enters.double().argmax(-1) + 1, positive)
     k = first.clamp_min(1)
     keep_sorted = torch.arange(h, device=pre.device).unsqueeze(0) < k.unsqueeze(-1)
-    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-    return pre * keep, k
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted), k
 
 
 def batch_band(

@@ -86,7 +86,8 @@ class SparseAutoencoder(PreTrainedModel):
             # Estimated during training (BatchTopK: EMA of the smallest kept activation).
             self.register_buffer("threshold", torch.empty(d_sae))
         # Top-AFA candidates ranked per token, and the mean k of the last batch (None before
-        # one): adapted to the observed k, for speed only.
+        # one; set by top-AFA and the adaptive kfree rules): adapted to the observed k, for
+        # speed only.
         self._topafa_candidates = activations.TOPAFA_CANDIDATES
         self._topafa_mean_k: float | None = None
         self.reset_parameters()

@@ -212,7 +212,8 @@ def _jumprelu_l0(sae, pre, acts, x_n, coef):
 
 
 def _kfree_select(rule):
-    """A kfree rule applied with top-AFA's target ||x - b_dec|| and the decoder's eps_rms."""
+    """A kfree rule applied with top-AFA's target ||x - b_dec|| and the decoder's eps_rms; the
+    batch's mean k is kept (as top-AFA's is) to choose the route of the next batch."""
 
     def select(sae, pre, x_n):
         import torch
@@ -221,9 +222,17 @@ def _kfree_select(rule):
 
         decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
         eps = kfree.decoder_coherence_rms(sae.W_dec)
-        return getattr(kfree, rule)(pre, decoder_norms, _topafa_target(sae, x_n), eps)
+        *out, k = getattr(kfree, rule)(pre, decoder_norms, _topafa_target(sae, x_n), eps)
+        if k.numel():
+            sae._topafa_mean_k = float(k.float().mean())
+        return (*out, k)
 
     return select
+
+
+def _adaptive_kept(sae):
+    """An adaptive rule's last mean k; before any batch, every feature (the dense route)."""
+    return sae.config.d_sae if sae._topafa_mean_k is None else sae._topafa_mean_k
 
 
 def _afa_batch_select(sae, pre, x_n):
@@ -333,6 +342,8 @@ RULES: dict[str, Rule] = {
             ),
             select=_kfree_select("band_entry"),
             adaptive_k=True,
+            select_pairs=_kfree_select("band_entry_pairs"),
+            kept_per_token=_adaptive_kept,
         ),
         Rule(
             name="afa_universal",

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_topafa import SAEConfig, SparseAutoencoder, activations, sparse
+from hf_topafa import SAEConfig, SparseAutoencoder, activations, kfree, sparse
 from hf_topafa.afa import afa_norm, scaled_feature_norm
 
 
@@ -31,6 +31,10 @@ def direct_forward(sae, x, dead_mask):
         target = afa_norm(x_n - sae.b_dec)
         norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
         acts, _ = activations.topafa_reference(pre, norms, target)
+    elif cfg.activation == "afa_band":
+        norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+        eps = kfree.decoder_coherence_rms(sae.W_dec)
+        acts, _ = kfree.band_entry(pre, norms, afa_norm(x_n - sae.b_dec), eps)
     elif cfg.activation == "topk":
         acts = activations.topk(pre, cfg.k)
     else:
@@ -73,7 +77,7 @@ def grads_of(sae, loss):
     return {name: p.grad.clone() for name, p in sae.named_parameters()}
 
 
-@pytest.mark.parametrize("activation", ["topafa", "topk", "batchtopk"])
+@pytest.mark.parametrize("activation", ["topafa", "topk", "batchtopk", "afa_band"])
 @pytest.mark.parametrize(
     "dead, aux_route",
     [("none", "-"), ("few", "pairs"), ("few", "dense"), ("many", "pairs"), ("many", "dense")],
