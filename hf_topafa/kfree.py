@@ -75,45 +75,85 @@ def universal_threshold(
 
 
 def band_entry(
-    pre: torch.Tensor, decoder_norms: torch.Tensor, target_norm: torch.Tensor, eps: torch.Tensor
+    pre: torch.Tensor,
+    decoder_norms: torch.Tensor,
+    target_norm: torch.Tensor,
+    eps: torch.Tensor,
+    candidates: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the smallest k whose cumulative contribution C_k reaches target^2 / (1 + eps (k-1)).
 
     Ranking, float64 prefix sums and ties at the cut (lower feature index kept) are top-AFA's.
     A token whose cumulative norm never enters the band keeps every positive feature; a token
     with no positive pre-activation keeps none (k = 1, L0 = 0, as in top-AFA).
-    Returns ``(acts, k)``.
+    ``candidates`` ranks only that many largest contributions per token first (speed only; the
+    result is the same). Returns ``(acts, k)``.
     """
-    keep, k = _band_entry_mask(pre, decoder_norms, target_norm, eps)
+    keep, k = _band_entry_mask(pre, decoder_norms, target_norm, eps, candidates)
     return pre * keep, k
 
 
 def band_entry_pairs(
-    pre: torch.Tensor, decoder_norms: torch.Tensor, target_norm: torch.Tensor, eps: torch.Tensor
+    pre: torch.Tensor,
+    decoder_norms: torch.Tensor,
+    target_norm: torch.Tensor,
+    eps: torch.Tensor,
+    candidates: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``band_entry``'s kept features as (token, feature) pairs sorted by token: (rows, cols, k),
     for the model's sparse route."""
-    keep, k = _band_entry_mask(pre, decoder_norms, target_norm, eps)
+    keep, k = _band_entry_mask(pre, decoder_norms, target_norm, eps, candidates)
     rows, cols = (keep & (pre > 0)).nonzero(as_tuple=True)
     return rows, cols, k
 
 
 @torch.no_grad()
-def _band_entry_mask(pre, decoder_norms, target_norm, eps) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kept positions of band entry (bool [N, h]) and k [N]."""
+def _band_entry_mask(
+    pre, decoder_norms, target_norm, eps, candidates: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept positions of band entry (bool [N, h]) and k [N].
+
+    With ``candidates`` < h only that many largest contributions per token are ranked; a token
+    whose cut is not proven by them (no entry among them, or a value at the cut equal to the
+    first one left out, where the tie rule needs the rest) is ranked in full. Same result.
+    """
     n, h = pre.shape
     contrib = (pre.detach() * decoder_norms.detach()).pow(2)
-    # stable sort on (-c, index) keeps the lower index first among ties
+    lower_sq = target_norm.detach().double().pow(2).unsqueeze(-1)
+    if candidates is None or candidates >= h:
+        return _band_cut(contrib, torch.arange(h, device=pre.device).expand(n, h), lower_sq, eps)
+    values, index = contrib.topk(candidates + 1, dim=-1)
+    by_index = torch.sort(index, dim=-1).indices  # equal values: lower feature index first
+    values, index = values.gather(-1, by_index), index.gather(-1, by_index)
+    desc = torch.sort(values, dim=-1, descending=True, stable=True).indices
+    values, index = values.gather(-1, desc), index.gather(-1, desc)
+    keep, k = _band_cut(values[:, :candidates], index[:, :candidates], lower_sq, eps, h)
+    at_cut = values.gather(-1, (k - 1).clamp(max=candidates - 1).unsqueeze(-1)).squeeze(-1)
+    proven = (k <= candidates) & (at_cut > values[:, candidates])
+    redo = (~proven).nonzero().squeeze(-1)
+    if redo.numel():
+        full = torch.arange(h, device=pre.device).expand(len(redo), h)
+        keep[redo], k[redo] = _band_cut(contrib[redo], full, lower_sq[redo], eps)
+    return keep, k
+
+
+def _band_cut(contrib, index, lower_sq, eps, h: int | None = None):
+    """Band entry over the contributions ``contrib`` [N, m] of features ``index`` [N, m]: they
+    are sorted (stable, so lower index first among equals), summed in float64 and cut; a token
+    that never enters keeps all its positive ones when m = h; when m < h, k = m + 1 marks it
+    (the caller ranks it in full). Returns the kept positions as a bool [N, h] and k [N]."""
+    n, m = contrib.shape
+    h = m if h is None else h
     order = torch.sort(contrib, dim=-1, descending=True, stable=True).indices
     cumulative = contrib.gather(-1, order).double().cumsum(-1)
-    ks = torch.arange(1, h + 1, device=pre.device, dtype=torch.float64)
-    lower = target_norm.detach().double().pow(2).unsqueeze(-1) / (1 + eps.double() * (ks - 1))
-    enters = cumulative >= lower
-    positive = (contrib > 0).sum(-1)
-    first = torch.where(enters.any(-1), enters.double().argmax(-1) + 1, positive)
-    k = first.clamp_min(1)
-    keep_sorted = torch.arange(h, device=pre.device).unsqueeze(0) < k.unsqueeze(-1)
-    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted), k
+    ks = torch.arange(1, m + 1, device=contrib.device, dtype=torch.float64)
+    enters = cumulative >= lower_sq / (1 + eps.double() * (ks - 1))
+    none = m + 1 if m < h else (contrib > 0).sum(-1)
+    k = torch.where(enters.any(-1), enters.double().argmax(-1) + 1, none).clamp_min(1)
+    keep_sorted = torch.arange(m, device=contrib.device).unsqueeze(0) < k.unsqueeze(-1)
+    keep = torch.zeros(n, h, dtype=torch.bool, device=contrib.device)
+    keep.scatter_(-1, index.gather(-1, order), keep_sorted)
+    return keep, k
 
 
 def batch_band(

@@ -211,9 +211,10 @@ def _jumprelu_l0(sae, pre, acts, x_n, coef):
 # -- k-free rules beyond the paper (hf_topafa.kfree) -------------------------------------------
 
 
-def _kfree_select(rule):
-    """A kfree rule applied with top-AFA's target ||x - b_dec|| and the decoder's eps_rms; the
-    batch's mean k is kept (as top-AFA's is) to choose the route of the next batch."""
+def _kfree_select(rule, ranked: bool = False):
+    """A kfree rule applied with top-AFA's target ||x - b_dec|| and the decoder's eps_rms. A
+    ``ranked`` rule ranks top-AFA's adaptive candidate count first; its k sets the candidates
+    and the route of the next batch, as top-AFA's does (speed only)."""
 
     def select(sae, pre, x_n):
         import torch
@@ -221,10 +222,16 @@ def _kfree_select(rule):
         from . import kfree
 
         decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
-        eps = kfree.decoder_coherence_rms(sae.W_dec)
-        *out, k = getattr(kfree, rule)(pre, decoder_norms, _topafa_target(sae, x_n), eps)
-        if k.numel():
-            sae._topafa_mean_k = float(k.float().mean())
+        args = (
+            pre,
+            decoder_norms,
+            _topafa_target(sae, x_n),
+            kfree.decoder_coherence_rms(sae.W_dec),
+        )
+        if not ranked:
+            return getattr(kfree, rule)(*args)
+        *out, k = getattr(kfree, rule)(*args, candidates=sae._topafa_candidates)
+        sae._adapt_topafa_candidates(k)
         return (*out, k)
 
     return select
@@ -340,9 +347,9 @@ RULES: dict[str, Rule] = {
                 "features, ||x - b_dec||^2 / (1 + eps (k - 1)), with eps the decoder's measured "
                 "RMS coherence; there is no *k* to tune."
             ),
-            select=_kfree_select("band_entry"),
+            select=_kfree_select("band_entry", ranked=True),
             adaptive_k=True,
-            select_pairs=_kfree_select("band_entry_pairs"),
+            select_pairs=_kfree_select("band_entry_pairs", ranked=True),
             kept_per_token=_adaptive_kept,
         ),
         Rule(

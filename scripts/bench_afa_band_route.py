@@ -1,10 +1,11 @@
 """Does afa_band's sparse route pay? One trained afa_band SAE, one batch of real activations, the
 training step's forward and backward on the dense route and on the sparse route, interleaved.
 
-    python scripts/bench_afa_band_route.py RUN_DIR ACTIVATIONS.safetensors [--layer 15]
+    python scripts/bench_afa_band_route.py RUN_DIR ACTIVATIONS.safetensors [--topk TOPK_RUN_DIR]
 
 RUN_DIR: a trained afa_band SAE (e.g. the comparison's ~/.cache/hf_topafa/reproduce_paper/runs/
-L15_afa_band_afa0); ACTIVATIONS: the comparison's eval_activations.safetensors.
+L15_afa_band_afa0); ACTIVATIONS: the comparison's eval_activations.safetensors; --topk: a TopK
+SAE of the same sizes (e.g. runs/L15_topk_k20), timed in the same rounds for the ratio.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("run_dir")
     p.add_argument("activations")
+    p.add_argument("--topk", default=None, help="a TopK SAE to time beside it")
     p.add_argument("--layer", type=int, default=15)
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--rounds", type=int, default=15)
@@ -41,12 +43,15 @@ def main() -> None:
         x = fh.get_tensor(f"L{args.layer}")[: args.batch]
     dead_mask = torch.zeros(sae.config.d_sae, dtype=torch.bool)
     dead_mask[::10] = True  # aux-k on, as in training
+    topk = SparseAutoencoder.from_pretrained(args.topk).train() if args.topk else None
     limit = sparse.MAX_SPARSE_DENSITY
-    times = {"dense": [], "sparse": []}
+    times = {"dense": [], "sparse": [], "topk": []}
     for i in range(args.rounds + 2):
-        for route in ("dense", "sparse"):
+        for route in ("dense", "sparse", "topk"):
+            if route == "topk" and topk is None:
+                continue
             sparse.MAX_SPARSE_DENSITY = 0.0 if route == "dense" else limit
-            ms = step_ms(sae, x, dead_mask)
+            ms = step_ms(topk if route == "topk" else sae, x, dead_mask)
             if i >= 2:  # two warm-up rounds
                 times[route].append(ms)
     sparse.MAX_SPARSE_DENSITY = limit
@@ -57,6 +62,11 @@ def main() -> None:
         f"  dense route {dense:.1f} ms, sparse route {fast:.1f} ms: sparse is "
         f"{dense / fast:.2f}x faster"
     )
+    if topk is not None:
+        ms = statistics.median(times["topk"])
+        print(
+            f"  TopK k = {topk.config.k}: {ms:.1f} ms; afa_band (sparse) / TopK = {fast / ms:.2f}"
+        )
 
 
 if __name__ == "__main__":

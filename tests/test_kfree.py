@@ -89,3 +89,21 @@ def test_batch_band_spends_the_band_budget_across_the_batch():
     # nothing positive: nothing kept, threshold estimate 0
     acts, smallest = kfree.batch_band(torch.zeros(2, 3), ones, target, eps)
     assert acts.abs().sum().item() == 0 and smallest.item() == 0.0
+
+
+@pytest.mark.parametrize("candidates", [1, 3, 8, 40])
+def test_band_entry_ranking_few_candidates_changes_nothing(candidates):
+    torch.manual_seed(1)
+    # coarse values make many ties, some at the cut; zero rows, short rows and long rows
+    pre = torch.relu(torch.randint(-3, 4, (200, 48)).double())
+    pre[:5] = 0
+    pre[5:10, 2:] = 0
+    norms = torch.randint(1, 3, (48,)).double()  # two norms: equal contributions abound
+    target = torch.rand(200, dtype=torch.float64) * 12
+    eps = torch.tensor(0.05, dtype=torch.float64)
+    full_acts, full_k = kfree.band_entry(pre, norms, target, eps)
+    acts, k = kfree.band_entry(pre, norms, target, eps, candidates=candidates)
+    assert torch.equal(k, full_k) and torch.equal(acts, full_acts)
+    rows, cols, k_pairs = kfree.band_entry_pairs(pre, norms, target, eps, candidates=candidates)
+    assert torch.equal(k_pairs, full_k)
+    assert torch.equal(torch.zeros_like(pre).index_put((rows, cols), pre[rows, cols]), full_acts)
