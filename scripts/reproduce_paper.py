@@ -470,22 +470,36 @@ def write_figures(runs: list[dict], rows: list[dict], out: Path) -> None:
             [r for r in rows if r["layer"] == layer], out / f"l0_vs_nmse_L{layer}.png",
             title=f"Layer {layer}: L0 vs normalized MSE (held-out)",
         )  # fmt: skip
-    # Half-violins across layers for each rule's middle setting, from the records' per-token
-    # quantiles (records carried over without them are left out of the violins).
+    # Half-violins across layers for each rule's middle setting among those every layer has
+    # (seed 0), from the records' per-token quantiles (carried-over records have none).
     for activation in sorted({r["spec"]["activation"] for r in runs}):
-        mine = [r for r in runs if r["spec"]["activation"] == activation]
-        settings = sorted({run_name(0, r["spec"]).split("_", 1)[1] for r in mine})
-        middle = settings[len(settings) // 2]
+        mine = [
+            r for r in runs if r["spec"]["activation"] == activation and r["settings"]["seed"] == 0
+        ]
+        layers = {r["layer"] for r in mine}
+        common = [
+            spec
+            for spec in {setting(r["spec"]): r["spec"] for r in mine}.values()
+            if all(any(setting(r["spec"]) == setting(spec) for r in mine if r["layer"] == layer)
+                   for layer in layers)
+        ]  # fmt: skip
+        common.sort(key=lambda spec: (spec["k"] or 0, float(Fraction(spec["afa_coef"]))))
+        middle = setting(common[(len(common) - 1) // 2])
         per_layer = {
             f"layer {r['layer']}": r["per_token_quantiles"]
             for r in mine
-            if run_name(0, r["spec"]).split("_", 1)[1] == middle and r.get("per_token_quantiles")
+            if setting(r["spec"]) == middle and r.get("per_token_quantiles")
         }
         if per_layer:
             plots.save_half_violins(
                 per_layer, out / f"violins_{middle}.png",
                 title=f"{middle}: per-token normalized MSE and eps_LBO by layer",
             )  # fmt: skip
+
+
+def setting(spec: dict) -> str:
+    """A rule's setting as in its run name: topk_k32, topafa_afa1-32."""
+    return run_name(0, spec).split("_", 1)[1]
 
 
 def hardware() -> str:
