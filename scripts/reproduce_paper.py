@@ -31,18 +31,17 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from hf_topafa import SparseAutoencoder, lm, plots
 from hf_topafa import evaluate as ev
 from hf_topafa.harvest import HarvestConfig, Harvester, batched, dataset_name
+from hf_topafa.helpers import save_safetensors, write_text
 from hf_topafa.rules import ACTIVATIONS, NEEDS_K
 
 REPO = Path(__file__).resolve().parent.parent
@@ -177,12 +176,8 @@ def harvest(args, split: str, path: Path) -> dict[int, torch.Tensor]:
         raise ValueError(f"the dataset gave no {split} tokens to harvest")
     acts = {layer: torch.cat(parts[layer]) for layer in layers}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    save_file({f"L{k}": v.contiguous() for k, v in acts.items()}, tmp,
-              metadata={"settings": json.dumps(settings)})  # fmt: skip
-    os.replace(tmp, path)
+    save_safetensors(path, {f"L{k}": v for k, v in acts.items()},
+                     metadata={"settings": json.dumps(settings)})  # fmt: skip
     return acts
 
 
@@ -385,14 +380,6 @@ def table_rows(runs: list[dict]) -> list[dict]:
             "train_seconds": round(run["train"].get("train_time_s", 0.0), 1),
         })  # fmt: skip
     return rows
-
-
-def write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def topk_frontier(rows: list[dict], layer: int, l0: float) -> float | None:
