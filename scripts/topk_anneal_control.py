@@ -17,16 +17,11 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from low_l0_screen import load_layer  # scripts/ is on the path when a script runs
 
 from hf_topafa import SparseAutoencoder, lm
 from hf_topafa import evaluate as ev
 from hf_topafa import train as training
-
-
-def load_layer(path: Path, layer: int) -> torch.Tensor:
-    with safe_open(str(path), framework="pt") as fh:
-        return fh.get_tensor(f"L{layer}")
 
 
 def anneal_k(k_start: int, k_end: int, steps: int) -> None:
