@@ -128,8 +128,9 @@ def _topafa_select(sae, pre, x_n):
 
 
 def _topafa_kept(sae):
-    """Features a token keeps on average: the last batch's mean k (the candidate count, which
-    covers the batch's largest k, before any batch). It decides the route, not the ranking."""
+    """Features a token keeps on average under top-AFA or a ranked kfree rule: the last batch's
+    mean k (the candidate count, which covers the batch's largest k, before any batch). It
+    decides the route, not the ranking."""
     return sae._topafa_candidates if sae._topafa_mean_k is None else sae._topafa_mean_k
 
 
@@ -235,11 +236,6 @@ def _kfree_select(rule, ranked: bool = False):
         return (*out, k)
 
     return select
-
-
-def _adaptive_kept(sae):
-    """An adaptive rule's last mean k; before any batch, every feature (the dense route)."""
-    return sae.config.d_sae if sae._topafa_mean_k is None else sae._topafa_mean_k
 
 
 def _afa_batch_select(sae, pre, x_n):
@@ -350,7 +346,7 @@ RULES: dict[str, Rule] = {
             select=_kfree_select("band_entry", ranked=True),
             adaptive_k=True,
             select_pairs=_kfree_select("band_entry_pairs", ranked=True),
-            kept_per_token=_adaptive_kept,
+            kept_per_token=_topafa_kept,
         ),
         Rule(
             name="afa_universal",
