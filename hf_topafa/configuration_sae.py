@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from transformers import PretrainedConfig
 
-from .helpers import (
-    is_positive_number,
-    require_nonnegative_number,
-    require_positive_int,
-    require_positive_number,
+from .helpers import is_positive_number, require_positive_int
+from .rules import ACTIVATIONS, RULES
+from .sae_settings import (
+    INITS,
+    INPUT_NORMALIZATIONS,
+    LOSS_CONVENTIONS,
+    SAESettings,
+    check_sae_settings,
 )
-from .rules import ACTIVATIONS, RULES, get_rule
 
 __all__ = ["ACTIVATIONS", "INITS", "INPUT_NORMALIZATIONS", "LOSS_CONVENTIONS", "SAEConfig"]
-INPUT_NORMALIZATIONS = ("none", "layer_norm", "layer_norm_biased")
-LOSS_CONVENTIONS = ("paper", "hf_topafa_v0.1")
-INITS = ("kaiming", "unit_tied")
 
 
 class SAEConfig(PretrainedConfig):
@@ -141,47 +142,27 @@ class SAEConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self.validate()
 
+    @classmethod
+    def from_settings(cls, settings: SAESettings, *, d_in: int, **overrides) -> SAEConfig:
+        """The config of an SAE trained with ``settings`` on ``d_in``-wide activations.
+
+        ``overrides`` are the provenance (``base_model``, ``layer``, ``hook_point``, ``dataset``,
+        ``context_length``) and any resolved setting, such as ``dead_tokens_threshold`` when the
+        settings leave it to the batch size (None).
+        """
+        return cls(d_in=d_in, **{**dataclasses.asdict(settings), **overrides})
+
     def validate(self) -> None:
-        """Raise a ValueError naming the first field that is out of range, and what is valid."""
+        """Raise a ValueError naming the first field that is out of range, and what is valid.
+
+        The hyperparameters' ranges are ``check_sae_settings``'s, shared with training's
+        ``SAESettings``; here d_in, d_sae and dead_tokens_threshold are required too.
+        """
         require_positive_int("d_in", self.d_in)
         require_positive_int("d_sae", self.d_sae)
-        if not is_positive_number(self.expansion_factor):
-            raise ValueError(
-                f"expansion_factor must be a positive number, got {self.expansion_factor!r}"
-            )
-        if get_rule(self.activation).needs_k:
-            if self.k is None:
-                raise ValueError(
-                    f"k is required for activation={self.activation!r}: "
-                    f"an integer between 1 and d_sae={self.d_sae}"
-                )
-            require_positive_int("k", self.k)
-            if self.k > self.d_sae:
-                raise ValueError(f"k must be at most d_sae={self.d_sae}; got {self.k}")
-        elif self.k is not None:
-            require_positive_int("k", self.k)
-        require_positive_int("aux_k", self.aux_k)
         require_positive_int("dead_tokens_threshold", self.dead_tokens_threshold)
-        for name in ("afa_coef", "aux_coef", "l1_coef", "l0_coef"):
-            require_nonnegative_number(name, getattr(self, name))
-        for name in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
-            require_positive_number(name, getattr(self, name))
-        momentum = self.batchtopk_threshold_momentum
-        if not (isinstance(momentum, int | float) and 0 <= momentum < 1):
-            raise ValueError(f"batchtopk_threshold_momentum must be in [0, 1); got {momentum!r}")
-        if self.input_normalization not in INPUT_NORMALIZATIONS:
-            raise ValueError(
-                f"input_normalization must be one of {', '.join(INPUT_NORMALIZATIONS)}; "
-                f"got {self.input_normalization!r}"
-            )
-        if self.loss_convention not in LOSS_CONVENTIONS:
-            raise ValueError(
-                f"loss_convention must be one of {', '.join(LOSS_CONVENTIONS)}; "
-                f"got {self.loss_convention!r}"
-            )
         if not isinstance(self.encoder_bias, bool):
             raise ValueError(f"encoder_bias must be true or false; got {self.encoder_bias!r}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}; got {self.init!r}")
+        check_sae_settings(self)
         if self.layer is not None and not (isinstance(self.layer, int) and self.layer >= 0):
             raise ValueError(f"layer must be a non-negative integer or None; got {self.layer!r}")

@@ -19,6 +19,7 @@ import yaml
 from .configuration_sae import SAEConfig
 from .helpers import is_number
 from .rules import get_rule
+from .train_config import flat_training_config
 
 TEMPLATE_PATH = Path(__file__).parent / "data" / "model_card.md"
 FEATURE_TABLE_ROWS = 5
@@ -71,7 +72,14 @@ def public_training_config(training: dict) -> dict:
             return False
         return "token" in key.lower() or os.path.isabs(os.path.expanduser(value))
 
-    return {k: v for k, v in training.items() if k != "output" and not private(k, v)}
+    def public(mapping: dict) -> dict:
+        return {
+            k: public(v) if isinstance(v, dict) else v
+            for k, v in mapping.items()
+            if k != "output" and not private(k, v)
+        }
+
+    return public(training)  # flat, or by section (the run's output sits in "run")
 
 
 def _config_from_dir(run_dir: Path) -> SAEConfig:
@@ -162,7 +170,7 @@ def _metrics_section(metrics: dict | None) -> str:
 def _training_summary(config: SAEConfig, training: dict, metrics: dict) -> str:
     """Tokens actually trained on (metrics.json), else the budget (training_config.json)."""
     tokens = metrics.get("tokens_trained")
-    budget = training.get("max_tokens")
+    budget = flat_training_config(training).get("max_tokens")
     data = f" of `{config.dataset}`" if config.dataset else ""
     if is_number(tokens) and tokens > 0:
         text = f"Trained on **{int(tokens):,} tokens**{data}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -12,7 +11,15 @@ import torch
 
 from .checkpoint import load_latest_intact
 from .helpers import replace, write_json
-from .train_config import METRICS, PLOT_HINT, RUN_CONTROL, TRAINING_CONFIG, ZF_PLOT, TrainConfig
+from .train_config import (
+    METRICS,
+    PLOT_HINT,
+    RUN_CONTROL,
+    TRAINING_CONFIG,
+    ZF_PLOT,
+    TrainConfig,
+    flat_training_config,
+)
 
 
 def _check_run_dir(config: TrainConfig) -> tuple[bool, bool]:
@@ -20,7 +27,7 @@ def _check_run_dir(config: TrainConfig) -> tuple[bool, bool]:
 
     Read-only, so every process can run it; only the main process deletes.
     """
-    run = Path(config.output)
+    run = Path(config.run.output)
     saved = run / TRAINING_CONFIG
     if run.exists() and not run.is_dir():
         raise ValueError(f"--output {run} is a file; give a folder")
@@ -31,7 +38,7 @@ def _check_run_dir(config: TrainConfig) -> tuple[bool, bool]:
             f"--output {run} is not empty and holds no hf-topafa run ({TRAINING_CONFIG} missing); "
             "choose an empty or new folder"
         )
-    if config.overwrite:
+    if config.run.overwrite:
         return False, True
     try:
         saved_config = json.loads(saved.read_text(encoding="utf-8"))
@@ -44,7 +51,7 @@ def _check_run_dir(config: TrainConfig) -> tuple[bool, bool]:
         raise ValueError(f"{saved} must hold a JSON object; got {type(saved_config).__name__}")
     differences = _config_differences(saved_config, config)
     if differences:
-        hint = "" if config.resume else " Pass --overwrite to replace it."
+        hint = "" if config.run.resume else " Pass --overwrite to replace it."
         raise ValueError(
             f"--output {run} holds a different run ({'; '.join(differences)}). "
             f"Choose another --output.{hint}"
@@ -53,7 +60,10 @@ def _check_run_dir(config: TrainConfig) -> tuple[bool, bool]:
 
 
 def _config_differences(saved: dict, config: TrainConfig) -> list[str]:
-    current = dataclasses.asdict(config)
+    """What differs, field by field, between a saved training_config.json (by section, or flat as
+    written before the sections) and ``config``, leaving out the run section (RUN_CONTROL)."""
+    saved = flat_training_config(saved)
+    current = config.to_flat()
     current["dead_tokens_threshold"] = config.resolved_dead_threshold()
     out = []
     for key, value in current.items():
@@ -150,14 +160,14 @@ def _intact_checkpoint(run: Path, config: TrainConfig, resuming: bool, is_main: 
     """The newest loadable checkpoint of the run, or None; refuses a resume with nothing to
     resume and a restart that would overwrite a finished run."""
     if not resuming:
-        if config.resume:
+        if config.run.resume:
             raise ValueError(
                 f"--resume: {run} holds no run to resume (missing or empty); drop --resume to "
                 "start a new run there"
             )
         return None
     found = load_latest_intact(run, on_skip=lambda m: is_main and print(f"warning: {m}"))
-    if found is None and config.resume:
+    if found is None and config.run.resume:
         raise ValueError(
             f"--resume: {run} has no intact checkpoint to resume; drop --resume to start this "
             "run again from step 0, or pass --overwrite"

@@ -105,30 +105,26 @@ def train(
     from accelerate.utils import set_seed
 
     started = time.perf_counter()
-    config = dataclasses.replace(config)  # __post_init__ validates a hand-made config too
+    config = dataclasses.replace(config)  # a copy of every section, validated again
     if isinstance(data, str | os.PathLike):
-        config.activation_cache, data = os.fspath(data), None
-    run = Path(config.output)
+        config.data.activation_cache, data = os.fspath(data), None
+    run = Path(config.run.output)
     accelerator, tracker = _make_accelerator(config, run)
     is_main, world = accelerator.is_main_process, accelerator.num_processes
     resuming, found = _prepare_run_folder(config, run, accelerator)
 
-    data_ = _build_data(config, data, eval_data, accelerator, config.batch_size // world)
+    data_ = _build_data(config, data, eval_data, accelerator, config.optim.batch_size // world)
     sae_config = _sae_config(config, data_)
-    resolved = {
-        **dataclasses.asdict(config),
-        "dead_tokens_threshold": sae_config.dead_tokens_threshold,
-    }
     if is_main:
         print(_plan(config, sae_config, data_, world), flush=True)
         run.mkdir(parents=True, exist_ok=True)
         clean_temporaries(run)
         if not resuming:
-            atomic_write_json(run / TRAINING_CONFIG, resolved)
+            atomic_write_json(run / TRAINING_CONFIG, config.to_dict())
 
-    set_seed(config.seed)
+    set_seed(config.optim.seed)
     sae = SparseAutoencoder(sae_config)
-    sae.reset_parameters(seed=config.seed)
+    sae.reset_parameters(seed=config.optim.seed)
     sae.to(accelerator.device)
     optimizer, scheduler = _optimizer(sae, config)
     state, since_fired = _restore(found, sae, optimizer, scheduler, accelerator, config)
@@ -139,12 +135,13 @@ def train(
     sae = accelerator.unwrap_model(model)
     if tracker is not None:
         flat = {
-            k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in resolved.items()
+            k: v if isinstance(v, int | float | str | bool) else str(v)
+            for k, v in config.to_flat().items()
         }
         accelerator.init_trackers("hf-topafa", config=flat, init_kwargs=_tracker_kwargs(run))
 
     batches = _batches(data_.source, state["positions"][accelerator.process_index])
-    if state["step"] == 0 and config.decoder_bias_init == "mean":
+    if state["step"] == 0 and config.optim.decoder_bias_init == "mean":
         first, position = next(batches)
         _init_decoder_bias(sae, first.to(accelerator.device), accelerator)
         batches = _chain_first(first, position, batches)
@@ -165,18 +162,19 @@ def train(
         fired = (out.feature_acts.detach() != 0).any(0).to(torch.long)
         if world > 1:
             fired = accelerator.reduce(fired, "sum")
-        since_fired += config.batch_size
+        since_fired += config.optim.batch_size
         since_fired[fired > 0] = 0
         step += 1
         state["positions"][accelerator.process_index] = position
 
-        if step % config.log_every == 0 or step == total_steps:
+        if step % config.run.log_every == 0 or step == total_steps:
             logged = _log_step(accelerator, out, dead, step, scheduler, config)
             _show(bar, logged)
         if bar is not None:
             bar.update(1)
-        if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == total_steps):
-            state.update(step=step, tokens=step * config.batch_size)
+        every = config.run.checkpoint_every
+        if every and (step % every == 0 or step == total_steps):
+            state.update(step=step, tokens=step * config.optim.batch_size)
             state["train_seconds"] += time.perf_counter() - loop_started
             loop_started = time.perf_counter()
             _save(accelerator, run, sae, optimizer, scheduler, since_fired, state, config)
@@ -188,7 +186,7 @@ def train(
     if is_main:
         top, diagnostics = held_out_metrics(sae, data_.eval_x.to(accelerator.device))
         metrics = {
-            "tokens_trained": step * config.batch_size,
+            "tokens_trained": step * config.optim.batch_size,
             "steps": step,
             "world_size": world,
             "wall_time_s": round(time.perf_counter() - started, 2),
@@ -217,8 +215,8 @@ def train_step(model, sae, optimizer, scheduler, x, dead, config: TrainConfig, a
     world = accelerator.num_processes
     loss = out.loss if world == 1 else _global_norm_loss(out, x, sae, accelerator)
     accelerator.backward(loss)
-    if config.max_grad_norm > 0:
-        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    if config.optim.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
     sae.remove_gradient_parallel_to_decoder_directions()
     sae.set_decoder_norm_to_unit_norm()
     optimizer.step()
@@ -232,19 +230,19 @@ def _make_accelerator(config: TrainConfig, run: Path):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
-    mixed = config.mixed_precision
+    mixed = config.optim.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
-    tracker = _tracker_name(config.log_with)
+    tracker = _tracker_name(config.run.log_with)
     accelerator = Accelerator(
         mixed_precision=mixed,
         cpu=not torch.cuda.is_available(),
         log_with=tracker,
         project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")),
     )
-    if config.batch_size % accelerator.num_processes:
+    if config.optim.batch_size % accelerator.num_processes:
         raise ValueError(
-            f"batch_size={config.batch_size} must be divisible by the number of processes "
+            f"batch_size={config.optim.batch_size} must be divisible by the number of processes "
             f"({accelerator.num_processes})"
         )
     return accelerator, tracker
@@ -258,47 +256,42 @@ def _prepare_run_folder(config: TrainConfig, run: Path, accelerator):
     accelerator.wait_for_everyone()
     if is_main and delete:
         shutil.rmtree(run)
-    if is_main and resuming and not config.resume:
+    if is_main and resuming and not config.run.resume:
         print(f"note: {run} holds this same run; continuing it (--overwrite starts again)")
     accelerator.wait_for_everyone()
     return resuming, found
 
 
-# TrainConfig fields that are SAEConfig fields of the same name and meaning.
-SAE_FIELDS = (
-    "d_sae", "expansion_factor", "activation", "k", "afa_coef", "aux_k", "aux_coef", "l1_coef",
-    "l0_coef", "jumprelu_init_threshold", "jumprelu_bandwidth", "input_normalization",
-    "loss_convention", "encoder_bias", "init", "batchtopk_threshold_momentum",
-)  # fmt: skip
-
-
 def _sae_config(config: TrainConfig, data_: _Data) -> SAEConfig:
-    """The SAE's config from the training config and the data's provenance; the provenance
-    (layer, hook point, context length of a cache) is written back into ``config``."""
-    sae_config = SAEConfig(
+    """The SAE's config from the SAE settings and the data's width and provenance. What was
+    resolved (d_sae, the dead-feature threshold, and a cache's layer, hook point and context
+    length) is written back into ``config``, so that training_config.json records it."""
+    sae_config = SAEConfig.from_settings(
+        config.sae,
         d_in=data_.source.d_in,
         dead_tokens_threshold=config.resolved_dead_threshold(),
-        **{name: getattr(config, name) for name in SAE_FIELDS},
         **data_.provenance,
     )
-    config.d_sae = sae_config.d_sae
+    config.sae.d_sae = sae_config.d_sae
+    config.sae.dead_tokens_threshold = sae_config.dead_tokens_threshold
     for key in ("layer", "hook_point", "context_length"):
         if data_.provenance[key] is not None:
-            setattr(config, key, data_.provenance[key])
+            setattr(config.data, key, data_.provenance[key])
     return sae_config
 
 
 def _optimizer(sae, config: TrainConfig):
+    opt = config.optim
     optimizer = torch.optim.Adam(
         sae.parameters(),
-        lr=config.lr,
-        betas=(config.adam_beta1, config.adam_beta2),
-        eps=config.adam_eps,
+        lr=opt.lr,
+        betas=(opt.adam_beta1, opt.adam_beta2),
+        eps=opt.adam_eps,
         fused=True,  # one kernel for the whole update: several times faster on CPU and GPU
     )
     total = config.steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, config.warmup_fraction, config.decay_fraction)
+        optimizer, lambda s: lr_factor(s, total, opt.warmup_fraction, opt.decay_fraction)
     )
     return optimizer, scheduler
 
@@ -342,17 +335,18 @@ def _show(bar, logged: dict[str, float]) -> None:
 def _plan(config: TrainConfig, sae_config: SAEConfig, data_: _Data, world: int) -> str:
     source = data_.source
     if isinstance(source, LiveSource):
-        limit = "all" if config.harvest_tokens is None else f"up to {config.harvest_tokens:,}"
+        tokens = config.data.harvest_tokens
+        limit = "all" if tokens is None else f"up to {tokens:,}"
         reads = f"live harvest of {limit} tokens per pass from {sae_config.dataset}"
     elif isinstance(source, CacheSource):
-        reads = f"activation cache {config.activation_cache}"
+        reads = f"activation cache {config.data.activation_cache}"
     else:
         reads = f"an in-memory tensor of {len(source.x):,} tokens"
     return (
         f"training a {sae_config.activation} SAE ({sae_config.d_in} -> {sae_config.d_sae}) on "
         f"{sae_config.base_model} layer {sae_config.layer} {sae_config.hook_point}: "
-        f"{config.steps} steps x {config.batch_size} tokens on {world} process(es); data: {reads}; "
-        f"held-out: {config.eval_tokens:,} tokens; run folder: {config.output}"
+        f"{config.steps} steps x {config.optim.batch_size} tokens on {world} process(es); data: "
+        f"{reads}; held-out: {config.data.eval_tokens:,} tokens; run folder: {config.run.output}"
     )
 
 
@@ -423,7 +417,7 @@ def _log_step(accelerator, out, dead, step, scheduler, config) -> dict[str, floa
         "train/k": k,
         "train/dead_features": float(dead.sum()),
         "train/lr": scheduler.get_last_lr()[0],
-        "train/tokens": float(step * config.batch_size),
+        "train/tokens": float(step * config.optim.batch_size),
     }
     accelerator.log(logged, step=step)
     return logged
@@ -444,7 +438,7 @@ def _save(accelerator, run, sae, optimizer, scheduler, since_fired, state, confi
             optimizer.state_dict(),
             {"since_fired": since_fired},
             {**state, "scheduler": scheduler.state_dict(), "model_runtime": _runtime_state(sae)},
-            keep=config.keep_checkpoints,
+            keep=config.run.keep_checkpoints,
         )
     accelerator.wait_for_everyone()
 
@@ -461,7 +455,7 @@ def _runtime_state(sae) -> dict:
 
 
 def _progress(config, accelerator, total, done):
-    if not (config.progress and accelerator.is_main_process):
+    if not (config.run.progress and accelerator.is_main_process):
         return None
     from tqdm.auto import tqdm
 

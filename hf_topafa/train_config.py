@@ -1,8 +1,11 @@
 """The training configuration (``training_config.json``) and its command line and file parsing.
 
-``TrainConfig`` validates itself; ``hf-topafa train``'s flags are generated from its fields by
-``HfArgumentParser``, and ``--config FILE`` (YAML or JSON) sets the same fields. The module
-imports no torch, so that a bad flag answers before the training code loads.
+``TrainConfig`` composes four sections, each a dataclass that validates itself: ``data``
+(``DataArgs``), ``sae`` (``SAESettings``, the SAE's own hyperparameters), ``optim``
+(``OptimArgs``) and ``run`` (``RunArgs``). ``hf-topafa train``'s flags are generated from the
+sections' fields by ``HfArgumentParser`` (field names are unique over the sections, so each flag
+keeps its flat name), and ``--config FILE`` (YAML or JSON, flat or by section) sets the same
+fields. The module imports no torch, so that a bad flag answers before the training code loads.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from . import rules
+from .cli_args import arg as _arg
 from .helpers import is_finite_number as _number
 from .helpers import require_nonnegative_int, require_positive_int, require_positive_number
 from .names import (
@@ -27,7 +30,7 @@ from .names import (
     HOOK_POINTS,
     MANIFEST,
 )
-from .rules import ACTIVATIONS, get_rule
+from .sae_settings import SAESettings
 from .sources import dataset_looks_local
 
 DEFAULT_OUTPUT = "runs/smollm2-topafa"
@@ -41,20 +44,13 @@ ZF_PLOT = "zf_plot.png"
 PLOT_HINT = 'pip install "hf-topafa[plot]"'
 
 
-def _arg(default, help: str, **kwargs):
-    """A dataclass field whose help text is also the command line's --help."""
-    return field(default=default, metadata={"help": help, **kwargs})
-
-
 @dataclass
-class TrainConfig:
-    """Everything a training run depends on; saved as ``training_config.json`` in the run folder.
+class DataArgs:
+    """Where the activations come from: the language model, its layer and hook point, the text,
+    and the held-out split."""
 
-    Parsed from the command line (``HfArgumentParser``; ``--max-tokens`` and ``--max_tokens`` both
-    work) and from a YAML or JSON file given with ``--config``.
-    """
+    _argument_group_name = "data"  # a heading of `hf-topafa train --help`
 
-    # -- activations -----------------------------------------------------------------------
     model: str = _arg(
         DEFAULT_MODEL,
         "Hub id or folder of a causal LM, or a .gguf file; the default is the offline SmolLM2 copy.",
@@ -100,55 +96,41 @@ class TrainConfig:
         "in memory and replay them (reshuffled) in later passes instead of re-running the LM.",
     )
 
-    # -- the SAE -----------------------------------------------------------------------------
-    activation: str = _arg("topafa", "Sparse activation rule.", choices=ACTIVATIONS)
-    expansion_factor: float = _arg(
-        8.0, "d_sae = d_in * expansion_factor when --d-sae is not given."
-    )
-    d_sae: int | None = _arg(None, "Number of features.")
-    k: int | None = _arg(
-        None, f"Features kept per token (required for {' and '.join(rules.NEEDS_K)})."
-    )
-    afa_coef: float = _arg(1 / 32, "lambda_AFA: weight of the norm-matching loss.")
-    aux_k: int = _arg(512, "Dead features the aux-k loss may use.")
-    aux_coef: float = _arg(1 / 32, "Weight of the aux-k loss.")
-    dead_tokens_threshold: int | None = _arg(
-        None,
-        "A feature silent for this many training tokens is dead; default: 5 batches "
-        "(the paper's n_batches_to_dead = 5).",
-    )
-    l1_coef: float = _arg(0.05, "L1 weight (relu).")
-    l0_coef: float = _arg(1e-3, "L0 weight (jumprelu).")
-    jumprelu_init_threshold: float = _arg(1e-3, "Initial JumpReLU threshold.")
-    jumprelu_bandwidth: float = _arg(1e-3, "JumpReLU pseudo-gradient bandwidth.")
-    input_normalization: Literal["none", "layer_norm", "layer_norm_biased"] = _arg(
-        "layer_norm",
-        "layer_norm: standardize each token as the paper does, (x - mean) / (std + 1e-5) with the "
-        "unbiased std; none: raw activations; layer_norm_biased: hf-topafa 0.1's standardization.",
-    )
-    loss_convention: Literal["paper", "hf_topafa_v0.1"] = _arg(
-        "paper",
-        "paper: the published loss (means over elements and tokens, lambda_AFA in the paper's "
-        "units); hf_topafa_v0.1: the 0.1 objective, normalized by the batch's sum of ||x||^2.",
-    )
-    encoder_bias: bool | None = _arg(
-        None,
-        f"Train an encoder bias; default: yes for {'/'.join(rules.ENCODER_BIAS)}, no else "
-        "(the paper's k-selecting encoders have none).",
-    )
-    init: Literal["kaiming", "unit_tied"] = _arg(
-        "kaiming",
-        "kaiming: the paper's kaiming-uniform W_enc with W_dec its transpose (unit rows); "
-        "unit_tied: hf-topafa 0.1's unit-norm Gaussian decoder, encoder tied to it.",
-    )
-    decoder_bias_init: Literal["zeros", "mean"] = _arg(
-        "zeros", "zeros: b_dec starts at zero (the paper); mean: the first batch's mean."
-    )
-    batchtopk_threshold_momentum: float = _arg(
-        0.99, "EMA momentum of BatchTopK's inference threshold."
-    )
+    def __post_init__(self):
+        for name in ("context_length", "eval_tokens", "holdout_every", "harvest_batch_windows"):
+            require_positive_int(name, getattr(self, name))
+        for name in ("memory_tokens", "shuffle_buffer"):
+            require_nonnegative_int(name, getattr(self, name))
+        if self.harvest_tokens is not None:
+            require_positive_int("harvest_tokens", self.harvest_tokens)
+        if self.hook_point not in HOOK_POINTS:
+            raise ValueError(
+                f"hook_point must be one of {', '.join(HOOK_POINTS)}; got {self.hook_point!r}"
+            )
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"layer must be an integer >= 0; got {self.layer!r}")
+        if self.dataset is not None and dataset_looks_local(self.dataset):
+            path = Path(self.dataset).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"dataset not found: {path} (give an existing .txt/.jsonl/.json/.parquet/.csv "
+                    "file or folder, a Hub dataset id, or leave --dataset out for the bundled sample)"
+                )
+        for name in ("activation_cache", "eval_cache"):
+            value = getattr(self, name)
+            if value is not None and not (Path(value).expanduser() / MANIFEST).is_file():
+                raise FileNotFoundError(
+                    f"--{name.replace('_', '-')} {value}: no activation cache there (missing "
+                    f"{MANIFEST}); write one with `hf-topafa harvest --output DIR`"
+                )
 
-    # -- optimization ------------------------------------------------------------------------
+
+@dataclass
+class OptimArgs:
+    """How long and how the SAE is optimized, and how it starts (seed, decoder bias)."""
+
+    _argument_group_name = "optimization"
+
     max_tokens: int = _arg(
         81_920, "Training tokens (the number of steps is max_tokens // batch_size)."
     )
@@ -174,8 +156,46 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "bf16"] = _arg(
         "auto", "auto: bf16 autocast on GPU, full precision on CPU."
     )
+    decoder_bias_init: Literal["zeros", "mean"] = _arg(
+        "zeros", "zeros: b_dec starts at zero (the paper); mean: the first batch's mean."
+    )
 
-    # -- the run -----------------------------------------------------------------------------
+    def __post_init__(self):
+        for name in ("max_tokens", "batch_size"):
+            require_positive_int(name, getattr(self, name))
+        require_nonnegative_int("seed", self.seed)
+        if self.max_tokens < self.batch_size:
+            raise ValueError(
+                f"max_tokens={self.max_tokens} is less than one batch (batch_size="
+                f"{self.batch_size}); raise --max-tokens or lower --batch-size"
+            )
+        for name in ("lr", "adam_eps"):
+            require_positive_number(name, getattr(self, name))
+        for name in ("adam_beta1", "adam_beta2"):
+            if not (_number(getattr(self, name)) and 0 <= getattr(self, name) < 1):
+                raise ValueError(f"{name} must be in [0, 1); got {getattr(self, name)!r}")
+        for name in ("warmup_fraction", "decay_fraction"):
+            if not (_number(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
+                raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)!r}")
+        if self.warmup_fraction + self.decay_fraction > 1:
+            raise ValueError("warmup_fraction + decay_fraction must be at most 1")
+        if not (_number(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise ValueError(f"max_grad_norm must be >= 0; got {self.max_grad_norm!r}")
+        _require_choice(self, "mixed_precision")
+        _require_choice(self, "decoder_bias_init")
+
+    @property
+    def steps(self) -> int:
+        return self.max_tokens // self.batch_size
+
+
+@dataclass
+class RunArgs:
+    """The run folder, checkpoints and logging: what steers a run, not its result (these may
+    change when a run is resumed)."""
+
+    _argument_group_name = "the run"
+
     output: str = _arg(DEFAULT_OUTPUT, "Run folder.")
     resume: bool = _arg(False, "Continue the run in --output from its latest checkpoint.")
     overwrite: bool = _arg(False, "Delete the run already in --output and start again.")
@@ -189,106 +209,155 @@ class TrainConfig:
     progress: bool = _arg(True, "Progress bars (--no_progress hides them).")
 
     def __post_init__(self):
-        for name in ("max_tokens", "batch_size", "context_length", "eval_tokens", "holdout_every"):
+        for name in ("keep_checkpoints", "log_every"):
             require_positive_int(name, getattr(self, name))
-        for name in ("harvest_batch_windows", "aux_k", "keep_checkpoints", "log_every"):
-            require_positive_int(name, getattr(self, name))
-        for name in ("memory_tokens", "shuffle_buffer", "checkpoint_every", "seed"):
-            require_nonnegative_int(name, getattr(self, name))
-        if get_rule(self.activation).needs_k and self.k is None:
-            raise ValueError(
-                f"--activation {self.activation} needs --k (features kept per token), e.g. --k 32"
-            )
-        if self.hook_point not in HOOK_POINTS:
-            raise ValueError(
-                f"hook_point must be one of {', '.join(HOOK_POINTS)}; got {self.hook_point!r}"
-            )
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
-            raise ValueError(f"layer must be an integer >= 0; got {self.layer!r}")
-        if self.max_tokens < self.batch_size:
-            raise ValueError(
-                f"max_tokens={self.max_tokens} is less than one batch (batch_size="
-                f"{self.batch_size}); raise --max-tokens or lower --batch-size"
-            )
-        for name in ("dead_tokens_threshold", "harvest_tokens"):
-            if getattr(self, name) is not None:
-                require_positive_int(name, getattr(self, name))
-        for name in ("lr", "adam_eps"):
-            require_positive_number(name, getattr(self, name))
-        for name in ("adam_beta1", "adam_beta2"):
-            if not (_number(getattr(self, name)) and 0 <= getattr(self, name) < 1):
-                raise ValueError(f"{name} must be in [0, 1); got {getattr(self, name)!r}")
-        for name in ("warmup_fraction", "decay_fraction"):
-            if not (_number(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
-                raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)!r}")
-        if self.warmup_fraction + self.decay_fraction > 1:
-            raise ValueError("warmup_fraction + decay_fraction must be at most 1")
-        if not (_number(self.max_grad_norm) and self.max_grad_norm >= 0):
-            raise ValueError(f"max_grad_norm must be >= 0; got {self.max_grad_norm!r}")
-        if self.mixed_precision not in ("auto", "no", "bf16"):
-            raise ValueError(
-                f"mixed_precision must be auto, no or bf16; got {self.mixed_precision!r}"
-            )
-        if self.log_with not in ("auto", "tensorboard", "trackio", "wandb", "none"):
-            raise ValueError(
-                "log_with must be one of auto, tensorboard, trackio, wandb, none; "
-                f"got {self.log_with!r}"
-            )
+        require_nonnegative_int("checkpoint_every", self.checkpoint_every)
+        _require_choice(self, "log_with")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other; pass only one")
-        if self.dataset is not None and dataset_looks_local(self.dataset):
-            path = Path(self.dataset).expanduser()
-            if not path.exists():
-                raise FileNotFoundError(
-                    f"dataset not found: {path} (give an existing .txt/.jsonl/.json/.parquet/.csv "
-                    "file or folder, a Hub dataset id, or leave --dataset out for the bundled sample)"
-                )
-        for name in ("activation_cache", "eval_cache"):
+
+
+def _require_choice(section, name: str) -> None:
+    """A Literal-typed field holds one of its values."""
+    valid = typing.get_args(typing.get_type_hints(type(section))[name])
+    if getattr(section, name) not in valid:
+        raise ValueError(
+            f"{name} must be one of {', '.join(valid)}; got {getattr(section, name)!r}"
+        )
+
+
+# The sections of a training configuration, in training_config.json's order.
+SECTIONS = {"data": DataArgs, "sae": SAESettings, "optim": OptimArgs, "run": RunArgs}
+
+# Each field's section (field names are unique over the sections: the command line's flags).
+FIELD_SECTION = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on, in four sections; saved as ``training_config.json``
+    (one object per section) in the run folder.
+
+    ``config.data`` (``DataArgs``), ``config.sae`` (``SAESettings``, the SAE's own
+    hyperparameters, which ``SAEConfig.from_settings`` turns into the SAE's config),
+    ``config.optim`` (``OptimArgs``) and ``config.run`` (``RunArgs``). Each section validates
+    itself; a section may also be given as a dict. ``TrainConfig.from_flat(k=32, lr=1e-3)`` routes
+    flat keywords (the command line's names) to their sections.
+    """
+
+    data: DataArgs = field(default_factory=DataArgs)
+    sae: SAESettings = field(default_factory=SAESettings)
+    optim: OptimArgs = field(default_factory=OptimArgs)
+    run: RunArgs = field(default_factory=RunArgs)
+
+    def __post_init__(self):
+        # Copies, validated again: dataclasses.replace(config) checks a config edited by hand and
+        # shares no section with the original.
+        for name, cls in SECTIONS.items():
             value = getattr(self, name)
-            if value is not None and not (Path(value).expanduser() / MANIFEST).is_file():
-                raise FileNotFoundError(
-                    f"--{name.replace('_', '-')} {value}: no activation cache there (missing "
-                    f"{MANIFEST}); write one with `hf-topafa harvest --output DIR`"
-                )
+            if isinstance(value, dict):
+                value = cls(**_checked_section(name, value))
+            elif isinstance(value, cls):
+                value = dataclasses.replace(value)
+            else:
+                raise TypeError(f"{name} must be a {cls.__name__} or a dict; got {value!r}")
+            setattr(self, name, value)
+
+    @classmethod
+    def from_flat(cls, **fields) -> TrainConfig:
+        """A TrainConfig from flat keywords, each a field of one section (``layer=3, k=32``)."""
+        sections: dict[str, dict] = {name: {} for name in SECTIONS}
+        unknown = sorted(set(fields) - set(FIELD_SECTION))
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(FIELD_SECTION)}"
+            )
+        for key, value in fields.items():
+            sections[FIELD_SECTION[key]][key] = value
+        return cls(**sections)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "training configuration") -> TrainConfig:
+        """A TrainConfig from ``training_config.json``'s nested form, or the flat form written
+        before the sections existed (or a mix: a config file may use either)."""
+        return cls.from_flat(**_flatten(data, where, check=True))
+
+    def to_dict(self) -> dict:
+        """The nested form written to ``training_config.json``."""
+        return dataclasses.asdict(self)
+
+    def to_flat(self) -> dict:
+        """Every field under its flat (command-line) name."""
+        return {k: v for section in self.to_dict().values() for k, v in section.items()}
 
     @property
     def steps(self) -> int:
-        return self.max_tokens // self.batch_size
+        return self.optim.steps
 
     def resolved_dead_threshold(self) -> int:
-        if self.dead_tokens_threshold is not None:
-            return self.dead_tokens_threshold
-        return 5 * self.batch_size
+        """The SAE's dead-feature threshold in tokens: as set, else five global batches."""
+        if self.sae.dead_tokens_threshold is not None:
+            return self.sae.dead_tokens_threshold
+        return 5 * self.optim.batch_size
 
 
-# Fields that may change between a run and its resumption: they steer the run, not its result.
-RUN_CONTROL = (
-    "output",
-    "resume",
-    "overwrite",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "log_every",
-    "log_with",
-    "progress",
-)
+def _checked_section(name: str, values: dict) -> dict:
+    valid = [f.name for f in dataclasses.fields(SECTIONS[name])]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {', '.join(unknown)} in section {name}; valid: {', '.join(valid)}"
+        )
+    return values
+
+
+def _flatten(data: dict, where: str, check: bool) -> dict:
+    """One flat mapping from a nested (sections) or flat configuration mapping."""
+    flat: dict = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            items = (_checked_section(key, value) if check else value).items()
+        else:
+            items = [(key, value)]
+        for name, item in items:
+            if name in flat:
+                raise ValueError(f"{where}: {name} is given twice")
+            flat[name] = item
+    return flat
+
+
+def flat_training_config(data: dict) -> dict:
+    """A saved ``training_config.json`` (nested, or flat as written before the sections) as one
+    flat mapping of field names; unknown keys are kept, nothing is validated."""
+    return _flatten(data, "training_config.json", check=False)
+
+
+# Fields that may change between a run and its resumption (the run section): they steer the run,
+# not its result.
+RUN_CONTROL = tuple(f.name for f in dataclasses.fields(RunArgs))
 
 
 def build_parser():
+    """``hf-topafa train``'s parser: one flag per field of every section, under its heading."""
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(
-        TrainConfig,
+        tuple(SECTIONS.values()),
         prog="hf-topafa train",
         description="Train a sparse autoencoder on a language model's activations. Without "
         "arguments: a top-AFA SAE on SmolLM2-135M-Instruct, layer 15, the bundled corpus sample.",
     )
-    parser.add_argument("--config", help="YAML or JSON file of TrainConfig fields; flags override")
+    parser.add_argument(
+        "--config",
+        help="YAML or JSON file of TrainConfig fields, flat (lr: 1e-3) or by section "
+        "(optim: {lr: 1e-3}), such as a run's training_config.json; flags override",
+    )
     return parser
 
 
 def load_config_file(path: str | os.PathLike) -> dict:
-    """Read a YAML or JSON mapping of TrainConfig fields; unknown keys are an error."""
+    """Read a YAML or JSON mapping of TrainConfig fields, flat or by section, as one flat
+    mapping; unknown keys are an error."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"configuration file not found: {path}")
@@ -303,20 +372,21 @@ def load_config_file(path: str | os.PathLike) -> dict:
         raise ValueError(f"configuration file {path} must end in .yaml, .yml or .json")
     if not isinstance(data, dict):
         raise ValueError(f"configuration file {path} must hold a mapping of field: value")
-    names = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - set(names))
+    flat = _flatten(data, str(path), check=True)
+    unknown = sorted(set(flat) - set(FIELD_SECTION))
     if unknown:
         raise ValueError(
-            f"{path}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(names)}"
+            f"{path}: unknown field(s) {', '.join(unknown)}; valid fields: "
+            f"{', '.join(FIELD_SECTION)}"
         )
-    return {key: _coerce(names[key], value) for key, value in data.items()}
+    return {key: _coerce(key, value) for key, value in flat.items()}
 
 
-def _coerce(f: dataclasses.Field, value):
+def _coerce(name: str, value):
     """YAML reads 3e-4 as a string: turn strings into the field's number or bool type."""
     if not isinstance(value, str):
         return value
-    hint = typing.get_type_hints(TrainConfig)[f.name]
+    hint = typing.get_type_hints(SECTIONS[FIELD_SECTION[name]])[name]
     kinds = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
     try:
         if kinds[0] is int:
@@ -324,13 +394,13 @@ def _coerce(f: dataclasses.Field, value):
         if kinds[0] is float:
             return float(value)
     except ValueError as err:
-        raise ValueError(f"{f.name} must be a number; got {value!r}") from err
+        raise ValueError(f"{name} must be a number; got {value!r}") from err
     if kinds[0] is bool:
         if value.lower() in ("true", "yes", "1"):
             return True
         if value.lower() in ("false", "no", "0"):
             return False
-        raise ValueError(f"{f.name} must be true or false; got {value!r}")
+        raise ValueError(f"{name} must be true or false; got {value!r}")
     return value
 
 
@@ -343,13 +413,13 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     known, _ = pre.parse_known_args(argv)
     if known.config:
         parser.set_defaults(**load_config_file(known.config))
-    # the parsed TrainConfig, a namespace holding --config, and any unknown arguments
-    config, _extra, unknown = parser.parse_args_into_dataclasses(
+    # one dataclass per section, a namespace holding --config, and any unknown arguments
+    *sections, _extra, unknown = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
     )
     if unknown:
         raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
-    return config
+    return TrainConfig(*sections)
 
 
 def parse_command(argv: list[str]) -> tuple[TrainConfig]:

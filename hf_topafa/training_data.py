@@ -95,36 +95,38 @@ class LiveSource:
 
 
 def _harvest_config(config: TrainConfig, **overrides) -> harvest.HarvestConfig:
+    d = config.data
     fields = dict(
-        model=config.model,
-        gguf_file=config.gguf_file,
-        layer=config.layer,
-        hook_point=config.hook_point,
-        dataset=config.dataset,
-        dataset_config=config.dataset_config,
-        text_column=config.text_column,
-        split=config.split,
-        context_length=config.context_length,
-        batch_windows=config.harvest_batch_windows,
-        shuffle_buffer=config.shuffle_buffer,
-        dtype=config.lm_dtype,
-        holdout_every=config.holdout_every,
-        seed=config.seed,
+        model=d.model,
+        gguf_file=d.gguf_file,
+        layer=d.layer,
+        hook_point=d.hook_point,
+        dataset=d.dataset,
+        dataset_config=d.dataset_config,
+        text_column=d.text_column,
+        split=d.split,
+        context_length=d.context_length,
+        batch_windows=d.harvest_batch_windows,
+        shuffle_buffer=d.shuffle_buffer,
+        dtype=d.lm_dtype,
+        holdout_every=d.holdout_every,
+        seed=config.optim.seed,
     )
     return harvest.HarvestConfig(**{**fields, **overrides})
 
 
 def _cache_harvest_config(manifest: dict, config: TrainConfig) -> harvest.HarvestConfig:
     """The live harvest of the held-out windows matching an activation cache's manifest."""
+    d = config.data
     keys = ("model", "gguf_file", "layer", "hook_point", "dataset", "dataset_config")
     keys += ("text_column", "split", "context_length", "exclude_bos", "exclude_first", "dtype")
     fields = {k: manifest[k] for k in keys if k in manifest}
     if fields.get("dataset") == harvest.BUNDLED_NAME:
         fields["dataset"] = None
-    every = manifest.get("holdout_every") or config.holdout_every
+    every = manifest.get("holdout_every") or d.holdout_every
     return harvest.HarvestConfig(
-        **fields, holdout="eval", holdout_every=every, max_tokens=config.eval_tokens,
-        shuffle_buffer=0, batch_windows=config.harvest_batch_windows,
+        **fields, holdout="eval", holdout_every=every, max_tokens=d.eval_tokens,
+        shuffle_buffer=0, batch_windows=d.harvest_batch_windows,
     )  # fmt: skip
 
 
@@ -158,12 +160,13 @@ class _Data:
 
 
 def _build_data(config, data, eval_data, accelerator, local_batch) -> _Data:
+    d = config.data
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     if data is not None:
         return _tensor_data(config, data, eval_data, rank, world)
-    if config.activation_cache is not None:
-        cache = harvest.ActivationCache(config.activation_cache)
+    if d.activation_cache is not None:
+        cache = harvest.ActivationCache(d.activation_cache)
         man = cache.manifest
         provenance = {
             "base_model": man.get("model"),
@@ -173,16 +176,14 @@ def _build_data(config, data, eval_data, accelerator, local_batch) -> _Data:
             "context_length": man.get("context_length"),
             "base_model_weights": man.get("model_weights"),
         }
-        source = CacheSource(cache, local_batch, rank, world, config.seed)
+        source = CacheSource(cache, local_batch, rank, world, config.optim.seed)
         held_out, eval_x = True, None
         if eval_data is not None:
-            eval_x = torch.as_tensor(eval_data, dtype=torch.float32)[: config.eval_tokens]
-        elif config.eval_cache is not None:
-            eval_cache = harvest.ActivationCache(config.eval_cache)
+            eval_x = torch.as_tensor(eval_data, dtype=torch.float32)[: d.eval_tokens]
+        elif d.eval_cache is not None:
+            eval_cache = harvest.ActivationCache(d.eval_cache)
             if main:
-                eval_x = _first_rows(
-                    eval_cache.iter_batches(4096, shuffle=False), config.eval_tokens
-                )
+                eval_x = _first_rows(eval_cache.iter_batches(4096, shuffle=False), d.eval_tokens)
         else:
             held_out = man.get("holdout") == "train"
             if main:
@@ -194,66 +195,68 @@ def _build_data(config, data, eval_data, accelerator, local_batch) -> _Data:
                         "or pass --eval-cache for honest held-out figures."
                     )
                 ev = harvest.Harvester(_cache_harvest_config(man, config))
-                eval_x = _first_rows(ev.iter_batches(4096, config.progress), config.eval_tokens)
+                eval_x = _first_rows(ev.iter_batches(4096, config.run.progress), d.eval_tokens)
         return _Data(source, eval_x, held_out, provenance)
 
-    per_rank = None if config.harvest_tokens is None else max(1, config.harvest_tokens // world)
+    per_rank = None if d.harvest_tokens is None else max(1, d.harvest_tokens // world)
     train_cfg = _harvest_config(
         config, holdout="train", rank=rank, world_size=world, max_tokens=per_rank
     )
     harvester = harvest.Harvester(train_cfg)  # loads the LM; bad layer/hook point raise here
     provenance = {
         "base_model": train_cfg.identity()["model"],
-        "layer": config.layer,
-        "hook_point": config.hook_point,
-        "dataset": harvest.dataset_name(config.dataset),
-        "context_length": config.context_length,
-        "base_model_weights": lm.weights_description(
-            train_cfg.identity()["model"], config.gguf_file
-        ),
+        "layer": d.layer,
+        "hook_point": d.hook_point,
+        "dataset": harvest.dataset_name(d.dataset),
+        "context_length": d.context_length,
+        "base_model_weights": lm.weights_description(train_cfg.identity()["model"], d.gguf_file),
     }
     eval_x = None
     if eval_data is not None:
-        eval_x = torch.as_tensor(eval_data, dtype=torch.float32)[: config.eval_tokens]
-    elif config.eval_cache is not None:
+        eval_x = torch.as_tensor(eval_data, dtype=torch.float32)[: d.eval_tokens]
+    elif d.eval_cache is not None:
         if main:
-            eval_cache = harvest.ActivationCache(config.eval_cache)
-            eval_x = _first_rows(eval_cache.iter_batches(4096, shuffle=False), config.eval_tokens)
+            eval_cache = harvest.ActivationCache(d.eval_cache)
+            eval_x = _first_rows(eval_cache.iter_batches(4096, shuffle=False), d.eval_tokens)
     elif main:
         eval_cfg = _harvest_config(
-            config, holdout="eval", max_tokens=config.eval_tokens, shuffle_buffer=0
+            config, holdout="eval", max_tokens=d.eval_tokens, shuffle_buffer=0
         )
         ev = harvest.Harvester(eval_cfg)
-        eval_x = _first_rows(ev.iter_batches(4096, config.progress), config.eval_tokens)
-    progress = config.progress and accelerator.is_main_process
-    source = LiveSource(harvester, local_batch, config.memory_tokens, config.seed, progress)
+        eval_x = _first_rows(ev.iter_batches(4096, config.run.progress), d.eval_tokens)
+    progress = config.run.progress and accelerator.is_main_process
+    source = LiveSource(harvester, local_batch, d.memory_tokens, config.optim.seed, progress)
     return _Data(source, eval_x, True, provenance)
 
 
 def _tensor_data(config, data, eval_data, rank, world) -> _Data:
+    d = config.data
     x = torch.as_tensor(data, dtype=torch.float32)
     if x.ndim != 2:
         raise ValueError(f"training data must be a [tokens, d_in] tensor; got {tuple(x.shape)}")
     if eval_data is None:
-        if len(x) < config.eval_tokens + config.batch_size:
+        if len(x) < d.eval_tokens + config.optim.batch_size:
             raise ValueError(
                 f"the training tensor has {len(x)} rows: too few to hold out eval_tokens="
-                f"{config.eval_tokens} and still train on one batch ({config.batch_size}); "
+                f"{d.eval_tokens} and still train on one batch ({config.optim.batch_size}); "
                 "pass eval_data or lower eval_tokens"
             )
-        x, eval_x = x[: -config.eval_tokens], x[-config.eval_tokens :]
+        x, eval_x = x[: -d.eval_tokens], x[-d.eval_tokens :]
     else:
-        eval_x = torch.as_tensor(eval_data, dtype=torch.float32)[: config.eval_tokens]
+        eval_x = torch.as_tensor(eval_data, dtype=torch.float32)[: d.eval_tokens]
     provenance = {
-        "base_model": config.model,
-        "layer": config.layer,
-        "hook_point": config.hook_point,
-        "dataset": config.dataset,
-        "context_length": config.context_length,
+        "base_model": d.model,
+        "layer": d.layer,
+        "hook_point": d.hook_point,
+        "dataset": d.dataset,
+        "context_length": d.context_length,
         "base_model_weights": None,  # tensors given directly: unknown
     }
     return _Data(
-        TensorSource(x, config.batch_size, rank, world, config.seed), eval_x, True, provenance
+        TensorSource(x, config.optim.batch_size, rank, world, config.optim.seed),
+        eval_x,
+        True,
+        provenance,
     )
 
 

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         else:
             fields.update(afa_coef=float(eval(value, {}, {})))  # e.g. 1/32
         run_dir = work / "screen" / tag.replace("/", "_").replace(":", "_").replace("@", "_")
-        config = TrainConfig(
+        config = TrainConfig.from_flat(
             layer=args.layer, expansion_factor=args.expansion, max_tokens=args.tokens,
             batch_size=args.batch_size, seed=args.seed, output=str(run_dir), overwrite=True,
             checkpoint_every=0, log_with="none", progress=False, eval_tokens=1024, **fields,

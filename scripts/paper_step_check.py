@@ -128,7 +128,7 @@ def main() -> int:
         row["paper"] = held_out(lambda v, m=paper: m(v)[2:0:-1], ev)
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            config = TrainConfig(
+            config = TrainConfig.from_flat(
                 activation="topafa", d_sae=args.d_sae, afa_coef=args.afa_coef,
                 batch_size=args.batch_size, lr=args.lr, seed=seed, max_tokens=len(x),
                 eval_tokens=min(1024, len(ev)), output=tmp, overwrite=True, log_with="none",

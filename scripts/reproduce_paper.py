@@ -268,14 +268,15 @@ def train_one(args, wanted: dict, acts: torch.Tensor | Path, eval_x, run_dir: Pa
     """Train one SAE with hf_topafa.train on activations in memory or in a cache folder, or reuse
     the finished weights in ``run_dir``; returns the run's training metrics."""
     from hf_topafa.train import METRICS, TrainConfig, train
+    from hf_topafa.train_config import flat_training_config
 
     if (run_dir / METRICS).is_file() and (run_dir / "model.safetensors").is_file():
-        saved = json.loads((run_dir / "training_config.json").read_text())
+        saved = flat_training_config(json.loads((run_dir / "training_config.json").read_text()))
         if all(saved.get(k) == v for k, v in wanted.items() if k != "layer"):
             return json.loads((run_dir / METRICS).read_text())
         print(f"   {run_dir.name} was trained with other settings; training again")
     on_disk = isinstance(acts, Path)
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         model=args.model or lm.DEFAULT_MODEL, hook_point=args.hook_point, dataset=args.dataset,
         dataset_config=args.dataset_config, context_length=args.context_length, **wanted,
         eval_tokens=min(1024, len(eval_x)), output=str(run_dir), overwrite=True,

@@ -63,7 +63,7 @@ def main() -> None:
     steps = args.tokens // args.batch_size
     anneal_k(args.k_start, args.k_end, int(args.anneal_fraction * steps))
     name = f"L{args.layer}_topk_k{args.k_start}to{args.k_end}_f{args.anneal_fraction}_s{args.seed}"
-    config = training.TrainConfig(
+    config = training.TrainConfig.from_flat(
         layer=args.layer, activation="topk", k=args.k_end, afa_coef=0.0, expansion_factor=4,
         max_tokens=steps * args.batch_size, batch_size=args.batch_size, seed=args.seed,
         output=str(work / "runs" / name), overwrite=True, eval_tokens=1024,

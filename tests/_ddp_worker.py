@@ -14,4 +14,4 @@ from hf_topafa.train import TrainConfig, train
 if __name__ == "__main__":
     data_path, config_json = sys.argv[1], sys.argv[2]
     x = load_file(data_path)["activations"]
-    train(TrainConfig(**json.loads(config_json)), data=x)
+    train(TrainConfig.from_flat(**json.loads(config_json)), data=x)

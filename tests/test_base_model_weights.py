@@ -34,7 +34,7 @@ def test_harvest_train_and_evaluate_carry_the_weights(tiny_lm_dir, tmp_path):
     recorded = json.loads((cache / "manifest.json").read_text())["model_weights"]
     assert recorded == lm.stored_weights_description(str(tiny_lm_dir.resolve()))
     run = train(
-        TrainConfig(
+        TrainConfig.from_flat(
             activation_cache=str(cache),
             output=str(tmp_path / "run"),
             max_tokens=1024,

@@ -32,7 +32,7 @@ def test_live_source_harvests_then_replays_the_same_tokens(tiny_lm_dir):
 
 
 def test_plain_train_runs_on_live_activations(tiny_lm_dir, tmp_path):
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         model=str(tiny_lm_dir), layer=1, context_length=32, harvest_tokens=512,
         max_tokens=128 * 12, batch_size=128, d_sae=32, eval_tokens=128,
         output=str(tmp_path / "run"), log_with="none", progress=False, checkpoint_every=0,

@@ -163,12 +163,17 @@ def test_a_config_saved_by_version_0_1_keeps_its_meaning(tmp_path):
 
 def test_training_defaults_are_the_papers():
     cfg = TrainConfig()
-    assert cfg.input_normalization == "layer_norm"
-    assert cfg.loss_convention == "paper"
-    assert cfg.init == "kaiming" and cfg.decoder_bias_init == "zeros"
-    assert cfg.encoder_bias is None  # resolved per rule: none for topafa / topk / batchtopk
-    assert cfg.warmup_fraction == 0 and cfg.decay_fraction == 0  # constant lr
-    assert (cfg.lr, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps) == (3e-4, 0.9, 0.99, 1e-8)
-    assert cfg.max_grad_norm == 1e5
-    assert cfg.afa_coef == 1 / 32 and cfg.aux_coef == 1 / 32 and cfg.aux_k == 512
-    assert cfg.resolved_dead_threshold() == 5 * cfg.batch_size  # n_batches_to_dead = 5
+    assert cfg.sae.input_normalization == "layer_norm"
+    assert cfg.sae.loss_convention == "paper"
+    assert cfg.sae.init == "kaiming" and cfg.optim.decoder_bias_init == "zeros"
+    assert cfg.sae.encoder_bias is None  # resolved per rule: none for topafa / topk / batchtopk
+    assert cfg.optim.warmup_fraction == 0 and cfg.optim.decay_fraction == 0  # constant lr
+    assert (cfg.optim.lr, cfg.optim.adam_beta1, cfg.optim.adam_beta2, cfg.optim.adam_eps) == (
+        3e-4,
+        0.9,
+        0.99,
+        1e-8,
+    )
+    assert cfg.optim.max_grad_norm == 1e5
+    assert cfg.sae.afa_coef == 1 / 32 and cfg.sae.aux_coef == 1 / 32 and cfg.sae.aux_k == 512
+    assert cfg.resolved_dead_threshold() == 5 * cfg.optim.batch_size  # n_batches_to_dead = 5

@@ -73,9 +73,9 @@ def test_each_rule_round_trips(name, tmp_path):
         with pytest.raises(ValueError, match=f"k is required for activation='{name}'"):
             SAEConfig(d_in=8, d_sae=32, activation=name)
         with pytest.raises(ValueError, match="needs --k"):
-            TrainConfig(activation=name)
+            TrainConfig.from_flat(activation=name)
     else:
-        TrainConfig(activation=name)
+        TrainConfig.from_flat(activation=name)
 
 
 def _keep_largest_two(sae, pre, x_n):
@@ -106,7 +106,7 @@ def test_a_rule_added_to_the_registry_alone_works_everywhere(monkeypatch, tmp_pa
     sae.save_pretrained(tmp_path)
     check_saved_sae(str(tmp_path))
     assert "Top-2 SAE" in render_model_card(sae.config)
-    TrainConfig(activation="top2")
+    TrainConfig.from_flat(activation="top2")
 
 
 def test_inconsistent_rule_is_refused():

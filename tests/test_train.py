@@ -67,7 +67,7 @@ def _params(run: Path) -> dict[str, torch.Tensor]:
 
 def test_real_run_lowers_the_loss_and_writes_a_loadable_model(caches, tmp_path):
     train_dir, eval_dir = caches
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         activation_cache=str(train_dir),
         eval_cache=str(eval_dir),
         max_tokens=8192,
@@ -93,7 +93,7 @@ def test_real_run_lowers_the_loss_and_writes_a_loadable_model(caches, tmp_path):
     # Held-out loss of the trained SAE against the same SAE before training (same seed, b_dec 0).
     held_out = torch.cat([c.acts for c in harvest.ActivationCache(eval_dir).iter_with_tokens()])
     fresh = SparseAutoencoder(sae.config)
-    fresh.reset_parameters(seed=config.seed)
+    fresh.reset_parameters(seed=config.optim.seed)
     with torch.no_grad():
         before = fresh(held_out).mse_loss.item()
         after = sae(held_out).mse_loss.item()
@@ -115,7 +115,8 @@ def test_real_run_lowers_the_loss_and_writes_a_loadable_model(caches, tmp_path):
     assert 0 <= metrics["dead_features"] <= 512
 
     resolved = json.loads((run / "training_config.json").read_text())
-    assert resolved["d_sae"] == 512 and resolved["dead_tokens_threshold"] == 5 * 256  # 5 batches
+    assert resolved["sae"]["d_sae"] == 512
+    assert resolved["sae"]["dead_tokens_threshold"] == 5 * 256  # 5 batches
 
 
 @pytest.mark.parametrize(
@@ -129,7 +130,7 @@ def test_real_run_lowers_the_loss_and_writes_a_loadable_model(caches, tmp_path):
     ],
 )
 def test_every_activation_trains(acts, tmp_path, activation, extra):
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         activation=activation,
         max_tokens=1536,
         output=str(tmp_path / activation),
@@ -174,7 +175,7 @@ def test_killed_run_resumes_to_the_same_parameters(caches, tmp_path):
                 time.sleep(0.05)
                 yield batch
         t.CacheSource.epoch = epoch
-        t.train(t.TrainConfig(output={str(killed)!r}, **{common!r}))
+        t.train(t.TrainConfig.from_flat(output={str(killed)!r}, **{common!r}))
         """
     )
     child = subprocess.Popen(
@@ -196,8 +197,8 @@ def test_killed_run_resumes_to_the_same_parameters(caches, tmp_path):
     _, _, _, state = load_checkpoint(checkpoint)  # the latest checkpoint is whole
     assert 4 <= state["step"] < 24
 
-    resumed = train(TrainConfig(output=str(killed), resume=True, **common))
-    straight = train(TrainConfig(output=str(tmp_path / "straight"), **common))
+    resumed = train(TrainConfig.from_flat(output=str(killed), resume=True, **common))
+    straight = train(TrainConfig.from_flat(output=str(tmp_path / "straight"), **common))
     a, b = _params(resumed), _params(straight)
     assert a.keys() == b.keys()
     for name in a:
@@ -253,7 +254,7 @@ def test_two_processes_match_one_process(acts, tmp_path):
     assert metrics["world_size"] == 2
     assert metrics["replica_max_abs_diff"] == 0.0  # both processes hold the same parameters
 
-    one = train(TrainConfig(output=str(tmp_path / "one"), **common), data=acts)
+    one = train(TrainConfig.from_flat(output=str(tmp_path / "one"), **common), data=acts)
     a, b = _params(two), _params(one)
     start = _initial_parameters(common["seed"])
     assert a["b_enc"].abs().sum() == 0 == b["b_enc"].abs().sum()  # top-AFA: no encoder bias
@@ -280,13 +281,14 @@ def test_config_file_and_flags(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("activation: topk\nk: 32\nlr: 1e-3\nmax_tokens: 4096\nbatch_size: 512\n")
     config = parse_config(["--config", str(path), "--max-tokens", "8192", "--output", "x"])
-    assert (config.activation, config.k, config.lr) == ("topk", 32, 1e-3)
-    assert config.max_tokens == 8192 and config.batch_size == 512 and config.output == "x"
+    assert (config.sae.activation, config.sae.k, config.optim.lr) == ("topk", 32, 1e-3)
+    assert config.optim.max_tokens == 8192 and config.optim.batch_size == 512
+    assert config.run.output == "x"
     assert config.steps == 16
 
     saved = tmp_path / "saved.json"
     saved.write_text(json.dumps({"activation": "relu", "l1_coef": 0.1}))
-    assert parse_config(["--config", str(saved)]).l1_coef == 0.1
+    assert parse_config(["--config", str(saved)]).sae.l1_coef == 0.1
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("activaton: topk\n")
@@ -303,13 +305,13 @@ def test_lr_schedule_warms_up_and_decays():
 
 def test_bad_inputs_fail_before_any_work(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="dataset not found"):
-        TrainConfig(dataset=str(tmp_path / "missing.txt"))
+        TrainConfig.from_flat(dataset=str(tmp_path / "missing.txt"))
     with pytest.raises(ValueError, match="needs --k"):
-        TrainConfig(activation="topk")
+        TrainConfig.from_flat(activation="topk")
     with pytest.raises(ValueError, match="max_tokens"):
-        TrainConfig(max_tokens=10, batch_size=1024)
+        TrainConfig.from_flat(max_tokens=10, batch_size=1024)
     with pytest.raises(FileNotFoundError, match="no activation cache"):
-        TrainConfig(activation_cache=str(tmp_path))
+        TrainConfig.from_flat(activation_cache=str(tmp_path))
 
     assert cli_main(["--activation", "batchtopk", "--output", str(tmp_path / "o")]) == 2
     assert "needs --k" in capsys.readouterr().err
@@ -321,23 +323,32 @@ def test_bad_inputs_fail_before_any_work(tmp_path, capsys):
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="holds no hf-topafa run"):
-        train(TrainConfig(output=str(stranger), **SMALL, max_tokens=512), data=torch.randn(1024, 8))
+        train(
+            TrainConfig.from_flat(output=str(stranger), **SMALL, max_tokens=512),
+            data=torch.randn(1024, 8),
+        )
     assert (stranger / "notes.txt").exists()
 
 
 def test_output_holding_another_run(acts, tmp_path):
     out = tmp_path / "run"
     x = acts[:1024]
-    train(TrainConfig(output=str(out), max_tokens=512, **SMALL), data=x)
+    train(TrainConfig.from_flat(output=str(out), max_tokens=512, **SMALL), data=x)
     with pytest.raises(ValueError, match="holds a different run.*lr"):
-        train(TrainConfig(output=str(out), max_tokens=512, lr=1e-3, **SMALL), data=x)
+        train(TrainConfig.from_flat(output=str(out), max_tokens=512, lr=1e-3, **SMALL), data=x)
     with pytest.raises(ValueError, match="holds a different run"):
-        train(TrainConfig(output=str(out), max_tokens=512, lr=1e-3, resume=True, **SMALL), data=x)
-    train(TrainConfig(output=str(out), max_tokens=512, lr=1e-3, overwrite=True, **SMALL), data=x)
-    assert json.loads((out / "training_config.json").read_text())["lr"] == 1e-3
+        train(
+            TrainConfig.from_flat(output=str(out), max_tokens=512, lr=1e-3, resume=True, **SMALL),
+            data=x,
+        )
+    train(
+        TrainConfig.from_flat(output=str(out), max_tokens=512, lr=1e-3, overwrite=True, **SMALL),
+        data=x,
+    )
+    assert json.loads((out / "training_config.json").read_text())["optim"]["lr"] == 1e-3
 
 
 def test_layer_out_of_range(smollm2, tmp_path):
     with pytest.raises(ValueError, match=r"layer 99 is out of range: valid layers are 0\.\.29"):
-        train(TrainConfig(layer=99, output=str(tmp_path / "run"), **SMALL))
+        train(TrainConfig.from_flat(layer=99, output=str(tmp_path / "run"), **SMALL))
     assert not (tmp_path / "run" / "training_config.json").exists()
