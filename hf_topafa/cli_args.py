@@ -3,8 +3,8 @@
 One field, one option: ``--field-name`` (dashes), its type, default and choices read from the
 field, its help from ``metadata["help"]``. ``hf-topafa harvest``, ``evaluate``, ``bench`` and
 ``features`` build their parsers this way, so a new config field is a new flag with no argparse
-copy to keep in step. (``train`` uses transformers' ``HfArgumentParser`` over ``TrainConfig``,
-which loads no torch either.)
+copy to keep in step. (``train`` uses transformers' ``HfArgumentParser`` over ``TrainConfig``'s
+sections, which loads no torch either; its fields are made with ``arg`` too.)
 
 Metadata keys besides ``help``: ``flag`` (the option string; for a bool that defaults to True,
 the flag that turns it off, e.g. ``--no-downstream``), ``positional``, ``nargs``, ``choices``,

@@ -24,7 +24,8 @@ How to add a rule
    ``kept_per_token`` estimating the kept count), a threshold (``threshold="learned"`` is an
    ``nn.Parameter`` named ``threshold``, ``"estimated"`` a buffer; ``threshold_init`` gives its
    starting value) or a penalty (``penalty`` returns the weighted loss, ``penalty_coef`` names
-   the SAEConfig field that weighs it). A new hyperparameter is a new SAEConfig/TrainConfig field.
+   the SAEConfig field that weighs it). A new hyperparameter is a new SAEConfig argument and
+   the same field of ``SAESettings`` (training's ``sae`` section, whose fields are the flags).
 Then run ``pytest tests/test_rules.py``: it checks every registered rule end to end (config,
 forward, backward, save and load, model card, training flag).
 """

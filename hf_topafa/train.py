@@ -16,8 +16,9 @@ standardized per token, the encoder has no trained bias, ``W_enc`` starts kaimin
 A learning-rate warmup and decay are opt-in (``--warmup-fraction``, ``--decay-fraction``).
 
 A run folder ends as a ``save_pretrained`` folder (``config.json``, ``model.safetensors``) plus
-``training_config.json`` (the resolved configuration, written at the start), ``metrics.json``
-(held-out figures) and ``zf_plot.png``. Checkpoints live in ``checkpoints/step_XXXXXXX/``.
+``training_config.json`` (the resolved configuration, one object per section of ``TrainConfig``,
+written at the start), ``metrics.json`` (held-out figures) and ``zf_plot.png``. Checkpoints live
+in ``checkpoints/step_XXXXXXX/``.
 
 Data, in order of precedence: a tensor passed to ``train(config, data=...)``, an activation cache
 (``--activation-cache DIR`` from ``hf-topafa harvest``), or live harvesting. Held-out tokens come

@@ -255,3 +255,12 @@ def test_model_card_reads_both_forms():
     sae = SAEConfig(d_in=8, d_sae=32)
     for training in (nested, flat_training_config(nested)):
         assert "Training budget: **200,000 tokens**" in _training_summary(sae, training, {})
+
+
+def test_sae_settings_are_exactly_the_sae_configs_hyperparameters():
+    """A new SAEConfig argument needs its SAESettings field (the training flag), and back."""
+    import inspect
+
+    provenance = {"d_in", "base_model", "layer", "hook_point", "dataset", "context_length"}
+    arguments = set(inspect.signature(SAEConfig.__init__).parameters) - {"self", "kwargs"}
+    assert {f.name for f in dataclasses.fields(SAESettings)} == arguments - provenance
