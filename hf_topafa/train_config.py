@@ -260,7 +260,7 @@ class TrainConfig:
             elif isinstance(value, cls):
                 value = dataclasses.replace(value)
             else:
-                raise TypeError(f"{name} must be a {cls.__name__} or a dict; got {value!r}")
+                raise TypeError(f"{name} must be {cls.__name__} or a dict; got {value!r}")
             setattr(self, name, value)
 
     @classmethod

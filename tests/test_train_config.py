@@ -113,7 +113,7 @@ def test_flat_keywords_route_to_sections_and_unknown_ones_are_named():
         TrainConfig.from_flat(learning_rate=1e-3)
     with pytest.raises(ValueError, match=r"unknown field\(s\) layer in section optim"):
         TrainConfig(optim={"layer": 3})
-    with pytest.raises(TypeError, match="optim must be a OptimArgs or a dict"):
+    with pytest.raises(TypeError, match="optim must be OptimArgs or a dict"):
         TrainConfig(optim=3)
 
 
