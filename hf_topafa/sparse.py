@@ -107,9 +107,10 @@ class _EncodeDense(torch.autograd.Function):
         x_n, b_dec, W_enc, kept, block, block_cols = ctx.saved_tensors
         need_x, need_b_dec, need_W, need_b_enc = ctx.needs_input_grad[:4]
         # ReLU's derivative and the selection: a gradient only where a kept value is positive
-        g = (grad_kept * (kept > 0).to(grad_kept.dtype)).to(W_enc.dtype)
+        # (where, not a float mask times the gradient: one [N, d_sae] temporary fewer)
+        g = torch.where(kept > 0, grad_kept, 0).to(W_enc.dtype)
         if block_cols.numel() and grad_block is not None:
-            g.index_add_(1, block_cols, (grad_block * (block > 0)).to(W_enc.dtype))
+            g.index_add_(1, block_cols, torch.where(block > 0, grad_block, 0).to(W_enc.dtype))
         grad_x = grad_b_dec = grad_W = grad_b_enc = None
         if need_b_enc or need_b_dec:
             summed = g.sum(0)

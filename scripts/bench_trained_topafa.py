@@ -2,7 +2,7 @@
 of 4608) on real SmolLM2 layer-15 activations, next to the paper's step, TopK at the same L0, a
 dense ReLU-SAE step of the same shapes and the dense floor; each target marked met or missed.
 
-    python scripts/bench_trained_topafa.py [RUN_FOLDER] [THREADS]
+    python scripts/bench_trained_topafa.py [RUN_FOLDER] [THREADS] [JSON_OUT]
 
 Every package step is ``hf_topafa.train.train_step`` (through ``bench.PackageStep``).
 """
@@ -41,12 +41,15 @@ steps = {"paper_topafa": paper, "topafa": pkg, "topk": topk, "relu": relu, "dens
 for s in steps.values():
     s(x)
 times = {n: [] for n in steps}
-for _ in range(7):
-    for n, s in steps.items():
+names = list(steps)
+for round_ in range(9):
+    shift = round_ % len(names)  # rotated rounds, as hf-topafa bench: no step always goes first
+    for n in names[shift:] + names[:shift]:
+        s = steps[n]
         t = time.perf_counter()
         s(x)
         times[n].append(time.perf_counter() - t)
-variants = {n: {"median_s": statistics.median(v)} for n, v in times.items()}
+variants = {n: {"median_s": statistics.median(v), "times_s": v} for n, v in times.items()}
 print(f"top-AFA mean L0 {pkg.last_l0:.0f} of {d_sae}; TopK k={k}; {threads} threads")
 for n, v in variants.items():
     print(f"{n:12s} {v['median_s'] * 1e3:8.0f} ms")
@@ -55,3 +58,9 @@ judged = bench.targets(report)
 for name, value in report["ratios"].items():
     mark = bench._mark(judged[name]) if name in judged else ""
     print(f"{name:26s} {value:6.2f}  {mark}")
+if len(sys.argv) > 3:
+    from hf_topafa.helpers import write_json
+
+    report.update(targets=judged, mean_l0=pkg.last_l0, k_for_topk=k, threads=threads)
+    write_json(sys.argv[3], report)
+    print(f"wrote {sys.argv[3]}")
