@@ -48,12 +48,8 @@ from .run_folder import (
     summary,
 )
 from .train_config import (
-    DEFAULT_OUTPUT,
     METRICS,
-    PLOT_HINT,
-    RUN_CONTROL,
     TRAINING_CONFIG,
-    ZF_PLOT,
     TrainConfig,
     _number,
     build_parser,
@@ -71,8 +67,9 @@ from .training_data import (
     _first_rows,  # noqa: F401  (importable from here, as before the split)
 )
 
-__all__ = [  # the names this module has always offered; each lives in its own module now
-    "DEFAULT_OUTPUT", "METRICS", "PLOT_HINT", "RUN_CONTROL", "TRAINING_CONFIG", "ZF_PLOT",
+__all__ = [  # the training API; each name lives in its own module (the run folder's file
+    # names and flags' defaults in hf_topafa.train_config)
+    "METRICS", "TRAINING_CONFIG",
     "CacheSource", "LiveSource", "TensorSource", "TrainConfig", "build_parser", "cli_main",
     "held_out_metrics", "load_config_file", "lr_factor", "parse_config", "summary", "train",
 ]  # fmt: skip
