@@ -140,7 +140,9 @@ def _install(clone: Path, venv: Path) -> Path:
     print(f"\nclean venv: {len(installed)} packages, torch {installed['torch']}")
     assert "hf-topafa" not in installed  # the Space runs the uploaded hf_topafa/ copy
     assert not [n for n in installed if n.startswith(("nvidia-", "triton"))], installed
-    assert installed["torch"].endswith("+cpu"), installed["torch"]
+    assert installed["torch"].endswith("+cpu"), (
+        f"torch {installed['torch']} is a CUDA build: no CPU wheel index or local CPU wheel found"
+    )
     return py
 
 
@@ -229,4 +231,4 @@ def test_published_space_runs_from_a_clean_venv(tmp_path, tiny_lm_dir):
     finally:
         server.shutdown()
         server.server_close()
-        shutil.rmtree(venv, ignore_errors=True)  # 1.6 GB; pytest keeps the rest of tmp_path
+        shutil.rmtree(venv, ignore_errors=True)  # 1.3 GB; pytest keeps the rest of tmp_path
