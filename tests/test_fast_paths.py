@@ -294,6 +294,45 @@ def test_histogram_cut_matches_reference_and_an_independent_oracle(dtype):
     assert torch.equal(torch.zeros_like(mask).index_put_((rows, cols), torch.tensor(True)), mask)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_left_to_the_full_sort_get_its_answer(dtype, monkeypatch):
+    """Tokens the histogram cannot settle (short of their target with a last contribution below
+    its rounding bound, all-zero tokens) go to the full sort, and k and the kept features are its
+    answer, including where its float64 sum ignores the tiny last contribution and keeps one
+    feature fewer than there are positive ones."""
+    g = torch.Generator().manual_seed(11)
+    n, d = 24, 700
+    pre = torch.relu(torch.randn(n, d, generator=g, dtype=dtype))
+    pre[:, 400:] = 0.0  # many zeros in every row
+    pre[:12, 399] = 1e-12  # a tiny last positive feature
+    pre[12] = 0.0  # all-zero tokens: k = 1, feature 0
+    pre[13] = 0.0
+    pre[14, :20] = pre[14, 20]  # ties among the positives
+    norms = torch.rand(d, generator=g, dtype=dtype) + 0.5
+    total = ((pre * norms) ** 2).sum(-1).sqrt()
+    target = total * 1.5  # rows 0-13: short of the target
+    target[14:] = total[14:] * (0.8 + 0.15 * torch.rand(n - 14, generator=g, dtype=dtype))
+    target[13] = 0.0
+    sorted_rows = []
+    real = activations._full_sort
+    monkeypatch.setattr(
+        activations,
+        "_full_sort",
+        lambda p, *a: sorted_rows.append(p.shape[0]) or real(p, *a),
+    )
+    mask, k = activations.topafa_mask(pre, norms, target, candidates=300)
+    assert sum(sorted_rows) >= 14, "the short and all-zero rows must reach the full sort"
+    _, order, full_k = real(pre, norms, target)
+    full_mask = torch.zeros_like(mask).scatter_(
+        -1, order, torch.arange(d).unsqueeze(0) < full_k.unsqueeze(1)
+    )
+    assert torch.equal(k, full_k)
+    assert torch.equal(mask, full_mask)
+    positives = (pre[:12] > 0).sum(-1)
+    assert torch.equal(k[:12], positives - 1)  # the tiny one adds nothing to the float64 sum
+    assert k[12] == k[13] == 1 and mask[12, 0] and mask[13].sum() == 1
+
+
 @pytest.mark.parametrize("convention", ["paper", "hf_topafa_v0.1"])
 def test_dense_regime_step_equals_direct_definition(convention):
     """A top-AFA SAE keeping hundreds of features: the masked dense route (histogram cut,
