@@ -24,15 +24,19 @@ trained = SparseAutoencoder.from_pretrained(
 d_in, d_sae = trained.config.d_in, trained.config.d_sae
 h = Harvester(HarvestConfig(layer=15, hook_point="resid_post", max_tokens=1024, holdout="eval"))
 x = torch.cat([c.acts for c in h.iter_with_tokens(progress=False)])[:1024]
-cfg = bench.BenchConfig(d_in=d_in, d_sae=d_sae, batch=1024, threads=threads, lr=1e-5)
+# a tiny learning rate: every step costs the same, but the weights (and so L0) barely move
+cfg = bench.BenchConfig(d_in=d_in, d_sae=d_sae, batch=1024, threads=threads, lr=1e-9)
 pkg = bench.PackageStep(cfg, "topafa", d_sae)
 pkg.sae.load_state_dict(trained.state_dict())
 paper = bench.PaperTopAFAStep(cfg, d_sae)
 with torch.no_grad():
     for p, n in zip(paper.params, ["W_enc", "W_dec", "b_enc", "b_dec"], strict=True):
         p.copy_(getattr(trained, n))
-pkg(x)
-k = round(pkg.last_l0)
+warmup_l0 = []
+for _ in range(3):  # L0 settles over the first steps (the decoder rows are renormalized)
+    pkg(x)
+    warmup_l0.append(pkg.last_l0)
+k = round(warmup_l0[-1])
 topk = bench.PackageStep(cfg, "topk", d_sae, k=k)
 topk.sae.load_state_dict(trained.state_dict())
 relu = bench.PackageStep(cfg, "relu", d_sae)  # same shapes; its own weights
