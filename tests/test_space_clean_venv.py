@@ -33,6 +33,7 @@ import pytest
 import torch
 from hub_server import start_hub_server  # tests/ is on sys.path under pytest
 from huggingface_hub import HfApi, constants
+from subprocesses import stop
 
 from hf_topafa import SAEConfig, SparseAutoencoder, afa, lm
 
@@ -220,12 +221,7 @@ def test_published_space_runs_from_a_clean_venv(tmp_path, tiny_lm_dir):
             _check_page(client, sae_dir, tiny_lm_dir)
             client.close()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, timeout=30)
         assert "Traceback" not in log.read_text(errors="replace"), log.read_text()[-4000:]
         assert server.state.unrouted == [], server.state.unrouted
     finally:

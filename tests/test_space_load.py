@@ -24,6 +24,7 @@ import pytest
 import torch
 from hub_server import start_hub_server  # tests/ is on sys.path under pytest
 from huggingface_hub import HfApi, constants
+from subprocesses import stop
 
 from hf_topafa import SAEConfig, SparseAutoencoder, afa, lm
 
@@ -95,12 +96,7 @@ def server(tmp_path_factory):
             time.sleep(0.5)
         yield {"url": url, "sae": tmp / "topafa", "log": tmp / "server.log"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
         hub.shutdown()
         hub.server_close()
