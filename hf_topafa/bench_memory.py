@@ -9,7 +9,7 @@ Two peaks are measured, because on a CPU they answer different questions:
   ``VmHWM``). It adds what glibc's allocator keeps after a free: its dynamic mmap threshold
   moves freed multi-MB buffers onto the heap for reuse, which keeps steps free of page faults
   but holds the memory. Forcing the memory back (``MALLOC_MMAP_THRESHOLD_=131072``) brings the
-  RSS near the tensor peak and made steps 1.3-1.8x slower here, so the trainer leaves it alone.
+  RSS near the tensor peak and made steps 1.2-1.8x slower here, so the trainer leaves it alone.
 
 On CPU every probe runs in a fresh interpreter so that earlier allocations do not hide the peak.
 """
