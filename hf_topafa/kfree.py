@@ -173,3 +173,80 @@ def batch_band(
     keep[kept] = True
     smallest = order.values[: len(kept)].min() if len(kept) else scaled.new_zeros(())
     return pre * keep.reshape(pre.shape), smallest
+
+
+NORMAL_MEDIAN_ABS = 0.6745  # the median of |N(0, 1)|
+
+
+@torch.no_grad()
+def noise_floor_level(scaled: torch.Tensor) -> torch.Tensor:
+    """Per token, the activation that one interference term in n+ exceeds by chance.
+
+    ``scaled`` [N, h]: decoder-scaled ReLU pre-activations. sigma = median of the positive ones
+    / 0.6745; the level is sigma * Phi^-1(1 - 1/(2 n+)). A token with no positive value gets +inf.
+    """
+    positive = scaled > 0
+    count = positive.sum(-1)
+    median = torch.where(positive, scaled, torch.nan).nanmedian(-1).values
+    sigma = median / NORMAL_MEDIAN_ABS
+    tail = 1 - 0.5 / count.clamp_min(1).double()
+    level = sigma.double() * torch.special.ndtri(tail)
+    return torch.where(count > 0, level, torch.inf).to(scaled.dtype)
+
+
+def noise_floor(pre: torch.Tensor, decoder_norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the features whose decoder-scaled activation exceeds the token's noise-floor level
+    (``noise_floor_level``); every token with a positive value keeps at least its largest.
+    Returns ``(acts, k)``; the level is not differentiated, gradients reach the kept pre only."""
+    scaled = pre.detach() * decoder_norms.detach()
+    level = noise_floor_level(scaled).unsqueeze(-1)
+    largest = scaled.argmax(-1, keepdim=True)
+    keep = (scaled > level).scatter(-1, largest, scaled.gather(-1, largest) > 0)
+    return pre * keep, keep.sum(-1)
+
+
+RISK_CANDIDATES = 256  # features ranked per token by risk_inflation (its k is at most this)
+
+
+@torch.no_grad()
+def risk_inflation_k(
+    scaled: torch.Tensor, pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor, chunk: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k [N], the ranked candidates' feature indices [N, m]) of the risk inflation criterion.
+
+    ``scaled`` [N, h]: decoder-scaled activations (the ranking), ``pre`` [N, h] the activations,
+    ``W_dec`` [h, d], ``z`` = x_n - b_dec [N, d]. A token with no positive activation gets k = 0.
+    """
+    n, h = pre.shape
+    d = z.shape[-1]
+    m = min(h, RISK_CANDIDATES)
+    index = scaled.topk(m, dim=-1).indices  # sorted, largest first
+    ks = torch.arange(1, m + 1, device=pre.device, dtype=torch.float64)
+    best = torch.empty(n, dtype=torch.long, device=pre.device)
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        idx = index[rows]
+        f = pre[rows].gather(-1, idx).float()
+        partial = (f.unsqueeze(-1) * W_dec[idx].float()).cumsum(1)  # [c, m, d]
+        rss = (z[rows].float().unsqueeze(1) - partial).pow(2).sum(-1).double().clamp_min(1e-30)
+        rss0 = z[rows].double().pow(2).sum(-1).clamp_min(1e-30)
+        crit = d * rss.log() + 2 * ks * math.log(h)
+        k = crit.argmin(-1) + 1
+        k = torch.where(crit.gather(-1, (k - 1).unsqueeze(-1)).squeeze(-1) < d * rss0.log(), k, 0)
+        best[rows] = k
+    positive = (scaled > 0).sum(-1)
+    return torch.minimum(best, positive), index
+
+
+def risk_inflation(
+    pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep each token's first k ranked features, k from ``risk_inflation_k`` (at least 1 when a
+    positive activation exists, as top-AFA keeps k >= 1). Returns ``(acts, k)``; the cut is not
+    differentiated, gradients reach the kept activations only."""
+    scaled = pre.detach() * torch.linalg.vector_norm(W_dec.detach(), dim=-1)
+    k, index = risk_inflation_k(scaled, pre.detach(), W_dec.detach(), z.detach())
+    k = torch.where((scaled > 0).any(-1), k.clamp_min(1), k)
+    ranked = torch.arange(index.shape[-1], device=pre.device).unsqueeze(0) < k.unsqueeze(-1)
+    keep = torch.zeros_like(pre, dtype=torch.bool).scatter(-1, index, ranked) & (pre > 0)
+    return pre * keep, keep.sum(-1)

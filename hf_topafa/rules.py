@@ -255,6 +255,21 @@ def _afa_batch_select(sae, pre, x_n):
     return pre * (pre * decoder_norms > sae.threshold), None
 
 
+def _noise_floor_select(sae, pre, x_n):
+    import torch
+
+    from . import kfree
+
+    return kfree.noise_floor(pre, torch.linalg.vector_norm(sae.W_dec, dim=-1))
+
+
+def _risk_inflation_select(sae, pre, x_n):
+    from . import kfree
+
+    z = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
+    return kfree.risk_inflation(pre, sae.W_dec, z)
+
+
 # -- the registry ----------------------------------------------------------------------------
 
 RULES: dict[str, Rule] = {
@@ -375,6 +390,32 @@ RULES: dict[str, Rule] = {
             select=_afa_batch_select,
             threshold="estimated",
             threshold_init=lambda config: -1.0,  # -1: not estimated yet
+        ),
+        Rule(
+            name="noise_floor",
+            display_name="Noise floor",
+            card_tag="noise-floor",
+            card_text=(
+                "Features are kept per token when their decoder-scaled activation exceeds the "
+                "level that one interference term in n+ crosses by chance, with the interference "
+                "level measured from the token's own positive activations (their median over "
+                "0.6745) and n+ their count; there is no *k* to tune."
+            ),
+            select=_noise_floor_select,
+            adaptive_k=True,
+        ),
+        Rule(
+            name="risk_inflation",
+            display_name="Risk inflation",
+            card_tag="risk-inflation",
+            card_text=(
+                "Features are ranked per token as top-AFA ranks them, and the token keeps the "
+                "count k that minimizes d ln RSS_k + 2 k ln h (the residual of the k-feature "
+                "reconstruction against the price of naming k features out of h: the risk "
+                "inflation criterion); there is no *k* to tune."
+            ),
+            select=_risk_inflation_select,
+            adaptive_k=True,
         ),
     )
 }

@@ -107,3 +107,50 @@ def test_band_entry_ranking_few_candidates_changes_nothing(candidates):
     rows, cols, k_pairs = kfree.band_entry_pairs(pre, norms, target, eps, candidates=candidates)
     assert torch.equal(k_pairs, full_k)
     assert torch.equal(torch.zeros_like(pre).index_put((rows, cols), pre[rows, cols]), full_acts)
+
+
+# --- noise floor ------------------------------------------------------------------------------
+
+
+def test_noise_floor_keeps_the_signals_above_the_interference_bulk():
+    from hf_topafa.kfree import noise_floor
+
+    torch.manual_seed(0)
+    h, signals = 4096, 12
+    noise = torch.randn(64, h).relu()  # half of the features: positive interference of scale 1
+    pre = noise.clone()
+    pre[:, :signals] = 8.0 + torch.rand(64, signals)  # firing features, far above the bulk
+    acts, k = noise_floor(pre, torch.ones(h))
+    kept_signals = (acts[:, :signals] > 0).sum(-1)
+    false_positives = (acts[:, signals:] > 0).sum(-1)
+    assert bool((kept_signals == signals).all())
+    assert false_positives.float().mean() <= 2.0  # about one expected by construction
+    assert torch.equal(k, (acts > 0).sum(-1))
+
+
+def test_noise_floor_is_scale_free_and_counts_follow_the_signals():
+    from hf_topafa.kfree import noise_floor
+
+    torch.manual_seed(1)
+    h = 2048
+    pre = torch.randn(32, h).relu()
+    counts = torch.arange(1, 33)
+    for row, c in enumerate(counts.tolist()):
+        pre[row, :c] = 10.0
+    acts, k = noise_floor(pre, torch.ones(h))
+    acts_scaled, k_scaled = noise_floor(pre * 37.0, torch.ones(h) / 2)
+    assert torch.equal(k, k_scaled)
+    assert torch.equal(acts > 0, acts_scaled > 0)
+    assert torch.corrcoef(torch.stack([k.float(), counts.float()]))[0, 1] > 0.95
+
+
+def test_noise_floor_keeps_nothing_without_positive_values_and_passes_gradients():
+    from hf_topafa.kfree import noise_floor
+
+    pre = torch.zeros(2, 16)
+    pre[1, 3] = 2.0
+    pre.requires_grad_(True)
+    acts, k = noise_floor(pre, torch.ones(16))
+    assert acts[0].abs().sum() == 0 and acts[1, 3] == 2.0
+    acts.sum().backward()
+    assert pre.grad[1, 3] == 1.0 and pre.grad[1, 2] == 0.0

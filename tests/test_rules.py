@@ -32,6 +32,8 @@ def test_names_are_the_registry_everywhere():
         "afa_band",
         "afa_universal",
         "afa_batch",
+        "noise_floor",
+        "risk_inflation",
     )
     assert rules.NEEDS_K == ("topk", "batchtopk")
     assert rules.ENCODER_BIAS == ("relu", "jumprelu")

@@ -1,0 +1,1 @@
+"""Judging SAEs: held-out metrics, reports, plots, features, steering, ground truth."""

@@ -1,0 +1,185 @@
+"""Scoring an SAE against a synthetic world's known features.
+
+SAELens's own ``eval_sae_on_synthetic_data`` gives the field's numbers (MCC, uniqueness, per-latent
+precision / recall / F1, explained variance, shrinkage, dead latents, L0). It calls
+``sae.encode`` / ``sae.decode`` and reads ``sae.W_dec``; ``SAELensView`` gives it our SAE with a
+reconstruction in the input's own space, whatever the SAE's input normalization.
+
+What only this package measures is added beside it:
+- the paper's approximation on the truth: ‖x − bias‖ against ‖f_true‖ (world bias, unit features);
+- the SAE's decoder-scaled code norm ‖f̃‖ (input scale, without b_dec) against ‖f_true‖;
+- per-sample L0 (or top-AFA's k) against the true per-sample L0: correlation and ratio quantiles;
+- the true L0 over the ``d_sae`` most frequent features, the most a width-``d_sae`` SAE can find.
+
+Samples come from a stored truth set (a synthetic cache written ``with_truth``), so that every SAE
+of a comparison is scored on the same rows, or are drawn fresh from the world.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..afa import quantiles
+
+
+class SAELensView(nn.Module):
+    """Our SAE as SAELens's evaluator sees one: ``encode``, ``decode`` in x's space, ``W_dec``.
+
+    ``decode`` must receive the very tensor the last ``encode`` returned (SAELens's evaluator
+    always does); its reconstruction is the SAE's own ``SAEOutput.reconstruction``.
+    """
+
+    def __init__(self, sae):
+        super().__init__()
+        self.sae = sae
+        self.last = None
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self.sae.W_dec
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.sae(x)
+        self.last = (out.feature_acts, out.reconstruction)
+        return out.feature_acts
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        if self.last is None or f is not self.last[0]:
+            raise ValueError("SAELensView.decode takes the activations its last encode returned")
+        return self.last[1]
+
+
+class TruthSet:
+    """Stored samples' true codes, replayed in order as SAELens's activation generator would."""
+
+    def __init__(self, indices: torch.Tensor, values: torch.Tensor, num_samples: int, width: int):
+        order = torch.argsort(indices[:, 0].long(), stable=True)
+        self.indices, self.values = indices[order].long(), values[order]
+        self.num_samples, self.width = num_samples, width
+        self.row_starts = torch.searchsorted(
+            self.indices[:, 0].contiguous(), torch.arange(num_samples + 1)
+        )
+        self.cursor = 0
+
+    @classmethod
+    def from_cache(cls, cache, width: int, limit: int | None = None) -> TruthSet:
+        """The truth stored in a synthetic activation cache written with ``with_truth``."""
+        from safetensors import safe_open
+
+        idx, vals, offset = [], [], 0
+        for shard, path in zip(cache.manifest["shards"], cache.shard_paths, strict=True):
+            with safe_open(str(path), framework="pt") as f:
+                if "truth_indices" not in f.keys():
+                    raise ValueError(f"{cache.path} holds no true codes (write it with_truth)")
+                i = f.get_tensor("truth_indices").long()
+                idx.append(torch.stack([i[:, 0] + offset, i[:, 1]], 1))
+                vals.append(f.get_tensor("truth_values"))
+            offset += shard["num_tokens"]
+        total = offset if limit is None else min(limit, offset)
+        indices, values = torch.cat(idx), torch.cat(vals)
+        keep = indices[:, 0] < total
+        return cls(indices[keep], values[keep], total, width)
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Dense true codes of samples start..stop-1."""
+        a, b = self.row_starts[start].item(), self.row_starts[stop].item()
+        dense = torch.zeros(stop - start, self.width)
+        dense[self.indices[a:b, 0] - start, self.indices[a:b, 1]] = self.values[a:b]
+        return dense
+
+    def sample(self, n: int) -> torch.Tensor:
+        """The next ``n`` stored codes (the activation-generator interface SAELens calls)."""
+        if self.cursor + n > self.num_samples:
+            raise ValueError(f"the truth set holds {self.num_samples} samples; asked past its end")
+        out = self.rows(self.cursor, self.cursor + n)
+        self.cursor += n
+        return out
+
+
+def true_l0_top_width(width: int, num_samples: int, truth: TruthSet) -> float:
+    """Mean true L0 counting only the ``width`` features that fire most often in these samples.
+
+    Measured, not read off the world's base probabilities: the hierarchy gates children by their
+    parents, so the configured probabilities are not the firing rates.
+    """
+    a, b = truth.row_starts[0].item(), truth.row_starts[num_samples].item()
+    counts = torch.bincount(truth.indices[a:b, 1], minlength=truth.width)
+    top = torch.topk(counts, min(width, truth.width)).indices
+    return float(counts[top].sum()) / num_samples
+
+
+@torch.no_grad()
+def score_against_truth(
+    sae, world, truth: TruthSet, num_samples: int | None = None, batch_size: int = 4096
+) -> dict:
+    """SAELens's synthetic-data metrics plus this package's AFA and per-sample-L0 checks."""
+    from sae_lens.synthetic import eval_sae_on_synthetic_data
+
+    n = truth.num_samples if num_samples is None else min(num_samples, truth.num_samples)
+    sae.eval()
+    truth.cursor = 0
+    result = eval_sae_on_synthetic_data(
+        SAELensView(sae), world.feature_dict, truth, num_samples=n, batch_size=batch_size
+    )
+    row = {
+        "true_l0": result.true_l0,
+        "l0": result.sae_l0,
+        "dead": result.dead_latents,
+        "shrinkage": result.shrinkage,
+        "explained_variance": result.explained_variance,
+        "mcc": result.mcc,
+        "uniqueness": result.uniqueness,
+        "precision": result.classification.precision,
+        "recall": result.classification.recall,
+        "f1": result.classification.f1_score,
+        "true_l0_top_width": true_l0_top_width(sae.config.d_sae, n, truth),
+    }
+    per_sample = per_sample_truth(sae, world, truth, n, batch_size)
+    row.update(summarize_per_sample(per_sample))
+    return {"row": row, "per_sample": per_sample}
+
+
+@torch.no_grad()
+def per_sample_truth(sae, world, truth: TruthSet, n: int, batch_size: int) -> dict:
+    """Per-sample norms and counts: ‖f_true‖, ‖x − bias‖, the SAE's ‖f̃‖, true and SAE L0."""
+    keys = ("true_norm", "z_norm", "f_norm", "true_l0", "l0", "k")
+    parts: dict[str, list] = {key: [] for key in keys}
+    row_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+    for start in range(0, n, batch_size):
+        codes = truth.rows(start, min(n, start + batch_size))
+        x = world.feature_dict(codes)
+        out = sae(x)
+        _, _, scale = sae.normalize_input(x)
+        parts["true_norm"].append(torch.linalg.vector_norm(codes, dim=-1))
+        parts["z_norm"].append(torch.linalg.vector_norm(x - world.feature_dict.bias, dim=-1))
+        f_norm = torch.linalg.vector_norm(out.feature_acts * row_norms, dim=-1)
+        parts["f_norm"].append(f_norm * scale.reshape(-1))
+        parts["true_l0"].append((codes != 0).sum(-1).float())
+        parts["l0"].append(out.l0.float())
+        parts["k"].append((out.k if out.k is not None else out.l0).float())
+    return {key: torch.cat(value) for key, value in parts.items()}
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Pearson correlation, or None when either side is constant."""
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
+    denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return None if denom == 0 else float((a * b).sum()) / denom
+
+
+def summarize_per_sample(p: dict) -> dict:
+    """The per-sample figures of a summary row."""
+    nonempty = p["true_norm"] > 0
+    afa_err = (p["z_norm"][nonempty] / p["true_norm"][nonempty] - 1).abs()
+    f_ratio = p["f_norm"][nonempty] / p["true_norm"][nonempty]
+    l0_ratio = p["l0"][p["true_l0"] > 0] / p["true_l0"][p["true_l0"] > 0]
+    return {
+        "l0_corr": correlation(p["l0"], p["true_l0"]),
+        "k_corr": correlation(p["k"], p["true_l0"]),
+        "l0_ratio_quantiles": quantiles(l0_ratio, (0.05, 0.5, 0.95)),
+        "afa_norm_rel_err_median": quantiles(afa_err, (0.5,))[0],
+        "f_norm_ratio_quantiles": quantiles(f_ratio, (0.05, 0.5, 0.95)),
+    }

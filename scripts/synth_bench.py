@@ -1,0 +1,371 @@
+"""Ground truth: top-AFA, the k-free rules and the baselines on SynthSAEBench worlds.
+
+Each SAE of the plan is trained on one activation cache sampled once from the world
+(``hf_topafa.data.synthetic_cache``), so no run waits on SAELens's sampler, and scored with
+SAELens's ``eval_sae_on_synthetic_data`` on one stored truth set (the same samples for every SAE),
+plus this package's AFA and per-sample-L0 checks (``hf_topafa.evaluation.ground_truth``). The
+external reference, SAELens's own BatchTopK trained by SAELens's ``SyntheticSAERunner`` on fresh
+samples of the same world, is read back through ``hf-topafa convert --from saelens`` and scored by
+the same code.
+
+Resumable: each finished SAE leaves one record, ``results/synthbench/records/WORLD/NAME.json``
+(committed with ``--commit``), and is never trained again; an SAE cut short resumes from its last
+checkpoint under ``--work``. The caches are seeded, so another machine rebuilds the same rows.
+Outputs, rebuilt from all records on every call: ``summary.json``, ``table.md``, and the plots
+``l0_vs_f1_mcc_WORLD.png`` and ``per_sample_l0_WORLD.png``.
+
+    python scripts/synth_bench.py --world synthsaebench-4k --train-samples 3000000 --commit
+    python scripts/synth_bench.py --report-only          # rebuild the outputs from the records
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results" / "synthbench"
+WORK = REPO / "runs" / "synthbench"
+PER_SAMPLE_KEPT = 2000  # samples whose per-sample figures a record keeps, for the plots
+K_FREE = ("topafa", "afa_band", "afa_universal", "afa_batch", "noise_floor")
+ROW_KEYS = (
+    "world", "trainer", "activation", "k", "afa_coef", "input_normalization", "d_sae",
+    "train_samples", "seed", "l0", "true_l0_top_width", "mcc", "f1", "precision", "recall",
+    "uniqueness", "explained_variance", "dead", "shrinkage", "l0_corr", "afa_norm_rel_err_median",
+)  # fmt: skip
+
+
+def spec(activation, k=None, afa_coef="0", norm="none", trainer="hf_topafa") -> dict:
+    return {"trainer": trainer, "activation": activation, "k": k, "afa_coef": afa_coef,
+            "input_normalization": norm}  # fmt: skip
+
+
+# In priority order: what answers the question first, so a session cut short still has it.
+PLANS = {
+    "4k": [
+        spec("topk", 16), spec("noise_floor"), spec("afa_band"), spec("topafa", afa_coef="1/32"),
+        spec("topk", 12), spec("topk", 8), spec("topk", 24), spec("batchtopk", 12),
+        spec("batchtopk", 16), spec("afa_universal"), spec("afa_batch"), spec("jumprelu"),
+        spec("topafa", afa_coef="0"), spec("topafa", afa_coef="1/128"),
+        spec("noise_floor", afa_coef="1/32"), spec("batchtopk", 12, trainer="saelens"),
+        spec("topafa", afa_coef="1/32", norm="layer_norm"),
+        spec("topafa", afa_coef="0", norm="layer_norm"),
+        spec("topafa", afa_coef="1/128", norm="layer_norm"),
+    ],
+    "16k": [spec("topk", 25), spec("noise_floor"), spec("batchtopk", 25),
+            spec("topafa", afa_coef="1/32")],
+}  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--world", default="synthsaebench-4k", help="preset, saved folder or JSON")
+    p.add_argument("--plan", default=None, choices=sorted(PLANS), help="default: from --world")
+    p.add_argument("--only", nargs="+", default=None, help="run only these record names")
+    p.add_argument("--d-sae", type=int, default=None, help="default: 1024 (4k), 4096 (16k)")
+    p.add_argument("--train-samples", type=int, default=20_000_000, help="per SAE")
+    p.add_argument("--cache-samples", type=int, default=None,
+                   help="rows sampled into the training cache (default: --train-samples); "
+                   "SAEs read it in passes when it is smaller")  # fmt: skip
+    p.add_argument("--eval-samples", type=int, default=50_000)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--work", type=Path, default=WORK, help="caches and run folders (not committed)")
+    p.add_argument("--commit", action="store_true", help="git-commit each record as it lands")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the outputs")
+    return p
+
+
+def plan_of(args) -> list[dict]:
+    plan = args.plan or ("16k" if "16k" in args.world else "4k")
+    specs = PLANS[plan]
+    if args.only:
+        specs = [s for s in specs if record_name(s) in args.only]
+    return specs
+
+
+def record_name(s: dict) -> str:
+    parts = [s["activation"]] if s["trainer"] == "hf_topafa" else [s["trainer"], s["activation"]]
+    if s["k"] is not None:
+        parts.append(f"k{s['k']}")
+    if s["activation"] in K_FREE:
+        parts.append("afa" + s["afa_coef"].replace("/", "-"))
+    if s["input_normalization"] != "none":
+        parts.append(s["input_normalization"])
+    return "-".join(parts)
+
+
+def settings_of(args, s: dict, d_sae: int) -> dict:
+    """Everything that defines one record's SAE; a record with other settings is redone."""
+    return {**s, "world": args.world, "d_sae": d_sae, "train_samples": args.train_samples,
+            "cache_samples": args.cache_samples or args.train_samples,
+            "eval_samples": args.eval_samples, "batch_size": args.batch_size, "lr": args.lr,
+            "seed": args.seed}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Data and training
+
+
+def ensure_caches(args) -> tuple[Path, Path]:
+    from hf_topafa.data.synthetic_cache import write_synthetic_cache
+
+    name = Path(args.world).stem
+    cache_rows = args.cache_samples or args.train_samples
+    eval_cache = write_synthetic_cache(
+        args.world, args.work / "cache" / f"{name}-eval", args.eval_samples, seed=args.seed + 1,
+        with_truth=True,
+    )  # fmt: skip
+    train_cache = write_synthetic_cache(
+        args.world, args.work / "cache" / f"{name}-train", cache_rows, seed=args.seed
+    )
+    return train_cache, eval_cache
+
+
+def train_ours(args, settings: dict, train_cache: Path, eval_x, run_dir: Path) -> None:
+    """Train with hf_topafa's trainer, resuming from the run folder's last checkpoint."""
+    from hf_topafa.train import METRICS, TrainConfig, train
+
+    if (run_dir / METRICS).is_file():
+        return
+    config = TrainConfig.from_flat(
+        activation=settings["activation"], k=settings["k"],
+        afa_coef=float(Fraction(settings["afa_coef"])),
+        input_normalization=settings["input_normalization"], d_sae=settings["d_sae"],
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        max_tokens=args.train_samples, eval_tokens=len(eval_x), output=str(run_dir),
+        resume=(run_dir / "training_config.json").is_file(), checkpoint_every=500, log_with="none", progress=sys.stderr.isatty(),
+    )  # fmt: skip
+    train(config, data=train_cache, eval_data=eval_x)
+
+
+def train_saelens(args, settings: dict, run_dir: Path) -> Path:
+    """SAELens's BatchTopK trained by SAELens's SyntheticSAERunner; returns its saved folder."""
+    from sae_lens import BatchTopKTrainingSAEConfig, LoggingConfig
+    from sae_lens.synthetic import SyntheticSAERunner, SyntheticSAERunnerConfig
+
+    from hf_topafa.data.synthetic import world_folder
+
+    out = run_dir / "saelens"
+    if (out / "cfg.json").is_file():
+        return out
+    _, folder = world_folder(args.world)
+    sae_cfg = BatchTopKTrainingSAEConfig(
+        d_in=json.loads((folder / "synthetic_model_config.json").read_text())["hidden_dim"],
+        d_sae=settings["d_sae"], k=settings["k"],
+    )  # fmt: skip
+    cfg = SyntheticSAERunnerConfig(
+        synthetic_model=str(folder), sae=sae_cfg, training_samples=args.train_samples,
+        batch_size=args.batch_size, lr=args.lr, output_path=str(out), checkpoint_path=None,
+        run_final_eval=False, logger=LoggingConfig(log_to_wandb=False),
+    )  # fmt: skip
+    torch.manual_seed(args.seed)
+    SyntheticSAERunner(cfg).run()
+    return out
+
+
+def load_trained(settings: dict, run_dir: Path, saelens_folder: Path | None):
+    from hf_topafa import SparseAutoencoder
+    from hf_topafa.convert import build_sae
+    from hf_topafa.convert_saelens import read_saelens
+
+    if saelens_folder is not None:
+        return build_sae(read_saelens(saelens_folder)).eval()
+    return SparseAutoencoder.from_pretrained(run_dir).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+
+
+def ensure_record(args, s: dict, d_sae: int, caches, world, truth) -> dict | None:
+    from hf_topafa.evaluation.ground_truth import score_against_truth
+    from hf_topafa.helpers import write_json
+
+    name = record_name(s)
+    path = args.results / "records" / Path(args.world).stem / f"{name}.json"
+    settings = settings_of(args, s, d_sae)
+    if path.is_file():
+        record = json.loads(path.read_text())
+        if record["settings"] == settings:
+            return record
+        print(f"   {name}: its record has other settings; training again", flush=True)
+    if args.report_only:
+        return None
+    print(f"== {name}", flush=True)
+    started = time.perf_counter()
+    run_dir = args.work / "runs" / Path(args.world).stem / name
+    train_cache, eval_x = caches
+    saelens_folder = None
+    if s["trainer"] == "saelens":
+        saelens_folder = train_saelens(args, settings, run_dir)
+    else:
+        train_ours(args, settings, train_cache, eval_x, run_dir)
+    sae = load_trained(settings, run_dir, saelens_folder)
+    scored = score_against_truth(sae, world, truth, args.eval_samples)
+    per_sample = {k: [round(float(v), 4) for v in t[:PER_SAMPLE_KEPT]]
+                  for k, t in scored["per_sample"].items()}  # fmt: skip
+    record = {"name": name, "settings": settings, "row": scored["row"], "per_sample": per_sample,
+              "seconds": round(time.perf_counter() - started, 1), "command": args.command,
+              "threads": torch.get_num_threads()}  # fmt: skip
+    write_json(path, record, indent=1)
+    row = scored["row"]
+    print(f"   L0 {row['l0']:.1f}  F1 {row['f1']:.3f}  MCC {row['mcc']:.3f}  "
+          f"l0_corr {row['l0_corr']}", flush=True)  # fmt: skip
+    if args.commit:
+        subprocess.run(["git", "add", str(path)], cwd=REPO, check=True)
+        subprocess.run(["git", "commit", "-q", "-m", f"synthbench: {Path(args.world).stem} "
+                        f"{name} (L0 {row['l0']:.1f}, F1 {row['f1']:.3f})", "--", str(path)],
+                       cwd=REPO, check=True)  # fmt: skip
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+
+
+def summary_row(record: dict) -> dict:
+    s, row = record["settings"], record["row"]
+    full = {**s, **row, "world": Path(s["world"]).stem, "afa_coef": s["afa_coef"]}
+    return {key: full.get(key) for key in ROW_KEYS}
+
+
+def write_outputs(args, records: list[dict], worlds: dict) -> None:
+    from hf_topafa.helpers import write_json, write_text
+
+    rows = [summary_row(r) for r in records]
+    kfree = [r for r in rows if r["activation"] in K_FREE and r["trainer"] == "hf_topafa"]
+    best = max(kfree, key=lambda r: (r["f1"], r["mcc"]), default=None)
+    summary = {
+        "worlds": worlds,
+        "rows": rows,
+        "best_kfree": None if best is None else {key: best[key] for key in (
+            "world", "activation", "afa_coef", "input_normalization")},
+    }  # fmt: skip
+    write_json(args.results / "summary.json", summary, indent=1)
+    write_text(args.results / "table.md", table(rows))
+    for world in {r["world"] for r in rows}:
+        plot_world(args.results, world, [r for r in records
+                                         if Path(r["settings"]["world"]).stem == world], worlds)
+
+
+def table(rows: list[dict]) -> str:
+    cols = ("world", "trainer", "activation", "k", "afa_coef", "input_normalization",
+            "train_samples", "l0", "true_l0_top_width", "f1", "mcc", "uniqueness",
+            "explained_variance", "dead", "shrinkage", "l0_corr", "afa_norm_rel_err_median")  # fmt: skip
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in sorted(rows, key=lambda r: (r["world"], r["activation"], r["k"] or 0)):
+        cells = [f"{v:.3g}" if isinstance(v, float) else ("–" if v is None else str(v))
+                 for v in (r[c] for c in cols)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_world(out: Path, world: str, records: list[dict], worlds: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hf_topafa.helpers import atomic_path
+
+    info = worlds.get(world, {})
+    true_l0 = info.get("true_l0")
+    top = next(iter(info.get("true_l0_top_width", {}).values()), None)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric in zip(axes, ("f1", "mcc"), strict=True):
+        for activation in sorted({r["settings"]["activation"] for r in records}):
+            mine = [r for r in records if r["settings"]["activation"] == activation]
+            for trainer in sorted({r["settings"]["trainer"] for r in mine}):
+                pts = sorted((r["row"]["l0"], r["row"][metric]) for r in mine
+                             if r["settings"]["trainer"] == trainer)  # fmt: skip
+                label = activation if trainer == "hf_topafa" else f"{activation} ({trainer})"
+                ax.plot(*zip(*pts, strict=True), "o-" if len(pts) > 1 else "o", label=label)
+        for value, style, text in ((true_l0, "--", "true L0"), (top, ":", "true L0, top width")):
+            if value:
+                ax.axvline(value, color="k", ls=style, lw=1, label=text)
+        ax.set_xscale("log")
+        ax.set(xlabel="SAE L0 (held-out samples)", ylabel=metric.upper(), title=f"{world}")
+    axes[1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    with atomic_path(out / f"l0_vs_f1_mcc_{world}.png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+    adaptive = [r for r in records if r["settings"]["activation"] not in ("topk",)]
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for r in adaptive:
+        ps = r["per_sample"]
+        ax.scatter(ps["true_l0"], ps["l0"], s=4, alpha=0.35, label=r["name"])
+    hi = max((max(r["per_sample"]["true_l0"]) for r in adaptive), default=1)
+    ax.plot([0, hi], [0, hi], "k--", lw=1, label="SAE L0 = true L0")
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set(xlabel="true per-sample L0", ylabel="SAE per-sample L0",
+           title=f"{world}: per-sample count against the truth")  # fmt: skip
+    ax.legend(fontsize=6, markerscale=3, loc="best")
+    fig.tight_layout()
+    with atomic_path(out / f"per_sample_l0_{world}.png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def world_facts(args, truth, d_sae: int) -> dict:
+    from hf_topafa.data.synthetic import world_config
+    from hf_topafa.evaluation.ground_truth import true_l0_top_width
+
+    n = truth.num_samples
+    return {
+        "config": world_config(args.world),
+        "true_l0": round(float(len(truth.indices)) / n, 3),
+        "true_l0_top_width": {str(d_sae): round(true_l0_top_width(d_sae, n, truth), 3)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.command = "python scripts/synth_bench.py " + shlex.join(sys.argv[1:] if argv is None
+                                                                  else argv)  # fmt: skip
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from hf_topafa.data.synthetic import load_world
+    from hf_topafa.evaluation.ground_truth import TruthSet
+    from hf_topafa.harvest import ActivationCache
+
+    d_sae = args.d_sae or (4096 if "16k" in args.world else 1024)
+    records = []
+    summary_path = args.results / "summary.json"
+    worlds = json.loads(summary_path.read_text())["worlds"] if summary_path.is_file() else {}
+    if not args.report_only:
+        train_cache, eval_cache = ensure_caches(args)
+        world = load_world(args.world)
+        truth = TruthSet.from_cache(ActivationCache(eval_cache), world.cfg.num_features)
+        worlds[Path(args.world).stem] = world_facts(args, truth, d_sae)
+        eval_x = world.feature_dict(truth.rows(0, min(4096, truth.num_samples)))
+        for s in plan_of(args):
+            record = ensure_record(args, s, d_sae, (train_cache, eval_x.detach()), world, truth)
+            records.append(record)
+            write_outputs(args, all_records(args.results), worlds)
+    write_outputs(args, all_records(args.results), worlds)
+    print(f"outputs in {args.results}")
+    return 0
+
+
+def all_records(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((results / "records").glob("*/*.json"))]
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
