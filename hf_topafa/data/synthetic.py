@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..helpers import atomic_folder
-from ..lm import cache_root
+from ..sources import cache_root
 
 PRESETS: dict[str, dict] = {
     "synthsaebench-16k": {
