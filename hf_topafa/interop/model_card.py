@@ -192,7 +192,7 @@ def _usage_code(config: SAEConfig, repo_id: str) -> str:
     lines = [
         "import torch",
         "from hf_topafa import SparseAutoencoder, afa",
-        "from hf_topafa.lm import load_language_model, truncated_forward",
+        "from hf_topafa.data.lm import load_language_model, truncated_forward",
         "",
         f'sae = SparseAutoencoder.from_pretrained("{repo_id}")',
     ]
@@ -217,7 +217,7 @@ def _usage_code(config: SAEConfig, repo_id: str) -> str:
         'for token, z, f, eps in zip(tokens, zf["z_norm"], zf["f_norm"], zf["eps_lbo"]):',
         '    print(f"{token!r:>14}  ||z||={z:8.3f}  ||f~||={f:8.3f}  eps_LBO={eps:.4f}")',
         "",
-        "from hf_topafa.plots import save_zf_plot  # needs the plot extra",
+        "from hf_topafa.evaluation.plots import save_zf_plot  # needs the plot extra",
         'save_zf_plot(zf, "zf_plot_sentence.png")',
     ]
     return "\n".join(lines)
