@@ -1,4 +1,4 @@
-"""File and argument helpers shared by the package: atomic writes, number checks, dtype names.
+"""Helpers shared by the package: atomic writes, JSON, number checks, dtype names, lazy exports.
 
 Atomic writes. A file or folder is built under a hidden temporary name next to its target,
 flushed to disk, and renamed over the target in one step (``replace``), so a reader sees the old
@@ -102,6 +102,17 @@ def write_json(path: str | os.PathLike, data, **dumps) -> Path:
     return write_text(path, json.dumps(data, **options) + "\n")
 
 
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from a file; a one-line ValueError when the file is not one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
 def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> Path:
     """Save torch tensors as a safetensors file atomically (contiguous CPU copies)."""
     from safetensors.torch import save_file
@@ -197,3 +208,34 @@ def torch_dtype(name: str):
     import torch
 
     return getattr(torch, name)
+
+
+# -- packages ------------------------------------------------------------------------------------
+
+
+def lazy_exports(package: str, fallback: str | None = None, **modules: list[str]):
+    """A subpackage's module ``__getattr__``: each public name imports its module on first use.
+
+    ``modules`` maps a submodule to the names it defines; any other name is
+    looked up in the ``fallback`` submodule when one is given (``hf_topafa.bench`` was that module
+    before it became a package). Importing a torch-free module of a subpackage (a command's
+    config, checked before torch loads) runs the subpackage's ``__init__``, which must therefore
+    import none of its torch-heavy siblings itself.
+    """
+    import importlib
+    import importlib.util
+
+    home = {name: module for module, names in modules.items() for name in names}
+
+    def __getattr__(name: str):
+        if name in home:
+            return getattr(importlib.import_module(f"{package}.{home[name]}"), name)
+        if fallback is not None and not name.startswith("__"):
+            if importlib.util.find_spec(f"{package}.{name}") is not None:  # a submodule
+                return importlib.import_module(f"{package}.{name}")
+            module = importlib.import_module(f"{package}.{fallback}")
+            if hasattr(module, name):
+                return getattr(module, name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

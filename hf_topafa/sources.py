@@ -1,4 +1,5 @@
-"""Local path or Hub id: telling them apart and failing fast when a Hub id cannot be read.
+"""Where things are: local path or Hub id (told apart, failing fast when a Hub id cannot be
+read), and the user cache (``cache_root``).
 
 Torch-free, so that argument checks can use it before the heavy imports. The Hub client retries
 for half a minute when offline; ``check_hub_reachable`` answers in seconds instead, and
@@ -14,6 +15,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def cache_root() -> Path:
+    """The user cache for converted models and SAEs and built synthetic worlds
+    (``$HF_TOPAFA_CACHE`` or ``~/.cache/hf_topafa``)."""
+    env = os.environ.get("HF_TOPAFA_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "hf_topafa"
 
 
 def looks_local(name: str) -> bool:

@@ -17,7 +17,8 @@ import time
 import torch
 from safetensors import safe_open
 
-from hf_topafa import SparseAutoencoder, sparse
+from hf_topafa import SparseAutoencoder
+from hf_topafa.sae import sparse
 
 
 def step_ms(sae, x, dead_mask) -> float:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from hf_topafa.harvest import HarvestConfig, Harvester
-from hf_topafa.lm import DEFAULT_HOOK_POINT, DEFAULT_LAYER, truncated_forward
+from hf_topafa.data.harvest import HarvestConfig, Harvester
+from hf_topafa.data.lm import DEFAULT_HOOK_POINT, DEFAULT_LAYER, truncated_forward
 
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-test.txt"
 

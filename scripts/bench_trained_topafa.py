@@ -13,8 +13,9 @@ import time
 
 import torch
 
-from hf_topafa import SparseAutoencoder, bench
-from hf_topafa.harvest import HarvestConfig, Harvester
+from hf_topafa import SparseAutoencoder
+from hf_topafa.bench import bench
+from hf_topafa.data.harvest import HarvestConfig, Harvester
 
 threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 torch.set_num_threads(threads)

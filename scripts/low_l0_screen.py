@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from hf_topafa import SparseAutoencoder, lm
-from hf_topafa import evaluate as ev
-from hf_topafa.train import TrainConfig, train
+from hf_topafa import SparseAutoencoder
+from hf_topafa.data import lm
+from hf_topafa.evaluation import evaluate as ev
+from hf_topafa.training.train import TrainConfig, train
 
 
 def load_layer(path: Path, layer: int) -> torch.Tensor:

@@ -114,7 +114,7 @@ def main() -> int:
     args = p.parse_args()
 
     from hf_topafa import SparseAutoencoder
-    from hf_topafa.train import TrainConfig, train
+    from hf_topafa.training.train import TrainConfig, train
 
     with safe_open(args.activations, framework="pt") as fh:
         x = fh.get_tensor(f"L{args.layer}")[: args.tokens].float()

@@ -38,11 +38,13 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from hf_topafa import SparseAutoencoder, lm, plots
-from hf_topafa import evaluate as ev
-from hf_topafa.harvest import HarvestConfig, Harvester, batched, dataset_name
+from hf_topafa import SparseAutoencoder
+from hf_topafa.data import lm
+from hf_topafa.data.harvest import HarvestConfig, Harvester, batched, dataset_name
+from hf_topafa.evaluation import evaluate as ev
+from hf_topafa.evaluation import plots
 from hf_topafa.helpers import save_safetensors, write_text
-from hf_topafa.rules import ACTIVATIONS, NEEDS_K
+from hf_topafa.sae.rules import ACTIVATIONS, NEEDS_K
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "results" / "paper_comparison"
@@ -224,7 +226,7 @@ def run_name(layer: int, spec: dict, seed: int = 0) -> str:
 
 def disk_caches(args, work: Path) -> dict[int, Path]:
     """--disk-cache: one activation cache of the training windows per layer (hf_topafa.harvest)."""
-    from hf_topafa.harvest import write_cache
+    from hf_topafa.data.harvest import write_cache
 
     caches = {}
     for layer in sorted(set(args.layers)):
@@ -267,8 +269,8 @@ def wanted_settings(args, layer: int, spec: dict, n_rows: int) -> dict:
 def train_one(args, wanted: dict, acts: torch.Tensor | Path, eval_x, run_dir: Path) -> dict:
     """Train one SAE with hf_topafa.train on activations in memory or in a cache folder, or reuse
     the finished weights in ``run_dir``; returns the run's training metrics."""
-    from hf_topafa.train import METRICS, TrainConfig, train
-    from hf_topafa.train_config import flat_training_config
+    from hf_topafa.training.train import METRICS, TrainConfig, train
+    from hf_topafa.training.train_config import flat_training_config
 
     if (run_dir / METRICS).is_file() and (run_dir / "model.safetensors").is_file():
         saved = flat_training_config(json.loads((run_dir / "training_config.json").read_text()))

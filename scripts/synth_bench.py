@@ -136,7 +136,7 @@ def ensure_caches(args) -> tuple[Path, Path]:
 
 def train_ours(args, settings: dict, train_cache: Path, eval_x, run_dir: Path) -> None:
     """Train with hf_topafa's trainer, resuming from the run folder's last checkpoint."""
-    from hf_topafa.train import METRICS, TrainConfig, train
+    from hf_topafa.training.train import METRICS, TrainConfig, train
 
     if (run_dir / METRICS).is_file():
         return
@@ -178,8 +178,8 @@ def train_saelens(args, settings: dict, run_dir: Path) -> Path:
 
 def load_trained(settings: dict, run_dir: Path, saelens_folder: Path | None):
     from hf_topafa import SparseAutoencoder
-    from hf_topafa.convert import build_sae
-    from hf_topafa.convert_saelens import read_saelens
+    from hf_topafa.interop.convert import build_sae
+    from hf_topafa.interop.convert_saelens import read_saelens
 
     if saelens_folder is not None:
         return build_sae(read_saelens(saelens_folder)).eval()
@@ -257,8 +257,12 @@ def write_outputs(args, records: list[dict], worlds: dict) -> None:
     write_json(args.results / "summary.json", summary, indent=1)
     write_text(args.results / "table.md", table(rows))
     for world in {r["world"] for r in rows}:
-        plot_world(args.results, world, [r for r in records
-                                         if Path(r["settings"]["world"]).stem == world], worlds)
+        plot_world(
+            args.results,
+            world,
+            [r for r in records if Path(r["settings"]["world"]).stem == world],
+            worlds,
+        )
 
 
 def table(rows: list[dict]) -> str:
@@ -339,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                   else argv)  # fmt: skip
     if args.threads:
         torch.set_num_threads(args.threads)
+    from hf_topafa.data.harvest import ActivationCache
     from hf_topafa.data.synthetic import load_world
     from hf_topafa.evaluation.ground_truth import TruthSet
-    from hf_topafa.harvest import ActivationCache
 
     d_sae = args.d_sae or (4096 if "16k" in args.world else 1024)
     records = []

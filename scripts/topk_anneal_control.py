@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 from low_l0_screen import load_layer  # scripts/ is on the path when a script runs
 
-from hf_topafa import SparseAutoencoder, lm
-from hf_topafa import evaluate as ev
-from hf_topafa import train as training
+from hf_topafa import SparseAutoencoder
+from hf_topafa.data import lm
+from hf_topafa.evaluation import evaluate as ev
+from hf_topafa.training import train as training
 
 
 def anneal_k(k_start: int, k_end: int, steps: int) -> None:

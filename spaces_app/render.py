@@ -7,8 +7,8 @@ import math
 
 import pandas as pd
 
-from hf_topafa import afa
-from hf_topafa.text_analysis import TextAnalysis, summarize, token_rows
+from hf_topafa.evaluation.text_analysis import TextAnalysis, summarize, token_rows
+from hf_topafa.sae import afa
 
 SHADE_COLOURS = {"eps_lbo": (214, 39, 40), "k": (31, 119, 180)}
 SHADE_LABELS = {"eps_lbo": "εLBO (log scale)", "k": "k (features chosen)"}

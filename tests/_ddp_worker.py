@@ -9,7 +9,7 @@ import sys
 
 from safetensors.torch import load_file
 
-from hf_topafa.train import TrainConfig, train
+from hf_topafa.training.train import TrainConfig, train
 
 if __name__ == "__main__":
     data_path, config_json = sys.argv[1], sys.argv[2]

@@ -26,7 +26,7 @@ def wikitext_path() -> Path:
 @pytest.fixture(scope="session")
 def smollm2():
     """(model, tokenizer): the embedded SmolLM2-135M-Instruct, loaded once per session."""
-    from hf_topafa.lm import embedded_gguf_path, load_language_model
+    from hf_topafa.data.lm import embedded_gguf_path, load_language_model
 
     try:
         embedded_gguf_path()
@@ -63,7 +63,7 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from hf_topafa.harvest import BUNDLED_SAMPLE
+    from hf_topafa.data.harvest import BUNDLED_SAMPLE
 
     words = re.findall(r"\w+|[^\w\s]", BUNDLED_SAMPLE.read_text(encoding="utf-8").lower())
     common = [w for w, _ in collections.Counter(words).most_common(400)]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from hf_topafa import activations
+from hf_topafa.sae import activations
 
 
 def test_paper_worked_example():

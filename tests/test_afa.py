@@ -5,7 +5,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from hf_topafa import SAEConfig, SparseAutoencoder, afa
+from hf_topafa import SAEConfig, SparseAutoencoder
+from hf_topafa.sae import afa
 
 
 def test_scaled_feature_acts_and_norm():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_topafa import cli
+from hf_topafa.cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -156,7 +156,7 @@ def test_debug_shows_the_traceback(files, capsys):
 
 def test_api_errors_name_the_path(files, tmp_path):
     from hf_topafa import SparseAutoencoder
-    from hf_topafa.checkpoint import CorruptCheckpointError, load_checkpoint
+    from hf_topafa.training.checkpoint import CorruptCheckpointError, load_checkpoint
 
     with pytest.raises(FileNotFoundError, match=r"no saved SAE at \./no/such/dir"):
         SparseAutoencoder.from_pretrained("./no/such/dir")

@@ -7,10 +7,11 @@ import warnings
 
 import pytest
 
-from hf_topafa import SparseAutoencoder, harvest, lm
-from hf_topafa.evaluate import EvalConfig, evaluate_saes
-from hf_topafa.hub import render_model_card
-from hf_topafa.train import TrainConfig, train
+from hf_topafa import SparseAutoencoder
+from hf_topafa.data import harvest, lm
+from hf_topafa.evaluation.evaluate import EvalConfig, evaluate_saes
+from hf_topafa.interop.hub import render_model_card
+from hf_topafa.training.train import TrainConfig, train
 
 
 def test_descriptions_name_the_file_and_quantization():

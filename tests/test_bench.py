@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from hf_topafa import bench, bench_memory
+from hf_topafa.bench import bench, bench_memory
 
 
 def tiny(**kwargs):
@@ -55,7 +55,7 @@ def test_targets_are_judged_met_or_missed_with_the_margin():
 
 def test_package_step_is_the_trainers_train_step(monkeypatch):
     """The bench times hf_topafa.train.train_step itself, not a copy of it."""
-    from hf_topafa import train
+    from hf_topafa.training import train
 
     calls = []
     real = train.train_step

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from hf_topafa import cli
+from hf_topafa.cli import cli
 
 
 def test_help_lists_every_command(capsys):

@@ -37,8 +37,8 @@ import torch
 from safetensors.torch import save_file
 
 from hf_topafa import SparseAutoencoder
-from hf_topafa import convert as convert_module
-from hf_topafa.convert import FORMATS, UnsupportedSAEError, cli_main, convert
+from hf_topafa.interop import convert as convert_module
+from hf_topafa.interop.convert import FORMATS, UnsupportedSAEError, cli_main, convert
 
 D_IN, D_SAE, K, N = 12, 48, 5, 64
 

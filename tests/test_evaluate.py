@@ -12,8 +12,9 @@ import math
 import pytest
 import torch
 
-from hf_topafa import SAEConfig, SparseAutoencoder, afa
-from hf_topafa import evaluate as ev
+from hf_topafa import SAEConfig, SparseAutoencoder
+from hf_topafa.evaluation import evaluate as ev
+from hf_topafa.sae import afa
 
 D = 576  # SmolLM2-135M hidden size
 LAYER = 2

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from hf_topafa import SAEConfig, SparseAutoencoder, activations, kfree, sparse
-from hf_topafa.afa import afa_norm, scaled_feature_norm
+from hf_topafa import SAEConfig, SparseAutoencoder
+from hf_topafa.sae import activations, kfree, sparse
+from hf_topafa.sae.afa import afa_norm, scaled_feature_norm
 
 
 def make_sae(activation, d_in=12, d_sae=96, k=5, seed=0, **kwargs):

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_topafa import afa, lm
-from hf_topafa import features as F
 from hf_topafa.cli import main as cli
-from hf_topafa.configuration_sae import SAEConfig
-from hf_topafa.harvest import HarvestConfig, Harvester
-from hf_topafa.modeling_sae import SparseAutoencoder
+from hf_topafa.data import lm
+from hf_topafa.data.harvest import HarvestConfig, Harvester
+from hf_topafa.evaluation import features as F
+from hf_topafa.sae import afa
+from hf_topafa.sae.configuration_sae import SAEConfig
+from hf_topafa.sae.modeling_sae import SparseAutoencoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hf_topafa import foreign
-from hf_topafa import text_analysis as sae_inspect
 from hf_topafa.cli import main as cli
-from hf_topafa.evaluate import load_sae
+from hf_topafa.evaluation import text_analysis as sae_inspect
+from hf_topafa.evaluation.evaluate import load_sae
+from hf_topafa.interop import foreign
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -33,7 +33,7 @@ def _tokenizer():
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from hf_topafa.harvest import BUNDLED_SAMPLE
+    from hf_topafa.data.harvest import BUNDLED_SAMPLE
 
     words = re.findall(r"\w+|[^\w\s]", BUNDLED_SAMPLE.read_text(encoding="utf-8").lower())
     common = [w for w, _ in collections.Counter(words).most_common(300)]

@@ -9,8 +9,8 @@ import re
 import pytest
 import torch
 
-from hf_topafa import harvest as H
-from hf_topafa import lm
+from hf_topafa.data import harvest as H
+from hf_topafa.data import lm
 
 CTX = 32  # short windows keep the real-model forwards cheap
 

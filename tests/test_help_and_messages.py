@@ -9,8 +9,10 @@ import warnings
 import pytest
 import torch
 
-from hf_topafa import bench, harvest, train
+from hf_topafa.bench import bench
 from hf_topafa.cli import main
+from hf_topafa.data import harvest
+from hf_topafa.training import training_data
 
 
 @pytest.mark.parametrize("module", [harvest, bench])
@@ -38,12 +40,12 @@ def test_no_progress_help_says_it_hides_the_bars(capsys):
 def test_held_out_data_counts_are_reported():
     batches = [torch.zeros(3, 4), torch.zeros(2, 4)]
     with pytest.warns(UserWarning, match="has 5 tokens, fewer than eval_tokens=8"):
-        assert len(train._first_rows(iter(batches), 8)) == 5
+        assert len(training_data.first_rows(iter(batches), 8)) == 5
     with pytest.raises(ValueError, match="found 0 tokens, eval_tokens=8 needed"):
-        train._first_rows(iter([]), 8)
+        training_data.first_rows(iter([]), 8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert len(train._first_rows(iter(batches), 4)) == 4  # enough: no warning
+        assert len(training_data.first_rows(iter(batches), 4)) == 4  # enough: no warning
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]"])

@@ -23,7 +23,7 @@ from transformers import AutoModel
 
 from hf_topafa import SAEConfig, SparseAutoencoder
 from hf_topafa.cli import main as cli
-from hf_topafa.hub import push_model, push_run, render_model_card
+from hf_topafa.interop.hub import push_model, push_run, render_model_card
 
 TOKEN = "hf_aliceSecretToken0123456789"
 OTHER_TOKEN = "hf_bobSecretToken9876543210"
@@ -494,8 +494,8 @@ def test_push_uploads_feature_files_and_card_summarises_them(hub, tmp_path, tiny
     """``hf-topafa features`` output in the run folder goes up with the SAE and into the card."""
     import pyarrow.parquet as pq
 
-    from hf_topafa.features import write_features
-    from hf_topafa.harvest import HarvestConfig
+    from hf_topafa.data.harvest import HarvestConfig
+    from hf_topafa.evaluation.features import write_features
 
     run = tmp_path / "run"
     sae = make_run(run, base_model=str(tiny_lm_dir), input_normalization="layer_norm")

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from hf_topafa import kfree
-from hf_topafa.activations import topafa
+from hf_topafa.sae import kfree
+from hf_topafa.sae.activations import topafa
 
 
 def test_coherence_is_the_rms_cosine_of_distinct_rows():

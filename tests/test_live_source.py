@@ -5,9 +5,9 @@ import json
 
 import torch
 
-from hf_topafa.harvest import HarvestConfig, Harvester
-from hf_topafa.train import TrainConfig, train
-from hf_topafa.training_data import LiveSource
+from hf_topafa.data.harvest import HarvestConfig, Harvester
+from hf_topafa.training.train import TrainConfig, train
+from hf_topafa.training.training_data import LiveSource
 
 
 def _sorted_rows(x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hf_topafa import lm
+from hf_topafa.data import lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

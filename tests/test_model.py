@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModel
 
-from hf_topafa import ACTIVATIONS, SAEConfig, SparseAutoencoder, afa
+from hf_topafa import ACTIVATIONS, SAEConfig, SparseAutoencoder
+from hf_topafa.sae import afa
 
 
 def make_sae(activation="topafa", d_in=16, d_sae=64, **kwargs):
@@ -56,7 +57,7 @@ def test_topafa_k_reported_and_matches_l0_for_positive_preactivations():
     assert (out.l0 <= out.k).all() and (out.k >= 1).all()
     pre = sae.pre_activations(x)
     target = (x - sae.b_dec).norm(dim=-1)
-    from hf_topafa import activations
+    from hf_topafa.sae import activations
 
     ref, ref_k = activations.topafa_reference(pre, sae.W_dec.norm(dim=-1), target)
     assert torch.equal(ref_k, out.k)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hf_topafa import SAEConfig, SparseAutoencoder
-from hf_topafa.train import TrainConfig
+from hf_topafa.training.train import TrainConfig
 
 
 def paper_forward(W_enc, W_dec, b_dec, x, rule, k=None, afa_coeff=0.0):

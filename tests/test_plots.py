@@ -7,7 +7,9 @@ import builtins
 import pytest
 import torch
 
-from hf_topafa import SAEConfig, SparseAutoencoder, afa, plots
+from hf_topafa import SAEConfig, SparseAutoencoder
+from hf_topafa.evaluation import plots
+from hf_topafa.sae import afa
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

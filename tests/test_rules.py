@@ -7,12 +7,12 @@ import sys
 import pytest
 import torch
 
-from hf_topafa import rules
-from hf_topafa.configuration_sae import ACTIVATIONS, SAEConfig
-from hf_topafa.hub import render_model_card
-from hf_topafa.modeling_sae import SparseAutoencoder
-from hf_topafa.saved import check_saved_sae
-from hf_topafa.train_config import TrainConfig, build_parser
+from hf_topafa.interop.hub import render_model_card
+from hf_topafa.sae import rules
+from hf_topafa.sae.configuration_sae import ACTIVATIONS, SAEConfig
+from hf_topafa.sae.modeling_sae import SparseAutoencoder
+from hf_topafa.sae.saved import check_saved_sae
+from hf_topafa.training.train_config import TrainConfig, build_parser
 
 
 def _sae(name, **kwargs):

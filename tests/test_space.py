@@ -19,8 +19,10 @@ import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from hf_topafa import SAEConfig, SparseAutoencoder, afa, lm  # noqa: E402
-from hf_topafa import text_analysis as sae_inspect  # noqa: E402
+from hf_topafa import SAEConfig, SparseAutoencoder  # noqa: E402
+from hf_topafa.data import lm  # noqa: E402
+from hf_topafa.evaluation import text_analysis as sae_inspect  # noqa: E402
+from hf_topafa.sae import afa  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_TOKENS = 64

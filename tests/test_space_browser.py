@@ -58,7 +58,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory):
-    from hf_topafa import SAEConfig, SparseAutoencoder, lm
+    from hf_topafa import SAEConfig, SparseAutoencoder
+    from hf_topafa.data import lm
 
     tmp = tmp_path_factory.mktemp("space_browser")
     cfg = SAEConfig(
@@ -78,7 +79,9 @@ def space(tmp_path_factory):
 def reference(sae_dir: Path, text: str) -> dict:
     import torch
 
-    from hf_topafa import SparseAutoencoder, afa, lm
+    from hf_topafa import SparseAutoencoder
+    from hf_topafa.data import lm
+    from hf_topafa.sae import afa
 
     sae = SparseAutoencoder.from_pretrained(sae_dir).eval()
     model, tokenizer = lm.load_language_model(sae.config.base_model)
@@ -97,7 +100,7 @@ def test_analyze_in_browser(browser, space, tmp_path):
     page.wait_for_selector("#zf-plot .js-plotly-plot", timeout=TIMEOUT_MS)
     page.wait_for_selector('#token-table [data-testid="cell-1-1"]', timeout=TIMEOUT_MS)
     page.wait_for_selector("#shaded-text .tok", timeout=TIMEOUT_MS)
-    from hf_topafa import afa
+    from hf_topafa.sae import afa
 
     ref = reference(space["sae"], TEXT)
     n = len(ref["tokens"])

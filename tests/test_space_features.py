@@ -21,9 +21,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def space(tmp_path_factory):
     import torch
 
-    from hf_topafa import SAEConfig, SparseAutoencoder, lm
-    from hf_topafa.features import write_features
-    from hf_topafa.harvest import HarvestConfig
+    from hf_topafa import SAEConfig, SparseAutoencoder
+    from hf_topafa.data import lm
+    from hf_topafa.data.harvest import HarvestConfig
+    from hf_topafa.evaluation.features import write_features
 
     tmp = tmp_path_factory.mktemp("space_features")
     cfg = SAEConfig(
@@ -148,8 +149,10 @@ def test_computed_features_without_the_package(monkeypatch, tmp_path, tiny_lm_di
     import torch
     import transformers
 
-    from hf_topafa import SAEConfig, SparseAutoencoder, features, lm
-    from hf_topafa import text_analysis as sae_inspect
+    from hf_topafa import SAEConfig, SparseAutoencoder
+    from hf_topafa.data import lm
+    from hf_topafa.evaluation import features
+    from hf_topafa.evaluation import text_analysis as sae_inspect
 
     sys.path.insert(0, str(ROOT / "spaces_app"))
     import features_tab

@@ -26,7 +26,9 @@ from hub_server import start_hub_server  # tests/ is on sys.path under pytest
 from huggingface_hub import HfApi, constants
 from subprocesses import stop
 
-from hf_topafa import SAEConfig, SparseAutoencoder, afa, lm
+from hf_topafa import SAEConfig, SparseAutoencoder
+from hf_topafa.data import lm
+from hf_topafa.sae import afa
 
 ROOT = Path(__file__).resolve().parent.parent
 VISITORS = 20

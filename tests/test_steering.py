@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_topafa import lm
-from hf_topafa import steering as S
-from hf_topafa.configuration_sae import SAEConfig
-from hf_topafa.modeling_sae import SparseAutoencoder
+from hf_topafa.data import lm
+from hf_topafa.evaluation import steering as S
+from hf_topafa.sae.configuration_sae import SAEConfig
+from hf_topafa.sae.modeling_sae import SparseAutoencoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

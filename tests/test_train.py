@@ -15,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hf_topafa import SparseAutoencoder, harvest
-from hf_topafa.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from hf_topafa.train import TrainConfig, cli_main, lr_factor, parse_config, train
+from hf_topafa import SparseAutoencoder
+from hf_topafa.data import harvest
+from hf_topafa.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from hf_topafa.training.train import TrainConfig, cli_main, lr_factor, parse_config, train
 
 REPO = Path(__file__).resolve().parent.parent
 LAYER = 3  # a shallow block: the truncated forward runs 4 of 30 blocks, so harvesting is quick
@@ -168,7 +169,7 @@ def test_killed_run_resumes_to_the_same_parameters(caches, tmp_path):
     script = textwrap.dedent(
         f"""
         import time
-        from hf_topafa import train as t
+        from hf_topafa.training import train as t
         slow = t.CacheSource.epoch
         def epoch(self, index):
             for batch in slow(self, index):

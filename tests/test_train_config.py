@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from hf_topafa import SAEConfig
-from hf_topafa.model_card import _training_summary, public_training_config
+from hf_topafa.interop.model_card import _training_summary, public_training_config
 from hf_topafa.names import MANIFEST
-from hf_topafa.sae_settings import SAESettings
-from hf_topafa.train import train
-from hf_topafa.train_config import (
+from hf_topafa.sae.sae_settings import SAESettings
+from hf_topafa.training.train import train
+from hf_topafa.training.train_config import (
     FIELD_SECTION,
     RUN_CONTROL,
     SECTIONS,

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..helpers import atomic_folder
-from ..lm import cache_root
+from ..sources import cache_root
 
 PRESETS: dict[str, dict] = {
     "synthsaebench-16k": {
@@ -121,15 +121,19 @@ def build_world(config: dict, folder: Path, progress: bool = True) -> float:
     except (TypeError, ValueError, KeyError) as exc:
         raise WorldError(f"not a valid SyntheticModelConfig: {exc}") from None
     if progress:
-        print(f"building synthetic world {folder.name} ({cfg.num_features} features in "
-              f"{cfg.hidden_dim} dims); this runs once and is cached", flush=True)
+        print(
+            f"building synthetic world {folder.name} ({cfg.num_features} features in "
+            f"{cfg.hidden_dim} dims); this runs once and is cached",
+            flush=True,
+        )
     start = time.perf_counter()
     model = synthetic.SyntheticModel(cfg)
     seconds = time.perf_counter() - start
     with atomic_folder(folder) as tmp:
         model.save(tmp)
-        (tmp / "build.json").write_text(json.dumps(
-            {"build_seconds": round(seconds, 1), "threads": _threads()}, indent=2) + "\n")
+        (tmp / "build.json").write_text(
+            json.dumps({"build_seconds": round(seconds, 1), "threads": _threads()}, indent=2) + "\n"
+        )
     return seconds
 
 

@@ -20,7 +20,7 @@ import torch
 
 from ..helpers import atomic_folder, save_safetensors
 from ..names import MANIFEST
-from ..harvest import CACHE_FORMAT, ActivationCache
+from .harvest import CACHE_FORMAT, ActivationCache
 from .synthetic import load_world, world_config, world_folder
 
 SYNTHETIC_PREFIX = "synthetic:"
@@ -72,8 +72,11 @@ def write_synthetic_cache(
         held = ActivationCache(out).manifest
         same = held.get("synthetic", {}).get("config") == identity["synthetic"]["config"]
         same = same and held["synthetic"].get("seed") == seed
-        if same and held["num_tokens"] >= num_samples and (held["synthetic"]["with_truth"] or
-                                                            not with_truth):
+        if (
+            same
+            and held["num_tokens"] >= num_samples
+            and (held["synthetic"]["with_truth"] or not with_truth)
+        ):
             return out
         raise ValueError(
             f"{out} already holds another activation cache; choose another --output or overwrite"

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from ..afa import quantiles
+from ..sae.afa import quantiles
 
 
 class SAELensView(nn.Module):

@@ -1,0 +1,289 @@
+"""Where training batches come from: an in-memory tensor, an activation cache, or live harvesting.
+
+Each source yields this process's batches of exactly ``local_batch`` rows, one pass at a time;
+``endless_batches`` turns passes into an endless stream that can skip to a saved position (resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..data import harvest, lm
+from .train_config import TrainConfig
+
+
+class TensorSource:
+    """Rows of an in-memory tensor; every pass is a fresh seeded permutation.
+
+    Each step's global batch is one slice of the permutation and process r takes the r-th part
+    of it, so N processes see exactly the tokens one process would.
+    """
+
+    def __init__(self, x: torch.Tensor, global_batch: int, rank: int, world_size: int, seed: int):
+        if len(x) < global_batch:
+            raise ValueError(
+                f"the training data has {len(x)} tokens, fewer than one batch ({global_batch})"
+            )
+        self.x, self.global_batch, self.seed = x, global_batch, seed
+        self.local = global_batch // world_size
+        self.offset = rank * self.local
+        self.d_in = x.shape[1]
+
+    def epoch(self, index: int) -> Iterator[torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + index)
+        order = torch.randperm(len(self.x), generator=gen)
+        for start in range(0, len(order) - self.global_batch + 1, self.global_batch):
+            yield self.x[order[start + self.offset : start + self.offset + self.local]]
+
+
+class CacheSource:
+    """An on-disk activation cache; process r reads its own shards (harvest.ActivationCache)."""
+
+    def __init__(self, cache, local_batch: int, rank: int, world_size: int, seed: int):
+        self.cache, self.local, self.rank, self.world = cache, local_batch, rank, world_size
+        self.seed, self.d_in = seed, cache.d_in
+
+    def epoch(self, index: int) -> Iterator[torch.Tensor]:
+        return self.cache.iter_batches(
+            self.local,
+            shuffle=True,
+            seed=self.seed * 100_003 + index,
+            rank=self.rank,
+            world_size=self.world,
+            drop_last=True,
+        )
+
+
+class LiveSource:
+    """Harvest while training; a pass small enough for ``memory_tokens`` is kept and replayed."""
+
+    def __init__(self, harvester, local_batch: int, memory_tokens: int, seed: int, progress: bool):
+        self.harvester, self.local, self.memory_tokens = harvester, local_batch, memory_tokens
+        self.progress = progress
+        self.seed, self.d_in = seed, harvester.d_in
+        self.memory: torch.Tensor | None = None
+        self.too_big = False
+
+    def epoch(self, index: int) -> Iterator[torch.Tensor]:
+        if index > 0 and self.memory is None and not self.too_big:
+            for _ in self.epoch(0):  # a resumed run rebuilds the replay memory first
+                pass
+        if self.memory is not None:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + index)
+            order = torch.randperm(len(self.memory), generator=gen)
+            for start in range(0, len(order) - self.local + 1, self.local):
+                yield self.memory[order[start : start + self.local]]
+            return
+        self.harvester.cfg = dataclasses.replace(
+            self.harvester.cfg, seed=self.seed * 100_003 + index
+        )
+        kept, total = [], 0
+        batches = self.harvester.iter_batches(self.local, self.progress, drop_last=True)
+        for batch in batches:
+            total += len(batch)
+            if total <= self.memory_tokens:
+                kept.append(batch)
+            yield batch
+        if total <= self.memory_tokens and kept:
+            self.memory = torch.cat(kept)
+        self.too_big = total > self.memory_tokens
+
+
+def _harvest_config(config: TrainConfig, **overrides) -> harvest.HarvestConfig:
+    d = config.data
+    fields = dict(
+        model=d.model,
+        gguf_file=d.gguf_file,
+        layer=d.layer,
+        hook_point=d.hook_point,
+        dataset=d.dataset,
+        dataset_config=d.dataset_config,
+        text_column=d.text_column,
+        split=d.split,
+        context_length=d.context_length,
+        batch_windows=d.harvest_batch_windows,
+        shuffle_buffer=d.shuffle_buffer,
+        dtype=d.lm_dtype,
+        holdout_every=d.holdout_every,
+        seed=config.optim.seed,
+    )
+    return harvest.HarvestConfig(**{**fields, **overrides})
+
+
+def _cache_harvest_config(manifest: dict, config: TrainConfig) -> harvest.HarvestConfig:
+    """The live harvest of the held-out windows matching an activation cache's manifest."""
+    d = config.data
+    keys = ("model", "gguf_file", "layer", "hook_point", "dataset", "dataset_config")
+    keys += ("text_column", "split", "context_length", "exclude_bos", "exclude_first", "dtype")
+    fields = {k: manifest[k] for k in keys if k in manifest}
+    if fields.get("dataset") == harvest.BUNDLED_NAME:
+        fields["dataset"] = None
+    every = manifest.get("holdout_every") or d.holdout_every
+    return harvest.HarvestConfig(
+        **fields, holdout="eval", holdout_every=every, max_tokens=d.eval_tokens,
+        shuffle_buffer=0, batch_windows=d.harvest_batch_windows,
+    )  # fmt: skip
+
+
+def first_rows(batches: Iterator[torch.Tensor], n: int) -> torch.Tensor:
+    """The first ``n`` rows of ``batches`` (the held-out set); warns when there are fewer."""
+    rows, total = [], 0
+    for batch in batches:
+        rows.append(batch)
+        total += len(batch)
+        if total >= n:
+            break
+    if not rows:
+        raise ValueError(
+            f"the held-out data is empty: found 0 tokens, eval_tokens={n} needed; give more "
+            "text or a larger --eval-cache"
+        )
+    if total < n:
+        warnings.warn(
+            f"the held-out data has {total} tokens, fewer than eval_tokens={n}; the final "
+            f"metrics use those {total}",
+            stacklevel=2,
+        )
+    return torch.cat(rows)[:n]
+
+
+@dataclass
+class TrainingData:
+    """What ``build_data`` gives the training loop: the batches' source and the held-out rows."""
+
+    source: TensorSource | CacheSource | LiveSource
+    eval_x: torch.Tensor | None  # only on the main process
+    held_out: bool
+    provenance: dict
+
+
+def build_data(config, data, eval_data, accelerator, local_batch) -> TrainingData:
+    """This process's training source and held-out rows, from tensors, a cache or live text."""
+    d = config.data
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    if data is not None:
+        return _tensor_data(config, data, eval_data, rank, world)
+    if d.activation_cache is not None:
+        cache = harvest.ActivationCache(d.activation_cache)
+        man = cache.manifest
+        provenance = {
+            "base_model": man.get("model"),
+            "layer": man.get("layer"),
+            "hook_point": man.get("hook_point"),
+            "dataset": man.get("dataset"),
+            "context_length": man.get("context_length"),
+            "base_model_weights": man.get("model_weights"),
+        }
+        source = CacheSource(cache, local_batch, rank, world, config.optim.seed)
+        held_out, eval_x = True, None
+        if eval_data is not None:
+            eval_x = torch.as_tensor(eval_data, dtype=torch.float32)[: d.eval_tokens]
+        elif d.eval_cache is not None:
+            eval_cache = harvest.ActivationCache(d.eval_cache)
+            if main:
+                eval_x = first_rows(eval_cache.iter_batches(4096, shuffle=False), d.eval_tokens)
+        else:
+            held_out = man.get("holdout") == "train"
+            if main:
+                if not held_out:
+                    print(
+                        f"note: the activation cache {cache.path} has no held-out split "
+                        f"(holdout={man.get('holdout')!r}); the final metrics use its "
+                        "eval windows, which training also read. Harvest with --holdout train "
+                        "or pass --eval-cache for honest held-out figures."
+                    )
+                ev = harvest.Harvester(_cache_harvest_config(man, config))
+                eval_x = first_rows(ev.iter_batches(4096, config.run.progress), d.eval_tokens)
+        return TrainingData(source, eval_x, held_out, provenance)
+
+    per_rank = None if d.harvest_tokens is None else max(1, d.harvest_tokens // world)
+    train_cfg = _harvest_config(
+        config, holdout="train", rank=rank, world_size=world, max_tokens=per_rank
+    )
+    harvester = harvest.Harvester(train_cfg)  # loads the LM; bad layer/hook point raise here
+    provenance = {
+        "base_model": train_cfg.identity()["model"],
+        "layer": d.layer,
+        "hook_point": d.hook_point,
+        "dataset": harvest.dataset_name(d.dataset),
+        "context_length": d.context_length,
+        "base_model_weights": lm.weights_description(train_cfg.identity()["model"], d.gguf_file),
+    }
+    eval_x = None
+    if eval_data is not None:
+        eval_x = torch.as_tensor(eval_data, dtype=torch.float32)[: d.eval_tokens]
+    elif d.eval_cache is not None:
+        if main:
+            eval_cache = harvest.ActivationCache(d.eval_cache)
+            eval_x = first_rows(eval_cache.iter_batches(4096, shuffle=False), d.eval_tokens)
+    elif main:
+        eval_cfg = _harvest_config(
+            config, holdout="eval", max_tokens=d.eval_tokens, shuffle_buffer=0
+        )
+        ev = harvest.Harvester(eval_cfg)
+        eval_x = first_rows(ev.iter_batches(4096, config.run.progress), d.eval_tokens)
+    progress = config.run.progress and accelerator.is_main_process
+    source = LiveSource(harvester, local_batch, d.memory_tokens, config.optim.seed, progress)
+    return TrainingData(source, eval_x, True, provenance)
+
+
+def _tensor_data(config, data, eval_data, rank, world) -> TrainingData:
+    d = config.data
+    x = torch.as_tensor(data, dtype=torch.float32)
+    if x.ndim != 2:
+        raise ValueError(f"training data must be a [tokens, d_in] tensor; got {tuple(x.shape)}")
+    if eval_data is None:
+        if len(x) < d.eval_tokens + config.optim.batch_size:
+            raise ValueError(
+                f"the training tensor has {len(x)} rows: too few to hold out eval_tokens="
+                f"{d.eval_tokens} and still train on one batch ({config.optim.batch_size}); "
+                "pass eval_data or lower eval_tokens"
+            )
+        x, eval_x = x[: -d.eval_tokens], x[-d.eval_tokens :]
+    else:
+        eval_x = torch.as_tensor(eval_data, dtype=torch.float32)[: d.eval_tokens]
+    provenance = {
+        "base_model": d.model,
+        "layer": d.layer,
+        "hook_point": d.hook_point,
+        "dataset": d.dataset,
+        "context_length": d.context_length,
+        "base_model_weights": None,  # tensors given directly: unknown
+    }
+    return TrainingData(
+        TensorSource(x, config.optim.batch_size, rank, world, config.optim.seed),
+        eval_x,
+        True,
+        provenance,
+    )
+
+
+def endless_batches(source, position: list[int]) -> Iterator[tuple[torch.Tensor, list[int]]]:
+    """Endless batches with their position [pass, batches read in it]; skips to ``position``."""
+    epoch, skip = position
+    while True:
+        count, produced = 0, False
+        for batch in source.epoch(epoch):
+            count += 1
+            if count <= skip:
+                continue
+            produced = True
+            yield batch, [epoch, count]
+        if not produced and skip == 0:
+            raise ValueError(
+                "the training data gave no full batch in a pass; lower --batch-size or give more "
+                "data"
+            )
+        epoch, skip = epoch + 1, 0
+
+
+def chain_first(first, position, rest):
+    """Put back a batch already read (``first`` at ``position``) in front of ``rest``."""
+    yield first, position
+    yield from rest
