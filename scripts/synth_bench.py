@@ -225,11 +225,23 @@ def ensure_record(args, s: dict, d_sae: int, caches, world, truth) -> dict | Non
     print(f"   L0 {row['l0']:.1f}  F1 {row['f1']:.3f}  MCC {row['mcc']:.3f}  "
           f"l0_corr {row['l0_corr']}", flush=True)  # fmt: skip
     if args.commit:
-        subprocess.run(["git", "add", str(path)], cwd=REPO, check=True)
-        subprocess.run(["git", "commit", "-q", "-m", f"synthbench: {Path(args.world).stem} "
-                        f"{name} (L0 {row['l0']:.1f}, F1 {row['f1']:.3f})", "--", str(path)],
-                       cwd=REPO, check=True)  # fmt: skip
+        commit_record(path, f"synthbench: {Path(args.world).stem} {name} "
+                      f"(L0 {row['l0']:.1f}, F1 {row['f1']:.3f})")  # fmt: skip
     return record
+
+
+def commit_record(path: Path, message: str) -> None:
+    """Commit one record in the repository that holds it; a failed commit only warns (the record
+    stays on disk, and the next call commits it with its own)."""
+    folder = path.parent
+    for command in (
+        ["git", "add", str(path)],
+        ["git", "commit", "-q", "-m", message, "--", str(path)],
+    ):
+        done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+        if done.returncode:
+            print(f"   warning: {' '.join(command[:2])} failed: {done.stderr.strip()}", flush=True)
+            return
 
 
 # --------------------------------------------------------------------------------------------
