@@ -221,6 +221,10 @@ def cli_main(argv: list[str]) -> int:
 
 def run_command(args) -> int:
     """Convert what ``hf_topafa.convert_config.parse_command`` checked; print one line."""
+    if getattr(args, "to", None) is not None:  # --to saelens
+        from .integrations.saelens_export import run_export
+
+        return run_export(args)
     try:
         sae = convert(
             args.format, args.source, args.output, overwrite=args.overwrite, **overrides_of(args)
