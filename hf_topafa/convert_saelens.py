@@ -124,7 +124,11 @@ def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Import
         activation, k = architecture, None
     else:
         activation = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}[architecture]
-    ours = _our_fields(meta.get(METADATA_KEY), activation, where)
+    ours = meta.get(METADATA_KEY)
+    if ours is None and architecture in SAELENS_REGISTERED:
+        # saved by SAELens's trainer (save_inference_model): its training fields are ours
+        ours = meta.get("training_architecture_details")
+    ours = _our_fields(ours, activation, where)
     activation, k = ours.pop("activation", activation), ours.pop("k", k)
     if get_rule(activation).needs_k:
         k = common.positive_int(k, f"{where}: k")
@@ -168,7 +172,7 @@ def _our_fields(ours, activation: str, where: str) -> dict:
 def _provenance(meta: dict, cfg: dict, hook_name, architecture: str, source_k) -> dict:
     """SAEConfig provenance and ``source_*`` extras from SAELens's metadata."""
     model_name = meta.get("model_name")
-    layer, hook_point = _parse_transformer_lens_hook(hook_name)
+    layer, hook_point = parse_transformer_lens_hook(hook_name)
     if layer is None and meta.get("hook_layer") is not None:
         layer = int(meta["hook_layer"])
     return {
@@ -256,7 +260,7 @@ def _fold_input_scale(
         )
 
 
-def _parse_transformer_lens_hook(name: str | None) -> tuple[int | None, str | None]:
+def parse_transformer_lens_hook(name: str | None) -> tuple[int | None, str | None]:
     """'blocks.8.hook_resid_pre' -> (8, 'resid_pre'); other hooks keep only their layer."""
     if not name:
         return None, None
