@@ -13,10 +13,12 @@ SAELens cannot compute exactly is refused with the reason.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 from .. import __version__
@@ -30,7 +32,7 @@ from ..convert_saelens import (
     transformer_lens_hook,
     transformer_lens_name,
 )
-from ..helpers import atomic_folder, save_safetensors, torch_dtype, write_json
+from ..helpers import atomic_folder, torch_dtype
 from ..modeling_sae import SparseAutoencoder
 
 SAELENS_FORMAT_VERSION = "6.54.12"
@@ -105,7 +107,7 @@ def saelens_tensors(sae: SparseAutoencoder, dtype: torch.dtype | None = None) ->
     if sae.rule.threshold is not None:
         names.append("threshold")
     dtype = dtype or sae.W_enc.dtype
-    return {name: getattr(sae, name).detach().to("cpu", dtype) for name in names}
+    return {name: getattr(sae, name).detach().to("cpu", dtype).contiguous() for name in names}
 
 
 def load_sae(sae_or_run) -> SparseAutoencoder:
@@ -136,22 +138,30 @@ def to_saelens(
     SAE's config records. Top-AFA and the k-free rules load after
     ``import hf_topafa.integrations.saelens``. Returns ``output``.
     """
+    files = saelens_files(load_sae(sae_or_run), dtype, **provenance)
+    output = Path(output)
+    check_output_folder(output, overwrite, CFG_FILE)
+    with atomic_folder(output) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+    return output
+
+
+def saelens_files(sae: SparseAutoencoder, dtype: str | None = None, **provenance) -> dict:
+    """file name -> bytes of the SAELens folder of ``sae`` (what ``to_saelens`` writes and
+    ``hf-topafa push --format saelens`` uploads); refuses what SAELens cannot compute."""
     unknown = sorted(set(provenance) - set(PROVENANCE))
     if unknown:
         raise TypeError(
             f"unknown arguments {', '.join(unknown)}; provenance: {', '.join(PROVENANCE)}"
         )
-    sae = load_sae(sae_or_run)
     check_exportable(sae)
     cast = torch_dtype(dtype) if dtype is not None else None
     cfg = saelens_config(sae, cast, **provenance)
-    tensors = saelens_tensors(sae, cast)
-    output = Path(output)
-    check_output_folder(output, overwrite, CFG_FILE)
-    with atomic_folder(output) as tmp:
-        save_safetensors(tmp / WEIGHTS_FILE, tensors)
-        write_json(tmp / CFG_FILE, cfg)
-    return output
+    return {
+        CFG_FILE: (json.dumps(cfg, indent=2, allow_nan=False) + "\n").encode(),
+        WEIGHTS_FILE: safetensors.torch.save(saelens_tensors(sae, cast)),
+    }
 
 
 def run_export(args) -> int:
