@@ -22,7 +22,11 @@ from hf_topafa.convert_saelens import CARRIED_FIELDS, SAELENS_REGISTERED
 from hf_topafa.integrations.saelens_export import to_saelens
 from hf_topafa.rules import ACTIVATIONS, get_rule
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    # SAELens's advice to load the base model without weight processing: right for our SAEs
+    pytest.mark.filterwarnings(r"ignore:\s*This SAE has non-empty model_from_pretrained_kwargs"),
+]
 
 D_IN, D_SAE = 16, 64
 NORMALIZATIONS = ("none", "layer_norm")
@@ -301,6 +305,33 @@ def test_synthetic_sae_runner_trains_topafa(saelens, tmp_path):
     x = inputs()
     with torch.no_grad():
         assert torch.equal(back.encode(x), loaded.encode(x))
+
+
+@pytest.mark.parametrize("rule", SAELENS_REGISTERED)
+def test_input_scale_fold_is_exact(saelens, tmp_path, rule):
+    """SAELens's trainer folds expected_average_only_in into the weights; for the AFA rules the
+    features kept do not change (afa_batch's threshold is divided too). Our reader folds a
+    folder saved before that fold the same way."""
+    from hf_topafa.integrations.saelens import AFASAE, CONFIG_CLASSES
+
+    sae = make_sae(rule, "none")
+    folder = to_saelens(sae, tmp_path / "sl")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["normalize_activations"] = "expected_average_only_in"
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    scale, x = 2.5, inputs()
+    back = convert("saelens", folder, norm_scaling_factor=scale)
+    loaded = saelens.SAE.load_from_disk(folder)
+    assert isinstance(loaded, AFASAE) and isinstance(loaded.cfg, CONFIG_CLASSES[rule][0])
+    with torch.no_grad():
+        scaled = loaded.encode(x * scale)  # SAELens's ActivationScaler multiplies inputs
+        loaded.fold_activation_norm_scaling_factor(scale)
+        assert loaded.cfg.normalize_activations == "none"
+        folded = loaded.encode(x)
+        ours = back.encode(x)
+    for acts in (folded, ours):
+        same_active_set(acts, scaled)
+        torch.testing.assert_close(acts, scaled, rtol=1e-5, atol=1e-5)
 
 
 def test_saelens_configs_refuse_what_is_not_exact(saelens):
