@@ -233,7 +233,14 @@ EARLY_ERRORS = [
     (["features", "sae"], ["--output"]),
     (["features", "sae", "--output", "o", "--top", "0"], ["top", "0"]),
     (["features", "sae", "--output", "o", "--holdout", "some"], ["--holdout", "eval"]),
-    (["convert", "--bogus"], ["--from"]),
+    (["convert", "--bogus"], ["source", "output"]),
+    (["convert", "src", "out"], ["--from", "--to"]),
+    (["convert", "--from", "saelens", "--to", "saelens", "src", "out"], ["--to", "--from"]),
+    (["convert", "--to", "sparsify", "src", "out"], ["sparsify", "formats written: saelens"]),
+    (
+        ["convert", "--to", "saelens", "src", "out", "--norm-scaling-factor", "2"],
+        ["norm_scaling_factor", "--from only"],
+    ),
     (["convert", "--from", "saelens", "src", "out", "--bogus"], ["unrecognized", "--bogus"]),
     (["convert", "--from", "onnx", "src", "out"], ["onnx", "saelens"]),
     (["convert", "--from", "saelens", "src", "out", "--dtype", "int8"], ["--dtype", "float32"]),
@@ -244,6 +251,7 @@ EARLY_ERRORS = [
     (["push", "--bogus"], ["run_dir", "repo_id"]),
     (["push", "run", "alice/x", "--bogus"], ["unrecognized", "--bogus"]),
     (["push", "run", "not a repo id!!"], ["invalid repo id", "user/name"]),
+    (["push", "run", "alice/x", "--format", "onnx"], ["--format", "saelens"]),
 ]
 _WRAPPER = (
     "import sys\nfrom hf_topafa.cli import main\ncode = main(sys.argv[1:])\n"

@@ -246,7 +246,6 @@ def test_saelens_legacy_flat_config_topk(tmp_path):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"normalize_activations": "layer_norm"}, "layer_norm"),
         ({"normalize_activations": "constant_norm_rescale"}, "constant_norm_rescale"),
         ({"architecture": "gated"}, "gated"),
         ({"architecture": "batchtopk"}, "jumprelu"),
@@ -257,6 +256,22 @@ def test_saelens_inexpressible_variants_are_refused(tmp_path, fields, message):
     src = _write_saelens(tmp_path / "sae", _weights(7), **fields)
     with pytest.raises(UnsupportedSAEError, match=message):
         convert("saelens", src)
+
+
+def test_saelens_layer_norm_is_our_standardization(tmp_path):
+    """SAELens layer_norm: (x - mean) / (std + 1e-5) with the unbiased std, undone on the way
+    out; it reads as input_normalization="layer_norm" with the same numbers."""
+    w = _weights(8)
+    src = _write_saelens(tmp_path / "sae", w, "standard", normalize_activations="layer_norm")
+    sae = convert("saelens", src, dtype="float64")
+    assert sae.config.input_normalization == "layer_norm"
+    x = _inputs() * 3 + 1
+    a = _np(x)
+    mean, std = a.mean(-1, keepdims=True), a.std(-1, ddof=1, keepdims=True)
+    ref_f, ref_xhat_n = _saelens_reference(
+        w, torch.from_numpy((a - mean) / (std + 1e-5)), "standard"
+    )
+    _check(sae, x, ref_f, ref_xhat_n * std + mean, tol=1e-9)
 
 
 def test_saelens_unknown_tensor_is_refused(tmp_path):

@@ -110,7 +110,7 @@ def test_layer_norm_sae_reports_both_spaces():
         out = sae(x)
         x_n, _, _ = sae.normalize_input(x)
         manual = ((out.reconstruction - x).pow(2).sum(-1) / x.pow(2).sum(-1)).mean()
-        x_hat_n = sae.decode(out.feature_acts)
+        x_hat_n = sae.decode_normalized(out.feature_acts)
         manual_n = ((x_hat_n - x_n).pow(2).sum(-1) / x_n.pow(2).sum(-1)).mean()
     assert metrics["reconstruction"]["normalized_mse"] == pytest.approx(float(manual), rel=1e-5)
     assert metrics["reconstruction_normalized_space"]["normalized_mse"] == pytest.approx(

@@ -519,3 +519,52 @@ def test_push_uploads_feature_files_and_card_summarises_them(hub, tmp_path, tiny
     # without the files the card has no Features section (the example card stays as it is)
     (run / "features.parquet").unlink()
     assert "## Features" not in render_model_card(run, repo_id="alice/feature-sae")
+
+
+@pytest.mark.parametrize(
+    ("activation", "normalization"), [("topafa", "layer_norm"), ("topk", "none")]
+)
+def test_push_format_saelens_loads_in_saelens_from_the_hub(
+    hub, tmp_path, monkeypatch, capsys, activation, normalization
+):
+    """``push --format saelens`` puts the SAELens folder beside ours: SAELens loads it from a
+    snapshot of the repo (after our import, for top-AFA), with our encode and reconstruction."""
+    sae_lens = pytest.importorskip(
+        "sae_lens", reason='sae-lens is not installed (pip install "hf-topafa[saelens]")'
+    )
+    if activation == "topafa":
+        import hf_topafa.integrations.saelens  # noqa: F401 - registers the architecture
+
+    run = tmp_path / "run"
+    sae = make_run(run, activation=activation, input_normalization=normalization, k=4)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    repo = f"alice/{activation}-saelens"
+    assert cli(["push", str(run), repo, "--format", "saelens"]) == 0
+    capsys.readouterr()
+    files = set(HfApi().list_repo_files(repo))
+    assert {"config.json", "model.safetensors", "cfg.json", "sae_weights.safetensors"} <= files
+    same_outputs(sae, SparseAutoencoder.from_pretrained(repo))  # ours is still there
+    loaded = sae_lens.SAE.load_from_disk(huggingface_hub.snapshot_download(repo))
+    assert loaded.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(3)) * 2 + 1
+    with torch.no_grad():
+        acts, out = loaded.encode(x), sae(x)
+        x_hat = loaded.decode(acts)
+    assert torch.equal(acts != 0, out.feature_acts != 0)
+    torch.testing.assert_close(acts, out.feature_acts, rtol=0, atol=1e-5)
+    torch.testing.assert_close(x_hat, out.reconstruction, rtol=0, atol=1e-4)
+    card = open(hf_hub_download(repo, "README.md")).read()
+    assert f'SAE.load_from_disk(snapshot_download("{repo}"))' in card
+    assert ("import hf_topafa.integrations.saelens" in card) == (activation == "topafa")
+
+
+def test_push_format_saelens_refuses_before_uploading(hub, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    make_run(run, input_normalization="layer_norm_biased")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert cli(["push", str(run), "alice/refused", "--format", "saelens"]) == 2
+    assert "no SAELens counterpart" in capsys.readouterr().err
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(token=TOKEN).model_info("alice/refused")
+    assert cli(["push", str(run), "alice/refused", "--format", "saelens", "--dry-run"]) == 2
+    assert cli(["push", str(run), "alice/refused", "--format", "sparsify"]) == 2

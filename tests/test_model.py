@@ -103,7 +103,44 @@ def test_layer_norm_input_normalization():
     assert torch.allclose(biased.std(-1, unbiased=False), torch.ones(6), atol=1e-5)
     out = sae(x)
     # the reconstruction comes back in the input's own space
-    assert torch.allclose(out.reconstruction, sae.decode(out.feature_acts) * std + mean, atol=1e-4)
+    x_hat_n = sae.decode_normalized(out.feature_acts)
+    assert torch.allclose(out.reconstruction, x_hat_n * std + mean, atol=1e-4)
+
+
+@pytest.mark.parametrize("normalization", ["none", "layer_norm", "layer_norm_biased"])
+@pytest.mark.parametrize("activation", ["topafa", "relu"])
+def test_decode_of_encode_is_in_the_input_space(activation, normalization):
+    """decode(encode(x)) reconstructs x in x's own space, as SAELens's layer_norm SAEs do;
+    decode_normalized keeps the working space."""
+    sae = make_sae(activation, input_normalization=normalization).eval()
+    x = torch.randn(3, 5, 16) * 4 + 2
+    with torch.no_grad():
+        out = sae(x)
+        acts = sae.encode(x)
+        x_hat = sae.decode(acts)
+        x_hat_n = sae.decode_normalized(acts)
+        x_n, mean, std = sae.normalize_input(x)
+    assert torch.equal(acts, out.feature_acts)
+    assert x_hat.shape == x.shape
+    torch.testing.assert_close(x_hat, out.reconstruction, rtol=0, atol=1e-5)
+    torch.testing.assert_close(x_hat_n, acts @ sae.W_dec + sae.b_dec, rtol=0, atol=0)
+    torch.testing.assert_close(x_hat, x_hat_n * std + mean, rtol=0, atol=0)
+    if normalization == "none":
+        assert torch.equal(x_hat, x_hat_n)
+        return
+    # far from x's space: the working space is standardized per token
+    assert (x_hat - x_hat_n).abs().max() > 1
+    # another encode replaces what decode maps back with
+    y = torch.randn(3, 5, 16) * 9 - 4
+    with torch.no_grad():
+        y_hat = sae.decode(sae.encode(y))
+    torch.testing.assert_close(y_hat, sae(y).reconstruction, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match=r"decode got features for \(2,\) tokens"):
+        sae.decode(torch.zeros(2, 64))
+    fresh = make_sae(activation, input_normalization=normalization)
+    with pytest.raises(ValueError, match="has encoded nothing yet; call encode"):
+        fresh.decode(torch.zeros(2, 64))
+    assert fresh.decode_normalized(torch.zeros(2, 64)).shape == (2, 16)
 
 
 def test_batchtopk_uses_learned_threshold_in_eval():

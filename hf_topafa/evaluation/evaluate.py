@@ -151,7 +151,7 @@ class _SAEStats:
         self.recon.update(x, x_hat)
         z, _, _ = sae.normalize_input(x)
         if self.recon_normalized is not None:
-            self.recon_normalized.update(z, sae.decode(out.feature_acts))
+            self.recon_normalized.update(z, sae.decode_normalized(out.feature_acts))
         self.fires += (out.feature_acts != 0).sum(0).cpu()
         for name, value in afa.zf_diagnostics(sae, x, out).items():  # l0, k, z_norm, eps_lbo, ...
             self._keep(name, value)

@@ -170,7 +170,7 @@ def analyze_activations(
     diagnostics = afa.zf_diagnostics(sae, x, out)
     acts = out.feature_acts
     x_n, _, _ = sae.normalize_input(x)
-    sq_error = (x_n - sae.decode(acts)).pow(2).sum(-1)
+    sq_error = (x_n - sae.decode_normalized(acts)).pow(2).sum(-1)
     rel_error = sq_error / x_n.pow(2).sum(-1).clamp_min(1e-12)
     values, indices = acts.topk(min(top_n, acts.shape[-1]), dim=-1)
     top = [

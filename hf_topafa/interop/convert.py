@@ -24,8 +24,9 @@ form with exact algebra, and refuses what the form cannot express. The arguments
   ``normalize_decoder=True``); those rescalings are folded into W_enc, b_enc and W_dec.
 - Input scaling. SAELens ``expected_average_only_in`` multiplies inputs by a dataset constant that
   SAELens reads from its release table, not from the files; it is folded only when given
-  (``norm_scaling_factor``). Per-token schemes (``constant_norm_rescale``, SAELens ``layer_norm``,
-  whose std is Bessel-corrected and offset by 1e-5, unlike ours) are refused.
+  (``norm_scaling_factor``). SAELens ``layer_norm``, ``(x - mean) / (std + 1e-5)`` with the
+  Bessel-corrected std, undone on the way out, is our ``input_normalization="layer_norm"`` (the
+  paper's standardization); the other per-token scheme, ``constant_norm_rescale``, is refused.
 
 The activations an SAE reads must match too: SAELens SAEs were often trained on TransformerLens
 models with weight processing (``model_from_pretrained_kwargs`` is kept in the config as
@@ -45,7 +46,7 @@ from ..helpers import atomic_folder, torch_dtype
 from ..sae.configuration_sae import SAEConfig
 from ..sae.modeling_sae import SparseAutoencoder
 from ..sae.rules import get_rule
-from .convert_common import Imported, UnsupportedSAEError
+from .convert_common import Imported, UnsupportedSAEError, check_output_folder
 from .convert_config import (  # noqa: F401 - FORMATS, OPTIONS, build_parser: imported from here
     DTYPE_NAMES,
     FORMATS,
@@ -128,6 +129,7 @@ def build_sae(imported: Imported, dtype: str = "float32") -> SparseAutoencoder:
         expansion_factor=d_sae / d_in,
         activation=imported.activation,
         k=imported.k,
+        input_normalization=imported.input_normalization,
         **provenance,
     )
     target = DTYPES[dtype]
@@ -143,19 +145,7 @@ def build_sae(imported: Imported, dtype: str = "float32") -> SparseAutoencoder:
 def save_atomically(sae: SparseAutoencoder, output: str | os.PathLike, overwrite: bool) -> Path:
     """save_pretrained into a temporary sibling folder, then move it into place."""
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise FileExistsError(f"output {output} is a file; give a folder path")
-    if output.is_dir() and any(output.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"output folder {output} is not empty; choose another folder or pass "
-                "overwrite=True (--overwrite)"
-            )
-        if not (output / "config.json").is_file():
-            raise FileExistsError(
-                f"refusing to replace {output}: it is not empty and holds no config.json, so it "
-                "is not a saved SAE"
-            )
+    check_output_folder(output, overwrite, "config.json")
     with atomic_folder(output) as tmp:
         sae.save_pretrained(tmp)
     return output
@@ -231,6 +221,10 @@ def cli_main(argv: list[str]) -> int:
 
 def run_command(args) -> int:
     """Convert what ``hf_topafa.convert_config.parse_command`` checked; print one line."""
+    if getattr(args, "to", None) is not None:  # --to saelens
+        from ..integrations.saelens_export import run_export
+
+        return run_export(args)
     try:
         sae = convert(
             args.format, args.source, args.output, overwrite=args.overwrite, **overrides_of(args)

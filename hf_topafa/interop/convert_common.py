@@ -35,6 +35,8 @@ class Imported:
     """[d_sae] for the rules that keep a threshold (jumprelu and batchtopk)."""
     k: int | None = None
     """Features per token for topk; the nominal k of batchtopk."""
+    input_normalization: str = "none"
+    """``SAEConfig.input_normalization``: "layer_norm" where the source standardizes as ours does."""
     provenance: dict = field(default_factory=dict)
     """SAEConfig keyword arguments: base_model, layer, hook_point, ... and source_* extras."""
 
@@ -99,6 +101,24 @@ def check_tensors(file, tensors: dict, shapes: dict, optional: dict | None = Non
     for name, shape in optional.items():
         if name in tensors and shape is not None and tuple(tensors[name].shape) != tuple(shape):
             raise ValueError(f"{file}: {name} has shape {list(tensors[name].shape)}")
+
+
+def check_output_folder(output: Path, overwrite: bool, marker: str) -> None:
+    """Refuse an ``output`` that is a file, or a non-empty folder unless ``overwrite`` and it
+    holds ``marker`` (the file a saved SAE of that layout has), so nothing else is replaced."""
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"output {output} is a file; give a folder path")
+    if output.is_dir() and any(output.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"output folder {output} is not empty; choose another folder or pass "
+                "overwrite=True (--overwrite)"
+            )
+        if not (output / marker).is_file():
+            raise FileExistsError(
+                f"refusing to replace {output}: it is not empty and holds no {marker}, so it "
+                "is not a saved SAE"
+            )
 
 
 def positive_int(value, what: str) -> int:

@@ -11,6 +11,7 @@ import argparse
 from ..names import HOOK_POINTS
 
 FORMATS = ("saelens", "sparsify", "gemma_scope", "dictionary_learning")
+EXPORT_FORMATS = ("saelens",)
 DTYPE_NAMES = ("float32", "float64", "bfloat16")
 PROVENANCE_OVERRIDES = ("base_model", "layer", "hook_point", "dataset", "context_length")
 OPTIONS = {
@@ -29,12 +30,29 @@ def check_format(format: str) -> str:
     return fmt
 
 
-def split_overrides(fmt: str, overrides: dict) -> tuple[dict, dict]:
-    """Provenance fields and reader options, each checked against the format."""
+def check_export_format(format: str) -> str:
+    """The canonical name of a format ``--to`` writes."""
+    fmt = str(format).strip().lower().replace("-", "_")
+    fmt = {"sae_lens": "saelens"}.get(fmt, fmt)
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(
+            f"unknown format {format!r} for --to; formats written: {', '.join(EXPORT_FORMATS)}"
+        )
+    return fmt
+
+
+def split_overrides(fmt: str, overrides: dict, export: bool = False) -> tuple[dict, dict]:
+    """Provenance fields and reader options, each checked against the format; ``export``: the
+    options of ``--to`` (provenance and dtype), where the readers' options mean nothing."""
     provenance, options = {}, {"reader": {}}
     for name, value in overrides.items():
         if value is None:
             continue
+        if export and name not in PROVENANCE_OVERRIDES and name != "dtype":
+            raise ValueError(
+                f"option {name!r} applies to --from only; --to {fmt} takes provenance "
+                f"({', '.join(PROVENANCE_OVERRIDES)}) and dtype"
+            )
         if name in PROVENANCE_OVERRIDES:
             provenance[name] = value
         elif name == "dtype":
@@ -64,24 +82,52 @@ def _cli_format(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
+def _cli_export_format(text: str) -> str:
+    try:
+        return check_export_format(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-topafa convert",
-        description="Import an SAE saved by another library as an hf-topafa SAE folder. "
-        "Anything our family cannot express exactly is refused, never approximated.",
+        description="Import an SAE saved by another library as an hf-topafa SAE folder (--from), "
+        "or write an hf-topafa SAE in another library's format (--to). Anything the target "
+        "cannot express exactly is refused, never approximated.",
     )
-    parser.add_argument(
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument(
         "--from",
         dest="format",
-        required=True,
         type=_cli_format,
         metavar="{" + ",".join(FORMATS) + "}",
         help="the library that saved SOURCE (gemmascope, gemma-scope, sae_lens also accepted)",
     )
-    parser.add_argument("source", help="local folder/file, or owner/repo[/path] on the Hub")
-    parser.add_argument("output", help="folder to write (config.json + model.safetensors)")
+    direction.add_argument(
+        "--to",
+        dest="to",
+        type=_cli_export_format,
+        metavar="{" + ",".join(EXPORT_FORMATS) + "}",
+        help="write SOURCE, an hf-topafa SAE (run folder or Hub id), as a SAELens folder "
+        "(cfg.json + sae_weights.safetensors) that sae_lens.SAE.load_from_disk reads",
+    )
+    parser.add_argument(
+        "source",
+        help="--from: local folder/file, or owner/repo[/path] on the Hub; --to: an "
+        "hf-topafa SAE folder or Hub id",
+    )
+    parser.add_argument(
+        "output",
+        help="folder to write (--from: config.json + model.safetensors; --to saelens: "
+        "cfg.json + sae_weights.safetensors)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES))
+    parser.add_argument(
+        "--dtype",
+        choices=list(DTYPE_NAMES),
+        help="parameter dtype of what is written (default: float32 for --from, as saved for --to)",
+    )
     parser.add_argument("--base-model", help="override the recorded language model id")
     parser.add_argument("--layer", type=int, help="override the recorded block index")
     parser.add_argument("--hook-point", choices=HOOK_POINTS, help="override the hook point")
@@ -112,5 +158,8 @@ def parse_command(argv: list[str]) -> tuple[argparse.Namespace]:
     """``hf-topafa convert``'s arguments, checked before torch loads; the dispatcher
     (hf_topafa.cli) hands them to ``hf_topafa.convert.run_command``."""
     args = build_parser().parse_args(argv)
-    split_overrides(args.format, overrides_of(args))
+    if args.to is not None:
+        split_overrides(args.to, overrides_of(args), export=True)
+    else:
+        split_overrides(args.format, overrides_of(args))
     return (args,)

@@ -1,5 +1,7 @@
 """SAELens folders (cfg.json + sae_weights.safetensors) as ``Imported`` SAEs; the algebra is
-explained in ``hf_topafa.convert``."""
+explained in ``hf_topafa.convert``. The names both directions share (architectures, hooks, model
+aliases, the metadata this package adds) are defined here; the writer is
+``hf_topafa.integrations.saelens_export``."""
 
 from __future__ import annotations
 
@@ -9,11 +11,33 @@ from pathlib import Path
 
 import torch
 
+from ..sae.rules import ACTIVATIONS, get_rule
 from . import convert_common as common
 from .convert_common import Imported, UnsupportedSAEError
 
+SAELENS_NATIVE = {
+    "relu": "standard",
+    "topk": "topk",
+    "jumprelu": "jumprelu",
+    "batchtopk": "jumprelu",
+}
+"""Our rule -> the SAELens architecture that computes it at inference (BatchTopK: its threshold)."""
+SAELENS_REGISTERED = tuple(name for name in ACTIVATIONS if name not in SAELENS_NATIVE)
+"""Rules SAELens lacks: ``hf_topafa.integrations.saelens`` registers an architecture of that name."""
+METADATA_KEY = "hf_topafa"
+"""cfg.json metadata entry holding what SAELens's fields do not: our rule when SAELens computes it
+under another name (batchtopk saved as jumprelu), its k, and the training hyperparameters."""
+CARRIED_FIELDS = (
+    "afa_coef", "aux_k", "aux_coef", "dead_tokens_threshold", "l1_coef", "l0_coef",
+    "jumprelu_init_threshold", "jumprelu_bandwidth", "batchtopk_threshold_momentum",
+    "loss_convention", "encoder_bias", "init",
+)  # fmt: skip
+"""SAEConfig fields that change training only, kept under ``METADATA_KEY`` for the round trip."""
+HOOK_NAME = re.compile(r"blocks\.(\d+)\.hook_(resid_pre|resid_post|mlp_out|attn_out)")
+"""TransformerLens hook names of our hook points."""
+
 # TransformerLens model aliases used in SAELens configs -> Hugging Face ids.
-_TRANSFORMER_LENS_NAMES = {
+TRANSFORMER_LENS_NAMES = {
     "gpt2": "openai-community/gpt2",
     "gpt2-small": "openai-community/gpt2",
     "gpt2-medium": "openai-community/gpt2-medium",
@@ -28,6 +52,7 @@ _TRANSFORMER_LENS_NAMES = {
 
 
 _SAELENS_BATCHTOPK = ("batchtopk", "matryoshka_batchtopk")
+_CONVERTIBLE = ("standard", "topk", "jumprelu", *_SAELENS_BATCHTOPK, *SAELENS_REGISTERED)
 
 
 def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Imported:
@@ -60,6 +85,7 @@ def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Import
     if architecture == "jumprelu":
         if "threshold" not in weights and "log_threshold" in weights:
             weights["threshold"] = weights.pop("log_threshold").double().exp()
+    if architecture == "jumprelu" or _registered_threshold(architecture):
         shapes["threshold"] = (d_sae,)
     if training_checkpoint:  # a 0-d float64 buffer; save_inference_model turns it into threshold
         topk_threshold = weights.pop("topk_threshold")
@@ -74,7 +100,7 @@ def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Import
     common.check_tensors(folder / "sae_weights.safetensors", weights, shapes)
     t = {name: weights[name].double() for name in shapes}
 
-    _fold_input_scale(t, normalize, norm_scaling_factor, where)
+    _fold_input_scale(t, normalize, norm_scaling_factor, where, architecture)
 
     # TopKTrainingSAEConfig defaults rescale_acts_by_decoder_norm to True, TopKSAEConfig to False.
     rescaled = cfg.get("rescale_acts_by_decoder_norm", training_checkpoint)
@@ -87,23 +113,70 @@ def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Import
         t["W_enc"], t["b_enc"] = t["W_enc"] * norms, t["b_enc"] * norms
         t["W_dec"] = t["W_dec"] / norms[:, None]
 
+    source_k = None
     if training_checkpoint:
         # What save_inference_model writes: the folded weights and, under architecture
         # jumprelu, threshold = ones_like(b_enc) * topk_threshold (rounded to b_enc's dtype).
         value = float(topk_threshold.reshape(()).item())
         t["threshold"] = torch.full((d_sae,), value, dtype=weights["b_enc"].dtype).double()
         activation, source_k, k = "jumprelu", k, None
+    elif architecture in SAELENS_REGISTERED:
+        activation, k = architecture, None
     else:
         activation = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}[architecture]
-        source_k = None
-    if activation == "topk":
+    ours = meta.get(METADATA_KEY)
+    if ours is None and architecture in SAELENS_REGISTERED:
+        # saved by SAELens's trainer (save_inference_model): its training fields are ours
+        ours = meta.get("training_architecture_details")
+    ours = _our_fields(ours, activation, where)
+    activation, k = ours.pop("activation", activation), ours.pop("k", k)
+    if get_rule(activation).needs_k:
         k = common.positive_int(k, f"{where}: k")
+    provenance = _provenance(meta, cfg, hook_name, architecture, source_k)
+    return Imported(
+        activation=activation,
+        W_enc=t["W_enc"],
+        W_dec=t["W_dec"],
+        b_enc=t["b_enc"],
+        b_dec=t["b_dec"],
+        subtracts_b_dec=bool(cfg.get("apply_b_dec_to_input", True)),
+        threshold=t.get("threshold"),
+        k=k,
+        input_normalization="layer_norm" if normalize == "layer_norm" else "none",
+        provenance={**provenance, **ours},
+    )
+
+
+def _registered_threshold(architecture: str) -> bool:
+    """Whether a registered architecture (one of our rules) keeps a per-feature threshold."""
+    return architecture in SAELENS_REGISTERED and get_rule(architecture).threshold is not None
+
+
+def _our_fields(ours, activation: str, where: str) -> dict:
+    """The SAEConfig fields this package wrote under ``METADATA_KEY``: the carried training
+    hyperparameters, and batchtopk (with its k) where SAELens reads a jumprelu threshold."""
+    if not isinstance(ours, dict):
+        return {}
+    fields = {name: ours[name] for name in CARRIED_FIELDS if name in ours}
+    if ours.get("activation") == "batchtopk" and activation == "jumprelu":
+        # the same inference (pre > threshold); the rule and k say how it goes on training
+        fields.update(activation="batchtopk", k=ours.get("k"))
+    elif ours.get("activation") not in (None, activation):
+        raise UnsupportedSAEError(
+            f"{where}: metadata.{METADATA_KEY}.activation is {ours.get('activation')!r} but "
+            f"the architecture computes {activation!r}; the folder was edited inconsistently"
+        )
+    return fields
+
+
+def _provenance(meta: dict, cfg: dict, hook_name, architecture: str, source_k) -> dict:
+    """SAEConfig provenance and ``source_*`` extras from SAELens's metadata."""
     model_name = meta.get("model_name")
-    layer, hook_point = _parse_transformer_lens_hook(hook_name)
+    layer, hook_point = parse_transformer_lens_hook(hook_name)
     if layer is None and meta.get("hook_layer") is not None:
         layer = int(meta["hook_layer"])
-    provenance = {
-        "base_model": _TRANSFORMER_LENS_NAMES.get(model_name, model_name),
+    return {
+        "base_model": TRANSFORMER_LENS_NAMES.get(model_name, model_name),
         "layer": layer,
         "hook_point": hook_point,
         "dataset": meta.get("dataset_path"),
@@ -118,17 +191,6 @@ def read_saelens(path: Path, norm_scaling_factor: float | None = None) -> Import
         "source_prepend_bos": meta.get("prepend_bos"),
         "source_sae_lens_version": meta.get("sae_lens_version"),
     }
-    return Imported(
-        activation=activation,
-        W_enc=t["W_enc"],
-        W_dec=t["W_dec"],
-        b_enc=t["b_enc"],
-        b_dec=t["b_dec"],
-        subtracts_b_dec=bool(cfg.get("apply_b_dec_to_input", True)),
-        threshold=t.get("threshold"),
-        k=k,
-        provenance=provenance,
-    )
 
 
 def _architecture(cfg: dict, weights: dict, legacy: bool, folder: Path):
@@ -147,11 +209,12 @@ def _architecture(cfg: dict, weights: dict, legacy: bool, folder: Path):
             f"{folder / 'sae_weights.safetensors'} holds no topk_threshold; convert the file "
             "save_inference_model wrote (architecture 'jumprelu') instead"
         )
-    if architecture not in ("standard", "topk", "jumprelu", *_SAELENS_BATCHTOPK):
+    if architecture not in _CONVERTIBLE:
         raise UnsupportedSAEError(
             f"{where}: architecture {architecture!r} has no exact counterpart here; "
-            "convertible SAELens architectures: standard, topk, jumprelu, and the training "
-            f"checkpoints {', '.join(_SAELENS_BATCHTOPK)}"
+            "convertible SAELens architectures: standard, topk, jumprelu, the training "
+            f"checkpoints {', '.join(_SAELENS_BATCHTOPK)}, and those hf_topafa.integrations."
+            f"saelens registers ({', '.join(SAELENS_REGISTERED)})"
         )
     if architecture in ("standard", "jumprelu") and activation_fn not in (None, "relu"):
         raise UnsupportedSAEError(
@@ -162,9 +225,11 @@ def _architecture(cfg: dict, weights: dict, legacy: bool, folder: Path):
     return architecture, k, training_checkpoint
 
 
-def _fold_input_scale(t: dict, normalize: str, norm_scaling_factor, where: str) -> None:
-    """Fold SAELens' expected_average_only_in input scale into the weights ``t``; refuse the
-    per-token schemes."""
+def _fold_input_scale(
+    t: dict, normalize: str, norm_scaling_factor, where: str, architecture: str
+) -> None:
+    """Fold SAELens' expected_average_only_in input scale into the weights ``t``; layer_norm is
+    ours (``input_normalization="layer_norm"``); refuse the other per-token schemes."""
     if normalize == "expected_average_only_in":
         if norm_scaling_factor is None:
             raise UnsupportedSAEError(
@@ -176,14 +241,16 @@ def _fold_input_scale(t: dict, normalize: str, norm_scaling_factor, where: str) 
         s = float(norm_scaling_factor)
         if not (math.isfinite(s) and s > 0):
             raise ValueError(f"norm_scaling_factor must be a positive number; got {s!r}")
-        # SAELens' fold_activation_norm_scaling_factor, which leaves b_enc and threshold alone.
+        # SAELens' fold_activation_norm_scaling_factor, which leaves b_enc and threshold alone,
+        # except a threshold on decoder-scaled activations (afa_batch), which scales with W_dec.
         t["W_enc"], t["W_dec"], t["b_dec"] = t["W_enc"] * s, t["W_dec"] / s, t["b_dec"] / s
-    elif normalize != "none":
+        if _registered_threshold(architecture) and t["threshold"][0] >= 0:
+            t["threshold"] = t["threshold"] / s
+    elif normalize not in ("none", "layer_norm"):
         raise UnsupportedSAEError(
             f"{where}: normalize_activations={normalize!r} transforms inputs at run time in a "
-            "way our SAEs cannot reproduce (SAELens layer_norm divides by the Bessel-corrected "
-            "std plus 1e-5, ours by the plain std; constant_norm_rescale scales each token to "
-            "norm sqrt(d_in); an unfolded covariance_whitening needs statistics not in these "
+            "way our SAEs cannot reproduce (constant_norm_rescale scales each token to norm "
+            "sqrt(d_in); an unfolded covariance_whitening needs statistics not in these "
             "files); refused rather than approximated"
         )
     elif norm_scaling_factor is not None:
@@ -193,12 +260,29 @@ def _fold_input_scale(t: dict, normalize: str, norm_scaling_factor, where: str) 
         )
 
 
-def _parse_transformer_lens_hook(name: str | None) -> tuple[int | None, str | None]:
+def parse_transformer_lens_hook(name: str | None) -> tuple[int | None, str | None]:
     """'blocks.8.hook_resid_pre' -> (8, 'resid_pre'); other hooks keep only their layer."""
     if not name:
         return None, None
-    match = re.fullmatch(r"blocks\.(\d+)\.hook_(resid_pre|resid_post|mlp_out|attn_out)", name)
+    match = HOOK_NAME.fullmatch(name)
     if match:
         return int(match.group(1)), match.group(2)
     layer = re.match(r"blocks\.(\d+)\.", name)
     return (int(layer.group(1)) if layer else None), None
+
+
+def transformer_lens_hook(layer: int | None, hook_point: str | None) -> str | None:
+    """(8, 'resid_pre') -> 'blocks.8.hook_resid_pre', the inverse of the reader's parse; None
+    when either is unknown."""
+    if layer is None or hook_point is None:
+        return None
+    return f"blocks.{layer}.hook_{hook_point}"
+
+
+def transformer_lens_name(base_model: str | None) -> str | None:
+    """The TransformerLens alias SAELens configs use for a Hugging Face id (the first alias
+    the reader maps to it), or the id itself."""
+    for alias, hf_id in TRANSFORMER_LENS_NAMES.items():
+        if hf_id == base_model:
+            return alias
+    return base_model

@@ -133,6 +133,15 @@ def flat_imports(source: str, package: list[str], root: Path) -> tuple[list[str]
     return lines, imported
 
 
+def saelens_uploads(run_dir: str | os.PathLike) -> dict[str, bytes]:
+    """The run's SAE as a SAELens folder (file name -> bytes), to upload beside ours; a
+    refusal when SAELens cannot compute it exactly. Imported here, when asked: the Hub code
+    loads no model code otherwise."""
+    from ..integrations.saelens_export import load_sae, saelens_files
+
+    return saelens_files(load_sae(os.fspath(run_dir)))
+
+
 def _config_with_auto_map(config_path: Path) -> bytes:
     config = read_json(config_path)
     config["auto_map"] = dict(AUTO_MAP)
@@ -154,6 +163,7 @@ def push_run(
     remote_code: bool = False,
     create_pr: bool = False,
     commit_description: str | None = None,
+    saelens: bool = False,
 ) -> str:
     """Upload a run folder and its generated model card as one commit; returns the commit URL.
 
@@ -163,16 +173,21 @@ def push_run(
     ``training_config.*`` is uploaded without local paths and token-like settings.
     ``remote_code`` also uploads the model code and an ``auto_map``, so that
     ``AutoModel.from_pretrained(repo, trust_remote_code=True)`` works without hf-topafa.
+    ``saelens`` also uploads the SAE in SAELens's format beside ours (cfg.json,
+    sae_weights.safetensors; ``hf_topafa.integrations.saelens_export``), refusing before any
+    upload an SAE that SAELens cannot compute exactly.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
     files = check_run_dir(run_dir)
+    extra = saelens_uploads(run_dir) if saelens else {}
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if revision is not None:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    card = render_model_card(run_dir, repo_id=repo_id, remote_code=remote_code)
+    card = render_model_card(run_dir, repo_id=repo_id, remote_code=remote_code, saelens=saelens)
     uploads: dict[str, str | bytes] = {p.name: str(p) for p in files}
+    uploads.update(extra)
     training = public_training_config(read_training_config(Path(run_dir)))
     if "training_config.json" in uploads:
         uploads["training_config.json"] = (json.dumps(training, indent=2) + "\n").encode()
@@ -247,11 +262,13 @@ def run_command(args) -> int:
     try:
         if args.dry_run:
             files = check_run_dir(args.run_dir)
+            saelens = args.format == "saelens"
             card = render_model_card(
-                args.run_dir, repo_id=args.repo_id, remote_code=args.remote_code
+                args.run_dir, repo_id=args.repo_id, remote_code=args.remote_code, saelens=saelens
             )
             print(card)
             extra = list(remote_code_files()) if args.remote_code else []
+            extra += list(saelens_uploads(args.run_dir)) if saelens else []  # or its refusal
             names = ", ".join([p.name for p in files] + extra + ["README.md"])
             print(f"would upload to {args.repo_id}: {names}", file=sys.stderr)
             return 0
@@ -263,6 +280,7 @@ def run_command(args) -> int:
             token=token,
             commit_message=args.message,
             remote_code=args.remote_code,
+            saelens=args.format == "saelens",
         )
     except Exception as err:  # noqa: BLE001 - one scrubbed line instead of a traceback
         from huggingface_hub import constants, get_token

@@ -9,6 +9,8 @@ import argparse
 
 from ..sources import HUB_ID
 
+FORMATS = ("hf-topafa", "saelens")
+
 
 def check_repo_id(repo_id: str) -> str:
     """``repo_id`` when it is a Hub repo id ``user/name``; a ValueError naming it otherwise."""
@@ -44,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also upload the model code, so AutoModel.from_pretrained(repo, "
         "trust_remote_code=True) loads it without hf-topafa installed",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="hf-topafa",
+        help="saelens: also upload the SAE in SAELens's format (cfg.json, "
+        "sae_weights.safetensors) beside ours, so sae_lens.SAE.load_from_disk("
+        "snapshot_download(repo)) loads it; what SAELens cannot compute exactly is refused",
     )
     parser.add_argument(
         "--dry-run",

@@ -20,6 +20,7 @@ from ..helpers import is_number, read_json
 from ..sae.configuration_sae import SAEConfig
 from ..sae.rules import get_rule
 from ..training.train_config import flat_training_config
+from .convert_saelens import SAELENS_REGISTERED
 
 TEMPLATE_PATH = Path(__file__).parents[1] / "data" / "model_card.md"
 FEATURE_TABLE_ROWS = 5
@@ -237,6 +238,28 @@ def _remote_code_section(repo_id: str) -> str:
     )
 
 
+def _saelens_section(repo_id: str, activation: str) -> str:
+    lines = []
+    if activation in SAELENS_REGISTERED:
+        lines.append(
+            f"import hf_topafa.integrations.saelens  # registers {activation} with SAELens"
+        )
+    lines += [
+        "from huggingface_hub import snapshot_download",
+        "from sae_lens import SAE",
+        "",
+        f'sae = SAE.load_from_disk(snapshot_download("{repo_id}"))',
+    ]
+    return (
+        "\nThe repo also holds the SAE in SAELens's format (`cfg.json`, "
+        "`sae_weights.safetensors`), with the same encode and reconstruction"
+        + (' (`pip install "hf-topafa[saelens]"`)' if activation in SAELENS_REGISTERED else "")
+        + ":\n\n```python\n"
+        + "\n".join(lines)
+        + "\n```\n"
+    )
+
+
 def _md_token(text: str) -> str:
     """A token as inline code in a table cell: visible spaces, no cell breaks."""
     return "`" + text.replace("|", "\\|").replace("`", "'").replace("\n", "\\n") + "`"
@@ -311,8 +334,10 @@ def render_model_card(
     repo_id: str | None = None,
     training: dict | None = None,
     remote_code: bool = False,
+    saelens: bool = False,
 ) -> str:
     """The README.md for an SAE: Hub metadata, what it is, how it was trained, metrics, usage.
+    ``saelens``: the repo also holds the SAELens folder; the card says how SAELens loads it.
 
     ``source`` is a run folder (its config.json, metrics.json, training_config.* and ZF plot are
     read), a SparseAutoencoder or an SAEConfig. Explicit ``metrics``/``training`` win over files.
@@ -413,7 +438,8 @@ def render_model_card(
         "zf_plot_section": plot,
         "usage_intro": "Load the SAE and run the ZF analysis on one sentence:",
         "usage_code": _usage_code(config, repo_id),
-        "remote_code_section": _remote_code_section(repo_id) if remote_code else "",
+        "remote_code_section": (_remote_code_section(repo_id) if remote_code else "")
+        + (_saelens_section(repo_id, activation) if saelens else ""),
         "features_section": _features_section(run_dir, repo_id) if run_dir is not None else "",
     }
     return scrub_token(_fill(TEMPLATE_PATH.read_text(encoding="utf-8"), values), None)

@@ -175,7 +175,7 @@ def batch_band(
     return pre * keep.reshape(pre.shape), smallest
 
 
-NORMAL_MEDIAN_ABS = 0.6745  # the median of |N(0, 1)|
+NORMAL_MEDIAN_ABS = 0.6744897501960817  # the median of |N(0, 1)|, Phi^-1(3/4)
 
 
 @torch.no_grad()
@@ -183,11 +183,12 @@ def noise_floor_level(scaled: torch.Tensor) -> torch.Tensor:
     """Per token, the activation that one interference term in n+ exceeds by chance.
 
     ``scaled`` [N, h]: decoder-scaled ReLU pre-activations. sigma = median of the positive ones
-    / 0.6745; the level is sigma * Phi^-1(1 - 1/(2 n+)). A token with no positive value gets +inf.
+    (the mean of the two middle ones for an even count) / Phi^-1(3/4); the level is
+    sigma * Phi^-1(1 - 1/(2 n+)). A token with no positive value gets +inf.
     """
     positive = scaled > 0
     count = positive.sum(-1)
-    median = torch.where(positive, scaled, torch.nan).nanmedian(-1).values
+    median = torch.where(positive, scaled, torch.nan).nanquantile(0.5, dim=-1)
     sigma = median / NORMAL_MEDIAN_ABS
     tail = 1 - 0.5 / count.clamp_min(1).double()
     level = sigma.double() * torch.special.ndtri(tail)

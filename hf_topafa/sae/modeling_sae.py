@@ -64,7 +64,13 @@ class SAEOutput(ModelOutput):
 class SparseAutoencoder(PreTrainedModel):
     """A sparse autoencoder x -> f -> x_hat with a choice of sparse activation rule.
 
-    pre = ReLU((x - b_dec) W_enc + b_enc); f = rule(pre); x_hat = f W_dec + b_dec.
+    pre = ReLU((x_n - b_dec) W_enc + b_enc); f = rule(pre); x_hat_n = f W_dec + b_dec, where x_n is
+    x in the SAE's working space (``normalize_input``: x itself, or x standardized per token).
+
+    x's own space comes back from ``forward(x).reconstruction`` or, as SAELens's and SAEBench's
+    evaluators do, ``decode(encode(x))``: ``encode`` remembers its input's standardization until the
+    next ``encode`` (as SAELens's ``layer_norm``) and ``decode`` undoes it; ``decode_normalized``
+    stays in the working space.
     """
 
     config_class = SAEConfig
@@ -90,6 +96,8 @@ class SparseAutoencoder(PreTrainedModel):
         # speed only.
         self._topafa_candidates = activations.TOPAFA_CANDIDATES
         self._topafa_mean_k: float | None = None
+        # (mean, std) of the input last given to encode, when standardized: decode maps back.
+        self._remembered_standardization: tuple[torch.Tensor, torch.Tensor] | None = None
         self.reset_parameters()
         self.post_init()
 
@@ -127,21 +135,50 @@ class SparseAutoencoder(PreTrainedModel):
 
     # -- the autoencoder ---------------------------------------------------------------------
 
-    def normalize_input(self, x: torch.Tensor):
-        """Map x to the SAE's working space; returns (x_n, mean, std) so x = x_n * std + mean."""
+    def normalize_input(self, x: torch.Tensor, remember: bool = False):
+        """Map x to the SAE's working space; returns (x_n, mean, std) so x = x_n * std + mean.
+
+        ``remember``: keep x's mean and std for ``to_input_space`` (``encode`` does), until the
+        next call that remembers.
+        """
         mode = self.config.input_normalization
         if mode == "layer_norm":
-            # The paper's: divide by torch's unbiased std plus 1e-5, map back with the std alone
-            # (so the round trip is exact to about 1e-5 relative, as in its code).
+            # The paper's, and SAELens's layer_norm: divide by torch's unbiased std plus 1e-5,
+            # map back with the std alone (so the round trip is exact to about 1e-5 relative).
             mean = x.mean(-1, keepdim=True)
             std = x.std(-1, keepdim=True)
-            return (x - mean) / (std + 1e-5), mean, std
-        if mode == "layer_norm_biased":  # hf-topafa 0.1
+            x_n = (x - mean) / (std + 1e-5)
+        elif mode == "layer_norm_biased":  # hf-topafa 0.1
             mean = x.mean(-1, keepdim=True)
             std = x.std(-1, keepdim=True, unbiased=False).clamp_min(1e-6)
-            return (x - mean) / std, mean, std
-        one = torch.ones((), dtype=x.dtype, device=x.device)
-        return x, one * 0, one
+            x_n = (x - mean) / std
+        else:
+            one = torch.ones((), dtype=x.dtype, device=x.device)
+            return x, one * 0, one
+        if remember:
+            self._remembered_standardization = (mean, std)
+        return x_n, mean, std
+
+    def to_input_space(self, x_hat_n: torch.Tensor) -> torch.Tensor:
+        """Undo the standardization of the input last given to ``encode`` (or to
+        ``normalize_input(..., remember=True)``): ``x_hat_n * std + mean`` per token, the map of
+        ``SAEOutput.reconstruction``. The identity when inputs are not standardized."""
+        if self.config.input_normalization == "none":
+            return x_hat_n
+        if self._remembered_standardization is None:
+            raise ValueError(
+                "decode maps back to the space of the input last given to encode, and this SAE "
+                f"(input_normalization={self.config.input_normalization}) has encoded nothing yet; "
+                "call encode(x) first, or decode_normalized(f) for its standardized space"
+            )
+        mean, std = self._remembered_standardization
+        if x_hat_n.shape[:-1] != mean.shape[:-1]:
+            raise ValueError(
+                f"decode got features for {tuple(x_hat_n.shape[:-1])} tokens but the last encode "
+                f"standardized {tuple(mean.shape[:-1])}; encode those inputs first, or use "
+                "decode_normalized(f) for the SAE's standardized space"
+            )
+        return x_hat_n * std + mean
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """ReLU((x_n - b_dec) W_enc + b_enc), with x_n the normalized input."""
@@ -154,14 +191,25 @@ class SparseAutoencoder(PreTrainedModel):
         return pre.reshape(*x_n.shape[:-1], self.config.d_sae)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Dense feature activations [..., d_sae], zeros where a feature is inactive."""
+        """Dense feature activations [..., d_sae], zeros where a feature is inactive.
+
+        Remembers x's standardization (when inputs are standardized) for ``decode``, until the
+        next encode: ``decode(encode(x))`` is a reconstruction of x in x's own space.
+        """
         x = self._check_input(x)
-        x_n, _, _ = self.normalize_input(x)
+        x_n, _, _ = self.normalize_input(x, remember=True)
         acts, _ = self._select(self._pre(x_n).reshape(-1, self.config.d_sae), x_n)
         return acts.reshape(*x.shape[:-1], self.config.d_sae)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        """f W_dec + b_dec, in the SAE's normalized input space."""
+        """x_hat in the space of the input last given to ``encode``: ``decode_normalized(f)``
+        with that input's standardization undone (``to_input_space``), as SAELens decodes. ``f``
+        must have that input's leading shape when inputs are standardized."""
+        return self.to_input_space(self.decode_normalized(f))
+
+    def decode_normalized(self, f: torch.Tensor) -> torch.Tensor:
+        """f W_dec + b_dec, in the SAE's working (normalized) space; the same as ``decode`` when
+        inputs are not standardized. Needs no preceding ``encode``."""
         if f.shape[-1] != self.config.d_sae:
             raise ValueError(
                 f"decode expects feature activations with last dimension d_sae="
