@@ -477,6 +477,8 @@ def run_command(cfg: HarvestConfig, out: HarvestOutput) -> int:
     folder = Path(out.output)
     if cfg.world_size > 1:
         folder = folder / f"rank-{cfg.rank}"
+    if out.synthetic is not None:
+        return run_synthetic(cfg, out, folder)
     if out.layers is None:
         paths = [write_cache(cfg, folder, shard_tokens=out.shard_tokens, overwrite=out.overwrite)]
     else:
@@ -487,6 +489,22 @@ def run_command(cfg: HarvestConfig, out: HarvestOutput) -> int:
     for path in paths:
         cache = ActivationCache(path)
         print(f"wrote {cache.num_tokens} tokens x {cache.d_in} to {path}")
+    return 0
+
+
+def run_synthetic(cfg: HarvestConfig, out: HarvestOutput, folder: Path) -> int:
+    """``hf-topafa harvest --synthetic WORLD``: sample the world into an activation cache."""
+    from .synthetic_cache import write_synthetic_cache
+
+    if cfg.max_tokens is None:
+        raise ValueError("--synthetic needs --max-tokens: how many samples to draw")
+    path = write_synthetic_cache(
+        out.synthetic, folder, cfg.max_tokens, seed=out.sample_seed, shard_tokens=out.shard_tokens,
+        with_truth=True, overwrite=out.overwrite,
+    )  # fmt: skip
+    cache = ActivationCache(path)
+    world = cache.manifest["synthetic"]["world"]
+    print(f"wrote {cache.num_tokens} samples x {cache.d_in} of the world {world} to {path}")
     return 0
 
 

@@ -180,10 +180,22 @@ class HarvestOutput:
     )
     shard_tokens: int = arg(65536, "tokens per cache shard file")
     overwrite: bool = arg(False, "replace a mismatching cache")
+    synthetic: str | None = arg(
+        None,
+        "sample a synthetic world instead of running a language model: a preset "
+        "(synthsaebench-4k, synthsaebench-16k), a folder written by SyntheticModel.save or a JSON "
+        "SyntheticModelConfig; writes --max-tokens samples with their true codes; needs the "
+        "synth extra",
+    )
+    sample_seed: int = arg(
+        0, "with --synthetic: the sampling seed (a held-out cache needs another seed)"
+    )
 
     def __post_init__(self):
         if self.layers is not None:
             parse_layers(self.layers)
+        if self.synthetic is not None and self.layers is not None:
+            raise ValueError("--synthetic writes one cache; drop --layers")
         if isinstance(self.shard_tokens, bool) or self.shard_tokens < 1:
             raise ValueError(f"shard_tokens must be a positive int, got {self.shard_tokens!r}")
 

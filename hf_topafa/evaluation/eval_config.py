@@ -88,6 +88,14 @@ class EvalOutputs:
     )
     json: str | None = arg(None, "write the metrics here", metavar="OUT")
     plots: str | None = arg(None, "write the plots here", metavar="DIR")
+    synthetic: str | None = arg(
+        None,
+        "score against a synthetic world's true features instead of text: a cache written by "
+        "harvest --synthetic (its stored true codes), or a world (preset, saved folder or JSON "
+        "config; --max-tokens fresh samples); SAELens's synthetic-data metrics plus the AFA and "
+        "per-sample-L0 checks; needs the synth extra",
+        metavar="WORLD",
+    )
 
 
 def build_parser() -> DataclassParser:

@@ -547,6 +547,10 @@ def evaluate_sae(
 
 def run_command(cfg: EvalConfig, outputs: EvalOutputs) -> int:
     """``hf-topafa evaluate`` once its arguments are checked: measure, print, write."""
+    if outputs.synthetic is not None:
+        from . import ground_truth
+
+        return ground_truth.run_command(cfg, outputs)
     results = evaluate_saes(outputs.saes, cfg, token_texts=outputs.plots is not None)
     for i, (metrics, _) in enumerate(results):
         if i:

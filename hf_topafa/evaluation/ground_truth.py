@@ -18,6 +18,7 @@ of a comparison is scored on the same rows, or are drawn fresh from the world.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -63,6 +64,19 @@ class TruthSet:
             self.indices[:, 0].contiguous(), torch.arange(num_samples + 1)
         )
         self.cursor = 0
+
+    @classmethod
+    def drawn_from(cls, world, num_samples: int, seed: int = 0, batch: int = 1024) -> TruthSet:
+        """Fresh samples of ``world``, seeded (SAELens samples from torch's global generator)."""
+        torch.manual_seed(seed)
+        idx, vals = [], []
+        for start in range(0, num_samples, batch):
+            codes = world.activation_generator.sample(min(batch, num_samples - start))
+            codes = codes.to_dense() if codes.is_sparse else codes
+            where = codes.nonzero()
+            idx.append(torch.stack([where[:, 0] + start, where[:, 1]], 1))
+            vals.append(codes[where[:, 0], where[:, 1]].float())
+        return cls(torch.cat(idx), torch.cat(vals), num_samples, world.cfg.num_features)
 
     @classmethod
     def from_cache(cls, cache, width: int, limit: int | None = None) -> TruthSet:
@@ -183,3 +197,78 @@ def summarize_per_sample(p: dict) -> dict:
         "afa_norm_rel_err_median": quantiles(afa_err, (0.5,))[0],
         "f_norm_ratio_quantiles": quantiles(f_ratio, (0.05, 0.5, 0.95)),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# hf-topafa evaluate SAE --synthetic WORLD
+
+
+def truth_for(spec: str, num_samples: int, seed: int = 1):
+    """(world, truth set, where the samples came from) for ``--synthetic``: a synthetic cache
+    written by ``harvest --synthetic`` (its stored codes) or a world (fresh samples)."""
+    from ..data.harvest import ActivationCache
+    from ..data.synthetic import load_world
+    from ..data.synthetic_cache import is_synthetic_cache
+    from ..names import MANIFEST
+
+    folder = Path(spec).expanduser()
+    if (folder / MANIFEST).is_file():
+        cache = ActivationCache(folder)
+        if not is_synthetic_cache(cache.manifest):
+            raise ValueError(f"{spec} is an activation cache of a language model, not of a world")
+        world = load_world(cache.manifest["synthetic"]["folder"], progress=False)
+        truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=num_samples)
+        return world, truth, f"{truth.num_samples} samples stored in {folder}"
+    world = load_world(spec)
+    truth = TruthSet.drawn_from(world, num_samples, seed=seed)
+    return world, truth, f"{num_samples} fresh samples of {spec} (seed {seed})"
+
+
+def report_lines(label: str, row: dict, source: str) -> list[str]:
+    """The printed summary of one SAE scored against the truth."""
+
+    def fmt(value):
+        return "–" if value is None else f"{value:.4g}" if isinstance(value, float) else value
+
+    return [
+        f"{label} against the truth ({source})",
+        f"  L0 {fmt(row['l0'])} (true {fmt(row['true_l0'])}; over the {fmt(row['d_sae'])} most "
+        f"frequent features {fmt(row['true_l0_top_width'])}); dead {row['dead']}",
+        f"  F1 {fmt(row['f1'])}, precision {fmt(row['precision'])}, recall {fmt(row['recall'])}, "
+        f"MCC {fmt(row['mcc'])}, uniqueness {fmt(row['uniqueness'])}",
+        f"  explained variance {fmt(row['explained_variance'])}, shrinkage {fmt(row['shrinkage'])}",
+        f"  per-sample L0 vs true: correlation {fmt(row['l0_corr'])}, ratio 5/50/95% "
+        + " / ".join(fmt(v) for v in row["l0_ratio_quantiles"]),
+        f"  AFA: median |‖x − bias‖/‖f_true‖ − 1| = {fmt(row['afa_norm_rel_err_median'])}; SAE "
+        "‖f̃‖/‖f_true‖ 5/50/95% " + " / ".join(fmt(v) for v in row["f_norm_ratio_quantiles"]),
+    ]
+
+
+def run_command(cfg, outputs) -> int:
+    """``hf-topafa evaluate SAE ... --synthetic WORLD``: SAELens's synthetic-data metrics and the
+    AFA checks of each SAE, printed, and written with ``--json`` / ``--plots``."""
+    from ..helpers import write_json
+    from .evaluate import load_sae
+    from .plots import save_ground_truth_plot
+
+    world, truth, source = truth_for(outputs.synthetic, cfg.max_tokens)
+    results = []
+    for name in outputs.saes:
+        sae, label = load_sae(name, device=cfg.device)
+        if sae.config.d_in != world.cfg.hidden_dim:
+            raise ValueError(
+                f"{label} reads {sae.config.d_in}-dim inputs; the world has hidden_dim "
+                f"{world.cfg.hidden_dim}"
+            )
+        scored = score_against_truth(sae, world, truth)
+        row = {"sae": label, "d_sae": sae.config.d_sae, **scored["row"]}
+        print("\n".join(report_lines(label, row, source)))
+        if outputs.plots is not None:
+            path = Path(outputs.plots) / f"ground_truth_{Path(label).name}.png"
+            save_ground_truth_plot(scored["per_sample"], path, f"{label} against {source}")
+            print(f"  wrote {path}")
+        results.append(row)
+    if outputs.json is not None:
+        payload = results[0] if len(results) == 1 else {"results": results}
+        print(f"wrote {write_json(outputs.json, {**payload, 'synthetic': source})}")
+    return 0

@@ -354,3 +354,31 @@ def save_l0_mse_plot(
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return _savefig(fig, Path(path), plt)
+
+
+def save_ground_truth_plot(per_sample: Mapping, path: str | os.PathLike, title: str) -> Path:
+    """Three panels against a synthetic world's truth, per sample: the AFA ‖x − bias‖ and the
+    SAE's ‖f̃‖ (input scale, without b_dec) against ‖f_true‖ (the ZF plot against the truth),
+    and the SAE's per-sample L0 against the true L0. ``per_sample``: the dict of
+    ``ground_truth.per_sample_truth``."""
+    plt = _pyplot()
+    true_norm = _as_tensor(per_sample["true_norm"], "true_norm")
+    keep = _subsample(len(true_norm), 4000)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.3))
+    panels = (("z_norm", "‖x − bias‖ (the AFA)"), ("f_norm", "SAE ‖f̃‖ (input scale)"))
+    top = float(true_norm.max()) if len(true_norm) else 1.0
+    for ax, (key, label) in zip(axes[:2], panels, strict=True):
+        ax.scatter(true_norm[keep], _as_tensor(per_sample[key], key)[keep], s=3, alpha=0.4)
+        ax.plot([0, top], [0, top], "k--", lw=1, label="equal")
+        ax.set(xlabel="‖f_true‖ (true code norm)", ylabel=label)
+        ax.legend(loc="upper left", fontsize=8)
+    true_l0 = _as_tensor(per_sample["true_l0"], "true_l0")
+    jitter = torch.rand(len(keep)) * 0.6 - 0.3
+    axes[2].scatter(true_l0[keep] + jitter, _as_tensor(per_sample["l0"], "l0")[keep], s=3, alpha=0.4)
+    hi = float(true_l0.max()) if len(true_l0) else 1.0
+    axes[2].plot([0, hi], [0, hi], "k--", lw=1, label="SAE L0 = true L0")
+    axes[2].set(xlabel="true per-sample L0", ylabel="SAE per-sample L0")
+    axes[2].legend(loc="upper left", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _savefig(fig, Path(path), plt)

@@ -93,12 +93,16 @@ def train(
     config: TrainConfig,
     data: torch.Tensor | str | os.PathLike | None = None,
     eval_data: torch.Tensor | None = None,
+    provenance: dict | None = None,
 ) -> Path:
     """Train an SAE as ``config`` says and return the run folder.
 
     ``data``: an in-memory [tokens, d_in] tensor, or an activation-cache folder; None follows
     ``config`` (``activation_cache``, else live harvesting). ``eval_data``: held-out rows; by
-    default the last ``eval_tokens`` rows of a tensor, the held-out windows otherwise.
+    default the last ``eval_tokens`` rows of a tensor, the held-out windows otherwise (fresh
+    samples of the world for a synthetic cache). ``provenance``: what a tensor is (``base_model``,
+    ``layer``, ``hook_point``, ``dataset``, ...), recorded in config.json; unknown (None) when
+    not given, since a tensor does not say. Caches record their own.
     """
     from accelerate.utils import set_seed
 
@@ -111,7 +115,9 @@ def train(
     is_main, world = accelerator.is_main_process, accelerator.num_processes
     resuming, found = _prepare_run_folder(config, run, accelerator)
 
-    data_ = build_data(config, data, eval_data, accelerator, config.optim.batch_size // world)
+    data_ = build_data(
+        config, data, eval_data, accelerator, config.optim.batch_size // world, provenance
+    )
     sae_config = _sae_config(config, data_)
     if is_main:
         print(_plan(config, sae_config, data_, world), flush=True)
@@ -342,9 +348,12 @@ def _plan(config: TrainConfig, sae_config: SAEConfig, data_: TrainingData, world
         reads = f"activation cache {config.data.activation_cache}"
     else:
         reads = f"an in-memory tensor of {len(source.x):,} tokens"
+    origin = sae_config.base_model or "data of unknown origin"
+    if sae_config.layer is not None:
+        origin += f" layer {sae_config.layer} {sae_config.hook_point}"
     return (
         f"training a {sae_config.activation} SAE ({sae_config.d_in} -> {sae_config.d_sae}) on "
-        f"{sae_config.base_model} layer {sae_config.layer} {sae_config.hook_point}: "
+        f"{origin}: "
         f"{config.steps} steps x {config.optim.batch_size} tokens on {world} process(es); data: "
         f"{reads}; held-out: {config.data.eval_tokens:,} tokens; run folder: {config.run.output}"
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data import harvest, lm
+from ..data.synthetic_cache import is_synthetic_cache
 from .train_config import TrainConfig
 
 
@@ -162,13 +163,31 @@ class TrainingData:
     provenance: dict
 
 
-def build_data(config, data, eval_data, accelerator, local_batch) -> TrainingData:
+PROVENANCE_FIELDS = (
+    "base_model", "layer", "hook_point", "dataset", "context_length", "base_model_weights"
+)  # fmt: skip
+"""What an SAE records of its training data (SAEConfig fields)."""
+
+
+def synthetic_eval_rows(manifest: dict, n: int) -> torch.Tensor:
+    """``n`` fresh samples of a synthetic cache's world, seeded apart from the cache's own."""
+    from ..data.synthetic import load_world
+
+    world = load_world(manifest["synthetic"]["folder"], progress=False)
+    torch.manual_seed(int(manifest["synthetic"]["seed"]) + 1_000_003)
+    with torch.no_grad():
+        return world.sample(n).float()
+
+
+def build_data(
+    config, data, eval_data, accelerator, local_batch, provenance: dict | None = None
+) -> TrainingData:
     """This process's training source and held-out rows, from tensors, a cache or live text."""
     d = config.data
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     if data is not None:
-        return _tensor_data(config, data, eval_data, rank, world)
+        return _tensor_data(config, data, eval_data, rank, world, provenance)
     if d.activation_cache is not None:
         cache = harvest.ActivationCache(d.activation_cache)
         man = cache.manifest
@@ -188,6 +207,9 @@ def build_data(config, data, eval_data, accelerator, local_batch) -> TrainingDat
             eval_cache = harvest.ActivationCache(d.eval_cache)
             if main:
                 eval_x = first_rows(eval_cache.iter_batches(4096, shuffle=False), d.eval_tokens)
+        elif is_synthetic_cache(man):
+            if main:  # fresh samples of the world: held out by construction
+                eval_x = synthetic_eval_rows(man, d.eval_tokens)
         else:
             held_out = man.get("holdout") == "train"
             if main:
@@ -233,7 +255,7 @@ def build_data(config, data, eval_data, accelerator, local_batch) -> TrainingDat
     return TrainingData(source, eval_x, True, provenance)
 
 
-def _tensor_data(config, data, eval_data, rank, world) -> TrainingData:
+def _tensor_data(config, data, eval_data, rank, world, provenance) -> TrainingData:
     d = config.data
     x = torch.as_tensor(data, dtype=torch.float32)
     if x.ndim != 2:
@@ -248,14 +270,14 @@ def _tensor_data(config, data, eval_data, rank, world) -> TrainingData:
         x, eval_x = x[: -d.eval_tokens], x[-d.eval_tokens :]
     else:
         eval_x = torch.as_tensor(eval_data, dtype=torch.float32)[: d.eval_tokens]
-    provenance = {
-        "base_model": d.model,
-        "layer": d.layer,
-        "hook_point": d.hook_point,
-        "dataset": d.dataset,
-        "context_length": d.context_length,
-        "base_model_weights": None,  # tensors given directly: unknown
-    }
+    # a tensor says nothing of where it came from: the caller's provenance, or unknown
+    known = dict(provenance or {})
+    unknown = set(known) - set(PROVENANCE_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"unknown provenance fields {sorted(unknown)}; valid: {', '.join(PROVENANCE_FIELDS)}"
+        )
+    provenance = {key: known.get(key) for key in PROVENANCE_FIELDS}
     return TrainingData(
         TensorSource(x, config.optim.batch_size, rank, world, config.optim.seed),
         eval_x,

@@ -1,0 +1,237 @@
+"""Synthetic worlds (SAELens's SynthSAEBench) as a data source, and scoring SAEs against their
+known features: presets, caches in the harvest format, training from them, the ground-truth
+evaluation (SAELens's own evaluator through our adapter) and its command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("sae_lens.synthetic", reason="synthetic worlds need sae-lens (the synth extra)")
+
+from hf_topafa import SAEConfig, SparseAutoencoder  # noqa: E402
+from hf_topafa.cli import main as cli  # noqa: E402
+from hf_topafa.data import synthetic  # noqa: E402
+from hf_topafa.data.harvest import ActivationCache  # noqa: E402
+from hf_topafa.data.synthetic_cache import write_synthetic_cache  # noqa: E402
+from hf_topafa.evaluation.ground_truth import (  # noqa: E402
+    SAELensView,
+    TruthSet,
+    score_against_truth,
+)
+
+TINY = {
+    "num_features": 48,
+    "hidden_dim": 24,
+    "firing_probability": {
+        "generator_name": "zipfian", "exponent": 0.5, "max_prob": 0.3, "min_prob": 0.02,
+    },
+    "mean_firing_magnitudes": {"generator_name": "linear", "start": 5.0, "end": 4.0},
+    "std_firing_magnitudes": 0.5,
+    "bias": 0.5,
+    "seed": 3,
+}  # fmt: skip
+
+
+@pytest.fixture
+def world_json(tmp_path, monkeypatch):
+    """A tiny world config (48 features in 24 dims, no hierarchy), cached under tmp_path."""
+    monkeypatch.setenv("HF_TOPAFA_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def test_presets_are_the_published_configs():
+    from sae_lens.synthetic import SyntheticModelConfig
+
+    big = SyntheticModelConfig.from_dict(synthetic.PRESETS["synthsaebench-16k"])
+    assert (big.num_features, big.hidden_dim, big.seed, big.bias) == (16384, 768, 42, 0.5)
+    fp = big.firing_probability
+    assert (fp.exponent, fp.max_prob, fp.min_prob) == (0.5, 0.4, 5e-4)
+    h = big.hierarchy
+    assert (h.total_root_nodes, h.branching_factor, h.max_depth) == (128, 4, 3)
+    assert h.mutually_exclusive_portion == 1.0 and h.compensate_probabilities
+    assert h.scale_children_by_parent
+    assert (big.orthogonalization.num_steps, big.orthogonalization.lr) == (100, 3e-4)
+    assert (big.correlation.rank, big.correlation.correlation_scale) == (25, 0.1)
+    assert (big.mean_firing_magnitudes.start, big.mean_firing_magnitudes.end) == (5.0, 4.0)
+    assert (big.std_firing_magnitudes.mean, big.std_firing_magnitudes.std) == (0.5, 0.5)
+    small = SyntheticModelConfig.from_dict(synthetic.PRESETS["synthsaebench-4k"])
+    assert (small.num_features, small.hidden_dim, small.hierarchy.total_root_nodes) == (
+        4096, 192, 32)  # fmt: skip
+    assert small.correlation == big.correlation and small.firing_probability == fp
+
+
+def test_unknown_worlds_are_refused_with_what_is_valid(tmp_path):
+    with pytest.raises(synthetic.WorldError, match="give a preset .*synthsaebench-4k"):
+        synthetic.resolve_world("synthsaebench-9k")
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(synthetic.WorldError, match="a world config is a JSON object"):
+        synthetic.resolve_world(str(bad))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(synthetic.WorldError, match="written by SyntheticModel.save"):
+        synthetic.resolve_world(str(tmp_path / "folder"))
+    bad.write_text(json.dumps({"num_features": 4}))
+    with pytest.raises(synthetic.WorldError, match="not a valid SyntheticModelConfig"):
+        synthetic.load_world(str(bad), progress=False)
+
+
+def test_without_saelens_one_line_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sae_lens.synthetic", None)
+    with pytest.raises(synthetic.WorldError, match=r'pip install -e "\.\[synth\]"'):
+        synthetic.import_synthetic()
+
+
+def test_a_world_is_built_once_and_cached(world_json):
+    name, folder = synthetic.world_folder(str(world_json), progress=False)
+    assert name == "tiny" and (folder / "build.json").is_file()
+    stamp = (folder / "build.json").stat().st_mtime_ns
+    again = synthetic.world_folder(str(world_json), progress=False)[1]
+    assert again == folder and (folder / "build.json").stat().st_mtime_ns == stamp
+    world = synthetic.load_world(str(folder), progress=False)  # a saved folder names it too
+    assert world.cfg.num_features == 48 and world.cfg.hidden_dim == 24
+
+
+def test_harvest_synthetic_writes_a_cache_whose_truth_replays(world_json, tmp_path, capsys):
+    out = tmp_path / "syn"
+    argv = ["harvest", "--synthetic", str(world_json), "--max-tokens", "700"]
+    argv += ["--shard-tokens", "300", "--output", str(out)]
+    assert cli(argv) == 0
+    assert "wrote 700 samples x 24 of the world tiny" in capsys.readouterr().out
+    cache = ActivationCache(out)
+    man = cache.manifest
+    assert man["model"] == "synthetic:tiny" and man["synthetic"]["with_truth"]
+    assert man["synthetic"]["config"]["num_features"] == 48
+    assert [s["num_tokens"] for s in man["shards"]] == [300, 300, 100]
+    world = synthetic.load_world(str(world_json), progress=False)
+    truth = TruthSet.from_cache(cache, 48)
+    x = torch.cat([b for b in cache.iter_batches(1000, shuffle=False)])
+    torch.testing.assert_close(world.feature_dict(truth.rows(0, 700)), x)
+    from safetensors.torch import load_file
+
+    stored_l0 = torch.cat([load_file(str(p))["true_l0"] for p in cache.shard_paths]).float()
+    assert torch.equal(stored_l0, (truth.rows(0, 700) != 0).sum(-1).float())
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    assert cli(argv) == 0 and (out / "manifest.json").stat().st_mtime_ns == stamp  # reused
+    assert cli([*argv, "--sample-seed", "9"]) == 2  # another draw: refused, not overwritten
+    assert "already holds another activation cache" in capsys.readouterr().err
+
+
+def test_training_reads_a_synthetic_cache_with_its_provenance(world_json, tmp_path):
+    from hf_topafa.training.train import TrainConfig, train
+
+    cache = write_synthetic_cache(str(world_json), tmp_path / "c", 3000, progress=False)
+    config = TrainConfig.from_flat(
+        activation="topk", k=4, d_sae=64, batch_size=256, max_tokens=2048, eval_tokens=256,
+        output=str(tmp_path / "run"), progress=False, log_with="none", checkpoint_every=0,
+        input_normalization="none",
+    )  # fmt: skip
+    run = train(config, data=cache)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["base_model"] == "synthetic:tiny" and saved["layer"] is None
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["held_out"] is True and metrics["normalized_mse"] < 1.0
+
+
+def test_a_tensor_records_only_the_provenance_its_caller_gives(tmp_path):
+    from hf_topafa.training.train import TrainConfig, train
+
+    x = torch.randn(1500, 8)
+    flat = dict(activation="topk", k=2, d_sae=16, batch_size=256, max_tokens=512, eval_tokens=256,
+                progress=False, log_with="none", checkpoint_every=0)  # fmt: skip
+    run = train(TrainConfig.from_flat(output=str(tmp_path / "a"), **flat), data=x)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["base_model"] is None and saved["layer"] is None
+    given = {"base_model": "my/model", "layer": 3, "hook_point": "resid_post"}
+    run = train(TrainConfig.from_flat(output=str(tmp_path / "b"), **flat), data=x,
+                provenance=given)  # fmt: skip
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["base_model"], saved["layer"], saved["hook_point"]) == ("my/model", 3,
+                                                                          "resid_post")  # fmt: skip
+    with pytest.raises(ValueError, match="unknown provenance fields \\['modle'\\]"):
+        train(TrainConfig.from_flat(output=str(tmp_path / "c"), **flat), data=x,
+              provenance={"modle": "x"})  # fmt: skip
+
+
+def oracle_sae(world, activation="topk", k=8) -> SparseAutoencoder:
+    """An SAE whose decoder rows are the world's true features and whose decoder bias is the
+    world's bias: SAELens's MCC must find them exactly."""
+    feats = world.feature_dict.feature_vectors.detach()
+    sae = SparseAutoencoder(
+        SAEConfig(
+            d_in=feats.shape[1],
+            d_sae=feats.shape[0],
+            activation=activation,
+            k=k,
+            input_normalization="none",
+        )  # fmt: skip
+    )
+    with torch.no_grad():
+        sae.W_dec.copy_(feats / feats.norm(dim=-1, keepdim=True))
+        sae.W_enc.copy_(torch.linalg.pinv(sae.W_dec))
+        sae.b_dec.copy_(world.feature_dict.bias.detach())
+    return sae.eval()
+
+
+def test_scores_against_the_truth_find_an_oracle_and_reject_noise(world_json):
+    world = synthetic.load_world(str(world_json), progress=False)
+    truth = TruthSet.drawn_from(world, 2000, seed=4)
+    oracle = score_against_truth(oracle_sae(world), world, truth)["row"]
+    assert oracle["mcc"] == pytest.approx(1.0, abs=1e-5) and oracle["uniqueness"] == 1.0
+    torch.manual_seed(0)
+    noise = SparseAutoencoder(SAEConfig(d_in=24, d_sae=48, activation="topk", k=8,
+                                        input_normalization="none"))  # fmt: skip
+    random_row = score_against_truth(noise.eval(), world, truth)["row"]
+    assert random_row["mcc"] < 0.6 < oracle["mcc"]
+    assert oracle["f1"] > random_row["f1"]
+    # the AFA on the truth: ||x - bias|| against ||f_true|| with unit features
+    assert 0 < oracle["afa_norm_rel_err_median"] < 0.5
+    assert oracle["true_l0"] == pytest.approx(len(truth.indices) / 2000)
+    assert oracle["true_l0_top_width"] == pytest.approx(oracle["true_l0"])  # width holds them all
+
+
+def test_per_sample_counts_follow_an_adaptive_rule(world_json):
+    world = synthetic.load_world(str(world_json), progress=False)
+    truth = TruthSet.drawn_from(world, 2000, seed=5)
+    from hf_topafa.evaluation.ground_truth import correlation
+
+    row = score_against_truth(oracle_sae(world, "relu", None), world, truth)["row"]
+    assert row["l0_corr"] is not None and 0 < row["l0_corr"] <= 1
+    assert row["l0_ratio_quantiles"][0] <= row["l0_ratio_quantiles"][1]
+    assert correlation(torch.full((5,), 3.0), torch.arange(5.0)) is None  # TopK's constant L0
+
+
+def test_saelens_view_reconstructs_in_the_input_space():
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=32, activation="topk", k=4))  # standardized
+    x = torch.randn(16, 8) * 7 + 3
+    view = SAELensView(sae)
+    f = view.encode(x)
+    torch.testing.assert_close(view.decode(f), sae(x).reconstruction)
+    with pytest.raises(ValueError, match="takes the activations its last encode returned"):
+        view.decode(f.clone())
+
+
+def test_evaluate_synthetic_command(world_json, tmp_path, capsys):
+    world = synthetic.load_world(str(world_json), progress=False)
+    run = tmp_path / "oracle"
+    oracle_sae(world).save_pretrained(run)
+    out = tmp_path / "gt.json"
+    argv = ["evaluate", str(run), "--synthetic", str(world_json), "--max-tokens", "800"]
+    assert cli([*argv, "--json", str(out), "--plots", str(tmp_path / "plots")]) == 0
+    printed = capsys.readouterr().out
+    assert "against the truth (800 fresh samples of" in printed and "MCC 1" in printed
+    data = json.loads(out.read_text())
+    assert data["mcc"] == pytest.approx(1.0, abs=1e-5) and data["l0"] <= 8
+    assert (tmp_path / "plots" / "ground_truth_oracle.png").stat().st_size > 10_000
+    cache = write_synthetic_cache(str(world_json), tmp_path / "c", 600, seed=2, with_truth=True,
+                                  progress=False)  # fmt: skip
+    assert cli(["evaluate", str(run), "--synthetic", str(cache)]) == 0
+    assert "600 samples stored in" in capsys.readouterr().out
+    assert cli(["evaluate", str(run), "--synthetic", "synthsaebench-2k"]) == 2
+    assert "unknown synthetic world" in capsys.readouterr().err
