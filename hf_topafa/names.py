@@ -21,6 +21,7 @@ LOCAL_FORMATS = {
     ".csv": "csv",
 }
 MANIFEST = "manifest.json"  # an activation cache's index file
+CACHE_FORMAT = "hf_topafa.activation_cache"  # its "format" field
 BUNDLED_NAME = "bundled:wikitext-2-raw-test-sample"
 
 

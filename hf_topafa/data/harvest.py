@@ -33,7 +33,7 @@ from typing import NamedTuple
 import torch
 
 from ..helpers import replace_folder, torch_dtype
-from ..names import BUNDLED_NAME, HOLDOUTS, LM_DTYPES, LOCAL_FORMATS, MANIFEST  # noqa: F401 - re-exported
+from ..names import BUNDLED_NAME, CACHE_FORMAT, HOLDOUTS, LM_DTYPES, LOCAL_FORMATS, MANIFEST  # noqa: F401 - re-exported
 from ..sources import dataset_looks_local
 from .harvest_config import (  # noqa: F401 - re-exported: the config and its CLI live there
     HarvestConfig,
@@ -58,7 +58,6 @@ from .text_data import (  # noqa: F401 - re-exported: text reading was defined h
 )
 
 DTYPES = {name: torch_dtype(name) for name in LM_DTYPES}
-CACHE_FORMAT = "hf_topafa.activation_cache"
 
 
 # --------------------------------------------------------------------------------------------

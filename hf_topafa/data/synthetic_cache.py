@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 
 from ..helpers import atomic_folder, save_safetensors
-from ..names import MANIFEST
-from .harvest import CACHE_FORMAT, ActivationCache
+from ..names import CACHE_FORMAT, MANIFEST
 from .synthetic import load_world, world_config, world_folder
 
 SYNTHETIC_PREFIX = "synthetic:"
@@ -69,7 +68,7 @@ def write_synthetic_cache(
     name, folder = world_folder(world, progress=progress)
     identity = synthetic_manifest_fields(name, world, folder, seed, with_truth)
     if (out / MANIFEST).is_file() and not overwrite:
-        held = ActivationCache(out).manifest
+        held = json.loads((out / MANIFEST).read_text())
         same = held.get("synthetic", {}).get("config") == identity["synthetic"]["config"]
         same = same and held["synthetic"].get("seed") == seed
         if (

@@ -248,13 +248,15 @@ def run_command(cfg, outputs) -> int:
     """``hf-topafa evaluate SAE ... --synthetic WORLD``: SAELens's synthetic-data metrics and the
     AFA checks of each SAE, printed, and written with ``--json`` / ``--plots``."""
     from ..helpers import write_json
-    from .evaluate import load_sae
+    from ..interop.sae_loading import load_sae
+    from ..sources import looks_local
     from .plots import save_ground_truth_plot
 
     world, truth, source = truth_for(outputs.synthetic, cfg.max_tokens)
     results = []
     for name in outputs.saes:
-        sae, label = load_sae(name, device=cfg.device)
+        label = Path(name).name if looks_local(name) else name
+        sae = load_sae(name).to(cfg.device).eval()
         if sae.config.d_in != world.cfg.hidden_dim:
             raise ValueError(
                 f"{label} reads {sae.config.d_in}-dim inputs; the world has hidden_dim "
