@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results" / "synthbench"
 WORK = REPO / "runs" / "synthbench"
 PER_SAMPLE_KEPT = 2000  # samples whose per-sample figures a record keeps, for the plots
-K_FREE = ("topafa", "afa_band", "afa_universal", "afa_batch", "noise_floor")
+K_FREE = ("topafa", "afa_band", "afa_universal", "afa_batch", "noise_floor", "risk_inflation")
 ROW_KEYS = (
     "world", "trainer", "activation", "k", "afa_coef", "input_normalization", "d_sae",
     "train_samples", "seed", "l0", "true_l0_top_width", "mcc", "f1", "precision", "recall",
@@ -53,7 +53,8 @@ def spec(activation, k=None, afa_coef="0", norm="none", trainer="hf_topafa") -> 
 PLANS = {
     "4k": [
         spec("topk", 16), spec("noise_floor"), spec("afa_band"), spec("topafa", afa_coef="1/32"),
-        spec("topk", 12), spec("topk", 8), spec("topk", 24), spec("batchtopk", 12),
+        spec("topk", 12), spec("risk_inflation"), spec("topk", 8), spec("topk", 24),
+        spec("batchtopk", 12),
         spec("batchtopk", 16), spec("afa_universal"), spec("afa_batch"), spec("jumprelu"),
         spec("topafa", afa_coef="0"), spec("topafa", afa_coef="1/128"),
         spec("noise_floor", afa_coef="1/32"), spec("batchtopk", 12, trainer="saelens"),
