@@ -32,11 +32,14 @@ from pathlib import Path
 
 import torch
 
+from hf_topafa.sae.rules import RULES
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results" / "synthbench"
 WORK = REPO / "runs" / "synthbench"
 PER_SAMPLE_KEPT = 2000  # samples whose per-sample figures a record keeps, for the plots
-K_FREE = ("topafa", "afa_band", "afa_universal", "afa_batch", "noise_floor", "risk_inflation")
+# rules with neither a k nor a sparsity coefficient: top-AFA and the k-free rules
+K_FREE = tuple(n for n, rule in RULES.items() if not rule.needs_k and rule.penalty is None)
 ROW_KEYS = (
     "world", "trainer", "activation", "k", "afa_coef", "input_normalization", "d_sae",
     "train_samples", "seed", "l0", "true_l0_top_width", "mcc", "f1", "precision", "recall",
