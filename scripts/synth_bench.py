@@ -144,13 +144,16 @@ def train_ours(args, settings: dict, train_cache: Path, eval_x, run_dir: Path) -
 
     if (run_dir / METRICS).is_file():
         return
+    resumable = any((run_dir / "checkpoints").glob("step_*"))
+    if run_dir.is_dir() and not resumable:
+        print(f"   {run_dir} has no checkpoint yet: starting it from step 0", flush=True)
     config = TrainConfig.from_flat(
         activation=settings["activation"], k=settings["k"],
         afa_coef=float(Fraction(settings["afa_coef"])),
         input_normalization=settings["input_normalization"], d_sae=settings["d_sae"],
         batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         max_tokens=args.train_samples, eval_tokens=len(eval_x), output=str(run_dir),
-        resume=(run_dir / "training_config.json").is_file(), checkpoint_every=500, log_with="none", progress=sys.stderr.isatty(),
+        resume=resumable, overwrite=not resumable, checkpoint_every=500, log_with="none", progress=sys.stderr.isatty(),
     )  # fmt: skip
     train(config, data=train_cache, eval_data=eval_x)
 
