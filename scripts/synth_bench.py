@@ -63,7 +63,7 @@ PLANS = {
         spec("noise_floor", afa_coef="1/32"), spec("batchtopk", 12, trainer="saelens"),
         spec("topafa", afa_coef="1/32", norm="layer_norm"),
         spec("topafa", afa_coef="0", norm="layer_norm"),
-        spec("topafa", afa_coef="1/128", norm="layer_norm"),
+        spec("topafa", afa_coef="1/128", norm="layer_norm"), spec("afa_count"),
     ],
     "16k": [spec("topk", 25), spec("noise_floor"), spec("batchtopk", 25),
             spec("topafa", afa_coef="1/32")],

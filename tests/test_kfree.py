@@ -154,3 +154,23 @@ def test_noise_floor_keeps_nothing_without_positive_values_and_passes_gradients(
     assert acts[0].abs().sum() == 0 and acts[1, 3] == 2.0
     acts.sum().backward()
     assert pre.grad[1, 3] == 1.0 and pre.grad[1, 2] == 0.0
+
+
+# --- AFA count --------------------------------------------------------------------------------
+
+
+def test_afa_count_keeps_the_energy_over_one_features_energy():
+    from hf_topafa.sae.kfree import afa_count, afa_count_k, first_energy
+
+    pre = torch.zeros(3, 10)
+    pre[0, :4] = torch.tensor([3.0, 2.0, 1.0, 0.5])
+    pre[1, :2] = torch.tensor([2.0, 1.0])
+    target = torch.tensor([4.0, 2.0, 0.5])  # energies 16, 4, 0.25 -> k = 4, 1, 1 at energy 4
+    energy = torch.tensor(4.0)
+    assert afa_count_k(target, energy, 10).tolist() == [4, 1, 1]
+    acts, k, kept_energy = afa_count(pre, torch.ones(10), target, energy)
+    assert torch.equal(acts[0], pre[0]) and acts[1].tolist()[:2] == [2.0, 0.0]
+    assert k.tolist() == [4, 1, 0]  # a token with nothing positive keeps nothing
+    assert kept_energy.item() == pytest.approx((9 + 4 + 1 + 0.25 + 4) / 5)
+    assert first_energy(pre, torch.ones(10)).item() == pytest.approx((9 + 4 + 0) / 3)
+    assert afa_count_k(torch.tensor([100.0]), torch.tensor(1e-3), 10).item() == 10  # clamped

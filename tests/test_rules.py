@@ -33,6 +33,7 @@ def test_names_are_the_registry_everywhere():
         "afa_universal",
         "afa_batch",
         "noise_floor",
+        "afa_count",
         "risk_inflation",
     )
     assert rules.NEEDS_K == ("topk", "batchtopk")

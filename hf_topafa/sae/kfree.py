@@ -195,7 +195,9 @@ def noise_floor_level(scaled: torch.Tensor) -> torch.Tensor:
     return torch.where(count > 0, level, torch.inf).to(scaled.dtype)
 
 
-def noise_floor(pre: torch.Tensor, decoder_norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def noise_floor(
+    pre: torch.Tensor, decoder_norms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the features whose decoder-scaled activation exceeds the token's noise-floor level
     (``noise_floor_level``); every token with a positive value keeps at least its largest.
     Returns ``(acts, k)``; the level is not differentiated, gradients reach the kept pre only."""
@@ -251,3 +253,37 @@ def risk_inflation(
     ranked = torch.arange(index.shape[-1], device=pre.device).unsqueeze(0) < k.unsqueeze(-1)
     keep = torch.zeros_like(pre, dtype=torch.bool).scatter(-1, index, ranked) & (pre > 0)
     return pre * keep, keep.sum(-1)
+
+
+@torch.no_grad()
+def afa_count_k(target_norm: torch.Tensor, energy: torch.Tensor, h: int) -> torch.Tensor:
+    """k = round(||x - b_dec||^2 / energy), clamped to 1..h: the AFA's energy in features."""
+    k = (target_norm.double().pow(2) / energy.double().clamp_min(1e-30)).round()
+    return k.clamp(1, h).long()
+
+
+def afa_count(
+    pre: torch.Tensor, decoder_norms: torch.Tensor, target_norm: torch.Tensor, energy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep each token's k = ``afa_count_k`` largest decoder-scaled activations (positive ones).
+
+    Returns ``(acts, k, kept_energy)``: ``kept_energy`` is the mean squared decoder-scaled
+    activation over the batch's kept features, the running estimate's next value.
+    """
+    h = pre.shape[-1]
+    scaled = pre.detach() * decoder_norms.detach()
+    k = afa_count_k(target_norm.detach(), energy, h)
+    top = int(k.max())
+    index = scaled.topk(top, dim=-1).indices
+    ranked = torch.arange(top, device=pre.device).unsqueeze(0) < k.unsqueeze(-1)
+    keep = torch.zeros_like(pre, dtype=torch.bool).scatter(-1, index, ranked) & (pre > 0)
+    kept = keep.sum()
+    kept_energy = (scaled.pow(2) * keep).sum() / kept.clamp_min(1)
+    return pre * keep, keep.sum(-1), kept_energy
+
+
+@torch.no_grad()
+def first_energy(pre: torch.Tensor, decoder_norms: torch.Tensor) -> torch.Tensor:
+    """The running energy's first value: the mean of each token's largest squared decoder-scaled
+    activation (so training starts from few features per token, as top-AFA's k >= 1 does)."""
+    return (pre * decoder_norms).max(-1).values.pow(2).mean().clamp_min(1e-30)

@@ -270,6 +270,26 @@ def _risk_inflation_select(sae, pre, x_n):
     return kfree.risk_inflation(pre, sae.W_dec, z)
 
 
+def _afa_count_select(sae, pre, x_n):
+    """The count from the AFA and the running energy per kept feature (``threshold`` holds it;
+    -1 until the first training batch)."""
+    import torch
+
+    from . import kfree
+
+    decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+    if sae.training and bool(sae.threshold[0] < 0):
+        sae.threshold.fill_(kfree.first_energy(pre.detach(), decoder_norms.detach()).item())
+    if bool(sae.threshold[0] < 0):  # never trained: start from the first batch's estimate
+        energy = kfree.first_energy(pre.detach(), decoder_norms.detach())
+    else:
+        energy = sae.threshold[0]
+    acts, k, kept_energy = kfree.afa_count(pre, decoder_norms, _topafa_target(sae, x_n), energy)
+    if sae.training:
+        sae._update_batchtopk_threshold(kept_energy)
+    return acts, k
+
+
 # -- the registry ----------------------------------------------------------------------------
 
 RULES: dict[str, Rule] = {
@@ -403,6 +423,21 @@ RULES: dict[str, Rule] = {
             ),
             select=_noise_floor_select,
             adaptive_k=True,
+        ),
+        Rule(
+            name="afa_count",
+            display_name="AFA count",
+            card_tag="afa-count",
+            card_text=(
+                "Features are chosen per token by **AFA count**: the token keeps its k largest "
+                "decoder-scaled activations, k = ||x - b_dec||^2 / mu, the AFA's estimate of the "
+                "code's energy over the energy one kept feature carries (mu: a running mean "
+                "over training, fixed at inference); there is no *k* to tune."
+            ),
+            select=_afa_count_select,
+            adaptive_k=True,
+            threshold="estimated",
+            threshold_init=lambda config: -1.0,  # -1: not estimated yet
         ),
         Rule(
             name="risk_inflation",
