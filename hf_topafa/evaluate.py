@@ -25,7 +25,9 @@ under ``reconstruction_normalized_space``):
   CE_clean): 1 is as good as the clean model, 0 as bad as zero ablation;
 - AFA: z is the SAE's (normalized) input, f~ its activations scaled by decoder-row norms with
   ||b_dec|| appended, h = d_sae + 1 (see ``hf_topafa.afa``); tokens are over/within/under the
-  bounds for each eps (h - 1) in ``afa.EPS_H_BANDS``.
+  bounds for each eps (h - 1) in ``afa.EPS_H_BANDS``. The ZF plot draws ||z|| and ||f~|| in the
+  input's own scale (a standardizing SAE's multiplied back by each token's std, see
+  ``afa.zf_diagnostics``); eps_LBO and the classes are the same in either scale.
 """
 
 from __future__ import annotations

@@ -143,6 +143,13 @@ class SparseAutoencoder(PreTrainedModel):
         one = torch.ones((), dtype=x.dtype, device=x.device)
         return x, one * 0, one
 
+    def input_scale(self, std: torch.Tensor) -> torch.Tensor:
+        """Per token, the factor back to the input's own scale: x - mean = x_n * input_scale(std),
+        with (x_n, mean, std) from ``normalize_input`` (std + 1e-5 under the paper's layer_norm)."""
+        if self.config.input_normalization == "layer_norm":
+            return std + 1e-5
+        return std
+
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """ReLU((x_n - b_dec) W_enc + b_enc), with x_n the normalized input."""
         x_n, _, _ = self.normalize_input(self._check_input(x))
