@@ -33,7 +33,8 @@ class SAEConfig(PretrainedConfig):
             (a learned threshold at inference); ``"relu"`` is a ReLU SAE trained with an L1
             penalty; ``"jumprelu"`` zeroes pre-activations below a learned per-feature threshold.
         k: features kept per token for the rules that need it (``topk`` and ``batchtopk``:
-            ``Rule.needs_k``); ignored elsewhere.
+            ``Rule.needs_k``); for the other rules it is dropped (None), so that a config.json
+            written before training refused it loads as it always did, without claiming a k.
         afa_coef: lambda_AFA, weight of the norm-matching loss, in the paper's units when
             ``loss_convention="paper"`` (see ``SAEOutput``). The paper uses it for top-AFA with
             lambda in {1/128 ... 1/16}; other activations may set it too (0 turns it off).
@@ -109,7 +110,8 @@ class SAEConfig(PretrainedConfig):
             d_sae = int(round(d_in * expansion_factor))
         self.d_sae = d_sae
         self.activation = activation
-        self.k = k
+        rule = RULES.get(activation) if isinstance(activation, str) else None
+        self.k = None if rule is not None and not rule.needs_k else k
         self.afa_coef = afa_coef
         self.aux_k = aux_k
         self.aux_coef = aux_coef
@@ -130,7 +132,6 @@ class SAEConfig(PretrainedConfig):
         self.input_normalization = input_normalization
         self.loss_convention = "paper" if loss_convention is None else loss_convention
         if encoder_bias is None:
-            rule = RULES.get(activation) if isinstance(activation, str) else None
             encoder_bias = rule.encoder_bias if rule is not None else True
         self.encoder_bias = encoder_bias
         self.init = init

@@ -11,6 +11,7 @@ import torch
 
 from .checkpoint import load_latest_intact
 from .helpers import replace, write_json
+from .rules import RULE_OPTIONS, get_rule
 from .train_config import (
     METRICS,
     PLOT_HINT,
@@ -75,6 +76,8 @@ def _config_differences(saved: dict, config: TrainConfig) -> list[str]:
             continue  # taken from the cache's manifest
         if key == "d_sae" and value is None:
             continue
+        if key in RULE_OPTIONS and key not in get_rule(config.sae.activation).options:
+            continue  # a run written before such options were refused may hold one
         if saved.get(key) != value:
             out.append(f"{key}: saved {saved.get(key)!r}, now {value!r}")
     return out

@@ -9,6 +9,7 @@ before the training code loads.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -87,6 +88,23 @@ class SAESettings:
 
     def __post_init__(self):
         check_sae_settings(self)
+        check_rule_options(self)
+
+
+def check_rule_options(s: SAESettings) -> None:
+    """Refuse a rule-specific option set (away from its default) for a rule that does not read
+    it: ``--k 32`` with top-AFA would do nothing but be recorded. Training's check only: a saved
+    SAEConfig may carry such a value (``SAEConfig`` drops a stored k its rule has no use for)."""
+    rule = get_rule(s.activation)
+    defaults = {f.name: f.default for f in dataclasses.fields(SAESettings)}
+    for name in rules.RULE_OPTIONS:
+        if name in rule.options or getattr(s, name) == defaults[name]:
+            continue
+        users = " and ".join(rules.rules_reading(name))
+        raise ValueError(
+            f"--{name.replace('_', '-')} {getattr(s, name)} does not apply to activation "
+            f"{s.activation!r}: only {users} read it; leave it out"
+        )
 
 
 def check_sae_settings(s) -> None:

@@ -70,13 +70,20 @@ def test_each_flag_lands_in_its_section_and_nowhere_else(section, name, tmp_path
     value, text = _other_value(section, f, tmp_path)
     assert value != f.default
     section_name = next(k for k, cls in SECTIONS.items() if cls is section)
+    # a rule-specific option goes with a rule that reads it (RULE_OPTION_USER, below)
+    base = {}
+    if name in RULE_OPTION_USER:
+        base["activation"] = RULE_OPTION_USER[name][0]
+        if base["activation"] in ("topk", "batchtopk") and name != "k":
+            base["k"] = 8
+    base_argv = [a for key, v in base.items() for a in (f"--{key}", str(v))]
     # both spellings work: --max-tokens and --max_tokens
     spelling = name.replace("_", "-") if len(name) % 2 else name
-    config = parse_config([f"--{spelling}", text])
+    config = parse_config([*base_argv, f"--{spelling}", text])
     assert getattr(getattr(config, section_name), name) == value
-    expected = {**TrainConfig().to_flat(), name: value}
+    expected = {**TrainConfig().to_flat(), **base, name: value}
     assert config.to_flat() == expected  # no other field moved
-    assert config == TrainConfig.from_flat(**{name: value})
+    assert config == TrainConfig.from_flat(**base, **{name: value})
 
 
 def test_help_lists_every_field_under_its_section():
@@ -264,3 +271,55 @@ def test_sae_settings_are_exactly_the_sae_configs_hyperparameters():
     provenance = {"d_in", "base_model", "layer", "hook_point", "dataset", "context_length"}
     arguments = set(inspect.signature(SAEConfig.__init__).parameters) - {"self", "kwargs"}
     assert {f.name for f in dataclasses.fields(SAESettings)} == arguments - provenance
+
+
+# The options only some rules read, and one rule that reads each.
+RULE_OPTION_USER = {
+    "k": ("topk", 8),
+    "l1_coef": ("relu", 0.5),
+    "l0_coef": ("jumprelu", 0.01),
+    "jumprelu_init_threshold": ("jumprelu", 0.1),
+    "jumprelu_bandwidth": ("jumprelu", 0.01),
+    "batchtopk_threshold_momentum": ("batchtopk", 0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RULE_OPTION_USER))
+def test_an_option_the_rule_does_not_read_is_refused(name):
+    user, value = RULE_OPTION_USER[name]
+    extra = {"k": 8} if user in ("topk", "batchtopk") and name != "k" else {}
+    TrainConfig.from_flat(activation=user, **{name: value}, **extra)  # its own rule: fine
+    refused = rf"--{name.replace('_', '-')} {value} does not apply to activation 'topafa'"
+    with pytest.raises(ValueError, match=refused):
+        TrainConfig.from_flat(activation="topafa", **{name: value})
+    with pytest.raises(ValueError, match=refused):
+        parse_config(["--activation", "topafa", f"--{name.replace('_', '-')}", str(value)])
+
+
+def test_k_with_topafa_is_refused_on_the_command_line_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "hf_topafa.cli", "train", "--activation", "topafa", "--k", "32",
+         "--output", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--k 32 does not apply to activation 'topafa'" in lines[0], lines
+    assert "topk" in lines[0] and "batchtopk" in lines[0]  # the rules it is for
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_saved_sae_config_with_a_k_its_rule_ignores_still_loads(tmp_path):
+    # Runs written before the refusal could store k=32 for top-AFA; it loads, and k reads None.
+    from hf_topafa import SparseAutoencoder
+    from hf_topafa.hub import render_model_card
+
+    sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=32, activation="topafa"))
+    sae.save_pretrained(tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    stored["k"] = 32
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    loaded = SparseAutoencoder.from_pretrained(tmp_path)
+    assert loaded.config.k is None
+    assert "k = 32" not in render_model_card(loaded.config)
+    assert SAEConfig(d_in=8, d_sae=32, activation="topk", k=4).k == 4
