@@ -60,6 +60,31 @@ def _check_run_dir(config: TrainConfig) -> tuple[bool, bool]:
     return True, False
 
 
+def finished_run_note(config: TrainConfig) -> str | None:
+    """When --output holds this very run, finished (its metrics.json is written), the line that
+    says so and how to start again; else None. Without --overwrite such a run is left as it is,
+    byte for byte: continuing it would redo its held-out metrics and rewrite its files. A
+    different run there is refused as ``_check_run_dir`` says."""
+    if config.run.overwrite:
+        return None
+    same_run, _ = _check_run_dir(config)
+    run = Path(config.run.output)
+    if not (same_run and (run / METRICS).is_file()):
+        return None
+    return (
+        f"{run} holds this run, finished ({METRICS} is written); it was left as it is. To train "
+        "it again pass --overwrite, or give a new --output."
+    )
+
+
+def recorded_config(config: TrainConfig) -> dict:
+    """``training_config.json``'s content: the configuration without the one-time actions
+    --resume and --overwrite, so that ``--config RUN/training_config.json`` replays neither."""
+    recorded = config.to_dict()
+    recorded["run"].update(resume=False, overwrite=False)
+    return recorded
+
+
 def _config_differences(saved: dict, config: TrainConfig) -> list[str]:
     """What differs, field by field, between a saved training_config.json (by section, or flat as
     written before the sections) and ``config``, leaving out the run section (RUN_CONTROL)."""
@@ -161,7 +186,7 @@ def summary(run: str | os.PathLike) -> str:
 
 def _intact_checkpoint(run: Path, config: TrainConfig, resuming: bool, is_main: bool):
     """The newest loadable checkpoint of the run, or None; refuses a resume with nothing to
-    resume and a restart that would overwrite a finished run."""
+    resume (a finished run never gets here: ``finished_run_note``)."""
     if not resuming:
         if config.run.resume:
             raise ValueError(
@@ -174,10 +199,5 @@ def _intact_checkpoint(run: Path, config: TrainConfig, resuming: bool, is_main: 
         raise ValueError(
             f"--resume: {run} has no intact checkpoint to resume; drop --resume to start this "
             "run again from step 0, or pass --overwrite"
-        )
-    if found is None and (run / METRICS).is_file():
-        raise ValueError(
-            f"{run} holds a finished run and no intact checkpoint; it was left as it is. Pass "
-            "--overwrite to train it again, or choose another --output"
         )
     return found

@@ -44,7 +44,9 @@ from .run_folder import (
     _check_run_dir,
     _intact_checkpoint,
     _save_final,
+    finished_run_note,
     held_out_metrics,
+    recorded_config,
     summary,
 )
 from .train_config import (
@@ -107,6 +109,11 @@ def train(
     if isinstance(data, str | os.PathLike):
         config.data.activation_cache, data = os.fspath(data), None
     run = Path(config.run.output)
+    note = finished_run_note(config)  # before anything is written
+    if note is not None:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(note, flush=True)
+        return run
     accelerator, tracker = _make_accelerator(config, run)
     is_main, world = accelerator.is_main_process, accelerator.num_processes
     resuming, found = _prepare_run_folder(config, run, accelerator)
@@ -118,7 +125,7 @@ def train(
         run.mkdir(parents=True, exist_ok=True)
         clean_temporaries(run)
         if not resuming:
-            atomic_write_json(run / TRAINING_CONFIG, config.to_dict())
+            atomic_write_json(run / TRAINING_CONFIG, recorded_config(config))
 
     set_seed(config.optim.seed)
     sae = SparseAutoencoder(sae_config)

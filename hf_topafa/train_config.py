@@ -198,7 +198,11 @@ class RunArgs:
 
     output: str = _arg(DEFAULT_OUTPUT, "Run folder.")
     resume: bool = _arg(False, "Continue the run in --output from its latest checkpoint.")
-    overwrite: bool = _arg(False, "Delete the run already in --output and start again.")
+    overwrite: bool = _arg(
+        False,
+        "Delete the run already in --output and start again (without it, a finished run is "
+        "left as it is).",
+    )
     checkpoint_every: int = _arg(100, "Steps between checkpoints (0: none).")
     keep_checkpoints: int = _arg(2, "Checkpoints kept (the newest).")
     log_every: int = _arg(10, "Steps between metric logs and progress-bar updates.")

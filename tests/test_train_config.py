@@ -323,3 +323,50 @@ def test_a_saved_sae_config_with_a_k_its_rule_ignores_still_loads(tmp_path):
     assert loaded.config.k is None
     assert "k = 32" not in render_model_card(loaded.config)
     assert SAEConfig(d_in=8, d_sae=32, activation="topk", k=4).k == 4
+
+
+def _snapshot(folder):
+    """Every path under ``folder`` with its bytes (None for a folder)."""
+    return {
+        str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_a_finished_run_is_left_byte_identical_when_run_again(tmp_path, capsys):
+    from hf_topafa.cli import main as cli
+
+    x = torch.randn(512, 16, generator=torch.Generator().manual_seed(0))
+    run = tmp_path / "run"
+    # made with --overwrite, which the saved configuration does not replay
+    first = TrainConfig.from_flat(output=str(run), overwrite=True, **SMALL)
+    train(first, data=x)
+    saved = json.loads((run / "training_config.json").read_text())
+    assert saved["run"]["overwrite"] is False and saved["run"]["resume"] is False
+    assert any(p.name.startswith("checkpoint") for p in run.iterdir())  # resumable, yet done
+    before = _snapshot(run)
+    capsys.readouterr()
+
+    same = TrainConfig.from_flat(output=str(run), **SMALL)
+    assert train(same, data=x) == run
+    out = capsys.readouterr().out
+    assert "finished" in out and "--overwrite" in out and "--output" in out
+    assert _snapshot(run) == before
+    train(TrainConfig.from_flat(output=str(run), resume=True, **SMALL), data=x)
+    assert _snapshot(run) == before
+
+    # the command line: --config RUN/training_config.json names its own folder; exit status 0
+    assert cli(["train", "--config", str(run / "training_config.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"{run} holds this run, finished" in out and "trained 256 tokens" in out
+    assert _snapshot(run) == before
+
+    # a run written before rule options were refused may hold a k top-AFA ignores: still this run
+    saved["sae"]["k"] = 32
+    (run / "training_config.json").write_text(json.dumps(saved))
+    before = _snapshot(run)
+    train(same, data=x)
+    assert _snapshot(run) == before and "finished" in capsys.readouterr().out
+    # --overwrite still starts again
+    train(TrainConfig.from_flat(output=str(run), overwrite=True, **SMALL), data=x)
+    assert json.loads((run / "training_config.json").read_text())["sae"]["k"] is None
