@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from .cli_args import CommandParser
 from .names import HOOK_POINTS
 
 FORMATS = ("saelens", "sparsify", "gemma_scope", "dictionary_learning")
@@ -64,8 +65,8 @@ def _cli_format(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="hf-topafa convert",
         description="Import an SAE saved by another library as an hf-topafa SAE folder. "
         "Anything our family cannot express exactly is refused, never approximated.",
@@ -78,10 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="{" + ",".join(FORMATS) + "}",
         help="the library that saved SOURCE (gemmascope, gemma-scope, sae_lens also accepted)",
     )
-    parser.add_argument("source", help="local folder/file, or owner/repo[/path] on the Hub")
-    parser.add_argument("output", help="folder to write (config.json + model.safetensors)")
+    parser.add_argument(
+        "source", metavar="SOURCE", help="local folder/file, or owner/repo[/path] on the Hub"
+    )
+    parser.add_argument(
+        "output", metavar="OUTPUT", help="folder to write (config.json + model.safetensors)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES))
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=list(DTYPE_NAMES),
+        help="parameter dtype of the converted SAE (default: %(default)s)",
+    )
     parser.add_argument("--base-model", help="override the recorded language model id")
     parser.add_argument("--layer", type=int, help="override the recorded block index")
     parser.add_argument("--hook-point", choices=HOOK_POINTS, help="override the hook point")

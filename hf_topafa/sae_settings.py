@@ -74,8 +74,8 @@ class SAESettings:
     )
     encoder_bias: bool | None = _arg(
         None,
-        f"Train an encoder bias; default: yes for {'/'.join(rules.ENCODER_BIAS)}, no else "
-        "(the paper's k-selecting encoders have none).",
+        f"Train an encoder bias, or not (--no-encoder-bias); default: yes for "
+        f"{'/'.join(rules.ENCODER_BIAS)}, no else (the paper's k-selecting encoders have none).",
     )
     init: Literal["kaiming", "unit_tied"] = _arg(
         "kaiming",

@@ -7,9 +7,10 @@ SAE into ``default_sae.txt``, which the app reads when ``$HF_TOPAFA_SAE`` is uns
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+from .cli_args import CommandParser
 
 PACKAGE = Path(__file__).resolve().parent
 APP_DIR = PACKAGE.parent / "spaces_app"
@@ -57,13 +58,15 @@ def publish_space(
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    p = CommandParser(
         prog="hf-topafa space",
         description="Publish the SAE explorer as a Gradio Space on the Hugging Face Hub: the app, "
         "the hf_topafa package and requirements.txt, in one commit.",
     )
-    p.add_argument("repo_id", help="the Space, 'user/name' (created when missing)")
+    p.add_argument(
+        "repo_id", metavar="REPO_ID", help="the Space, 'user/name' (created when missing)"
+    )
     p.add_argument("--sae", default=None, help="default SAE of the page (a Hub id)")
     p.add_argument("--private", action="store_true", help="create the Space as private")
     p.add_argument(

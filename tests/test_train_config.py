@@ -50,9 +50,9 @@ def _other_value(section, f: dataclasses.Field, tmp_path):
     if typing.get_origin(hint) is typing.Literal:
         value = next(v for v in typing.get_args(hint) if v != f.default)
         return value, value
-    if kind is bool:
+    if kind is bool:  # a switch: no value on the command line
         value = not f.default if f.default is not None else True
-        return value, str(value).lower()
+        return value, None
     if kind is int:
         value = 7 if f.default is None else f.default + 1
         return value, str(value)
@@ -77,9 +77,11 @@ def test_each_flag_lands_in_its_section_and_nowhere_else(section, name, tmp_path
         if base["activation"] in ("topk", "batchtopk") and name != "k":
             base["k"] = 8
     base_argv = [a for key, v in base.items() for a in (f"--{key}", str(v))]
-    # both spellings work: --max-tokens and --max_tokens
+    # both spellings work: --max-tokens and --max_tokens; a switch is --x, or --no-x when on
     spelling = name.replace("_", "-") if len(name) % 2 else name
-    config = parse_config([*base_argv, f"--{spelling}", text])
+    if text is None:
+        spelling = f"no-{spelling}" if f.default is True else spelling
+    config = parse_config([*base_argv, f"--{spelling}", *([] if text is None else [text])])
     assert getattr(getattr(config, section_name), name) == value
     expected = {**TrainConfig().to_flat(), **base, name: value}
     assert config.to_flat() == expected  # no other field moved
