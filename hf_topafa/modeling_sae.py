@@ -546,7 +546,8 @@ class SparseAutoencoder(PreTrainedModel):
         except OSError as err:
             if os.path.isdir(path):
                 raise
-            raise not_found(path, "SAE", err) from err
+            local_only = bool(kwargs.get("local_files_only"))
+            raise not_found(path, "SAE", err, local_only) from err
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' saver, refusing a path that is an existing file (it would do nothing)."""

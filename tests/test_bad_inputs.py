@@ -268,3 +268,35 @@ def test_argument_errors_answer_before_torch_loads(argv, words, tmp_path):
         assert word in line, line
     # every parser, train's too, is hf_topafa.cli_args': neither torch nor transformers loads
     assert "heavy: []" in done.stdout, (argv, done.stdout)
+
+
+def test_a_missing_path_shaped_like_a_hub_id_says_both_when_the_hub_is_unreachable(
+    monkeypatch, tmp_path, capsys
+):
+    """runs/missing is an owner/name: neither a folder here nor readable from an unreachable
+    Hub. The one line says both, and does not call the Hub "online"."""
+    from hf_topafa import sae_loading, sources
+
+    def unreachable(timeout: float = 3.0) -> None:
+        raise ConnectionError("cannot reach https://hub.invalid (timed out)")
+
+    monkeypatch.setattr(sae_loading, "check_hub_reachable", unreachable)
+    monkeypatch.setattr(sources, "check_hub_reachable", unreachable)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as info:
+        sae_loading.load_sae("runs/missing")
+    message = str(info.value)
+    assert "runs/missing" in message and "no such local folder" in message
+    assert "the Hub could not be reached" in message and "hub.invalid" in message
+    assert "online" not in message and message.count("no such local") == 1
+
+
+def test_a_hub_id_read_from_the_cache_only_is_not_called_online(monkeypatch, tmp_path):
+    from hf_topafa import SparseAutoencoder
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as info:
+        SparseAutoencoder.from_pretrained("nobody/no-such-sae", local_files_only=True)
+    message = str(info.value)
+    assert "nobody/no-such-sae" in message and "local Hub cache only" in message
+    assert "online" not in message
