@@ -395,7 +395,7 @@ def evaluate_saes(
     ce_clean, n_pred, n_tokens, n_windows = 0.0, 0, 0, 0
     texts: list[str] = []
     bar = tqdm(total=cfg.max_tokens, unit="tok", desc="evaluate", disable=not cfg.progress)
-    with torch.no_grad():
+    with bar, torch.no_grad():  # the bar is closed before any error line is printed
         for batch in batched(harvester.windows(), cfg.batch_windows):
             ids = torch.stack(batch).to(harvester.device)
             keep = harvester.keep_mask(ids)
@@ -444,7 +444,6 @@ def evaluate_saes(
             bar.update(kept)
             if n_tokens >= cfg.max_tokens:
                 break
-    bar.close()
     if n_tokens == 0:
         raise _no_tokens_error(cfg, context_length)
     downstream = None

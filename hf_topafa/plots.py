@@ -20,8 +20,8 @@ from .helpers import atomic_path
 CLASS_EPS_H = 0.5  # the eps (h - 1) band whose over/within/under split colours the points
 # zf_diagnostics gives both norms in the input's own scale (a standardizing SAE's multiplied back
 # by each token's std), which the axes say: in the standardized space all tokens share one ||z||.
-Z_LABEL = "||z||  (norm of the SAE input, in the input's own scale)"
-F_LABEL = "||f~||  (decoder-scaled feature activations, in the input's own scale)"
+Z_LABEL = "||z||  (the SAE's input, in the input's own scale)"
+F_LABEL = "||f~||  (decoder-scaled code, in the input's own scale)"
 CLASS_STYLE = {  # class value -> (label, colour)
     afa.OVER: ("over-activated", "#d62728"),
     afa.WITHIN: ("within bounds", "#2ca02c"),
