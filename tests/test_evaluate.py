@@ -302,3 +302,13 @@ def test_an_error_line_comes_after_the_progress_bar(tmp_path, capsys):
     last = err.rstrip().replace("\r", "\n").splitlines()[-1]
     assert last.startswith("error: text column 'text' not found"), err[-300:]
     assert "evaluate:" in err  # the bar was shown, and is over before the error
+
+
+def test_the_report_names_the_rule_that_chose_k():
+    from hf_topafa.eval_report import format_report
+
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=16, d_sae=64, activation="afa_band")).eval()
+    metrics, _ = ev.evaluate_activations(sae, torch.randn(32, 16))
+    report = format_report(metrics)
+    assert "AFA band entry k" in report and "top-AFA" not in report

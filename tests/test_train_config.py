@@ -372,3 +372,14 @@ def test_a_finished_run_is_left_byte_identical_when_run_again(tmp_path, capsys):
     # --overwrite still starts again
     train(TrainConfig.from_flat(output=str(run), overwrite=True, **SMALL), data=x)
     assert json.loads((run / "training_config.json").read_text())["sae"]["k"] is None
+
+
+def test_the_run_summary_names_the_rule_that_chose_k(tmp_path):
+    from hf_topafa.run_folder import summary
+
+    x = torch.randn(512, 16, generator=torch.Generator().manual_seed(0))
+    run = train(
+        TrainConfig.from_flat(output=str(tmp_path / "r"), activation="afa_band", **SMALL), data=x
+    )
+    text = summary(run)
+    assert "AFA band entry k: median" in text and "top-AFA" not in text
