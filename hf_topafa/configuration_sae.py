@@ -110,8 +110,7 @@ class SAEConfig(PretrainedConfig):
             d_sae = int(round(d_in * expansion_factor))
         self.d_sae = d_sae
         self.activation = activation
-        rule = RULES.get(activation) if isinstance(activation, str) else None
-        self.k = None if rule is not None and not rule.needs_k else k
+        self.k = k
         self.afa_coef = afa_coef
         self.aux_k = aux_k
         self.aux_coef = aux_coef
@@ -131,6 +130,9 @@ class SAEConfig(PretrainedConfig):
             init = "unit_tied"
         self.input_normalization = input_normalization
         self.loss_convention = "paper" if loss_convention is None else loss_convention
+        rule = RULES.get(activation) if isinstance(activation, str) else None
+        if rule is not None and not rule.needs_k:
+            self.k = None  # stored by runs from before training refused it; nothing reads it
         if encoder_bias is None:
             encoder_bias = rule.encoder_bias if rule is not None else True
         self.encoder_bias = encoder_bias

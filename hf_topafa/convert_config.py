@@ -65,12 +65,14 @@ def _cli_format(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
+DESCRIPTION = (
+    "Import an SAE saved by another library as an hf-topafa SAE folder. Anything our family "
+    "cannot express exactly is refused, never approximated."
+)
+
+
 def build_parser() -> CommandParser:
-    parser = CommandParser(
-        prog="hf-topafa convert",
-        description="Import an SAE saved by another library as an hf-topafa SAE folder. "
-        "Anything our family cannot express exactly is refused, never approximated.",
-    )
+    parser = CommandParser(prog="hf-topafa convert", description=DESCRIPTION)
     parser.add_argument(
         "--from",
         dest="format",

@@ -21,12 +21,14 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+DESCRIPTION = (
+    "Upload a run folder (config.json, model.safetensors, metrics.json, ZF plot) to the Hugging "
+    "Face Hub with a generated model card."
+)
+
+
 def build_parser() -> CommandParser:
-    parser = CommandParser(
-        prog="hf-topafa push",
-        description="Upload a run folder (config.json, model.safetensors, metrics.json, ZF plot) "
-        "to the Hugging Face Hub with a generated model card.",
-    )
+    parser = CommandParser(prog="hf-topafa push", description=DESCRIPTION)
     parser.add_argument(
         "run_dir",
         metavar="RUN_DIR",

@@ -17,6 +17,10 @@ APP_DIR = PACKAGE.parent / "spaces_app"
 APP_FILES = ("README.md", "requirements.txt", "*.py")
 DEFAULT_SAE_FILE = "default_sae.txt"
 SKIP_PARTS = ("__pycache__",)
+DESCRIPTION = (  # of `hf-topafa space --help`
+    "Publish the SAE explorer as a Gradio Space on the Hugging Face Hub: the app, the hf_topafa "
+    "package and requirements.txt, in one commit."
+)
 
 
 def space_files(sae: str | None = None) -> dict[str, str | bytes]:
@@ -59,11 +63,7 @@ def publish_space(
 
 
 def build_parser() -> CommandParser:
-    p = CommandParser(
-        prog="hf-topafa space",
-        description="Publish the SAE explorer as a Gradio Space on the Hugging Face Hub: the app, "
-        "the hf_topafa package and requirements.txt, in one commit.",
-    )
+    p = CommandParser(prog="hf-topafa space", description=DESCRIPTION)
     p.add_argument(
         "repo_id", metavar="REPO_ID", help="the Space, 'user/name' (created when missing)"
     )

@@ -345,14 +345,15 @@ def flat_training_config(data: dict) -> dict:
 RUN_CONTROL = tuple(f.name for f in dataclasses.fields(RunArgs))
 
 
+DESCRIPTION = (
+    "Train a sparse autoencoder on a language model's activations. Without arguments: a top-AFA "
+    "SAE on SmolLM2-135M-Instruct, layer 15, the bundled corpus sample."
+)
+
+
 def build_parser() -> DataclassParser:
     """``hf-topafa train``'s parser: one flag per field of every section, under its heading."""
-    parser = DataclassParser(
-        *SECTIONS.values(),
-        prog="hf-topafa train",
-        description="Train a sparse autoencoder on a language model's activations. Without "
-        "arguments: a top-AFA SAE on SmolLM2-135M-Instruct, layer 15, the bundled corpus sample.",
-    )
+    parser = DataclassParser(*SECTIONS.values(), prog="hf-topafa train", description=DESCRIPTION)
     parser.add_argument(
         "--config",
         metavar="FILE",
