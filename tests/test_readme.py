@@ -58,3 +58,44 @@ def test_the_main_job_figures_say_what_varies_across_machines():
     intro = README[: README.index("\n## The science in short")]
     paragraph = intro[intro.index("the main job harvests") :]
     assert "OMP_NUM_THREADS" in paragraph and "differ" in paragraph
+
+
+def test_the_steering_example_runs_with_a_coefficient_read_from_features_parquet(
+    tiny_lm_dir, tmp_path, monkeypatch, capsys
+):
+    """The README's steering code, run as written on a run folder shaped like the main job's
+    (a tiny SAE on a tiny language model): it reads the feature's max_activation from
+    features.parquet and steers with a coefficient relative to it, not with a fixed number."""
+    import pandas as pd
+    import torch
+
+    from hf_topafa import SAEConfig, SparseAutoencoder, steering
+
+    section = _section("Features and steering")
+    code = next(b.split("```")[0] for b in section.split("```python")[1:] if "steer(" in b)
+    assert "features.parquet" in code and "max_activation" in code
+    assert not re.search(r"coefficient=\d", code)  # relative to the feature, not fixed
+    run = re.search(r'"(runs/[^"]+)"', code).group(1)
+    feature = int(re.search(r"feature = (\d+)", code).group(1))
+    monkeypatch.chdir(tmp_path)
+    config = SAEConfig(
+        d_in=16, d_sae=feature + 8, activation="topafa", base_model=str(tiny_lm_dir), layer=1,
+        hook_point="resid_post", input_normalization="layer_norm",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    SparseAutoencoder(config).save_pretrained(run)
+    table = pd.DataFrame({"feature": range(feature + 8), "max_activation": 0.75})
+    table.to_parquet(f"{run}/features.parquet")
+    used = []
+
+    def recording_steer(*args, **kwargs):
+        used.append(kwargs["coefficient"])
+        return real_steer(*args, **kwargs)
+
+    real_steer = steering.steer
+    monkeypatch.setattr(steering, "steer", recording_steer)
+    capsys.readouterr()
+    exec(compile(code, "README steering", "exec"), {"__name__": "__main__"})
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(used) == 1 and 0.75 <= used[0] <= 4 * 0.75, used
+    assert any(" | " in line for line in printed), printed
