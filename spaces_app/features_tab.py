@@ -305,7 +305,7 @@ def build(sae_default: str, open_from=None, sae_from=None) -> None:
                     elem_id="steer-prompt",
                 )  # fmt: skip
                 coefficient = gr.Number(
-                    value=10.0, label="coefficient (try 1-2x the max activation above)",
+                    value=2.0, label="coefficient (try 1-2x the max activation above)",
                     elem_id="steer-coef",
                 )  # fmt: skip
                 mode = gr.Radio(list(steering.MODES), value="add", label="mode")
