@@ -100,10 +100,11 @@ def check_rule_options(s: SAESettings) -> None:
     for name in rules.RULE_OPTIONS:
         if name in rule.options or getattr(s, name) == defaults[name]:
             continue
-        users = " and ".join(rules.rules_reading(name))
+        users = rules.rules_reading(name)
         raise ValueError(
             f"--{name.replace('_', '-')} {getattr(s, name)} does not apply to activation "
-            f"{s.activation!r}: only {users} read it; leave it out"
+            f"{s.activation!r}: only {' and '.join(users)} read{'s' if len(users) == 1 else ''} "
+            "it; leave it out"
         )
 
 
