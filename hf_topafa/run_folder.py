@@ -170,7 +170,8 @@ def summary(run: str | os.PathLike) -> str:
     ]
     if "k_quantiles" in m:
         kq = m["k_quantiles"]
-        rule = get_rule(m["evaluation"]["sae"]["activation"]).display_name
+        saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        rule = get_rule(saved["activation"]).display_name
         lines.append(f"{rule} k: median {kq['q50']:.0f} (5%-95%: {kq['q05']:.0f}-{kq['q95']:.0f})")
     lines.append("files:")
     for name, what in (

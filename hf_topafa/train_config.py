@@ -5,7 +5,8 @@
 (``OptimArgs``) and ``run`` (``RunArgs``). ``hf-topafa train``'s flags are generated from the
 sections' fields by ``cli_args.DataclassParser``, like every other command's (field names are
 unique over the sections, so each flag keeps its flat name), and ``--config FILE`` (YAML or
-JSON, flat or by section) sets the same fields. The module imports no torch, so that a bad flag answers before the training code loads.
+JSON, flat or by section) sets the same fields. The module imports no torch, so that a bad flag
+answers before the training code loads.
 """
 
 from __future__ import annotations
