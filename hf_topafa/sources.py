@@ -80,14 +80,18 @@ def prepare_hub_read(repo_id: str, what: str) -> dict:
     return {}
 
 
-def not_found(repo_id: str, what: str, err: BaseException) -> FileNotFoundError:
-    """The Hub client's error for ``repo_id`` as one line naming the id and the mode."""
+def not_found(
+    repo_id: str, what: str, err: BaseException, local_only: bool = False
+) -> FileNotFoundError:
+    """The Hub client's error for ``repo_id`` as one line naming the id and the mode
+    (``local_only``: it was read with ``local_files_only``, not from the Hub itself)."""
     reason = " ".join(str(err).split()) or type(err).__name__
     if len(reason) > 200:
         reason = reason[:200] + "..."
+    mode = "read from the local Hub cache only" if local_only else hub_mode()
     return FileNotFoundError(
         f"{what} {repo_id!r} could not be loaded: no such local path, and the Hub, "
-        f"{hub_mode()}, gave {type(err).__name__}: {reason}"
+        f"{mode}, gave {type(err).__name__}: {reason}"
     )
 
 

@@ -234,7 +234,8 @@ def make_handlers(max_tokens: int):
 INTRO = """# hf-topafa: an SAE's view of your text
 For every token, the sparse autoencoder's code f̃ (feature activations scaled by decoder norms)
 should have about the same norm as its input z — the *approximate feature activation* of
-Lee et al. (arXiv 2503.24277). The ZF plot shows ‖f̃‖ against ‖z‖ with the ε(h−1) bands;
+Lee et al. (arXiv 2503.24277). The ZF plot shows ‖f̃‖ against ‖z‖ with the ε(h−1) bands, both in
+the input's own scale (an SAE that standardizes its input is multiplied back by each token's std);
 tokens above a band are **over-activated**, below it **under-activated**. εLBO is the smallest
 quasi-orthogonality ε that explains the token; top-AFA picks k, the number of features, per token.
 """

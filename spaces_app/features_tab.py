@@ -306,7 +306,10 @@ def build(sae_default: str, open_from=None, sae_from=None) -> None:
                     label="Prompt", value="The capital of France is", scale=3,
                     elem_id="steer-prompt",
                 )  # fmt: skip
-                coefficient = gr.Number(value=10.0, label="coefficient", elem_id="steer-coef")
+                coefficient = gr.Number(
+                    value=2.0, label="coefficient (try 1-2x the max activation above)",
+                    elem_id="steer-coef",
+                )  # fmt: skip
                 mode = gr.Radio(list(steering.MODES), value="add", label="mode")
                 length = gr.Slider(1, 100, value=30, step=1, label="new tokens")
             steer_button = gr.Button("Steer", elem_id="steer-button")

@@ -130,3 +130,32 @@ def test_space_quantile_by_hand():
     assert afa.quantile(values, 0.5) == pytest.approx(2.5)
     assert afa.quantile(values, 0.25) == pytest.approx(1.75)
     assert math.isnan(afa.quantile(torch.tensor([]), 0.5))
+
+
+def test_zf_diagnostics_are_in_the_inputs_own_scale():
+    # With the paper's standardization every token's working-space ||x_n|| is sqrt(d_in - 1), so
+    # a ZF plot in that space is one vertical stripe. The diagnostics multiply ||z|| and ||f~||
+    # back by each token's scale (std + 1e-5): ||z|| becomes ||x - mean||, and the tokens spread.
+    torch.manual_seed(2)
+    config = SAEConfig(d_in=16, d_sae=64, activation="topafa", input_normalization="layer_norm")
+    sae = SparseAutoencoder(config)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+    x = torch.randn(40, 16) * torch.linspace(0.5, 20.0, 40)[:, None] + 3.0
+    diag = afa.zf_diagnostics(sae, x)
+    x_n, mean, std = sae.normalize_input(x)
+    scale = (std + 1e-5).squeeze(-1)
+    z_work = x_n.norm(dim=-1)
+    f_work = afa.scaled_feature_norm(sae.encode(x), sae.W_dec, sae.b_dec)
+    assert torch.allclose(z_work, torch.full_like(z_work, 15**0.5), rtol=1e-4)  # the stripe
+    assert torch.allclose(diag["z_norm"], (x - mean).norm(dim=-1), rtol=1e-5)
+    assert torch.allclose(diag["f_norm"], f_work * scale, rtol=1e-5)
+    assert torch.allclose(diag["scale"], scale)
+    assert diag["z_norm"].max() > 10 * diag["z_norm"].min()  # spread along the diagonal
+    # eps_LBO and the over/under classes are scale-free: exactly the working space's
+    assert torch.equal(diag["eps_lbo"], afa.epsilon_lbo(z_work, f_work, 65))
+    for band in afa.EPS_H_BANDS:
+        assert torch.equal(diag[f"class_{band}"], afa.classify_tokens(z_work, f_work, band))
+    # An SAE without input normalization is already in the input's scale.
+    plain = SparseAutoencoder(SAEConfig(d_in=16, d_sae=64, activation="topafa"))
+    assert torch.equal(afa.zf_diagnostics(plain, x)["scale"], torch.ones(40))

@@ -118,7 +118,7 @@ COMMANDS = [
     (["convert", "--from", "saelens", "{empty_dir}", "{root}/x3"], ["empty_dir"]),
     (["push", "{sae}", "not a repo id!!", "--dry-run"], ["invalid repo id", "user/name"]),
     (["push", "{empty_dir}", "alice/x", "--dry-run"], ["config.json"]),
-    (["push", "{sae}"], ["repo_id"]),
+    (["push", "{sae}"], ["REPO_ID"]),
     (["bench", "--d-sae", "-1"], ["d_sae"]),
     (["bench", "--dtype", "int8"], ["--dtype", "float32"]),
     (["bench", "--variants", "nonsense"], ["nonsense"]),
@@ -212,8 +212,8 @@ def test_dispatcher_imports_no_torch():
     assert seconds < 5, seconds
 
 
-# A usage error inside a subcommand: one line and exit status 2 before torch (and, but for
-# train, transformers) loads
+# A usage error inside a subcommand: one line and exit status 2 before torch and transformers
+# load
 # (how fast that is, is measured by hand, never asserted here).
 EARLY_ERRORS = [
     (["train", "--layr", "3"], ["unrecognized arguments: --layr 3"]),
@@ -248,7 +248,7 @@ EARLY_ERRORS = [
         ["convert", "--from", "sparsify", "src", "out", "--norm-scaling-factor", "2"],
         ["norm_scaling_factor", "sparsify"],
     ),
-    (["push", "--bogus"], ["run_dir", "repo_id"]),
+    (["push", "--bogus"], ["RUN_DIR", "REPO_ID"]),
     (["push", "run", "alice/x", "--bogus"], ["unrecognized", "--bogus"]),
     (["push", "run", "not a repo id!!"], ["invalid repo id", "user/name"]),
     (["push", "run", "alice/x", "--format", "onnx"], ["--format", "saelens"]),
@@ -274,6 +274,37 @@ def test_argument_errors_answer_before_torch_loads(argv, words, tmp_path):
     line = _one_error_line(done.stderr)
     for word in words:
         assert word in line, line
-    # train's parser is transformers' HfArgumentParser, which loads transformers but not torch
-    allowed = "['transformers']" if argv[0] == "train" else "[]"
-    assert f"heavy: {allowed}" in done.stdout, (argv, done.stdout)
+    # every parser, train's too, is hf_topafa.cli_args': neither torch nor transformers loads
+    assert "heavy: []" in done.stdout, (argv, done.stdout)
+
+
+def test_a_missing_path_shaped_like_a_hub_id_says_both_when_the_hub_is_unreachable(
+    monkeypatch, tmp_path, capsys
+):
+    """runs/missing is an owner/name: neither a folder here nor readable from an unreachable
+    Hub. The one line says both, and does not call the Hub "online"."""
+    from hf_topafa import sae_loading, sources
+
+    def unreachable(timeout: float = 3.0) -> None:
+        raise ConnectionError("cannot reach https://hub.invalid (timed out)")
+
+    monkeypatch.setattr(sae_loading, "check_hub_reachable", unreachable)
+    monkeypatch.setattr(sources, "check_hub_reachable", unreachable)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as info:
+        sae_loading.load_sae("runs/missing")
+    message = str(info.value)
+    assert "runs/missing" in message and "no such local folder" in message
+    assert "the Hub could not be reached" in message and "hub.invalid" in message
+    assert "online" not in message and message.count("no such local") == 1
+
+
+def test_a_hub_id_read_from_the_cache_only_is_not_called_online(monkeypatch, tmp_path):
+    from hf_topafa import SparseAutoencoder
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as info:
+        SparseAutoencoder.from_pretrained("nobody/no-such-sae", local_files_only=True)
+    message = str(info.value)
+    assert "nobody/no-such-sae" in message and "local Hub cache only" in message
+    assert "online" not in message

@@ -286,3 +286,30 @@ def test_context_length_follows_the_saes():
         ev._context_length([(a, "a"), (b, "b")], ev.EvalConfig())
     with pytest.warns(UserWarning, match="overlap text the SAE trained on"):
         ev._context_length([(a, "a")], ev.EvalConfig(context_length=32))
+
+
+def test_an_error_line_comes_after_the_progress_bar(tmp_path, capsys):
+    """A failure inside the loop closes the bar first, so the one error line stands alone
+    (before, the bar was drawn again after it when the dropped bar was collected)."""
+    sae = SparseAutoencoder(
+        SAEConfig(d_in=D, d_sae=64, activation="topk", k=4, layer=LAYER, hook_point="resid_post")
+    )
+    sae.save_pretrained(tmp_path / "sae")
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"body": "a record without the text column"}\n')
+    code = ev.cli_main([str(tmp_path / "sae"), "--dataset", str(data), "--max-tokens", "8"])
+    err = capsys.readouterr().err
+    assert code == 2
+    last = err.rstrip().replace("\r", "\n").splitlines()[-1]
+    assert last.startswith("error: text column 'text' not found"), err[-300:]
+    assert "evaluate:" in err  # the bar was shown, and is over before the error
+
+
+def test_the_report_names_the_rule_that_chose_k():
+    from hf_topafa.eval_report import format_report
+
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=16, d_sae=64, activation="afa_band")).eval()
+    metrics, _ = ev.evaluate_activations(sae, torch.randn(32, 16))
+    report = format_report(metrics)
+    assert "AFA band entry k" in report and "top-AFA" not in report

@@ -260,6 +260,16 @@ def test_model_card_without_provenance_or_files():
     assert "No evaluation metrics" in card and "No ZF plot image" in card
     # Without provenance the usage code runs the analysis on activations the user supplies.
     assert "torch.randn(12, 16)" in card
+
+
+def test_model_card_usage_prints_eps_lbo_that_a_reader_can_see():
+    # eps_LBO of a trained SAE is of order 1e-5 (h is tens of thousands): ".4f" printed 0.0000.
+    card = render_model_card(make_sae())
+    line = next(line for line in card.splitlines() if "eps_LBO=" in line).strip()
+    assert line.startswith("print(") and line.endswith(")")
+    values = {"token": "cat", "z": 24.0, "f": 23.5, "eps": 3.21e-05}
+    printed = eval(line[len("print(") : -1], values)
+    assert "3.21e-05" in printed and "0.0000" not in printed
     with pytest.raises(TypeError, match="run folder path"):
         render_model_card(42)
 

@@ -112,3 +112,12 @@ def test_missing_matplotlib_gives_install_hint(monkeypatch, diagnostics, tmp_pat
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ImportError, match=r'pip install "hf-topafa\[plot\]"'):
         plots.save_zf_plot(diagnostics, tmp_path / "zf.png")
+
+
+def test_zf_plots_say_which_space_they_show(diagnostics):
+    fig = plots.zf_plot_figure(diagnostics)
+    for label in (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()):
+        assert "input's own scale" in label
+    layout = plots.zf_plot_figure_plotly(diagnostics).layout
+    for label in (layout.xaxis.title.text, layout.yaxis.title.text):
+        assert "input's own scale" in label

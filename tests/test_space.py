@@ -400,3 +400,23 @@ def test_other_base_weights_are_warned_on_the_page(space):
     )
     assert "**Warning:** SAE B: This SAE was trained on activations of tiny.Q8_0" in status
     assert "SAE A:" not in status
+
+
+def test_summary_of_a_standardizing_sae_reads_its_working_space():
+    # The diagnostics' norms are in the input's own scale; the summary's normalized MSE is
+    # still SAEOutput.mse_loss's ratio, in the SAE's standardized working space.
+    torch.manual_seed(3)
+    cfg = SAEConfig(d_in=16, d_sae=64, activation="topafa", input_normalization="layer_norm")
+    sae = SparseAutoencoder(cfg)
+    x = torch.randn(9, 16) * torch.linspace(1.0, 30.0, 9)[:, None]
+    result = sae_inspect.analyze_activations(sae, x)
+    analysis = sae_inspect.TextAnalysis(
+        token_ids=list(range(9)), tokens=[str(i) for i in range(9)], spans=None, text="",
+        excluded=[""] * 9, n_text_tokens=9, max_tokens=9, **result,
+    )  # fmt: skip
+    summary = sae_inspect.summarize(analysis)
+    x_n, _, _ = sae.normalize_input(x)
+    x_hat_n = sae.decode(sae.encode(x))
+    expect = float((x_n - x_hat_n).pow(2).sum() / x_n.pow(2).sum())
+    assert summary["normalized_mse"] == pytest.approx(expect, rel=1e-5)
+    assert summary["mean_z_norm"] == pytest.approx(float(result["diagnostics"]["z_norm"].mean()))

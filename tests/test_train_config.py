@@ -50,9 +50,9 @@ def _other_value(section, f: dataclasses.Field, tmp_path):
     if typing.get_origin(hint) is typing.Literal:
         value = next(v for v in typing.get_args(hint) if v != f.default)
         return value, value
-    if kind is bool:
+    if kind is bool:  # a switch: no value on the command line
         value = not f.default if f.default is not None else True
-        return value, str(value).lower()
+        return value, None
     if kind is int:
         value = 7 if f.default is None else f.default + 1
         return value, str(value)
@@ -70,13 +70,22 @@ def test_each_flag_lands_in_its_section_and_nowhere_else(section, name, tmp_path
     value, text = _other_value(section, f, tmp_path)
     assert value != f.default
     section_name = next(k for k, cls in SECTIONS.items() if cls is section)
-    # both spellings work: --max-tokens and --max_tokens
+    # a rule-specific option goes with a rule that reads it (RULE_OPTION_USER, below)
+    base = {}
+    if name in RULE_OPTION_USER:
+        base["activation"] = RULE_OPTION_USER[name][0]
+        if base["activation"] in ("topk", "batchtopk") and name != "k":
+            base["k"] = 8
+    base_argv = [a for key, v in base.items() for a in (f"--{key}", str(v))]
+    # both spellings work: --max-tokens and --max_tokens; a switch is --x, or --no-x when on
     spelling = name.replace("_", "-") if len(name) % 2 else name
-    config = parse_config([f"--{spelling}", text])
+    if text is None:
+        spelling = f"no-{spelling}" if f.default is True else spelling
+    config = parse_config([*base_argv, f"--{spelling}", *([] if text is None else [text])])
     assert getattr(getattr(config, section_name), name) == value
-    expected = {**TrainConfig().to_flat(), name: value}
+    expected = {**TrainConfig().to_flat(), **base, name: value}
     assert config.to_flat() == expected  # no other field moved
-    assert config == TrainConfig.from_flat(**{name: value})
+    assert config == TrainConfig.from_flat(**base, **{name: value})
 
 
 def test_help_lists_every_field_under_its_section():
@@ -264,3 +273,114 @@ def test_sae_settings_are_exactly_the_sae_configs_hyperparameters():
     provenance = {"d_in", "base_model", "layer", "hook_point", "dataset", "context_length"}
     arguments = set(inspect.signature(SAEConfig.__init__).parameters) - {"self", "kwargs"}
     assert {f.name for f in dataclasses.fields(SAESettings)} == arguments - provenance
+
+
+# The options only some rules read, and one rule that reads each.
+RULE_OPTION_USER = {
+    "k": ("topk", 8),
+    "l1_coef": ("relu", 0.5),
+    "l0_coef": ("jumprelu", 0.01),
+    "jumprelu_init_threshold": ("jumprelu", 0.1),
+    "jumprelu_bandwidth": ("jumprelu", 0.01),
+    "batchtopk_threshold_momentum": ("batchtopk", 0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RULE_OPTION_USER))
+def test_an_option_the_rule_does_not_read_is_refused(name):
+    user, value = RULE_OPTION_USER[name]
+    extra = {"k": 8} if user in ("topk", "batchtopk") and name != "k" else {}
+    TrainConfig.from_flat(activation=user, **{name: value}, **extra)  # its own rule: fine
+    refused = rf"--{name.replace('_', '-')} {value} does not apply to activation 'topafa'"
+    with pytest.raises(ValueError, match=refused):
+        TrainConfig.from_flat(activation="topafa", **{name: value})
+    with pytest.raises(ValueError, match=refused):
+        parse_config(["--activation", "topafa", f"--{name.replace('_', '-')}", str(value)])
+
+
+def test_k_with_topafa_is_refused_on_the_command_line_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "hf_topafa.cli", "train", "--activation", "topafa", "--k", "32",
+         "--output", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--k 32 does not apply to activation 'topafa'" in lines[0], lines
+    assert "topk" in lines[0] and "batchtopk" in lines[0]  # the rules it is for
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_saved_sae_config_with_a_k_its_rule_ignores_still_loads(tmp_path):
+    # Runs written before the refusal could store k=32 for top-AFA; it loads, and k reads None.
+    from hf_topafa.hub import render_model_card
+
+    from hf_topafa import SparseAutoencoder
+
+    sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=32, activation="topafa"))
+    sae.save_pretrained(tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    stored["k"] = 32
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    loaded = SparseAutoencoder.from_pretrained(tmp_path)
+    assert loaded.config.k is None
+    assert "k = 32" not in render_model_card(loaded.config)
+    assert SAEConfig(d_in=8, d_sae=32, activation="topk", k=4).k == 4
+
+
+def _snapshot(folder):
+    """Every path under ``folder`` with its bytes (None for a folder)."""
+    return {
+        str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_a_finished_run_is_left_byte_identical_when_run_again(tmp_path, capsys):
+    from hf_topafa.cli import main as cli
+
+    x = torch.randn(512, 16, generator=torch.Generator().manual_seed(0))
+    run = tmp_path / "run"
+    # made with --overwrite, which the saved configuration does not replay
+    first = TrainConfig.from_flat(output=str(run), overwrite=True, **SMALL)
+    train(first, data=x)
+    saved = json.loads((run / "training_config.json").read_text())
+    assert saved["run"]["overwrite"] is False and saved["run"]["resume"] is False
+    assert any(p.name.startswith("checkpoint") for p in run.iterdir())  # resumable, yet done
+    before = _snapshot(run)
+    capsys.readouterr()
+
+    same = TrainConfig.from_flat(output=str(run), **SMALL)
+    assert train(same, data=x) == run
+    out = capsys.readouterr().out
+    assert "finished" in out and "--overwrite" in out and "--output" in out
+    assert _snapshot(run) == before
+    train(TrainConfig.from_flat(output=str(run), resume=True, **SMALL), data=x)
+    assert _snapshot(run) == before
+
+    # the command line: --config RUN/training_config.json names its own folder; exit status 0
+    assert cli(["train", "--config", str(run / "training_config.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"{run} holds this run, finished" in out and "trained 256 tokens" in out
+    assert _snapshot(run) == before
+
+    # a run written before rule options were refused may hold a k top-AFA ignores: still this run
+    saved["sae"]["k"] = 32
+    (run / "training_config.json").write_text(json.dumps(saved))
+    before = _snapshot(run)
+    train(same, data=x)
+    assert _snapshot(run) == before and "finished" in capsys.readouterr().out
+    # --overwrite still starts again
+    train(TrainConfig.from_flat(output=str(run), overwrite=True, **SMALL), data=x)
+    assert json.loads((run / "training_config.json").read_text())["sae"]["k"] is None
+
+
+def test_the_run_summary_names_the_rule_that_chose_k(tmp_path):
+    from hf_topafa.run_folder import summary
+
+    x = torch.randn(512, 16, generator=torch.Generator().manual_seed(0))
+    run = train(
+        TrainConfig.from_flat(output=str(tmp_path / "r"), activation="afa_band", **SMALL), data=x
+    )
+    text = summary(run)
+    assert "AFA band entry k: median" in text and "top-AFA" not in text

@@ -159,7 +159,7 @@ def _load_cached(name: str | None, gguf_file: str | None, device: str, dtype: to
         model = AutoModelForCausalLM.from_pretrained(source, **extra, **_dtype_kwarg(dtype))
     except OSError as err:
         if source is name and not looks_local(name):
-            raise not_found(name, "language model", err) from err
+            raise not_found(name, "language model", err, bool(extra)) from err
         raise
     model.to(device).eval()
     return model, tokenizer

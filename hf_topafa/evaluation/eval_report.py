@@ -17,6 +17,7 @@ import torch
 
 from .. import helpers
 from ..sae import afa
+from ..sae.rules import get_rule
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -178,7 +179,8 @@ def format_report(metrics: dict) -> str:
                  f"5-95% {_fmt(q['q05'])}-{_fmt(q['q95'])})"))  # fmt: skip
     if "k_quantiles" in spa:
         kq = spa["k_quantiles"]
-        rows.append(("top-AFA k", f"mean {_fmt(spa['k_mean'])}  quartiles {_fmt(kq['q25'])} / "
+        rule = get_rule(sae["activation"]).display_name
+        rows.append((f"{rule} k", f"mean {_fmt(spa['k_mean'])}  quartiles {_fmt(kq['q25'])} / "
                      f"{_fmt(kq['q50'])} / {_fmt(kq['q75'])}"))  # fmt: skip
     rows.append(("dead / dense", f"{spa['dead_features']} / {spa['dense_features']} "
                  f"(dense: fires on > {spa['dense_threshold']:.0%} of tokens)"))  # fmt: skip

@@ -25,7 +25,9 @@ under ``reconstruction_normalized_space``):
   CE_clean): 1 is as good as the clean model, 0 as bad as zero ablation;
 - AFA: z is the SAE's (normalized) input, f~ its activations scaled by decoder-row norms with
   ||b_dec|| appended, h = d_sae + 1 (see ``hf_topafa.afa``); tokens are over/within/under the
-  bounds for each eps (h - 1) in ``afa.EPS_H_BANDS``.
+  bounds for each eps (h - 1) in ``afa.EPS_H_BANDS``. The ZF plot draws ||z|| and ||f~|| in the
+  input's own scale (a standardizing SAE's multiplied back by each token's std, see
+  ``afa.zf_diagnostics``); eps_LBO and the classes are the same in either scale.
 """
 
 from __future__ import annotations
@@ -395,7 +397,7 @@ def evaluate_saes(
     ce_clean, n_pred, n_tokens, n_windows = 0.0, 0, 0, 0
     texts: list[str] = []
     bar = tqdm(total=cfg.max_tokens, unit="tok", desc="evaluate", disable=not cfg.progress)
-    with torch.no_grad():
+    with bar, torch.no_grad():  # the bar is closed before any error line is printed
         for batch in batched(harvester.windows(), cfg.batch_windows):
             ids = torch.stack(batch).to(harvester.device)
             keep = harvester.keep_mask(ids)
@@ -444,7 +446,6 @@ def evaluate_saes(
             bar.update(kept)
             if n_tokens >= cfg.max_tokens:
                 break
-    bar.close()
     if n_tokens == 0:
         raise _no_tokens_error(cfg, context_length)
     downstream = None

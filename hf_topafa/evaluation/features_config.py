@@ -27,6 +27,8 @@ TEXT_FIELDS = (
     "device",
 )
 DEFAULTS = {"max_tokens": 100_000, "context_length": DEFAULT_CONTEXT, "batch_windows": 32}
+# help of a HarvestConfig field whose text there describes harvest's default
+HELPS = {"max_tokens": "stop after this many kept tokens"}
 
 
 @dataclass
@@ -52,6 +54,7 @@ def build_parser() -> DataclassParser:
         HarvestConfig,
         only={HarvestConfig: TEXT_FIELDS},
         defaults=DEFAULTS,
+        helps=HELPS,
         prog="hf-topafa features",
         description="Top examples, density, histograms and logit effects of every feature.",
     )

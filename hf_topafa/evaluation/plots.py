@@ -18,6 +18,10 @@ from ..helpers import atomic_path
 from ..sae import afa
 
 CLASS_EPS_H = 0.5  # the eps (h - 1) band whose over/within/under split colours the points
+# zf_diagnostics gives both norms in the input's own scale (a standardizing SAE's multiplied back
+# by each token's std), which the axes say: in the standardized space all tokens share one ||z||.
+Z_LABEL = "||z||  (the SAE's input, in the input's own scale)"
+F_LABEL = "||f~||  (decoder-scaled code, in the input's own scale)"
 CLASS_STYLE = {  # class value -> (label, colour)
     afa.OVER: ("over-activated", "#d62728"),
     afa.WITHIN: ("within bounds", "#2ca02c"),
@@ -143,8 +147,8 @@ def zf_plot_figure(diagnostics: Mapping, title: str | None = None, eps_h: float 
     ymax = max(float(grid[-1]), float(finite_f.max()) * 1.05 if finite_f.numel() else 0.0)
     ax.set_xlim(0, float(grid[-1]))
     ax.set_ylim(0, ymax if ymax > 0 else 1.0)
-    ax.set_xlabel("||z||  (norm of the SAE input)")
-    ax.set_ylabel("||f~||  (norm of decoder-scaled feature activations)")
+    ax.set_xlabel(Z_LABEL)
+    ax.set_ylabel(F_LABEL)
     ax.set_title(title or "ZF plot")
     ax.text(
         0.01, 0.99, _summary_line(z, classes, eps_h), transform=ax.transAxes,
@@ -225,8 +229,8 @@ def zf_plot_figure_plotly(
         )  # fmt: skip
     fig.update_layout(
         title=(title or "ZF plot") + f"<br><sup>{_summary_line(z, classes, eps_h)}</sup>",
-        xaxis_title="||z||  (norm of the SAE input)",
-        yaxis_title="||f~||  (norm of decoder-scaled feature activations)",
+        xaxis_title=Z_LABEL,
+        yaxis_title=F_LABEL,
         template="plotly_white",
     )
     return fig

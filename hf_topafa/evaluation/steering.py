@@ -105,7 +105,12 @@ def steer(
     model=None,
     tokenizer=None,
 ) -> Steered:
-    """Continue ``prompt`` twice, with ``feature`` steered at the SAE's hook and without."""
+    """Continue ``prompt`` twice, with ``feature`` steered at the SAE's hook and without.
+
+    ``coefficient`` is in the units of the feature's activations: start near one or two times its
+    ``max_activation`` in ``features.parquet`` (``hf-topafa features``); far beyond that (10 for
+    a feature that peaks near 1) the text turns to gibberish in either mode.
+    """
     _check(sae, feature, coefficient, mode, max_new_tokens, temperature)
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty: type some text to continue")

@@ -113,7 +113,8 @@ class TextAnalysis:
     excluded: list[str]
     """Why a position is left out of the plot and summary ('' when it is kept)."""
     diagnostics: dict[str, torch.Tensor]
-    """``afa.zf_diagnostics`` of the SAE on these tokens: z_norm, f_norm, eps_lbo, l0, k, class_*."""
+    """``afa.zf_diagnostics`` of the SAE on these tokens: z_norm, f_norm (in the input's own
+    scale), scale, eps_lbo, l0, k, class_*."""
     rel_error: torch.Tensor
     """||x_n - x^_n||^2 / ||x_n||^2 per token, in the SAE's normalized input space."""
     sq_error: torch.Tensor
@@ -280,8 +281,8 @@ def summarize(analysis: TextAnalysis) -> dict[str, float]:
         summary[f"share_under_{eps_h}"] = float((classes == afa.UNDER).double().mean())
     summary["mean_l0"] = float(d["l0"].double().mean())
     summary["mean_k"] = float(d["k"].double().mean())
-    # z is the SAE's normalized input, so this is SAEOutput.mse_loss on the kept tokens.
-    total_sq = d["z_norm"].double().pow(2).sum().clamp_min(1e-12)
+    # z / scale is the SAE's normalized input, so this is SAEOutput.mse_loss on the kept tokens.
+    total_sq = (d["z_norm"].double() / d["scale"].double()).pow(2).sum().clamp_min(1e-12)
     summary["normalized_mse"] = float(analysis.sq_error[kept].double().sum() / total_sq)
     summary["mean_z_norm"] = float(d["z_norm"].double().mean())
     summary["mean_f_norm"] = float(d["f_norm"].double().mean())

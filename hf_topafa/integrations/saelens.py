@@ -48,6 +48,7 @@ from ..interop.convert_saelens import (
 )
 from ..sae.configuration_sae import SAEConfig
 from ..sae.modeling_sae import SparseAutoencoder
+from ..sae.rules import get_rule
 
 NORMALIZATIONS = ("none", "layer_norm", "expected_average_only_in")
 """SAELens's ``normalize_activations`` values these SAEs compute exactly (the last is folded into
@@ -215,11 +216,11 @@ class AFAComputation:
     @torch.no_grad()
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
         """SAELens's fold; an estimated threshold (afa_batch: on pre * ||W_dec,i||, whose
-        decoder norms the fold divides) is divided too."""
+        decoder norms the fold divides; afa_count: an energy, divided twice) is divided too."""
         super().fold_activation_norm_scaling_factor(scaling_factor)
         threshold = getattr(self, "threshold", None)
         if threshold is not None and bool(threshold.min() >= 0):
-            threshold.div_(scaling_factor)
+            threshold.div_(scaling_factor ** get_rule(self.cfg.architecture()).threshold_power)
 
     def fold_activation_whitening(self, mean, whitening_matrix, unwhitening_matrix) -> None:
         raise NotImplementedError(

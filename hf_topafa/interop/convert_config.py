@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli.cli_args import CommandParser
 from ..names import HOOK_POINTS
 
 FORMATS = ("saelens", "sparsify", "gemma_scope", "dictionary_learning")
@@ -89,8 +90,8 @@ def _cli_export_format(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="hf-topafa convert",
         description="Import an SAE saved by another library as an hf-topafa SAE folder (--from), "
         "or write an hf-topafa SAE in another library's format (--to). Anything the target "
@@ -114,11 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "source",
+        metavar="SOURCE",
         help="--from: local folder/file, or owner/repo[/path] on the Hub; --to: an "
         "hf-topafa SAE folder or Hub id",
     )
     parser.add_argument(
         "output",
+        metavar="OUTPUT",
         help="folder to write (--from: config.json + model.safetensors; --to saelens: "
         "cfg.json + sae_weights.safetensors)",
     )

@@ -245,7 +245,7 @@ def _fold_input_scale(
         # except a threshold on decoder-scaled activations (afa_batch), which scales with W_dec.
         t["W_enc"], t["W_dec"], t["b_dec"] = t["W_enc"] * s, t["W_dec"] / s, t["b_dec"] / s
         if _registered_threshold(architecture) and t["threshold"][0] >= 0:
-            t["threshold"] = t["threshold"] / s
+            t["threshold"] = t["threshold"] / s ** get_rule(architecture).threshold_power
     elif normalize not in ("none", "layer_norm"):
         raise UnsupportedSAEError(
             f"{where}: normalize_activations={normalize!r} transforms inputs at run time in a "

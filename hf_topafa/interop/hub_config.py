@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli.cli_args import CommandParser
 from ..sources import HUB_ID
 
 FORMATS = ("hf-topafa", "saelens")
@@ -22,16 +23,22 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hf-topafa push",
-        description="Upload a run folder (config.json, model.safetensors, metrics.json, ZF plot) "
-        "to the Hugging Face Hub with a generated model card.",
+DESCRIPTION = (
+    "Upload a run folder (config.json, model.safetensors, metrics.json, ZF plot) to the Hugging "
+    "Face Hub with a generated model card."
+)
+
+
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog="hf-topafa push", description=DESCRIPTION)
+    parser.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help="folder written by training: config.json, model.safetensors",
     )
     parser.add_argument(
-        "run_dir", help="folder written by training: config.json, model.safetensors"
+        "repo_id", metavar="REPO_ID", help="Hub repo, 'user/name' (created when missing)"
     )
-    parser.add_argument("repo_id", help="Hub repo, 'user/name' (created when missing)")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--revision", default=None, help="branch to push to (created when missing)")
     parser.add_argument(

@@ -216,7 +216,7 @@ def _usage_code(config: SAEConfig, repo_id: str) -> str:
         ]
     lines += [
         'for token, z, f, eps in zip(tokens, zf["z_norm"], zf["f_norm"], zf["eps_lbo"]):',
-        '    print(f"{token!r:>14}  ||z||={z:8.3f}  ||f~||={f:8.3f}  eps_LBO={eps:.4f}")',
+        '    print(f"{token!r:>14}  ||z||={z:8.3f}  ||f~||={f:8.3f}  eps_LBO={eps:.3g}")',
         "",
         "from hf_topafa.evaluation.plots import save_zf_plot  # needs the plot extra",
         'save_zf_plot(zf, "zf_plot_sentence.png")',

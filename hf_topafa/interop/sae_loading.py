@@ -76,11 +76,19 @@ def _load_local(folder: str, stamp: int) -> SparseAutoencoder:
 @functools.lru_cache(maxsize=8)
 def _load_hub(repo_id: str) -> SparseAutoencoder:
     try:
+        check_hub_reachable()
+    except ConnectionError as unreachable:  # a copy downloaded earlier still does
         try:
-            check_hub_reachable()
-            sae = SparseAutoencoder.from_pretrained(repo_id)
-        except ConnectionError:  # offline: a copy downloaded earlier still does
-            sae = SparseAutoencoder.from_pretrained(repo_id, local_files_only=True)
+            return SparseAutoencoder.from_pretrained(repo_id, local_files_only=True).eval()
+        except Exception as err:
+            raise FileNotFoundError(
+                f"Could not load the SAE {repo_id!r}: there is no such local folder "
+                f"({Path(repo_id).expanduser().absolute()}), and the Hub could not be reached "
+                f"({unreachable}) nor does its local cache hold the id. Check the path, or the "
+                "network and the id."
+            ) from err
+    try:
+        sae = SparseAutoencoder.from_pretrained(repo_id)
     except Exception as err:  # the Hub client raises many types: report them all the same way
         raise FileNotFoundError(
             f"Could not load the SAE {repo_id!r}: there is no such local folder, and the Hub "

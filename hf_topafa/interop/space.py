@@ -7,15 +7,20 @@ SAE into ``default_sae.txt``, which the app reads when ``$HF_TOPAFA_SAE`` is uns
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+from ..cli.cli_args import CommandParser
 
 PACKAGE = Path(__file__).resolve().parents[1]
 APP_DIR = PACKAGE.parent / "spaces_app"
 APP_FILES = ("README.md", "requirements.txt", "*.py")
 DEFAULT_SAE_FILE = "default_sae.txt"
 SKIP_PARTS = ("__pycache__",)
+DESCRIPTION = (  # of `hf-topafa space --help`
+    "Publish the SAE explorer as a Gradio Space on the Hugging Face Hub: the app, the hf_topafa "
+    "package and requirements.txt, in one commit."
+)
 
 
 def space_files(sae: str | None = None) -> dict[str, str | bytes]:
@@ -57,13 +62,11 @@ def publish_space(
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="hf-topafa space",
-        description="Publish the SAE explorer as a Gradio Space on the Hugging Face Hub: the app, "
-        "the hf_topafa package and requirements.txt, in one commit.",
+def build_parser() -> CommandParser:
+    p = CommandParser(prog="hf-topafa space", description=DESCRIPTION)
+    p.add_argument(
+        "repo_id", metavar="REPO_ID", help="the Space, 'user/name' (created when missing)"
     )
-    p.add_argument("repo_id", help="the Space, 'user/name' (created when missing)")
     p.add_argument("--sae", default=None, help="default SAE of the page (a Hub id)")
     p.add_argument("--private", action="store_true", help="create the Space as private")
     p.add_argument(

@@ -112,21 +112,30 @@ def zf_diagnostics(sae, x: torch.Tensor, out=None) -> dict[str, torch.Tensor]:
     """Per-token AFA diagnostics of an SAE on inputs x [..., d_in] (flattened to tokens).
 
     The one definition the library, evaluation and the Space use. z is the SAE's own input after
-    its input normalization; f~ uses its W_dec and b_dec. ``out``: the SAE's output on ``x``
-    when the caller has already run it (then the SAE does not run again).
-    Returns z_norm, f_norm, eps_lbo, l0, k (top-AFA's chosen k, else l0) and one class tensor
-    per eps (h - 1) band, keyed ``class_0.25`` etc.
+    its input normalization; f~ uses its W_dec and b_dec. ``z_norm`` and ``f_norm`` are given in
+    the input's own scale: both multiplied by each token's ``scale`` (std + 1e-5 under the
+    paper's standardization, 1 without normalization), so that ``z_norm`` is ||x - mean|| and
+    the code's norm is measured in the same units. In the standardized space every token has
+    ||z|| = sqrt(d_in - 1) and a ZF plot would be one vertical stripe. eps_LBO and the classes
+    are ratios, the same in either scale (computed before scaling).
+    ``out``: the SAE's output on ``x`` when the caller has already run it (then the SAE does
+    not run again).
+    Returns z_norm, f_norm, scale (divide by it for the SAE's working space), eps_lbo, l0, k
+    (top-AFA's chosen k, else l0) and one class tensor per eps (h - 1) band, keyed
+    ``class_0.25`` etc.
     """
     if out is None:
         out = sae(x)
-    z, _, _ = sae.normalize_input(x.reshape(-1, x.shape[-1]))
+    z, _, std = sae.normalize_input(x.reshape(-1, x.shape[-1]))
     acts = out.feature_acts.reshape(-1, sae.config.d_sae)
     z_norm = afa_norm(z)
     f_norm = scaled_feature_norm(acts, sae.W_dec, sae.b_dec)
+    scale = sae.input_scale(std).reshape(-1).to(z_norm.dtype).expand_as(z_norm)
     h = sae.config.d_sae + 1
     result = {
-        "z_norm": z_norm,
-        "f_norm": f_norm,
+        "z_norm": z_norm * scale,
+        "f_norm": f_norm * scale,
+        "scale": scale.clone(),
         "eps_lbo": epsilon_lbo(z_norm, f_norm, h),
         "l0": out.l0.reshape(-1),
         "k": (out.k if out.k is not None else out.l0).reshape(-1),

@@ -33,7 +33,8 @@ class SAEConfig(PretrainedConfig):
             (a learned threshold at inference); ``"relu"`` is a ReLU SAE trained with an L1
             penalty; ``"jumprelu"`` zeroes pre-activations below a learned per-feature threshold.
         k: features kept per token for the rules that need it (``topk`` and ``batchtopk``:
-            ``Rule.needs_k``); ignored elsewhere.
+            ``Rule.needs_k``); for the other rules it is dropped (None), so that a config.json
+            written before training refused it loads as it always did, without claiming a k.
         afa_coef: lambda_AFA, weight of the norm-matching loss, in the paper's units when
             ``loss_convention="paper"`` (see ``SAEOutput``). The paper uses it for top-AFA with
             lambda in {1/128 ... 1/16}; other activations may set it too (0 turns it off).
@@ -129,8 +130,10 @@ class SAEConfig(PretrainedConfig):
             init = "unit_tied"
         self.input_normalization = input_normalization
         self.loss_convention = "paper" if loss_convention is None else loss_convention
+        rule = RULES.get(activation) if isinstance(activation, str) else None
+        if rule is not None and not rule.needs_k:
+            self.k = None  # stored by runs from before training refused it; nothing reads it
         if encoder_bias is None:
-            rule = RULES.get(activation) if isinstance(activation, str) else None
             encoder_bias = rule.encoder_bias if rule is not None else True
         self.encoder_bias = encoder_bias
         self.init = init

@@ -180,6 +180,13 @@ class SparseAutoencoder(PreTrainedModel):
             )
         return x_hat_n * std + mean
 
+    def input_scale(self, std: torch.Tensor) -> torch.Tensor:
+        """Per token, the factor back to the input's own scale: x - mean = x_n * input_scale(std),
+        with (x_n, mean, std) from ``normalize_input`` (std + 1e-5 under the paper's layer_norm)."""
+        if self.config.input_normalization == "layer_norm":
+            return std + 1e-5
+        return std
+
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """ReLU((x_n - b_dec) W_enc + b_enc), with x_n the normalized input."""
         x_n, _, _ = self.normalize_input(self._check_input(x))
@@ -587,7 +594,8 @@ class SparseAutoencoder(PreTrainedModel):
         except OSError as err:
             if os.path.isdir(path):
                 raise
-            raise not_found(path, "SAE", err) from err
+            local_only = bool(kwargs.get("local_files_only"))
+            raise not_found(path, "SAE", err, local_only) from err
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' saver, refusing a path that is an existing file (it would do nothing)."""

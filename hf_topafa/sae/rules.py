@@ -25,7 +25,8 @@ How to add a rule
    ``nn.Parameter`` named ``threshold``, ``"estimated"`` a buffer; ``threshold_init`` gives its
    starting value) or a penalty (``penalty`` returns the weighted loss, ``penalty_coef`` names
    the SAEConfig field that weighs it). A new hyperparameter is a new SAEConfig argument and
-   the same field of ``SAESettings`` (training's ``sae`` section, whose fields are the flags).
+   the same field of ``SAESettings`` (training's ``sae`` section, whose fields are the flags);
+   one that only some rules read goes in ``RULE_OPTIONS`` and in those rules' ``options``.
 Then run ``pytest tests/test_rules.py``: it checks every registered rule end to end (config,
 forward, backward, save and load, model card, training flag).
 """
@@ -62,6 +63,9 @@ class Rule:
     (a buffer), or none."""
     threshold_init: Callable[[Any], float] | None = None
     """The threshold's starting value from the config."""
+    threshold_power: int = 1
+    """How the threshold scales with the input: 1 for an activation level, 2 for an energy
+    (``afa_count``); a fold of the input's scale by s divides the threshold by s ** power."""
     encoder_bias: bool = False
     """Default of ``SAEConfig.encoder_bias`` (the paper's k-selecting encoders have none)."""
     afa_loss: bool = True
@@ -77,6 +81,9 @@ class Rule:
     """Sparse selection ``(sae, pre, x_n) -> (rows, cols, k or None)``; None: dense path only."""
     kept_per_token: Callable[[Any], int] | None = None
     """Expected features kept per token (decides whether the sparse path pays)."""
+    options: tuple[str, ...] = ()
+    """The SAEConfig fields of ``RULE_OPTIONS`` that this rule reads; training refuses the
+    others for it, since they would do nothing."""
 
     def __post_init__(self):
         if self.threshold not in THRESHOLD_KINDS:
@@ -89,6 +96,10 @@ class Rule:
             )
         if (self.select_pairs is None) != (self.kept_per_token is None):
             raise ValueError(f"rule {self.name}: select_pairs and kept_per_token go together")
+        if self.needs_k != ("k" in self.options):
+            raise ValueError(f"rule {self.name}: needs_k and options=('k', ...) go together")
+        if self.penalty_coef is not None and self.penalty_coef not in self.options:
+            raise ValueError(f"rule {self.name}: options must name penalty_coef")
 
     @property
     def sparse_path(self) -> bool:
@@ -320,6 +331,7 @@ RULES: dict[str, Rule] = {
             afa_loss=False,
             select_pairs=_topk_pairs,
             kept_per_token=lambda sae: sae.config.k,
+            options=("k",),
         ),
         Rule(
             name="batchtopk",
@@ -336,6 +348,7 @@ RULES: dict[str, Rule] = {
             threshold_init=lambda config: -1.0,  # -1: not estimated yet
             select_pairs=_batchtopk_pairs,
             kept_per_token=lambda sae: sae.config.k,
+            options=("k", "batchtopk_threshold_momentum"),
         ),
         Rule(
             name="relu",
@@ -351,6 +364,7 @@ RULES: dict[str, Rule] = {
             penalty=_relu_l1,
             penalty_coef="l1_coef",
             penalty_name="L1",
+            options=("l1_coef",),
         ),
         Rule(
             name="jumprelu",
@@ -368,6 +382,7 @@ RULES: dict[str, Rule] = {
             penalty=_jumprelu_l0,
             penalty_coef="l0_coef",
             penalty_name="L0",
+            options=("l0_coef", "jumprelu_init_threshold", "jumprelu_bandwidth"),
         ),
         Rule(
             name="afa_band",
@@ -410,6 +425,7 @@ RULES: dict[str, Rule] = {
             select=_afa_batch_select,
             threshold="estimated",
             threshold_init=lambda config: -1.0,  # -1: not estimated yet
+            options=("batchtopk_threshold_momentum",),
         ),
         Rule(
             name="noise_floor",
@@ -438,6 +454,8 @@ RULES: dict[str, Rule] = {
             adaptive_k=True,
             threshold="estimated",
             threshold_init=lambda config: -1.0,  # -1: not estimated yet
+            threshold_power=2,  # an energy: squared decoder-scaled activations
+            options=("batchtopk_threshold_momentum",),  # the running energy's momentum
         ),
         Rule(
             name="risk_inflation",
@@ -461,6 +479,16 @@ NEEDS_K: tuple[str, ...] = tuple(name for name, rule in RULES.items() if rule.ne
 """The rules that need ``k``."""
 ENCODER_BIAS: tuple[str, ...] = tuple(name for name, rule in RULES.items() if rule.encoder_bias)
 """The rules whose encoder bias is trained by default."""
+RULE_OPTIONS: tuple[str, ...] = (
+    "k", "l1_coef", "l0_coef", "jumprelu_init_threshold", "jumprelu_bandwidth",
+    "batchtopk_threshold_momentum",
+)  # fmt: skip
+"""The SAEConfig fields that only some rules read (``Rule.options``)."""
+
+
+def rules_reading(option: str) -> tuple[str, ...]:
+    """The names of the rules that read ``option`` (one of ``RULE_OPTIONS``)."""
+    return tuple(name for name, rule in RULES.items() if option in rule.options)
 
 
 def get_rule(name: str) -> Rule:

@@ -9,6 +9,7 @@ before the training code loads.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,8 +74,8 @@ class SAESettings:
     )
     encoder_bias: bool | None = _arg(
         None,
-        f"Train an encoder bias; default: yes for {'/'.join(rules.ENCODER_BIAS)}, no else "
-        "(the paper's k-selecting encoders have none).",
+        f"Train an encoder bias, or not (--no-encoder-bias); default: yes for "
+        f"{'/'.join(rules.ENCODER_BIAS)}, no else (the paper's k-selecting encoders have none).",
     )
     init: Literal["kaiming", "unit_tied"] = _arg(
         "kaiming",
@@ -87,6 +88,24 @@ class SAESettings:
 
     def __post_init__(self):
         check_sae_settings(self)
+        check_rule_options(self)
+
+
+def check_rule_options(s: SAESettings) -> None:
+    """Refuse a rule-specific option set (away from its default) for a rule that does not read
+    it: ``--k 32`` with top-AFA would do nothing but be recorded. Training's check only: a saved
+    SAEConfig may carry such a value (``SAEConfig`` drops a stored k its rule has no use for)."""
+    rule = get_rule(s.activation)
+    defaults = {f.name: f.default for f in dataclasses.fields(SAESettings)}
+    for name in rules.RULE_OPTIONS:
+        if name in rule.options or getattr(s, name) == defaults[name]:
+            continue
+        users = rules.rules_reading(name)
+        raise ValueError(
+            f"--{name.replace('_', '-')} {getattr(s, name)} does not apply to activation "
+            f"{s.activation!r}: only {' and '.join(users)} read{'s' if len(users) == 1 else ''} "
+            "it; leave it out"
+        )
 
 
 def check_sae_settings(s) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..helpers import replace, write_json
+from ..sae.rules import RULE_OPTIONS, get_rule
 from .checkpoint import load_latest_intact
 from .train_config import (
     METRICS,
@@ -59,6 +60,31 @@ def check_output_folder(config: TrainConfig) -> tuple[bool, bool]:
     return True, False
 
 
+def finished_run_note(config: TrainConfig) -> str | None:
+    """When --output holds this very run, finished (its metrics.json is written), the line that
+    says so and how to start again; else None. Without --overwrite such a run is left as it is,
+    byte for byte: continuing it would redo its held-out metrics and rewrite its files. A
+    different run there is refused as ``check_output_folder`` says."""
+    if config.run.overwrite:
+        return None
+    same_run, _ = check_output_folder(config)
+    run = Path(config.run.output)
+    if not (same_run and (run / METRICS).is_file()):
+        return None
+    return (
+        f"{run} holds this run, finished ({METRICS} is written); it was left as it is. To train "
+        "it again pass --overwrite, or give a new --output."
+    )
+
+
+def recorded_config(config: TrainConfig) -> dict:
+    """``training_config.json``'s content: the configuration without the one-time actions
+    --resume and --overwrite, so that ``--config RUN/training_config.json`` replays neither."""
+    recorded = config.to_dict()
+    recorded["run"].update(resume=False, overwrite=False)
+    return recorded
+
+
 def _config_differences(saved: dict, config: TrainConfig) -> list[str]:
     """What differs, field by field, between a saved training_config.json (by section, or flat as
     written before the sections) and ``config``, leaving out the run section (RUN_CONTROL)."""
@@ -75,6 +101,8 @@ def _config_differences(saved: dict, config: TrainConfig) -> list[str]:
             continue  # taken from the cache's manifest
         if key == "d_sae" and value is None:
             continue
+        if key in RULE_OPTIONS and key not in get_rule(config.sae.activation).options:
+            continue  # a run written before such options were refused may hold one
         if saved.get(key) != value:
             out.append(f"{key}: saved {saved.get(key)!r}, now {value!r}")
     return out
@@ -142,7 +170,9 @@ def summary(run: str | os.PathLike) -> str:
     ]
     if "k_quantiles" in m:
         kq = m["k_quantiles"]
-        lines.append(f"top-AFA k: median {kq['q50']:.0f} (5%-95%: {kq['q05']:.0f}-{kq['q95']:.0f})")
+        saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        rule = get_rule(saved["activation"]).display_name
+        lines.append(f"{rule} k: median {kq['q50']:.0f} (5%-95%: {kq['q05']:.0f}-{kq['q95']:.0f})")
     lines.append("files:")
     for name, what in (
         ("config.json", "SAE configuration"),
@@ -158,7 +188,7 @@ def summary(run: str | os.PathLike) -> str:
 
 def intact_checkpoint(run: Path, config: TrainConfig, resuming: bool, is_main: bool):
     """The newest loadable checkpoint of the run, or None; refuses a resume with nothing to
-    resume and a restart that would overwrite a finished run."""
+    resume (a finished run never gets here: ``finished_run_note``)."""
     if not resuming:
         if config.run.resume:
             raise ValueError(
@@ -171,10 +201,5 @@ def intact_checkpoint(run: Path, config: TrainConfig, resuming: bool, is_main: b
         raise ValueError(
             f"--resume: {run} has no intact checkpoint to resume; drop --resume to start this "
             "run again from step 0, or pass --overwrite"
-        )
-    if found is None and (run / METRICS).is_file():
-        raise ValueError(
-            f"{run} holds a finished run and no intact checkpoint; it was left as it is. Pass "
-            "--overwrite to train it again, or choose another --output"
         )
     return found

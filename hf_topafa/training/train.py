@@ -43,8 +43,10 @@ from ..sae.modeling_sae import SparseAutoencoder
 from .checkpoint import atomic_write_json, clean_temporaries, save_checkpoint
 from .run_folder import (
     check_output_folder,
+    finished_run_note,
     held_out_metrics,
     intact_checkpoint,
+    recorded_config,
     save_final,
     summary,
 )
@@ -111,6 +113,11 @@ def train(
     if isinstance(data, str | os.PathLike):
         config.data.activation_cache, data = os.fspath(data), None
     run = Path(config.run.output)
+    note = finished_run_note(config)  # before anything is written
+    if note is not None:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(note, flush=True)
+        return run
     accelerator, tracker = _make_accelerator(config, run)
     is_main, world = accelerator.is_main_process, accelerator.num_processes
     resuming, found = _prepare_run_folder(config, run, accelerator)
@@ -124,7 +131,7 @@ def train(
         run.mkdir(parents=True, exist_ok=True)
         clean_temporaries(run)
         if not resuming:
-            atomic_write_json(run / TRAINING_CONFIG, config.to_dict())
+            atomic_write_json(run / TRAINING_CONFIG, recorded_config(config))
 
     set_seed(config.optim.seed)
     sae = SparseAutoencoder(sae_config)

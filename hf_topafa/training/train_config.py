@@ -3,9 +3,10 @@
 ``TrainConfig`` composes four sections, each a dataclass that validates itself: ``data``
 (``DataArgs``), ``sae`` (``SAESettings``, the SAE's own hyperparameters), ``optim``
 (``OptimArgs``) and ``run`` (``RunArgs``). ``hf-topafa train``'s flags are generated from the
-sections' fields by ``HfArgumentParser`` (field names are unique over the sections, so each flag
-keeps its flat name), and ``--config FILE`` (YAML or JSON, flat or by section) sets the same
-fields. The module imports no torch, so that a bad flag answers before the training code loads.
+sections' fields by ``cli_args.DataclassParser``, like every other command's (field names are
+unique over the sections, so each flag keeps its flat name), and ``--config FILE`` (YAML or
+JSON, flat or by section) sets the same fields. The module imports no torch, so that a bad flag
+answers before the training code loads.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ..cli.cli_args import DataclassParser
 from ..cli.cli_args import arg as _arg
 from ..helpers import is_finite_number as _number
 from ..helpers import require_nonnegative_int, require_positive_int, require_positive_number
@@ -80,15 +82,18 @@ class DataArgs:
     )
     eval_tokens: int = _arg(2048, "Held-out tokens for the final metrics and ZF plot.")
     lm_dtype: Literal["float32", "bfloat16", "float16"] = _arg(
-        "float32", "Dtype of the language model when harvesting live."
+        "float32",
+        "Dtype of the language model when harvesting live (lm_dtype in a config file).",
+        flag="--dtype",
+        aliases=("--lm-dtype",),
     )
     harvest_batch_windows: int = _arg(8, "Windows per language-model forward when harvesting.")
     shuffle_buffer: int = _arg(32768, "Tokens in the live harvester's shuffling buffer.")
     harvest_tokens: int | None = _arg(
         20_480,
-        "Live harvesting: tokens read from the dataset per pass, over all processes (None: the "
-        "whole dataset). The default suits the quick CPU demo, whose passes are replayed from "
-        "memory; raise it for real runs.",
+        "Live harvesting: tokens read from the dataset per pass, over all processes (null in a "
+        "config file: the whole dataset). The default suits the quick CPU demo, whose passes "
+        "are replayed from memory; raise it for real runs.",
     )
     memory_tokens: int = _arg(
         2_000_000,
@@ -198,7 +203,11 @@ class RunArgs:
 
     output: str = _arg(DEFAULT_OUTPUT, "Run folder.")
     resume: bool = _arg(False, "Continue the run in --output from its latest checkpoint.")
-    overwrite: bool = _arg(False, "Delete the run already in --output and start again.")
+    overwrite: bool = _arg(
+        False,
+        "Delete the run already in --output and start again (without it, a finished run is "
+        "left as it is).",
+    )
     checkpoint_every: int = _arg(100, "Steps between checkpoints (0: none).")
     keep_checkpoints: int = _arg(2, "Checkpoints kept (the newest).")
     log_every: int = _arg(10, "Steps between metric logs and progress-bar updates.")
@@ -206,7 +215,7 @@ class RunArgs:
         "auto",
         "Metric tracker; auto: TensorBoard if installed (logs in RUN/logs), else none.",
     )
-    progress: bool = _arg(True, "Progress bars (--no_progress hides them).")
+    progress: bool = _arg(True, "Hide the progress bars (progress: false in a config file).")
 
     def __post_init__(self):
         for name in ("keep_checkpoints", "log_every"):
@@ -337,18 +346,18 @@ def flat_training_config(data: dict) -> dict:
 RUN_CONTROL = tuple(f.name for f in dataclasses.fields(RunArgs))
 
 
-def build_parser():
-    """``hf-topafa train``'s parser: one flag per field of every section, under its heading."""
-    from transformers import HfArgumentParser
+DESCRIPTION = (
+    "Train a sparse autoencoder on a language model's activations. Without arguments: a top-AFA "
+    "SAE on SmolLM2-135M-Instruct, layer 15, the bundled corpus sample."
+)
 
-    parser = HfArgumentParser(
-        tuple(SECTIONS.values()),
-        prog="hf-topafa train",
-        description="Train a sparse autoencoder on a language model's activations. Without "
-        "arguments: a top-AFA SAE on SmolLM2-135M-Instruct, layer 15, the bundled corpus sample.",
-    )
+
+def build_parser() -> DataclassParser:
+    """``hf-topafa train``'s parser: one flag per field of every section, under its heading."""
+    parser = DataclassParser(*SECTIONS.values(), prog="hf-topafa train", description=DESCRIPTION)
     parser.add_argument(
         "--config",
+        metavar="FILE",
         help="YAML or JSON file of TrainConfig fields, flat (lr: 1e-3) or by section "
         "(optim: {lr: 1e-3}), such as a run's training_config.json; flags override",
     )
@@ -413,13 +422,10 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     known, _ = pre.parse_known_args(argv)
     if known.config:
         parser.set_defaults(**load_config_file(known.config))
-    # one dataclass per section, a namespace holding --config, and any unknown arguments
-    *sections, _extra, unknown = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True
-    )
+    namespace, unknown = parser.parse_known_args(argv)
     if unknown:
         raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
-    return TrainConfig(*sections)
+    return TrainConfig(*parser.dataclasses_from(namespace))
 
 
 def parse_command(argv: list[str]) -> tuple[TrainConfig]:
