@@ -210,6 +210,21 @@ def push_run(
         )
 
 
+def push_to_hub_extras(kwargs: dict) -> dict:
+    """The transformers ``push_to_hub`` keywords ``push_model`` passes on (``create_pr``,
+    ``commit_description``); serialization ones change nothing for an SAE (one safetensors
+    file) and are dropped; any other is a TypeError naming what is accepted."""
+    known = {"create_pr", "commit_description"}
+    ignored = {"safe_serialization", "max_shard_size", "use_temp_dir", "variant"}
+    unknown = sorted(set(kwargs) - known - ignored)
+    if unknown:
+        raise TypeError(
+            f"unsupported push_to_hub arguments: {', '.join(unknown)} (accepted besides "
+            f"the named ones: {', '.join(sorted(known | ignored))})"
+        )
+    return {k: v for k, v in kwargs.items() if k in known}
+
+
 def push_model(
     model,
     repo_id: str,

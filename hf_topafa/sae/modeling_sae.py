@@ -548,17 +548,8 @@ class SparseAutoencoder(PreTrainedModel):
         # Looked up at call time by name: the Hub code is not part of the model, nor of
         # --remote-code bundles (whose loader would otherwise demand the hf_topafa package),
         # and hf_topafa.hub never imports this module.
-        push_model = importlib.import_module("hf_topafa.interop.hub").push_model
-
-        known = {"create_pr", "commit_description"}
-        ignored = {"safe_serialization", "max_shard_size", "use_temp_dir", "variant"}
-        unknown = sorted(set(kwargs) - known - ignored)
-        if unknown:
-            raise TypeError(
-                f"unsupported push_to_hub arguments: {', '.join(unknown)} (accepted besides "
-                f"the named ones: {', '.join(sorted(known | ignored))})"
-            )
-        return push_model(
+        hub = importlib.import_module("hf_topafa.interop.hub")
+        return hub.push_model(
             self,
             repo_id,
             metrics=metrics,
@@ -567,7 +558,7 @@ class SparseAutoencoder(PreTrainedModel):
             revision=revision,
             commit_message=commit_message,
             remote_code=remote_code,
-            **{k: v for k, v in kwargs.items() if k in known},
+            **hub.push_to_hub_extras(kwargs),
         )
 
     @classmethod

@@ -134,9 +134,7 @@ def train(
             atomic_write_json(run / TRAINING_CONFIG, recorded_config(config))
 
     set_seed(config.optim.seed)
-    sae = SparseAutoencoder(sae_config)
-    sae.reset_parameters(seed=config.optim.seed)
-    sae.to(accelerator.device)
+    sae = _new_sae(sae_config, config.optim.seed, accelerator.device)
     optimizer, scheduler = _optimizer(sae, config)
     state, since_fired = _restore(found, sae, optimizer, scheduler, accelerator, config)
     if found is None and resuming and is_main:
@@ -145,11 +143,7 @@ def train(
     model, optimizer = accelerator.prepare(sae, optimizer)
     sae = accelerator.unwrap_model(model)
     if tracker is not None:
-        flat = {
-            k: v if isinstance(v, int | float | str | bool) else str(v)
-            for k, v in config.to_flat().items()
-        }
-        accelerator.init_trackers("hf-topafa", config=flat, init_kwargs=_tracker_kwargs(run))
+        _start_tracking(accelerator, config, run)
 
     batches = endless_batches(data_.source, state["positions"][accelerator.process_index])
     if state["step"] == 0 and config.optim.decoder_bias_init == "mean":
@@ -273,6 +267,22 @@ def _prepare_run_folder(config: TrainConfig, run: Path, accelerator):
         print(f"note: {run} holds this same run; continuing it (--overwrite starts again)")
     accelerator.wait_for_everyone()
     return resuming, found
+
+
+def _new_sae(sae_config: SAEConfig, seed: int, device) -> SparseAutoencoder:
+    """A freshly initialised SAE on the training device."""
+    sae = SparseAutoencoder(sae_config)
+    sae.reset_parameters(seed=seed)
+    return sae.to(device)
+
+
+def _start_tracking(accelerator, config: TrainConfig, run: Path) -> None:
+    """Open the experiment tracker with the flat configuration as its hyperparameters."""
+    flat = {
+        k: v if isinstance(v, int | float | str | bool) else str(v)
+        for k, v in config.to_flat().items()
+    }
+    accelerator.init_trackers("hf-topafa", config=flat, init_kwargs=_tracker_kwargs(run))
 
 
 def _sae_config(config: TrainConfig, data_: TrainingData) -> SAEConfig:
