@@ -34,6 +34,7 @@ import torch
 
 from hf_topafa.sae.rules import RULES
 
+PRESETS_4K = ("synthsaebench-4k",)
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results" / "synthbench"
 WORK = REPO / "runs" / "synthbench"
@@ -56,16 +57,19 @@ def spec(activation, k=None, afa_coef="0", norm="none", trainer="hf_topafa") -> 
 PLANS = {
     "4k": [
         spec("topk", 16), spec("noise_floor"), spec("afa_band"), spec("topafa", afa_coef="1/32"),
-        spec("topk", 12), spec("risk_inflation"), spec("topk", 8), spec("topk", 24),
-        spec("batchtopk", 12),
-        spec("batchtopk", 16), spec("afa_universal"), spec("afa_batch"), spec("jumprelu"),
-        spec("topafa", afa_coef="0"), spec("topafa", afa_coef="1/128"),
-        spec("noise_floor", afa_coef="1/32"), spec("batchtopk", 12, trainer="saelens"),
+        spec("topk", 12), spec("afa_mdl"), spec("risk_inflation"), spec("topk", 8),
+        spec("topk", 24), spec("batchtopk", 12), spec("batchtopk", 16), spec("afa_universal"),
+        spec("afa_batch"), spec("jumprelu"), spec("topafa", afa_coef="0"),
+        spec("topafa", afa_coef="1/128"), spec("noise_floor", afa_coef="1/32"),
+        spec("batchtopk", 12, trainer="saelens"),
         spec("topafa", afa_coef="1/32", norm="layer_norm"),
         spec("topafa", afa_coef="0", norm="layer_norm"),
         spec("topafa", afa_coef="1/128", norm="layer_norm"), spec("afa_count"),
     ],
-    "16k": [spec("topk", 25), spec("noise_floor"), spec("batchtopk", 25),
+    # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?
+    "variants": [spec("afa_mdl"), spec("topk", 4), spec("topk", 8), spec("topk", 16),
+                 spec("topk", 32), spec("noise_floor")],
+    "16k": [spec("topk", 25), spec("afa_mdl"), spec("batchtopk", 25),
             spec("topafa", afa_coef="1/32")],
 }  # fmt: skip
 
@@ -93,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def plan_of(args) -> list[dict]:
-    plan = args.plan or ("16k" if "16k" in args.world else "4k")
+    plan = args.plan or ("16k" if "16k" in args.world else "4k" if args.world in PRESETS_4K
+                         else "variants")  # fmt: skip
     specs = PLANS[plan]
     if args.only:
         specs = [s for s in specs if record_name(s) in args.only]

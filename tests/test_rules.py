@@ -34,6 +34,7 @@ def test_names_are_the_registry_everywhere():
         "afa_batch",
         "noise_floor",
         "afa_count",
+        "afa_mdl",
         "risk_inflation",
     )
     assert rules.NEEDS_K == ("topk", "batchtopk")
@@ -115,3 +116,18 @@ def test_a_rule_added_to_the_registry_alone_works_everywhere(monkeypatch, tmp_pa
 def test_inconsistent_rule_is_refused():
     with pytest.raises(ValueError, match="threshold and threshold_init go together"):
         rules.Rule("x", "X", "x", "x", _keep_largest_two, threshold="learned")
+
+
+def test_afa_mdl_trains_as_band_entry_and_reads_by_risk_inflation():
+    torch.manual_seed(3)
+    x = torch.randn(64, 8)
+    mdl = _sae("afa_mdl")
+    band = _sae("afa_band")
+    risk = _sae("risk_inflation")
+    for other in (band, risk):
+        other.load_state_dict(mdl.state_dict())
+    mdl.train(), band.train()
+    assert torch.equal(mdl(x).feature_acts, band(x).feature_acts)
+    mdl.eval(), risk.eval()
+    assert torch.equal(mdl(x).feature_acts, risk(x).feature_acts)
+    assert not torch.equal(mdl(x).l0, band.eval()(x).l0)  # the two phases do differ here

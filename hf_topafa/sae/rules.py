@@ -301,6 +301,17 @@ def _afa_count_select(sae, pre, x_n):
     return acts, k
 
 
+_band_entry_select = _kfree_select("band_entry", ranked=True)
+
+
+def _afa_mdl_select(sae, pre, x_n):
+    """Band entry while training (it learns the dictionary, its budget annealing itself); the
+    risk inflation criterion at inference (each token's count, a model-selection choice)."""
+    if sae.training:
+        return _band_entry_select(sae, pre, x_n)
+    return _risk_inflation_select(sae, pre, x_n)
+
+
 # -- the registry ----------------------------------------------------------------------------
 
 RULES: dict[str, Rule] = {
@@ -394,7 +405,7 @@ RULES: dict[str, Rule] = {
                 "features, ||x - b_dec||^2 / (1 + eps (k - 1)), with eps the decoder's measured "
                 "RMS coherence; there is no *k* to tune."
             ),
-            select=_kfree_select("band_entry", ranked=True),
+            select=_band_entry_select,
             adaptive_k=True,
             select_pairs=_kfree_select("band_entry_pairs", ranked=True),
             kept_per_token=_topafa_kept,
@@ -456,6 +467,19 @@ RULES: dict[str, Rule] = {
             threshold_init=lambda config: -1.0,  # -1: not estimated yet
             threshold_power=2,  # an energy: squared decoder-scaled activations
             options=("batchtopk_threshold_momentum",),  # the running energy's momentum
+        ),
+        Rule(
+            name="afa_mdl",
+            display_name="AFA band entry, then risk inflation",
+            card_tag="afa-mdl",
+            card_text=(
+                "Trained as **AFA band entry** (the largest features kept until their cumulative "
+                "norm enters the AFA bound), and read at inference by the **risk inflation "
+                "criterion**: each token keeps the count k of its ranked features that minimizes "
+                "d ln RSS_k + 2 k ln h. There is no *k* to tune."
+            ),
+            select=_afa_mdl_select,
+            adaptive_k=True,
         ),
         Rule(
             name="risk_inflation",
