@@ -430,7 +430,9 @@ def render_model_card(
         "title": " ".join(title_parts),
         "hook_description": hook_description,
         "base_model_link": base_link,
-        "activation_description": rule.card_text.format(k=config.k),
+        "activation_description": " ".join(
+            filter(None, (rule.card_text.format(k=config.k), rule.ground_truth))
+        ),
         "sae_table": "\n".join(f"| {name} | {value} |" for name, value in rows),
         "training_summary": _training_summary(config, training, metrics),
         "config_json": json.dumps(full_config, indent=2, default=str),
