@@ -269,6 +269,9 @@ def summary_row(record: dict) -> dict:
 def write_outputs(args, records: list[dict], worlds: dict) -> None:
     from hf_topafa.helpers import write_json, write_text
 
+    path = args.results / "summary.json"
+    if path.is_file():  # another world's run may have written its facts since this one read them
+        worlds = {**json.loads(path.read_text())["worlds"], **worlds}
     rows = [summary_row(r) for r in records]
     kfree = [r for r in rows if r["activation"] in K_FREE and r["trainer"] == "hf_topafa"]
     best = max(kfree, key=lambda r: (r["f1"], r["mcc"]), default=None)
