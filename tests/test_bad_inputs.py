@@ -233,7 +233,7 @@ EARLY_ERRORS = [
     (["features", "sae"], ["--output"]),
     (["features", "sae", "--output", "o", "--top", "0"], ["top", "0"]),
     (["features", "sae", "--output", "o", "--holdout", "some"], ["--holdout", "eval"]),
-    (["convert", "--bogus"], ["source", "output"]),
+    (["convert", "--bogus"], ["SOURCE", "OUTPUT"]),
     (["convert", "src", "out"], ["--from", "--to"]),
     (["convert", "--from", "saelens", "--to", "saelens", "src", "out"], ["--to", "--from"]),
     (["convert", "--to", "sparsify", "src", "out"], ["sparsify", "formats written: saelens"]),
