@@ -416,7 +416,7 @@ def test_summary_of_a_standardizing_sae_reads_its_working_space():
     )  # fmt: skip
     summary = sae_inspect.summarize(analysis)
     x_n, _, _ = sae.normalize_input(x)
-    x_hat_n = sae.decode(sae.encode(x))
+    x_hat_n = sae.decode_normalized(sae.encode(x))
     expect = float((x_n - x_hat_n).pow(2).sum() / x_n.pow(2).sum())
     assert summary["normalized_mse"] == pytest.approx(expect, rel=1e-5)
     assert summary["mean_z_norm"] == pytest.approx(float(result["diagnostics"]["z_norm"].mean()))
