@@ -57,8 +57,9 @@ def spec(activation, k=None, afa_coef="0", norm="none", trainer="hf_topafa") -> 
 PLANS = {
     "4k": [
         spec("topk", 16), spec("noise_floor"), spec("afa_band"), spec("topafa", afa_coef="1/32"),
-        spec("topk", 12), spec("afa_mdl"), spec("risk_inflation"), spec("batchtopk", 12),
-        spec("batchtopk", 12, trainer="saelens"), spec("topk", 8), spec("topk", 24),
+        spec("topk", 12), spec("afa_mdl"), spec("batchtopk", 12),
+        spec("batchtopk", 12, trainer="saelens"), spec("topk", 8), spec("risk_inflation"),
+        spec("topk", 24),
         spec("batchtopk", 16), spec("afa_universal"), spec("afa_batch"), spec("jumprelu"),
         spec("topafa", afa_coef="0"), spec("topafa", afa_coef="1/128"),
         spec("noise_floor", afa_coef="1/32"),
