@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -170,10 +169,9 @@ def world_config(spec: str) -> dict:
     return json.loads((folder / synthetic.SYNTHETIC_MODEL_CONFIG_FILENAME).read_text())
 
 
-if __name__ == "__main__":  # python -m hf_topafa.data.synthetic PRESET...: build presets ahead
+if __name__ == "__main__":  # python -m hf_topafa.data.synthetic PRESET ...: build ahead of use
     import sys
 
     for spec in sys.argv[1:]:
         name, path = world_folder(spec)
         print(name, path, json.loads((path / "build.json").read_text()), flush=True)
-    os._exit(0)
