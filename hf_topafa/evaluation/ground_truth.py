@@ -166,7 +166,7 @@ def per_sample_truth(sae, world, truth: TruthSet, n: int, batch_size: int) -> di
         codes = truth.rows(start, min(n, start + batch_size))
         x = world.feature_dict(codes)
         out = sae(x)
-        _, _, scale = sae.normalize_input(x)
+        scale = sae.input_scale(sae.normalize_input(x)[2])  # back to the input's own scale
         parts["true_norm"].append(torch.linalg.vector_norm(codes, dim=-1))
         parts["z_norm"].append(torch.linalg.vector_norm(x - world.feature_dict.bias, dim=-1))
         f_norm = torch.linalg.vector_norm(out.feature_acts * row_norms, dim=-1)
