@@ -68,8 +68,8 @@ PLANS = {
         spec("topafa", afa_coef="1/128", norm="layer_norm"), spec("afa_count"),
     ],
     # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?
-    "variants": [spec("afa_mdl"), spec("topk", 4), spec("topk", 8), spec("topk", 16),
-                 spec("topk", 32), spec("noise_floor")],
+    "variants": [spec("noise_floor"), spec("afa_mdl"), spec("topk", 16), spec("topk", 32),
+                 spec("topk", 8), spec("topk", 4)],
     "16k": [spec("topk", 25), spec("afa_mdl"), spec("batchtopk", 25),
             spec("topafa", afa_coef="1/32")],
 }  # fmt: skip
