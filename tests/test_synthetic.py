@@ -138,6 +138,18 @@ def test_training_reads_a_synthetic_cache_with_its_provenance(world_json, tmp_pa
     assert metrics["held_out"] is True and metrics["normalized_mse"] < 1.0
 
 
+def test_text_commands_point_a_synthetic_sae_to_evaluate_synthetic(capsys):
+    from hf_topafa.data.synthetic_cache import synthetic_world_hint
+
+    assert synthetic_world_hint("HuggingFaceTB/SmolLM2-135M-Instruct") == ""
+    sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, activation="topk", k=2,
+                                      base_model="synthetic:tiny"))  # fmt: skip
+    from hf_topafa.evaluation.evaluate import EvalConfig, evaluate_saes
+
+    with pytest.raises(ValueError, match="score it with hf-topafa evaluate SAE --synthetic tiny"):
+        evaluate_saes([sae], EvalConfig(max_tokens=8))
+
+
 def test_a_tensor_records_only_the_provenance_its_caller_gives(tmp_path):
     from hf_topafa.training.train import TrainConfig, train
 

@@ -138,6 +138,18 @@ def sample_shard(model, rows: int, first_index: int, batch: int, with_truth: boo
     return tensors
 
 
+def synthetic_world_hint(base_model: str | None) -> str:
+    """For an SAE trained on a synthetic world (``base_model`` "synthetic:NAME"), the sentence
+    that says how to evaluate it; empty otherwise."""
+    if not (base_model or "").startswith(SYNTHETIC_PREFIX):
+        return ""
+    world = base_model[len(SYNTHETIC_PREFIX) :]
+    return (
+        f"; it was trained on the synthetic world {world}, which has no text: score it with "
+        f"hf-topafa evaluate SAE --synthetic {world}"
+    )
+
+
 def is_synthetic_cache(manifest: dict) -> bool:
     """Whether a cache manifest was written from a synthetic world."""
     return isinstance(manifest.get("synthetic"), dict)

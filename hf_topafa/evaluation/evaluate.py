@@ -45,6 +45,7 @@ import torch
 
 from ..data import lm
 from ..data.harvest import HarvestConfig, Harvester, batched, dataset_name
+from ..data.synthetic_cache import synthetic_world_hint
 from ..interop import sae_loading
 from ..sae import afa
 from ..sae.configuration_sae import SAEConfig
@@ -288,7 +289,10 @@ def _site_of(sae: SparseAutoencoder, cfg: EvalConfig) -> tuple[int, str]:
     layer = cfg.layer if cfg.layer is not None else sae.config.layer
     hook = cfg.hook_point if cfg.hook_point is not None else sae.config.hook_point
     if layer is None:
-        raise ValueError("the SAE's config records no layer; pass layer= (--layer) to evaluate it")
+        raise ValueError(
+            "the SAE's config records no layer; pass layer= (--layer) to evaluate it"
+            + synthetic_world_hint(sae.config.base_model)
+        )
     if hook is None:
         raise ValueError(
             "the SAE's config records no hook_point; pass hook_point= (--hook-point), one of "

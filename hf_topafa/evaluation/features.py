@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from ..data.harvest import HarvestConfig, Harvester
+from ..data.synthetic_cache import synthetic_world_hint
 from ..helpers import atomic_path
 from ..sae import afa
 from ..sae.modeling_sae import SparseAutoencoder
@@ -408,7 +409,10 @@ def run_command(options: FeaturesOptions, text: HarvestConfig) -> int:
     sae, _ = load_sae(options.sae)
     cfg = sae.config
     if cfg.layer is None or cfg.hook_point is None:
-        raise ValueError(f"the SAE {options.sae} records no layer/hook_point in its config.json")
+        raise ValueError(
+            f"the SAE {options.sae} records no layer/hook_point in its config.json"
+            + synthetic_world_hint(cfg.base_model)
+        )
     model = options.model or cfg.base_model
     harvest_cfg = dataclasses.replace(text, model=model, layer=cfg.layer, hook_point=cfg.hook_point)
     started = time.perf_counter()
