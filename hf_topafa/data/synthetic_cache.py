@@ -2,7 +2,7 @@
 
 ``hf-topafa harvest --synthetic WORLD --max-tokens N --output CACHE`` samples the world once into
 safetensors shards + ``manifest.json``, so that every SAE of a comparison trains on the same rows
-and none waits on SAELens's sampler (about 2,000-5,000 samples/s per thread on the 4k world,
+and none waits on SAELens's sampler (600-4,700 samples/s per thread on the 4k world here,
 slower than a training step). Rows are samples, not tokens: ``token_ids`` hold -1 and
 ``window_ids`` the sample's index. Each shard also stores the true number of active features per
 sample (``true_l0``); with ``with_truth`` it stores the true sparse code too (``truth_indices``,
