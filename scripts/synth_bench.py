@@ -189,13 +189,13 @@ def train_saelens(args, settings: dict, run_dir: Path) -> Path:
     return out
 
 
-def load_trained(settings: dict, run_dir: Path, saelens_folder: Path | None):
+def load_trained(run_dir: Path, saelens_folder: Path | None):
+    """Our SAE of a run, or SAELens's saved folder read by ``convert --from saelens``."""
     from hf_topafa import SparseAutoencoder
-    from hf_topafa.interop.convert import build_sae
-    from hf_topafa.interop.convert_saelens import read_saelens
+    from hf_topafa.interop.convert import convert
 
     if saelens_folder is not None:
-        return build_sae(read_saelens(saelens_folder)).eval()
+        return convert("saelens", saelens_folder)
     return SparseAutoencoder.from_pretrained(run_dir).eval()
 
 
@@ -226,7 +226,7 @@ def ensure_record(args, s: dict, d_sae: int, caches, world, truth) -> dict | Non
         saelens_folder = train_saelens(args, settings, run_dir)
     else:
         train_ours(args, settings, train_cache, eval_x, run_dir)
-    sae = load_trained(settings, run_dir, saelens_folder)
+    sae = load_trained(run_dir, saelens_folder)
     scored = score_against_truth(sae, world, truth, args.eval_samples)
     per_sample = {k: [round(float(v), 4) for v in t[:PER_SAMPLE_KEPT]]
                   for k, t in scored["per_sample"].items()}  # fmt: skip

@@ -18,7 +18,7 @@ import torch
 
 from hf_topafa import SAEConfig, SparseAutoencoder
 from hf_topafa.data.harvest import ActivationCache
-from hf_topafa.data.synthetic import load_world
+from hf_topafa.data.synthetic_cache import world_of_cache
 from hf_topafa.evaluation.ground_truth import TruthSet, score_against_truth
 
 SHOWN = ("l0", "f1", "mcc", "precision", "recall", "l0_corr", "dead")
@@ -47,7 +47,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     cache = ActivationCache(args.cache)
-    world = load_world(cache.manifest["synthetic"]["folder"], progress=False)
+    world = world_of_cache(cache.manifest)
     truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
     for rule in args.rules:
         row = score_against_truth(reread(args.run, rule), world, truth)["row"]

@@ -21,7 +21,7 @@ import torch
 
 from hf_topafa import SparseAutoencoder
 from hf_topafa.data.harvest import ActivationCache
-from hf_topafa.data.synthetic import load_world
+from hf_topafa.data.synthetic_cache import world_of_cache
 from hf_topafa.evaluation.ground_truth import TruthSet
 
 
@@ -41,7 +41,7 @@ def top_share(energy: torch.Tensor, n: int) -> torch.Tensor:
 def diagnose(run: str, cache: str, samples: int) -> dict[str, float]:
     sae = SparseAutoencoder.from_pretrained(run).eval()
     manifest = ActivationCache(cache).manifest
-    world = load_world(manifest["synthetic"]["folder"], progress=False)
+    world = world_of_cache(manifest)
     truth = TruthSet.from_cache(ActivationCache(cache), world.cfg.num_features, limit=samples)
     codes = truth.rows(0, truth.num_samples)
     keep = (codes != 0).sum(-1) > 0

@@ -110,19 +110,32 @@ def write_synthetic_cache(
     return out
 
 
+def sparse_code(codes: torch.Tensor, first_row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of true codes [n, features] (dense or sparse) as (indices [nnz, 2]: row counted
+    from ``first_row``, feature; values [nnz]), the form caches and truth sets store."""
+    codes = codes.to_dense() if codes.is_sparse else codes
+    where = codes.nonzero()
+    indices = torch.stack([where[:, 0] + first_row, where[:, 1]], 1)
+    return indices, codes[where[:, 0], where[:, 1]].float()
+
+
+def world_of_cache(manifest: dict):
+    """The ``SyntheticModel`` a synthetic cache was sampled from (its manifest's world folder)."""
+    return load_world(manifest["synthetic"]["folder"], progress=False)
+
+
 def sample_shard(model, rows: int, first_index: int, batch: int, with_truth: bool, bar) -> dict:
     """One shard's tensors: ``rows`` samples of ``model`` (and their true codes if asked)."""
     acts, l0s, idx, vals = [], [], [], []
     for start in range(0, rows, batch):
         n = min(batch, rows - start)
         hidden, features = model.sample_with_features(n)
-        features = features.to_dense() if features.is_sparse else features
+        indices, values = sparse_code(features, start)
         acts.append(hidden.float())
-        l0s.append((features != 0).sum(1).to(torch.int16))
+        l0s.append(torch.bincount(indices[:, 0] - start, minlength=n).to(torch.int16))
         if with_truth:
-            where = features.nonzero()
-            idx.append(torch.stack([where[:, 0] + start, where[:, 1]], 1).to(torch.int32))
-            vals.append(features[where[:, 0], where[:, 1]].float())
+            idx.append(indices.to(torch.int32))
+            vals.append(values)
         bar.update(n)
     n_rows = sum(len(a) for a in acts)
     tensors = {

@@ -68,15 +68,15 @@ class TruthSet:
     @classmethod
     def drawn_from(cls, world, num_samples: int, seed: int = 0, batch: int = 1024) -> TruthSet:
         """Fresh samples of ``world``, seeded (SAELens samples from torch's global generator)."""
+        from ..data.synthetic_cache import sparse_code
+
         torch.manual_seed(seed)
-        idx, vals = [], []
-        for start in range(0, num_samples, batch):
-            codes = world.activation_generator.sample(min(batch, num_samples - start))
-            codes = codes.to_dense() if codes.is_sparse else codes
-            where = codes.nonzero()
-            idx.append(torch.stack([where[:, 0] + start, where[:, 1]], 1))
-            vals.append(codes[where[:, 0], where[:, 1]].float())
-        return cls(torch.cat(idx), torch.cat(vals), num_samples, world.cfg.num_features)
+        parts = [
+            sparse_code(world.activation_generator.sample(min(batch, num_samples - start)), start)
+            for start in range(0, num_samples, batch)
+        ]
+        indices, values = (torch.cat(side) for side in zip(*parts, strict=True))
+        return cls(indices, values, num_samples, world.cfg.num_features)
 
     @classmethod
     def from_cache(cls, cache, width: int, limit: int | None = None) -> TruthSet:
@@ -208,7 +208,7 @@ def truth_for(spec: str, num_samples: int, seed: int = 1):
     written by ``harvest --synthetic`` (its stored codes) or a world (fresh samples)."""
     from ..data.harvest import ActivationCache
     from ..data.synthetic import load_world
-    from ..data.synthetic_cache import is_synthetic_cache
+    from ..data.synthetic_cache import is_synthetic_cache, world_of_cache
     from ..names import MANIFEST
 
     folder = Path(spec).expanduser()
@@ -216,7 +216,7 @@ def truth_for(spec: str, num_samples: int, seed: int = 1):
         cache = ActivationCache(folder)
         if not is_synthetic_cache(cache.manifest):
             raise ValueError(f"{spec} is an activation cache of a language model, not of a world")
-        world = load_world(cache.manifest["synthetic"]["folder"], progress=False)
+        world = world_of_cache(cache.manifest)
         truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=num_samples)
         return world, truth, f"{truth.num_samples} samples stored in {folder}"
     world = load_world(spec)

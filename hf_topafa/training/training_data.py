@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data import harvest, lm
-from ..data.synthetic_cache import is_synthetic_cache
+from ..data.synthetic_cache import is_synthetic_cache, world_of_cache
 from .train_config import TrainConfig
 
 
@@ -171,9 +171,7 @@ PROVENANCE_FIELDS = (
 
 def synthetic_eval_rows(manifest: dict, n: int) -> torch.Tensor:
     """``n`` fresh samples of a synthetic cache's world, seeded apart from the cache's own."""
-    from ..data.synthetic import load_world
-
-    world = load_world(manifest["synthetic"]["folder"], progress=False)
+    world = world_of_cache(manifest)
     torch.manual_seed(int(manifest["synthetic"]["seed"]) + 1_000_003)
     with torch.no_grad():
         return world.sample(n).float()
