@@ -292,12 +292,11 @@ def _afa_count_select(sae, pre, x_n):
     from . import kfree
 
     decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
-    if sae.training and bool(sae.threshold[0] < 0):
-        sae.threshold.fill_(kfree.first_energy(pre.detach(), decoder_norms.detach()).item())
-    if bool(sae.threshold[0] < 0):  # never trained: start from the first batch's estimate
+    energy = sae.threshold[0]
+    if bool(energy < 0):  # not estimated yet: start from this batch's
         energy = kfree.first_energy(pre.detach(), decoder_norms.detach())
-    else:
-        energy = sae.threshold[0]
+        if sae.training:
+            sae.threshold.fill_(energy.item())
     acts, k, kept_energy = kfree.afa_count(pre, decoder_norms, _topafa_target(sae, x_n), energy)
     if sae.training:
         sae._update_batchtopk_threshold(kept_energy)
