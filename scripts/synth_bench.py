@@ -48,9 +48,12 @@ ROW_KEYS = (
 )  # fmt: skip
 
 
-def spec(activation, k=None, afa_coef="0", norm="none", trainer="hf_topafa") -> dict:
-    return {"trainer": trainer, "activation": activation, "k": k, "afa_coef": afa_coef,
-            "input_normalization": norm}  # fmt: skip
+def spec(activation, k=None, afa_coef="0", norm="none", trainer="hf_topafa", **overrides) -> dict:
+    """One SAE of a plan. ``overrides`` are further training fields (``TrainConfig.from_flat``
+    names, e.g. ``l0_coef`` or ``adam_beta2``); they name the record and show in the table."""
+    s = {"trainer": trainer, "activation": activation, "k": k, "afa_coef": afa_coef,
+         "input_normalization": norm}  # fmt: skip
+    return {**s, "overrides": overrides} if overrides else s
 
 
 # In priority order: what answers the question first, so a session cut short still has it.
@@ -66,12 +69,19 @@ PLANS = {
         spec("topafa", afa_coef="1/32", norm="layer_norm"),
         spec("topafa", afa_coef="0", norm="layer_norm"),
         spec("topafa", afa_coef="1/128", norm="layer_norm"), spec("afa_count"),
+        spec("jumprelu", l0_coef=0.01), spec("jumprelu", l0_coef=0.1), spec("jumprelu", l0_coef=1.0),
     ],
     # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?
     "variants": [spec("noise_floor"), spec("afa_mdl"), spec("topk", 16), spec("topk", 32),
-                 spec("topk", 8), spec("topk", 4)],
+                 spec("topk", 8), spec("topk", 4), spec("afa_band"), spec("afa_batch")],
     "16k": [spec("topk", 25), spec("afa_mdl"), spec("batchtopk", 25),
             spec("topafa", afa_coef="1/32")],
+    # why SAELens's own BatchTopK (trained by SAELens) lands far below ours: our trainer with
+    # SAELens's settings, one at a time (run with --results results/synthbench/controls)
+    "controls": [spec("batchtopk", 12, dead_tokens_threshold=1000 * 1024),
+                 spec("batchtopk", 12, adam_beta2=0.999), spec("batchtopk", 12, aux_coef=1.0),
+                 spec("batchtopk", 12, dead_tokens_threshold=1000 * 1024, adam_beta2=0.999,
+                      aux_coef=1.0)],
 }  # fmt: skip
 
 
@@ -114,6 +124,7 @@ def record_name(s: dict) -> str:
         parts.append("afa" + s["afa_coef"].replace("/", "-"))
     if s["input_normalization"] != "none":
         parts.append(s["input_normalization"])
+    parts += [f"{key}{value}" for key, value in sorted(s.get("overrides", {}).items())]
     return "-".join(parts)
 
 
@@ -159,7 +170,8 @@ def train_ours(args, settings: dict, train_cache: Path, eval_x, run_dir: Path) -
         input_normalization=settings["input_normalization"], d_sae=settings["d_sae"],
         batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         max_tokens=args.train_samples, eval_tokens=len(eval_x), output=str(run_dir),
-        resume=resumable, overwrite=not resumable, checkpoint_every=500, log_with="none", progress=sys.stderr.isatty(),
+        resume=resumable, overwrite=not resumable, checkpoint_every=500, log_with="none",
+        progress=sys.stderr.isatty(), **settings.get("overrides", {}),
     )  # fmt: skip
     train(config, data=train_cache, eval_data=eval_x)
 
@@ -283,7 +295,7 @@ def write_outputs(args, records: list[dict], worlds: dict) -> None:
             "world", "activation", "afa_coef", "input_normalization")},
     }  # fmt: skip
     write_json(args.results / "summary.json", summary, indent=1)
-    write_text(args.results / "table.md", table(rows))
+    write_text(args.results / "table.md", table(records))
     for world in {r["world"] for r in rows}:
         plot_world(
             args.results,
@@ -293,12 +305,17 @@ def write_outputs(args, records: list[dict], worlds: dict) -> None:
         )
 
 
-def table(rows: list[dict]) -> str:
+def table(records: list[dict]) -> str:
+    """One line per record; a record's further training fields show under ``overrides``."""
     cols = ("world", "trainer", "activation", "k", "afa_coef", "input_normalization",
-            "train_samples", "l0", "true_l0_top_width", "f1", "mcc", "uniqueness",
+            "overrides", "train_samples", "l0", "true_l0_top_width", "f1", "mcc", "uniqueness",
             "explained_variance", "dead", "shrinkage", "l0_corr", "afa_norm_rel_err_median")  # fmt: skip
+    rows = [{**summary_row(r), "overrides": " ".join(
+        f"{key}={value}" for key, value in sorted(r["settings"].get("overrides", {}).items())
+    ) or None} for r in records]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in sorted(rows, key=lambda r: (r["world"], r["activation"], r["k"] or 0)):
+    for r in sorted(rows, key=lambda r: (r["world"], r["activation"], r["k"] or 0,
+                                         r["overrides"] or "")):  # fmt: skip
         cells = [f"{v:.3g}" if isinstance(v, float) else ("–" if v is None else str(v))
                  for v in (r[c] for c in cols)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
