@@ -156,6 +156,25 @@ def test_noise_floor_keeps_nothing_without_positive_values_and_passes_gradients(
     assert pre.grad[1, 3] == 1.0 and pre.grad[1, 2] == 0.0
 
 
+def test_noise_batch_spends_the_noise_floor_budget_across_the_batch():
+    from hf_topafa.kfree import batch_noise_floor, noise_floor
+
+    torch.manual_seed(2)
+    h = 1024
+    pre = torch.randn(8, h).relu()
+    pre[:4, :3] = 9.0  # tokens 0-3: three strong features each
+    pre[4:, :1] = 3.0  # tokens 4-7: one weak one
+    pre[0, 3] = 6.0  # a fourth for token 0, below its three but above the others' signals
+    _, k = noise_floor(pre, torch.ones(h))
+    acts, smallest = batch_noise_floor(pre, torch.ones(h))
+    assert int((acts > 0).sum()) == int(k.sum())  # the budget is the noise floor's total
+    # spent on the batch's largest: every 9.0 and the 6.0 are in; the smallest kept is the cut
+    assert bool((acts[:4, :3] == 9.0).all()) and acts[0, 3] == 6.0
+    kept = (pre * (acts > 0)).reshape(-1)
+    assert smallest.item() == kept[kept > 0].min().item()
+    assert bool((pre.reshape(-1)[kept == 0] <= smallest).all())
+
+
 # --- AFA count --------------------------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ def test_names_are_the_registry_everywhere():
         "afa_count",
         "afa_mdl",
         "risk_inflation",
+        "noise_batch",
     )
     assert rules.NEEDS_K == ("topk", "batchtopk")
     assert rules.ENCODER_BIAS == ("relu", "jumprelu")

@@ -378,7 +378,9 @@ def save_ground_truth_plot(per_sample: Mapping, path: str | os.PathLike, title: 
         ax.legend(loc="upper left", fontsize=8)
     true_l0 = _as_tensor(per_sample["true_l0"], "true_l0")
     jitter = torch.rand(len(keep)) * 0.6 - 0.3
-    axes[2].scatter(true_l0[keep] + jitter, _as_tensor(per_sample["l0"], "l0")[keep], s=3, alpha=0.4)
+    axes[2].scatter(
+        true_l0[keep] + jitter, _as_tensor(per_sample["l0"], "l0")[keep], s=3, alpha=0.4
+    )
     hi = float(true_l0.max()) if len(true_l0) else 1.0
     axes[2].plot([0, hi], [0, hi], "k--", lw=1, label="SAE L0 = true L0")
     axes[2].set(xlabel="true per-sample L0", ylabel="SAE per-sample L0")

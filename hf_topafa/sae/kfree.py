@@ -27,6 +27,9 @@ random directions.
   spends each feature where it removes the most squared error, with a budget that no k sets).
   At inference a per-feature threshold estimated during training replaces the batch, as in
   BatchTopK.
+- **Noise-floor batch** (``batch_noise_floor``). The same allocation, with a budget from the
+  data instead of the geometry: the sum over tokens of how many activations clear their token's
+  interference level (``noise_floor``).
 """
 
 from __future__ import annotations
@@ -159,11 +162,18 @@ def _band_cut(contrib, index, lower_sq, eps, h: int | None = None):
 def batch_band(
     pre: torch.Tensor, decoder_norms: torch.Tensor, target_norm: torch.Tensor, eps: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the B largest decoder-scaled activations of the batch, B = the sum of the tokens'
-    band-entry k (``band_entry``). Returns ``(acts, smallest)``: ``smallest`` is the smallest
-    kept decoder-scaled activation (0 when nothing positive is kept), the inference threshold's
-    estimate. Ties at the cut keep the lower flat index."""
+    """``batch_keep`` with each token's band-entry k (``band_entry``) as its share of the budget."""
     _, k = band_entry(pre, decoder_norms, target_norm, eps)
+    return batch_keep(pre, decoder_norms, k)
+
+
+def batch_keep(
+    pre: torch.Tensor, decoder_norms: torch.Tensor, k: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the B largest decoder-scaled activations of the batch, B = k.sum() (BatchTopK's
+    allocation with a budget that no k sets). Returns ``(acts, smallest)``: ``smallest`` is the
+    smallest kept decoder-scaled activation (0 when nothing positive is kept), the inference
+    threshold's estimate. Ties at the cut keep the lower flat index."""
     scaled = (pre.detach() * decoder_norms.detach()).reshape(-1)
     budget = int(k.sum().clamp(max=scaled.numel()))
     order = torch.sort(scaled, descending=True, stable=True)
@@ -206,6 +216,17 @@ def noise_floor(
     largest = scaled.argmax(-1, keepdim=True)
     keep = (scaled > level).scatter(-1, largest, scaled.gather(-1, largest) > 0)
     return pre * keep, keep.sum(-1)
+
+
+def batch_noise_floor(
+    pre: torch.Tensor, decoder_norms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_keep`` with each token's noise-floor count (``noise_floor``) as its share of the
+    budget: the count follows the data (how many activations clear their token's interference),
+    while the allocation spends it where it removes the most squared error, so a feature still
+    learning gets gradient where it is strongest instead of nowhere."""
+    _, k = noise_floor(pre, decoder_norms)
+    return batch_keep(pre, decoder_norms, k)
 
 
 RISK_CANDIDATES = 256  # features ranked per token by risk_inflation (its k is at most this)

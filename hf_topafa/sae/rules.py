@@ -253,20 +253,36 @@ def _kfree_select(rule, ranked: bool = False):
     return select
 
 
-def _afa_batch_select(sae, pre, x_n):
-    """Batch band while training (or before a threshold is estimated); the threshold after."""
-    import torch
+def _batch_rule_select(keep_in_batch):
+    """A rule that selects across the batch while training (or before its threshold is
+    estimated) and by the estimated threshold on decoder-scaled activations after, as BatchTopK.
+    ``keep_in_batch(sae, pre, decoder_norms, x_n) -> (acts, smallest kept)``."""
 
+    def select(sae, pre, x_n):
+        import torch
+
+        decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+        if sae.training or bool(sae.threshold[0] < 0):
+            acts, smallest = keep_in_batch(sae, pre, decoder_norms, x_n)
+            if sae.training:
+                sae._update_batchtopk_threshold(smallest)
+            return acts, None
+        return pre * (pre * decoder_norms > sae.threshold), None
+
+    return select
+
+
+def _band_budget(sae, pre, decoder_norms, x_n):
     from . import kfree
 
-    decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
-    if sae.training or bool(sae.threshold[0] < 0):
-        eps = kfree.decoder_coherence_rms(sae.W_dec)
-        acts, smallest = kfree.batch_band(pre, decoder_norms, _topafa_target(sae, x_n), eps)
-        if sae.training:
-            sae._update_batchtopk_threshold(smallest)
-        return acts, None
-    return pre * (pre * decoder_norms > sae.threshold), None
+    eps = kfree.decoder_coherence_rms(sae.W_dec)
+    return kfree.batch_band(pre, decoder_norms, _topafa_target(sae, x_n), eps)
+
+
+def _noise_floor_budget(sae, pre, decoder_norms, x_n):
+    from . import kfree
+
+    return kfree.batch_noise_floor(pre, decoder_norms)
 
 
 def _noise_floor_select(sae, pre, x_n):
@@ -443,7 +459,7 @@ RULES: dict[str, Rule] = {
                 "as the largest activations across the batch; at inference a per-feature "
                 "threshold estimated during training. There is no *k* to tune."
             ),
-            select=_afa_batch_select,
+            select=_batch_rule_select(_band_budget),
             threshold="estimated",
             threshold_init=lambda config: -1.0,  # -1: not estimated yet
             options=("batchtopk_threshold_momentum",),
@@ -503,6 +519,22 @@ RULES: dict[str, Rule] = {
             ),
             select=_risk_inflation_select,
             adaptive_k=True,
+        ),
+        Rule(
+            name="noise_batch",
+            display_name="Noise-floor batch",
+            card_tag="noise-batch",
+            card_text=(
+                "Features are chosen by **noise-floor batch**: during training a batch keeps as "
+                "many (token, feature) pairs as the noise floor would keep per token in total "
+                "(activations above the level one interference term in n+ crosses by chance), "
+                "taken as the largest decoder-scaled activations across the batch; at inference "
+                "a threshold estimated during training. There is no *k* to tune."
+            ),
+            select=_batch_rule_select(_noise_floor_budget),
+            threshold="estimated",
+            threshold_init=lambda config: -1.0,  # -1: not estimated yet
+            options=("batchtopk_threshold_momentum",),
         ),
     )
 }

@@ -1,0 +1,149 @@
+"""How many true features per sample a trained dictionary can tell from interference.
+
+Every latent is matched one-to-one to a true feature (Hungarian matching on |cosine| between its
+decoder row and the true feature vectors, as SAELens's MCC matches them). Each (sample, latent)
+decoder-scaled activation, in the input's scale, then falls in one of two groups: *true* (the
+latent's matched feature is active in that sample) or *interference* (it is not). The script
+prints both groups' counts per sample over log-spaced activation bins, the level where the two
+densities cross (above it a kept activation is more often true than not), and what a global
+threshold at each level keeps per sample: L0, true and false positives, and the correlation of
+the per-sample count with the true count.
+
+A selection rule cannot find more features per sample than the dictionary lifts above its
+interference: the count at the crossing is what a noise-calibrated k-free rule should land on for
+that dictionary, whatever the world's true L0.
+
+    python scripts/synth_detectability.py runs/synthbench/runs/synthsaebench-4k/topk-k16 \\
+        runs/synthbench/cache/synthsaebench-4k-eval --json results/synthbench/detectability/x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+EDGES = torch.cat([torch.zeros(1), torch.logspace(-2, 1.3, 34)])
+LEVELS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
+
+
+def matched_features(W_dec: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """For each latent, its true feature under one-to-one matching on |cosine|."""
+    from scipy.optimize import linear_sum_assignment
+
+    w = torch.nn.functional.normalize(W_dec.float(), dim=-1)
+    f = torch.nn.functional.normalize(features.float(), dim=-1)
+    cos = (w @ f.T).abs()
+    rows, cols = linear_sum_assignment(cos.numpy(), maximize=True)
+    match = torch.empty(W_dec.shape[0], dtype=torch.long)
+    match[torch.as_tensor(rows)] = torch.as_tensor(cols)
+    return match
+
+
+@torch.no_grad()
+def detectability(sae, world, truth, n: int) -> dict:
+    """Counts per sample of true and interference activations per bin, and per global level."""
+    codes = truth.rows(0, n)
+    x = world.feature_dict(codes)
+    match = matched_features(sae.W_dec, world.feature_dict.feature_vectors)
+    scale = sae.input_scale(sae.normalize_input(x)[2]).reshape(-1, 1)
+    scaled = sae.pre_activations(x) * torch.linalg.vector_norm(sae.W_dec, dim=-1) * scale
+    on = codes[:, match] > 0
+    positive = scaled > 0
+    bins = []
+    for lo, hi in zip(EDGES[:-1].tolist(), EDGES[1:].tolist(), strict=True):
+        inside = positive & (scaled > lo) & (scaled <= hi)
+        bins.append({"lo": lo, "hi": hi, "interference": float((inside & ~on).sum()) / n,
+                     "true": float((inside & on).sum()) / n})  # fmt: skip
+    true_count = (codes > 0).sum(-1).float()
+    levels = []
+    for level in sorted({*LEVELS, crossing(bins)}):
+        keep = scaled > level
+        l0 = keep.sum(-1).float()
+        levels.append({
+            "level": round(level, 4), "l0": float(l0.mean()),
+            "true_positives": float((keep & on).sum()) / n,
+            "false_positives": float((keep & ~on).sum()) / n,
+            "corr_with_true_l0": float(torch.corrcoef(torch.stack([l0, true_count]))[0, 1]),
+        })  # fmt: skip
+    return {
+        "samples": n,
+        "true_l0": float(true_count.mean()),
+        "matched_true_per_sample": float(on.sum()) / n,
+        "crossing_level": crossing(bins),
+        "bins": bins,
+        "levels": levels,
+    }
+
+
+def crossing(bins: list[dict]) -> float:
+    """The lowest bin edge above which true activations outnumber interference in every bin
+    that holds any (the upper end of the last bin where interference is the majority)."""
+    level = 0.0
+    for b in bins:
+        if b["interference"] > b["true"]:
+            level = b["hi"]
+    return level
+
+
+def plot(result: dict, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hf_topafa.helpers import atomic_path
+
+    bins = [b for b in result["bins"] if b["lo"] > 0]
+    centers = [(b["lo"] * b["hi"]) ** 0.5 for b in bins]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(centers, [b["interference"] for b in bins], "o-", label="interference")
+    ax.plot(centers, [b["true"] for b in bins], "o-", label="matched true feature active")
+    at = next(v for v in result["levels"] if v["level"] == round(result["crossing_level"], 4))
+    ax.axvline(result["crossing_level"], color="k", ls="--", lw=1,
+               label=f"crossing: L0 {at['l0']:.1f} (true L0 {result['true_l0']:.1f})")  # fmt: skip
+    ax.set(xscale="log", yscale="log", xlabel="decoder-scaled activation (input scale)",
+           ylabel="per sample, per bin", title=title)  # fmt: skip
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("run", help="a trained SAE folder")
+    p.add_argument("cache", help="a synthetic cache written with its true codes")
+    p.add_argument("--samples", type=int, default=4096)
+    p.add_argument("--json", type=Path, default=None, help="write the result here (and a .png)")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    from hf_topafa import SparseAutoencoder
+    from hf_topafa.data.harvest import ActivationCache
+    from hf_topafa.data.synthetic_cache import world_of_cache
+    from hf_topafa.evaluation.ground_truth import TruthSet
+    from hf_topafa.helpers import write_json
+
+    sae = SparseAutoencoder.from_pretrained(args.run).eval()
+    cache = ActivationCache(args.cache)
+    world = world_of_cache(cache.manifest)
+    truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
+    result = {"run": str(args.run), **detectability(sae, world, truth, truth.num_samples)}
+    for v in result["levels"]:
+        print(json.dumps({key: round(value, 3) for key, value in v.items()}))
+    print(f"crossing level {result['crossing_level']:.3f}; true L0 {result['true_l0']:.2f}; "
+          f"matched true features active per sample {result['matched_true_per_sample']:.2f}")  # fmt: skip
+    if args.json:
+        write_json(args.json, result, indent=1)
+        plot(
+            result,
+            f"{Path(args.run).parent.name}: {Path(args.run).name}",
+            args.json.with_suffix(".png"),
+        )
+
+
+if __name__ == "__main__":
+    main()
