@@ -70,12 +70,12 @@ PLANS = {
         spec("topafa", afa_coef="0", norm="layer_norm"),
         spec("topafa", afa_coef="1/128", norm="layer_norm"), spec("afa_count"),
         spec("jumprelu", l0_coef=0.01), spec("jumprelu", l0_coef=0.1), spec("jumprelu", l0_coef=1.0),
-        spec("noise_batch"),
+        spec("noise_batch"), spec("noise_floor", aux_coef=1.0),
     ],
     # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?
     "variants": [spec("noise_floor"), spec("afa_mdl"), spec("topk", 16), spec("topk", 32),
                  spec("topk", 8), spec("topk", 4), spec("afa_band"), spec("afa_batch"),
-                 spec("noise_batch")],
+                 spec("noise_batch"), spec("noise_floor", aux_coef=1.0)],
     "16k": [spec("topk", 25), spec("afa_mdl"), spec("batchtopk", 25),
             spec("topafa", afa_coef="1/32")],
     # why SAELens's own BatchTopK (trained by SAELens) lands far below ours: our trainer with
