@@ -50,7 +50,8 @@ ROW_KEYS = (
 
 def spec(activation, k=None, afa_coef="0", norm="none", trainer="hf_topafa", **overrides) -> dict:
     """One SAE of a plan. ``overrides`` are further training fields (``TrainConfig.from_flat``
-    names, e.g. ``l0_coef`` or ``adam_beta2``); they name the record and show in the table."""
+    names, e.g. ``l0_coef``; ``SyntheticSAERunnerConfig`` names for the SAELens trainer); they
+    name the record and show in the table."""
     s = {"trainer": trainer, "activation": activation, "k": k, "afa_coef": afa_coef,
          "input_normalization": norm}  # fmt: skip
     return {**s, "overrides": overrides} if overrides else s
@@ -83,7 +84,9 @@ PLANS = {
     "controls": [spec("batchtopk", 12, dead_tokens_threshold=1000 * 1024),
                  spec("batchtopk", 12, adam_beta2=0.999), spec("batchtopk", 12, aux_coef=1.0),
                  spec("batchtopk", 12, dead_tokens_threshold=1000 * 1024, adam_beta2=0.999,
-                      aux_coef=1.0)],
+                      aux_coef=1.0),
+                 # and the other way: SAELens's trainer with the one setting that moved ours most
+                 spec("batchtopk", 12, trainer="saelens", adam_beta2=0.99)],
 }  # fmt: skip
 
 
@@ -197,6 +200,7 @@ def train_saelens(args, settings: dict, run_dir: Path) -> Path:
         synthetic_model=str(folder), sae=sae_cfg, training_samples=args.train_samples,
         batch_size=args.batch_size, lr=args.lr, output_path=str(out), checkpoint_path=None,
         run_final_eval=False, logger=LoggingConfig(log_to_wandb=False),
+        **settings.get("overrides", {}),
     )  # fmt: skip
     torch.manual_seed(args.seed)
     SyntheticSAERunner(cfg).run()
