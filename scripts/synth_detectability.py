@@ -15,6 +15,7 @@ that dictionary, whatever the world's true L0.
 
     python scripts/synth_detectability.py runs/synthbench/runs/synthsaebench-4k/topk-k16 \\
         runs/synthbench/cache/synthsaebench-4k-eval --json results/synthbench/detectability/x.json
+    python scripts/synth_detectability.py --table results/synthbench/detectability
 """
 
 from __future__ import annotations
@@ -113,13 +114,38 @@ def plot(result: dict, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def table(folder: Path) -> str:
+    """A markdown table of every result in ``folder``: the count at the crossing per dictionary."""
+    lines = [
+        "| dictionary | true L0 | matched true active / sample | crossing level | L0 there "
+        "| true pos. | false pos. | corr. with true L0 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(folder.glob("*.json")):
+        r = json.loads(path.read_text())
+        at = next(v for v in r["levels"] if v["level"] == round(r["crossing_level"], 4))
+        lines.append(
+            f"| {path.stem} | {r['true_l0']:.2f} | {r['matched_true_per_sample']:.2f} "
+            f"| {r['crossing_level']:.2f} | {at['l0']:.2f} | {at['true_positives']:.2f} "
+            f"| {at['false_positives']:.2f} | {at['corr_with_true_l0']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("run", help="a trained SAE folder")
-    p.add_argument("cache", help="a synthetic cache written with its true codes")
+    p.add_argument("run", nargs="?", help="a trained SAE folder")
+    p.add_argument("cache", nargs="?", help="a synthetic cache written with its true codes")
+    p.add_argument("--table", type=Path, default=None,
+                   help="print the table of every result in this folder instead")  # fmt: skip
     p.add_argument("--samples", type=int, default=4096)
     p.add_argument("--json", type=Path, default=None, help="write the result here (and a .png)")
     args = p.parse_args()
+    if args.table:
+        print(table(args.table), end="")
+        return
+    if not (args.run and args.cache):
+        p.error("give RUN and CACHE, or --table FOLDER")
     torch.set_num_threads(1)
     from hf_topafa import SparseAutoencoder
     from hf_topafa.data.harvest import ActivationCache

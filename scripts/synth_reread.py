@@ -6,7 +6,7 @@ how the k-free rules were screened post hoc: e.g. the risk inflation criterion o
 and afa_band dictionaries of the 4k world.
 
     python scripts/synth_reread.py runs/synthbench/runs/synthsaebench-4k/topk-k16 \\
-        runs/synthbench/cache/synthsaebench-4k-eval risk_inflation noise_floor topk:8
+        runs/synthbench/cache/synthsaebench-4k-eval risk_inflation noise_floor topk:8 afa_batch@1.75
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ SHOWN = ("l0", "f1", "mcc", "precision", "recall", "l0_corr", "dead")
 
 
 def reread(run: str, rule: str) -> SparseAutoencoder:
-    """The SAE at ``run`` with its activation replaced by ``rule`` ("name" or "name:k")."""
+    """The SAE at ``run`` with its activation replaced by ``rule``: "name", "name:k", or
+    "name@LEVEL" for a rule with an estimated threshold, fixed at LEVEL (``afa_batch@1.75``: one
+    global level on decoder-scaled activations, in the SAE's input scale for ``none``)."""
     base = SparseAutoencoder.from_pretrained(run)
+    rule, _, level = rule.partition("@")
     name, _, k = rule.partition(":")
     fields = base.config.to_dict()
     for key in ("model_type", "architectures", "auto_map", "transformers_version"):
@@ -35,6 +38,10 @@ def reread(run: str, rule: str) -> SparseAutoencoder:
     sae = SparseAutoencoder(SAEConfig(**fields))
     weights = {key: value for key, value in base.state_dict().items() if key != "threshold"}
     sae.load_state_dict(weights, strict=False)
+    if level:
+        if sae.rule.threshold != "estimated":
+            raise SystemExit(f"{name} has no estimated threshold to fix at {level}")
+        sae.threshold.fill_(float(level))
     return sae.eval()
 
 
@@ -42,7 +49,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("run", help="a trained SAE folder")
     p.add_argument("cache", help="a synthetic cache written with its true codes")
-    p.add_argument("rules", nargs="+", help="rule names, name:k for rules with a k")
+    p.add_argument(
+        "rules",
+        nargs="+",
+        help="rule names; name:k for rules with a k; name@LEVEL to fix an estimated threshold",
+    )
     p.add_argument("--samples", type=int, default=20000)
     args = p.parse_args()
     torch.set_num_threads(1)
