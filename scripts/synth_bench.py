@@ -388,6 +388,15 @@ def world_facts(args, truth, d_sae: int) -> dict:
     }
 
 
+def afa_error(world, codes: torch.Tensor, x: torch.Tensor) -> float:
+    """The paper's approximation on the truth: median |‖x − bias‖ / ‖f_true‖ − 1|."""
+    from hf_topafa.evaluation.ground_truth import afa_relative_error
+
+    true_norm = torch.linalg.vector_norm(codes, dim=-1)
+    z_norm = torch.linalg.vector_norm(x - world.feature_dict.bias, dim=-1)
+    return float(afa_relative_error(true_norm, z_norm).median())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command = "python scripts/synth_bench.py " + shlex.join(sys.argv[1:] if argv is None
@@ -406,8 +415,12 @@ def main(argv: list[str] | None = None) -> int:
         train_cache, eval_cache = ensure_caches(args)
         world = load_world(args.world)
         truth = TruthSet.from_cache(ActivationCache(eval_cache), world.cfg.num_features)
-        worlds[Path(args.world).stem] = world_facts(args, truth, d_sae)
-        eval_x = world.feature_dict(truth.rows(0, min(4096, truth.num_samples)))
+        worlds[Path(args.world).stem] = facts = world_facts(args, truth, d_sae)
+        codes = truth.rows(0, min(4096, truth.num_samples))
+        eval_x = world.feature_dict(codes)
+        print(f"{Path(args.world).stem}: true L0 {facts['true_l0']}, over the {d_sae} most frequent "
+              f"features {facts['true_l0_top_width'][str(d_sae)]}; the AFA on the truth: median "
+              f"|‖x − bias‖/‖f_true‖ − 1| = {afa_error(world, codes, eval_x):.4f}", flush=True)  # fmt: skip
         for s in plan_of(args):
             record = ensure_record(args, s, d_sae, (train_cache, eval_x.detach()), world, truth)
             records.append(record)
