@@ -431,6 +431,13 @@ RULES: dict[str, Rule] = {
                 "features, ||x - b_dec||^2 / (1 + eps (k - 1)), with eps the decoder's measured "
                 "RMS coherence; there is no *k* to tune."
             ),
+            ground_truth=(
+                "On synthetic data whose true features are known (SynthSAEBench-style worlds, width "
+                "1,024; see the hf-topafa README), its count did not follow the data: L0 16.1 where "
+                "the width could hold 12.2 true features per sample, 23.6 where it could hold 3.1 and "
+                "31.6 where it could hold 24.4, and its per-sample count did not track the true one "
+                "(correlation 0.02 on the first world)."
+            ),
             select=_band_entry_select,
             adaptive_k=True,
             select_pairs=_kfree_select("band_entry_pairs", ranked=True),
@@ -459,6 +466,12 @@ RULES: dict[str, Rule] = {
                 "as the largest activations across the batch; at inference a per-feature "
                 "threshold estimated during training. There is no *k* to tune."
             ),
+            ground_truth=(
+                "On synthetic data whose true features are known (SynthSAEBench-style worlds, width "
+                "1,024; see the hf-topafa README), it kept L0 14.7 where the width could hold 12.2 "
+                "true features per sample (F1 0.58, above TopK's best 0.54; MCC 0.66 against 0.70), "
+                "but 27.4 where it could hold 3.1 (F1 0.25 against TopK's best 0.46)."
+            ),
             select=_batch_rule_select(_band_budget),
             threshold="estimated",
             threshold_init=lambda config: -1.0,  # -1: not estimated yet
@@ -473,6 +486,13 @@ RULES: dict[str, Rule] = {
                 "level that one interference term in n+ crosses by chance, with the interference "
                 "level measured from the token's own positive activations (their median over "
                 "0.6745) and n+ their count; there is no *k* to tune."
+            ),
+            ground_truth=(
+                "On synthetic data whose true features are known (SynthSAEBench-style worlds, width "
+                "1,024; see the hf-topafa README), its count followed the truth, L0 13.3 where the "
+                "width could hold 12.2 true features per sample and 3.3 where it could hold 3.1; on "
+                "the sparser world it beat every TopK (F1 0.58, MCC 0.53 against 0.46 and 0.52), on "
+                "the other it lost (F1 0.32, MCC 0.53 against 0.54 and 0.70, with 231 dead features)."
             ),
             select=_noise_floor_select,
             adaptive_k=True,
@@ -504,6 +524,13 @@ RULES: dict[str, Rule] = {
                 "criterion**: each token keeps the count k of its ranked features that minimizes "
                 "d ln RSS_k + 2 k ln h. There is no *k* to tune."
             ),
+            ground_truth=(
+                "On synthetic data whose true features are known (SynthSAEBench-style worlds, width "
+                "1,024; see the hf-topafa README), it had the best F1 of any rule on one world (0.785 "
+                "at L0 7.5, where the width could hold 12.2 true features per sample; TopK's best F1 "
+                "0.54), but on a sparser world it kept L0 10.5 where the truth was 3.1, its "
+                "per-sample count anti-correlated with the true one."
+            ),
             select=_afa_mdl_select,
             adaptive_k=True,
         ),
@@ -530,6 +557,13 @@ RULES: dict[str, Rule] = {
                 "(activations above the level one interference term in n+ crosses by chance), "
                 "taken as the largest decoder-scaled activations across the batch; at inference "
                 "a threshold estimated during training. There is no *k* to tune."
+            ),
+            ground_truth=(
+                "On synthetic data whose true features are known (SynthSAEBench-style worlds, width "
+                "1,024; see the hf-topafa README), it kept L0 13.0 where the width could hold 12.2 "
+                "true features per sample, its per-sample count correlating 0.82 with the true one, "
+                "but found fewer of them than TopK (F1 0.48 and MCC 0.59 against TopK's best 0.54 and "
+                "0.70); on a sparser world it kept L0 6.0 where the truth was 3.1."
             ),
             select=_batch_rule_select(_noise_floor_budget),
             threshold="estimated",
