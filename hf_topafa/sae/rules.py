@@ -5,7 +5,8 @@ name, whether it needs ``k``, what threshold it keeps, whether it has a sparse f
 its encoder has a bias and the paper trains it with the AFA norm loss, its sparsity penalty, the
 text of model cards, and the functions that apply it. ``SAEConfig`` validation, the training
 flags, the model, saved-folder checks, conversion, evaluation and the model card all read this
-table, so adding a rule touches this file only.
+table, so adding a rule touches this file only (and ``findings.py`` once ground truth has
+measured it).
 
 The module imports no torch (the command line validates names with it before loading torch);
 the apply functions import ``activations`` when they first run.
@@ -36,6 +37,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from .findings import GROUND_TRUTH
 
 THRESHOLD_KINDS = (None, "learned", "estimated")
 
@@ -345,14 +348,7 @@ RULES: dict[str, Rule] = {
                 "(its approximate feature activation), so the number of active features adapts "
                 "to each token and there is no *k* to tune."
             ),
-            ground_truth=(
-                "On synthetic data whose true features are known (SynthSAEBench-4k, 3M samples; "
-                "see the hf-topafa README), top-AFA as published kept about 34 times the true "
-                "number of features per sample (L0 544 against 16) and recovered few of them "
-                "(F1 0.02, MCC 0.27, against TopK's 0.52 and 0.70 at k = 16), although the AFA "
-                "approximation itself held there (3% error): its cut kept every positive "
-                "pre-activation, as a ReLU would."
-            ),
+            ground_truth=GROUND_TRUTH["topafa"],
             select=_topafa_select,
             adaptive_k=True,
             select_pairs=_topafa_pairs,
@@ -431,13 +427,7 @@ RULES: dict[str, Rule] = {
                 "features, ||x - b_dec||^2 / (1 + eps (k - 1)), with eps the decoder's measured "
                 "RMS coherence; there is no *k* to tune."
             ),
-            ground_truth=(
-                "On synthetic data whose true features are known (SynthSAEBench-style worlds, width "
-                "1,024; see the hf-topafa README), its count did not follow the data: L0 16.1 where "
-                "the width could hold 12.2 true features per sample, 23.6 where it could hold 3.1 and "
-                "31.6 where it could hold 24.4, and its per-sample count did not track the true one "
-                "(correlation 0.02 on the first world)."
-            ),
+            ground_truth=GROUND_TRUTH["afa_band"],
             select=_band_entry_select,
             adaptive_k=True,
             select_pairs=_kfree_select("band_entry_pairs", ranked=True),
@@ -466,12 +456,7 @@ RULES: dict[str, Rule] = {
                 "as the largest activations across the batch; at inference a per-feature "
                 "threshold estimated during training. There is no *k* to tune."
             ),
-            ground_truth=(
-                "On synthetic data whose true features are known (SynthSAEBench-style worlds, width "
-                "1,024; see the hf-topafa README), it kept L0 14.7 where the width could hold 12.2 "
-                "true features per sample (F1 0.58, above TopK's best 0.54; MCC 0.66 against 0.70), "
-                "but 27.4 where it could hold 3.1 (F1 0.25 against TopK's best 0.46)."
-            ),
+            ground_truth=GROUND_TRUTH["afa_batch"],
             select=_batch_rule_select(_band_budget),
             threshold="estimated",
             threshold_init=lambda config: -1.0,  # -1: not estimated yet
@@ -487,13 +472,7 @@ RULES: dict[str, Rule] = {
                 "level measured from the token's own positive activations (their median over "
                 "0.6745) and n+ their count; there is no *k* to tune."
             ),
-            ground_truth=(
-                "On synthetic data whose true features are known (SynthSAEBench-style worlds, width "
-                "1,024; see the hf-topafa README), its count followed the truth, L0 13.3 where the "
-                "width could hold 12.2 true features per sample and 3.3 where it could hold 3.1; on "
-                "the sparser world it beat every TopK (F1 0.58, MCC 0.53 against 0.46 and 0.52), on "
-                "the other it lost (F1 0.32, MCC 0.53 against 0.54 and 0.70, with 231 dead features)."
-            ),
+            ground_truth=GROUND_TRUTH["noise_floor"],
             select=_noise_floor_select,
             adaptive_k=True,
         ),
@@ -524,13 +503,7 @@ RULES: dict[str, Rule] = {
                 "criterion**: each token keeps the count k of its ranked features that minimizes "
                 "d ln RSS_k + 2 k ln h. There is no *k* to tune."
             ),
-            ground_truth=(
-                "On synthetic data whose true features are known (SynthSAEBench-style worlds, width "
-                "1,024; see the hf-topafa README), it had the best F1 of any rule on one world (0.785 "
-                "at L0 7.5, where the width could hold 12.2 true features per sample; TopK's best F1 "
-                "0.54), but on a sparser world it kept L0 10.5 where the truth was 3.1, its "
-                "per-sample count anti-correlated with the true one."
-            ),
+            ground_truth=GROUND_TRUTH["afa_mdl"],
             select=_afa_mdl_select,
             adaptive_k=True,
         ),
@@ -558,13 +531,7 @@ RULES: dict[str, Rule] = {
                 "taken as the largest decoder-scaled activations across the batch; at inference "
                 "a threshold estimated during training. There is no *k* to tune."
             ),
-            ground_truth=(
-                "On synthetic data whose true features are known (SynthSAEBench-style worlds, width "
-                "1,024; see the hf-topafa README), it kept L0 13.0 where the width could hold 12.2 "
-                "true features per sample, its per-sample count correlating 0.82 with the true one, "
-                "but found fewer of them than TopK (F1 0.48 and MCC 0.59 against TopK's best 0.54 and "
-                "0.70); on a sparser world it kept L0 6.0 where the truth was 3.1."
-            ),
+            ground_truth=GROUND_TRUTH["noise_batch"],
             select=_batch_rule_select(_noise_floor_budget),
             threshold="estimated",
             threshold_init=lambda config: -1.0,  # -1: not estimated yet
