@@ -328,6 +328,20 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SWEPT = ("k", "afa_coef", "l0_coef")  # settings a plot joins into one line per rule
+
+
+def series_label(settings: dict) -> str:
+    """A plot series: the rule, its trainer and its settings other than the swept ones (k,
+    λ_AFA and l0_coef, whose values make the series' points)."""
+    label = settings["activation"]
+    if settings["input_normalization"] != "none":
+        label += f" {settings['input_normalization']}"
+    fixed = {k: v for k, v in settings.get("overrides", {}).items() if k not in SWEPT}
+    label += "".join(f" {k}={v}" for k, v in sorted(fixed.items()))
+    return label if settings["trainer"] == "hf_topafa" else f"{label} ({settings['trainer']})"
+
+
 def plot_world(out: Path, world: str, records: list[dict], worlds: dict) -> None:
     import matplotlib
 
@@ -339,15 +353,16 @@ def plot_world(out: Path, world: str, records: list[dict], worlds: dict) -> None
     info = worlds.get(world, {})
     true_l0 = info.get("true_l0")
     top = next(iter(info.get("true_l0_top_width", {}).values()), None)
+    series: dict[str, list[dict]] = {}
+    for r in records:
+        series.setdefault(series_label(r["settings"]), []).append(r)
+    colors = plt.get_cmap("tab20").colors
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, metric in zip(axes, ("f1", "mcc"), strict=True):
-        for activation in sorted({r["settings"]["activation"] for r in records}):
-            mine = [r for r in records if r["settings"]["activation"] == activation]
-            for trainer in sorted({r["settings"]["trainer"] for r in mine}):
-                pts = sorted((r["row"]["l0"], r["row"][metric]) for r in mine
-                             if r["settings"]["trainer"] == trainer)  # fmt: skip
-                label = activation if trainer == "hf_topafa" else f"{activation} ({trainer})"
-                ax.plot(*zip(*pts, strict=True), "o-" if len(pts) > 1 else "o", label=label)
+        for i, (label, mine) in enumerate(sorted(series.items())):
+            pts = sorted((r["row"]["l0"], r["row"][metric]) for r in mine)
+            style = ("o", "s", "^", "D")[i % 4] + ("-" if len(pts) > 1 else "")
+            ax.plot(*zip(*pts, strict=True), style, color=colors[i % 20], label=label)
         for value, style, text in ((true_l0, "--", "true L0"), (top, ":", "true L0, top width")):
             if value:
                 ax.axvline(value, color="k", ls=style, lw=1, label=text)
