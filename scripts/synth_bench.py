@@ -291,7 +291,9 @@ def write_outputs(args, records: list[dict], worlds: dict) -> None:
     path = args.results / "summary.json"
     if path.is_file():  # another world's run may have written its facts since this one read them
         worlds = {**json.loads(path.read_text())["worlds"], **worlds}
-    rows = [summary_row(r) for r in records]
+    # the summary's rows have no field for further training settings: those SAEs (sweeps,
+    # controls) are in table.md and their records only
+    rows = [summary_row(r) for r in records if not r["settings"].get("overrides")]
     kfree = [r for r in rows if r["activation"] in K_FREE and r["trainer"] == "hf_topafa"]
     best = max(kfree, key=lambda r: (r["f1"], r["mcc"]), default=None)
     summary = {
@@ -403,6 +405,7 @@ def world_facts(args, truth, d_sae: int) -> dict:
     }
 
 
+@torch.no_grad()
 def afa_error(world, codes: torch.Tensor, x: torch.Tensor) -> float:
     """The paper's approximation on the truth: median |‖x − bias‖ / ‖f_true‖ − 1|."""
     from hf_topafa.evaluation.ground_truth import afa_relative_error
@@ -432,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         truth = TruthSet.from_cache(ActivationCache(eval_cache), world.cfg.num_features)
         worlds[Path(args.world).stem] = facts = world_facts(args, truth, d_sae)
         codes = truth.rows(0, min(4096, truth.num_samples))
-        eval_x = world.feature_dict(codes)
+        with torch.no_grad():
+            eval_x = world.feature_dict(codes)
         print(f"{Path(args.world).stem}: true L0 {facts['true_l0']}, over the {d_sae} most frequent "
               f"features {facts['true_l0_top_width'][str(d_sae)]}; the AFA on the truth: median "
               f"|‖x − bias‖/‖f_true‖ − 1| = {afa_error(world, codes, eval_x):.4f}", flush=True)  # fmt: skip
