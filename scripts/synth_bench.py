@@ -71,6 +71,9 @@ PLANS = {
         spec("topafa", afa_coef="0", norm="layer_norm"),
         spec("topafa", afa_coef="1/128", norm="layer_norm"), spec("afa_count"),
         spec("jumprelu", l0_coef=0.01), spec("jumprelu", l0_coef=0.1), spec("jumprelu", l0_coef=1.0),
+        # the threshold's pseudo-gradient only sees pre-activations within a bandwidth of it:
+        # 1e-3 (the default) against activations of order 1 leaves the thresholds where they start
+        spec("jumprelu", l0_coef=0.01, jumprelu_bandwidth=0.1),
         spec("noise_batch"), spec("noise_floor", aux_coef=1.0),
     ],
     # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?
