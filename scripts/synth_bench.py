@@ -79,7 +79,8 @@ PLANS = {
     # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?
     "variants": [spec("noise_floor"), spec("afa_mdl"), spec("topk", 16), spec("topk", 32),
                  spec("topk", 8), spec("topk", 4), spec("afa_band"), spec("afa_batch"),
-                 spec("noise_batch"), spec("noise_floor", aux_coef=1.0)],
+                 spec("noise_batch"), spec("noise_floor", aux_coef=1.0),
+                 spec("noise_floor", afa_coef="1/32")],
     "16k": [spec("topk", 25), spec("afa_mdl"), spec("batchtopk", 25),
             spec("topafa", afa_coef="1/32")],
     # why SAELens's own BatchTopK (trained by SAELens) lands far below ours: our trainer with
