@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--world", default="synthsaebench-4k", help="preset, saved folder or JSON")
     p.add_argument("--plan", default=None, choices=sorted(PLANS), help="default: from --world")
-    p.add_argument("--only", nargs="+", default=None, help="run only these record names")
+    p.add_argument("--only", nargs="+", default=None,
+                   help="run only these record names (one no plan holds, e.g. none, only samples "
+                   "the caches and prints the world's facts)")  # fmt: skip
     p.add_argument("--d-sae", type=int, default=None, help="default: 1024 (4k), 4096 (16k)")
     p.add_argument("--train-samples", type=int, default=20_000_000, help="per SAE")
     p.add_argument("--cache-samples", type=int, default=None,
