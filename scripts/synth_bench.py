@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
               f"features {facts['true_l0_top_width'][str(d_sae)]}; the AFA on the truth: median "
               f"|‖x − bias‖/‖f_true‖ − 1| = {afa_error(world, codes, eval_x):.4f}", flush=True)  # fmt: skip
         for s in plan_of(args):
-            record = ensure_record(args, s, d_sae, (train_cache, eval_x.detach()), world, truth)
+            record = ensure_record(args, s, d_sae, (train_cache, eval_x), world, truth)
             records.append(record)
             write_outputs(args, all_records(args.results), worlds)
     write_outputs(args, all_records(args.results), worlds)

@@ -59,8 +59,9 @@ def detectability(sae, world, truth, n: int) -> dict:
         bins.append({"lo": lo, "hi": hi, "interference": float((inside & ~on).sum()) / n,
                      "true": float((inside & on).sum()) / n})  # fmt: skip
     true_count = (codes > 0).sum(-1).float()
+    level_at_crossing = crossing(bins)
     levels = []
-    for level in sorted({*LEVELS, crossing(bins)}):
+    for level in sorted({*LEVELS, level_at_crossing}):
         keep = scaled > level
         l0 = keep.sum(-1).float()
         levels.append({
@@ -73,7 +74,7 @@ def detectability(sae, world, truth, n: int) -> dict:
         "samples": n,
         "true_l0": float(true_count.mean()),
         "matched_true_per_sample": float(on.sum()) / n,
-        "crossing_level": crossing(bins),
+        "crossing_level": level_at_crossing,
         "bins": bins,
         "levels": levels,
     }

@@ -275,6 +275,17 @@ def _batch_rule_select(keep_in_batch):
     return select
 
 
+def _batch_rule(keep_in_batch) -> dict:
+    """The Rule fields shared by the rules that select across the batch while training and by an
+    estimated threshold after (afa_batch, noise_batch): only the budget differs."""
+    return {
+        "select": _batch_rule_select(keep_in_batch),
+        "threshold": "estimated",
+        "threshold_init": lambda config: -1.0,  # -1: not estimated yet
+        "options": ("batchtopk_threshold_momentum",),
+    }
+
+
 def _band_budget(sae, pre, decoder_norms, x_n):
     from . import kfree
 
@@ -457,10 +468,7 @@ RULES: dict[str, Rule] = {
                 "threshold estimated during training. There is no *k* to tune."
             ),
             ground_truth=GROUND_TRUTH["afa_batch"],
-            select=_batch_rule_select(_band_budget),
-            threshold="estimated",
-            threshold_init=lambda config: -1.0,  # -1: not estimated yet
-            options=("batchtopk_threshold_momentum",),
+            **_batch_rule(_band_budget),
         ),
         Rule(
             name="noise_floor",
@@ -532,10 +540,7 @@ RULES: dict[str, Rule] = {
                 "a threshold estimated during training. There is no *k* to tune."
             ),
             ground_truth=GROUND_TRUTH["noise_batch"],
-            select=_batch_rule_select(_noise_floor_budget),
-            threshold="estimated",
-            threshold_init=lambda config: -1.0,  # -1: not estimated yet
-            options=("batchtopk_threshold_momentum",),
+            **_batch_rule(_noise_floor_budget),
         ),
     )
 }
