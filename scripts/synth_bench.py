@@ -74,6 +74,8 @@ PLANS = {
         # the threshold's pseudo-gradient only sees pre-activations within a bandwidth of it:
         # 1e-3 (the default) against activations of order 1 leaves the thresholds where they start
         spec("jumprelu", l0_coef=0.01, jumprelu_bandwidth=0.1),
+        spec("jumprelu", l0_coef=0.1, jumprelu_bandwidth=0.1),
+        spec("jumprelu", l0_coef=1.0, jumprelu_bandwidth=0.1),
         spec("noise_batch"), spec("noise_floor", aux_coef=1.0),
     ],
     # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?
