@@ -60,6 +60,9 @@ def detectability(sae, world, truth, n: int) -> dict:
                      "true": float((inside & on).sum()) / n})  # fmt: skip
     true_count = (codes > 0).sum(-1).float()
     level_at_crossing = crossing(bins)
+    roles = hierarchy_roles(world, codes, match, sae.W_dec.shape[0])
+    below = {name: float((scaled[on & mask] <= level_at_crossing).float().mean())
+             for name, mask in roles.pop("masks").items() if (on & mask).any()}  # fmt: skip
     levels = []
     for level in sorted({*LEVELS, level_at_crossing}):
         keep = scaled > level
@@ -75,8 +78,33 @@ def detectability(sae, world, truth, n: int) -> dict:
         "true_l0": float(true_count.mean()),
         "matched_true_per_sample": float(on.sum()) / n,
         "crossing_level": level_at_crossing,
+        **roles,
+        "true_below_crossing": below,
         "bins": bins,
         "levels": levels,
+    }
+
+
+def hierarchy_roles(world, codes: torch.Tensor, match: torch.Tensor, width: int) -> dict:
+    """The hierarchy's share of the count: active chains per sample (over the world and over the
+    ``width`` most frequent features) and, for the matched latents, masks [n, width] of the true
+    activations whose feature is a parent with an active child, and of the others."""
+    from hf_topafa.evaluation.ground_truth import active_chains, hierarchy_parents
+
+    parents = hierarchy_parents(world)
+    on = codes > 0
+    held = torch.zeros(codes.shape[-1], dtype=torch.bool)
+    held[on.sum(0).topk(width).indices] = True
+    is_child = (parents >= 0).nonzero().squeeze(-1)
+    parent_of_active = torch.zeros_like(on)
+    rows, cols = on[:, is_child].nonzero(as_tuple=True)
+    parent_of_active[rows, parents[is_child[cols]]] = True
+    matched = parent_of_active[:, match]
+    return {
+        "chains": float(active_chains(codes, parents).float().mean()),
+        "chains_top_width": float(active_chains(codes, parents, held).float().mean()),
+        "true_l0_top_width": float(on[:, held].sum()) / len(codes),
+        "masks": {"parent_of_active_child": matched, "other": ~matched},
     }
 
 
@@ -118,17 +146,23 @@ def plot(result: dict, title: str, path: Path) -> None:
 def table(folder: Path) -> str:
     """A markdown table of every result in ``folder``: the count at the crossing per dictionary."""
     lines = [
-        "| dictionary | true L0 | matched true active / sample | crossing level | L0 there "
-        "| true pos. | false pos. | corr. with true L0 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dictionary | true L0 | width's features / chains | matched true active / sample "
+        "| crossing level | L0 there | true pos. | false pos. | corr. with true L0 "
+        "| below crossing: parent of active child / other |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(folder.glob("*.json")):
         r = json.loads(path.read_text())
         at = next(v for v in r["levels"] if v["level"] == round(r["crossing_level"], 4))
+        held = (f"{r['true_l0_top_width']:.2f} / {r['chains_top_width']:.2f}"
+                if "chains_top_width" in r else "–")  # fmt: skip
+        below = r.get("true_below_crossing", {})
+        roles = " / ".join(f"{below[k]:.0%}" for k in ("parent_of_active_child", "other")
+                           if k in below) or "–"  # fmt: skip
         lines.append(
-            f"| {path.stem} | {r['true_l0']:.2f} | {r['matched_true_per_sample']:.2f} "
+            f"| {path.stem} | {r['true_l0']:.2f} | {held} | {r['matched_true_per_sample']:.2f} "
             f"| {r['crossing_level']:.2f} | {at['l0']:.2f} | {at['true_positives']:.2f} "
-            f"| {at['false_positives']:.2f} | {at['corr_with_true_l0']:.2f} |"
+            f"| {at['false_positives']:.2f} | {at['corr_with_true_l0']:.2f} | {roles} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -161,8 +195,11 @@ def main() -> None:
     result = {"run": str(args.run), **detectability(sae, world, truth, truth.num_samples)}
     for v in result["levels"]:
         print(json.dumps({key: round(value, 3) for key, value in v.items()}))
-    print(f"crossing level {result['crossing_level']:.3f}; true L0 {result['true_l0']:.2f}; "
-          f"matched true features active per sample {result['matched_true_per_sample']:.2f}")  # fmt: skip
+    print(f"crossing level {result['crossing_level']:.3f}; true L0 {result['true_l0']:.2f} "
+          f"({result['true_l0_top_width']:.2f} over the width's features, in "
+          f"{result['chains_top_width']:.2f} chains of the hierarchy); matched true features "
+          f"active per sample {result['matched_true_per_sample']:.2f}; below the crossing: "
+          + ", ".join(f"{k} {v:.0%}" for k, v in result["true_below_crossing"].items()))  # fmt: skip
     if args.json:
         write_json(args.json, result, indent=1)
         plot(

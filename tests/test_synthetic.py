@@ -218,6 +218,30 @@ def test_per_sample_counts_follow_an_adaptive_rule(world_json):
     assert correlation(torch.full((5,), 3.0), torch.arange(5.0)) is None  # TopK's constant L0
 
 
+def test_chains_count_each_active_root_to_leaf_path_once():
+    from types import SimpleNamespace
+
+    from sae_lens.synthetic.hierarchy import Hierarchy, HierarchyNode
+
+    from hf_topafa.evaluation.ground_truth import active_chains, hierarchy_parents
+
+    # 0 -> {1 -> {3}, 2}; 4 has no parent; 5 -> {6} under a node that holds no feature
+    tree = HierarchyNode(0, [HierarchyNode(1, [HierarchyNode(3)]), HierarchyNode(2)])
+    other = HierarchyNode(None, [HierarchyNode(5, [HierarchyNode(6)])])
+    world = SimpleNamespace(cfg=SimpleNamespace(num_features=7),
+                            hierarchy=Hierarchy([tree, other], None))  # fmt: skip
+    parents = hierarchy_parents(world)
+    assert parents.tolist() == [-1, 0, 0, 1, -1, -1, 5]
+    codes = torch.tensor([[1.0, 1, 0, 1, 1, 0, 0],  # 0 -> 1 -> 3, and 4: two chains
+                          [0.0, 1, 0, 1, 0, 1, 1],  # 1 -> 3 (its parent off), 5 -> 6
+                          [0.0, 0, 0, 0, 0, 0, 0]])  # fmt: skip
+    assert active_chains(codes, parents).tolist() == [2, 2, 0]
+    # a dictionary that holds only features 0, 3 and 4: 3's parent is not held, so 3 starts a chain
+    held = torch.tensor([True, False, False, True, True, False, False])
+    assert active_chains(codes, parents, held).tolist() == [3, 1, 0]
+    assert (hierarchy_parents(SimpleNamespace(cfg=world.cfg, hierarchy=None)) == -1).all()
+
+
 def test_saelens_view_reconstructs_in_the_input_space():
     torch.manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=32, activation="topk", k=4))  # standardized

@@ -125,6 +125,39 @@ def true_l0_top_width(width: int, num_samples: int, truth: TruthSet) -> float:
     return float(counts[top].sum()) / num_samples
 
 
+def hierarchy_parents(world) -> torch.Tensor:
+    """Each feature's parent in the world's hierarchy, as a long tensor [features]: -1 for roots
+    and for features outside the hierarchy. A world without a hierarchy gives all -1."""
+    parents = torch.full((world.cfg.num_features,), -1, dtype=torch.long)
+    hierarchy = getattr(world, "hierarchy", None)
+    stack = [(root, None) for root in (hierarchy.roots if hierarchy is not None else [])]
+    while stack:
+        node, parent = stack.pop()
+        if node.feature_index is not None and parent is not None:
+            parents[node.feature_index] = parent
+        below = node.feature_index if node.feature_index is not None else parent
+        stack.extend((child, below) for child in node.children)
+    return parents
+
+
+def active_chains(codes: torch.Tensor, parents: torch.Tensor, held: torch.Tensor | None = None):
+    """Per sample, how many active chains of the hierarchy the code holds: its active features
+    whose parent is not active (each chain root -> child -> ... counts once).
+
+    ``codes`` [n, features] (true codes), ``parents`` from ``hierarchy_parents``, ``held`` an
+    optional bool mask [features] of the features a dictionary can hold (e.g. the width's most
+    frequent): then only held features count, and a parent outside it does not join a chain.
+    The true L0 counts every level of a chain; a dictionary may learn a chain as one direction,
+    so this is the sparsest count a code of the same samples can reach without splitting them.
+    """
+    on = codes > 0
+    if held is None:
+        held = torch.ones(codes.shape[-1], dtype=torch.bool)
+    has_parent = parents >= 0
+    parent_on = on[:, parents.clamp_min(0)] & (has_parent & held[parents.clamp_min(0)])
+    return (on & ~parent_on & held).sum(-1)
+
+
 @torch.no_grad()
 def score_against_truth(
     sae, world, truth: TruthSet, num_samples: int | None = None, batch_size: int = 4096
