@@ -21,6 +21,7 @@ Outputs, rebuilt from all records on every call: ``summary.json``, ``table.md``,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -92,7 +93,11 @@ PLANS = {
                  spec("batchtopk", 12, dead_tokens_threshold=1000 * 1024, adam_beta2=0.999,
                       aux_coef=1.0),
                  # and the other way: SAELens's trainer with the one setting that moved ours most
-                 spec("batchtopk", 12, trainer="saelens", adam_beta2=0.99)],
+                 spec("batchtopk", 12, trainer="saelens", adam_beta2=0.99),
+                 # and SAELens's decoder parametrization switched to ours: unit rows at init,
+                 # activations not rescaled by the decoder norm
+                 spec("batchtopk", 12, trainer="saelens", adam_beta2=0.99, decoder_init_norm=1.0,
+                      rescale_acts_by_decoder_norm=False)],
 }  # fmt: skip
 
 
@@ -200,15 +205,19 @@ def train_saelens(args, settings: dict, run_dir: Path) -> Path:
     if (out / "cfg.json").is_file():
         return out
     _, folder = world_folder(args.world)
+    # an override that names a field of SAELens's SAE config (decoder_init_norm, ...) goes there
+    sae_fields = {f.name for f in dataclasses.fields(BatchTopKTrainingSAEConfig)}
+    overrides = settings.get("overrides", {})
     sae_cfg = BatchTopKTrainingSAEConfig(
         d_in=json.loads((folder / "synthetic_model_config.json").read_text())["hidden_dim"],
         d_sae=settings["d_sae"], k=settings["k"],
+        **{key: value for key, value in overrides.items() if key in sae_fields},
     )  # fmt: skip
     cfg = SyntheticSAERunnerConfig(
         synthetic_model=str(folder), sae=sae_cfg, training_samples=args.train_samples,
         batch_size=args.batch_size, lr=args.lr, output_path=str(out), checkpoint_path=None,
         run_final_eval=False, logger=LoggingConfig(log_to_wandb=False),
-        **settings.get("overrides", {}),
+        **{key: value for key, value in overrides.items() if key not in sae_fields},
     )  # fmt: skip
     torch.manual_seed(args.seed)
     SyntheticSAERunner(cfg).run()
