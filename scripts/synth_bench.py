@@ -77,6 +77,10 @@ PLANS = {
         spec("jumprelu", l0_coef=0.01, jumprelu_bandwidth=0.1),
         spec("jumprelu", l0_coef=0.1, jumprelu_bandwidth=0.1),
         spec("jumprelu", l0_coef=1.0, jumprelu_bandwidth=0.1),
+        # Adam moves a threshold by at most about lr a step, whatever l0_coef: from 1e-3, 2,929
+        # steps cannot reach the interference level (about 2); start the thresholds near it
+        spec("jumprelu", l0_coef=0.1, jumprelu_bandwidth=0.1, jumprelu_init_threshold=1.0),
+        spec("jumprelu", l0_coef=0.01, jumprelu_bandwidth=0.1, jumprelu_init_threshold=1.0),
         spec("noise_batch"), spec("noise_floor", aux_coef=1.0),
     ],
     # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?
