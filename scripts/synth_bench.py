@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-samples", type=int, default=None,
                    help="rows sampled into the training cache (default: --train-samples); "
                    "SAEs read it in passes when it is smaller")  # fmt: skip
+    p.add_argument("--stream", action="store_true",
+                   help="draw every SAE's training samples from the world while it trains, on "
+                   "the training device, instead of reading a cache (no --cache-samples; for "
+                   "budgets a disk cannot hold, and GPUs, which sample faster than they read)")  # fmt: skip
     p.add_argument("--eval-samples", type=int, default=50_000)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -153,16 +157,17 @@ def record_name(s: dict) -> str:
 def settings_of(args, s: dict, d_sae: int) -> dict:
     """Everything that defines one record's SAE; a record with other settings is redone."""
     return {**s, "world": args.world, "d_sae": d_sae, "train_samples": args.train_samples,
-            "cache_samples": args.cache_samples or args.train_samples,
+            "cache_samples": None if args.stream else args.cache_samples or args.train_samples,
             "eval_samples": args.eval_samples, "batch_size": args.batch_size, "lr": args.lr,
-            "seed": args.seed}  # fmt: skip
+            "seed": args.seed, **({"stream": True} if args.stream else {})}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
 # Data and training
 
 
-def ensure_caches(args) -> tuple[Path, Path]:
+def ensure_caches(args) -> tuple[Path | None, Path]:
+    """(training cache, evaluation cache with the truth); no training cache with ``--stream``."""
     from hf_topafa.data.synthetic_cache import write_synthetic_cache
 
     name = Path(args.world).stem
@@ -171,6 +176,8 @@ def ensure_caches(args) -> tuple[Path, Path]:
         args.world, args.work / "cache" / f"{name}-eval", args.eval_samples, seed=args.seed + 1,
         with_truth=True,
     )  # fmt: skip
+    if args.stream:
+        return None, eval_cache
     train_cache = write_synthetic_cache(
         args.world, args.work / "cache" / f"{name}-train", cache_rows, seed=args.seed
     )
@@ -193,7 +200,8 @@ def train_ours(args, settings: dict, train_cache: Path, eval_x, run_dir: Path) -
         batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         max_tokens=args.train_samples, eval_tokens=len(eval_x), output=str(run_dir),
         resume=resumable, overwrite=not resumable, checkpoint_every=500, log_with="none",
-        progress=sys.stderr.isatty(), **settings.get("overrides", {}),
+        progress=sys.stderr.isatty(), synthetic=args.world if args.stream else None,
+        **settings.get("overrides", {}),
     )  # fmt: skip
     train(config, data=train_cache, eval_data=eval_x)
 

@@ -138,6 +138,42 @@ def test_training_reads_a_synthetic_cache_with_its_provenance(world_json, tmp_pa
     assert metrics["held_out"] is True and metrics["normalized_mse"] < 1.0
 
 
+def test_training_can_draw_its_samples_from_the_world_while_it_trains(world_json, tmp_path):
+    from hf_topafa.training.train import TrainConfig, train
+
+    config = TrainConfig.from_flat(
+        synthetic=str(world_json), activation="topk", k=4, d_sae=64, batch_size=256,
+        max_tokens=2048, eval_tokens=256, output=str(tmp_path / "run"), progress=False,
+        log_with="none", checkpoint_every=0, input_normalization="none",
+    )  # fmt: skip
+    run = train(config)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["base_model"] == "synthetic:tiny" and saved["dataset"] == "synthetic:tiny"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["held_out"] is True and metrics["normalized_mse"] < 1.0
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig.from_flat(synthetic=str(world_json), activation_cache=str(tmp_path))
+
+
+def test_drawn_batches_replay_from_any_position_and_leave_torch_rng_alone(world_json):
+    from hf_topafa.training.training_data import SyntheticSource, endless_batches
+
+    world = synthetic.load_world(str(world_json), progress=False)
+    source = SyntheticSource(world, local_batch=32, rank=0, seed=7)
+    torch.manual_seed(123)
+    expected_rng = torch.rand(3)
+    torch.manual_seed(123)
+    stream = endless_batches(source, [0, 0])
+    first = [next(stream) for _ in range(5)]
+    assert torch.equal(torch.rand(3), expected_rng)  # drawing did not move the global generator
+    assert [position for _, position in first] == [[0, i] for i in range(1, 6)]
+    resumed, position = next(endless_batches(source, [0, 3]))  # seeks: batch 4 without 1..3
+    assert position == [0, 4] and torch.equal(resumed, first[3][0])
+    other_rank = next(SyntheticSource(world, 32, rank=1, seed=7).epoch(0))
+    assert not torch.equal(other_rank, first[0][0]) and first[0][0].shape == (32, 24)
+    assert not torch.equal(next(source.epoch(1)), first[0][0])  # each pass draws new samples
+
+
 def test_text_commands_point_a_synthetic_sae_to_evaluate_synthetic(capsys):
     from hf_topafa.data.synthetic_cache import synthetic_world_hint
 

@@ -61,6 +61,7 @@ from .train_config import (
 from .training_data import (
     CacheSource,
     LiveSource,
+    SyntheticSource,
     TensorSource,
     TrainingData,
     build_data,
@@ -72,8 +73,8 @@ from .training_data import (
 __all__ = [  # the training API; each name lives in its own module (the run folder's file
     # names and flags' defaults in hf_topafa.train_config)
     "METRICS", "TRAINING_CONFIG",
-    "CacheSource", "LiveSource", "TensorSource", "TrainConfig", "build_parser", "cli_main",
-    "held_out_metrics", "load_config_file", "lr_factor", "parse_config", "summary", "train",
+    "CacheSource", "LiveSource", "SyntheticSource", "TensorSource", "TrainConfig", "build_parser",
+    "cli_main", "held_out_metrics", "load_config_file", "lr_factor", "parse_config", "summary", "train",
 ]  # fmt: skip
 
 # --------------------------------------------------------------------------------------------
@@ -363,6 +364,8 @@ def _plan(config: TrainConfig, sae_config: SAEConfig, data_: TrainingData, world
         reads = f"live harvest of {limit} tokens per pass from {sae_config.dataset}"
     elif isinstance(source, CacheSource):
         reads = f"activation cache {config.data.activation_cache}"
+    elif isinstance(source, SyntheticSource):
+        reads = f"samples of {config.data.synthetic} drawn while training"
     else:
         reads = f"an in-memory tensor of {len(source.x):,} tokens"
     origin = sae_config.base_model or "data of unknown origin"

@@ -77,6 +77,12 @@ class DataArgs:
     eval_cache: str | None = _arg(
         None, "Held-out activation cache; default: harvest the held-out windows live."
     )
+    synthetic: str | None = _arg(
+        None,
+        "Train on samples drawn while training from this synthetic world (a preset such as "
+        "synthsaebench-16k, a saved folder or a JSON config; needs the synth extra), on the "
+        "training device: no cache, for budgets a disk cannot hold.",
+    )
     holdout_every: int = _arg(
         10, "Every holdout_every-th window is held out for evaluation and never trained on."
     )
@@ -121,6 +127,10 @@ class DataArgs:
                     f"dataset not found: {path} (give an existing .txt/.jsonl/.json/.parquet/.csv "
                     "file or folder, a Hub dataset id, or leave --dataset out for the bundled sample)"
                 )
+        if self.synthetic is not None and self.activation_cache is not None:
+            raise ValueError(
+                "give --synthetic WORLD or --activation-cache DIR, not both: one is the data"
+            )
         for name in ("activation_cache", "eval_cache"):
             value = getattr(self, name)
             if value is not None and not (Path(value).expanduser() / MANIFEST).is_file():

@@ -1,4 +1,5 @@
-"""Where training batches come from: an in-memory tensor, an activation cache, or live harvesting.
+"""Where training batches come from: an in-memory tensor, an activation cache, live harvesting,
+or a synthetic world sampled while training.
 
 Each source yields this process's batches of exactly ``local_batch`` rows, one pass at a time;
 ``endless_batches`` turns passes into an endless stream that can skip to a saved position (resume).
@@ -95,6 +96,33 @@ class LiveSource:
         self.too_big = total > self.memory_tokens
 
 
+class SyntheticSource:
+    """Samples drawn from a synthetic world while training: no cache to write or read, for
+    budgets a disk cannot hold (200M samples of the 16k world are 600 GB) and devices that sample
+    faster than a disk reads. A pass is ``PASS_BATCHES`` batches; each batch is drawn with torch's
+    generator (the one SAELens samples from) seeded from the seed, the pass, the batch and the
+    rank, inside ``fork_rng`` so training's own randomness is untouched. So a resumed run draws
+    the same batches, and can start mid-pass without drawing the ones before (``seekable``)."""
+
+    PASS_BATCHES = 256
+    seekable = True
+
+    def __init__(self, world, local_batch: int, rank: int, seed: int):
+        self.world, self.local, self.rank, self.seed = world, local_batch, rank, seed
+        self.d_in = world.cfg.hidden_dim
+        self.devices = [world.feature_dict.feature_vectors.device]
+
+    def epoch(self, index: int, start: int = 0) -> Iterator[torch.Tensor]:
+        cuda = [device for device in self.devices if device.type == "cuda"]
+        for batch in range(start, self.PASS_BATCHES):
+            with torch.random.fork_rng(devices=cuda), torch.no_grad():
+                torch.manual_seed(
+                    ((self.seed * 100_003 + index) * self.PASS_BATCHES + batch) * 64 + self.rank
+                )
+                drawn = self.world.sample(self.local).float()
+            yield drawn  # outside fork_rng: a paused generator must not hold the forked state
+
+
 def _harvest_config(config: TrainConfig, **overrides) -> harvest.HarvestConfig:
     d = config.data
     fields = dict(
@@ -157,7 +185,7 @@ def first_rows(batches: Iterator[torch.Tensor], n: int) -> torch.Tensor:
 class TrainingData:
     """What ``build_data`` gives the training loop: the batches' source and the held-out rows."""
 
-    source: TensorSource | CacheSource | LiveSource
+    source: TensorSource | CacheSource | LiveSource | SyntheticSource
     eval_x: torch.Tensor | None  # only on the main process
     held_out: bool
     provenance: dict
@@ -169,12 +197,32 @@ PROVENANCE_FIELDS = (
 """What an SAE records of its training data (SAEConfig fields)."""
 
 
-def synthetic_eval_rows(manifest: dict, n: int) -> torch.Tensor:
-    """``n`` fresh samples of a synthetic cache's world, seeded apart from the cache's own."""
-    world = world_of_cache(manifest)
-    torch.manual_seed(int(manifest["synthetic"]["seed"]) + 1_000_003)
-    with torch.no_grad():
-        return world.sample(n).float()
+def synthetic_eval_rows(world, seed: int, n: int) -> torch.Tensor:
+    """``n`` fresh samples of a synthetic world, seeded apart from the training samples."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed + 1_000_003)
+        return world.sample(n).float().cpu()
+
+
+def _synthetic_data(config, eval_data, accelerator, local_batch) -> TrainingData:
+    """Samples of ``config.data.synthetic`` drawn on the training device as training goes."""
+    from ..data.synthetic import load_world, world_folder
+    from ..data.synthetic_cache import synthetic_manifest_fields
+
+    d = config.data
+    name, folder = world_folder(d.synthetic, progress=accelerator.is_main_process)
+    world = load_world(str(folder), device=str(accelerator.device), progress=False)
+    seed = config.optim.seed
+    fields = synthetic_manifest_fields(name, d.synthetic, folder, seed, truth=False)
+    provenance = {key: None for key in PROVENANCE_FIELDS}
+    provenance.update(base_model=fields["model"], dataset=fields["dataset"])
+    eval_x = None
+    if eval_data is not None:
+        eval_x = torch.as_tensor(eval_data, dtype=torch.float32)[: d.eval_tokens]
+    elif accelerator.is_main_process:  # fresh samples of the world: held out by construction
+        eval_x = synthetic_eval_rows(world, seed, d.eval_tokens)
+    source = SyntheticSource(world, local_batch, accelerator.process_index, seed)
+    return TrainingData(source, eval_x, True, provenance)
 
 
 def build_data(
@@ -186,6 +234,8 @@ def build_data(
     main = accelerator.is_main_process
     if data is not None:
         return _tensor_data(config, data, eval_data, rank, world, provenance)
+    if d.synthetic is not None:
+        return _synthetic_data(config, eval_data, accelerator, local_batch)
     if d.activation_cache is not None:
         cache = harvest.ActivationCache(d.activation_cache)
         man = cache.manifest
@@ -207,7 +257,8 @@ def build_data(
                 eval_x = first_rows(eval_cache.iter_batches(4096, shuffle=False), d.eval_tokens)
         elif is_synthetic_cache(man):
             if main:  # fresh samples of the world: held out by construction
-                eval_x = synthetic_eval_rows(man, d.eval_tokens)
+                eval_x = synthetic_eval_rows(world_of_cache(man), man["synthetic"]["seed"],
+                                             d.eval_tokens)  # fmt: skip
         else:
             held_out = man.get("holdout") == "train"
             if main:
@@ -288,8 +339,9 @@ def endless_batches(source, position: list[int]) -> Iterator[tuple[torch.Tensor,
     """Endless batches with their position [pass, batches read in it]; skips to ``position``."""
     epoch, skip = position
     while True:
-        count, produced = 0, False
-        for batch in source.epoch(epoch):
+        seek = skip if getattr(source, "seekable", False) else 0  # start mid-pass directly
+        count, produced = seek, False
+        for batch in source.epoch(epoch, seek) if seek else source.epoch(epoch):
             count += 1
             if count <= skip:
                 continue
