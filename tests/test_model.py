@@ -277,3 +277,39 @@ def test_topafa_k_by_hand(worked_topafa_sae):
     torch.testing.assert_close(
         out.reconstruction, torch.tensor([[3.0, 5.0], [0.0, 3.0], [0.0, 5.5]])
     )
+
+
+@pytest.mark.parametrize("activation", ["topk", "noise_batch", "relu"])
+@pytest.mark.parametrize("convention", ["paper", "hf_topafa_v0.1"])
+def test_matryoshka_prefixes_each_reconstruct_alone(activation, convention):
+    sae = make_sae(activation, matryoshka_levels=2, loss_convention=convention,
+                   input_normalization="none")  # fmt: skip
+    assert sae.config.matryoshka_prefixes == [16, 32]
+    x = torch.randn(40, 16) * 3
+    out = sae(x)
+    acts = out.feature_acts
+    inner = []
+    for m in (16, 32):
+        error = (acts[:, :m] @ sae.W_dec[:m] + sae.b_dec - x).pow(2)
+        inner.append(error.mean() / x.pow(2).mean() if convention == "paper"
+                     else error.sum() / x.pow(2).sum())  # fmt: skip
+    assert torch.allclose(out.matryoshka_loss, torch.stack(inner).mean(), rtol=1e-5)
+    recon = (out.mse_loss + 2 * out.matryoshka_loss) / 3
+    expected = recon + sae.config.afa_coef * out.afa_loss + out.sparsity_loss
+    assert torch.allclose(out.loss, expected, rtol=1e-5)
+    # the prefixes are asked to reconstruct alone: the first features' decoder rows get a
+    # gradient the plain loss would not give them
+    plain = make_sae(activation, loss_convention=convention, input_normalization="none")
+    plain.load_state_dict(sae.state_dict())
+    out.loss.backward()
+    plain(x).loss.backward()
+    assert not torch.allclose(sae.W_dec.grad[:16], plain.W_dec.grad[:16])
+    assert make_sae(activation).config.matryoshka_levels == 0  # off by default
+    assert make_sae(activation)(x).matryoshka_loss is None
+
+
+def test_matryoshka_levels_are_validated():
+    with pytest.raises(ValueError, match="halves d_sae=64 below one feature; at most 6"):
+        make_sae("topk", matryoshka_levels=7)
+    with pytest.raises(ValueError, match="matryoshka_levels must be an integer >= 0"):
+        make_sae("topk", matryoshka_levels=-1)

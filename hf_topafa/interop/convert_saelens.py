@@ -30,7 +30,7 @@ under another name (batchtopk saved as jumprelu), its k, and the training hyperp
 CARRIED_FIELDS = (
     "afa_coef", "aux_k", "aux_coef", "dead_tokens_threshold", "l1_coef", "l0_coef",
     "jumprelu_init_threshold", "jumprelu_bandwidth", "batchtopk_threshold_momentum",
-    "loss_convention", "encoder_bias", "init",
+    "loss_convention", "encoder_bias", "init", "matryoshka_levels",
 )  # fmt: skip
 """SAEConfig fields that change training only, kept under ``METADATA_KEY`` for the round trip."""
 HOOK_NAME = re.compile(r"blocks\.(\d+)\.hook_(resid_pre|resid_post|mlp_out|attn_out)")

@@ -48,6 +48,11 @@ class SAEConfig(PretrainedConfig):
         jumprelu_init_threshold: initial threshold of every ``jumprelu`` feature.
         jumprelu_bandwidth: width of the rectangle kernel in the threshold's pseudo-gradient.
         batchtopk_threshold_momentum: EMA momentum of the inference threshold of ``batchtopk``.
+        matryoshka_levels: Matryoshka training (Nabeshima 2024; Bussmann et al. 2025): the first
+            d_sae/2, d_sae/4, ..., d_sae/2^levels features must also reconstruct the input on
+            their own, and the reconstruction loss is the mean over these prefixes and the whole
+            code. A hierarchy's general features then keep their own latents instead of being
+            absorbed into specific ones. 0 (default) is off; inference is unchanged.
         input_normalization: ``"none"`` reads inputs as they are; ``"layer_norm"`` standardizes each
             token exactly as the paper's code does, ``(x - mean) / (std + 1e-5)`` with torch's
             unbiased std; ``"layer_norm_biased"`` is hf-topafa 0.1's standardization,
@@ -93,6 +98,7 @@ class SAEConfig(PretrainedConfig):
         jumprelu_init_threshold: float = 1e-3,
         jumprelu_bandwidth: float = 1e-3,
         batchtopk_threshold_momentum: float = 0.99,
+        matryoshka_levels: int = 0,
         input_normalization: str = "none",
         loss_convention: str | None = None,
         encoder_bias: bool | None = None,
@@ -120,6 +126,7 @@ class SAEConfig(PretrainedConfig):
         self.jumprelu_init_threshold = jumprelu_init_threshold
         self.jumprelu_bandwidth = jumprelu_bandwidth
         self.batchtopk_threshold_momentum = batchtopk_threshold_momentum
+        self.matryoshka_levels = matryoshka_levels
         if loss_convention is None and "transformers_version" in kwargs:
             # A config.json written before these fields existed (hf-topafa 0.1): keep its meaning.
             loss_convention = "hf_topafa_v0.1"
@@ -154,6 +161,12 @@ class SAEConfig(PretrainedConfig):
         settings leave it to the batch size (None).
         """
         return cls(d_in=d_in, **{**dataclasses.asdict(settings), **overrides})
+
+    @property
+    def matryoshka_prefixes(self) -> list[int]:
+        """The nested prefixes that Matryoshka training asks to reconstruct alone, smallest
+        first (the whole code is not listed)."""
+        return [self.d_sae >> level for level in range(self.matryoshka_levels, 0, -1)]
 
     def validate(self) -> None:
         """Raise a ValueError naming the first field that is out of range, and what is valid.

@@ -37,7 +37,8 @@ class SAEOutput(ModelOutput):
     """
 
     loss: torch.Tensor | None = None
-    """mse_loss + afa_coef * afa_loss + aux_coef * aux_loss + sparsity_loss."""
+    """mse_loss + afa_coef * afa_loss + aux_coef * aux_loss + sparsity_loss (with Matryoshka
+    levels L, mse_loss is replaced by (mse_loss + L * matryoshka_loss) / (L + 1))."""
     reconstruction: torch.Tensor | None = None
     """x_hat in the input's own space (input normalization undone), shaped like the input."""
     feature_acts: torch.Tensor | None = None
@@ -59,6 +60,17 @@ class SAEOutput(ModelOutput):
     uses it to make DDP's gradient average equal one process's gradient on the global batch."""
     aux_scale: torch.Tensor | None = None
     """The detached divisor of aux_loss."""
+    matryoshka_loss: torch.Tensor | None = None
+    """Mean reconstruction error of the Matryoshka prefixes decoding alone (units of mse_loss);
+    None when ``matryoshka_levels`` is 0."""
+
+
+def reconstruction_loss(mse_loss, matryoshka_loss, levels: int):
+    """The loss's reconstruction term: ``mse_loss``, or with Matryoshka levels the mean over
+    the whole code and its ``levels`` prefixes."""
+    if matryoshka_loss is None:
+        return mse_loss
+    return (mse_loss + levels * matryoshka_loss) / (levels + 1)
 
 
 class SparseAutoencoder(PreTrainedModel):
@@ -267,7 +279,11 @@ class SparseAutoencoder(PreTrainedModel):
         else:
             terms = self._v01_losses(x_n, recon_n, f_norm, aux_recon)
         mse_loss, afa_loss, aux_loss, loss_scale, aux_scale = terms
-        loss = mse_loss + cfg.afa_coef * afa_loss + cfg.aux_coef * aux_loss + sparsity_loss
+        matryoshka_loss = None
+        if cfg.matryoshka_levels:
+            matryoshka_loss = self._matryoshka_loss(x_n, acts, loss_scale)
+        recon_loss = reconstruction_loss(mse_loss, matryoshka_loss, cfg.matryoshka_levels)
+        loss = recon_loss + cfg.afa_coef * afa_loss + cfg.aux_coef * aux_loss + sparsity_loss
 
         output = SAEOutput(
             loss=loss,
@@ -281,8 +297,19 @@ class SparseAutoencoder(PreTrainedModel):
             sparsity_loss=sparsity_loss,
             loss_scale=loss_scale,
             aux_scale=aux_scale,
+            matryoshka_loss=matryoshka_loss,
         )
         return output if return_dict else output.to_tuple()
+
+    def _matryoshka_loss(self, x_n, acts, loss_scale) -> torch.Tensor:
+        """The mean reconstruction loss of the Matryoshka prefixes, each decoding alone, in the
+        units of ``mse_loss`` (the loss convention's)."""
+        paper = self.config.loss_convention == "paper"
+        losses = []
+        for m in self.config.matryoshka_prefixes:
+            error = (acts[:, :m] @ self.W_dec[:m] + self.b_dec - x_n).pow(2)
+            losses.append((error.mean() if paper else error.sum()) / loss_scale)
+        return torch.stack(losses).mean()
 
     def _paper_losses(self, x_n, recon_n, f_norm, aux_recon):
         """The paper's terms (means over elements and tokens), over s (see SAEOutput)."""

@@ -85,6 +85,12 @@ class SAESettings:
     batchtopk_threshold_momentum: float = _arg(
         0.99, "EMA momentum of BatchTopK's inference threshold."
     )
+    matryoshka_levels: int = _arg(
+        0,
+        "Matryoshka training: the first d_sae/2, d_sae/4, ... (this many) features must also "
+        "reconstruct the input alone, so general features are not absorbed by specific ones; "
+        "0: off. Any rule.",
+    )
 
     def __post_init__(self):
         check_sae_settings(self)
@@ -138,6 +144,14 @@ def check_sae_settings(s) -> None:
         require_nonnegative_number(name, getattr(s, name))
     for name in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
         require_positive_number(name, getattr(s, name))
+    levels = s.matryoshka_levels
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 0:
+        raise ValueError(f"matryoshka_levels must be an integer >= 0; got {levels!r}")
+    if levels and s.d_sae is not None and s.d_sae >> levels < 1:
+        raise ValueError(
+            f"matryoshka_levels={levels} halves d_sae={s.d_sae} below one feature; at most "
+            f"{s.d_sae.bit_length() - 1}"
+        )
     momentum = s.batchtopk_threshold_momentum
     if not (isinstance(momentum, int | float) and 0 <= momentum < 1):
         raise ValueError(f"batchtopk_threshold_momentum must be in [0, 1); got {momentum!r}")

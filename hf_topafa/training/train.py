@@ -39,7 +39,7 @@ import torch
 
 from ..helpers import is_finite_number
 from ..sae.configuration_sae import SAEConfig
-from ..sae.modeling_sae import SparseAutoencoder
+from ..sae.modeling_sae import SparseAutoencoder, reconstruction_loss
 from .checkpoint import atomic_write_json, clean_temporaries, save_checkpoint
 from .run_folder import (
     check_output_folder,
@@ -402,9 +402,10 @@ def _global_norm_loss(out, x, sae, accelerator) -> torch.Tensor:
         local = torch.stack([out.loss_scale.float(), out.aux_scale.float()]).clamp_min(1e-12)
         weight = local / accelerator.reduce(local.clone(), "mean")
     cfg = sae.config
+    recon = reconstruction_loss(out.mse_loss, out.matryoshka_loss, cfg.matryoshka_levels)
     return (
         out.loss
-        + (weight[0] - 1) * (out.mse_loss + cfg.afa_coef * out.afa_loss)
+        + (weight[0] - 1) * (recon + cfg.afa_coef * out.afa_loss)
         + (weight[1] - 1) * cfg.aux_coef * out.aux_loss
     )
 
