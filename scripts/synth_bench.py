@@ -88,6 +88,14 @@ PLANS = {
                  spec("topk", 8), spec("topk", 4), spec("afa_band"), spec("afa_batch"),
                  spec("noise_batch"), spec("noise_floor", aux_coef=1.0),
                  spec("noise_floor", afa_coef="1/32")],
+    # absorption: trained longer, TopK's parents with an active child sink into the interference
+    # (synth_detectability). Matryoshka training asks the first d_sae/2 ... d_sae/16 features to
+    # reconstruct alone, which keeps general features whole; with a k-free rule, does the count
+    # then follow the truth?
+    "matryoshka": [spec("noise_batch", matryoshka_levels=4),
+                   spec("batchtopk", 12, matryoshka_levels=4),
+                   spec("noise_floor", matryoshka_levels=4), spec("afa_band", matryoshka_levels=4),
+                   spec("topk", 16, matryoshka_levels=4), spec("afa_mdl", matryoshka_levels=4)],
     "16k": [spec("topk", 25), spec("afa_mdl"), spec("batchtopk", 25),
             spec("topafa", afa_coef="1/32")],
     # why SAELens's own BatchTopK (trained by SAELens) lands far below ours: our trainer with

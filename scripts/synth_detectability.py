@@ -109,13 +109,10 @@ def hierarchy_roles(world, codes: torch.Tensor, match: torch.Tensor, width: int)
 
 
 def crossing(bins: list[dict]) -> float:
-    """The lowest bin edge above which true activations outnumber interference in every bin
-    that holds any (the upper end of the last bin where interference is the majority)."""
-    level = 0.0
-    for b in bins:
-        if b["interference"] > b["true"]:
-            level = b["hi"]
-    return level
+    """The lowest level where true activations outnumber interference: the lower edge of the
+    first positive bin, going up, in which they do (a few large activations of an unmatched
+    latent high above it do not move it). 0 when no bin has more true than interference."""
+    return next((b["lo"] for b in bins if b["lo"] > 0 and b["true"] > b["interference"]), 0.0)
 
 
 def plot(result: dict, title: str, path: Path) -> None:
