@@ -11,8 +11,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from . import activations, sparse
-from .afa import afa_norm, scaled_feature_norm
+from . import activations, losses, sparse
+from .afa import scaled_feature_norm
 from .configuration_sae import SAEConfig
 from .rules import get_rule
 from .saved import check_saved_sae
@@ -63,14 +63,6 @@ class SAEOutput(ModelOutput):
     matryoshka_loss: torch.Tensor | None = None
     """Mean reconstruction error of the Matryoshka prefixes decoding alone (units of mse_loss);
     None when ``matryoshka_levels`` is 0."""
-
-
-def reconstruction_loss(mse_loss, matryoshka_loss, levels: int):
-    """The loss's reconstruction term: ``mse_loss``, or with Matryoshka levels the mean over
-    the whole code and its ``levels`` prefixes."""
-    if matryoshka_loss is None:
-        return mse_loss
-    return (mse_loss + levels * matryoshka_loss) / (levels + 1)
 
 
 class SparseAutoencoder(PreTrainedModel):
@@ -274,15 +266,19 @@ class SparseAutoencoder(PreTrainedModel):
             parts = self._forward_dense(x_n, dead_mask)
         recon_n, acts, l0, k, f_norm, aux_recon, sparsity_loss = parts
 
-        if cfg.loss_convention == "paper":
-            terms = self._paper_losses(x_n, recon_n, f_norm, aux_recon)
+        paper = cfg.loss_convention == "paper"
+        if paper:
+            standardized = cfg.input_normalization == "layer_norm"
+            terms = losses.paper_losses(x_n, recon_n, f_norm, aux_recon, standardized)
         else:
-            terms = self._v01_losses(x_n, recon_n, f_norm, aux_recon)
+            terms = losses.v01_losses(x_n, recon_n, f_norm, aux_recon)
         mse_loss, afa_loss, aux_loss, loss_scale, aux_scale = terms
         matryoshka_loss = None
         if cfg.matryoshka_levels:
-            matryoshka_loss = self._matryoshka_loss(x_n, acts, loss_scale)
-        recon_loss = reconstruction_loss(mse_loss, matryoshka_loss, cfg.matryoshka_levels)
+            matryoshka_loss = losses.matryoshka_loss(
+                x_n, acts, self.W_dec, self.b_dec, cfg.matryoshka_prefixes, loss_scale, paper
+            )
+        recon_loss = losses.reconstruction_loss(mse_loss, matryoshka_loss, cfg.matryoshka_levels)
         loss = recon_loss + cfg.afa_coef * afa_loss + cfg.aux_coef * aux_loss + sparsity_loss
 
         output = SAEOutput(
@@ -300,43 +296,6 @@ class SparseAutoencoder(PreTrainedModel):
             matryoshka_loss=matryoshka_loss,
         )
         return output if return_dict else output.to_tuple()
-
-    def _matryoshka_loss(self, x_n, acts, loss_scale) -> torch.Tensor:
-        """The mean reconstruction loss of the Matryoshka prefixes, each decoding alone, in the
-        units of ``mse_loss`` (the loss convention's)."""
-        paper = self.config.loss_convention == "paper"
-        losses = []
-        for m in self.config.matryoshka_prefixes:
-            error = (acts[:, :m] @ self.W_dec[:m] + self.b_dec - x_n).pow(2)
-            losses.append((error.mean() if paper else error.sum()) / loss_scale)
-        return torch.stack(losses).mean()
-
-    def _paper_losses(self, x_n, recon_n, f_norm, aux_recon):
-        """The paper's terms (means over elements and tokens), over s (see SAEOutput)."""
-        if self.config.input_normalization == "layer_norm":
-            scale = x_n.new_ones(())
-        else:
-            scale = x_n.detach().pow(2).mean().clamp_min(1e-12)
-        mse_loss = (recon_n - x_n).pow(2).mean() / scale
-        afa_loss = (f_norm - afa_norm(x_n)).pow(2).mean() / scale
-        aux_loss = recon_n.new_zeros(())
-        if aux_recon is not None:
-            # as in the paper's code, the residual keeps its gradient
-            aux_loss = (aux_recon - (x_n - recon_n)).pow(2).mean() / scale
-        return mse_loss, afa_loss, aux_loss, scale, scale
-
-    def _v01_losses(self, x_n, recon_n, f_norm, aux_recon):
-        """hf-topafa 0.1's terms: sums over the batch's total squared norm."""
-        total_sq = x_n.detach().pow(2).sum().clamp_min(1e-12)
-        mse_loss = (recon_n - x_n).pow(2).sum() / total_sq
-        afa_loss = (f_norm - afa_norm(x_n)).pow(2).sum() / total_sq
-        aux_loss, aux_sq = recon_n.new_zeros(()), recon_n.new_ones(())
-        if aux_recon is not None:
-            # Aux-k (Gao et al.): the top dead features model what the live ones missed.
-            residual = (x_n - recon_n).detach()
-            aux_sq = residual.pow(2).sum().clamp_min(1e-12)
-            aux_loss = (aux_recon - residual).pow(2).sum() / aux_sq
-        return mse_loss, afa_loss, aux_loss, total_sq, aux_sq
 
     def _sparse_path_pays(self) -> bool:
         """Whether the code is sparse enough for row gathers to beat dense products."""

@@ -39,7 +39,8 @@ import torch
 
 from ..helpers import is_finite_number
 from ..sae.configuration_sae import SAEConfig
-from ..sae.modeling_sae import SparseAutoencoder, reconstruction_loss
+from ..sae.losses import reconstruction_loss
+from ..sae.modeling_sae import SparseAutoencoder
 from .checkpoint import atomic_write_json, clean_temporaries, save_checkpoint
 from .run_folder import (
     check_output_folder,
