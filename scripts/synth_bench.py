@@ -109,7 +109,9 @@ PLANS = {
                  # and SAELens's decoder parametrization switched to ours: unit rows at init,
                  # activations not rescaled by the decoder norm
                  spec("batchtopk", 12, trainer="saelens", adam_beta2=0.99, decoder_init_norm=1.0,
-                      rescale_acts_by_decoder_norm=False)],
+                      rescale_acts_by_decoder_norm=False),
+                 # which of the two: the initial norm alone
+                 spec("batchtopk", 12, trainer="saelens", adam_beta2=0.99, decoder_init_norm=1.0)],
 }  # fmt: skip
 
 
