@@ -427,6 +427,7 @@ RULES: dict[str, Rule] = {
             penalty_coef="l0_coef",
             penalty_name="L0",
             options=("l0_coef", "jumprelu_init_threshold", "jumprelu_bandwidth"),
+            ground_truth=GROUND_TRUTH["jumprelu"],
         ),
         Rule(
             name="afa_band",
