@@ -110,17 +110,21 @@ class SyntheticSource:
     def __init__(self, world, local_batch: int, rank: int, seed: int):
         self.world, self.local, self.rank, self.seed = world, local_batch, rank, seed
         self.d_in = world.cfg.hidden_dim
-        self.devices = [world.feature_dict.feature_vectors.device]
 
     def epoch(self, index: int, start: int = 0) -> Iterator[torch.Tensor]:
-        cuda = [device for device in self.devices if device.type == "cuda"]
         for batch in range(start, self.PASS_BATCHES):
-            with torch.random.fork_rng(devices=cuda), torch.no_grad():
-                torch.manual_seed(
-                    ((self.seed * 100_003 + index) * self.PASS_BATCHES + batch) * 64 + self.rank
-                )
-                drawn = self.world.sample(self.local).float()
-            yield drawn  # outside fork_rng: a paused generator must not hold the forked state
+            seed = ((self.seed * 100_003 + index) * self.PASS_BATCHES + batch) * 64 + self.rank
+            yield draw_samples(self.world, self.local, seed)
+
+
+def draw_samples(world, n: int, seed: int) -> torch.Tensor:
+    """``n`` samples of a synthetic world, drawn on its device with torch's generator (which
+    SAELens samples from) seeded at ``seed``, leaving torch's own random state as it was."""
+    device = world.feature_dict.feature_vectors.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return world.sample(n).float()
 
 
 def _harvest_config(config: TrainConfig, **overrides) -> harvest.HarvestConfig:
@@ -199,9 +203,7 @@ PROVENANCE_FIELDS = (
 
 def synthetic_eval_rows(world, seed: int, n: int) -> torch.Tensor:
     """``n`` fresh samples of a synthetic world, seeded apart from the training samples."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed + 1_000_003)
-        return world.sample(n).float().cpu()
+    return draw_samples(world, n, seed + 1_000_003).cpu()
 
 
 def _synthetic_data(config, eval_data, accelerator, local_batch) -> TrainingData:
