@@ -44,7 +44,7 @@ def matched_features(W_dec: torch.Tensor, features: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def detectability(sae, world, truth, n: int) -> dict:
+def detectability(sae, world, truth, n: int, split_level: float | None = None) -> dict:
     """Counts per sample of true and interference activations per bin, and per global level."""
     codes = truth.rows(0, n)
     x = world.feature_dict(codes)
@@ -61,7 +61,8 @@ def detectability(sae, world, truth, n: int) -> dict:
     true_count = (codes > 0).sum(-1).float()
     level_at_crossing = crossing(bins)
     roles = hierarchy_roles(world, codes, match, sae.W_dec.shape[0])
-    below = {name: float((scaled[on & mask] <= level_at_crossing).float().mean())
+    split = level_at_crossing if split_level is None else split_level
+    below = {name: float((scaled[on & mask] <= split).float().mean())
              for name, mask in roles.pop("masks").items() if (on & mask).any()}  # fmt: skip
     levels = []
     for level in sorted({*LEVELS, level_at_crossing}):
@@ -79,6 +80,7 @@ def detectability(sae, world, truth, n: int) -> dict:
         "matched_true_per_sample": float(on.sum()) / n,
         "crossing_level": level_at_crossing,
         **roles,
+        "split_level": split,
         "true_below_crossing": below,
         "bins": bins,
         "levels": levels,
@@ -145,7 +147,7 @@ def table(folder: Path) -> str:
     lines = [
         "| dictionary | true L0 | width's features / chains | matched true active / sample "
         "| crossing level | L0 there | true pos. | false pos. | corr. with true L0 "
-        "| below crossing: parent of active child / other |",
+        "| true below the split level: parent of active child / other (level) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(folder.glob("*.json")):
@@ -156,6 +158,8 @@ def table(folder: Path) -> str:
         below = r.get("true_below_crossing", {})
         roles = " / ".join(f"{below[k]:.0%}" for k in ("parent_of_active_child", "other")
                            if k in below) or "–"  # fmt: skip
+        if "split_level" in r:
+            roles += f" ({r['split_level']:.3g})"
         lines.append(
             f"| {path.stem} | {r['true_l0']:.2f} | {held} | {r['matched_true_per_sample']:.2f} "
             f"| {r['crossing_level']:.2f} | {at['l0']:.2f} | {at['true_positives']:.2f} "
@@ -172,6 +176,9 @@ def main() -> None:
                    help="print the table of every result in this folder instead")  # fmt: skip
     p.add_argument("--samples", type=int, default=4096)
     p.add_argument("--json", type=Path, default=None, help="write the result here (and a .png)")
+    p.add_argument("--split-level", type=float, default=None,
+                   help="the level at which true activations are split by their role in the "
+                   "hierarchy (default: the crossing); one level compares dictionaries")  # fmt: skip
     args = p.parse_args()
     if args.table:
         print(table(args.table), end="")
@@ -189,13 +196,15 @@ def main() -> None:
     cache = ActivationCache(args.cache)
     world = world_of_cache(cache.manifest)
     truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
-    result = {"run": str(args.run), **detectability(sae, world, truth, truth.num_samples)}
+    result = {"run": str(args.run),
+              **detectability(sae, world, truth, truth.num_samples, args.split_level)}  # fmt: skip
     for v in result["levels"]:
         print(json.dumps({key: round(value, 3) for key, value in v.items()}))
     print(f"crossing level {result['crossing_level']:.3f}; true L0 {result['true_l0']:.2f} "
           f"({result['true_l0_top_width']:.2f} over the width's features, in "
           f"{result['chains_top_width']:.2f} chains of the hierarchy); matched true features "
-          f"active per sample {result['matched_true_per_sample']:.2f}; below the crossing: "
+          f"active per sample {result['matched_true_per_sample']:.2f}; below "
+          f"{result['split_level']:.3g}: "
           + ", ".join(f"{k} {v:.0%}" for k, v in result["true_below_crossing"].items()))  # fmt: skip
     if args.json:
         write_json(args.json, result, indent=1)
