@@ -197,6 +197,21 @@ def test_a_run_with_an_old_flat_training_config_resumes(tmp_path):
     assert parse_config(["--config", str(run / "training_config.json")]).optim.max_tokens == 256
 
 
+def test_a_run_written_before_a_field_existed_is_the_same_run_at_its_default(tmp_path):
+    """A training_config.json without a later field (matryoshka_levels, synthetic) meant its
+    default: resuming at the default is allowed, asking for another value is a different run."""
+    x = torch.randn(512, 16, generator=torch.Generator().manual_seed(0))
+    run = tmp_path / "run"
+    train(TrainConfig.from_flat(output=str(run), **SMALL), data=x)
+    saved = json.loads((run / "training_config.json").read_text())
+    del saved["sae"]["matryoshka_levels"], saved["data"]["synthetic"]
+    (run / "training_config.json").write_text(json.dumps(saved))
+    assert train(TrainConfig.from_flat(output=str(run), resume=True, **SMALL), data=x) == run
+    with pytest.raises(ValueError, match=r"different run \(matryoshka_levels: saved None, now 2\)"):
+        train(TrainConfig.from_flat(output=str(run), resume=True, matryoshka_levels=2, **SMALL),
+              data=x)  # fmt: skip
+
+
 def test_sae_config_from_settings_keeps_its_own_defaults_and_format():
     settings = SAESettings(activation="topk", k=8, afa_coef=0.0)
     config = SAEConfig.from_settings(

@@ -13,6 +13,7 @@ from ..helpers import replace, write_json
 from ..sae.rules import RULE_OPTIONS, get_rule
 from .checkpoint import load_latest_intact
 from .train_config import (
+    FIELD_DEFAULTS,
     METRICS,
     PLOT_HINT,
     RUN_CONTROL,
@@ -103,6 +104,8 @@ def _config_differences(saved: dict, config: TrainConfig) -> list[str]:
             continue
         if key in RULE_OPTIONS and key not in get_rule(config.sae.activation).options:
             continue  # a run written before such options were refused may hold one
+        if key not in saved and key in FIELD_DEFAULTS and value == FIELD_DEFAULTS[key]:
+            continue  # a field added after the run was written, left at its default
         if saved.get(key) != value:
             out.append(f"{key}: saved {saved.get(key)!r}, now {value!r}")
     return out

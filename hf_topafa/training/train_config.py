@@ -251,6 +251,12 @@ SECTIONS = {"data": DataArgs, "sae": SAESettings, "optim": OptimArgs, "run": Run
 # Each field's section (field names are unique over the sections: the command line's flags).
 FIELD_SECTION = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 
+# Each field's default: what a training_config.json written before the field existed meant.
+FIELD_DEFAULTS = {
+    f.name: f.default for cls in SECTIONS.values() for f in dataclasses.fields(cls)
+    if f.default is not dataclasses.MISSING
+}  # fmt: skip
+
 
 @dataclass
 class TrainConfig:
