@@ -351,7 +351,7 @@ def write_outputs(args, records: list[dict], worlds: dict) -> None:
     }  # fmt: skip
     write_json(args.results / "summary.json", summary, indent=1)
     write_text(args.results / "table.md", table(records))
-    for world in {r["world"] for r in rows}:
+    for world in {Path(r["settings"]["world"]).stem for r in records}:
         plot_world(
             args.results,
             world,
@@ -393,6 +393,7 @@ def series_label(settings: dict) -> str:
 
 def plot_world(out: Path, world: str, records: list[dict], worlds: dict) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -416,6 +417,10 @@ def plot_world(out: Path, world: str, records: list[dict], worlds: dict) -> None
             if value:
                 ax.axvline(value, color="k", ls=style, lw=1, label=text)
         ax.set_xscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+        lo, hi = ax.get_xlim()
+        ax.xaxis.set_major_formatter(plain)  # plain numbers, not 1.1x10^1; minor ticks labelled
+        ax.xaxis.set_minor_formatter(plain if hi / lo < 10 else matplotlib.ticker.NullFormatter())
         ax.set(xlabel="SAE L0 (held-out samples)", ylabel=metric.upper(), title=f"{world}")
     axes[1].legend(fontsize=7, loc="best")
     fig.tight_layout()
