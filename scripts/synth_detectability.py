@@ -13,6 +13,11 @@ A selection rule cannot find more features per sample than the dictionary lifts 
 interference: the count at the crossing is what a noise-calibrated k-free rule should land on for
 that dictionary, whatever the world's true L0.
 
+It also counts the world's hierarchy (``ground_truth.active_chains``: how many chains root ->
+child -> ... the true features per sample form) and splits the true activations by role: a parent
+whose child is active, or any other. The share of each below one level (``--split-level``; the
+crossing by default) shows absorption: parents that a child's latent has taken over stay buried.
+
     python scripts/synth_detectability.py runs/synthbench/runs/synthsaebench-4k/topk-k16 \\
         runs/synthbench/cache/synthsaebench-4k-eval --json results/synthbench/detectability/x.json
     python scripts/synth_detectability.py --table results/synthbench/detectability
@@ -81,7 +86,7 @@ def detectability(sae, world, truth, n: int, split_level: float | None = None) -
         "crossing_level": level_at_crossing,
         **roles,
         "split_level": split,
-        "true_below_crossing": below,
+        "true_below_split": below,
         "bins": bins,
         "levels": levels,
     }
@@ -155,7 +160,7 @@ def table(folder: Path) -> str:
         at = next(v for v in r["levels"] if v["level"] == round(r["crossing_level"], 4))
         held = (f"{r['true_l0_top_width']:.2f} / {r['chains_top_width']:.2f}"
                 if "chains_top_width" in r else "–")  # fmt: skip
-        below = r.get("true_below_crossing", {})
+        below = r.get("true_below_split", {})
         roles = " / ".join(f"{below[k]:.0%}" for k in ("parent_of_active_child", "other")
                            if k in below) or "–"  # fmt: skip
         if "split_level" in r:
@@ -205,7 +210,7 @@ def main() -> None:
           f"{result['chains_top_width']:.2f} chains of the hierarchy); matched true features "
           f"active per sample {result['matched_true_per_sample']:.2f}; below "
           f"{result['split_level']:.3g}: "
-          + ", ".join(f"{k} {v:.0%}" for k, v in result["true_below_crossing"].items()))  # fmt: skip
+          + ", ".join(f"{k} {v:.0%}" for k, v in result["true_below_split"].items()))  # fmt: skip
     if args.json:
         write_json(args.json, result, indent=1)
         plot(
