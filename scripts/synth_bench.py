@@ -89,8 +89,6 @@ PLANS = {
     "variants": [spec("noise_floor"), spec("afa_mdl"), spec("topk", 16), spec("topk", 32),
                  spec("topk", 8), spec("topk", 4), spec("afa_band"), spec("afa_batch"),
                  spec("noise_batch"), spec("noise_floor", aux_coef=1.0),
-        # the AFA norm loss mended noise_floor's dictionary on this world: does it mend noise_batch's?
-        spec("noise_batch", afa_coef="1/32"),
                  spec("noise_floor", afa_coef="1/32"),
                  spec("jumprelu", l0_coef=0.1, jumprelu_bandwidth=0.1, jumprelu_init_threshold=1.0),
                  spec("noise_batch", matryoshka_levels=4),
