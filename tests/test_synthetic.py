@@ -167,8 +167,11 @@ def test_drawn_batches_replay_from_any_position_and_leave_torch_rng_alone(world_
     first = [next(stream) for _ in range(5)]
     assert torch.equal(torch.rand(3), expected_rng)  # drawing did not move the global generator
     assert [position for _, position in first] == [[0, i] for i in range(1, 6)]
+    drawn, sample = [], world.sample
+    world.sample = lambda n: drawn.append(n) or sample(n)  # counts the draws
     resumed, position = next(endless_batches(source, [0, 3]))  # seeks: batch 4 without 1..3
-    assert position == [0, 4] and torch.equal(resumed, first[3][0])
+    assert position == [0, 4] and torch.equal(resumed, first[3][0]) and drawn == [32]
+    world.sample = sample
     other_rank = next(SyntheticSource(world, 32, rank=1, seed=7).epoch(0))
     assert not torch.equal(other_rank, first[0][0]) and first[0][0].shape == (32, 24)
     assert not torch.equal(next(source.epoch(1)), first[0][0])  # each pass draws new samples
