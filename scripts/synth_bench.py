@@ -101,7 +101,8 @@ PLANS = {
     "matryoshka": [spec("noise_batch", matryoshka_levels=4),
                    spec("batchtopk", 12, matryoshka_levels=4),
                    spec("noise_floor", matryoshka_levels=4), spec("afa_band", matryoshka_levels=4),
-                   spec("topk", 16, matryoshka_levels=4), spec("afa_mdl", matryoshka_levels=4)],
+                   spec("topk", 16, matryoshka_levels=4), spec("afa_mdl", matryoshka_levels=4),
+                   spec("topk", 12, matryoshka_levels=4), spec("topk", 24, matryoshka_levels=4)],
     "16k": [spec("topk", 25), spec("afa_mdl"), spec("batchtopk", 25),
             spec("topafa", afa_coef="1/32")],
     # why SAELens's own BatchTopK (trained by SAELens) lands far below ours: our trainer with
