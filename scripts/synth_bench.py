@@ -421,10 +421,11 @@ def plot_world(out: Path, world: str, records: list[dict], worlds: dict) -> None
         ax.xaxis.set_major_formatter(plain)  # plain numbers, not 1.1x10^1; minor ticks labelled
         ax.xaxis.set_minor_formatter(plain if hi / lo < 10 else matplotlib.ticker.NullFormatter())
         ax.set(xlabel="SAE L0 (held-out samples)", ylabel=metric.upper(), title=f"{world}")
-    axes[1].legend(fontsize=7, loc="best")
+    # beside the plots, where many series would hide the points
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     with atomic_path(out / f"l0_vs_f1_mcc_{world}.png") as tmp:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
     adaptive = [r for r in records if r["settings"]["activation"] not in ("topk",)]
