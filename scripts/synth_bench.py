@@ -92,7 +92,8 @@ PLANS = {
                  spec("noise_floor", afa_coef="1/32"),
                  spec("jumprelu", l0_coef=0.1, jumprelu_bandwidth=0.1, jumprelu_init_threshold=1.0),
                  spec("noise_batch", matryoshka_levels=4),
-                 spec("batchtopk", 4, matryoshka_levels=4), spec("topk", 4, matryoshka_levels=4),
+                 spec("batchtopk", 4), spec("batchtopk", 4, matryoshka_levels=4),
+                 spec("topk", 4, matryoshka_levels=4),
                  spec("afa_band", matryoshka_levels=4)],
     # absorption: trained longer, TopK's parents with an active child sink into the interference
     # (synth_detectability). Matryoshka training asks the first d_sae/2 ... d_sae/16 features to
