@@ -171,8 +171,8 @@ def test_killed_run_resumes_to_the_same_parameters(caches, tmp_path):
         import time
         from hf_topafa.training import train as t
         slow = t.CacheSource.epoch
-        def epoch(self, index):
-            for batch in slow(self, index):
+        def epoch(self, index, start=0):
+            for batch in slow(self, index, start):
                 time.sleep(0.05)
                 yield batch
         t.CacheSource.epoch = epoch

@@ -1,13 +1,15 @@
 """Where training batches come from: an in-memory tensor, an activation cache, live harvesting,
 or a synthetic world sampled while training.
 
-Each source yields this process's batches of exactly ``local_batch`` rows, one pass at a time;
-``endless_batches`` turns passes into an endless stream that can skip to a saved position (resume).
+Each source yields this process's batches of exactly ``local_batch`` rows, one pass at a time,
+from a given batch of the pass on (``epoch(index, start)``); ``endless_batches`` turns passes into
+an endless stream that starts at a saved position (resume).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,11 +38,12 @@ class TensorSource:
         self.offset = rank * self.local
         self.d_in = x.shape[1]
 
-    def epoch(self, index: int) -> Iterator[torch.Tensor]:
+    def epoch(self, index: int, start: int = 0) -> Iterator[torch.Tensor]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + index)
         order = torch.randperm(len(self.x), generator=gen)
-        for start in range(0, len(order) - self.global_batch + 1, self.global_batch):
-            yield self.x[order[start + self.offset : start + self.offset + self.local]]
+        first = start * self.global_batch  # skipped batches are never gathered
+        for row in range(first, len(order) - self.global_batch + 1, self.global_batch):
+            yield self.x[order[row + self.offset : row + self.offset + self.local]]
 
 
 class CacheSource:
@@ -50,8 +53,8 @@ class CacheSource:
         self.cache, self.local, self.rank, self.world = cache, local_batch, rank, world_size
         self.seed, self.d_in = seed, cache.d_in
 
-    def epoch(self, index: int) -> Iterator[torch.Tensor]:
-        return self.cache.iter_batches(
+    def epoch(self, index: int, start: int = 0) -> Iterator[torch.Tensor]:
+        batches = self.cache.iter_batches(
             self.local,
             shuffle=True,
             seed=self.seed * 100_003 + index,
@@ -59,6 +62,7 @@ class CacheSource:
             world_size=self.world,
             drop_last=True,
         )
+        return itertools.islice(batches, start, None)
 
 
 class LiveSource:
@@ -71,9 +75,13 @@ class LiveSource:
         self.memory: torch.Tensor | None = None
         self.too_big = False
 
-    def epoch(self, index: int) -> Iterator[torch.Tensor]:
+    def epoch(self, index: int, start: int = 0) -> Iterator[torch.Tensor]:
+        # the skipped batches are harvested all the same: a pass also fills the replay memory
+        return itertools.islice(self._pass(index), start, None)
+
+    def _pass(self, index: int) -> Iterator[torch.Tensor]:
         if index > 0 and self.memory is None and not self.too_big:
-            for _ in self.epoch(0):  # a resumed run rebuilds the replay memory first
+            for _ in self._pass(0):  # a resumed run rebuilds the replay memory first
                 pass
         if self.memory is not None:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + index)
@@ -102,10 +110,9 @@ class SyntheticSource:
     faster than a disk reads. A pass is ``PASS_BATCHES`` batches; each batch is drawn with torch's
     generator (the one SAELens samples from) seeded from the seed, the pass, the batch and the
     rank, inside ``fork_rng`` so training's own randomness is untouched. So a resumed run draws
-    the same batches, and can start mid-pass without drawing the ones before (``seekable``)."""
+    the same batches, and can start mid-pass without drawing the ones before."""
 
     PASS_BATCHES = 256
-    seekable = True
 
     def __init__(self, world, local_batch: int, rank: int, seed: int):
         self.world, self.local, self.rank, self.seed = world, local_batch, rank, seed
@@ -338,15 +345,12 @@ def _tensor_data(config, data, eval_data, rank, world, provenance) -> TrainingDa
 
 
 def endless_batches(source, position: list[int]) -> Iterator[tuple[torch.Tensor, list[int]]]:
-    """Endless batches with their position [pass, batches read in it]; skips to ``position``."""
+    """Endless batches with their position [pass, batches read in it], from ``position`` on."""
     epoch, skip = position
     while True:
-        seek = skip if getattr(source, "seekable", False) else 0  # start mid-pass directly
-        count, produced = seek, False
-        for batch in source.epoch(epoch, seek) if seek else source.epoch(epoch):
+        count, produced = skip, False
+        for batch in source.epoch(epoch, skip):
             count += 1
-            if count <= skip:
-                continue
             produced = True
             yield batch, [epoch, count]
         if not produced and skip == 0:
