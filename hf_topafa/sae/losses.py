@@ -39,12 +39,16 @@ def v01_losses(x_n, recon_n, f_norm, aux_recon):
 
 
 def matryoshka_loss(x_n, acts, W_dec, b_dec, prefixes, loss_scale, paper: bool) -> torch.Tensor:
-    """The mean reconstruction loss of the Matryoshka ``prefixes``, each decoding alone, in the
-    units of the convention's MSE (a mean over elements under the paper's, else a sum)."""
-    terms = []
+    """The mean reconstruction loss of the Matryoshka ``prefixes`` (increasing), each decoding
+    alone, in the units of the convention's MSE (a mean over elements under the paper's, else a
+    sum). Each prefix's reconstruction adds the next block of rows to the one before, so every
+    decoder row is multiplied once."""
+    terms, recon, done = [], b_dec.expand_as(x_n), 0
     for m in prefixes:
-        error = (acts[:, :m] @ W_dec[:m] + b_dec - x_n).pow(2)
+        recon = recon + acts[:, done:m] @ W_dec[done:m]
+        error = (recon - x_n).pow(2)
         terms.append((error.mean() if paper else error.sum()) / loss_scale)
+        done = m
     return torch.stack(terms).mean()
 
 
