@@ -96,12 +96,11 @@ def hierarchy_roles(world, codes: torch.Tensor, match: torch.Tensor, width: int)
     """The hierarchy's share of the count: active chains per sample (over the world and over the
     ``width`` most frequent features) and, for the matched latents, masks [n, width] of the true
     activations whose feature is a parent with an active child, and of the others."""
-    from hf_topafa.evaluation.ground_truth import active_chains, hierarchy_parents
+    from hf_topafa.evaluation.ground_truth import active_chains, hierarchy_parents, most_frequent
 
     parents = hierarchy_parents(world)
     on = codes > 0
-    held = torch.zeros(codes.shape[-1], dtype=torch.bool)
-    held[on.sum(0).topk(width).indices] = True
+    held = most_frequent(on.sum(0), width)
     is_child = (parents >= 0).nonzero().squeeze(-1)
     parent_of_active = torch.zeros_like(on)
     rows, cols = on[:, is_child].nonzero(as_tuple=True)

@@ -121,8 +121,15 @@ def true_l0_top_width(width: int, num_samples: int, truth: TruthSet) -> float:
     """
     a, b = truth.row_starts[0].item(), truth.row_starts[num_samples].item()
     counts = torch.bincount(truth.indices[a:b, 1], minlength=truth.width)
-    top = torch.topk(counts, min(width, truth.width)).indices
-    return float(counts[top].sum()) / num_samples
+    return float(counts[most_frequent(counts, width)].sum()) / num_samples
+
+
+def most_frequent(counts: torch.Tensor, width: int) -> torch.Tensor:
+    """A bool mask [features] of the ``width`` features with the largest firing ``counts``: the
+    most a dictionary of that width can hold."""
+    held = torch.zeros(counts.shape[-1], dtype=torch.bool)
+    held[torch.topk(counts, min(width, counts.shape[-1])).indices] = True
+    return held
 
 
 def hierarchy_parents(world) -> torch.Tensor:
