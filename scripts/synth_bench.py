@@ -173,11 +173,12 @@ def record_name(s: dict) -> str:
 
 
 def settings_of(args, s: dict, d_sae: int) -> dict:
-    """Everything that defines one record's SAE; a record with other settings is redone."""
+    """Everything that defines one record's SAE; a record with other settings is redone.
+    ``cache_samples`` None: the samples were drawn while training (``--stream``)."""
     return {**s, "world": args.world, "d_sae": d_sae, "train_samples": args.train_samples,
             "cache_samples": None if args.stream else args.cache_samples or args.train_samples,
             "eval_samples": args.eval_samples, "batch_size": args.batch_size, "lr": args.lr,
-            "seed": args.seed, **({"stream": True} if args.stream else {})}  # fmt: skip
+            "seed": args.seed}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
