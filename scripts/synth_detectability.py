@@ -35,22 +35,11 @@ EDGES = torch.cat([torch.zeros(1), torch.logspace(-2, 1.3, 34)])
 LEVELS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 
 
-def matched_features(W_dec: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """For each latent, its true feature under one-to-one matching on |cosine|."""
-    from scipy.optimize import linear_sum_assignment
-
-    w = torch.nn.functional.normalize(W_dec.float(), dim=-1)
-    f = torch.nn.functional.normalize(features.float(), dim=-1)
-    cos = (w @ f.T).abs()
-    rows, cols = linear_sum_assignment(cos.numpy(), maximize=True)
-    match = torch.empty(W_dec.shape[0], dtype=torch.long)
-    match[torch.as_tensor(rows)] = torch.as_tensor(cols)
-    return match
-
-
 @torch.no_grad()
 def detectability(sae, world, truth, n: int, split_level: float | None = None) -> dict:
     """Counts per sample of true and interference activations per bin, and per global level."""
+    from hf_topafa.evaluation.ground_truth import matched_features
+
     codes = truth.rows(0, n)
     x = world.feature_dict(codes)
     match = matched_features(sae.W_dec, world.feature_dict.feature_vectors)

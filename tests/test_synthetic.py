@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -279,6 +280,36 @@ def test_chains_count_each_active_root_to_leaf_path_once():
     held = torch.tensor([True, False, False, True, True, False, False])
     assert active_chains(codes, parents, held).tolist() == [3, 1, 0]
     assert (hierarchy_parents(SimpleNamespace(cfg=world.cfg, hierarchy=None)) == -1).all()
+
+
+def test_matching_pairs_each_latent_with_its_feature_one_to_one_whatever_the_sign():
+    from hf_topafa.evaluation.ground_truth import matched_features
+
+    features = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))[0]
+    order = torch.tensor([3, 0, 5, 1])
+    W_dec = 2.0 * features[order] * torch.tensor([[1.0], [-1.0], [1.0], [1.0]])
+    W_dec = W_dec.requires_grad_()  # a trained decoder: matching must not need detaching
+    assert matched_features(W_dec, features).tolist() == order.tolist()
+
+
+def test_per_latent_crossing_finds_gaussian_noise_and_its_planted_signal():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from synth_latent_noise import latent_levels
+
+    gen = torch.Generator().manual_seed(0)
+    n = 20000
+    raw = torch.randn(n, 3, generator=gen) * torch.tensor([1.0, 0.5, 2.0]) - 0.3
+    on = torch.rand(n, 3, generator=gen) < 0.02
+    raw = torch.where(on, 12.0 + torch.randn(n, 3, generator=gen), raw)
+    found = latent_levels(raw, on)
+    assert 0.95 < found["sigma_over_noise_sd"] < 1.05
+    assert 0.0005 < found["noise_tail_above_3_sigma"] < 0.0025
+    for reading in ("free", "oracle"):
+        levels = found[reading]
+        # above the noise (a few sigma over -0.3) and below the planted signal's bulk (about 12)
+        assert ((levels > -0.3 + 2.5 * torch.tensor([1.0, 0.5, 2.0])) & (levels < 10)).all()
+        kept = raw > levels
+        assert (kept & on).sum() / on.sum() > 0.97 and (kept & ~on).sum() < 0.002 * n * 3
 
 
 def test_saelens_view_reconstructs_in_the_input_space():

@@ -132,6 +132,21 @@ def most_frequent(counts: torch.Tensor, width: int) -> torch.Tensor:
     return held
 
 
+@torch.no_grad()
+def matched_features(W_dec: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """For each latent (row of ``W_dec``), its true feature under one-to-one matching on |cosine|
+    between decoder rows and true feature vectors, as SAELens's MCC matches them."""
+    from scipy.optimize import linear_sum_assignment
+
+    w = torch.nn.functional.normalize(W_dec.float(), dim=-1)
+    f = torch.nn.functional.normalize(features.float(), dim=-1)
+    cos = (w @ f.T).abs()
+    rows, cols = linear_sum_assignment(cos.numpy(), maximize=True)
+    match = torch.empty(W_dec.shape[0], dtype=torch.long)
+    match[torch.as_tensor(rows)] = torch.as_tensor(cols)
+    return match
+
+
 def hierarchy_parents(world) -> torch.Tensor:
     """Each feature's parent in the world's hierarchy, as a long tensor [features]: -1 for roots
     and for features outside the hierarchy. A world without a hierarchy gives all -1."""

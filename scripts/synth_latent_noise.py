@@ -1,0 +1,125 @@
+"""Per-latent noise thresholds, read post hoc on a trained dictionary against the truth.
+
+A latent's decoder-scaled pre-activation (before the ReLU) is interference when its matched true
+feature is off and signal when it is on. Where the interference is Gaussian, its location and
+scale can be read from the lower half of the latent's own values (signal sits above): mu = the
+median, sigma = (median - lower quartile) / 0.6745. The latent's level is then where its values
+stop being mostly noise: windows of 0.25 sigma from 0.5 sigma up, and the level is the upper edge
+of the highest window in which the expected Gaussian noise count (n Phi-differences) exceeds half
+of what is observed there (a local false discovery rate of 1/2, the Bayes crossing for equal
+costs). No k, no level chosen with the truth.
+
+Beside it, the same crossing with the truth's labels (the oracle per-latent level: the most a
+per-latent threshold can do on this dictionary) and the fit's checks: the estimated sigma against
+the labelled interference's standard deviation, and the interference's tail above 3 sigma against
+the Gaussian's 0.00135.
+
+    python scripts/synth_latent_noise.py runs/synthbench/runs/synthsaebench-4k/topk-k16 \\
+        runs/synthbench/cache/synthsaebench-4k-eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from hf_topafa.evaluation.ground_truth import matched_features, score_against_truth
+
+NORMAL_MEDIAN_ABS = 0.6744897501960817
+SIGMA_WINDOWS = torch.cat([torch.arange(0.5, 12.0, 0.25), torch.tensor([float("inf")])])
+# the oracle's windows: absolute, log-spaced (about 26% apart), so that a latent whose values
+# are not Gaussian (a spike and long tails: its sigma is tiny) is still cut where its labels say
+LEVEL_WINDOWS = torch.cat([torch.logspace(-2, 1.3, 34), torch.tensor([float("inf")])])
+SHOWN = ("l0", "f1", "mcc", "precision", "recall", "l0_corr")
+
+
+@torch.no_grad()
+def decoder_scaled_raw(sae, x: torch.Tensor) -> torch.Tensor:
+    """(x_n - b_dec) W_enc + b_enc, before the ReLU, times each decoder row's norm [N, h]."""
+    x_n, _, _ = sae.normalize_input(x)
+    norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+    return ((x_n - sae.b_dec) @ sae.W_enc + sae.b_enc) * norms
+
+
+def crossing_levels(z: torch.Tensor, windows: torch.Tensor, noise_in_window) -> torch.Tensor:
+    """Per latent, the upper edge of the highest window where the noise count
+    ``noise_in_window(lo, hi, inside)`` exceeds half the observed count; the lowest edge if none."""
+    level = torch.full((z.shape[1],), float(windows[0]))
+    for lo, hi in zip(windows[:-1], windows[1:], strict=True):
+        inside = (z > lo) & (z <= hi)
+        observed = inside.float().sum(0)
+        noisy = (observed > 0) & (noise_in_window(lo, hi, inside) > 0.5 * observed)
+        level = torch.where(noisy, hi, level)
+    return level
+
+
+@torch.no_grad()
+def latent_levels(raw: torch.Tensor, on: torch.Tensor) -> dict:
+    """Truth-free and oracle per-latent levels (decoder-scaled, input scale) and the fit's checks."""
+    n = raw.shape[0]
+    lower, median = torch.quantile(raw, torch.tensor([0.25, 0.5]), dim=0)
+    sigma = ((median - lower) / NORMAL_MEDIAN_ABS).clamp_min(1e-6)
+    z = (raw - median) / sigma
+    normal = torch.distributions.Normal(0.0, 1.0)
+
+    def gaussian(lo, hi, inside):
+        return n * (normal.cdf(hi) - normal.cdf(lo))
+
+    def labelled(lo, hi, inside):
+        return (inside & ~on).float().sum(0)
+
+    off = (~on).float()
+    noise_sd = (raw.pow(2) * off).sum(0) / off.sum(0) - ((raw * off).sum(0) / off.sum(0)).pow(2)
+    tail = ((z > 3) & ~on).float().sum(0) / off.sum(0)
+    return {
+        "free": crossing_levels(z, SIGMA_WINDOWS, gaussian) * sigma + median,
+        "oracle": crossing_levels(raw - median, LEVEL_WINDOWS, labelled) + median,
+        "sigma_over_noise_sd": float((sigma / noise_sd.clamp_min(1e-12).sqrt()).median()),
+        "noise_tail_above_3_sigma": float(tail.median()),
+    }
+
+
+def read_at_levels(run: str, levels: torch.Tensor):
+    """The SAE at ``run`` read as a JumpReLU whose thresholds are ``levels`` (decoder-scaled)."""
+    from synth_reread import reread  # the sibling script: a dictionary under another rule
+
+    sae = reread(run, "jumprelu")
+    with torch.no_grad():
+        sae.threshold.copy_(levels / torch.linalg.vector_norm(sae.W_dec, dim=-1))
+    return sae
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("run", help="a trained SAE folder (inputs not standardized)")
+    p.add_argument("cache", help="a synthetic cache written with its true codes")
+    p.add_argument("--samples", type=int, default=20000)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    from hf_topafa import SparseAutoencoder
+    from hf_topafa.data.harvest import ActivationCache
+    from hf_topafa.data.synthetic_cache import world_of_cache
+    from hf_topafa.evaluation.ground_truth import TruthSet
+
+    sae = SparseAutoencoder.from_pretrained(args.run).eval()
+    if sae.config.input_normalization != "none":
+        raise SystemExit("give an SAE trained with input_normalization none")
+    cache = ActivationCache(args.cache)
+    world = world_of_cache(cache.manifest)
+    truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
+    codes = truth.rows(0, truth.num_samples)
+    on = codes[:, matched_features(sae.W_dec, world.feature_dict.feature_vectors)] > 0
+    found = latent_levels(decoder_scaled_raw(sae, world.feature_dict(codes)), on)
+    print(json.dumps({key: round(found[key], 5) for key in
+                      ("sigma_over_noise_sd", "noise_tail_above_3_sigma")}))  # fmt: skip
+    for reading in ("free", "oracle"):
+        row = score_against_truth(read_at_levels(args.run, found[reading]), world, truth)["row"]
+        shown = {key: round(row[key], 3) if isinstance(row[key], float) else row[key]
+                 for key in SHOWN}  # fmt: skip
+        print(json.dumps({"reading": f"per-latent {reading}", **shown}))
+
+
+if __name__ == "__main__":
+    main()
