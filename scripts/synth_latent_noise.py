@@ -71,12 +71,12 @@ def latent_levels(raw: torch.Tensor, on: torch.Tensor) -> dict:
         return (inside & ~on).float().sum(0)
 
     off = (~on).float()
-    noise_sd = (raw.pow(2) * off).sum(0) / off.sum(0) - ((raw * off).sum(0) / off.sum(0)).pow(2)
+    noise_var = (raw.pow(2) * off).sum(0) / off.sum(0) - ((raw * off).sum(0) / off.sum(0)).pow(2)
     tail = ((z > 3) & ~on).float().sum(0) / off.sum(0)
     return {
         "free": crossing_levels(z, SIGMA_WINDOWS, gaussian) * sigma + median,
         "oracle": crossing_levels(raw - median, LEVEL_WINDOWS, labelled) + median,
-        "sigma_over_noise_sd": float((sigma / noise_sd.clamp_min(1e-12).sqrt()).median()),
+        "sigma_over_noise_sd": float((sigma / noise_var.clamp_min(1e-12).sqrt()).median()),
         "noise_tail_above_3_sigma": float(tail.median()),
     }
 
