@@ -9,10 +9,19 @@ of the highest window in which the expected Gaussian noise count (n Phi-differen
 of what is observed there (a local false discovery rate of 1/2, the Bayes crossing for equal
 costs). No k, no level chosen with the truth.
 
-Beside it, the same crossing with the truth's labels (the oracle per-latent level: the most a
+A second truth-free reading drops the Gaussian and assumes only that the interference is
+symmetric about the median: the noise expected in a window above the median is what is observed
+in the same window mirrored below it (the oracle's windows, with the labels replaced by the
+mirror). It needs no shape, so it is the reading to try where a latent's values are a spike with
+tails (a sparse world), not a Gaussian.
+
+Beside them, the same crossing with the truth's labels (the oracle per-latent level: the most a
 per-latent threshold can do on this dictionary) and the fit's checks: the estimated sigma against
 the labelled interference's standard deviation, and the interference's tail above 3 sigma against
-the Gaussian's 0.00135.
+the Gaussian's 0.00135. Per reading, the share of its false positives (kept where the matched
+feature is off) in samples where that feature's parent or one of its children is active: noise
+that comes from the hierarchy rather than from unrelated features, which no symmetric or
+Gaussian model of interference expects.
 
     python scripts/synth_latent_noise.py runs/synthbench/runs/synthsaebench-4k/topk-k16 \\
         runs/synthbench/cache/synthsaebench-4k-eval
@@ -25,7 +34,11 @@ import json
 
 import torch
 
-from hf_topafa.evaluation.ground_truth import matched_features, score_against_truth
+from hf_topafa.evaluation.ground_truth import (
+    hierarchy_parents,
+    matched_features,
+    score_against_truth,
+)
 
 NORMAL_MEDIAN_ABS = 0.6744897501960817
 SIGMA_WINDOWS = torch.cat([torch.arange(0.5, 12.0, 0.25), torch.tensor([float("inf")])])
@@ -70,15 +83,31 @@ def latent_levels(raw: torch.Tensor, on: torch.Tensor) -> dict:
     def labelled(lo, hi, inside):
         return (inside & ~on).float().sum(0)
 
+    centred = raw - median
+
+    def mirrored(lo, hi, inside):
+        return ((centred >= -hi) & (centred < -lo)).float().sum(0)
+
     off = (~on).float()
     noise_var = (raw.pow(2) * off).sum(0) / off.sum(0) - ((raw * off).sum(0) / off.sum(0)).pow(2)
     tail = ((z > 3) & ~on).float().sum(0) / off.sum(0)
     return {
         "free": crossing_levels(z, SIGMA_WINDOWS, gaussian) * sigma + median,
-        "oracle": crossing_levels(raw - median, LEVEL_WINDOWS, labelled) + median,
+        "mirror": crossing_levels(centred, LEVEL_WINDOWS, mirrored) + median,
+        "oracle": crossing_levels(centred, LEVEL_WINDOWS, labelled) + median,
         "sigma_over_noise_sd": float((sigma / noise_var.clamp_min(1e-12).sqrt()).median()),
         "noise_tail_above_3_sigma": float(tail.median()),
     }
+
+
+def relative_on(codes: torch.Tensor, parents: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+    """[n, latents]: whether the parent or a child of each latent's matched feature is active."""
+    on = codes > 0
+    child = parents >= 0
+    children_on = torch.zeros_like(on, dtype=torch.int32)
+    children_on.index_add_(1, parents[child], on[:, child].int())
+    parent_on = on[:, parents.clamp_min(0)] & child
+    return (parent_on | (children_on > 0))[:, match]
 
 
 def read_at_levels(run: str, levels: torch.Tensor):
@@ -110,14 +139,20 @@ def main() -> None:
     world = world_of_cache(cache.manifest)
     truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
     codes = truth.rows(0, truth.num_samples)
-    on = codes[:, matched_features(sae.W_dec, world.feature_dict.feature_vectors)] > 0
-    found = latent_levels(decoder_scaled_raw(sae, world.feature_dict(codes)), on)
+    match = matched_features(sae.W_dec, world.feature_dict.feature_vectors)
+    on = codes[:, match] > 0
+    raw = decoder_scaled_raw(sae, world.feature_dict(codes))
+    found = latent_levels(raw, on)
+    related = relative_on(codes, hierarchy_parents(world), match)
     print(json.dumps({key: round(found[key], 5) for key in
-                      ("sigma_over_noise_sd", "noise_tail_above_3_sigma")}))  # fmt: skip
-    for reading in ("free", "oracle"):
+                      ("sigma_over_noise_sd", "noise_tail_above_3_sigma")}
+                     | {"off_with_relative": round(float(related[~on].float().mean()), 4)}))  # fmt: skip
+    for reading in ("free", "mirror", "oracle"):
         row = score_against_truth(read_at_levels(args.run, found[reading]), world, truth)["row"]
         shown = {key: round(row[key], 3) if isinstance(row[key], float) else row[key]
                  for key in SHOWN}  # fmt: skip
+        false_pos = (raw > found[reading]) & ~on
+        shown["false_pos_with_relative"] = round(float(related[false_pos].float().mean()), 3)
         print(json.dumps({"reading": f"per-latent {reading}", **shown}))
 
 

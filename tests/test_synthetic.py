@@ -304,12 +304,32 @@ def test_per_latent_crossing_finds_gaussian_noise_and_its_planted_signal():
     found = latent_levels(raw, on)
     assert 0.95 < found["sigma_over_noise_sd"] < 1.05
     assert 0.0005 < found["noise_tail_above_3_sigma"] < 0.0025
-    for reading in ("free", "oracle"):
+    for reading in ("free", "mirror", "oracle"):
         levels = found[reading]
         # above the noise (a few sigma over -0.3) and below the planted signal's bulk (about 12)
         assert ((levels > -0.3 + 2.5 * torch.tensor([1.0, 0.5, 2.0])) & (levels < 10)).all()
         kept = raw > levels
         assert (kept & on).sum() / on.sum() > 0.97 and (kept & ~on).sum() < 0.002 * n * 3
+
+
+def test_mirror_reading_holds_where_the_noise_is_a_spike_with_tails_and_the_gaussian_does_not():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from synth_latent_noise import latent_levels
+
+    gen = torch.Generator().manual_seed(1)
+    n = 20000
+    # most samples put no interference on the latent (a spike at 0.2), the rest a wide symmetric tail
+    raw = torch.where(torch.rand(n, 2, generator=gen) < 0.6, torch.tensor(0.2),
+                      0.2 + 1.5 * torch.randn(n, 2, generator=gen))  # fmt: skip
+    on = torch.rand(n, 2, generator=gen) < 0.02
+    raw = torch.where(on, 12.0 + torch.randn(n, 2, generator=gen), raw)
+    found = latent_levels(raw, on)
+    assert found["sigma_over_noise_sd"] < 0.1  # the Gaussian fit sees only the spike
+    assert ((raw > found["free"]) & ~on).sum() > 0.05 * n  # and keeps tails of noise
+    mirror = found["mirror"]
+    assert ((mirror > 2.0) & (mirror < 10)).all()
+    kept = raw > mirror
+    assert (kept & on).sum() / on.sum() > 0.97 and (kept & ~on).sum() < 0.002 * n * 2
 
 
 def test_saelens_view_reconstructs_in_the_input_space():
@@ -341,3 +361,18 @@ def test_evaluate_synthetic_command(world_json, tmp_path, capsys):
     assert "600 samples stored in" in capsys.readouterr().out
     assert cli(["evaluate", str(run), "--synthetic", "synthsaebench-2k"]) == 2
     assert "unknown synthetic world" in capsys.readouterr().err
+
+
+def test_relative_on_marks_a_latent_whose_features_parent_or_child_is_active():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from synth_latent_noise import relative_on
+
+    parents = torch.tensor([-1, 0, 0, 1])  # 1 and 2 are 0's children, 3 is 1's
+    codes = torch.tensor([[2.0, 0, 0, 0], [0, 0, 0, 3.0]])
+    expected = [[False, True, True, False], [False, True, False, False]]
+    assert relative_on(codes, parents, torch.arange(4)).tolist() == expected
+    # latents in another order read their own matched feature's relatives
+    assert relative_on(codes, parents, torch.tensor([2, 0])).tolist() == [
+        [True, False],
+        [False, False],
+    ]
