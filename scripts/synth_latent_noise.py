@@ -70,7 +70,8 @@ def crossing_levels(z: torch.Tensor, windows: torch.Tensor, noise_in_window) -> 
 
 @torch.no_grad()
 def latent_levels(raw: torch.Tensor, on: torch.Tensor) -> dict:
-    """Truth-free and oracle per-latent levels (decoder-scaled, input scale) and the fit's checks."""
+    """Per-latent levels (decoder-scaled, input scale): the Gaussian and mirror readings (truth-
+    free) and the oracle (``on``: the truth's labels); and the Gaussian fit's checks."""
     n = raw.shape[0]
     lower, median = torch.quantile(raw, torch.tensor([0.25, 0.5]), dim=0)
     sigma = ((median - lower) / NORMAL_MEDIAN_ABS).clamp_min(1e-6)

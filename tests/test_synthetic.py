@@ -24,6 +24,9 @@ from hf_topafa.evaluation.ground_truth import (  # noqa: E402
     score_against_truth,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from synth_latent_noise import latent_levels, relative_on  # noqa: E402
+
 TINY = {
     "num_features": 48,
     "hidden_dim": 24,
@@ -293,9 +296,6 @@ def test_matching_pairs_each_latent_with_its_feature_one_to_one_whatever_the_sig
 
 
 def test_per_latent_crossing_finds_gaussian_noise_and_its_planted_signal():
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    from synth_latent_noise import latent_levels
-
     gen = torch.Generator().manual_seed(0)
     n = 20000
     raw = torch.randn(n, 3, generator=gen) * torch.tensor([1.0, 0.5, 2.0]) - 0.3
@@ -313,9 +313,6 @@ def test_per_latent_crossing_finds_gaussian_noise_and_its_planted_signal():
 
 
 def test_mirror_reading_holds_where_the_noise_is_a_spike_with_tails_and_the_gaussian_does_not():
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    from synth_latent_noise import latent_levels
-
     gen = torch.Generator().manual_seed(1)
     n = 20000
     # most samples put no interference on the latent (a spike at 0.2), the rest a wide symmetric tail
@@ -364,9 +361,6 @@ def test_evaluate_synthetic_command(world_json, tmp_path, capsys):
 
 
 def test_relative_on_marks_a_latent_whose_features_parent_or_child_is_active():
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    from synth_latent_noise import relative_on
-
     parents = torch.tensor([-1, 0, 0, 1])  # 1 and 2 are 0's children, 3 is 1's
     codes = torch.tensor([[2.0, 0, 0, 0], [0, 0, 0, 3.0]])
     expected = [[False, True, True, False], [False, True, False, False]]
