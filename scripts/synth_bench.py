@@ -84,6 +84,8 @@ PLANS = {
         spec("noise_batch"), spec("noise_floor", aux_coef=1.0),
         # the AFA norm loss mended noise_floor's dictionary on this world: does it mend noise_batch's?
         spec("noise_batch", afa_coef="1/32"),
+        # each latent's own noise level, read as synth_latent_noise.py reads a dictionary
+        spec("latent_noise"),
     ],
     # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?
     "variants": [spec("noise_floor"), spec("afa_mdl"), spec("topk", 16), spec("topk", 32),
@@ -94,7 +96,7 @@ PLANS = {
                  spec("noise_batch", matryoshka_levels=4),
                  spec("batchtopk", 4), spec("batchtopk", 4, matryoshka_levels=4),
                  spec("topk", 4, matryoshka_levels=4),
-                 spec("afa_band", matryoshka_levels=4)],
+                 spec("afa_band", matryoshka_levels=4), spec("latent_noise")],
     # absorption: trained longer, TopK's parents with an active child sink into the interference
     # (synth_detectability). Matryoshka training asks the first d_sae/2 ... d_sae/16 features to
     # reconstruct alone, which keeps general features whole; with a k-free rule, does the count

@@ -7,7 +7,8 @@ median, sigma = (median - lower quartile) / 0.6745. The latent's level is then w
 stop being mostly noise: windows of 0.25 sigma from 0.5 sigma up, and the level is the upper edge
 of the highest window in which the expected Gaussian noise count (n Phi-differences) exceeds half
 of what is observed there (a local false discovery rate of 1/2, the Bayes crossing for equal
-costs). No k, no level chosen with the truth.
+costs). No k, no level chosen with the truth. The ``latent_noise`` rule applies the same reading
+while training (``hf_topafa.sae.kfree``, whose helpers this script uses).
 
 A second truth-free reading drops the Gaussian and assumes only that the interference is
 symmetric about the median: the noise expected in a window above the median is what is observed
@@ -39,11 +40,17 @@ from hf_topafa.evaluation.ground_truth import (
     matched_features,
     score_against_truth,
 )
+from hf_topafa.sae.kfree import (
+    SIGMA_EDGES,
+    crossing_level,
+    gaussian_fit,
+    gaussian_window_counts,
+    window_counts,
+)
 
-NORMAL_MEDIAN_ABS = 0.6744897501960817
-SIGMA_WINDOWS = torch.cat([torch.arange(0.5, 12.0, 0.25), torch.tensor([float("inf")])])
-# the oracle's windows: absolute, log-spaced (about 26% apart), so that a latent whose values
-# are not Gaussian (a spike and long tails: its sigma is tiny) is still cut where its labels say
+# the oracle's and mirror's windows: absolute, log-spaced (about 26% apart), so that a latent
+# whose values are not Gaussian (a spike and long tails: its sigma is tiny) is still cut where
+# its labels (or its mirror) say
 LEVEL_WINDOWS = torch.cat([torch.logspace(-2, 1.3, 34), torch.tensor([float("inf")])])
 SHOWN = ("l0", "f1", "mcc", "precision", "recall", "l0_corr")
 
@@ -56,46 +63,25 @@ def decoder_scaled_raw(sae, x: torch.Tensor) -> torch.Tensor:
     return ((x_n - sae.b_dec) @ sae.W_enc + sae.b_enc) * norms
 
 
-def crossing_levels(z: torch.Tensor, windows: torch.Tensor, noise_in_window) -> torch.Tensor:
-    """Per latent, the upper edge of the highest window where the noise count
-    ``noise_in_window(lo, hi, inside)`` exceeds half the observed count; the lowest edge if none."""
-    level = torch.full((z.shape[1],), float(windows[0]))
-    for lo, hi in zip(windows[:-1], windows[1:], strict=True):
-        inside = (z > lo) & (z <= hi)
-        observed = inside.float().sum(0)
-        noisy = (observed > 0) & (noise_in_window(lo, hi, inside) > 0.5 * observed)
-        level = torch.where(noisy, hi, level)
-    return level
-
-
 @torch.no_grad()
 def latent_levels(raw: torch.Tensor, on: torch.Tensor) -> dict:
     """Per-latent levels (decoder-scaled, input scale): the Gaussian and mirror readings (truth-
     free) and the oracle (``on``: the truth's labels); and the Gaussian fit's checks."""
-    n = raw.shape[0]
-    lower, median = torch.quantile(raw, torch.tensor([0.25, 0.5]), dim=0)
-    sigma = ((median - lower) / NORMAL_MEDIAN_ABS).clamp_min(1e-6)
+    median, sigma = gaussian_fit(raw)
     z = (raw - median) / sigma
-    normal = torch.distributions.Normal(0.0, 1.0)
-
-    def gaussian(lo, hi, inside):
-        return n * (normal.cdf(hi) - normal.cdf(lo))
-
-    def labelled(lo, hi, inside):
-        return (inside & ~on).float().sum(0)
-
     centred = raw - median
-
-    def mirrored(lo, hi, inside):
-        return ((centred >= -hi) & (centred < -lo)).float().sum(0)
-
+    observed = window_counts(centred, LEVEL_WINDOWS)
+    gaussian = gaussian_window_counts(raw.shape[0], SIGMA_EDGES)
+    mirrored = window_counts(-centred, LEVEL_WINDOWS)  # the same windows, below the median
+    labelled = window_counts(torch.where(on, -torch.inf, centred), LEVEL_WINDOWS)
     off = (~on).float()
     noise_var = (raw.pow(2) * off).sum(0) / off.sum(0) - ((raw * off).sum(0) / off.sum(0)).pow(2)
     tail = ((z > 3) & ~on).float().sum(0) / off.sum(0)
     return {
-        "free": crossing_levels(z, SIGMA_WINDOWS, gaussian) * sigma + median,
-        "mirror": crossing_levels(centred, LEVEL_WINDOWS, mirrored) + median,
-        "oracle": crossing_levels(centred, LEVEL_WINDOWS, labelled) + median,
+        "free": crossing_level(window_counts(z, SIGMA_EDGES), gaussian, SIGMA_EDGES) * sigma
+        + median,
+        "mirror": crossing_level(observed, mirrored, LEVEL_WINDOWS) + median,
+        "oracle": crossing_level(observed, labelled, LEVEL_WINDOWS) + median,
         "sigma_over_noise_sd": float((sigma / noise_var.clamp_min(1e-12).sqrt()).median()),
         "noise_tail_above_3_sigma": float(tail.median()),
     }

@@ -193,3 +193,33 @@ def test_afa_count_keeps_the_energy_over_one_features_energy():
     assert kept_energy.item() == pytest.approx((9 + 4 + 1 + 0.25 + 4) / 5)
     assert first_energy(pre, torch.ones(10)).item() == pytest.approx((9 + 4 + 0) / 3)
     assert afa_count_k(torch.tensor([100.0]), torch.tensor(1e-3), 10).item() == 10  # clamped
+
+
+def test_window_counts_and_the_crossing_read_windows_as_half_open_from_below():
+    edges = torch.tensor([0.0, 1.0, 2.0, torch.inf])
+    values = torch.tensor([[0.0, 0.5], [1.0, 1.5], [2.5, 9.0], [-3.0, 1.0]])
+    # latent 0: 0.0 and -3.0 are not counted, 1.0 is in (0, 1], 2.5 in (2, inf)
+    assert kfree.window_counts(values, edges).tolist() == [[1, 0, 1], [2, 1, 1]]
+    observed = torch.tensor([[10.0, 10.0, 10.0], [10.0, 4.0, 0.0]])
+    noise = torch.tensor([[9.0, 1.0, 0.0], [1.0, 3.0, 5.0]])
+    # latent 0: only its first window is mostly noise; latent 1: its second (the third is empty)
+    assert kfree.crossing_level(observed, noise, edges).tolist() == [1.0, 2.0]
+    assert kfree.crossing_level(observed, torch.zeros(3), edges).tolist() == [0.0, 0.0]
+
+
+def test_latent_noise_levels_sit_between_each_latents_interference_and_its_signal():
+    gen = torch.Generator().manual_seed(0)
+    scale = torch.tensor([1.0, 0.5, 2.0])
+    estimator = kfree.LatentNoiseLevels(momentum=0.9)
+    for _ in range(40):
+        raw = torch.randn(1024, 3, generator=gen) * scale - 0.3
+        on = torch.rand(1024, 3, generator=gen) < 0.02
+        estimator.update(torch.where(on, 12.0 + torch.randn(1024, 3, generator=gen), raw))
+    assert estimator.warm
+    levels = estimator.levels()
+    assert ((levels > -0.3 + 2.5 * scale) & (levels < 10)).all()
+    # a latent whose values are all noise keeps (almost) nothing: its level is in the far tail
+    noise_only = kfree.LatentNoiseLevels(momentum=0.9)
+    for _ in range(40):
+        noise_only.update(torch.randn(1024, 2, generator=gen))
+    assert (noise_only.levels() > 3.0).all()

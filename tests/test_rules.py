@@ -37,6 +37,7 @@ def test_names_are_the_registry_everywhere():
         "afa_mdl",
         "risk_inflation",
         "noise_batch",
+        "latent_noise",
     )
     assert rules.NEEDS_K == ("topk", "batchtopk")
     assert rules.ENCODER_BIAS == ("relu", "jumprelu")

@@ -30,6 +30,12 @@ random directions.
 - **Noise-floor batch** (``batch_noise_floor``). The same allocation, with a budget from the
   data instead of the geometry: the sum over tokens of how many activations clear their token's
   interference level (``noise_floor``).
+- **Per-latent noise level** (``LatentNoiseLevels``). The noise floor across a latent's tokens
+  instead of across a token's latents: each latent's interference is fitted as a Gaussian from
+  the lower half of its own pre-activations, and the latent keeps a value where its values stop
+  being mostly noise (the Bayes crossing, local false discovery rate 1/2). Read post hoc on
+  ground truth it lands next to the best per-latent threshold the truth's labels allow
+  (``scripts/synth_latent_noise.py``).
 """
 
 from __future__ import annotations
@@ -308,3 +314,88 @@ def first_energy(pre: torch.Tensor, decoder_norms: torch.Tensor) -> torch.Tensor
     """The running energy's first value: the mean of each token's largest squared decoder-scaled
     activation (so training starts from few features per token, as top-AFA's k >= 1 does)."""
     return (pre * decoder_norms).max(-1).values.pow(2).mean().clamp_min(1e-30)
+
+
+# windows of 0.25 sigma from 0.5 sigma up, the last one open: where a latent's values are read
+# against its Gaussian interference
+SIGMA_EDGES = torch.cat([torch.arange(0.5, 12.0, 0.25), torch.tensor([torch.inf])])
+
+
+def window_counts(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """[h, W]: per latent (column of ``values`` [N, h]), how many values fall in each window
+    (edges[j], edges[j + 1]]; values at or below edges[0] are not counted."""
+    index = torch.bucketize(values, edges.to(values), right=False)  # edges[i-1] < v <= edges[i]
+    h, windows = values.shape[-1], edges.numel() - 1
+    flat = torch.arange(h, device=values.device) * (windows + 1) + index  # window j at j + 1
+    counts = torch.zeros(h * (windows + 1), dtype=values.dtype, device=values.device)
+    counts.index_add_(0, flat.reshape(-1), torch.ones_like(flat.reshape(-1), dtype=values.dtype))
+    return counts.view(h, windows + 1)[:, 1:]
+
+
+def crossing_level(observed: torch.Tensor, noise: torch.Tensor, edges: torch.Tensor):
+    """Per latent, the upper edge of the highest window where the ``noise`` expected there
+    exceeds half of what is ``observed`` (local false discovery rate 1/2: above it, signal
+    outnumbers noise); ``edges[0]`` where no window is noisy. ``observed`` [h, W], ``noise``
+    [h, W] or [W] (counts), ``edges`` [W + 1]."""
+    noisy = (observed > 0) & (noise > 0.5 * observed)
+    upper = torch.arange(1, observed.shape[-1] + 1, device=observed.device)
+    return edges.to(observed)[torch.where(noisy, upper, 0).amax(-1)]
+
+
+def gaussian_fit(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per latent, the location and scale of its interference, taken as Gaussian and read from
+    the lower half of its values [N, h] (signal sits above): the median, and (median - lower
+    quartile) / Phi^-1(3/4)."""
+    lower, median = torch.quantile(raw, torch.tensor([0.25, 0.5], device=raw.device), dim=0)
+    return median, ((median - lower) / NORMAL_MEDIAN_ABS).clamp_min(1e-6)
+
+
+def gaussian_window_counts(n: float | torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """[W]: how many of ``n`` standard normal values fall in each window of ``edges``."""
+    cdf = torch.special.ndtr(edges.double())
+    return (n * (cdf[1:] - cdf[:-1])).float()
+
+
+class LatentNoiseLevels:
+    """Per-latent noise levels (``latent_noise``), estimated while training.
+
+    Each latent's interference is taken as Gaussian: its location and scale are running means
+    of ``gaussian_fit`` over batches, and its standardized values are counted into running
+    (decayed) window counts. The latent's level is the ``crossing_level`` of those counts against
+    the Gaussian's, in the input's decoder-scaled units, at least 0. No k: where a latent's
+    signal is rare, the level sits high; where the latent fires often and strongly, low.
+    """
+
+    def __init__(self, momentum: float):
+        self.momentum = momentum
+        self.batches = 0
+        self.location = self.scale = self.counts = None
+        self.samples = 0.0
+
+    @torch.no_grad()
+    def update(self, raw: torch.Tensor) -> None:
+        """Fold in a batch of decoder-scaled pre-activations before the ReLU [N, h]."""
+        raw = raw.detach().float()
+        location, scale = gaussian_fit(raw)
+        if self.location is None:
+            self.location, self.scale = location, scale
+            self.counts = torch.zeros(raw.shape[-1], SIGMA_EDGES.numel() - 1, device=raw.device)
+        else:
+            m = self.momentum
+            self.location = m * self.location + (1 - m) * location
+            self.scale = m * self.scale + (1 - m) * scale
+        counts = window_counts((raw - self.location) / self.scale, SIGMA_EDGES)
+        self.counts = self.momentum * self.counts + counts
+        self.samples = self.momentum * self.samples + raw.shape[0]
+        self.batches += 1
+
+    @property
+    def warm(self) -> bool:
+        """Whether the running fits have seen about one horizon (1 / (1 - momentum)) of batches."""
+        return self.batches >= 1 / (1 - self.momentum)
+
+    def levels(self) -> torch.Tensor:
+        """[h]: each latent's level, decoder-scaled, at least 0."""
+        expected = gaussian_window_counts(self.samples, SIGMA_EDGES).to(self.counts)
+        z = crossing_level(self.counts, expected, SIGMA_EDGES)
+        return (self.location + z * self.scale).clamp_min(0)

@@ -336,6 +336,28 @@ def _afa_count_select(sae, pre, x_n):
 _band_entry_select = _kfree_select("band_entry", ranked=True)
 
 
+def _latent_noise_select(sae, pre, x_n):
+    """Each latent keeps what clears its own noise level (``threshold``, decoder-scaled). While
+    training, the levels follow running Gaussian fits of each latent's pre-activations before the
+    ReLU; after a resume the saved levels hold until the fits have warmed up again."""
+    import torch
+
+    from . import kfree
+
+    decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+    if sae.training:
+        estimator = getattr(sae, "latent_noise_levels", None)
+        if estimator is None:
+            estimator = kfree.LatentNoiseLevels(sae.config.batchtopk_threshold_momentum)
+            sae.latent_noise_levels = estimator
+        with torch.no_grad():
+            flat = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
+            estimator.update(torch.addmm(sae.b_enc, flat, sae.W_enc) * decoder_norms)
+            if estimator.warm or bool(sae.threshold[0] < 0):
+                sae.threshold.copy_(estimator.levels())
+    return pre * (pre * decoder_norms > sae.threshold), None
+
+
 def _afa_mdl_select(sae, pre, x_n):
     """Band entry while training (it learns the dictionary, its budget annealing itself); the
     risk inflation criterion at inference (each token's count, a model-selection choice)."""
@@ -542,6 +564,22 @@ RULES: dict[str, Rule] = {
             ),
             ground_truth=GROUND_TRUTH["noise_batch"],
             **_batch_rule(_noise_floor_budget),
+        ),
+        Rule(
+            name="latent_noise",
+            display_name="Per-latent noise level",
+            card_tag="latent-noise",
+            card_text=(
+                "Features are kept by a **per-latent noise level**: each latent's interference "
+                "is fitted as a Gaussian from the lower half of its own pre-activations, and a "
+                "value is kept where signal starts to outnumber that noise (the Bayes crossing "
+                "of the latent's observed values against the fit), estimated during training "
+                "and fixed at inference. There is no *k* to tune."
+            ),
+            select=_latent_noise_select,
+            threshold="estimated",
+            threshold_init=lambda config: -1.0,  # -1: not estimated yet
+            options=("batchtopk_threshold_momentum",),  # the running fits' momentum
         ),
     )
 }
