@@ -111,7 +111,7 @@ PLANS = {
     # world's best family: does its gain on the 4k world hold here?
     "16k": [spec("topk", 25), spec("afa_mdl"), spec("batchtopk", 25),
             spec("topafa", afa_coef="1/32"), spec("topk", 14), spec("noise_batch"),
-            spec("topk", 25, matryoshka_levels=4)],
+            spec("topk", 25, matryoshka_levels=4), spec("latent_noise")],
     # why SAELens's own BatchTopK (trained by SAELens) lands far below ours: our trainer with
     # SAELens's settings, one at a time (run with --results results/synthbench/controls)
     "controls": [spec("batchtopk", 12, dead_tokens_threshold=1000 * 1024),
