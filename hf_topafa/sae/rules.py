@@ -576,6 +576,7 @@ RULES: dict[str, Rule] = {
                 "of the latent's observed values against the fit), estimated during training "
                 "and fixed at inference. There is no *k* to tune."
             ),
+            ground_truth=GROUND_TRUTH["latent_noise"],
             select=_latent_noise_select,
             threshold="estimated",
             threshold_init=lambda config: -1.0,  # -1: not estimated yet
