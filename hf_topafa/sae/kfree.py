@@ -399,3 +399,18 @@ class LatentNoiseLevels:
         expected = gaussian_window_counts(self.samples, SIGMA_EDGES).to(self.counts)
         z = crossing_level(self.counts, expected, SIGMA_EDGES)
         return (self.location + z * self.scale).clamp_min(0)
+
+
+@torch.no_grad()
+def follow_latent_noise(sae, x_n: torch.Tensor, decoder_norms: torch.Tensor) -> None:
+    """``latent_noise`` while training: fold the batch's pre-activations before the ReLU into the
+    SAE's ``LatentNoiseLevels`` (made on first use) and move its ``threshold`` to the levels, at
+    once while it is unset (< 0); after a resume the saved levels hold until the fits, which start
+    afresh, have warmed up."""
+    if getattr(sae, "latent_noise_levels", None) is None:
+        sae.latent_noise_levels = LatentNoiseLevels(sae.config.batchtopk_threshold_momentum)
+    z = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
+    estimator = sae.latent_noise_levels
+    estimator.update(torch.addmm(sae.b_enc, z, sae.W_enc) * decoder_norms)
+    if estimator.warm or bool(sae.threshold[0] < 0):
+        sae.threshold.copy_(estimator.levels())

@@ -275,15 +275,18 @@ def _batch_rule_select(keep_in_batch):
     return select
 
 
+# the Rule fields of a k-free rule whose threshold is estimated while training, at a momentum
+ESTIMATED_THRESHOLD = {
+    "threshold": "estimated",
+    "threshold_init": lambda config: -1.0,  # -1: not estimated yet
+    "options": ("batchtopk_threshold_momentum",),
+}
+
+
 def _batch_rule(keep_in_batch) -> dict:
     """The Rule fields shared by the rules that select across the batch while training and by an
     estimated threshold after (afa_batch, noise_batch): only the budget differs."""
-    return {
-        "select": _batch_rule_select(keep_in_batch),
-        "threshold": "estimated",
-        "threshold_init": lambda config: -1.0,  # -1: not estimated yet
-        "options": ("batchtopk_threshold_momentum",),
-    }
+    return {"select": _batch_rule_select(keep_in_batch), **ESTIMATED_THRESHOLD}
 
 
 def _band_budget(sae, pre, decoder_norms, x_n):
@@ -337,24 +340,14 @@ _band_entry_select = _kfree_select("band_entry", ranked=True)
 
 
 def _latent_noise_select(sae, pre, x_n):
-    """Each latent keeps what clears its own noise level (``threshold``, decoder-scaled). While
-    training, the levels follow running Gaussian fits of each latent's pre-activations before the
-    ReLU; after a resume the saved levels hold until the fits have warmed up again."""
+    """Each latent keeps what clears its own noise level (decoder-scaled ``threshold``)."""
     import torch
 
     from . import kfree
 
     decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
     if sae.training:
-        estimator = getattr(sae, "latent_noise_levels", None)
-        if estimator is None:
-            estimator = kfree.LatentNoiseLevels(sae.config.batchtopk_threshold_momentum)
-            sae.latent_noise_levels = estimator
-        with torch.no_grad():
-            flat = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
-            estimator.update(torch.addmm(sae.b_enc, flat, sae.W_enc) * decoder_norms)
-            if estimator.warm or bool(sae.threshold[0] < 0):
-                sae.threshold.copy_(estimator.levels())
+        kfree.follow_latent_noise(sae, x_n, decoder_norms)
     return pre * (pre * decoder_norms > sae.threshold), None
 
 
@@ -519,10 +512,8 @@ RULES: dict[str, Rule] = {
             ),
             select=_afa_count_select,
             adaptive_k=True,
-            threshold="estimated",
-            threshold_init=lambda config: -1.0,  # -1: not estimated yet
             threshold_power=2,  # an energy: squared decoder-scaled activations
-            options=("batchtopk_threshold_momentum",),  # the running energy's momentum
+            **ESTIMATED_THRESHOLD,  # the momentum is the running energy's
         ),
         Rule(
             name="afa_mdl",
@@ -570,17 +561,13 @@ RULES: dict[str, Rule] = {
             display_name="Per-latent noise level",
             card_tag="latent-noise",
             card_text=(
-                "Features are kept by a **per-latent noise level**: each latent's interference "
-                "is fitted as a Gaussian from the lower half of its own pre-activations, and a "
-                "value is kept where signal starts to outnumber that noise (the Bayes crossing "
-                "of the latent's observed values against the fit), estimated during training "
-                "and fixed at inference. There is no *k* to tune."
+                "Features are kept by a **per-latent noise level**: where a latent's values start "
+                "to outnumber a Gaussian fit of its own interference (estimated while training, "
+                "fixed at inference). There is no *k* to tune."
             ),
             ground_truth=GROUND_TRUTH["latent_noise"],
             select=_latent_noise_select,
-            threshold="estimated",
-            threshold_init=lambda config: -1.0,  # -1: not estimated yet
-            options=("batchtopk_threshold_momentum",),  # the running fits' momentum
+            **ESTIMATED_THRESHOLD,  # the momentum is the running fits'
         ),
     )
 }
