@@ -43,6 +43,7 @@ from hf_topafa.evaluation.ground_truth import (
 from hf_topafa.sae.kfree import (
     SIGMA_EDGES,
     crossing_level,
+    decoder_scaled_preactivations,
     gaussian_fit,
     gaussian_window_counts,
     window_counts,
@@ -53,14 +54,6 @@ from hf_topafa.sae.kfree import (
 # its labels (or its mirror) say
 LEVEL_WINDOWS = torch.cat([torch.logspace(-2, 1.3, 34), torch.tensor([float("inf")])])
 SHOWN = ("l0", "f1", "mcc", "precision", "recall", "l0_corr")
-
-
-@torch.no_grad()
-def decoder_scaled_raw(sae, x: torch.Tensor) -> torch.Tensor:
-    """(x_n - b_dec) W_enc + b_enc, before the ReLU, times each decoder row's norm [N, h]."""
-    x_n, _, _ = sae.normalize_input(x)
-    norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
-    return ((x_n - sae.b_dec) @ sae.W_enc + sae.b_enc) * norms
 
 
 @torch.no_grad()
@@ -128,7 +121,8 @@ def main() -> None:
     codes = truth.rows(0, truth.num_samples)
     match = matched_features(sae.W_dec, world.feature_dict.feature_vectors)
     on = codes[:, match] > 0
-    raw = decoder_scaled_raw(sae, world.feature_dict(codes))
+    with torch.no_grad():  # the SAE was checked above to take its input unstandardized
+        raw = decoder_scaled_preactivations(sae, world.feature_dict(codes))
     found = latent_levels(raw, on)
     related = relative_on(codes, hierarchy_parents(world), match)
     print(json.dumps({key: round(found[key], 5) for key in

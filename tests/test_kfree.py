@@ -223,3 +223,12 @@ def test_latent_noise_levels_sit_between_each_latents_interference_and_its_signa
     for _ in range(40):
         noise_only.update(torch.randn(1024, 2, generator=gen))
     assert (noise_only.levels() > 3.0).all()
+
+
+@pytest.mark.parametrize("n", [1, 7, 1024])
+def test_gaussian_fit_reads_torch_quantiles_from_the_lower_half_alone(n):
+    raw = torch.randn(n, 5, generator=torch.Generator().manual_seed(n)) * 3 + 1
+    lower, median = torch.quantile(raw, torch.tensor([0.25, 0.5]), dim=0)
+    location, scale = kfree.gaussian_fit(raw)
+    assert torch.equal(location, median)
+    assert torch.equal(scale, ((median - lower) / kfree.NORMAL_MEDIAN_ABS).clamp_min(1e-6))

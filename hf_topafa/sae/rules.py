@@ -345,10 +345,9 @@ def _latent_noise_select(sae, pre, x_n):
 
     from . import kfree
 
-    decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
     if sae.training:
-        kfree.follow_latent_noise(sae, x_n, decoder_norms)
-    return pre * (pre * decoder_norms > sae.threshold), None
+        kfree.follow_latent_noise(sae, x_n)
+    return pre * (pre * torch.linalg.vector_norm(sae.W_dec, dim=-1) > sae.threshold), None
 
 
 def _afa_mdl_select(sae, pre, x_n):
