@@ -38,6 +38,9 @@ def direct_forward(sae, x, dead_mask):
         acts, _ = kfree.band_entry(pre, norms, afa_norm(x_n - sae.b_dec), eps)
     elif cfg.activation == "topk":
         acts = activations.topk(pre, cfg.k)
+    elif cfg.activation == "latent_noise":  # the threshold the forward's observer just set
+        norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+        acts = pre * (pre * norms > sae.threshold)
     else:
         acts, _ = activations.batchtopk(pre, cfg.k)
     recon = acts @ sae.W_dec + sae.b_dec
@@ -78,7 +81,7 @@ def grads_of(sae, loss):
     return {name: p.grad.clone() for name, p in sae.named_parameters()}
 
 
-@pytest.mark.parametrize("activation", ["topafa", "topk", "batchtopk", "afa_band"])
+@pytest.mark.parametrize("activation", ["topafa", "topk", "batchtopk", "afa_band", "latent_noise"])
 @pytest.mark.parametrize(
     "dead, aux_route",
     [("none", "-"), ("few", "pairs"), ("few", "dense"), ("many", "pairs"), ("many", "dense")],
@@ -107,6 +110,8 @@ def test_step_equals_direct_definition(activation, dead, aux_route, path, conven
     if path == "sparse":
         assert decoded, "the sparse route was not taken"
     loss, acts, recon = direct_forward(sae, x, dead_mask)
+    if activation == "latent_noise":  # its levels keep some positive activations, not all
+        assert 0 < int((acts != 0).sum()) < int((sae.pre_activations(x) > 0).sum())
     assert torch.equal(out.feature_acts, acts)
     assert torch.allclose(out.reconstruction, recon, atol=1e-12)
     assert torch.allclose(out.loss, loss, rtol=1e-12, atol=1e-14)

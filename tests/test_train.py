@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -353,3 +354,29 @@ def test_layer_out_of_range(smollm2, tmp_path):
     with pytest.raises(ValueError, match=r"layer 99 is out of range: valid layers are 0\.\.29"):
         train(TrainConfig.from_flat(layer=99, output=str(tmp_path / "run"), **SMALL))
     assert not (tmp_path / "run" / "training_config.json").exists()
+
+
+def test_a_resumed_latent_noise_run_matches_a_straight_one(acts, tmp_path):
+    """latent_noise's running noise estimator is part of the checkpoint: a run resumed from step
+    4 (its estimator warm, momentum 0.5) ends where a straight run does, threshold included."""
+    common = dict(
+        activation="latent_noise",
+        afa_coef=0.0,
+        batchtopk_threshold_momentum=0.5,
+        max_tokens=256 * 10,
+        dead_tokens_threshold=1024,
+        **{**SMALL, "checkpoint_every": 4, "keep_checkpoints": 5},
+    )
+    straight = train(TrainConfig.from_flat(output=str(tmp_path / "straight"), **common), acts)
+    cut = tmp_path / "cut"
+    train(TrainConfig.from_flat(output=str(cut), **common), acts)
+    for path in list(cut.iterdir()):  # back to the state of a run killed after step 4
+        if path.name not in ("training_config.json", "checkpoints"):
+            path.unlink() if path.is_file() else shutil.rmtree(path)
+    for step in (8, 10):
+        shutil.rmtree(cut / "checkpoints" / f"step_{step:07d}")
+    resumed = train(TrainConfig.from_flat(output=str(cut), resume=True, **common), acts)
+    a, b = _params(resumed), _params(straight)
+    assert "threshold" in a and bool((a["threshold"] > 0).any())
+    for name in b:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)

@@ -2,10 +2,11 @@
 
 After ``import hf_topafa.integrations.saelens``, SAELens loads (``SAE.load_from_disk``) and trains
 (``SAETrainer``, and so ``SyntheticSAERunner`` and ``LanguageModelSAETrainingRunner``) SAEs whose
-architecture is one of this package's rules that SAELens lacks: ``topafa``, ``afa_band``,
-``afa_universal`` and ``afa_batch`` (``SAELENS_REGISTERED``). Their tensors are SAELens's (W_enc
-[d_in, d_sae], W_dec, b_enc, b_dec, and ``threshold`` for afa_batch); ``normalize_activations`` is
-"none", "layer_norm" (the paper's standardization) or "expected_average_only_in".
+architecture is one of this package's rules that SAELens lacks: top-AFA and every k-free rule
+(``SAELENS_REGISTERED``: ``topafa``, ``afa_band``, ``afa_batch``, ``noise_batch``,
+``latent_noise``, ...). Their tensors are SAELens's (W_enc [d_in, d_sae], W_dec, b_enc, b_dec, and
+``threshold`` for the rules that keep one); ``normalize_activations`` is "none", "layer_norm" (the
+paper's standardization) or "expected_average_only_in".
 
 The computation is this package's: each SAELens SAE runs a ``SparseAutoencoder`` that shares its
 parameters (``hf_topafa_sae()``). ``encode`` selects features with that model's rule (SAELens's hook
@@ -60,6 +61,8 @@ CLASS_PREFIXES = {
     "afa_band": "AFABand",
     "afa_universal": "AFAUniversal",
     "afa_batch": "AFABatch",
+    "afa_count": "AFACount",
+    "afa_mdl": "AFAMDL",
 }
 
 

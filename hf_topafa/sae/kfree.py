@@ -412,16 +412,56 @@ class LatentNoiseLevels:
         z = crossing_level(self.counts, expected, SIGMA_EDGES)
         return (self.location + z * self.scale).clamp_min(0)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The running state as tensors (none before the first batch): what a checkpoint keeps
+        so that a resumed run continues the same estimate."""
+        if self.location is None:
+            return {}
+        return {
+            "location": self.location,
+            "scale": self.scale,
+            "counts": self.counts,
+            "samples": torch.tensor(self.samples, dtype=torch.float64),
+            "batches": torch.tensor(self.batches),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.location, self.scale, self.counts = state["location"], state["scale"], state["counts"]
+        self.samples, self.batches = state["samples"].item(), int(state["batches"])
+
 
 @torch.no_grad()
-def follow_latent_noise(sae, x_n: torch.Tensor) -> None:
-    """``latent_noise`` while training: fold the batch's pre-activations before the ReLU into the
-    SAE's ``LatentNoiseLevels`` (made on first use) and move its ``threshold`` to the levels, at
-    once while it is unset (< 0); after a resume the saved levels hold until the fits, which start
-    afresh, have warmed up."""
+def follow_latent_noise(sae, raw: torch.Tensor) -> None:
+    """``latent_noise`` while training: fold the batch's pre-activations before the ReLU [N, h]
+    (the encoder's product, from ``Rule.observe``), decoder-scaled, into the SAE's
+    ``LatentNoiseLevels`` (made on first use; a training checkpoint keeps it) and move its
+    ``threshold`` to the levels once the fits are warm, and at once while it is unset (< 0)."""
     if getattr(sae, "latent_noise_levels", None) is None:
         sae.latent_noise_levels = LatentNoiseLevels(sae.config.batchtopk_threshold_momentum)
     estimator = sae.latent_noise_levels
-    estimator.update(decoder_scaled_preactivations(sae, x_n))
+    estimator.update(raw * torch.linalg.vector_norm(sae.W_dec, dim=-1))
     if estimator.warm or bool(sae.threshold[0] < 0):
         sae.threshold.copy_(estimator.levels())
+
+
+NOISE_LEVELS_PREFIX = "latent_noise_levels."
+"""Names of ``LatentNoiseLevels``' tensors in a training checkpoint's trainer state."""
+
+
+def noise_levels_state(sae) -> dict[str, torch.Tensor]:
+    """The SAE's ``LatentNoiseLevels`` state, named for a checkpoint (empty without one)."""
+    estimator = getattr(sae, "latent_noise_levels", None)
+    state = {} if estimator is None else estimator.state_dict()
+    return {NOISE_LEVELS_PREFIX + name: tensor for name, tensor in state.items()}
+
+
+def load_noise_levels_state(sae, tensors: dict[str, torch.Tensor], device) -> None:
+    """Give the SAE the ``LatentNoiseLevels`` a checkpoint's tensors hold, if they hold one."""
+    state = {
+        name.removeprefix(NOISE_LEVELS_PREFIX): tensor.to(device)
+        for name, tensor in tensors.items()
+        if name.startswith(NOISE_LEVELS_PREFIX)
+    }
+    if state:
+        sae.latent_noise_levels = LatentNoiseLevels(sae.config.batchtopk_threshold_momentum)
+        sae.latent_noise_levels.load_state_dict(state)

@@ -96,8 +96,8 @@ class SparseAutoencoder(PreTrainedModel):
             # Estimated during training (BatchTopK: EMA of the smallest kept activation).
             self.register_buffer("threshold", torch.empty(d_sae))
         # Top-AFA candidates ranked per token, and the mean k of the last batch (None before
-        # one; set by top-AFA and the adaptive kfree rules): adapted to the observed k, for
-        # speed only.
+        # one; set by top-AFA, the adaptive kfree rules and latent_noise): adapted to the
+        # observed k, for speed only.
         self._topafa_candidates = activations.TOPAFA_CANDIDATES
         self._topafa_mean_k: float | None = None
         # (mean, std) of the input last given to encode, when standardized: decode maps back.
@@ -196,10 +196,26 @@ class SparseAutoencoder(PreTrainedModel):
         x_n, _, _ = self.normalize_input(self._check_input(x))
         return self._pre(x_n)
 
-    def _pre(self, x_n: torch.Tensor) -> torch.Tensor:
+    def _pre(self, x_n: torch.Tensor, observe: bool = False) -> torch.Tensor:
         flat = x_n.reshape(-1, self.config.d_in)
-        pre = torch.relu(torch.addmm(self.b_enc, flat - self.b_dec, self.W_enc))
-        return pre.reshape(*x_n.shape[:-1], self.config.d_sae)
+        raw = torch.addmm(self.b_enc, flat - self.b_dec, self.W_enc)
+        if observe:
+            self._observe(raw.detach())
+        return torch.relu(raw).reshape(*x_n.shape[:-1], self.config.d_sae)
+
+    @torch.no_grad()
+    def _pre_no_grad(self, x_n: torch.Tensor) -> torch.Tensor:
+        """ReLU((x_n - b_dec) W_enc + b_enc) [N, d_sae] for the routes that give the kept values
+        their gradient themselves: one product, the ReLU in place."""
+        raw = torch.addmm(self.b_enc, x_n - self.b_dec, self.W_enc)
+        self._observe(raw)
+        return raw.relu_()
+
+    def _observe(self, raw: torch.Tensor) -> None:
+        """While training, show the rule the encoder's product before the ReLU (``Rule.observe``;
+        it may move the rule's estimated threshold before the selection reads it)."""
+        if self.training and self.rule.observe is not None:
+            self.rule.observe(self, raw)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Dense feature activations [..., d_sae], zeros where a feature is inactive.
@@ -305,7 +321,7 @@ class SparseAutoencoder(PreTrainedModel):
 
     def _forward_dense(self, x_n: torch.Tensor, dead_mask: torch.Tensor | None):
         """The direct computation: dense activations, dense decoder product."""
-        pre = self._pre(x_n)
+        pre = self._pre(x_n, observe=True)
         acts, k = self._select(pre, x_n)
         recon_n = acts @ self.W_dec + self.b_dec
         if self.config.loss_convention == "paper":
@@ -330,7 +346,7 @@ class SparseAutoencoder(PreTrainedModel):
         kept values their gradient with two products instead of autograd's three. The aux-k
         loss's dead columns, when taken as a block, share that gradient product."""
         with torch.no_grad():
-            pre = torch.addmm(self.b_enc, x_n - self.b_dec, self.W_enc).relu_()
+            pre = self._pre_no_grad(x_n)
             plan = self._aux_plan(pre, dead_mask)
             block = block_cols = None
             if plan is not None and plan[0] == "dense":
@@ -371,8 +387,7 @@ class SparseAutoencoder(PreTrainedModel):
         """
         n_tokens = x_n.shape[0]
         with torch.no_grad():
-            # one product, bias added and ReLU applied in place: no extra [N, d_sae] tensors
-            pre = torch.addmm(self.b_enc, x_n - self.b_dec, self.W_enc).relu_()
+            pre = self._pre_no_grad(x_n)  # no extra [N, d_sae] tensor
             rows, cols, k = self._select_pairs(pre, x_n)
             nonzero = sparse.gather(pre, rows, cols) > 0  # zeros add nothing, either way
             rows, cols = rows[nonzero], cols[nonzero]

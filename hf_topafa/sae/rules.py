@@ -17,12 +17,14 @@ How to add a rule
    ReLU pre-activation [N, d_sae], ``x_n`` the SAE's (normalized) input [N, d_in], ``acts`` the
    dense activations [N, d_sae] (zeros where inactive) and ``k`` a long tensor [N] of features
    kept per token, or None. Gradients must flow into the kept pre-activations. Put new tensor
-   math in ``activations.py`` only if it is shared; a rule's own arithmetic can live here.
+   math in ``activations.py`` only if it is shared; a rule's own arithmetic can live here (a
+   k-free rule's in ``kfree.py``, adapted to this signature in ``kfree_rules.py``).
 2. Append ``Rule(name=..., display_name=..., card_tag=..., card_text=..., select=...)`` to
    ``RULES``, setting the fields whose defaults do not fit (a k-free rule with no threshold,
    no penalty and no sparse path needs nothing more). ``card_text`` may use ``{k}``.
 3. Optional: a sparse path (``select_pairs`` returning (rows, cols, k) sorted by token, plus
-   ``kept_per_token`` estimating the kept count), a threshold (``threshold="learned"`` is an
+   ``kept_per_token`` estimating the kept count), an ``observe`` hook that sees the encoder's
+   product before the ReLU while training, a threshold (``threshold="learned"`` is an
    ``nn.Parameter`` named ``threshold``, ``"estimated"`` a buffer; ``threshold_init`` gives its
    starting value) or a penalty (``penalty`` returns the weighted loss, ``penalty_coef`` names
    the SAEConfig field that weighs it). A new hyperparameter is a new SAEConfig argument and
@@ -38,7 +40,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from . import kfree_rules
 from .findings import GROUND_TRUTH
+from .kfree_rules import topafa_target
 
 THRESHOLD_KINDS = (None, "learned", "estimated")
 
@@ -87,6 +91,10 @@ class Rule:
     """Sparse selection ``(sae, pre, x_n) -> (rows, cols, k or None)``; None: dense path only."""
     kept_per_token: Callable[[Any], int] | None = None
     """Expected features kept per token (decides whether the sparse path pays)."""
+    observe: Callable[[Any, Any], None] | None = None
+    """``(sae, raw)``, called while training with the encoder's product before the ReLU [N,
+    d_sae] (no autograd) ahead of the selection: for a rule that estimates from the negative
+    half too (latent_noise), without a second product."""
     options: tuple[str, ...] = ()
     """The SAEConfig fields of ``RULE_OPTIONS`` that this rule reads; training refuses the
     others for it, since they would do nothing."""
@@ -128,18 +136,11 @@ def _k_tensor(sae, pre):
 # -- top-AFA ---------------------------------------------------------------------------------
 
 
-def _topafa_target(sae, x_n):
-    """The paper's target norm, ||x - b_dec||."""
-    from .afa import afa_norm
-
-    return afa_norm(x_n.reshape(-1, sae.config.d_in) - sae.b_dec)
-
-
 def _topafa_select(sae, pre, x_n):
     import torch
 
     decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
-    target = _topafa_target(sae, x_n)
+    target = topafa_target(sae, x_n)
     acts, k = _ops().topafa(pre, decoder_norms, target, sae._topafa_candidates)
     sae._adapt_topafa_candidates(k)
     return acts, k
@@ -156,7 +157,7 @@ def _topafa_pairs(sae, pre, x_n):
     import torch
 
     decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
-    target = _topafa_target(sae, x_n)
+    target = topafa_target(sae, x_n)
     rows, cols, k = _ops().topafa_pairs(
         pre, decoder_norms, target, sae._topafa_candidates, nonnegative=True
     )
@@ -225,137 +226,6 @@ def _jumprelu_select(sae, pre, x_n):
 def _jumprelu_l0(sae, pre, acts, x_n, coef):
     """coef * the straight-through L0 per token."""
     return coef * _ops().jumprelu_l0(pre, sae.threshold, sae.config.jumprelu_bandwidth).mean()
-
-
-# -- k-free rules beyond the paper (hf_topafa.kfree) -------------------------------------------
-
-
-def _kfree_select(rule, ranked: bool = False):
-    """A kfree rule applied with top-AFA's target ||x - b_dec|| and the decoder's eps_rms. A
-    ``ranked`` rule ranks top-AFA's adaptive candidate count first; its k sets the candidates
-    and the route of the next batch, as top-AFA's does (speed only)."""
-
-    def select(sae, pre, x_n):
-        import torch
-
-        from . import kfree
-
-        decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
-        args = (
-            pre,
-            decoder_norms,
-            _topafa_target(sae, x_n),
-            kfree.decoder_coherence_rms(sae.W_dec),
-        )
-        if not ranked:
-            return getattr(kfree, rule)(*args)
-        *out, k = getattr(kfree, rule)(*args, candidates=sae._topafa_candidates)
-        sae._adapt_topafa_candidates(k)
-        return (*out, k)
-
-    return select
-
-
-def _batch_rule_select(keep_in_batch):
-    """A rule that selects across the batch while training (or before its threshold is
-    estimated) and by the estimated threshold on decoder-scaled activations after, as BatchTopK.
-    ``keep_in_batch(sae, pre, decoder_norms, x_n) -> (acts, smallest kept)``."""
-
-    def select(sae, pre, x_n):
-        import torch
-
-        decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
-        if sae.training or bool(sae.threshold[0] < 0):
-            acts, smallest = keep_in_batch(sae, pre, decoder_norms, x_n)
-            if sae.training:
-                sae._update_batchtopk_threshold(smallest)
-            return acts, None
-        return pre * (pre * decoder_norms > sae.threshold), None
-
-    return select
-
-
-# the Rule fields of a k-free rule whose threshold is estimated while training, at a momentum
-ESTIMATED_THRESHOLD = {
-    "threshold": "estimated",
-    "threshold_init": lambda config: -1.0,  # -1: not estimated yet
-    "options": ("batchtopk_threshold_momentum",),
-}
-
-
-def _batch_rule(keep_in_batch) -> dict:
-    """The Rule fields shared by the rules that select across the batch while training and by an
-    estimated threshold after (afa_batch, noise_batch): only the budget differs."""
-    return {"select": _batch_rule_select(keep_in_batch), **ESTIMATED_THRESHOLD}
-
-
-def _band_budget(sae, pre, decoder_norms, x_n):
-    from . import kfree
-
-    eps = kfree.decoder_coherence_rms(sae.W_dec)
-    return kfree.batch_band(pre, decoder_norms, _topafa_target(sae, x_n), eps)
-
-
-def _noise_floor_budget(sae, pre, decoder_norms, x_n):
-    from . import kfree
-
-    return kfree.batch_noise_floor(pre, decoder_norms)
-
-
-def _noise_floor_select(sae, pre, x_n):
-    import torch
-
-    from . import kfree
-
-    return kfree.noise_floor(pre, torch.linalg.vector_norm(sae.W_dec, dim=-1))
-
-
-def _risk_inflation_select(sae, pre, x_n):
-    from . import kfree
-
-    z = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
-    return kfree.risk_inflation(pre, sae.W_dec, z)
-
-
-def _afa_count_select(sae, pre, x_n):
-    """The count from the AFA and the running energy per kept feature (``threshold`` holds it;
-    -1 until the first training batch)."""
-    import torch
-
-    from . import kfree
-
-    decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
-    energy = sae.threshold[0]
-    if bool(energy < 0):  # not estimated yet: start from this batch's
-        energy = kfree.first_energy(pre.detach(), decoder_norms.detach())
-        if sae.training:
-            sae.threshold.fill_(energy.item())
-    acts, k, kept_energy = kfree.afa_count(pre, decoder_norms, _topafa_target(sae, x_n), energy)
-    if sae.training:
-        sae._update_batchtopk_threshold(kept_energy)
-    return acts, k
-
-
-_band_entry_select = _kfree_select("band_entry", ranked=True)
-
-
-def _latent_noise_select(sae, pre, x_n):
-    """Each latent keeps what clears its own noise level (decoder-scaled ``threshold``)."""
-    import torch
-
-    from . import kfree
-
-    if sae.training:
-        kfree.follow_latent_noise(sae, x_n)
-    return pre * (pre * torch.linalg.vector_norm(sae.W_dec, dim=-1) > sae.threshold), None
-
-
-def _afa_mdl_select(sae, pre, x_n):
-    """Band entry while training (it learns the dictionary, its budget annealing itself); the
-    risk inflation criterion at inference (each token's count, a model-selection choice)."""
-    if sae.training:
-        return _band_entry_select(sae, pre, x_n)
-    return _risk_inflation_select(sae, pre, x_n)
 
 
 # -- the registry ----------------------------------------------------------------------------
@@ -454,9 +324,9 @@ RULES: dict[str, Rule] = {
                 "RMS coherence; there is no *k* to tune."
             ),
             ground_truth=GROUND_TRUTH["afa_band"],
-            select=_band_entry_select,
+            select=kfree_rules.band_entry_select,
             adaptive_k=True,
-            select_pairs=_kfree_select("band_entry_pairs", ranked=True),
+            select_pairs=kfree_rules.kfree_select("band_entry_pairs", ranked=True),
             kept_per_token=_topafa_kept,
         ),
         Rule(
@@ -469,7 +339,7 @@ RULES: dict[str, Rule] = {
                 "decoder's measured RMS coherence; at least one feature per token); there is no "
                 "*k* to tune."
             ),
-            select=_kfree_select("universal_threshold"),
+            select=kfree_rules.kfree_select("universal_threshold"),
             adaptive_k=True,
         ),
         Rule(
@@ -483,7 +353,7 @@ RULES: dict[str, Rule] = {
                 "threshold estimated during training. There is no *k* to tune."
             ),
             ground_truth=GROUND_TRUTH["afa_batch"],
-            **_batch_rule(_band_budget),
+            **kfree_rules.batch_rule(kfree_rules.band_budget),
         ),
         Rule(
             name="noise_floor",
@@ -496,7 +366,7 @@ RULES: dict[str, Rule] = {
                 "0.6745) and n+ their count; there is no *k* to tune."
             ),
             ground_truth=GROUND_TRUTH["noise_floor"],
-            select=_noise_floor_select,
+            select=kfree_rules.noise_floor_select,
             adaptive_k=True,
         ),
         Rule(
@@ -509,10 +379,10 @@ RULES: dict[str, Rule] = {
                 "code's energy over the energy one kept feature carries (mu: a running mean "
                 "over training, fixed at inference); there is no *k* to tune."
             ),
-            select=_afa_count_select,
+            select=kfree_rules.afa_count_select,
             adaptive_k=True,
             threshold_power=2,  # an energy: squared decoder-scaled activations
-            **ESTIMATED_THRESHOLD,  # the momentum is the running energy's
+            **kfree_rules.ESTIMATED_THRESHOLD,  # the momentum is the running energy's
         ),
         Rule(
             name="afa_mdl",
@@ -525,7 +395,7 @@ RULES: dict[str, Rule] = {
                 "d ln RSS_k + 2 k ln h. There is no *k* to tune."
             ),
             ground_truth=GROUND_TRUTH["afa_mdl"],
-            select=_afa_mdl_select,
+            select=kfree_rules.afa_mdl_select,
             adaptive_k=True,
         ),
         Rule(
@@ -538,7 +408,7 @@ RULES: dict[str, Rule] = {
                 "reconstruction against the price of naming k features out of h: the risk "
                 "inflation criterion); there is no *k* to tune."
             ),
-            select=_risk_inflation_select,
+            select=kfree_rules.risk_inflation_select,
             adaptive_k=True,
         ),
         Rule(
@@ -553,7 +423,7 @@ RULES: dict[str, Rule] = {
                 "a threshold estimated during training. There is no *k* to tune."
             ),
             ground_truth=GROUND_TRUTH["noise_batch"],
-            **_batch_rule(_noise_floor_budget),
+            **kfree_rules.batch_rule(kfree_rules.noise_floor_budget),
         ),
         Rule(
             name="latent_noise",
@@ -565,8 +435,11 @@ RULES: dict[str, Rule] = {
                 "fixed at inference). There is no *k* to tune."
             ),
             ground_truth=GROUND_TRUTH["latent_noise"],
-            select=_latent_noise_select,
-            **ESTIMATED_THRESHOLD,  # the momentum is the running fits'
+            select=kfree_rules.latent_noise_select,
+            observe=kfree_rules.latent_noise_observe,
+            select_pairs=kfree_rules.latent_noise_pairs,
+            kept_per_token=kfree_rules.mean_kept,
+            **kfree_rules.ESTIMATED_THRESHOLD,  # the momentum is the running fits'
         ),
     )
 }

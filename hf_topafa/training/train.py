@@ -39,6 +39,7 @@ import torch
 
 from ..helpers import is_finite_number
 from ..sae.configuration_sae import SAEConfig
+from ..sae.kfree import load_noise_levels_state, noise_levels_state
 from ..sae.losses import reconstruction_loss
 from ..sae.modeling_sae import SparseAutoencoder
 from .checkpoint import atomic_write_json, clean_temporaries, save_checkpoint
@@ -339,6 +340,7 @@ def _restore(found, sae, optimizer, scheduler, accelerator, config: TrainConfig)
     optimizer.load_state_dict(optim_state)
     scheduler.load_state_dict(state.pop("scheduler"))
     since_fired = tensors["since_fired"].to(accelerator.device)
+    load_noise_levels_state(sae, tensors, accelerator.device)
     for name, value in state.pop("model_runtime", {}).items():
         setattr(sae, name, value)
     if accelerator.is_main_process:
@@ -467,7 +469,7 @@ def _save(accelerator, run, sae, optimizer, scheduler, since_fired, state, confi
             state["step"],
             sae.state_dict(),
             optimizer.state_dict(),
-            {"since_fired": since_fired},
+            {"since_fired": since_fired, **noise_levels_state(sae)},
             {**state, "scheduler": scheduler.state_dict(), "model_runtime": _runtime_state(sae)},
             keep=config.run.keep_checkpoints,
         )

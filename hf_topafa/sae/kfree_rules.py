@@ -1,0 +1,169 @@
+"""The k-free rules' functions as the registry (``rules.py``) calls them: selections, budgets,
+the estimated-threshold fields, and latent_noise's sparse path and pre-ReLU observer. Their math
+is in ``kfree``; this module only adapts it to ``(sae, pre, x_n)``.
+
+Like ``rules.py`` it imports no torch at import time (the command line validates rule names
+before loading torch); each function imports what it needs when it first runs.
+"""
+
+from __future__ import annotations
+
+
+def topafa_target(sae, x_n):
+    """The paper's target norm, ||x - b_dec|| (top-AFA's, and the AFA rules')."""
+    from .afa import afa_norm
+
+    return afa_norm(x_n.reshape(-1, sae.config.d_in) - sae.b_dec)
+
+
+def kfree_select(rule, ranked: bool = False):
+    """A kfree rule applied with top-AFA's target ||x - b_dec|| and the decoder's eps_rms. A
+    ``ranked`` rule ranks top-AFA's adaptive candidate count first; its k sets the candidates
+    and the route of the next batch, as top-AFA's does (speed only)."""
+
+    def select(sae, pre, x_n):
+        import torch
+
+        from . import kfree
+
+        decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+        args = (
+            pre,
+            decoder_norms,
+            topafa_target(sae, x_n),
+            kfree.decoder_coherence_rms(sae.W_dec),
+        )
+        if not ranked:
+            return getattr(kfree, rule)(*args)
+        *out, k = getattr(kfree, rule)(*args, candidates=sae._topafa_candidates)
+        sae._adapt_topafa_candidates(k)
+        return (*out, k)
+
+    return select
+
+
+band_entry_select = kfree_select("band_entry", ranked=True)
+
+
+def batch_rule_select(keep_in_batch):
+    """A rule that selects across the batch while training (or before its threshold is
+    estimated) and by the estimated threshold on decoder-scaled activations after, as BatchTopK.
+    ``keep_in_batch(sae, pre, decoder_norms, x_n) -> (acts, smallest kept)``."""
+
+    def select(sae, pre, x_n):
+        import torch
+
+        decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+        if sae.training or bool(sae.threshold[0] < 0):
+            acts, smallest = keep_in_batch(sae, pre, decoder_norms, x_n)
+            if sae.training:
+                sae._update_batchtopk_threshold(smallest)
+            return acts, None
+        return pre * (pre * decoder_norms > sae.threshold), None
+
+    return select
+
+
+ESTIMATED_THRESHOLD = {
+    "threshold": "estimated",
+    "threshold_init": lambda config: -1.0,  # -1: not estimated yet
+    "options": ("batchtopk_threshold_momentum",),
+}
+"""The Rule fields of a k-free rule whose threshold is estimated while training, at a momentum."""
+
+
+def batch_rule(keep_in_batch) -> dict:
+    """The Rule fields shared by the rules that select across the batch while training and by an
+    estimated threshold after (afa_batch, noise_batch): only the budget differs."""
+    return {"select": batch_rule_select(keep_in_batch), **ESTIMATED_THRESHOLD}
+
+
+def band_budget(sae, pre, decoder_norms, x_n):
+    from . import kfree
+
+    eps = kfree.decoder_coherence_rms(sae.W_dec)
+    return kfree.batch_band(pre, decoder_norms, topafa_target(sae, x_n), eps)
+
+
+def noise_floor_budget(sae, pre, decoder_norms, x_n):
+    from . import kfree
+
+    return kfree.batch_noise_floor(pre, decoder_norms)
+
+
+def noise_floor_select(sae, pre, x_n):
+    import torch
+
+    from . import kfree
+
+    return kfree.noise_floor(pre, torch.linalg.vector_norm(sae.W_dec, dim=-1))
+
+
+def risk_inflation_select(sae, pre, x_n):
+    from . import kfree
+
+    z = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
+    return kfree.risk_inflation(pre, sae.W_dec, z)
+
+
+def afa_count_select(sae, pre, x_n):
+    """The count from the AFA and the running energy per kept feature (``threshold`` holds it;
+    -1 until the first training batch)."""
+    import torch
+
+    from . import kfree
+
+    decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+    energy = sae.threshold[0]
+    if bool(energy < 0):  # not estimated yet: start from this batch's
+        energy = kfree.first_energy(pre.detach(), decoder_norms.detach())
+        if sae.training:
+            sae.threshold.fill_(energy.item())
+    acts, k, kept_energy = kfree.afa_count(pre, decoder_norms, topafa_target(sae, x_n), energy)
+    if sae.training:
+        sae._update_batchtopk_threshold(kept_energy)
+    return acts, k
+
+
+def afa_mdl_select(sae, pre, x_n):
+    """Band entry while training (it learns the dictionary, its budget annealing itself); the
+    risk inflation criterion at inference (each token's count, a model-selection choice)."""
+    if sae.training:
+        return band_entry_select(sae, pre, x_n)
+    return risk_inflation_select(sae, pre, x_n)
+
+
+# -- latent_noise: a threshold per latent, estimated from the product before the ReLU ----------
+
+
+def latent_noise_observe(sae, raw):
+    """While training: fold the encoder's product before the ReLU into the latents' running
+    noise fits, and move the threshold (``kfree.follow_latent_noise``)."""
+    from . import kfree
+
+    kfree.follow_latent_noise(sae, raw)
+
+
+def latent_noise_mask(sae, pre):
+    """[N, h] bool: where a latent's decoder-scaled activation clears its own noise level. The
+    mean kept count is remembered: it picks the next batch's route (speed only)."""
+    import torch
+
+    kept = pre * torch.linalg.vector_norm(sae.W_dec, dim=-1) > sae.threshold
+    sae._topafa_mean_k = float(kept.sum()) / max(pre.shape[0], 1)
+    return kept
+
+
+def latent_noise_select(sae, pre, x_n):
+    return pre * latent_noise_mask(sae, pre), None
+
+
+def latent_noise_pairs(sae, pre, x_n):
+    rows, cols = latent_noise_mask(sae, pre).nonzero(as_tuple=True)
+    return rows, cols, None
+
+
+def mean_kept(sae):
+    """Features a token kept on average in the last batch (every feature before one): what
+    decides whether a threshold rule's sparse route pays."""
+    return sae.config.d_sae if sae._topafa_mean_k is None else sae._topafa_mean_k
