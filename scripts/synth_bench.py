@@ -478,10 +478,22 @@ def afa_error(world, codes: torch.Tensor, x: torch.Tensor) -> float:
     return float(afa_relative_error(true_norm, z_norm).median())
 
 
+def recorded_command(argv: list[str]) -> str:
+    """The command a record keeps: paths inside the repository made relative to it, so that the
+    record reads the same from any checkout."""
+
+    def relative(arg: str) -> str:
+        path = Path(arg)
+        if path.is_absolute() and path.resolve().is_relative_to(REPO):
+            return str(path.resolve().relative_to(REPO))
+        return arg
+
+    return "python scripts/synth_bench.py " + shlex.join(relative(a) for a in argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.command = "python scripts/synth_bench.py " + shlex.join(sys.argv[1:] if argv is None
-                                                                  else argv)  # fmt: skip
+    args.command = recorded_command(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from hf_topafa.data.harvest import ActivationCache
