@@ -38,6 +38,13 @@ def direct_forward(sae, x, dead_mask):
         acts, _ = kfree.band_entry(pre, norms, afa_norm(x_n - sae.b_dec), eps)
     elif cfg.activation == "topk":
         acts = activations.topk(pre, cfg.k)
+    elif cfg.activation == "noise_batch":
+        norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+        acts, _ = kfree.batch_noise_floor(pre, norms)
+    elif cfg.activation == "afa_batch":
+        norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+        eps = kfree.decoder_coherence_rms(sae.W_dec)
+        acts, _ = kfree.batch_band(pre, norms, afa_norm(x_n - sae.b_dec), eps)
     elif cfg.activation == "latent_noise":  # the threshold the forward's observer just set
         norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
         acts = pre * (pre * norms > sae.threshold)
@@ -81,7 +88,10 @@ def grads_of(sae, loss):
     return {name: p.grad.clone() for name, p in sae.named_parameters()}
 
 
-@pytest.mark.parametrize("activation", ["topafa", "topk", "batchtopk", "afa_band", "latent_noise"])
+@pytest.mark.parametrize(
+    "activation",
+    ["topafa", "topk", "batchtopk", "afa_band", "latent_noise", "noise_batch", "afa_batch"],
+)
 @pytest.mark.parametrize(
     "dead, aux_route",
     [("none", "-"), ("few", "pairs"), ("few", "dense"), ("many", "pairs"), ("many", "dense")],

@@ -232,3 +232,29 @@ def test_gaussian_fit_reads_torch_quantiles_from_the_lower_half_alone(n):
     location, scale = kfree.gaussian_fit(raw)
     assert torch.equal(location, median)
     assert torch.equal(scale, ((median - lower) / kfree.NORMAL_MEDIAN_ABS).clamp_min(1e-6))
+
+
+def sorted_batch_keep(pre, decoder_norms, k):
+    """batch_keep as a full stable sort says it: the B largest, ties to the lower flat index."""
+    scaled = (pre * decoder_norms).reshape(-1)
+    budget = int(k.sum().clamp(max=scaled.numel()))
+    order = torch.sort(scaled, descending=True, stable=True)
+    kept = order.indices[:budget][order.values[:budget] > 0]
+    keep = torch.zeros_like(scaled, dtype=torch.bool)
+    keep[kept] = True
+    smallest = order.values[: len(kept)].min() if len(kept) else scaled.new_zeros(())
+    return pre * keep.reshape(pre.shape), smallest
+
+
+@pytest.mark.parametrize("budget", [0, 1, 7, 40, 95, 200])
+def test_batch_keep_equals_a_stable_sort_ties_and_zeros_included(budget):
+    torch.manual_seed(budget)
+    # few distinct values: ties at the cut, and zeros (ReLU'd) inside the budget when it is large
+    pre = torch.randint(0, 5, (8, 12)).float() * 0.5
+    k = torch.zeros(8, dtype=torch.long)
+    k[0] = budget
+    acts, smallest = kfree.batch_keep(pre, torch.ones(12), k)
+    want, want_smallest = sorted_batch_keep(pre, torch.ones(12), k)
+    assert torch.equal(acts, want) and torch.equal(smallest, want_smallest)
+    if 0 < budget < (pre > 0).sum():
+        assert int((acts != 0).sum()) == budget  # exactly the budget, ties cut by index

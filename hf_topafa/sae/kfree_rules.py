@@ -1,5 +1,5 @@
 """The k-free rules' functions as the registry (``rules.py``) calls them: selections, budgets,
-the estimated-threshold fields, and latent_noise's sparse path and pre-ReLU observer. Their math
+sparse routes, the estimated-threshold fields, and latent_noise's pre-ReLU observer. Their math
 is in ``kfree``; this module only adapts it to ``(sae, pre, x_n)``.
 
 Like ``rules.py`` it imports no torch at import time (the command line validates rule names
@@ -58,10 +58,23 @@ def batch_rule_select(keep_in_batch):
             acts, smallest = keep_in_batch(sae, pre, decoder_norms, x_n)
             if sae.training:
                 sae._update_batchtopk_threshold(smallest)
-            return acts, None
-        return pre * (pre * decoder_norms > sae.threshold), None
+        else:
+            acts = pre * (pre * decoder_norms > sae.threshold)
+        remember_mean_kept(sae, acts != 0)
+        return acts, None
 
     return select
+
+
+def batch_rule_pairs(keep_in_batch):
+    """``batch_rule_select`` as (rows, cols) pairs, for the sparse route."""
+    select = batch_rule_select(keep_in_batch)
+
+    def pairs(sae, pre, x_n):
+        rows, cols = select(sae, pre, x_n)[0].nonzero(as_tuple=True)
+        return rows, cols, None
+
+    return pairs
 
 
 ESTIMATED_THRESHOLD = {
@@ -75,7 +88,12 @@ ESTIMATED_THRESHOLD = {
 def batch_rule(keep_in_batch) -> dict:
     """The Rule fields shared by the rules that select across the batch while training and by an
     estimated threshold after (afa_batch, noise_batch): only the budget differs."""
-    return {"select": batch_rule_select(keep_in_batch), **ESTIMATED_THRESHOLD}
+    return {
+        "select": batch_rule_select(keep_in_batch),
+        "select_pairs": batch_rule_pairs(keep_in_batch),
+        "kept_per_token": mean_kept,
+        **ESTIMATED_THRESHOLD,
+    }
 
 
 def band_budget(sae, pre, decoder_norms, x_n):
@@ -150,7 +168,7 @@ def latent_noise_mask(sae, pre):
     import torch
 
     kept = pre * torch.linalg.vector_norm(sae.W_dec, dim=-1) > sae.threshold
-    sae._topafa_mean_k = float(kept.sum()) / max(pre.shape[0], 1)
+    remember_mean_kept(sae, kept)
     return kept
 
 
@@ -161,6 +179,11 @@ def latent_noise_select(sae, pre, x_n):
 def latent_noise_pairs(sae, pre, x_n):
     rows, cols = latent_noise_mask(sae, pre).nonzero(as_tuple=True)
     return rows, cols, None
+
+
+def remember_mean_kept(sae, kept) -> None:
+    """Note the batch's mean kept count (``kept`` [N, h] bool) for ``mean_kept``."""
+    sae._topafa_mean_k = float(kept.sum()) / max(kept.shape[0], 1)
 
 
 def mean_kept(sae):
