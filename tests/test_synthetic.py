@@ -25,6 +25,7 @@ from hf_topafa.evaluation.ground_truth import (  # noqa: E402
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from synth_bench import REPO, recorded_command  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on  # noqa: E402
 
 TINY = {
@@ -370,3 +371,12 @@ def test_relative_on_marks_a_latent_whose_features_parent_or_child_is_active():
         [True, False],
         [False, False],
     ]
+
+
+def test_a_benchmark_record_names_repository_paths_relative_to_it(tmp_path):
+    inside = str(REPO / "results" / "synthbench" / "20m")
+    command = recorded_command(["--results", inside, "--work", str(tmp_path), "--only", "a b"])
+    assert command == (
+        f"python scripts/synth_bench.py --results results/synthbench/20m --work {tmp_path} "
+        "--only 'a b'"
+    )
