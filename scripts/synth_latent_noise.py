@@ -24,6 +24,9 @@ feature is off) in samples where that feature's parent or one of its children is
 that comes from the hierarchy rather than from unrelated features, which no symmetric or
 Gaussian model of interference expects.
 
+The first line printed checks the noise floor's model the same way, across a sample's latents
+instead of across a latent's samples (``token_noise_check``; ``--per-sample-only`` stops there).
+
     python scripts/synth_latent_noise.py runs/synthbench/runs/synthsaebench-4k/topk-k16 \\
         runs/synthbench/cache/synthsaebench-4k-eval
 """
@@ -46,6 +49,8 @@ from hf_topafa.sae.kfree import (
     decoder_scaled_preactivations,
     gaussian_fit,
     gaussian_window_counts,
+    noise_floor_level,
+    token_noise_sigma,
     window_counts,
 )
 
@@ -80,6 +85,31 @@ def latent_levels(raw: torch.Tensor, on: torch.Tensor) -> dict:
     }
 
 
+@torch.no_grad()
+def token_noise_check(raw: torch.Tensor, on: torch.Tensor) -> dict:
+    """The noise floor's model, checked per sample against the labels: it takes the interference
+    across a sample's latents as zero-centred Gaussian, reads its scale from the sample's positive
+    values, and keeps what clears the level that allows about one false positive per sample.
+    Medians over samples of the scale it reads and of the interference's mean, both over the
+    interference's standard deviation; means of the false positives at its level, of what the
+    model allows there, and of the true positives against the matched features on."""
+    scaled = raw.clamp_min(0)
+    off = (~on).double()
+    n_off = off.sum(-1)
+    mean = (raw * off).sum(-1) / n_off
+    sd = ((raw.double().pow(2) * off).sum(-1) / n_off - mean.pow(2)).clamp_min(1e-12).sqrt()
+    kept = scaled > noise_floor_level(scaled).unsqueeze(-1)
+    allowed = n_off * 0.5 / (scaled > 0).sum(-1).clamp_min(1)
+    return {
+        "sample_sigma_over_noise_sd": float((token_noise_sigma(scaled) / sd).nanmedian()),
+        "sample_noise_mean_over_sd": float((mean / sd).median()),
+        "sample_false_pos": float((kept & ~on).sum(-1).float().mean()),
+        "sample_false_pos_allowed": float(allowed.mean()),
+        "sample_true_pos": float((kept & on).sum(-1).float().mean()),
+        "sample_matched_on": float(on.sum(-1).float().mean()),
+    }
+
+
 def relative_on(codes: torch.Tensor, parents: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
     """[n, latents]: whether the parent or a child of each latent's matched feature is active."""
     on = codes > 0
@@ -105,6 +135,9 @@ def main() -> None:
     p.add_argument("run", help="a trained SAE folder (inputs not standardized)")
     p.add_argument("cache", help="a synthetic cache written with its true codes")
     p.add_argument("--samples", type=int, default=20000)
+    p.add_argument(
+        "--per-sample-only", action="store_true", help="only the noise floor's per-sample check"
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     from hf_topafa import SparseAutoencoder
@@ -123,6 +156,9 @@ def main() -> None:
     on = codes[:, match] > 0
     with torch.no_grad():  # the SAE was checked above to take its input unstandardized
         raw = decoder_scaled_preactivations(sae, world.feature_dict(codes))
+    print(json.dumps({key: round(value, 4) for key, value in token_noise_check(raw, on).items()}))
+    if args.per_sample_only:
+        return
     found = latent_levels(raw, on)
     related = relative_on(codes, hierarchy_parents(world), match)
     print(json.dumps({key: round(found[key], 5) for key in

@@ -26,7 +26,7 @@ from hf_topafa.evaluation.ground_truth import (  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from synth_bench import REPO, recorded_command  # noqa: E402
-from synth_latent_noise import latent_levels, relative_on  # noqa: E402
+from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
 
 TINY = {
     "num_features": 48,
@@ -371,6 +371,24 @@ def test_relative_on_marks_a_latent_whose_features_parent_or_child_is_active():
         [True, False],
         [False, False],
     ]
+
+
+def test_the_noise_floors_model_holds_on_gaussian_interference_and_fails_on_a_spike():
+    torch.manual_seed(0)
+    n, h = 400, 2000
+    on = torch.zeros(n, h, dtype=torch.bool)
+    on[:, :5] = True  # five signals per sample, far above the interference
+    gaussian = torch.randn(n, h) + on * 20.0
+    check = token_noise_check(gaussian, on)
+    assert abs(check["sample_sigma_over_noise_sd"] - 1) < 0.05
+    assert abs(check["sample_noise_mean_over_sd"]) < 0.05
+    assert 0.5 < check["sample_false_pos"] / check["sample_false_pos_allowed"] < 2
+    assert check["sample_true_pos"] == check["sample_matched_on"] == 5
+    # a sparse world's interference: mostly exactly nothing, now and then a large term
+    spike = torch.randn(n, h) * (torch.rand(n, h) < 0.02) * 3 + on * 20.0
+    check = token_noise_check(spike, on)
+    assert check["sample_sigma_over_noise_sd"] > 1.5  # its positives are all tail
+    assert check["sample_false_pos"] < 0.2 * check["sample_false_pos_allowed"]
 
 
 def test_a_benchmark_record_names_repository_paths_relative_to_it(tmp_path):

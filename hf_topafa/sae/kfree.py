@@ -198,6 +198,16 @@ NORMAL_MEDIAN_ABS = 0.6744897501960817  # the median of |N(0, 1)|, Phi^-1(3/4)
 
 
 @torch.no_grad()
+def token_noise_sigma(scaled: torch.Tensor) -> torch.Tensor:
+    """Per token, the interference scale the noise floor reads from ``scaled`` [N, h]: the
+    median of its positive values / Phi^-1(3/4), as if the interference across a token's
+    latents were zero-centred Gaussian (NaN for a token with no positive value)."""
+    positive = scaled > 0
+    median = torch.where(positive, scaled, torch.nan).nanquantile(0.5, dim=-1)
+    return median / NORMAL_MEDIAN_ABS
+
+
+@torch.no_grad()
 def noise_floor_level(scaled: torch.Tensor) -> torch.Tensor:
     """Per token, the activation that one interference term in n+ exceeds by chance.
 
@@ -205,10 +215,8 @@ def noise_floor_level(scaled: torch.Tensor) -> torch.Tensor:
     (the mean of the two middle ones for an even count) / Phi^-1(3/4); the level is
     sigma * Phi^-1(1 - 1/(2 n+)). A token with no positive value gets +inf.
     """
-    positive = scaled > 0
-    count = positive.sum(-1)
-    median = torch.where(positive, scaled, torch.nan).nanquantile(0.5, dim=-1)
-    sigma = median / NORMAL_MEDIAN_ABS
+    count = (scaled > 0).sum(-1)
+    sigma = token_noise_sigma(scaled)
     tail = 1 - 0.5 / count.clamp_min(1).double()
     level = sigma.double() * torch.special.ndtri(tail)
     return torch.where(count > 0, level, torch.inf).to(scaled.dtype)
