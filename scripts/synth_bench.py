@@ -320,11 +320,12 @@ def ensure_record(args, s: dict, d_sae: int, caches, world, truth) -> dict | Non
 
 def commit_record(path: Path, message: str) -> None:
     """Commit one record in the repository that holds it; a failed commit only warns (the record
-    stays on disk, and the next call commits it with its own)."""
-    folder = path.parent
+    stays on disk, and the next call commits it with its own). git runs in the record's folder,
+    so the path it is given is the record's name there, whatever ``--results`` was relative to."""
+    folder, name = path.parent, path.name
     for command in (
-        ["git", "add", str(path)],
-        ["git", "commit", "-q", "-m", message, "--", str(path)],
+        ["git", "add", name],
+        ["git", "commit", "-q", "-m", message, "--", name],
     ):
         done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
         if done.returncode:

@@ -25,7 +25,7 @@ from hf_topafa.evaluation.ground_truth import (  # noqa: E402
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from synth_bench import REPO, recorded_command  # noqa: E402
+from synth_bench import REPO, commit_record, recorded_command  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
 
 TINY = {
@@ -398,3 +398,22 @@ def test_a_benchmark_record_names_repository_paths_relative_to_it(tmp_path):
         f"python scripts/synth_bench.py --results results/synthbench/20m --work {tmp_path} "
         "--only 'a b'"
     )
+
+
+def test_a_record_given_by_a_relative_path_is_committed(tmp_path, monkeypatch):
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    record = Path("results") / "records" / "w" / "topk-k4.json"
+    (tmp_path / record).parent.mkdir(parents=True)
+    (tmp_path / record).write_text("{}")
+    monkeypatch.chdir(tmp_path)  # --results was given relative to here
+    commit_record(record, "synthbench: w topk-k4")
+    assert git("log", "--name-only", "--format=%s").stdout.decode().split() == [
+        "synthbench:", "w", "topk-k4", record.as_posix(),
+    ]  # fmt: skip
