@@ -44,6 +44,7 @@ from hf_topafa.evaluation.ground_truth import (
     score_against_truth,
 )
 from hf_topafa.sae.kfree import (
+    NORMAL_MEDIAN_ABS,
     SIGMA_EDGES,
     crossing_level,
     decoder_scaled_preactivations,
@@ -92,7 +93,9 @@ def token_noise_check(raw: torch.Tensor, on: torch.Tensor) -> dict:
     values, and keeps what clears the level that allows about one false positive per sample.
     Medians over samples of the scale it reads and of the interference's mean, both over the
     interference's standard deviation; means of the false positives at its level, of what the
-    model allows there, and of the true positives against the matched features on."""
+    model allows there, and of the true positives against the matched features on. Then the
+    same for the model done right where it can be (``centred_``): centre and spread read from
+    all of a sample's values (median and MAD), the level allowing half a false positive."""
     scaled = raw.clamp_min(0)
     off = (~on).double()
     n_off = off.sum(-1)
@@ -100,6 +103,12 @@ def token_noise_check(raw: torch.Tensor, on: torch.Tensor) -> dict:
     sd = ((raw.double().pow(2) * off).sum(-1) / n_off - mean.pow(2)).clamp_min(1e-12).sqrt()
     kept = scaled > noise_floor_level(scaled).unsqueeze(-1)
     allowed = n_off * 0.5 / (scaled > 0).sum(-1).clamp_min(1)
+    # the same model with its centre and spread read robustly from all of the sample's values
+    # (median, median absolute deviation): the level allows half a false positive per sample
+    centre = raw.median(-1, keepdim=True).values
+    spread = (raw - centre).abs().median(-1, keepdim=True).values / NORMAL_MEDIAN_ABS
+    tail = torch.special.ndtri(torch.tensor(1 - 0.5 / raw.shape[-1], dtype=torch.float64))
+    centred = raw > centre + spread * tail.item()
     return {
         "sample_sigma_over_noise_sd": float((token_noise_sigma(scaled) / sd).nanmedian()),
         "sample_noise_mean_over_sd": float((mean / sd).median()),
@@ -107,6 +116,10 @@ def token_noise_check(raw: torch.Tensor, on: torch.Tensor) -> dict:
         "sample_false_pos_allowed": float(allowed.mean()),
         "sample_true_pos": float((kept & on).sum(-1).float().mean()),
         "sample_matched_on": float(on.sum(-1).float().mean()),
+        "centred_spread_over_noise_sd": float((spread.squeeze(-1) / sd).median()),
+        "centred_false_pos": float((centred & ~on).sum(-1).float().mean()),
+        "centred_false_pos_allowed": float((n_off * 0.5 / raw.shape[-1]).mean()),
+        "centred_true_pos": float((centred & on).sum(-1).float().mean()),
     }
 
 

@@ -384,6 +384,13 @@ def test_the_noise_floors_model_holds_on_gaussian_interference_and_fails_on_a_sp
     assert abs(check["sample_noise_mean_over_sd"]) < 0.05
     assert 0.5 < check["sample_false_pos"] / check["sample_false_pos_allowed"] < 2
     assert check["sample_true_pos"] == check["sample_matched_on"] == 5
+    # shifted interference: the positives-only scale is a tail's; the centred reading is not
+    shifted = torch.randn(n, h) - 1.0 + on * 20.0
+    check = token_noise_check(shifted, on)
+    assert check["sample_sigma_over_noise_sd"] < 0.8
+    assert abs(check["centred_spread_over_noise_sd"] - 1) < 0.05
+    assert 0.25 < check["centred_false_pos"] / check["centred_false_pos_allowed"] < 4
+    assert check["centred_true_pos"] == 5
     # a sparse world's interference: mostly exactly nothing, now and then a large term
     spike = torch.randn(n, h) * (torch.rand(n, h) < 0.02) * 3 + on * 20.0
     check = token_noise_check(spike, on)
