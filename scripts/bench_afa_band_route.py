@@ -12,20 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from bench_rule_step import step_ms  # the sibling script: one timed forward and backward
 from safetensors import safe_open
 
 from hf_topafa import SparseAutoencoder
 from hf_topafa.sae import sparse
-
-
-def step_ms(sae, x, dead_mask) -> float:
-    sae.zero_grad(set_to_none=True)
-    start = time.perf_counter()
-    sae(x, dead_mask=dead_mask).loss.backward()
-    return (time.perf_counter() - start) * 1000
 
 
 def main() -> None:

@@ -45,36 +45,24 @@ def kfree_select(rule, ranked: bool = False):
 band_entry_select = kfree_select("band_entry", ranked=True)
 
 
-def batch_rule_select(keep_in_batch):
+def batch_rule_acts(keep_in_batch):
     """A rule that selects across the batch while training (or before its threshold is
     estimated) and by the estimated threshold on decoder-scaled activations after, as BatchTopK.
-    ``keep_in_batch(sae, pre, decoder_norms, x_n) -> (acts, smallest kept)``."""
+    ``keep_in_batch(sae, pre, decoder_norms, x_n) -> (acts, smallest kept)``. Returns the dense
+    activations; ``batch_rule`` makes its dense and sparse selections from them."""
 
-    def select(sae, pre, x_n):
+    def acts(sae, pre, x_n):
         import torch
 
+        if not (sae.training or bool(sae.threshold[0] < 0)):
+            return pre * above_threshold(sae, pre)
         decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
-        if sae.training or bool(sae.threshold[0] < 0):
-            acts, smallest = keep_in_batch(sae, pre, decoder_norms, x_n)
-            if sae.training:
-                sae._update_batchtopk_threshold(smallest)
-        else:
-            acts = pre * (pre * decoder_norms > sae.threshold)
-        remember_mean_kept(sae, acts != 0)
-        return acts, None
+        kept, smallest = keep_in_batch(sae, pre, decoder_norms, x_n)
+        if sae.training:
+            sae._update_batchtopk_threshold(smallest)
+        return kept
 
-    return select
-
-
-def batch_rule_pairs(keep_in_batch):
-    """``batch_rule_select`` as (rows, cols) pairs, for the sparse route."""
-    select = batch_rule_select(keep_in_batch)
-
-    def pairs(sae, pre, x_n):
-        rows, cols = select(sae, pre, x_n)[0].nonzero(as_tuple=True)
-        return rows, cols, None
-
-    return pairs
+    return acts
 
 
 ESTIMATED_THRESHOLD = {
@@ -88,12 +76,20 @@ ESTIMATED_THRESHOLD = {
 def batch_rule(keep_in_batch) -> dict:
     """The Rule fields shared by the rules that select across the batch while training and by an
     estimated threshold after (afa_batch, noise_batch): only the budget differs."""
-    return {
-        "select": batch_rule_select(keep_in_batch),
-        "select_pairs": batch_rule_pairs(keep_in_batch),
-        "kept_per_token": mean_kept,
-        **ESTIMATED_THRESHOLD,
-    }
+    acts = batch_rule_acts(keep_in_batch)
+
+    def select(sae, pre, x_n):
+        kept = acts(sae, pre, x_n)
+        remember_mean_kept(sae, int((kept != 0).sum()), pre.shape[0])
+        return kept, None
+
+    def pairs(sae, pre, x_n):
+        rows, cols = acts(sae, pre, x_n).nonzero(as_tuple=True)
+        remember_mean_kept(sae, rows.numel(), pre.shape[0])
+        return rows, cols, None
+
+    fields = {"select": select, "select_pairs": pairs, "kept_per_token": mean_kept}
+    return {**fields, **ESTIMATED_THRESHOLD}
 
 
 def band_budget(sae, pre, decoder_norms, x_n):
@@ -162,28 +158,30 @@ def latent_noise_observe(sae, raw):
     kfree.follow_latent_noise(sae, raw)
 
 
-def latent_noise_mask(sae, pre):
-    """[N, h] bool: where a latent's decoder-scaled activation clears its own noise level. The
-    mean kept count is remembered: it picks the next batch's route (speed only)."""
+def above_threshold(sae, pre):
+    """[N, h] bool: where a latent's decoder-scaled activation clears its estimated threshold
+    (latent_noise's per-latent levels; the batch rules' inference threshold)."""
     import torch
 
-    kept = pre * torch.linalg.vector_norm(sae.W_dec, dim=-1) > sae.threshold
-    remember_mean_kept(sae, kept)
-    return kept
+    return pre * torch.linalg.vector_norm(sae.W_dec, dim=-1) > sae.threshold
 
 
 def latent_noise_select(sae, pre, x_n):
-    return pre * latent_noise_mask(sae, pre), None
+    kept = above_threshold(sae, pre)
+    remember_mean_kept(sae, int(kept.sum()), pre.shape[0])
+    return pre * kept, None
 
 
 def latent_noise_pairs(sae, pre, x_n):
-    rows, cols = latent_noise_mask(sae, pre).nonzero(as_tuple=True)
+    rows, cols = above_threshold(sae, pre).nonzero(as_tuple=True)
+    remember_mean_kept(sae, rows.numel(), pre.shape[0])
     return rows, cols, None
 
 
-def remember_mean_kept(sae, kept) -> None:
-    """Note the batch's mean kept count (``kept`` [N, h] bool) for ``mean_kept``."""
-    sae._topafa_mean_k = float(kept.sum()) / max(kept.shape[0], 1)
+def remember_mean_kept(sae, kept: int, tokens: int) -> None:
+    """Note the batch's mean kept count for ``mean_kept``: it picks the next batch's route
+    (speed only)."""
+    sae._topafa_mean_k = kept / max(tokens, 1)
 
 
 def mean_kept(sae):
