@@ -86,6 +86,9 @@ PLANS = {
         spec("noise_batch", afa_coef="1/32"),
         # each latent's own noise level, read as synth_latent_noise.py reads a dictionary
         spec("latent_noise"),
+        # the AFA's energy over one confidently detected feature's: a count from the norm that
+        # spreading cannot inflate (afa_count's per-feature energy falls when the code spreads)
+        spec("afa_energy"),
     ],
     # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?
     "variants": [spec("noise_floor"), spec("afa_mdl"), spec("topk", 16), spec("topk", 32),
@@ -97,7 +100,7 @@ PLANS = {
                  spec("batchtopk", 4), spec("batchtopk", 4, matryoshka_levels=4),
                  spec("topk", 4, matryoshka_levels=4),
                  spec("afa_band", matryoshka_levels=4), spec("latent_noise"),
-                 spec("latent_noise", matryoshka_levels=4)],
+                 spec("latent_noise", matryoshka_levels=4), spec("afa_energy")],
     # absorption: trained longer, TopK's parents with an active child sink into the interference
     # (synth_detectability). Matryoshka training asks the first d_sae/2 ... d_sae/16 features to
     # reconstruct alone, which keeps general features whole; with a k-free rule, does the count
@@ -114,7 +117,7 @@ PLANS = {
     # world's best family: does its gain on the 4k world hold here?
     "16k": [spec("topk", 25), spec("afa_mdl"), spec("batchtopk", 25),
             spec("topafa", afa_coef="1/32"), spec("topk", 14), spec("noise_batch"),
-            spec("topk", 25, matryoshka_levels=4), spec("latent_noise")],
+            spec("topk", 25, matryoshka_levels=4), spec("latent_noise"), spec("afa_energy")],
     # why SAELens's own BatchTopK (trained by SAELens) lands far below ours: our trainer with
     # SAELens's settings, one at a time (run with --results results/synthbench/controls)
     "controls": [spec("batchtopk", 12, dead_tokens_threshold=1000 * 1024),

@@ -44,13 +44,14 @@ from hf_topafa.evaluation.ground_truth import (
     score_against_truth,
 )
 from hf_topafa.sae.kfree import (
-    NORMAL_MEDIAN_ABS,
     SIGMA_EDGES,
+    centred_noise_level,
     crossing_level,
     decoder_scaled_preactivations,
     gaussian_fit,
     gaussian_window_counts,
     noise_floor_level,
+    token_centre_spread,
     token_noise_sigma,
     window_counts,
 )
@@ -105,10 +106,8 @@ def token_noise_check(raw: torch.Tensor, on: torch.Tensor) -> dict:
     allowed = n_off * 0.5 / (scaled > 0).sum(-1).clamp_min(1)
     # the same model with its centre and spread read robustly from all of the sample's values
     # (median, median absolute deviation): the level allows half a false positive per sample
-    centre = raw.median(-1, keepdim=True).values
-    spread = (raw - centre).abs().median(-1, keepdim=True).values / NORMAL_MEDIAN_ABS
-    tail = torch.special.ndtri(torch.tensor(1 - 0.5 / raw.shape[-1], dtype=torch.float64))
-    centred = raw > centre + spread * tail.item()
+    _, spread = token_centre_spread(raw)
+    centred = raw > centred_noise_level(raw)
     return {
         "sample_sigma_over_noise_sd": float((token_noise_sigma(scaled) / sd).nanmedian()),
         "sample_noise_mean_over_sd": float((mean / sd).median()),

@@ -195,6 +195,42 @@ def test_afa_count_keeps_the_energy_over_one_features_energy():
     assert afa_count_k(torch.tensor([100.0]), torch.tensor(1e-3), 10).item() == 10  # clamped
 
 
+def test_confident_energy_reads_the_detected_features_whatever_the_spread():
+    from hf_topafa.sae.kfree import centred_noise_level, confident_energy
+
+    torch.manual_seed(0)
+    raw = torch.randn(256, 512) - 0.5  # interference centred below zero, as trained ones are
+    expected = -0.5 + torch.special.ndtri(torch.tensor(1 - 0.5 / 512)).item()
+    assert centred_noise_level(raw).median().item() == pytest.approx(expected, abs=0.15)
+    raw[:, :5] = 6.0  # five detected features of energy 36 per token
+    energy = confident_energy(raw).item()
+    assert 32 < energy <= 36
+    spread = raw.clone()
+    spread[:, 5:105] = 0.8  # a hundred small activations inside the interference
+    assert confident_energy(spread).item() == pytest.approx(energy, rel=0.05)
+    assert torch.isnan(confident_energy(torch.zeros(4, 8)))  # nothing clears its level
+
+
+def test_afa_energy_keeps_the_codes_energy_over_one_detected_features_energy():
+    from hf_topafa import SAEConfig, SparseAutoencoder
+
+    sae = SparseAutoencoder(SAEConfig(d_in=64, d_sae=64, activation="afa_energy"))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(64))
+        sae.W_dec.copy_(torch.eye(64))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    torch.manual_seed(0)
+    x = 0.05 * torch.randn(32, 64)
+    x[:16, :3] += 5.0  # three features of energy 25
+    x[16:, 10:16] += 5.0  # six
+    acts = sae.eval().encode(x)  # never estimated: E read from this batch
+    assert (acts != 0).sum(-1).tolist() == [3] * 16 + [6] * 16
+    assert bool((acts[:16, :3] > 0).all()) and bool((acts[16:, 10:16] > 0).all())
+    sae.train()(x)  # training folds the batch's energy into the running estimate
+    assert sae.threshold[0].item() == pytest.approx(25.0, rel=0.02)
+
+
 def test_window_counts_and_the_crossing_read_windows_as_half_open_from_below():
     edges = torch.tensor([0.0, 1.0, 2.0, torch.inf])
     values = torch.tensor([[0.0, 0.5], [1.0, 1.5], [2.5, 9.0], [-3.0, 1.0]])

@@ -34,6 +34,7 @@ def test_names_are_the_registry_everywhere():
         "afa_batch",
         "noise_floor",
         "afa_count",
+        "afa_energy",
         "afa_mdl",
         "risk_inflation",
         "noise_batch",

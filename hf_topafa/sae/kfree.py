@@ -208,6 +208,41 @@ def token_noise_sigma(scaled: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def centred_noise_level(raw: torch.Tensor) -> torch.Tensor:
+    """Per token [N, 1], the level that half an interference term exceeds by chance when the
+    interference across the token's latents is Gaussian about its own centre: median + spread *
+    Phi^-1(1 - 1/(2h)), spread = median absolute deviation / Phi^-1(3/4), both read from all h
+    values of ``raw`` [N, h] (decoder-scaled, before the ReLU). The noise floor's model with its
+    centre read instead of assumed zero: on well-learned dictionaries the interference's mean is
+    below zero, which the noise floor mistakes for a smaller scale."""
+    centre, spread = token_centre_spread(raw)
+    tail = torch.special.ndtri(torch.tensor(1 - 0.5 / raw.shape[-1], dtype=torch.float64))
+    return centre + spread * tail.item()
+
+
+@torch.no_grad()
+def token_centre_spread(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token ([N, 1] each), the interference's centre and Gaussian scale read robustly from
+    all of the token's values: the median, and the median absolute deviation / Phi^-1(3/4)."""
+    centre = raw.median(-1, keepdim=True).values
+    return centre, (raw - centre).abs().median(-1, keepdim=True).values / NORMAL_MEDIAN_ABS
+
+
+@torch.no_grad()
+def confident_energy(raw: torch.Tensor) -> torch.Tensor:
+    """The median squared value over the batch's values above their token's
+    ``centred_noise_level`` (``raw`` [N, h]: decoder-scaled, before the ReLU): the energy one
+    confidently detected feature carries. NaN when nothing clears its level. It reads only the
+    activations the interference cannot explain, so a code that spreads over many small
+    activations does not lower it (afa_count's running energy falls when it does), and the
+    median lets the few noise values that clear the level by chance barely move it."""
+    above = (raw > centred_noise_level(raw)) & (raw > 0)
+    if not bool(above.any()):
+        return raw.new_tensor(float("nan"))
+    return raw[above].pow(2).median()
+
+
+@torch.no_grad()
 def noise_floor_level(scaled: torch.Tensor) -> torch.Tensor:
     """Per token, the activation that one interference term in n+ exceeds by chance.
 

@@ -139,6 +139,40 @@ def afa_count_select(sae, pre, x_n):
     return acts, k
 
 
+def afa_energy_observe(sae, raw):
+    """While training: fold the batch's energy of one confidently detected feature
+    (``kfree.confident_energy`` of the decoder-scaled product before the ReLU) into the running
+    estimate ``threshold`` holds."""
+    import torch
+
+    from . import kfree
+
+    energy = kfree.confident_energy(raw * torch.linalg.vector_norm(sae.W_dec, dim=-1))
+    if bool(torch.isfinite(energy)):
+        sae._update_batchtopk_threshold(energy)
+
+
+def afa_energy_select(sae, pre, x_n):
+    """Each token keeps k = ||x - b_dec||^2 / E features: the AFA's energy of the code over the
+    energy E one confidently detected feature carries (running while training, fixed at
+    inference; read from the batch itself where it was never estimated)."""
+    import torch
+
+    from . import kfree
+
+    decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+    energy = sae.threshold[0]
+    if bool(energy < 0):
+        with torch.no_grad():
+            flat = x_n.reshape(-1, sae.config.d_in)
+            raw = torch.addmm(sae.b_enc, flat - sae.b_dec, sae.W_enc) * decoder_norms
+            energy = kfree.confident_energy(raw)
+            if not bool(torch.isfinite(energy)):  # nothing clears its level: the largest ones
+                energy = kfree.first_energy(pre, decoder_norms)
+    acts, k, _ = kfree.afa_count(pre, decoder_norms, topafa_target(sae, x_n), energy)
+    return acts, k
+
+
 def afa_mdl_select(sae, pre, x_n):
     """Band entry while training (it learns the dictionary, its budget annealing itself); the
     risk inflation criterion at inference (each token's count, a model-selection choice)."""
