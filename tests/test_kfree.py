@@ -195,20 +195,22 @@ def test_afa_count_keeps_the_energy_over_one_features_energy():
     assert afa_count_k(torch.tensor([100.0]), torch.tensor(1e-3), 10).item() == 10  # clamped
 
 
-def test_confident_energy_reads_the_detected_features_whatever_the_spread():
+def test_confident_energy_measures_what_the_encoder_detects_by_the_decoders_projection():
     from hf_topafa.sae.kfree import centred_noise_level, confident_energy
 
     torch.manual_seed(0)
     raw = torch.randn(256, 512) - 0.5  # interference centred below zero, as trained ones are
     expected = -0.5 + torch.special.ndtri(torch.tensor(1 - 0.5 / 512)).item()
     assert centred_noise_level(raw).median().item() == pytest.approx(expected, abs=0.15)
-    raw[:, :5] = 6.0  # five detected features of energy 36 per token
-    energy = confident_energy(raw).item()
-    assert 32 < energy <= 36
+    raw[:, :5] = 5.0  # five detected features, shrunk by the encoder...
+    projections = torch.randn(256, 512)
+    projections[:, :5] = 6.0  # ...whose projections read their magnitude: energy 36
+    assert confident_energy(raw, projections).item() == 36.0
     spread = raw.clone()
-    spread[:, 5:105] = 0.8  # a hundred small activations inside the interference
-    assert confident_energy(spread).item() == pytest.approx(energy, rel=0.05)
-    assert torch.isnan(confident_energy(torch.zeros(4, 8)))  # nothing clears its level
+    spread[:, 5:105] = torch.rand(256, 100) * 0.8  # a hundred small activations besides
+    assert confident_energy(spread, projections).item() == 36.0
+    nothing = torch.zeros(4, 8)
+    assert torch.isnan(confident_energy(nothing, nothing))  # nothing clears its level
 
 
 def test_afa_energy_keeps_the_codes_energy_over_one_detected_features_energy():

@@ -229,17 +229,20 @@ def token_centre_spread(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def confident_energy(raw: torch.Tensor) -> torch.Tensor:
-    """The median squared value over the batch's values above their token's
-    ``centred_noise_level`` (``raw`` [N, h]: decoder-scaled, before the ReLU): the energy one
-    confidently detected feature carries. NaN when nothing clears its level. It reads only the
-    activations the interference cannot explain, so a code that spreads over many small
-    activations does not lower it (afa_count's running energy falls when it does), and the
-    median lets the few noise values that clear the level by chance barely move it."""
+def confident_energy(raw: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
+    """The energy one confidently detected feature carries: the median of ``projections``
+    squared over the batch's values of ``raw`` above their token's ``centred_noise_level``.
+
+    ``raw`` [N, h]: decoder-scaled encoder products before the ReLU (they pick what is detected);
+    ``projections`` [N, h]: x - b_dec onto each unit decoder row (they measure it). The encoder's
+    values are not the measure: trained, they shrink (on the 4k world a spread code's detected
+    true features read 2.8 where their magnitude is 5.0), and a count from them inflates itself
+    as afa_count's does; the decoder's projection of a detected feature reads its magnitude.
+    NaN when nothing clears its level."""
     above = (raw > centred_noise_level(raw)) & (raw > 0)
     if not bool(above.any()):
         return raw.new_tensor(float("nan"))
-    return raw[above].pow(2).median()
+    return projections[above].pow(2).median()
 
 
 @torch.no_grad()

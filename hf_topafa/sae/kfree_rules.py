@@ -139,36 +139,26 @@ def afa_count_select(sae, pre, x_n):
     return acts, k
 
 
-def afa_energy_observe(sae, raw):
-    """While training: fold the batch's energy of one confidently detected feature
-    (``kfree.confident_energy`` of the decoder-scaled product before the ReLU) into the running
-    estimate ``threshold`` holds."""
-    import torch
-
-    from . import kfree
-
-    energy = kfree.confident_energy(raw * torch.linalg.vector_norm(sae.W_dec, dim=-1))
-    if bool(torch.isfinite(energy)):
-        sae._update_batchtopk_threshold(energy)
-
-
 def afa_energy_select(sae, pre, x_n):
     """Each token keeps k = ||x - b_dec||^2 / E features: the AFA's energy of the code over the
-    energy E one confidently detected feature carries (running while training, fixed at
-    inference; read from the batch itself where it was never estimated)."""
+    energy E one confidently detected feature carries (``kfree.confident_energy``; a running
+    mean while training, fixed at inference, read from the batch itself where never estimated)."""
     import torch
 
     from . import kfree
 
     decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
     energy = sae.threshold[0]
-    if bool(energy < 0):
+    if sae.training or bool(energy < 0):
         with torch.no_grad():
-            flat = x_n.reshape(-1, sae.config.d_in)
-            raw = torch.addmm(sae.b_enc, flat - sae.b_dec, sae.W_enc) * decoder_norms
-            energy = kfree.confident_energy(raw)
-            if not bool(torch.isfinite(energy)):  # nothing clears its level: the largest ones
-                energy = kfree.first_energy(pre, decoder_norms)
+            z = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
+            raw = torch.addmm(sae.b_enc, z, sae.W_enc) * decoder_norms
+            batch = kfree.confident_energy(raw, z @ (sae.W_dec / decoder_norms[:, None]).T)
+            if not bool(torch.isfinite(batch)):  # nothing detected: the largest activations'
+                batch = kfree.first_energy(pre, decoder_norms)
+        if sae.training:
+            sae._update_batchtopk_threshold(batch)
+        energy = sae.threshold[0] if sae.training else batch
     acts, k, _ = kfree.afa_count(pre, decoder_norms, topafa_target(sae, x_n), energy)
     return acts, k
 

@@ -392,11 +392,11 @@ RULES: dict[str, Rule] = {
                 "Features are chosen per token by the **AFA energy count**: the token keeps its k "
                 "largest decoder-scaled activations, k = ||x - b_dec||^2 / E, the AFA's estimate "
                 "of the code's energy over the energy E one confidently detected feature carries "
-                "(the mean squared activation above each token's interference level, a running "
-                "mean over training, fixed at inference); there is no *k* to tune."
+                "(the median squared projection of x - b_dec onto the decoder rows of the "
+                "activations above each token's interference level; a running mean over "
+                "training, fixed at inference); there is no *k* to tune."
             ),
             select=kfree_rules.afa_energy_select,
-            observe=kfree_rules.afa_energy_observe,
             adaptive_k=True,
             threshold_power=2,  # an energy: squared decoder-scaled activations
             **kfree_rules.ESTIMATED_THRESHOLD,  # the momentum is the running energy's
