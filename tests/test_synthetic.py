@@ -26,6 +26,7 @@ from hf_topafa.evaluation.ground_truth import (  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from synth_bench import REPO, commit_record, recorded_command  # noqa: E402
+from synth_energy import energy_readings  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
 
 TINY = {
@@ -396,6 +397,25 @@ def test_the_noise_floors_model_holds_on_gaussian_interference_and_fails_on_a_sp
     check = token_noise_check(spike, on)
     assert check["sample_sigma_over_noise_sd"] > 1.5  # its positives are all tail
     assert check["sample_false_pos"] < 0.2 * check["sample_false_pos_allowed"]
+
+
+def test_energy_readings_tell_a_shrunk_encoder_from_the_decoders_projection():
+    torch.manual_seed(0)
+    n, h = 300, 1000
+    magnitude = torch.zeros(n, h)
+    magnitude[:, :4] = 10.0  # four true features of energy 100 per sample
+    raw = torch.randn(n, h) + magnitude * 0.6  # the encoder reads them shrunk, to 6.0
+    projections = torch.randn(n, h) * 0.1 + magnitude  # the decoder's projection reads 10.0
+    input_energy = torch.full((n,), 400.0)  # the AFA's energy of the code: four features
+    found = energy_readings(raw, projections, magnitude, input_energy, input_energy * 0.75)
+    assert found["detected_true"] == pytest.approx(4, abs=0.05) and found["detected_false"] < 1
+    assert found["encoder_over_magnitude"] == pytest.approx(0.6, abs=0.02)
+    assert found["projection_over_magnitude"] == pytest.approx(1.0, abs=0.01)
+    assert found["count_input_by_projection"] == pytest.approx(4.0, rel=0.05)
+    assert found["count_input_by_encoder"] > 8  # shrunk values inflate the count
+    assert found["count_reconstruction_by_encoder"] == pytest.approx(
+        0.75 * found["count_input_by_encoder"]
+    )
 
 
 def test_a_benchmark_record_names_repository_paths_relative_to_it(tmp_path):

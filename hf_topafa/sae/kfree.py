@@ -235,10 +235,10 @@ def confident_energy(raw: torch.Tensor, projections: torch.Tensor) -> torch.Tens
 
     ``raw`` [N, h]: decoder-scaled encoder products before the ReLU (they pick what is detected);
     ``projections`` [N, h]: x - b_dec onto each unit decoder row (they measure it). The encoder's
-    values are not the measure: trained, they shrink (on the 4k world a spread code's detected
-    true features read 2.8 where their magnitude is 5.0), and a count from them inflates itself
-    as afa_count's does; the decoder's projection of a detected feature reads its magnitude.
-    NaN when nothing clears its level."""
+    values are not the measure: where the code spreads they shrink, and a count read from them
+    inflates itself (L0 45.6 on the 4k world, as afa_count's runs away). The projection does not
+    shrink, but it over-reads a latent that absorbed its feature's parent (1.5 times the true
+    magnitude on the 4k world; ``scripts/synth_energy.py``). NaN when nothing clears its level."""
     above = (raw > centred_noise_level(raw)) & (raw > 0)
     if not bool(above.any()):
         return raw.new_tensor(float("nan"))

@@ -1,0 +1,107 @@
+"""What a count from the AFA's energy reads on a trained dictionary, checked against the truth.
+
+The AFA says ||x - b_dec||^2 is about the true code's energy, so the code's count is that energy
+over one feature's. ``afa_energy`` measures one feature's energy on the activations that clear
+their token's centred noise level (``kfree.confident_energy``). This script shows, per
+dictionary, how well each way of measuring it reads the true magnitudes of the matched
+features it detects: the encoder's decoder-scaled value, or the projection of x - b_dec onto
+the latent's unit decoder row (``afa_energy``'s). Then the counts each gives from the input's
+energy, the count from the reconstruction's energy, and what the width cannot hold.
+
+    python scripts/synth_energy.py runs/synthbench/runs/synthsaebench-4k/topk-k16 \\
+        runs/synthbench/cache/synthsaebench-4k-eval --samples 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from hf_topafa.evaluation.ground_truth import matched_features
+from hf_topafa.sae.kfree import (
+    centred_noise_level,
+    confident_energy,
+    decoder_scaled_preactivations,
+)
+
+
+@torch.no_grad()
+def energy_readings(
+    raw: torch.Tensor,
+    projections: torch.Tensor,
+    magnitude: torch.Tensor,
+    input_energy: torch.Tensor,
+    reconstruction_energy: torch.Tensor,
+) -> dict:
+    """``raw`` [N, h]: decoder-scaled encoder products before the ReLU; ``projections`` [N, h]:
+    x - b_dec onto each unit decoder row; ``magnitude`` [N, h]: the true magnitude of each
+    latent's matched feature (0 where it is off); ``input_energy``, ``reconstruction_energy``
+    [N]: ||x - b_dec||^2 and ||x_hat - b_dec||^2. Medians of the two measures over the true
+    magnitude on detected true features; the energies they give; the mean counts."""
+    detected = (raw > centred_noise_level(raw)) & (raw > 0)
+    on = magnitude > 0
+    hit = detected & on
+    by_encoder = raw[detected].pow(2).median()
+    by_projection = confident_energy(raw, projections)
+    return {
+        "detected_true": float(hit.sum(-1).float().mean()),
+        "detected_false": float((detected & ~on).sum(-1).float().mean()),
+        "encoder_over_magnitude": float((raw[hit] / magnitude[hit]).median()),
+        "projection_over_magnitude": float((projections[hit] / magnitude[hit]).median()),
+        "energy_by_encoder": float(by_encoder),
+        "energy_by_projection": float(by_projection),
+        "count_input_by_encoder": float((input_energy / by_encoder).mean()),
+        "count_input_by_projection": float((input_energy / by_projection).mean()),
+        "count_reconstruction_by_encoder": float((reconstruction_energy / by_encoder).mean()),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("run", help="a trained SAE folder (inputs not standardized)")
+    p.add_argument("cache", help="a synthetic cache written with its true codes")
+    p.add_argument("--samples", type=int, default=5000)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    from hf_topafa import SparseAutoencoder
+    from hf_topafa.data.harvest import ActivationCache
+    from hf_topafa.data.synthetic_cache import world_of_cache
+    from hf_topafa.evaluation.ground_truth import TruthSet
+
+    sae = SparseAutoencoder.from_pretrained(args.run).eval()
+    if sae.config.input_normalization != "none":
+        raise SystemExit("give an SAE trained with input_normalization none")
+    cache = ActivationCache(args.cache)
+    world = world_of_cache(cache.manifest)
+    truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
+    codes = truth.rows(0, truth.num_samples)
+    x = world.feature_dict(codes)
+    match = matched_features(sae.W_dec, world.feature_dict.feature_vectors)
+    held = torch.zeros(codes.shape[-1], dtype=torch.bool)
+    held[(codes > 0).float().mean(0).argsort(descending=True)[: sae.config.d_sae]] = True
+    with torch.no_grad():
+        raw = decoder_scaled_preactivations(sae, x)
+        unit_rows = sae.W_dec / torch.linalg.vector_norm(sae.W_dec, dim=-1, keepdim=True)
+        z = x - sae.b_dec
+        recon = sae(x).reconstruction - sae.b_dec
+    found = energy_readings(
+        raw, z @ unit_rows.T, codes[:, match], z.pow(2).sum(-1), recon.pow(2).sum(-1)
+    )
+    width_count = (codes[:, held] > 0).sum(-1).float()
+    recon_count = recon.pow(2).sum(-1) / found["energy_by_encoder"]
+    energy = codes.pow(2).sum(-1)
+    truth_facts = {
+        "true_l0": float((codes > 0).sum(-1).float().mean()),
+        "true_l0_width": float(width_count.mean()),
+        "true_energy_per_feature": float(codes[codes > 0].pow(2).mean()),
+        "energy_outside_width": float(1 - codes[:, held].pow(2).sum() / energy.sum()),
+        "residual_fraction": float((z - recon).pow(2).sum() / z.pow(2).sum()),
+        "reconstruction_count_corr": float(torch.corrcoef(torch.stack([recon_count, width_count]))[0, 1]),
+    }  # fmt: skip
+    print(json.dumps({key: round(value, 4) for key, value in (found | truth_facts).items()}))
+
+
+if __name__ == "__main__":
+    main()
