@@ -100,7 +100,8 @@ PLANS = {
                  spec("batchtopk", 4), spec("batchtopk", 4, matryoshka_levels=4),
                  spec("topk", 4, matryoshka_levels=4),
                  spec("afa_band", matryoshka_levels=4), spec("latent_noise"),
-                 spec("latent_noise", matryoshka_levels=4), spec("afa_energy")],
+                 spec("latent_noise", matryoshka_levels=4), spec("afa_energy"),
+                 spec("afa_energy", matryoshka_levels=4)],
     # absorption: trained longer, TopK's parents with an active child sink into the interference
     # (synth_detectability). Matryoshka training asks the first d_sae/2 ... d_sae/16 features to
     # reconstruct alone, which keeps general features whole; with a k-free rule, does the count
@@ -111,7 +112,10 @@ PLANS = {
                    spec("topk", 16, matryoshka_levels=4), spec("afa_mdl", matryoshka_levels=4),
                    spec("topk", 12, matryoshka_levels=4), spec("topk", 24, matryoshka_levels=4),
                    # the per-latent reading of a Matryoshka dictionary keeps more: does training?
-                   spec("latent_noise", matryoshka_levels=4)],
+                   spec("latent_noise", matryoshka_levels=4),
+                   # a Matryoshka dictionary absorbs less, so the decoder's projection reads a
+                   # detected feature nearer its magnitude (synth_energy.py): afa_energy's count?
+                   spec("afa_energy", matryoshka_levels=4)],
     # afa_mdl landed at L0 13.7: TopK at that k is its fair comparison; noise_batch followed
     # the truth's count on the 4k world: does it on this one? Matryoshka is the published
     # world's best family: does its gain on the 4k world hold here?

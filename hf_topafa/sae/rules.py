@@ -396,6 +396,7 @@ RULES: dict[str, Rule] = {
                 "activations above each token's interference level; a running mean over "
                 "training, fixed at inference); there is no *k* to tune."
             ),
+            ground_truth=GROUND_TRUTH["afa_energy"],
             select=kfree_rules.afa_energy_select,
             adaptive_k=True,
             threshold_power=2,  # an energy: squared decoder-scaled activations
