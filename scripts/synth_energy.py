@@ -23,6 +23,7 @@ from hf_topafa.evaluation.ground_truth import matched_features
 from hf_topafa.sae.kfree import (
     centred_noise_level,
     confident_energy,
+    decoder_projections,
     decoder_scaled_preactivations,
 )
 
@@ -83,11 +84,10 @@ def main() -> None:
     held[(codes > 0).float().mean(0).argsort(descending=True)[: sae.config.d_sae]] = True
     with torch.no_grad():
         raw = decoder_scaled_preactivations(sae, x)
-        unit_rows = sae.W_dec / torch.linalg.vector_norm(sae.W_dec, dim=-1, keepdim=True)
         z = x - sae.b_dec
         recon = sae(x).reconstruction - sae.b_dec
     found = energy_readings(
-        raw, z @ unit_rows.T, codes[:, match], z.pow(2).sum(-1), recon.pow(2).sum(-1)
+        raw, decoder_projections(sae, x), codes[:, match], z.pow(2).sum(-1), recon.pow(2).sum(-1)
     )
     width_count = (codes[:, held] > 0).sum(-1).float()
     recon_count = recon.pow(2).sum(-1) / found["energy_by_encoder"]

@@ -411,6 +411,13 @@ def decoder_scaled_preactivations(sae, x_n: torch.Tensor) -> torch.Tensor:
     return torch.addmm(sae.b_enc, z, sae.W_enc) * torch.linalg.vector_norm(sae.W_dec, dim=-1)
 
 
+def decoder_projections(sae, x_n: torch.Tensor) -> torch.Tensor:
+    """(x_n - b_dec) onto each unit decoder row [N, h]: how much of a latent's direction the
+    input holds, whatever the encoder makes of it."""
+    z = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
+    return z @ (sae.W_dec / torch.linalg.vector_norm(sae.W_dec, dim=-1, keepdim=True)).T
+
+
 def gaussian_window_counts(n: float | torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """[W]: how many of ``n`` standard normal values fall in each window of ``edges``."""
     cdf = torch.special.ndtr(edges.double())

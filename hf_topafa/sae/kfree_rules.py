@@ -151,9 +151,8 @@ def afa_energy_select(sae, pre, x_n):
     energy = sae.threshold[0]
     if sae.training or bool(energy < 0):
         with torch.no_grad():
-            z = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
-            raw = torch.addmm(sae.b_enc, z, sae.W_enc) * decoder_norms
-            batch = kfree.confident_energy(raw, z @ (sae.W_dec / decoder_norms[:, None]).T)
+            raw = kfree.decoder_scaled_preactivations(sae, x_n)
+            batch = kfree.confident_energy(raw, kfree.decoder_projections(sae, x_n))
             if not bool(torch.isfinite(batch)):  # nothing detected: the largest activations'
                 batch = kfree.first_energy(pre, decoder_norms)
         if sae.training:
