@@ -27,6 +27,7 @@ from hf_topafa.evaluation.ground_truth import (  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from synth_bench import REPO, commit_record, recorded_command  # noqa: E402
 from synth_energy import energy_readings  # noqa: E402
+from synth_false_positives import false_positive_sources  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
 
 TINY = {
@@ -416,6 +417,24 @@ def test_energy_readings_tell_a_shrunk_encoder_from_the_decoders_projection():
     assert found["count_reconstruction_by_encoder"] == pytest.approx(
         0.75 * found["count_input_by_encoder"]
     )
+
+
+def test_false_positives_are_split_into_duplicates_active_directions_and_the_hierarchy():
+    kept = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    on = torch.tensor([[1, 0, 0, 0], [0, 0, 1, 0]], dtype=torch.bool)  # latents 1 and 3: false
+    latent_cos = torch.zeros(4, 4)
+    latent_cos[1, 0] = latent_cos[0, 1] = 0.9  # latent 1 duplicates sample 0's true latent
+    latent_cos[3, 2] = latent_cos[2, 3] = 0.1
+    feature_cos = torch.zeros(4, 4)
+    feature_cos[1, 0], feature_cos[3, 1], feature_cos[3, 3] = 0.9, 0.7, 0.95  # feature 3: off
+    active = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0]], dtype=torch.bool)
+    related = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.bool)
+    found = false_positive_sources(kept, on, latent_cos, feature_cos, active, related)
+    assert found["true_pos"] == 1 and found["false_pos"] == 1
+    assert found["share_duplicate_above_0.5"] == 0.5
+    assert found["active_feature_cos_quantiles"][0] == pytest.approx(0.72)  # 0.7 and 0.9 only
+    assert found["share_active_feature_above_0.5"] == 1.0
+    assert found["share_hierarchy"] == 0.5
 
 
 def test_a_benchmark_record_names_repository_paths_relative_to_it(tmp_path):
