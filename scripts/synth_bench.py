@@ -224,6 +224,10 @@ def train_ours(args, settings: dict, train_cache: Path, eval_x, run_dir: Path) -
     from hf_topafa.training.train import METRICS, TrainConfig, train
 
     if (run_dir / METRICS).is_file():
+        trained, head = finished_at(run_dir), head_commit()
+        if trained != head:  # the code may have changed since: say so, as the record is made
+            print(f"   reusing the finished SAE in {run_dir}, finished at commit {trained} (now "
+                  f"{head}); remove the folder to train it with this code", flush=True)  # fmt: skip
         return
     resumable = any((run_dir / "checkpoints").glob("step_*"))
     if run_dir.is_dir() and not resumable:
@@ -239,6 +243,24 @@ def train_ours(args, settings: dict, train_cache: Path, eval_x, run_dir: Path) -
         **settings.get("overrides", {}),
     )  # fmt: skip
     train(config, data=train_cache, eval_data=eval_x)
+    (run_dir / FINISHED_AT).write_text(f"{head_commit()}\n")
+
+
+FINISHED_AT = "finished_at_commit.txt"
+"""A run folder's note of the commit whose code finished training it (``train_ours``)."""
+
+
+def head_commit() -> str:
+    """The repository's current commit ("unknown" outside a git checkout)."""
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def finished_at(run_dir: Path) -> str:
+    """The commit that finished the run folder's SAE ("unknown" for folders from before the
+    note was written)."""
+    note = run_dir / FINISHED_AT
+    return note.read_text().strip() if note.is_file() else "unknown"
 
 
 def train_saelens(args, settings: dict, run_dir: Path) -> Path:

@@ -25,7 +25,14 @@ from hf_topafa.evaluation.ground_truth import (  # noqa: E402
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from synth_bench import REPO, commit_record, recorded_command  # noqa: E402
+from synth_bench import (  # noqa: E402
+    FINISHED_AT,
+    REPO,
+    commit_record,
+    head_commit,
+    recorded_command,
+    train_ours,
+)
 from synth_energy import energy_readings  # noqa: E402
 from synth_false_positives import false_positive_sources  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
@@ -435,6 +442,19 @@ def test_false_positives_are_split_into_duplicates_active_directions_and_the_hie
     assert found["active_feature_cos_quantiles"][0] == pytest.approx(0.72)  # 0.7 and 0.9 only
     assert found["share_active_feature_above_0.5"] == 1.0
     assert found["share_hierarchy"] == 0.5
+
+
+def test_a_finished_run_folder_from_other_code_is_reused_with_a_warning(tmp_path, capsys):
+    run = tmp_path / "topk-k16"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")  # finished: train_ours leaves it as it is
+    head = head_commit()
+    train_ours(None, {}, tmp_path / "cache", [], run)
+    assert ("finished at commit unknown" in capsys.readouterr().out) == (head != "unknown")
+    assert head == "unknown" or len(head) == 40
+    (run / FINISHED_AT).write_text(f"{head}\n")
+    train_ours(None, {}, tmp_path / "cache", [], run)
+    assert capsys.readouterr().out == ""  # finished by this very code: nothing to say
 
 
 def test_a_benchmark_record_names_repository_paths_relative_to_it(tmp_path):
