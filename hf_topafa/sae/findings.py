@@ -70,7 +70,9 @@ GROUND_TRUTH: dict[str, str] = {
         "features per sample (F1 0.53 and MCC 0.60 against TopK's best 0.54 and 0.70), and 5.6 "
         "on a sparser world where the width could hold 3.1: its per-sample count correlated "
         "0.91 with the true one, but the energy it divides by is what the dictionary makes of "
-        "a feature (inflated where a latent absorbed its parent), not the feature's own."
+        "a feature (inflated where a latent absorbed its parent), not the feature's own. With "
+        "Matryoshka prefixes and 20M samples it kept 11.8 of the 12.2 (F1 0.80, MCC 0.78), "
+        "by errors that cancel; on the sparser world it then ran away (L0 233)."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
