@@ -19,7 +19,12 @@ import json
 
 import torch
 
-from hf_topafa.evaluation.ground_truth import matched_features
+from hf_topafa.evaluation.ground_truth import (
+    correlation,
+    matched_features,
+    most_frequent,
+    truth_for,
+)
 from hf_topafa.sae.kfree import (
     centred_noise_level,
     confident_energy,
@@ -67,21 +72,15 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     from hf_topafa import SparseAutoencoder
-    from hf_topafa.data.harvest import ActivationCache
-    from hf_topafa.data.synthetic_cache import world_of_cache
-    from hf_topafa.evaluation.ground_truth import TruthSet
 
     sae = SparseAutoencoder.from_pretrained(args.run).eval()
     if sae.config.input_normalization != "none":
         raise SystemExit("give an SAE trained with input_normalization none")
-    cache = ActivationCache(args.cache)
-    world = world_of_cache(cache.manifest)
-    truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
+    world, truth, _ = truth_for(args.cache, args.samples)
     codes = truth.rows(0, truth.num_samples)
     x = world.feature_dict(codes)
     match = matched_features(sae.W_dec, world.feature_dict.feature_vectors)
-    held = torch.zeros(codes.shape[-1], dtype=torch.bool)
-    held[(codes > 0).float().mean(0).argsort(descending=True)[: sae.config.d_sae]] = True
+    held = most_frequent((codes > 0).sum(0), sae.config.d_sae)
     with torch.no_grad():
         raw = decoder_scaled_preactivations(sae, x)
         z = x - sae.b_dec
@@ -98,7 +97,7 @@ def main() -> None:
         "true_energy_per_feature": float(codes[codes > 0].pow(2).mean()),
         "energy_outside_width": float(1 - codes[:, held].pow(2).sum() / energy.sum()),
         "residual_fraction": float((z - recon).pow(2).sum() / z.pow(2).sum()),
-        "reconstruction_count_corr": float(torch.corrcoef(torch.stack([recon_count, width_count]))[0, 1]),
+        "reconstruction_count_corr": correlation(recon_count, width_count),
     }  # fmt: skip
     print(json.dumps({key: round(value, 4) for key, value in (found | truth_facts).items()}))
 

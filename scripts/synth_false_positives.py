@@ -61,14 +61,10 @@ def main() -> None:
     from synth_latent_noise import relative_on  # the sibling script: parent or child on
 
     from hf_topafa import SparseAutoencoder
-    from hf_topafa.data.harvest import ActivationCache
-    from hf_topafa.data.synthetic_cache import world_of_cache
-    from hf_topafa.evaluation.ground_truth import TruthSet, hierarchy_parents, matched_features
+    from hf_topafa.evaluation.ground_truth import hierarchy_parents, matched_features, truth_for
 
     sae = SparseAutoencoder.from_pretrained(args.run).eval()
-    cache = ActivationCache(args.cache)
-    world = world_of_cache(cache.manifest)
-    truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
+    world, truth, _ = truth_for(args.cache, args.samples)
     codes = truth.rows(0, truth.num_samples)
     features = world.feature_dict.feature_vectors
     match = matched_features(sae.W_dec, features)

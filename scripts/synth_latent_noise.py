@@ -153,16 +153,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     from hf_topafa import SparseAutoencoder
-    from hf_topafa.data.harvest import ActivationCache
-    from hf_topafa.data.synthetic_cache import world_of_cache
-    from hf_topafa.evaluation.ground_truth import TruthSet
+    from hf_topafa.evaluation.ground_truth import truth_for
 
     sae = SparseAutoencoder.from_pretrained(args.run).eval()
     if sae.config.input_normalization != "none":
         raise SystemExit("give an SAE trained with input_normalization none")
-    cache = ActivationCache(args.cache)
-    world = world_of_cache(cache.manifest)
-    truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
+    world, truth, _ = truth_for(args.cache, args.samples)
     codes = truth.rows(0, truth.num_samples)
     match = matched_features(sae.W_dec, world.feature_dict.feature_vectors)
     on = codes[:, match] > 0
