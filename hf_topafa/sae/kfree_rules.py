@@ -139,25 +139,43 @@ def afa_count_select(sae, pre, x_n):
     return acts, k
 
 
-def afa_energy_select(sae, pre, x_n):
-    """Each token keeps k = ||x - b_dec||^2 / E features: the AFA's energy of the code over the
-    energy E one confidently detected feature carries (``kfree.confident_energy``; a running
-    mean while training, fixed at inference, read from the batch itself where never estimated)."""
+def afa_energy_observe(sae, raw, x_n):
+    """While training: fold the batch's energy of one detected feature (``batch_energy``) into
+    the running estimate ``threshold`` holds, from the product the forward already made."""
+    import torch
+
+    scaled = raw * torch.linalg.vector_norm(sae.W_dec, dim=-1)
+    sae._update_batchtopk_threshold(batch_energy(sae, scaled, x_n))
+
+
+def batch_energy(sae, scaled, x_n):
+    """The energy one confidently detected feature carries in this batch
+    (``kfree.confident_energy``; ``scaled``: the decoder-scaled product before the ReLU), or
+    the largest activations' where nothing is detected."""
     import torch
 
     from . import kfree
 
-    decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+    with torch.no_grad():
+        energy = kfree.confident_energy(scaled, kfree.decoder_projections(sae, x_n))
+        if bool(torch.isfinite(energy)):
+            return energy
+        return kfree.first_energy(scaled.clamp_min(0), torch.ones_like(scaled[0]))
+
+
+def afa_energy_select(sae, pre, x_n):
+    """Each token keeps k = ||x - b_dec||^2 / E features: the AFA's energy of the code over the
+    energy E one confidently detected feature carries (``batch_energy``; a running mean while
+    training, moved by ``afa_energy_observe``, fixed at inference; read from the batch itself
+    where never estimated)."""
+    import torch
+
+    from . import kfree
+
     energy = sae.threshold[0]
-    if sae.training or bool(energy < 0):
-        with torch.no_grad():
-            raw = kfree.decoder_scaled_preactivations(sae, x_n)
-            batch = kfree.confident_energy(raw, kfree.decoder_projections(sae, x_n))
-            if not bool(torch.isfinite(batch)):  # nothing detected: the largest activations'
-                batch = kfree.first_energy(pre, decoder_norms)
-        if sae.training:
-            sae._update_batchtopk_threshold(batch)
-        energy = sae.threshold[0] if sae.training else batch
+    if bool(energy < 0):  # never estimated: this batch's
+        energy = batch_energy(sae, kfree.decoder_scaled_preactivations(sae, x_n), x_n)
+    decoder_norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
     acts, k, _ = kfree.afa_count(pre, decoder_norms, topafa_target(sae, x_n), energy)
     return acts, k
 
@@ -173,7 +191,7 @@ def afa_mdl_select(sae, pre, x_n):
 # -- latent_noise: a threshold per latent, estimated from the product before the ReLU ----------
 
 
-def latent_noise_observe(sae, raw):
+def latent_noise_observe(sae, raw, x_n):
     """While training: fold the encoder's product before the ReLU into the latents' running
     noise fits, and move the threshold (``kfree.follow_latent_noise``)."""
     from . import kfree

@@ -200,7 +200,7 @@ class SparseAutoencoder(PreTrainedModel):
         flat = x_n.reshape(-1, self.config.d_in)
         raw = torch.addmm(self.b_enc, flat - self.b_dec, self.W_enc)
         if observe:
-            self._observe(raw.detach())
+            self._observe(raw.detach(), flat)
         return torch.relu(raw).reshape(*x_n.shape[:-1], self.config.d_sae)
 
     @torch.no_grad()
@@ -208,14 +208,14 @@ class SparseAutoencoder(PreTrainedModel):
         """ReLU((x_n - b_dec) W_enc + b_enc) [N, d_sae] for the routes that give the kept values
         their gradient themselves: one product, the ReLU in place."""
         raw = torch.addmm(self.b_enc, x_n - self.b_dec, self.W_enc)
-        self._observe(raw)
+        self._observe(raw, x_n)
         return raw.relu_()
 
-    def _observe(self, raw: torch.Tensor) -> None:
+    def _observe(self, raw: torch.Tensor, x_n: torch.Tensor) -> None:
         """While training, show the rule the encoder's product before the ReLU (``Rule.observe``;
         it may move the rule's estimated threshold before the selection reads it)."""
         if self.training and self.rule.observe is not None:
-            self.rule.observe(self, raw)
+            self.rule.observe(self, raw, x_n)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Dense feature activations [..., d_sae], zeros where a feature is inactive.

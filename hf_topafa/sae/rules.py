@@ -91,10 +91,10 @@ class Rule:
     """Sparse selection ``(sae, pre, x_n) -> (rows, cols, k or None)``; None: dense path only."""
     kept_per_token: Callable[[Any], int] | None = None
     """Expected features kept per token (decides whether the sparse path pays)."""
-    observe: Callable[[Any, Any], None] | None = None
-    """``(sae, raw)``, called while training with the encoder's product before the ReLU [N,
-    d_sae] (no autograd) ahead of the selection: for a rule that estimates from the negative
-    half too (latent_noise), without a second product."""
+    observe: Callable[[Any, Any, Any], None] | None = None
+    """``(sae, raw, x_n)``, called while training with the encoder's product before the ReLU
+    [N, d_sae] (no autograd) and its input [N, d_in], ahead of the selection: for a rule that
+    estimates from the negative half too (latent_noise, afa_energy), without a second product."""
     options: tuple[str, ...] = ()
     """The SAEConfig fields of ``RULE_OPTIONS`` that this rule reads; training refuses the
     others for it, since they would do nothing."""
@@ -398,6 +398,7 @@ RULES: dict[str, Rule] = {
             ),
             ground_truth=GROUND_TRUTH["afa_energy"],
             select=kfree_rules.afa_energy_select,
+            observe=kfree_rules.afa_energy_observe,
             adaptive_k=True,
             threshold_power=2,  # an energy: squared decoder-scaled activations
             **kfree_rules.ESTIMATED_THRESHOLD,  # the momentum is the running energy's
