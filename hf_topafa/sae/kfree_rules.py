@@ -1,5 +1,5 @@
 """The k-free rules' functions as the registry (``rules.py``) calls them: selections, budgets,
-sparse routes, the estimated-threshold fields, and latent_noise's pre-ReLU observer. Their math
+sparse routes, the estimated-threshold fields, and the pre-ReLU observers. Their math
 is in ``kfree``; this module only adapts it to ``(sae, pre, x_n)``.
 
 Like ``rules.py`` it imports no torch at import time (the command line validates rule names
