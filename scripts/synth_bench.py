@@ -122,6 +122,12 @@ PLANS = {
     "16k": [spec("topk", 25), spec("afa_mdl"), spec("batchtopk", 25),
             spec("topafa", afa_coef="1/32"), spec("topk", 14), spec("noise_batch"),
             spec("topk", 25, matryoshka_levels=4), spec("latent_noise"), spec("afa_energy")],
+    # the 16k world at the published budget on a GPU (synth_device.py): the published table's
+    # families at its L0 25 beside the k-free rules that did best at 5M here
+    "published": [spec("noise_batch"), spec("batchtopk", 25), spec("afa_mdl"),
+                  spec("noise_batch", matryoshka_levels=4),
+                  spec("batchtopk", 25, matryoshka_levels=4),
+                  spec("afa_energy", matryoshka_levels=4)],
     # why SAELens's own BatchTopK (trained by SAELens) lands far below ours: our trainer with
     # SAELens's settings, one at a time (run with --results results/synthbench/controls)
     "controls": [spec("batchtopk", 12, dead_tokens_threshold=1000 * 1024),
@@ -156,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the training device, instead of reading a cache (no --cache-samples; for "
                    "budgets a disk cannot hold, and GPUs, which sample faster than they read)")  # fmt: skip
     p.add_argument("--eval-samples", type=int, default=50_000)
+    p.add_argument("--checkpoint-every", type=int, default=500,
+                   help="steps between checkpoints (0: none; a resumed run starts there)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -238,7 +246,8 @@ def train_ours(args, settings: dict, train_cache: Path, eval_x, run_dir: Path) -
         input_normalization=settings["input_normalization"], d_sae=settings["d_sae"],
         batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         max_tokens=args.train_samples, eval_tokens=len(eval_x), output=str(run_dir),
-        resume=resumable, overwrite=not resumable, checkpoint_every=500, log_with="none",
+        resume=resumable, overwrite=not resumable, checkpoint_every=args.checkpoint_every,
+        log_with="none",
         progress=sys.stderr.isatty(), synthetic=args.world if args.stream else None,
         **settings.get("overrides", {}),
     )  # fmt: skip

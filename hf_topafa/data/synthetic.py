@@ -112,34 +112,41 @@ def resolve_world(spec: str) -> tuple[str, dict | None, Path | None]:
     )
 
 
-def build_world(config: dict, folder: Path, progress: bool = True) -> float:
-    """Build the world of ``config`` and save it to ``folder`` atomically; returns seconds taken."""
+def build_world(
+    config: dict, folder: Path, progress: bool = True, device: str | None = None
+) -> float:
+    """Build the world of ``config`` and save it to ``folder`` atomically; returns seconds taken.
+
+    ``device`` (default: a GPU when there is one): where the dictionary is orthogonalized,
+    minutes instead of an hour for the 16k world. Its random numbers come from that device's
+    generator, so a GPU-built world is another draw of the same config; build.json says which.
+    """
+    import torch
+
     synthetic = import_synthetic()
     try:
         cfg = synthetic.SyntheticModelConfig.from_dict(config)
     except (TypeError, ValueError, KeyError) as exc:
         raise WorldError(f"not a valid SyntheticModelConfig: {exc}") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if progress:
         print(
             f"building synthetic world {folder.name} ({cfg.num_features} features in "
-            f"{cfg.hidden_dim} dims); this runs once and is cached",
+            f"{cfg.hidden_dim} dims) on {device}; this runs once and is cached",
             flush=True,
         )
     start = time.perf_counter()
-    model = synthetic.SyntheticModel(cfg)
+    model = synthetic.SyntheticModel(cfg, device=device)
     seconds = time.perf_counter() - start
+    facts = {
+        "build_seconds": round(seconds, 1),
+        "threads": torch.get_num_threads(),
+        "device": device,
+    }
     with atomic_folder(folder) as tmp:
         model.save(tmp)
-        (tmp / "build.json").write_text(
-            json.dumps({"build_seconds": round(seconds, 1), "threads": _threads()}, indent=2) + "\n"
-        )
+        (tmp / "build.json").write_text(json.dumps(facts, indent=2) + "\n")
     return seconds
-
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def world_folder(spec: str, progress: bool = True) -> tuple[str, Path]:

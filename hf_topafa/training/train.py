@@ -171,7 +171,7 @@ def train(
         if world > 1:
             fired = accelerator.reduce(fired, "sum")
         since_fired += config.optim.batch_size
-        since_fired[fired > 0] = 0
+        since_fired.masked_fill_(fired > 0, 0)  # a mask index would wait on a GPU
         step += 1
         state["positions"][accelerator.process_index] = position
 

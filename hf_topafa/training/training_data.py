@@ -107,21 +107,40 @@ class LiveSource:
 class SyntheticSource:
     """Samples drawn from a synthetic world while training: no cache to write or read, for
     budgets a disk cannot hold (200M samples of the 16k world are 600 GB) and devices that sample
-    faster than a disk reads. A pass is ``PASS_BATCHES`` batches; each batch is drawn with torch's
-    generator (the one SAELens samples from) seeded from the seed, the pass, the batch and the
-    rank, inside ``fork_rng`` so training's own randomness is untouched. So a resumed run draws
-    the same batches, and can start mid-pass without drawing the ones before."""
+    faster than a disk reads. A pass is ``PASS_BATCHES`` batches, drawn ``draw_batches`` at a
+    time; each draw is made with torch's generator (the one SAELens samples from) seeded from the
+    seed, the pass, its first batch and the rank, inside ``fork_rng`` so training's own
+    randomness is untouched. So a resumed run draws the same batches, and can start mid-pass
+    without drawing the draws before.
+
+    ``draw_batches`` (default: 1 on a CPU, as many as :data:`DRAW_ELEMENTS` allow on a GPU):
+    SAELens's sampler waits on the GPU several times per draw, so a GPU draws many batches at
+    once; the samples then differ from a CPU's, as a GPU's generator does anyway."""
 
     PASS_BATCHES = 256
+    DRAW_ELEMENTS = 2**28  # the dense [rows, num_features] code one draw may hold on a GPU
 
-    def __init__(self, world, local_batch: int, rank: int, seed: int):
+    def __init__(
+        self, world, local_batch: int, rank: int, seed: int, draw_batches: int | None = None
+    ):
         self.world, self.local, self.rank, self.seed = world, local_batch, rank, seed
         self.d_in = world.cfg.hidden_dim
+        if draw_batches is None:
+            draw_batches = 1
+            if world.feature_dict.feature_vectors.device.type != "cpu":
+                fit = self.DRAW_ELEMENTS // (local_batch * world.cfg.num_features)
+                while draw_batches * 2 <= min(fit, self.PASS_BATCHES):
+                    draw_batches *= 2  # a power of two divides the pass
+        self.draw_batches = draw_batches
 
     def epoch(self, index: int, start: int = 0) -> Iterator[torch.Tensor]:
-        for batch in range(start, self.PASS_BATCHES):
-            seed = ((self.seed * 100_003 + index) * self.PASS_BATCHES + batch) * 64 + self.rank
-            yield draw_samples(self.world, self.local, seed)
+        per = self.draw_batches
+        for first in range(start - start % per, self.PASS_BATCHES, per):
+            seed = ((self.seed * 100_003 + index) * self.PASS_BATCHES + first) * 64 + self.rank
+            last = min(first + per, self.PASS_BATCHES)
+            rows = draw_samples(self.world, self.local * (last - first), seed)
+            for batch in range(max(first, start), last):
+                yield rows[(batch - first) * self.local : (batch - first + 1) * self.local]
 
 
 def draw_samples(world, n: int, seed: int) -> torch.Tensor:
