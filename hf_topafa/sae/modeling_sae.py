@@ -420,9 +420,8 @@ class SparseAutoencoder(PreTrainedModel):
         paper = self.config.loss_convention == "paper"
         if not paper:
             values = values * torch.linalg.vector_norm(self.W_dec, dim=-1)[cols]
-        code_sq = torch.zeros(n_tokens, dtype=values.dtype, device=values.device).index_add(
-            0, rows, values.pow(2)
-        )
+        sq = values.float().pow(2)  # float: bf16 autocast makes pow float, index_add wants one
+        code_sq = torch.zeros(n_tokens, dtype=sq.dtype, device=sq.device).index_add(0, rows, sq)
         if paper:  # the paper's ||f||: kept activations
             f_norm = code_sq.clamp_min(1e-30).sqrt()
         else:  # ||f~||: decoder-scaled, with ||b_dec|| as one more entry
