@@ -237,7 +237,10 @@ class _DecodePairs(torch.autograd.Function):
     def backward(ctx, grad_out, grad_block_out):
         values, W_dec, rows, cols, block, block_cols = ctx.saved_tensors
         need_values, need_W = ctx.needs_input_grad[:2]
-        grad_out = grad_out.contiguous()
+        # under autocast the forward's block product came out bf16: the gradients follow W_dec
+        grad_out = grad_out.to(W_dec.dtype).contiguous()
+        if grad_block_out is not None:
+            grad_block_out = grad_block_out.to(W_dec.dtype)
         order = torch.argsort(cols, stable=True)
         sorted_values = values[order].detach().requires_grad_(need_values)
         with torch.enable_grad():
