@@ -392,3 +392,22 @@ def test_histogram_cut_in_row_blocks_equals_one_block(monkeypatch):
     ref_acts, ref_k = activations.topafa_reference(pre, norms, target)
     for acts, k in (whole, blocked):
         assert torch.equal(k, ref_k) and torch.equal(acts, ref_acts)
+
+
+@pytest.mark.parametrize("activation", ["batchtopk", "noise_batch", "afa_energy"])
+@pytest.mark.parametrize("convention", ["paper", "hf_topafa_v0.1"])
+def test_a_sparse_step_under_bf16_autocast_keeps_float_gradients(
+    activation, convention, monkeypatch
+):
+    """A GPU trains under bf16 autocast, whose bf16 products once met a float product in the
+    dead-latent block's backward, and raised; CPU autocast makes the same cast. (Its other GPU
+    failure, CUDA autocast's float pow summed into a bf16 norm, CPU autocast does not make.)"""
+    monkeypatch.setattr(sparse, "MAX_SPARSE_DENSITY", 1.0)
+    monkeypatch.setattr(sparse, "MAX_AUX_DENSITY", 0.0)  # the dead-latent block
+    sae = make_sae(activation, aux_k=6, loss_convention=convention, matryoshka_levels=2).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(torch.randn(40, 12) * 2, dead_mask=torch.arange(96) % 3 == 0)
+    out.loss.backward()
+    grad = sae.W_dec.grad
+    assert grad.dtype == torch.float32 and bool(torch.isfinite(grad).all())
+    assert float(out.aux_loss) > 0 and float(grad.norm()) > 0

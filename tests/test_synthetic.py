@@ -33,6 +33,7 @@ from synth_bench import (  # noqa: E402
     recorded_command,
     train_ours,
 )
+from synth_device import samples_that_fit  # noqa: E402
 from synth_energy import energy_readings  # noqa: E402
 from synth_false_positives import false_positive_sources  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
@@ -107,6 +108,7 @@ def test_a_world_is_built_once_and_cached(world_json):
     stamp = (folder / "build.json").stat().st_mtime_ns
     again = synthetic.world_folder(str(world_json), progress=False)[1]
     assert again == folder and (folder / "build.json").stat().st_mtime_ns == stamp
+    assert json.loads((folder / "build.json").read_text())["device"] == "cpu"  # no GPU here
     world = synthetic.load_world(str(folder), progress=False)  # a saved folder names it too
     assert world.cfg.num_features == 48 and world.cfg.hidden_dim == 24
 
@@ -189,6 +191,44 @@ def test_drawn_batches_replay_from_any_position_and_leave_torch_rng_alone(world_
     other_rank = next(SyntheticSource(world, 32, rank=1, seed=7).epoch(0))
     assert not torch.equal(other_rank, first[0][0]) and first[0][0].shape == (32, 24)
     assert not torch.equal(next(source.epoch(1)), first[0][0])  # each pass draws new samples
+
+
+def test_draws_of_several_batches_replay_the_same_batches_from_any_position(world_json):
+    from hf_topafa.training.training_data import SyntheticSource
+
+    world = synthetic.load_world(str(world_json), progress=False)
+    assert SyntheticSource(world, 32, rank=0, seed=7).draw_batches == 1  # a CPU: one at a time
+    source = SyntheticSource(world, 32, rank=0, seed=7, draw_batches=4)
+    drawn, sample = [], world.sample
+    world.sample = lambda n: drawn.append(n) or sample(n)
+    whole = list(source.epoch(0))
+    assert len(whole) == source.PASS_BATCHES and drawn == [128] * (source.PASS_BATCHES // 4)
+    drawn.clear()
+    resumed = list(source.epoch(0, start=6))  # mid-draw: the draw holding batch 6, then on
+    assert drawn[0] == 128 and len(drawn) == (source.PASS_BATCHES - 4) // 4
+    assert all(torch.equal(a, b) for a, b in zip(resumed, whole[6:], strict=True))
+    world.sample = sample
+    assert not torch.equal(whole[0], whole[4])  # each draw is seeded apart
+
+
+def test_a_device_run_trains_every_sae_on_what_the_slowest_fits():
+    assert samples_that_fit([100.0, 50.0], 60.0, 1024, 200_000_000) == 3_070_000  # 3,072,000
+    assert samples_that_fit([5000.0], 600.0, 1024, 200_000_000) == 200_000_000  # the cap
+    assert samples_that_fit([0.5], 1.0, 1024, 10**9) == 0 and samples_that_fit([9.0], -5, 1, 9) == 0
+
+
+def test_the_device_shim_lets_saelens_synthetic_import_without_the_packages_it_never_calls():
+    import subprocess
+
+    code = (
+        "import sae_lens.synthetic, wandb, datasets.arrow_dataset as d\n"
+        "try:\n    wandb.init()\nexcept RuntimeError as e:\n    print('refused:', e)\n"
+        "print(type(d.Dataset).__name__, sae_lens.synthetic.SyntheticModel.__name__)"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO / "scripts" / "device_site")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "refused: a package left out" in done.stdout and "type SyntheticModel" in done.stdout
 
 
 def test_text_commands_point_a_synthetic_sae_to_evaluate_synthetic(capsys):

@@ -420,7 +420,8 @@ class SparseAutoencoder(PreTrainedModel):
         paper = self.config.loss_convention == "paper"
         if not paper:
             values = values * torch.linalg.vector_norm(self.W_dec, dim=-1)[cols]
-        sq = values.float().pow(2)  # float: bf16 autocast makes pow float, index_add wants one
+        sq = values.pow(2)  # summed in at least float: CUDA autocast's pow is float anyway
+        sq = sq.float() if sq.dtype in (torch.bfloat16, torch.float16) else sq
         code_sq = torch.zeros(n_tokens, dtype=sq.dtype, device=sq.device).index_add(0, rows, sq)
         if paper:  # the paper's ||f||: kept activations
             f_norm = code_sq.clamp_min(1e-30).sqrt()
