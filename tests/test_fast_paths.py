@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_topafa import SAEConfig, SparseAutoencoder
+from hf_topafa import ACTIVATIONS, SAEConfig, SparseAutoencoder
 from hf_topafa.sae import activations, kfree, sparse
 from hf_topafa.sae.afa import afa_norm, scaled_feature_norm
 
@@ -394,15 +394,17 @@ def test_histogram_cut_in_row_blocks_equals_one_block(monkeypatch):
         assert torch.equal(k, ref_k) and torch.equal(acts, ref_acts)
 
 
-@pytest.mark.parametrize("activation", ["batchtopk", "noise_batch", "afa_energy"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("route", ["sparse", "dense"])
 @pytest.mark.parametrize("convention", ["paper", "hf_topafa_v0.1"])
-def test_a_sparse_step_under_bf16_autocast_keeps_float_gradients(
-    activation, convention, monkeypatch
+def test_a_step_under_bf16_autocast_keeps_float_gradients(
+    activation, route, convention, monkeypatch
 ):
     """A GPU trains under bf16 autocast, whose bf16 products once met a float product in the
     dead-latent block's backward, and raised; CPU autocast makes the same cast. (Its other GPU
-    failure, CUDA autocast's float pow summed into a bf16 norm, CPU autocast does not make.)"""
-    monkeypatch.setattr(sparse, "MAX_SPARSE_DENSITY", 1.0)
+    failure, CUDA autocast's float pow summed into a bf16 norm, CPU autocast does not make.)
+    Every rule, both routes: a GPU is lent too rarely to find the next one there."""
+    monkeypatch.setattr(sparse, "MAX_SPARSE_DENSITY", 1.0 if route == "sparse" else 0.0)
     monkeypatch.setattr(sparse, "MAX_AUX_DENSITY", 0.0)  # the dead-latent block
     sae = make_sae(activation, aux_k=6, loss_convention=convention, matryoshka_levels=2).float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
