@@ -16,6 +16,7 @@ OUT receives ``device_results.tgz`` (records, world facts, logs) and ``timings.j
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the calibrated rate planned on (a k-free rule's step "
                    "grows as its count settles)")  # fmt: skip
     p.add_argument("--work", type=Path, default=REPO / "runs" / "device")
+    p.add_argument("--d-sae", type=int, default=4096, help="the probe's SAE width")
+    p.add_argument("--no-probe", dest="probe", action="store_false",
+                   help="skip timing the sampler and one SAE's step apart (about 20 s)")  # fmt: skip
     return p
 
 
@@ -103,6 +107,52 @@ def train_rate(work: Path, world: str, name: str) -> tuple[float, float] | None:
     return metrics["steps"] / max(metrics["train_time_s"], 1e-9), metrics["train_time_s"]
 
 
+def probe(world_spec: str, d_sae: int, steps: int = 40) -> dict:
+    """Seconds per 1,024 samples drawn from the world (16 batches per draw, as streaming does on
+    a GPU) and per training step of a BatchTopK k = 25 and a noise_batch SAE alone, each timed
+    apart on the training device: which of the two bounds a streamed run."""
+    import torch
+    from accelerate import Accelerator
+
+    from hf_topafa import SAEConfig, SparseAutoencoder
+    from hf_topafa.data.synthetic import load_world
+    from hf_topafa.training.train import TrainConfig, train_step
+    from hf_topafa.training.training_data import draw_samples
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    world = load_world(world_spec, device=device, progress=False)
+    rows = 1024 * (16 if device == "cuda" else 1)
+
+    def timed(work, repeats: int) -> float:
+        work()  # warm-up
+        sync()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            work()
+        sync()
+        return (time.perf_counter() - start) / repeats
+
+    found = {"device": device, "draw_s_per_1024": timed(lambda: draw_samples(world, rows, 1), 3)}
+    found["draw_s_per_1024"] /= rows / 1024
+    x = draw_samples(world, 1024, 2)
+    accelerator = Accelerator(mixed_precision="bf16" if device == "cuda" else "no")
+    for activation, k in (("batchtopk", 25), ("noise_batch", None)):
+        config = TrainConfig.from_flat(activation=activation, k=k, afa_coef=0.0, d_sae=d_sae)
+        sae = SparseAutoencoder(SAEConfig(d_in=x.shape[1], d_sae=d_sae, activation=activation, k=k))
+        sae = sae.to(device).train()
+        optimizer = torch.optim.Adam(sae.parameters(), lr=3e-4)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        model, optimizer = accelerator.prepare(sae, optimizer)
+        dead = torch.zeros(d_sae, dtype=torch.bool, device=device)
+
+        step = functools.partial(
+            train_step, model, sae, optimizer, scheduler, x, dead, config, accelerator
+        )
+        found[f"step_s_{activation}"] = timed(step, steps)
+    return {key: round(v, 6) if isinstance(v, float) else v for key, v in found.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.time()
@@ -131,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         t = time.time()
         world_folder(args.world)
         facts["world_build_s"] = round(time.time() - t, 1)
+        if args.probe:
+            facts["probe"] = probe(args.world, args.d_sae)
+            print(f"probe: {facts['probe']}", flush=True)
 
         names = args.only or plan_names(args)
         t = time.time()

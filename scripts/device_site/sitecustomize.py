@@ -17,7 +17,9 @@ class Placeholder:
     """Stands for anything a placeholder package is asked for; using it raises."""
 
     def __init__(self, *args, **kwargs):
-        raise RuntimeError("a package left out on the device machine (scripts/device_site) was used")
+        raise RuntimeError(
+            "a package left out on the device machine (scripts/device_site) was used"
+        )
 
     def __class_getitem__(cls, item):
         return cls
