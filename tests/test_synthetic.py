@@ -35,6 +35,7 @@ from synth_bench import (  # noqa: E402
 )
 from synth_device import samples_that_fit  # noqa: E402
 from synth_energy import energy_readings  # noqa: E402
+from synth_energy_trace import fano_energy, trace  # noqa: E402
 from synth_false_positives import false_positive_sources  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
 
@@ -445,6 +446,28 @@ def test_the_noise_floors_model_holds_on_gaussian_interference_and_fails_on_a_sp
     check = token_noise_check(spike, on)
     assert check["sample_sigma_over_noise_sd"] > 1.5  # its positives are all tail
     assert check["sample_false_pos"] < 0.2 * check["sample_false_pos_allowed"]
+
+
+def test_an_energy_trace_reads_the_sae_as_it_trains_and_can_start_from_the_data():
+    from hf_topafa.training.train import TrainConfig
+
+    # energies 1 and 3: var / mean = 2 / 2, one unit feature's energy when counts are Poisson
+    assert fano_energy(torch.tensor([[1.0, 0.0], [1.0, 2**0.5]]), torch.zeros(2)) == 1.0
+    torch.manual_seed(0)
+    x = torch.randn(512, 8) * torch.linspace(0.5, 2, 8)
+    config = TrainConfig.from_flat(activation="afa_energy", afa_coef=0.0, d_sae=32,
+                                   max_tokens=6 * 64, batch_size=64)  # fmt: skip
+    rows = trace(x, config, every=2)
+    assert [r["step"] for r in rows] == [0, 2, 4, 5]
+    assert all(r["energy"] > 0 and r["batch_energy"] > 0 and r["l0"] > 0 for r in rows)
+    start = fano_energy(x[:64], x[:64].mean(0))
+    first = trace(x, config, every=2, energy_start="fano")[0]
+    momentum = 0.99  # SAEConfig's batchtopk_threshold_momentum: one step folded in
+    assert first["energy"] == pytest.approx(momentum * start, rel=0.05)
+    topk = TrainConfig.from_flat(activation="topk", k=3, afa_coef=0.0, d_sae=32,
+                                 max_tokens=2 * 64, batch_size=64)  # fmt: skip
+    assert [r["energy"] for r in trace(x, topk, every=1)] == [None, None]  # no E of its own
+    assert trace(x, topk, every=1)[-1]["l0"] == 3.0
 
 
 def test_energy_readings_tell_a_shrunk_encoder_from_the_decoders_projection():

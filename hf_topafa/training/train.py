@@ -76,7 +76,8 @@ __all__ = [  # the training API; each name lives in its own module (the run fold
     # names and flags' defaults in hf_topafa.train_config)
     "METRICS", "TRAINING_CONFIG",
     "CacheSource", "LiveSource", "SyntheticSource", "TensorSource", "TrainConfig", "build_parser",
-    "cli_main", "held_out_metrics", "load_config_file", "lr_factor", "parse_config", "summary", "train",
+    "build_optimizer", "cli_main", "held_out_metrics", "load_config_file", "lr_factor",
+    "parse_config", "summary", "train", "train_step",
 ]  # fmt: skip
 
 # --------------------------------------------------------------------------------------------
@@ -138,7 +139,7 @@ def train(
 
     set_seed(config.optim.seed)
     sae = _new_sae(sae_config, config.optim.seed, accelerator.device)
-    optimizer, scheduler = _optimizer(sae, config)
+    optimizer, scheduler = build_optimizer(sae, config)
     state, since_fired = _restore(found, sae, optimizer, scheduler, accelerator, config)
     if found is None and resuming and is_main:
         print(f"note: {run} has no checkpoint yet; starting from step 0")
@@ -306,7 +307,8 @@ def _sae_config(config: TrainConfig, data_: TrainingData) -> SAEConfig:
     return sae_config
 
 
-def _optimizer(sae, config: TrainConfig):
+def build_optimizer(sae, config: TrainConfig):
+    """Adam over the SAE and the schedule of warmup and decay over ``config.steps``."""
     opt = config.optim
     optimizer = torch.optim.Adam(
         sae.parameters(),

@@ -1,0 +1,133 @@
+"""How an SAE's reading of one feature's energy moves while it trains, step by step.
+
+``afa_energy`` keeps k = ||x - b_dec||^2 / E features per token, E the energy one confidently
+detected feature carries, read from the dictionary being trained (``kfree_rules.batch_energy``).
+On the 4k world it settles near the truth's count; on the sparse world it runs away (L0 233).
+This trains an SAE with the trainer's step and schedule on an activation cache and prints, every
+``--every`` steps: the rule's running E (afa_energy only), the batch's own reading of it, how
+many activations per token clear their centred noise level, the median squared projection of
+the kept latents, the training L0, the input's energy, and the normalized error. For any rule:
+it shows what E a dictionary of that age would give.
+
+    python scripts/synth_energy_trace.py runs/synthbench/cache/synthsaebench-4k-sparse-train \\
+        --activation afa_energy --matryoshka-levels 4 --steps 900
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from safetensors.torch import load_file
+
+from hf_topafa import SAEConfig, SparseAutoencoder
+from hf_topafa.data.harvest import ActivationCache
+from hf_topafa.sae import kfree
+from hf_topafa.sae.kfree_rules import batch_energy
+from hf_topafa.training.train import TrainConfig, build_optimizer, train_step
+
+
+def fano_energy(x: torch.Tensor, bias: torch.Tensor) -> float:
+    """var / mean of ||x - bias||^2 over the rows: one feature's energy if the counts were
+    Poisson and the magnitudes equal, from the data alone (an over-estimate when the counts are
+    over-dispersed, as a hierarchy makes them)."""
+    energy = (x - bias).pow(2).sum(-1)
+    return float(energy.var() / energy.mean())
+
+
+@torch.no_grad()
+def reading(sae, x: torch.Tensor, out) -> dict:
+    raw = kfree.decoder_scaled_preactivations(sae, x)
+    kept = out.feature_acts != 0
+    threshold = getattr(sae, "threshold", None)
+    return {
+        "energy": float(threshold[0]) if sae.config.activation == "afa_energy" else None,
+        "batch_energy": float(batch_energy(sae, raw, x)),
+        "above_level": float(
+            ((raw > kfree.centred_noise_level(raw)) & (raw > 0)).sum(-1).float().mean()
+        ),
+        "kept_projection_sq": float(kfree.decoder_projections(sae, x)[kept].pow(2).median()),
+        "l0": float(kept.sum(-1).float().mean()),
+        "input_energy": float((x - sae.b_dec).pow(2).sum(-1).median()),
+        "nmse": float(out.mse_loss),
+    }
+
+
+def trace(x_all: torch.Tensor, config: TrainConfig, every: int, energy_start=None) -> list[dict]:
+    """Train on ``x_all`` (cycled, batches of the config's size) for ``config.steps`` steps and
+    read the SAE every ``every`` steps and at the end. ``energy_start``: afa_energy's E before the
+    first step (a number, or "fano" for ``fano_energy`` of the first batch), not the first
+    batch's own reading."""
+    from accelerate import Accelerator
+
+    torch.manual_seed(config.optim.seed)
+    batch = config.optim.batch_size
+    s = config.sae
+    sae = SparseAutoencoder(SAEConfig(
+        d_in=x_all.shape[1], d_sae=s.d_sae, activation=s.activation, k=s.k,
+        matryoshka_levels=s.matryoshka_levels,
+    )).train()  # fmt: skip
+    with torch.no_grad():
+        sae.b_dec.copy_(x_all[:batch].mean(0))  # the trainer's decoder_bias_init="mean"
+        if energy_start is not None:
+            start = (
+                fano_energy(x_all[:batch], sae.b_dec) if energy_start == "fano" else energy_start
+            )
+            sae.threshold.fill_(float(start))
+    accelerator = Accelerator(cpu=True)
+    optimizer, scheduler = build_optimizer(sae, config)
+    model, optimizer = accelerator.prepare(sae, optimizer)
+    dead = torch.zeros(s.d_sae, dtype=torch.bool)
+    rows = []
+    for step in range(config.steps):
+        first = (step * batch) % (len(x_all) - batch + 1)
+        x = x_all[first : first + batch]
+        out = train_step(model, sae, optimizer, scheduler, x, dead, config, accelerator)
+        if step % every == 0 or step == config.steps - 1:
+            rows.append({"step": step, **reading(sae, x, out)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("cache", help="an activation cache (hf-topafa harvest --synthetic ...)")
+    p.add_argument("--activation", default="afa_energy")
+    p.add_argument("--k", type=int, default=None)
+    p.add_argument("--matryoshka-levels", type=int, default=0)
+    p.add_argument("--d-sae", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--every", type=int, default=60)
+    p.add_argument("--energy-start", default=None,
+                   help='afa_energy\'s E before the first step: a number or "fano"')  # fmt: skip
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = TrainConfig.from_flat(
+        activation=args.activation, k=args.k, afa_coef=0.0, d_sae=args.d_sae,
+        matryoshka_levels=args.matryoshka_levels, max_tokens=args.steps * 1024,
+        batch_size=1024, lr=3e-4, seed=0,
+    )  # synth_bench.py's settings  # fmt: skip
+    cache = ActivationCache(args.cache)
+    shards, rows = [], 0
+    for path in cache.shard_paths:  # enough rows for one pass of the steps asked for
+        shards.append(load_file(path)["activations"])
+        rows += len(shards[-1])
+        if rows >= args.steps * config.optim.batch_size:
+            break
+    start = args.energy_start
+    start = None if start is None else start if start == "fano" else float(start)
+    found = trace(torch.cat(shards).float(), config, args.every, start)
+    for r in found:
+        print(
+            "  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items())
+        )
+    if args.json:
+        from hf_topafa.helpers import write_json
+
+        write_json(args.json, {"args": vars(args), "rows": found}, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
