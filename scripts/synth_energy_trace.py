@@ -62,13 +62,12 @@ def trace(x_all: torch.Tensor, config: TrainConfig, every: int, energy_start=Non
 
     torch.manual_seed(config.optim.seed)
     batch = config.optim.batch_size
-    s = config.sae
-    sae = SparseAutoencoder(SAEConfig(
-        d_in=x_all.shape[1], d_sae=s.d_sae, activation=s.activation, k=s.k,
-        matryoshka_levels=s.matryoshka_levels,
+    sae = SparseAutoencoder(SAEConfig.from_settings(  # as the trainer builds it
+        config.sae, d_in=x_all.shape[1], dead_tokens_threshold=config.resolved_dead_threshold()
     )).train()  # fmt: skip
     with torch.no_grad():
-        sae.b_dec.copy_(x_all[:batch].mean(0))  # the trainer's decoder_bias_init="mean"
+        if config.optim.decoder_bias_init == "mean":  # as the trainer starts b_dec
+            sae.b_dec.copy_(x_all[:batch].mean(0))
         if energy_start is not None:
             start = (
                 fano_energy(x_all[:batch], sae.b_dec) if energy_start == "fano" else energy_start
@@ -77,12 +76,16 @@ def trace(x_all: torch.Tensor, config: TrainConfig, every: int, energy_start=Non
     accelerator = Accelerator(cpu=True)
     optimizer, scheduler = build_optimizer(sae, config)
     model, optimizer = accelerator.prepare(sae, optimizer)
-    dead = torch.zeros(s.d_sae, dtype=torch.bool)
+    since_fired = torch.zeros(sae.config.d_sae, dtype=torch.long)  # the trainer's dead count
+    threshold = sae.config.dead_tokens_threshold
     rows = []
     for step in range(config.steps):
         first = (step * batch) % (len(x_all) - batch + 1)
         x = x_all[first : first + batch]
+        dead = since_fired >= threshold
         out = train_step(model, sae, optimizer, scheduler, x, dead, config, accelerator)
+        since_fired += batch
+        since_fired.masked_fill_((out.feature_acts.detach() != 0).any(0), 0)
         if step % every == 0 or step == config.steps - 1:
             rows.append({"step": step, **reading(sae, x, out)})
     return rows
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig.from_flat(
         activation=args.activation, k=args.k, afa_coef=0.0, d_sae=args.d_sae,
         matryoshka_levels=args.matryoshka_levels, max_tokens=args.steps * 1024,
-        batch_size=1024, lr=3e-4, seed=0,
+        batch_size=1024, lr=3e-4, seed=0, input_normalization="none",
     )  # synth_bench.py's settings  # fmt: skip
     cache = ActivationCache(args.cache)
     shards, rows = [], 0
