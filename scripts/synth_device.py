@@ -2,11 +2,13 @@
 
 A GPU is lent for minutes, so this runs the whole check as one command and returns what it has
 when the time is up. It builds the world on the GPU (the orthogonalization that takes an hour on
-a CPU), samples the evaluation cache, then trains the plan's SAEs side by side, one process
-each (one SAE's trainer waits on the GPU too often to fill it), all on the same number of
-samples: the published 200M when that fits in the time left, else as many as fit, read from a
-short calibration round of the same processes. Every run is ``synth_bench.py --stream``, so a
-record here is the record that command makes anywhere.
+a CPU), times the sampler and one SAE's step apart (``probe``), samples the evaluation cache,
+then trains the plan's SAEs side by side, one process each (a small SAE's step leaves the GPU
+mostly idle), all on the same number of samples: the published 200M when that fits in the time
+left, else as many as fit, read from a short calibration round of the same processes. Every run
+is ``synth_bench.py --stream``, so a record here is the record that command makes anywhere. On
+an H200 a 16k SAE trained at about 70 steps a second beside another (results/synthbench/gpu/):
+4.4M samples in 15 minutes of device time, not 200M.
 
     python scripts/synth_device.py --out OUT --budget 540
 
