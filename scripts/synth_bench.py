@@ -101,7 +101,9 @@ PLANS = {
                  spec("topk", 4, matryoshka_levels=4),
                  spec("afa_band", matryoshka_levels=4), spec("latent_noise"),
                  spec("latent_noise", matryoshka_levels=4), spec("afa_energy"),
-                 spec("afa_energy", matryoshka_levels=4)],
+                 spec("afa_energy", matryoshka_levels=4),
+                 # the dense world's Matryoshka baseline at what its width holds (24.4)
+                 spec("batchtopk", 24, matryoshka_levels=4)],
     # absorption: trained longer, TopK's parents with an active child sink into the interference
     # (synth_detectability). Matryoshka training asks the first d_sae/2 ... d_sae/16 features to
     # reconstruct alone, which keeps general features whole; with a k-free rule, does the count
