@@ -118,7 +118,7 @@ def probe(world_spec: str, d_sae: int, steps: int = 40) -> dict:
 
     from hf_topafa import SAEConfig, SparseAutoencoder
     from hf_topafa.data.synthetic import load_world
-    from hf_topafa.training.train import TrainConfig, train_step
+    from hf_topafa.training.train import TrainConfig, build_optimizer, train_step
     from hf_topafa.training.training_data import draw_samples
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -140,11 +140,17 @@ def probe(world_spec: str, d_sae: int, steps: int = 40) -> dict:
     x = draw_samples(world, 1024, 2)
     accelerator = Accelerator(mixed_precision="bf16" if device == "cuda" else "no")
     for activation, k in (("batchtopk", 25), ("noise_batch", None)):
-        config = TrainConfig.from_flat(activation=activation, k=k, afa_coef=0.0, d_sae=d_sae)
-        sae = SparseAutoencoder(SAEConfig(d_in=x.shape[1], d_sae=d_sae, activation=activation, k=k))
-        sae = sae.to(device).train()
-        optimizer = torch.optim.Adam(sae.parameters(), lr=3e-4)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        config = TrainConfig.from_flat(
+            activation=activation, k=k, afa_coef=0.0, d_sae=d_sae, input_normalization="none",
+            batch_size=1024, lr=3e-4, max_tokens=1024 * (steps + 1),
+        )  # synth_bench's settings  # fmt: skip
+        dead_after = config.resolved_dead_threshold()
+        sae_config = SAEConfig.from_settings(
+            config.sae, d_in=x.shape[1], dead_tokens_threshold=dead_after
+        )
+        sae = SparseAutoencoder(sae_config)
+        sae = sae.to(device).train()  # as the trainer builds it
+        optimizer, scheduler = build_optimizer(sae, config)
         model, optimizer = accelerator.prepare(sae, optimizer)
         dead = torch.zeros(d_sae, dtype=torch.bool, device=device)
 

@@ -24,7 +24,12 @@ from hf_topafa import SAEConfig, SparseAutoencoder
 from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.sae import kfree
 from hf_topafa.sae.kfree_rules import batch_energy
-from hf_topafa.training.train import TrainConfig, build_optimizer, train_step
+from hf_topafa.training.train import (
+    TrainConfig,
+    build_optimizer,
+    init_decoder_bias,
+    train_step,
+)
 
 
 def fano_energy(x: torch.Tensor, bias: torch.Tensor) -> float:
@@ -37,11 +42,11 @@ def fano_energy(x: torch.Tensor, bias: torch.Tensor) -> float:
 
 @torch.no_grad()
 def reading(sae, x: torch.Tensor, out) -> dict:
+    x, _, _ = sae.normalize_input(x)  # the SAE's own space, where its rule reads
     raw = kfree.decoder_scaled_preactivations(sae, x)
     kept = out.feature_acts != 0
-    threshold = getattr(sae, "threshold", None)
     return {
-        "energy": float(threshold[0]) if sae.config.activation == "afa_energy" else None,
+        "energy": float(sae.threshold[0]) if sae.config.activation == "afa_energy" else None,
         "batch_energy": float(batch_energy(sae, raw, x)),
         "above_level": float(
             ((raw > kfree.centred_noise_level(raw)) & (raw > 0)).sum(-1).float().mean()
@@ -65,15 +70,14 @@ def trace(x_all: torch.Tensor, config: TrainConfig, every: int, energy_start=Non
     sae = SparseAutoencoder(SAEConfig.from_settings(  # as the trainer builds it
         config.sae, d_in=x_all.shape[1], dead_tokens_threshold=config.resolved_dead_threshold()
     )).train()  # fmt: skip
-    with torch.no_grad():
-        if config.optim.decoder_bias_init == "mean":  # as the trainer starts b_dec
-            sae.b_dec.copy_(x_all[:batch].mean(0))
-        if energy_start is not None:
-            start = (
-                fano_energy(x_all[:batch], sae.b_dec) if energy_start == "fano" else energy_start
-            )
-            sae.threshold.fill_(float(start))
     accelerator = Accelerator(cpu=True)
+    if config.optim.decoder_bias_init == "mean":  # as the trainer starts b_dec
+        init_decoder_bias(sae, x_all[:batch], accelerator)
+    if energy_start is not None:
+        with torch.no_grad():
+            first, _, _ = sae.normalize_input(x_all[:batch])
+            start = fano_energy(first, sae.b_dec) if energy_start == "fano" else energy_start
+            sae.threshold.fill_(float(start))
     optimizer, scheduler = build_optimizer(sae, config)
     model, optimizer = accelerator.prepare(sae, optimizer)
     since_fired = torch.zeros(sae.config.d_sae, dtype=torch.long)  # the trainer's dead count

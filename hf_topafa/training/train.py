@@ -76,7 +76,8 @@ __all__ = [  # the training API; each name lives in its own module (the run fold
     # names and flags' defaults in hf_topafa.train_config)
     "METRICS", "TRAINING_CONFIG",
     "CacheSource", "LiveSource", "SyntheticSource", "TensorSource", "TrainConfig", "build_parser",
-    "build_optimizer", "cli_main", "held_out_metrics", "load_config_file", "lr_factor",
+    "build_optimizer", "cli_main", "held_out_metrics", "init_decoder_bias", "load_config_file",
+    "lr_factor",
     "parse_config", "summary", "train", "train_step",
 ]  # fmt: skip
 
@@ -152,7 +153,7 @@ def train(
     batches = endless_batches(data_.source, state["positions"][accelerator.process_index])
     if state["step"] == 0 and config.optim.decoder_bias_init == "mean":
         first, position = next(batches)
-        _init_decoder_bias(sae, first.to(accelerator.device), accelerator)
+        init_decoder_bias(sae, first.to(accelerator.device), accelerator)
         batches = chain_first(first, position, batches)
 
     total_steps = config.steps
@@ -385,7 +386,7 @@ def _plan(config: TrainConfig, sae_config: SAEConfig, data_: TrainingData, world
 
 
 @torch.no_grad()
-def _init_decoder_bias(sae, x: torch.Tensor, accelerator) -> None:
+def init_decoder_bias(sae, x: torch.Tensor, accelerator) -> None:
     """b_dec = the mean (in the SAE's input space) of the first batch, over all processes."""
     x_n, _, _ = sae.normalize_input(x.to(sae.W_dec.dtype))
     mean = x_n.mean(0)
