@@ -89,6 +89,10 @@ PLANS = {
         # the AFA's energy over one confidently detected feature's: a count from the norm that
         # spreading cannot inflate (afa_count's per-feature energy falls when the code spreads)
         spec("afa_energy"),
+        # one feature's energy from the fourth moment of the decoder projections (the excess
+        # over their interference's), the code's from the AFA: on the worlds' own features it
+        # reads 1.05-1.09x the true L0 where that differs eightfold (synth_reread.py oracle:)
+        spec("afa_kurtosis"),
     ],
     # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?
     "variants": [spec("noise_floor"), spec("afa_mdl"), spec("topk", 16), spec("topk", 32),
@@ -103,7 +107,8 @@ PLANS = {
                  spec("latent_noise", matryoshka_levels=4), spec("afa_energy"),
                  spec("afa_energy", matryoshka_levels=4),
                  # the dense world's Matryoshka baseline at what its width holds (24.4)
-                 spec("batchtopk", 24, matryoshka_levels=4)],
+                 spec("batchtopk", 24, matryoshka_levels=4),
+                 spec("afa_kurtosis"), spec("afa_kurtosis", matryoshka_levels=4)],
     # absorption: trained longer, TopK's parents with an active child sink into the interference
     # (synth_detectability). Matryoshka training asks the first d_sae/2 ... d_sae/16 features to
     # reconstruct alone, which keeps general features whole; with a k-free rule, does the count
@@ -117,7 +122,8 @@ PLANS = {
                    spec("latent_noise", matryoshka_levels=4),
                    # a Matryoshka dictionary absorbs less, so the decoder's projection reads a
                    # detected feature nearer its magnitude (synth_energy.py): afa_energy's count?
-                   spec("afa_energy", matryoshka_levels=4)],
+                   spec("afa_energy", matryoshka_levels=4),
+                   spec("afa_kurtosis", matryoshka_levels=4)],
     # afa_mdl landed at L0 13.7: TopK at that k is its fair comparison; noise_batch followed
     # the truth's count on the 4k world: does it on this one? Matryoshka is the published
     # world's best family: does its gain on the 4k world hold here?

@@ -136,7 +136,9 @@ def read_at_levels(run: str, levels: torch.Tensor):
     """The SAE at ``run`` read as a JumpReLU whose thresholds are ``levels`` (decoder-scaled)."""
     from synth_reread import reread  # the sibling script: a dictionary under another rule
 
-    sae = reread(run, "jumprelu")
+    from hf_topafa import SparseAutoencoder
+
+    sae = reread(SparseAutoencoder.from_pretrained(run), "jumprelu")
     with torch.no_grad():
         sae.threshold.copy_(levels / torch.linalg.vector_norm(sae.W_dec, dim=-1))
     return sae

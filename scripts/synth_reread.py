@@ -7,28 +7,55 @@ and afa_band dictionaries of the 4k world.
 
     python scripts/synth_reread.py runs/synthbench/runs/synthsaebench-4k/topk-k16 \\
         runs/synthbench/cache/synthsaebench-4k-eval risk_inflation noise_floor topk:8 afa_batch@1.75
+
+``oracle:WIDTH`` in place of a run reads the world's own WIDTH most frequent features as the
+dictionary (``ground_truth.oracle_sae``): what each rule does when the dictionary is perfect;
+``oracle:WIDTH:whitened`` reads them with the least-interference linear encoder,
+``oracle:WIDTH:prior`` with each feature's firing rate as a Bayes prior in its encoder bias.
+
+    python scripts/synth_reread.py oracle:1024 runs/synthbench/cache/synthsaebench-4k-eval \\
+        topk:12 noise_batch afa_energy
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 
 from hf_topafa import SAEConfig, SparseAutoencoder
 from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.data.synthetic_cache import world_of_cache
-from hf_topafa.evaluation.ground_truth import TruthSet, score_against_truth
+from hf_topafa.evaluation.ground_truth import (
+    TruthSet,
+    matched_features,
+    oracle_sae,
+    score_against_truth,
+)
+from hf_topafa.helpers import write_json
 
-SHOWN = ("l0", "f1", "mcc", "precision", "recall", "l0_corr", "dead")
+SHOWN = ("l0", "true_l0_top_width", "f1", "mcc", "precision", "recall", "l0_corr", "dead")
 
 
-def reread(run: str, rule: str) -> SparseAutoencoder:
-    """The SAE at ``run`` with its activation replaced by ``rule``: "name", "name:k", or
-    "name@LEVEL" for a rule with an estimated threshold, fixed at LEVEL (``afa_batch@1.75``: one
-    global level on decoder-scaled activations, in the SAE's input scale for ``none``)."""
-    base = SparseAutoencoder.from_pretrained(run)
+@torch.no_grad()
+def kept_true_and_false(sae, world, truth: TruthSet, match, batch: int = 4096) -> dict:
+    """Per sample, how many kept latents' matched features (``match``, one per latent) are on
+    (true) and off (false)."""
+    true = false = 0.0
+    for start in range(0, truth.num_samples, batch):
+        codes = truth.rows(start, min(truth.num_samples, start + batch))
+        kept = sae(world.feature_dict(codes)).feature_acts != 0
+        on = codes[:, match] > 0
+        true, false = true + float((kept & on).sum()), false + float((kept & ~on).sum())
+    return {"true_pos": true / truth.num_samples, "false_pos": false / truth.num_samples}
+
+
+def reread(base: SparseAutoencoder, rule: str) -> SparseAutoencoder:
+    """``base`` with its activation replaced by ``rule``: "name", "name:k", or "name@LEVEL" for a
+    rule with an estimated threshold, fixed at LEVEL (``afa_batch@1.75``: one global level on
+    decoder-scaled activations, in the SAE's input scale for ``none``)."""
     rule, _, level = rule.partition("@")
     name, _, k = rule.partition(":")
     fields = base.config.to_dict()
@@ -47,7 +74,9 @@ def reread(run: str, rule: str) -> SparseAutoencoder:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("run", help="a trained SAE folder")
+    p.add_argument(
+        "run", help="a trained SAE folder, or oracle:WIDTH[:whitened|:prior] (the world's features)"
+    )
     p.add_argument("cache", help="a synthetic cache written with its true codes")
     p.add_argument(
         "rules",
@@ -55,17 +84,35 @@ def main() -> None:
         help="rule names; name:k for rules with a k; name@LEVEL to fix an estimated threshold",
     )
     p.add_argument("--samples", type=int, default=20000)
+    p.add_argument("--json", default=None, help="also write the rows, with the command, here")
     args = p.parse_args()
     torch.set_num_threads(1)
     cache = ActivationCache(args.cache)
     world = world_of_cache(cache.manifest)
     truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
+    kind, _, width = args.run.partition(":")
+    if kind == "oracle":
+        width, _, encoder = width.partition(":")
+        base = oracle_sae(world, truth, int(width), encoder or "matched")
+    else:
+        base = SparseAutoencoder.from_pretrained(args.run)
+    match = matched_features(base.W_dec, world.feature_dict.feature_vectors)
+    rows = []
     for rule in args.rules:
-        row = score_against_truth(reread(args.run, rule), world, truth)["row"]
-        shown = {
-            key: round(row[key], 3) if isinstance(row[key], float) else row[key] for key in SHOWN
+        sae = reread(base, rule)
+        row = {
+            **score_against_truth(sae, world, truth)["row"],
+            **kept_true_and_false(sae, world, truth, match),
         }
+        shown = {key: round(row[key], 3) if isinstance(row[key], float) else row[key]
+                 for key in (*SHOWN, "true_pos", "false_pos")}  # fmt: skip
         print(json.dumps({"rule": rule, **shown}))
+        rows.append({"rule": rule, **row})
+    if args.json:
+        command = "python scripts/synth_reread.py " + " ".join(sys.argv[1:])
+        write_json(args.json, {"run": args.run, "cache": args.cache, "samples": truth.num_samples,
+                               "true_l0": rows[0]["true_l0"] if rows else None,
+                               "command": command, "rows": rows})  # fmt: skip
 
 
 if __name__ == "__main__":

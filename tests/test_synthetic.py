@@ -21,6 +21,9 @@ from hf_topafa.data.synthetic_cache import write_synthetic_cache  # noqa: E402
 from hf_topafa.evaluation.ground_truth import (  # noqa: E402
     SAELensView,
     TruthSet,
+    matched_features,
+    most_frequent,
+    oracle_sae,
     score_against_truth,
 )
 
@@ -38,6 +41,7 @@ from synth_energy import energy_readings  # noqa: E402
 from synth_energy_trace import fano_energy, trace  # noqa: E402
 from synth_false_positives import false_positive_sources  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
+from synth_reread import kept_true_and_false  # noqa: E402
 
 TINY = {
     "num_features": 48,
@@ -264,30 +268,10 @@ def test_a_tensor_records_only_the_provenance_its_caller_gives(tmp_path):
               provenance={"modle": "x"})  # fmt: skip
 
 
-def oracle_sae(world, activation="topk", k=8) -> SparseAutoencoder:
-    """An SAE whose decoder rows are the world's true features and whose decoder bias is the
-    world's bias: SAELens's MCC must find them exactly."""
-    feats = world.feature_dict.feature_vectors.detach()
-    sae = SparseAutoencoder(
-        SAEConfig(
-            d_in=feats.shape[1],
-            d_sae=feats.shape[0],
-            activation=activation,
-            k=k,
-            input_normalization="none",
-        )  # fmt: skip
-    )
-    with torch.no_grad():
-        sae.W_dec.copy_(feats / feats.norm(dim=-1, keepdim=True))
-        sae.W_enc.copy_(torch.linalg.pinv(sae.W_dec))
-        sae.b_dec.copy_(world.feature_dict.bias.detach())
-    return sae.eval()
-
-
 def test_scores_against_the_truth_find_an_oracle_and_reject_noise(world_json):
     world = synthetic.load_world(str(world_json), progress=False)
     truth = TruthSet.drawn_from(world, 2000, seed=4)
-    oracle = score_against_truth(oracle_sae(world), world, truth)["row"]
+    oracle = score_against_truth(oracle_sae(world, activation="topk", k=8), world, truth)["row"]
     assert oracle["mcc"] == pytest.approx(1.0, abs=1e-5) and oracle["uniqueness"] == 1.0
     torch.manual_seed(0)
     noise = SparseAutoencoder(SAEConfig(d_in=24, d_sae=48, activation="topk", k=8,
@@ -301,12 +285,53 @@ def test_scores_against_the_truth_find_an_oracle_and_reject_noise(world_json):
     assert oracle["true_l0_top_width"] == pytest.approx(oracle["true_l0"])  # width holds them all
 
 
+def test_an_oracle_holds_the_widths_most_frequent_features_and_reads_a_lone_one_exactly(world_json):
+    world = synthetic.load_world(str(world_json), progress=False)
+    truth = TruthSet.drawn_from(world, 3000, seed=6)
+    counts = torch.bincount(truth.indices[:, 1], minlength=48)
+    unit = torch.nn.functional.normalize(world.feature_dict.feature_vectors.float(), dim=-1)
+    matched = oracle_sae(world, truth, 16)
+    whitened = oracle_sae(world, truth, 16, encoder="whitened")
+    assert torch.allclose(matched.W_dec, unit[most_frequent(counts, 16)])
+    assert torch.allclose(whitened.W_dec, matched.W_dec)
+    lone = 3.0 * matched.W_dec + world.feature_dict.bias  # each held feature alone, magnitude 3
+    for sae in (matched, whitened):
+        reading = (lone - sae.b_dec) @ sae.W_enc
+        assert torch.allclose(reading.diagonal(), torch.full((16,), 3.0), atol=1e-4)
+    # the whitened reading carries less of the other features (same gain on its own)
+    z = world.feature_dict(truth.rows(0, 3000)) - world.feature_dict.bias
+    energy = {name: ((z @ sae.W_enc) ** 2).mean(0) for name, sae in
+              (("matched", matched), ("whitened", whitened))}  # fmt: skip
+    assert bool((energy["whitened"] <= energy["matched"] + 1e-4).all())
+    assert bool((energy["whitened"] < energy["matched"] - 1e-3).any())
+    # the prior: a frequent feature's level sits lower than a rare one's (encoder bias higher)
+    prior = oracle_sae(world, truth, 16, encoder="prior")
+    rates = counts[most_frequent(counts, 16)].float()
+    assert torch.allclose(prior.W_enc, matched.W_enc)
+    more = rates[:, None] > rates[None, :]  # [i, j]: i fires more often than j
+    assert more.any() and bool((prior.b_enc[:, None] > prior.b_enc[None, :])[more].all())
+    # every latent of a full oracle is matched to its own feature; kept = true + false
+    full = oracle_sae(world, activation="topk", k=4)
+    match = matched_features(full.W_dec, world.feature_dict.feature_vectors)
+    assert torch.equal(match, torch.arange(48))
+    kept = kept_true_and_false(full, world, truth, match)
+    row = score_against_truth(full, world, truth)["row"]
+    assert kept["true_pos"] + kept["false_pos"] == pytest.approx(row["l0"], rel=1e-6)
+    assert 0 < kept["true_pos"] <= row["true_l0"]
+    for bad, message in (({"width": 0}, "oracle width must be 1..48"),
+                         ({"width": 16}, "needs a truth set"),
+                         ({"encoder": "prior"}, "needs a truth set"),
+                         ({"encoder": "pinv"}, "matched, whitened or prior")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            oracle_sae(world, **bad)
+
+
 def test_per_sample_counts_follow_an_adaptive_rule(world_json):
     world = synthetic.load_world(str(world_json), progress=False)
     truth = TruthSet.drawn_from(world, 2000, seed=5)
     from hf_topafa.evaluation.ground_truth import correlation
 
-    row = score_against_truth(oracle_sae(world, "relu", None), world, truth)["row"]
+    row = score_against_truth(oracle_sae(world), world, truth)["row"]
     assert row["l0_corr"] is not None and 0 < row["l0_corr"] <= 1
     assert row["l0_ratio_quantiles"][0] <= row["l0_ratio_quantiles"][1]
     assert correlation(torch.full((5,), 3.0), torch.arange(5.0)) is None  # TopK's constant L0
@@ -394,7 +419,7 @@ def test_saelens_view_reconstructs_in_the_input_space():
 def test_evaluate_synthetic_command(world_json, tmp_path, capsys):
     world = synthetic.load_world(str(world_json), progress=False)
     run = tmp_path / "oracle"
-    oracle_sae(world).save_pretrained(run)
+    oracle_sae(world, activation="topk", k=8).save_pretrained(run)
     out = tmp_path / "gt.json"
     argv = ["evaluate", str(run), "--synthetic", str(world_json), "--max-tokens", "800"]
     assert cli([*argv, "--json", str(out), "--plots", str(tmp_path / "plots")]) == 0

@@ -133,6 +133,65 @@ def most_frequent(counts: torch.Tensor, width: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def oracle_sae(
+    world,
+    truth: TruthSet | None = None,
+    width: int | None = None,
+    encoder: str = "matched",
+    activation: str = "relu",
+    k: int | None = None,
+):
+    """An SAE whose dictionary is the world's own features (decoder rows their unit vectors, b_dec
+    the world's bias): all of them, or the ``width`` that fire most often in ``truth``. Read by a
+    selection rule (``activation``), it shows what that rule does on a perfect dictionary, so that
+    a rule's failure can be told from an unfinished dictionary's.
+
+    ``encoder``: "matched" reads each feature by its own direction (encoder = decoder); "whitened"
+    by C⁻¹d / dᵀC⁻¹d, C the second moment of x − bias over ``truth``'s samples: the linear
+    reading with the least interference (Gaussian model), still reading a lone feature at its
+    magnitude; "prior" is "matched" with each feature's prior in its encoder bias, the shift of
+    the Bayes level under Gaussian interference: −(σ²/a)·ln((1 − p)/p), p its firing rate in
+    ``truth``, a the mean true magnitude, σ² = mean ‖x − bias‖² / d."""
+    from ..sae.configuration_sae import SAEConfig
+    from ..sae.modeling_sae import SparseAutoencoder
+
+    features = world.feature_dict.feature_vectors.float()
+    width = features.shape[0] if width is None else width
+    if encoder not in ("matched", "whitened", "prior"):
+        raise ValueError(f"oracle encoder must be matched, whitened or prior, not {encoder!r}")
+    if not 0 < width <= features.shape[0]:
+        raise ValueError(f"oracle width must be 1..{features.shape[0]} (the world's features)")
+    if truth is None and (width < features.shape[0] or encoder != "matched"):
+        raise ValueError("an oracle narrower than the world, or not matched, needs a truth set")
+    if truth is not None:
+        a, b = truth.row_starts[0].item(), truth.row_starts[truth.num_samples].item()
+        counts = torch.bincount(truth.indices[a:b, 1], minlength=truth.width)
+        held = most_frequent(counts, width)
+        features = features[held]
+    rows = nn.functional.normalize(features, dim=-1)
+    config = SAEConfig(d_in=rows.shape[1], d_sae=width, activation=activation, k=k,
+                       input_normalization="none", afa_coef=0.0,
+                       encoder_bias=encoder == "prior")  # fmt: skip
+    sae = SparseAutoencoder(config)
+    bias = world.feature_dict.bias.float()
+    sae.W_dec.data.copy_(rows)
+    sae.b_dec.data.copy_(bias)
+    sae.W_enc.data.copy_(rows.T)
+    if encoder == "matched":
+        return sae.eval()
+    z = world.feature_dict(truth.rows(0, min(truth.num_samples, 20000))).float() - bias
+    if encoder == "prior":
+        p = (counts[held].float() / truth.num_samples).clamp(1e-6, 1 - 1e-6)
+        noise = float((z**2).sum(-1).mean()) / z.shape[-1]
+        magnitude = float(truth.values[a:b].float().mean())
+        sae.b_enc.data.copy_(-(noise / magnitude) * torch.log((1 - p) / p))
+    else:
+        solved = torch.linalg.solve(z.T @ z / z.shape[0], rows.T)  # C⁻¹d per column
+        sae.W_enc.data.copy_(solved / (rows.T * solved).sum(0, keepdim=True))
+    return sae.eval()
+
+
+@torch.no_grad()
 def matched_features(W_dec: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """For each latent (row of ``W_dec``), its true feature under one-to-one matching on |cosine|
     between decoder rows and true feature vectors, as SAELens's MCC matches them."""

@@ -284,6 +284,39 @@ def batch_noise_floor(
     return batch_keep(pre, decoder_norms, k)
 
 
+@torch.no_grad()
+def kurtosis_count(projections: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Features per token in this batch, from the fourth moment of the decoder projections and
+    the AFA (a 0-dim tensor, at least 1, at most d / 2).
+
+    ``projections`` [N, h]: z onto each unit decoder row; ``z`` [N, d] = x - b_dec. If a token
+    holds n features of energy a² each (so ‖z‖² = n a², the AFA) and every projection adds
+    Gaussian interference of variance σ², then Σ p² = ‖z‖² + h σ² gives σ², and
+    Σ p⁴ − 3hσ⁴ − 6σ²‖z‖² = n a⁴: the excess over the interference's fourth moment. Over the
+    batch, a² = Σ excess / Σ ‖z‖² and the count is mean ‖z‖² / a². On the synthetic worlds' own
+    features it reads 1.05 to 1.09 times the true L0 where that differs eightfold. A dictionary
+    with no heavy tail (a random one) has no excess: the count is then its cap."""
+    h, d = projections.shape[-1], z.shape[-1]
+    energy = z.double().pow(2).sum(-1)
+    p = projections.double()
+    noise = (p.pow(2).sum(-1) - energy) / h
+    excess = (p.pow(4).sum(-1) - 3 * h * noise.pow(2) - 6 * noise * energy).sum()
+    cap = torch.tensor(d / 2, dtype=torch.float64, device=z.device)
+    if not bool(excess > 0):
+        return cap.float()
+    count = energy.sum().pow(2) / (energy.numel() * excess)
+    return count.clamp(1.0, cap).float()
+
+
+def batch_kurtosis(
+    pre: torch.Tensor, decoder_norms: torch.Tensor, projections: torch.Tensor, z: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_keep`` with the batch's budget set by ``kurtosis_count``: how many features the
+    batch holds by the AFA's energy over one feature's, spent on its largest activations."""
+    budget = (kurtosis_count(projections, z) * pre.shape[0]).round()
+    return batch_keep(pre, decoder_norms, budget)
+
+
 RISK_CANDIDATES = 256  # features ranked per token by risk_inflation (its k is at most this)
 
 

@@ -105,6 +105,13 @@ def noise_floor_budget(sae, pre, decoder_norms, x_n):
     return kfree.batch_noise_floor(pre, decoder_norms)
 
 
+def kurtosis_budget(sae, pre, decoder_norms, x_n):
+    from . import kfree
+
+    z = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
+    return kfree.batch_kurtosis(pre, decoder_norms, kfree.decoder_projections(sae, x_n), z)
+
+
 def noise_floor_select(sae, pre, x_n):
     import torch
 

@@ -445,6 +445,20 @@ RULES: dict[str, Rule] = {
             **kfree_rules.batch_rule(kfree_rules.noise_floor_budget),
         ),
         Rule(
+            name="afa_kurtosis",
+            display_name="AFA kurtosis batch",
+            card_tag="afa-kurtosis",
+            card_text=(
+                "Features are chosen by **AFA kurtosis batch**: during training a batch keeps "
+                "its largest decoder-scaled activations, as many as its tokens hold by the AFA: "
+                "the energy ||x - b_dec||^2 over the energy of one feature, read from how far "
+                "the fourth moment of the projections of x - b_dec onto the decoder rows exceeds "
+                "that of their interference; at inference a threshold estimated during training. "
+                "There is no *k* to tune."
+            ),
+            **kfree_rules.batch_rule(kfree_rules.kurtosis_budget),
+        ),
+        Rule(
             name="latent_noise",
             display_name="Per-latent noise level",
             card_tag="latent-noise",
