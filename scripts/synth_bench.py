@@ -109,6 +109,11 @@ PLANS = {
                  # the dense world's Matryoshka baseline at what its width holds (24.4)
                  spec("batchtopk", 24, matryoshka_levels=4),
                  spec("afa_kurtosis"), spec("afa_kurtosis", matryoshka_levels=4)],
+    # the sparse world's probabilities without its hierarchy: no parent to absorb, so does a
+    # count read from a trained dictionary (afa_kurtosis) reach the truth?
+    "flat": [spec("batchtopk", 5), spec("afa_kurtosis"), spec("topk", 5), spec("noise_batch"),
+             spec("afa_energy"), spec("batchtopk", 5, matryoshka_levels=4),
+             spec("afa_kurtosis", matryoshka_levels=4)],
     # absorption: trained longer, TopK's parents with an active child sink into the interference
     # (synth_detectability). Matryoshka training asks the first d_sae/2 ... d_sae/16 features to
     # reconstruct alone, which keeps general features whole; with a k-free rule, does the count
