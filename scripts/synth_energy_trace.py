@@ -6,7 +6,8 @@ On the 4k world it settles near the truth's count; on the sparse world it runs a
 This trains an SAE with the trainer's step and schedule on an activation cache and prints, every
 ``--every`` steps: the rule's running E (afa_energy only), the batch's own reading of it, how
 many activations per token clear their centred noise level, the median squared projection of
-the kept latents, the training L0, the input's energy, and the normalized error. For any rule:
+the kept latents, the kurtosis count (``kfree.kurtosis_count``), the training L0, the input's
+energy, and the normalized error. For any rule:
 it shows what E a dictionary of that age would give.
 
     python scripts/synth_energy_trace.py runs/synthbench/cache/synthsaebench-4k-sparse-train \\
@@ -52,6 +53,9 @@ def reading(sae, x: torch.Tensor, out) -> dict:
             ((raw > kfree.centred_noise_level(raw)) & (raw > 0)).sum(-1).float().mean()
         ),
         "kept_projection_sq": float(kfree.decoder_projections(sae, x)[kept].pow(2).median()),
+        "kurtosis_count": float(
+            kfree.kurtosis_count(kfree.decoder_projections(sae, x), x - sae.b_dec)
+        ),
         "l0": float(kept.sum(-1).float().mean()),
         "input_energy": float((x - sae.b_dec).pow(2).sum(-1).median()),
         "nmse": float(out.mse_loss),

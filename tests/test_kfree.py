@@ -296,3 +296,37 @@ def test_batch_keep_equals_a_stable_sort_ties_and_zeros_included(budget):
     assert torch.equal(acts, want) and torch.equal(smallest, want_smallest)
     if 0 < budget < (pre > 0).sum():
         assert int((acts != 0).sum()) == budget  # exactly the budget, ties cut by index
+
+
+def sparse_world_sample(n_per_token: int, tokens: int = 2048, h: int = 2048, d: int = 256):
+    """Tokens that each hold ``n_per_token`` of ``h`` random unit features at magnitudes near 5,
+    and those features (the dictionary that reads them)."""
+    g = torch.Generator().manual_seed(n_per_token)
+    features = torch.nn.functional.normalize(torch.randn(h, d, generator=g), dim=-1)
+    codes = torch.zeros(tokens, h)
+    on = torch.rand(tokens, h, generator=g).argsort(-1)[:, :n_per_token]
+    codes.scatter_(1, on, 5 + 0.5 * torch.randn(tokens, n_per_token, generator=g))
+    return codes @ features, features
+
+
+def test_kurtosis_count_reads_the_features_per_token_where_they_differ_fourfold():
+    for n in (4, 16):
+        z, features = sparse_world_sample(n)
+        count = float(kfree.kurtosis_count(z @ features.T, z))
+        assert count == pytest.approx(n, rel=0.15)
+    # a dictionary unrelated to the features has no excess fourth moment: the count is its cap
+    z, _ = sparse_world_sample(8)
+    other = torch.nn.functional.normalize(torch.randn(2048, 256), dim=-1)
+    assert float(kfree.kurtosis_count(z @ other.T, z)) == pytest.approx(128, rel=0.05)
+    assert float(kfree.kurtosis_count(torch.zeros(4, 8), torch.zeros(4, 6))) == 3.0
+
+
+def test_afa_kurtosis_spends_its_count_across_the_batch():
+    z, features = sparse_world_sample(6, tokens=512)
+    pre = torch.relu(z @ features.T).requires_grad_()
+    acts, smallest = kfree.batch_kurtosis(pre, torch.ones(2048), z @ features.T, z)
+    kept = (acts != 0).sum()
+    assert kept == round(float(kfree.kurtosis_count(z @ features.T, z)) * 512)
+    assert float(smallest) == pytest.approx(float(acts.detach()[acts != 0].min()))
+    acts.sum().backward()
+    assert int((pre.grad != 0).sum()) == int(kept)

@@ -456,6 +456,7 @@ RULES: dict[str, Rule] = {
                 "that of their interference; at inference a threshold estimated during training. "
                 "There is no *k* to tune."
             ),
+            ground_truth=GROUND_TRUTH["afa_kurtosis"],
             **kfree_rules.batch_rule(kfree_rules.kurtosis_budget),
         ),
         Rule(
