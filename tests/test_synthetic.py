@@ -28,6 +28,7 @@ from hf_topafa.evaluation.ground_truth import (  # noqa: E402
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from kurtosis_count import read_count  # noqa: E402
 from synth_bench import (  # noqa: E402
     FINISHED_AT,
     REPO,
@@ -324,6 +325,23 @@ def test_an_oracle_holds_the_widths_most_frequent_features_and_reads_a_lone_one_
                          ({"encoder": "pinv"}, "matched, whitened or prior")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             oracle_sae(world, **bad)
+
+
+def test_a_dictionary_of_the_features_reads_a_kurtosis_count_a_random_one_reads_its_cap(
+    world_json,
+):
+    world = synthetic.load_world(str(world_json), progress=False)
+    truth = TruthSet.drawn_from(world, 4000, seed=2)
+    x = world.feature_dict(truth.rows(0, 4000))
+    torch.manual_seed(0)
+    random = SparseAutoencoder(SAEConfig(d_in=24, d_sae=48, activation="topk", k=4,
+                                         input_normalization="layer_norm"))  # fmt: skip
+    assert read_count(random.eval(), x)["kurtosis_count"] == pytest.approx(12.0, rel=0.05)
+    oracle = read_count(oracle_sae(world), x)
+    assert oracle["cap"] == 12.0 and 1.0 < oracle["kurtosis_count"] < 9.0
+    assert oracle["l0"] == pytest.approx(
+        float((oracle_sae(world)(x).feature_acts > 0).sum(-1).float().mean())
+    )
 
 
 def test_per_sample_counts_follow_an_adaptive_rule(world_json):
