@@ -294,7 +294,8 @@ def kurtosis_count(projections: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     Gaussian interference of variance σ², then Σ p² = ‖z‖² + h σ² gives σ², and
     Σ p⁴ − 3hσ⁴ − 6σ²‖z‖² = n a⁴: the excess over the interference's fourth moment. Over the
     batch, a² = Σ excess / Σ ‖z‖² and the count is mean ‖z‖² / a². On the synthetic worlds' own
-    features it reads 1.05 to 1.09 times the true L0 where that differs eightfold. A dictionary
+    features it reads 1.05 to 1.11 times the true L0 where that differs eightfold (1.23 on a
+    world without a hierarchy). A dictionary
     with no heavy tail (a random one) has no excess: the count is then its cap."""
     h, d = projections.shape[-1], z.shape[-1]
     energy = z.double().pow(2).sum(-1)
