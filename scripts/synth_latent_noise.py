@@ -38,6 +38,7 @@ import json
 
 import torch
 
+from hf_topafa import SparseAutoencoder
 from hf_topafa.evaluation.ground_truth import (
     hierarchy_parents,
     matched_features,
@@ -135,8 +136,6 @@ def relative_on(codes: torch.Tensor, parents: torch.Tensor, match: torch.Tensor)
 def read_at_levels(run: str, levels: torch.Tensor):
     """The SAE at ``run`` read as a JumpReLU whose thresholds are ``levels`` (decoder-scaled)."""
     from synth_reread import reread  # the sibling script: a dictionary under another rule
-
-    from hf_topafa import SparseAutoencoder
 
     sae = reread(SparseAutoencoder.from_pretrained(run), "jumprelu")
     with torch.no_grad():

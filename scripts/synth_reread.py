@@ -93,7 +93,12 @@ def main() -> None:
     kind, _, width = args.run.partition(":")
     if kind == "oracle":
         width, _, encoder = width.partition(":")
-        base = oracle_sae(world, truth, int(width), encoder or "matched")
+        if not width.isdigit():
+            raise SystemExit(f"oracle:WIDTH needs a whole number of features, not {width!r}")
+        try:
+            base = oracle_sae(world, truth, int(width), encoder or "matched")
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
     else:
         base = SparseAutoencoder.from_pretrained(args.run)
     match = matched_features(base.W_dec, world.feature_dict.feature_vectors)
