@@ -153,7 +153,6 @@ def main() -> None:
     )
     args = p.parse_args()
     torch.set_num_threads(1)
-    from hf_topafa import SparseAutoencoder
     from hf_topafa.evaluation.ground_truth import truth_for
 
     sae = SparseAutoencoder.from_pretrained(args.run).eval()
