@@ -9,6 +9,10 @@ excess, and the count is then its cap, d / 2.
 
     hf-topafa harvest --holdout eval --max-tokens 4096 --output runs/smollm2-eval-cache
     python scripts/kurtosis_count.py runs/smollm2-eval-cache runs/smollm2-topk33 runs/smollm2-afa-energy
+
+Each SAE's L0 and normalized MSE (per token ||x - x_hat||^2 / ||x||^2 in the input's space, the
+mean over tokens) are printed beside it, and with ``--read`` the same for the SAE read by
+``afa_kurtosis`` (its threshold dropped: the tokens' own kurtosis count spent across them).
 """
 
 from __future__ import annotations
@@ -25,13 +29,22 @@ from hf_topafa.sae import kfree
 
 
 @torch.no_grad()
+def l0_and_error(sae: SparseAutoencoder, x: torch.Tensor) -> dict:
+    """The SAE's mean L0 on ``x`` and its normalized MSE in the input's space."""
+    out = sae(x)
+    error = (x - out.reconstruction).pow(2).sum(-1) / x.pow(2).sum(-1).clamp_min(1e-30)
+    return {"l0": float((out.feature_acts != 0).sum(-1).float().mean()),
+            "normalized_mse": float(error.mean())}  # fmt: skip
+
+
+@torch.no_grad()
 def read_count(sae: SparseAutoencoder, x: torch.Tensor) -> dict:
-    """The dictionary's kurtosis count on ``x`` (in the SAE's normalized space) and its L0."""
+    """The dictionary's kurtosis count on ``x`` (in the SAE's normalized space), its L0 and
+    normalized MSE."""
     x_n = sae.normalize_input(x)[0]
     projections = kfree.decoder_projections(sae, x_n)
     count = kfree.kurtosis_count(projections, x_n.reshape(-1, sae.config.d_in) - sae.b_dec)
-    l0 = (sae(x).feature_acts != 0).sum(-1).float().mean()
-    return {"kurtosis_count": float(count), "l0": float(l0), "cap": sae.config.d_in / 2}
+    return {"kurtosis_count": float(count), **l0_and_error(sae, x), "cap": sae.config.d_in / 2}
 
 
 def main() -> None:
@@ -39,6 +52,7 @@ def main() -> None:
     p.add_argument("cache", help="an activation cache (hf-topafa harvest)")
     p.add_argument("runs", nargs="+", help="trained SAE folders")
     p.add_argument("--tokens", type=int, default=4096, help="how many of the cache's tokens")
+    p.add_argument("--read", action="store_true", help="also read each SAE by afa_kurtosis")
     args = p.parse_args()
     torch.set_num_threads(1)
     cache = ActivationCache(args.cache)
@@ -47,8 +61,13 @@ def main() -> None:
     for run in args.runs:
         sae = SparseAutoencoder.from_pretrained(run).eval()
         row = {"run": run, "tokens": x.shape[0], **read_count(sae, x)}
+        if args.read:
+            from synth_reread import reread  # the sibling script: a dictionary under another rule
+
+            read = l0_and_error(reread(sae, "afa_kurtosis"), x)
+            row.update({f"kurtosis_read_{key}": value for key, value in read.items()})
         print(
-            json.dumps({key: round(v, 2) if isinstance(v, float) else v for key, v in row.items()})
+            json.dumps({key: round(v, 3) if isinstance(v, float) else v for key, v in row.items()})
         )
 
 
