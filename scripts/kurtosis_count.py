@@ -21,7 +21,6 @@ import argparse
 import json
 
 import torch
-from safetensors.torch import load_file
 
 from hf_topafa import SparseAutoencoder
 from hf_topafa.data.harvest import ActivationCache
@@ -56,8 +55,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     cache = ActivationCache(args.cache)
-    shards = [load_file(str(path))["activations"].float() for path in cache.shard_paths]
-    x = torch.cat(shards)[: args.tokens]
+    x = cache.first_activations(args.tokens)
     for run in args.runs:
         sae = SparseAutoencoder.from_pretrained(run).eval()
         row = {"run": run, "tokens": x.shape[0], **read_count(sae, x)}

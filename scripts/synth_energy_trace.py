@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-from safetensors.torch import load_file
 
 from hf_topafa import SAEConfig, SparseAutoencoder
 from hf_topafa.data.harvest import ActivationCache
@@ -45,6 +44,7 @@ def fano_energy(x: torch.Tensor, bias: torch.Tensor) -> float:
 def reading(sae, x: torch.Tensor, out) -> dict:
     x, _, _ = sae.normalize_input(x)  # the SAE's own space, where its rule reads
     raw = kfree.decoder_scaled_preactivations(sae, x)
+    projections = kfree.decoder_projections(sae, x)
     kept = out.feature_acts != 0
     return {
         "energy": float(sae.threshold[0]) if sae.config.activation == "afa_energy" else None,
@@ -52,10 +52,8 @@ def reading(sae, x: torch.Tensor, out) -> dict:
         "above_level": float(
             ((raw > kfree.centred_noise_level(raw)) & (raw > 0)).sum(-1).float().mean()
         ),
-        "kept_projection_sq": float(kfree.decoder_projections(sae, x)[kept].pow(2).median()),
-        "kurtosis_count": float(
-            kfree.kurtosis_count(kfree.decoder_projections(sae, x), x - sae.b_dec)
-        ),
+        "kept_projection_sq": float(projections[kept].pow(2).median()),
+        "kurtosis_count": float(kfree.kurtosis_count(projections, x - sae.b_dec)),
         "l0": float(kept.sum(-1).float().mean()),
         "input_energy": float((x - sae.b_dec).pow(2).sum(-1).median()),
         "nmse": float(out.mse_loss),
@@ -120,15 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=1024, lr=3e-4, seed=0, input_normalization="none",
     )  # synth_bench.py's settings  # fmt: skip
     cache = ActivationCache(args.cache)
-    shards, rows = [], 0
-    for path in cache.shard_paths:  # enough rows for one pass of the steps asked for
-        shards.append(load_file(path)["activations"])
-        rows += len(shards[-1])
-        if rows >= args.steps * config.optim.batch_size:
-            break
+    x_all = cache.first_activations(args.steps * config.optim.batch_size)  # one pass
     start = args.energy_start
     start = None if start is None else start if start == "fano" else float(start)
-    found = trace(torch.cat(shards).float(), config, args.every, start)
+    found = trace(x_all, config, args.every, start)
     for r in found:
         print(
             "  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items())

@@ -244,6 +244,8 @@ def test_cache_round_trip(smollm2, base_cfg, cache_dir):
     shuffled = torch.cat(list(cache.iter_batches(50, shuffle=True, seed=3)))
     assert not torch.equal(shuffled, fresh)
     assert torch.equal(shuffled[shuffled[:, 0].argsort()], fresh[fresh[:, 0].argsort()])
+    for n in (10, 64, 100, 500):  # within a shard, a shard's end, across shards, past the end
+        assert torch.equal(cache.first_activations(n), fresh[:n].float())
     parts = [torch.cat(list(cache.iter_batches(50, rank=r, world_size=2))) for r in range(2)]
     assert len(parts[0]) + len(parts[1]) == 200
     with pytest.raises(ValueError, match="world_size=5"):

@@ -413,6 +413,18 @@ class ActivationCache:
     def shard_paths(self) -> list[Path]:
         return [self.path / s["file"] for s in self.manifest["shards"]]
 
+    def first_activations(self, n: int) -> torch.Tensor:
+        """The first ``n`` tokens' activations in harvest order, as float32 [min(n, tokens), d_in],
+        reading only the shards they need."""
+        parts, rows = [], 0
+        for path in self.shard_paths:
+            if rows >= n:
+                break
+            (acts,) = self._load(path, ("activations",))
+            parts.append(acts[: n - rows].float())
+            rows += len(parts[-1])
+        return torch.cat(parts)
+
     def _load(self, path: Path, keys: tuple[str, ...]) -> list[torch.Tensor]:
         from safetensors import safe_open
 

@@ -77,8 +77,7 @@ __all__ = [  # the training API; each name lives in its own module (the run fold
     "METRICS", "TRAINING_CONFIG",
     "CacheSource", "LiveSource", "SyntheticSource", "TensorSource", "TrainConfig", "build_parser",
     "build_optimizer", "cli_main", "held_out_metrics", "init_decoder_bias", "load_config_file",
-    "lr_factor",
-    "parse_config", "summary", "train", "train_step",
+    "lr_factor", "parse_config", "summary", "train", "train_step",
 ]  # fmt: skip
 
 # --------------------------------------------------------------------------------------------
