@@ -15,6 +15,10 @@ dictionary (``ground_truth.oracle_sae``): what each rule does when the dictionar
 
     python scripts/synth_reread.py oracle:1024 runs/synthbench/cache/synthsaebench-4k-eval \\
         topk:12 noise_batch afa_energy
+
+First it prints what ``afa_kurtosis``'s count would read on a perfect dictionary of the run's
+width, from the true codes alone, and the two factors that move it off the L0 the width holds
+(``ground_truth.kurtosis_reading_of_truth``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.data.synthetic_cache import world_of_cache
 from hf_topafa.evaluation.ground_truth import (
     TruthSet,
+    kurtosis_reading_of_truth,
     matched_features,
     oracle_sae,
     score_against_truth,
@@ -102,6 +107,8 @@ def main() -> None:
     else:
         base = SparseAutoencoder.from_pretrained(args.run)
     match = matched_features(base.W_dec, world.feature_dict.feature_vectors)
+    expected = kurtosis_reading_of_truth(truth, base.config.d_sae)
+    print(json.dumps({"truth": {key: round(v, 3) for key, v in expected.items()}}))
     rows = []
     for rule in args.rules:
         sae = reread(base, rule)
@@ -117,6 +124,7 @@ def main() -> None:
         command = "python scripts/synth_reread.py " + " ".join(sys.argv[1:])
         write_json(args.json, {"run": args.run, "cache": args.cache, "samples": truth.num_samples,
                                "true_l0": rows[0]["true_l0"] if rows else None,
+                               "kurtosis_reading_of_truth": expected,
                                "command": command, "rows": rows})  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from hf_topafa.data.synthetic_cache import write_synthetic_cache  # noqa: E402
 from hf_topafa.evaluation.ground_truth import (  # noqa: E402
     SAELensView,
     TruthSet,
+    kurtosis_reading_of_truth,
     matched_features,
     most_frequent,
     oracle_sae,
@@ -347,6 +348,27 @@ def test_a_dictionary_of_the_features_reads_a_kurtosis_count_a_random_one_reads_
     assert oracle["l0"] == pytest.approx(
         float((oracle_sae(world)(x).feature_acts > 0).sum(-1).float().mean())
     )
+
+
+def test_the_kurtosis_reading_of_the_truth_counts_unheld_energy_and_magnitude_spread():
+    # 4 samples: feature 0 fires 3 times, feature 1 twice (all at 2), feature 2 once (at 1)
+    indices = torch.tensor([[0, 0], [0, 1], [1, 0], [2, 2], [3, 0], [3, 1]])
+    values = torch.tensor([2.0, 2.0, 2.0, 1.0, 2.0, 2.0])
+    held = kurtosis_reading_of_truth(TruthSet(indices, values, 4, 3), width=2)
+    # (E Σ a²)² / E Σ_held a⁴ = (21/4)² / 20; the held magnitudes are equal: no spread
+    assert held["predicted_reading"] == pytest.approx((21 / 4) ** 2 / 20)
+    assert held["true_l0"] == 1.5 and held["held_l0"] == 1.25
+    assert held["outside_energy_squared"] == pytest.approx((21 / 20) ** 2)
+    assert held["magnitude_spread"] == pytest.approx(1.0)
+    assert held["predicted_reading"] == pytest.approx(
+        held["held_l0"] * held["outside_energy_squared"] * held["magnitude_spread"]
+    )
+    # every feature held, magnitudes 1 and 3: the reading is the L0 times m₂²/m₄ = 25/41
+    spread = kurtosis_reading_of_truth(
+        TruthSet(torch.tensor([[0, 0], [1, 1]]), torch.tensor([1.0, 3.0]), 2, 2), width=2
+    )
+    assert spread["outside_energy_squared"] == 1.0
+    assert spread["predicted_reading"] == pytest.approx(25 / 41)
 
 
 def test_per_sample_counts_follow_an_adaptive_rule(world_json):

@@ -191,6 +191,27 @@ def oracle_sae(
     return sae.eval()
 
 
+def kurtosis_reading_of_truth(truth: TruthSet, width: int) -> dict:
+    """What ``kfree.kurtosis_count`` reads on a perfect dictionary of the ``width`` most frequent
+    features, from the true codes alone, taken apart.
+
+    The AFA's energy counts every feature; the fourth-moment excess only the held ones. So the
+    reading is (E Σ a²)² / E Σ_held a⁴ = held L0 · outside² · m₂² / m₄: ``outside`` the energy of
+    all features over the held ones' (≥ 1: the features a width cannot hold raise the count),
+    m₂² / m₄ the held magnitudes' spread (≤ 1, 1 only when all are equal: it lowers it)."""
+    a, b = truth.row_starts[0].item(), truth.row_starts[truth.num_samples].item()
+    features, values = truth.indices[a:b, 1], truth.values[a:b].double()
+    held = most_frequent(torch.bincount(features, minlength=truth.width), width)[features]
+    n, kept = truth.num_samples, values[held]
+    held_l0 = kept.numel() / n
+    energy, held_energy, held_fourth = (v / n for v in (values.pow(2).sum(), kept.pow(2).sum(),
+                                                        kept.pow(4).sum()))  # fmt: skip
+    spread = float((held_energy / held_l0) ** 2 / (held_fourth / held_l0))
+    return {"true_l0": values.numel() / n, "held_l0": held_l0,
+            "outside_energy_squared": float((energy / held_energy) ** 2),
+            "magnitude_spread": spread, "predicted_reading": float(energy**2 / held_fourth)}  # fmt: skip
+
+
 @torch.no_grad()
 def matched_features(W_dec: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """For each latent (row of ``W_dec``), its true feature under one-to-one matching on |cosine|
