@@ -97,6 +97,11 @@ class TruthSet:
         keep = indices[:, 0] < total
         return cls(indices[keep], values[keep], total, width)
 
+    def feature_counts(self, num_samples: int | None = None) -> torch.Tensor:
+        """How often each feature fires in the first ``num_samples`` samples (default: all)."""
+        stop = self.row_starts[self.num_samples if num_samples is None else num_samples].item()
+        return torch.bincount(self.indices[:stop, 1], minlength=self.width)
+
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """Dense true codes of samples start..stop-1."""
         a, b = self.row_starts[start].item(), self.row_starts[stop].item()
@@ -119,8 +124,7 @@ def true_l0_top_width(width: int, num_samples: int, truth: TruthSet) -> float:
     Measured, not read off the world's base probabilities: the hierarchy gates children by their
     parents, so the configured probabilities are not the firing rates.
     """
-    a, b = truth.row_starts[0].item(), truth.row_starts[num_samples].item()
-    counts = torch.bincount(truth.indices[a:b, 1], minlength=truth.width)
+    counts = truth.feature_counts(num_samples)
     return float(counts[most_frequent(counts, width)].sum()) / num_samples
 
 
@@ -164,8 +168,7 @@ def oracle_sae(
     if truth is None and (width < features.shape[0] or encoder != "matched"):
         raise ValueError("an oracle narrower than the world, or not matched, needs a truth set")
     if truth is not None:
-        a, b = truth.row_starts[0].item(), truth.row_starts[truth.num_samples].item()
-        counts = torch.bincount(truth.indices[a:b, 1], minlength=truth.width)
+        counts = truth.feature_counts()
         held = most_frequent(counts, width)
         features = features[held]
     rows = nn.functional.normalize(features, dim=-1)
@@ -183,7 +186,7 @@ def oracle_sae(
     if encoder == "prior":
         p = (counts[held].float() / truth.num_samples).clamp(1e-6, 1 - 1e-6)
         noise = float((z**2).sum(-1).mean()) / z.shape[-1]
-        magnitude = float(truth.values[a:b].float().mean())
+        magnitude = float(truth.values[: truth.row_starts[truth.num_samples]].float().mean())
         sae.b_enc.data.copy_(-(noise / magnitude) * torch.log((1 - p) / p))
     else:
         solved = torch.linalg.solve(z.T @ z / z.shape[0], rows.T)  # C⁻¹d per column
@@ -199,9 +202,9 @@ def kurtosis_reading_of_truth(truth: TruthSet, width: int) -> dict:
     reading is (E Σ a²)² / E Σ_held a⁴ = held L0 · outside² · m₂² / m₄: ``outside`` the energy of
     all features over the held ones' (≥ 1: the features a width cannot hold raise the count),
     m₂² / m₄ the held magnitudes' spread (≤ 1, 1 only when all are equal: it lowers it)."""
-    a, b = truth.row_starts[0].item(), truth.row_starts[truth.num_samples].item()
-    features, values = truth.indices[a:b, 1], truth.values[a:b].double()
-    held = most_frequent(torch.bincount(features, minlength=truth.width), width)[features]
+    stop = truth.row_starts[truth.num_samples].item()
+    features, values = truth.indices[:stop, 1], truth.values[:stop].double()
+    held = most_frequent(truth.feature_counts(), width)[features]
     n, kept = truth.num_samples, values[held]
     held_l0 = kept.numel() / n
     energy, held_energy, held_fourth = (v / n for v in (values.pow(2).sum(), kept.pow(2).sum(),
