@@ -116,7 +116,8 @@ PLANS = {
              spec("afa_kurtosis", matryoshka_levels=4),
              # the 4k world's best k-free pipeline (trained so, read by afa_kurtosis) here, and
              # TopK at more k, for the best TopK over k
-             spec("noise_batch", matryoshka_levels=4), spec("topk", 3), spec("topk", 8)],
+             spec("noise_batch", matryoshka_levels=4), spec("topk", 3), spec("topk", 8),
+             spec("topk", 12)],
     # absorption: trained longer, TopK's parents with an active child sink into the interference
     # (synth_detectability). Matryoshka training asks the first d_sae/2 ... d_sae/16 features to
     # reconstruct alone, which keeps general features whole; with a k-free rule, does the count
