@@ -86,7 +86,7 @@ GROUND_TRUTH: dict[str, str] = {
         "1,024; see the hf-topafa README), its count read on the worlds' own features was "
         "1.05 to 1.11 times the true L0 where that differed eightfold (1.23 on a world without "
         "a hierarchy), though as two factors cancelling: it counts the code's energy in units "
-        "of one held feature's, 1.31 to 1.39 times what the width could hold. Read on the best "
+        "of one held feature's, 1.31 to 1.42 times what the width could hold. Read on the best "
         "trained dictionaries 0.78 to 1.03 times what the width could hold. Trained end to end "
         "it failed: a dictionary that has not learned shows no excess fourth moment, so its "
         "count starts at its cap (d / 2) and the dictionary learns slowly (L0 6.3 where the "

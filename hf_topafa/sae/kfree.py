@@ -296,7 +296,7 @@ def kurtosis_count(projections: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     batch, a² = Σ excess / Σ ‖z‖² and the count is mean ‖z‖² / a². On the synthetic worlds' own
     features it reads 1.05 to 1.11 times the true L0 where that differs eightfold (1.23 on a
     world without a hierarchy), but as two factors cancelling: ‖z‖² holds features the
-    dictionary lacks, and unequal magnitudes raise the fourth moment, so it reads 1.31-1.39x
+    dictionary lacks, and unequal magnitudes raise the fourth moment, so it reads 1.31-1.42x
     what the dictionary's width holds (``ground_truth.kurtosis_reading_of_truth``). A dictionary
     with no heavy tail (a random one) has no excess: the count is then its cap."""
     h, d = projections.shape[-1], z.shape[-1]
