@@ -2,9 +2,10 @@
 the fourth moment of their decoder projections (``kfree.kurtosis_count``), beside each SAE's own
 L0. No truth is needed: on SmolLM2 this is what the estimator says of a language model's data.
 
-On the synthetic worlds the estimator reads the true L0 (1.05-1.11x) when the dictionary's rows
-are the true features, and less on a dictionary whose latents absorbed their parents (so read
-it as the count of what the dictionary keeps apart); a dictionary that has not learned shows no
+It counts the code's energy in units of one feature's, not features: on the synthetic worlds,
+with the dictionary's rows the true features, it reads 1.31-1.42x what the width holds
+(``ground_truth.kurtosis_reading_of_truth`` predicts it from the truth), and less on a
+dictionary whose latents absorbed their parents; a dictionary that has not learned shows no
 excess, and the count is then its cap, d / 2.
 
     hf-topafa harvest --holdout eval --max-tokens 4096 --output runs/smollm2-eval-cache

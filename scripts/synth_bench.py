@@ -91,7 +91,8 @@ PLANS = {
         spec("afa_energy"),
         # one feature's energy from the fourth moment of the decoder projections (the excess
         # over their interference's), the code's from the AFA: on the worlds' own features it
-        # reads 1.05-1.11x the true L0 where that differs eightfold (synth_reread.py oracle:)
+        # reads 1.05-1.11x the true L0 where that differs eightfold (synth_reread.py oracle:),
+        # two factors cancelling (ground_truth.kurtosis_reading_of_truth)
         spec("afa_kurtosis"),
     ],
     # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?

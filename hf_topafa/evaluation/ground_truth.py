@@ -97,10 +97,15 @@ class TruthSet:
         keep = indices[:, 0] < total
         return cls(indices[keep], values[keep], total, width)
 
+    def firings(self, num_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(feature, magnitude) of every firing in the first ``num_samples`` samples (default:
+        all)."""
+        stop = self.row_starts[self.num_samples if num_samples is None else num_samples].item()
+        return self.indices[:stop, 1], self.values[:stop]
+
     def feature_counts(self, num_samples: int | None = None) -> torch.Tensor:
         """How often each feature fires in the first ``num_samples`` samples (default: all)."""
-        stop = self.row_starts[self.num_samples if num_samples is None else num_samples].item()
-        return torch.bincount(self.indices[:stop, 1], minlength=self.width)
+        return torch.bincount(self.firings(num_samples)[0], minlength=self.width)
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """Dense true codes of samples start..stop-1."""
@@ -186,7 +191,7 @@ def oracle_sae(
     if encoder == "prior":
         p = (counts[held].float() / truth.num_samples).clamp(1e-6, 1 - 1e-6)
         noise = float((z**2).sum(-1).mean()) / z.shape[-1]
-        magnitude = float(truth.values[: truth.row_starts[truth.num_samples]].float().mean())
+        magnitude = float(truth.firings()[1].float().mean())
         sae.b_enc.data.copy_(-(noise / magnitude) * torch.log((1 - p) / p))
     else:
         solved = torch.linalg.solve(z.T @ z / z.shape[0], rows.T)  # C⁻¹d per column
@@ -202,8 +207,8 @@ def kurtosis_reading_of_truth(truth: TruthSet, width: int) -> dict:
     reading is (E Σ a²)² / E Σ_held a⁴ = held L0 · outside² · m₂² / m₄: ``outside`` the energy of
     all features over the held ones' (≥ 1: the features a width cannot hold raise the count),
     m₂² / m₄ the held magnitudes' spread (≤ 1, 1 only when all are equal: it lowers it)."""
-    stop = truth.row_starts[truth.num_samples].item()
-    features, values = truth.indices[:stop, 1], truth.values[:stop].double()
+    features, values = truth.firings()
+    values = values.double()
     held = most_frequent(truth.feature_counts(), width)[features]
     n, kept = truth.num_samples, values[held]
     held_l0 = kept.numel() / n
