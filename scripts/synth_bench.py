@@ -188,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--init-seed",
+        type=int,
+        default=None,
+        help="the SAE's initialization and shuffling seed, where it should differ from "
+        "--seed (the caches stay --seed's): seed agreement, same data",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--work", type=Path, default=WORK, help="caches and run folders (not committed)")
@@ -223,7 +230,8 @@ def settings_of(args, s: dict, d_sae: int) -> dict:
     return {**s, "world": args.world, "d_sae": d_sae, "train_samples": args.train_samples,
             "cache_samples": None if args.stream else args.cache_samples or args.train_samples,
             "eval_samples": args.eval_samples, "batch_size": args.batch_size, "lr": args.lr,
-            "seed": args.seed}  # fmt: skip
+            "seed": args.seed,
+            **({} if args.init_seed is None else {"init_seed": args.init_seed})}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +273,7 @@ def train_ours(args, settings: dict, train_cache: Path, eval_x, run_dir: Path) -
         activation=settings["activation"], k=settings["k"],
         afa_coef=float(Fraction(settings["afa_coef"])),
         input_normalization=settings["input_normalization"], d_sae=settings["d_sae"],
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        batch_size=args.batch_size, lr=args.lr, seed=settings.get("init_seed", args.seed),
         max_tokens=args.train_samples, eval_tokens=len(eval_x), output=str(run_dir),
         resume=resumable, overwrite=not resumable, checkpoint_every=args.checkpoint_every,
         log_with="none",
@@ -318,7 +326,7 @@ def train_saelens(args, settings: dict, run_dir: Path) -> Path:
         run_final_eval=False, logger=LoggingConfig(log_to_wandb=False),
         **{key: value for key, value in overrides.items() if key not in sae_fields},
     )  # fmt: skip
-    torch.manual_seed(args.seed)
+    torch.manual_seed(settings.get("init_seed", args.seed))
     SyntheticSAERunner(cfg).run()
     return out
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..sae.afa import quantiles
+from .agreement import matched_cosines
 
 
 class SAELensView(nn.Module):
@@ -224,15 +225,7 @@ def kurtosis_reading_of_truth(truth: TruthSet, width: int) -> dict:
 def matched_features(W_dec: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """For each latent (row of ``W_dec``), its true feature under one-to-one matching on |cosine|
     between decoder rows and true feature vectors, as SAELens's MCC matches them."""
-    from scipy.optimize import linear_sum_assignment
-
-    w = torch.nn.functional.normalize(W_dec.float(), dim=-1)
-    f = torch.nn.functional.normalize(features.float(), dim=-1)
-    cos = (w @ f.T).abs()
-    rows, cols = linear_sum_assignment(cos.numpy(), maximize=True)
-    match = torch.empty(W_dec.shape[0], dtype=torch.long)
-    match[torch.as_tensor(rows)] = torch.as_tensor(cols)
-    return match
+    return matched_cosines(W_dec, features)[0]
 
 
 def hierarchy_parents(world) -> torch.Tensor:

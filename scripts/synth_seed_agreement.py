@@ -1,0 +1,91 @@
+"""Does agreement between seeds pick the setting that finds the truth?
+
+For every run name trained under both run folders (the same world, data and settings; another
+initialization seed, ``synth_bench.py --init-seed``), the two dictionaries are matched to each
+other (``agreement.dictionary_agreement``: the truth-free MCC) and each to the world's features
+(SAELens's MCC). If the setting whose seeds agree most is the one whose dictionary is nearest the
+truth, agreement can choose TopK's k where no truth exists (SmolLM2).
+
+    python scripts/synth_seed_agreement.py runs/synthbench_flat/cache/synthsaebench-4k-flat-eval \\
+        runs/synthbench_flat8m/runs/synthsaebench-4k-flat runs/synthbench_seeds/runs/synthsaebench-4k-flat \\
+        --json results/synthbench/seeds/flat-8m.json --plot results/synthbench/seeds/flat-8m.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from hf_topafa import SparseAutoencoder
+from hf_topafa.data.harvest import ActivationCache
+from hf_topafa.data.synthetic_cache import world_of_cache
+from hf_topafa.evaluation.agreement import dictionary_agreement
+from hf_topafa.helpers import write_json
+
+
+def finished_runs(folder: Path) -> dict[str, Path]:
+    return {p.name: p for p in sorted(folder.iterdir()) if (p / "config.json").is_file()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("cache", help="the world's evaluation cache (names the world)")
+    p.add_argument("first", type=Path, help="a folder of run folders (one seed)")
+    p.add_argument("second", type=Path, help="the same run names trained from another seed")
+    p.add_argument("--json", default=None)
+    p.add_argument("--plot", default=None, help="agreement against MCC with the truth, as PNG")
+    args = p.parse_args()
+    for folder in (args.first, args.second):
+        if not folder.is_dir():
+            raise SystemExit(f"{folder} is not a folder of run folders")
+    torch.set_num_threads(1)
+    world = world_of_cache(ActivationCache(args.cache).manifest)
+    features = world.feature_dict.feature_vectors
+    first, second = finished_runs(args.first), finished_runs(args.second)
+    names = [name for name in first if name in second]
+    if not names:
+        raise SystemExit(f"no run name is finished in both {args.first} and {args.second}")
+    rows = []
+    for name in names:
+        a, b = (SparseAutoencoder.from_pretrained(f[name]).W_dec for f in (first, second))
+        row = {"name": name, **{f"seeds_{k}": v for k, v in dictionary_agreement(a, b).items()},
+               "truth_mcc": [dictionary_agreement(w, features)["mcc"] for w in (a, b)]}  # fmt: skip
+        print(json.dumps({k: [round(x, 3) for x in v] if isinstance(v, list) else
+                          round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
+              flush=True)  # fmt: skip
+        rows.append(row)
+    if args.json:
+        write_json(args.json, {"cache": args.cache, "first": str(args.first),
+                               "second": str(args.second), "rows": rows,
+                               "command": "python scripts/synth_seed_agreement.py "
+                                          + " ".join(sys.argv[1:])})  # fmt: skip
+    if args.plot:
+        save_plot(rows, Path(args.cache).name.removesuffix("-eval"), args.plot)
+
+
+def save_plot(rows: list[dict], world: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for row in rows:
+        truth = sum(row["truth_mcc"]) / 2
+        ax.scatter(row["seeds_mcc"], truth)
+        ax.annotate(row["name"], (row["seeds_mcc"], truth), fontsize=7)
+    ax.set_xlabel("agreement between two seeds (matched |cos|)")
+    ax.set_ylabel("MCC with the true features (mean of the seeds)")
+    ax.set_title(f"{world}: does seed agreement find the truth?")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
