@@ -109,7 +109,9 @@ PLANS = {
                  spec("afa_energy", matryoshka_levels=4),
                  # the dense world's Matryoshka baseline at what its width holds (24.4)
                  spec("batchtopk", 24, matryoshka_levels=4),
-                 spec("afa_kurtosis"), spec("afa_kurtosis", matryoshka_levels=4)],
+                 spec("afa_kurtosis"), spec("afa_kurtosis", matryoshka_levels=4),
+                 # below what the sparse world's width holds (3.06), for seed agreement's sweep
+                 spec("topk", 2)],
     # the sparse world's probabilities without its hierarchy: no parent to absorb, so does a
     # count read from a trained dictionary (afa_kurtosis) reach the truth?
     "flat": [spec("batchtopk", 5), spec("afa_kurtosis"), spec("topk", 5), spec("noise_batch"),
