@@ -46,3 +46,47 @@ def test_a_wider_second_dictionary_leaves_no_first_row_unmatched():
 def test_rows_in_different_spaces_are_refused_with_both_shapes():
     with pytest.raises(ValueError, match=r"\(4, 8\) and \(4, 9\)"):
         dictionary_agreement(torch.randn(4, 8), torch.randn(4, 9))
+
+
+def saved_sae(folder, seed: int, with_seed_record: bool = True):
+    import json
+
+    from hf_topafa import SAEConfig, SparseAutoencoder
+
+    sae = SparseAutoencoder(SAEConfig(d_in=16, d_sae=32, activation="topk", k=4))
+    sae.reset_parameters(seed=seed)
+    sae.save_pretrained(folder)
+    if with_seed_record:
+        (folder / "training_config.json").write_text(json.dumps({"optim": {"seed": seed}}))
+    return folder
+
+
+def test_the_command_matches_every_pair_and_says_when_two_share_their_start(tmp_path, capsys):
+    import json
+
+    from hf_topafa.cli import cli
+
+    a, b, c = (saved_sae(tmp_path / name, seed) for name, seed in (("a", 0), ("b", 0), ("c", 1)))
+    out = tmp_path / "pairs.json"
+    capsys.readouterr()
+    assert cli.main(["agreement", str(a), str(b), str(c), "--json", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    assert "both started from seed 0" in lines[0] and "seed" not in lines[1] + lines[2]
+    pairs = json.loads(out.read_text())["pairs"]
+    assert pairs[0]["mcc"] == pytest.approx(1.0, abs=1e-5) and pairs[0]["same_initialization_seed"]
+    assert pairs[1]["mcc"] < 0.9 and not pairs[1]["same_initialization_seed"]
+
+
+def test_the_command_refuses_one_sae_and_a_missing_one_in_one_line(tmp_path, capsys):
+    from hf_topafa.cli import cli
+
+    a = saved_sae(tmp_path / "a", 0, with_seed_record=False)
+    capsys.readouterr()
+    assert cli.main(["agreement", str(a)]) == 2
+    assert capsys.readouterr().err.strip() == "error: agreement needs at least two SAEs, got 1"
+    assert cli.main(["agreement", str(a), str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # after the first SAE's loading bar
+    assert last.startswith("error:") and "missing" in last

@@ -48,6 +48,11 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
         "hf_topafa.evaluation.features",
         "top examples, density, histograms and logit effects of every feature",
     ),
+    "agreement": (
+        None,
+        "hf_topafa.evaluation.agreement",
+        "how far SAEs trained from different seeds agree, dictionary to dictionary",
+    ),
     "push": (
         "hf_topafa.interop.hub_config",
         "hf_topafa.interop.hub",

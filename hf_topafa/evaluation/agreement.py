@@ -44,3 +44,59 @@ def dictionary_agreement(W_a: torch.Tensor, W_b: torch.Tensor) -> dict:
     kept = similarity.sort(descending=True).values[:n]
     return {"mcc": float(kept.mean()), "above_0.9": float((kept > 0.9).float().mean()),
             "above_0.7": float((kept > 0.7).float().mean())}  # fmt: skip
+
+
+def build_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="hf-topafa agreement",
+        description="How far SAEs agree, dictionary to dictionary: decoder rows matched one to one "
+        "on |cosine|, as SAELens's MCC matches them to true features. Trained alike from "
+        "different seeds, SAEs that agree found what is in the data, not what a seed made up; "
+        "compare settings (TopK's k, rules) by how far their seeds agree.",
+    )
+    parser.add_argument("saes", nargs="+", metavar="SAE",
+                        help="two or more SAEs: run folders, Hub ids or FORMAT:SOURCE (as "
+                             "`evaluate` takes them); every pair is matched")  # fmt: skip
+    parser.add_argument("--json", default=None, help="also write the pairs here")
+    return parser
+
+
+def cli_main(argv: list[str]) -> int:
+    from ..helpers import write_json
+    from ..interop.sae_loading import load_sae
+
+    args = build_parser().parse_args(argv)
+    if len(args.saes) < 2:
+        raise ValueError(f"agreement needs at least two SAEs, got {len(args.saes)}")
+    decoders = {name: load_sae(name).W_dec for name in args.saes}
+    seeds = {name: initialization_seed(name) for name in args.saes}
+    pairs = []
+    for i, first in enumerate(args.saes):
+        for second in args.saes[i + 1 :]:
+            pair = {"first": first, "second": second,
+                    **dictionary_agreement(decoders[first], decoders[second])}  # fmt: skip
+            shared = seeds[first] is not None and seeds[first] == seeds[second]
+            pair["same_initialization_seed"] = shared
+            print(f"{first} ~ {second}: matched |cos| {pair['mcc']:.3f}; latents above 0.9 "
+                  f"{pair['above_0.9']:.1%}, above 0.7 {pair['above_0.7']:.1%}"
+                  + (f" (both started from seed {seeds[first]}: the agreement includes their "
+                     "common start)" if shared else ""))  # fmt: skip
+            pairs.append(pair)
+    if args.json:
+        write_json(args.json, {"pairs": pairs})
+    return 0
+
+
+def initialization_seed(name: str) -> int | None:
+    """The seed a run folder's SAE was initialized from (its training_config.json), or None
+    where that is not recorded (Hub ids, foreign formats). Short runs stay near their start, so
+    two SAEs from one seed agree by their common start as well as by the data."""
+    import json
+    from pathlib import Path
+
+    path = Path(name) / "training_config.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("optim", {}).get("seed")
