@@ -3,8 +3,10 @@
 For every run name trained under both run folders (the same world, data and settings; another
 initialization seed, ``synth_bench.py --init-seed``), the two dictionaries are matched to each
 other (``agreement.dictionary_agreement``: the truth-free MCC) and each to the world's features
-(SAELens's MCC). If the setting whose seeds agree most is the one whose dictionary is nearest the
-truth, agreement can choose TopK's k where no truth exists (SmolLM2).
+(SAELens's MCC); beside them, how far two fresh dictionaries of that shape agree by chance
+(the two seeds' starts) and how far each trained one still agrees with its own start. If the
+setting whose seeds agree most is the one whose dictionary is nearest the truth, agreement can
+choose TopK's k where no truth exists (SmolLM2).
 
     python scripts/synth_seed_agreement.py runs/synthbench_flat/cache/synthsaebench-4k-flat-eval \\
         runs/synthbench_flat8m/runs/synthsaebench-4k-flat runs/synthbench_seeds/runs/synthsaebench-4k-flat \\
@@ -23,8 +25,17 @@ import torch
 from hf_topafa import SparseAutoencoder
 from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.data.synthetic_cache import world_of_cache
-from hf_topafa.evaluation.agreement import dictionary_agreement
+from hf_topafa.evaluation.agreement import dictionary_agreement, initialization_seed
 from hf_topafa.helpers import write_json
+
+
+def start_of(sae: SparseAutoencoder, seed: int | None) -> torch.Tensor:
+    """The decoder ``sae`` started from (its configuration, initialized from ``seed``)."""
+    if seed is None:
+        raise SystemExit("a run folder without training_config.json: its start is unknown")
+    fresh = SparseAutoencoder(sae.config)
+    fresh.reset_parameters(seed=seed)
+    return fresh.W_dec
 
 
 def finished_runs(folder: Path) -> dict[str, Path]:
@@ -51,9 +62,15 @@ def main() -> None:
         raise SystemExit(f"no run name is finished in both {args.first} and {args.second}")
     rows = []
     for name in names:
-        a, b = (SparseAutoencoder.from_pretrained(f[name]).W_dec for f in (first, second))
+        saes = [SparseAutoencoder.from_pretrained(f[name]) for f in (first, second)]
+        a, b = (sae.W_dec for sae in saes)
+        starts = [start_of(sae, initialization_seed(str(f[name]))) for sae, f in
+                  zip(saes, (first, second), strict=True)]  # fmt: skip
         row = {"name": name, **{f"seeds_{k}": v for k, v in dictionary_agreement(a, b).items()},
-               "truth_mcc": [dictionary_agreement(w, features)["mcc"] for w in (a, b)]}  # fmt: skip
+               "truth_mcc": [dictionary_agreement(w, features)["mcc"] for w in (a, b)],
+               "chance": dictionary_agreement(*starts)["mcc"],
+               "from_start": [dictionary_agreement(sae.W_dec, start)["mcc"]
+                              for sae, start in zip(saes, starts, strict=True)]}  # fmt: skip
         print(json.dumps({k: [round(x, 3) for x in v] if isinstance(v, list) else
                           round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
               flush=True)  # fmt: skip
