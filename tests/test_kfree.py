@@ -330,3 +330,20 @@ def test_afa_kurtosis_spends_its_count_across_the_batch():
     assert float(smallest) == pytest.approx(float(acts.detach()[acts != 0].min()))
     acts.sum().backward()
     assert int((pre.grad != 0).sum()) == int(kept)
+
+
+def test_risk_batch_spends_the_tokens_risk_inflation_counts_across_the_batch():
+    z, features = sparse_world_sample(6, tokens=256, h=512, d=128)
+    pre = torch.relu(z @ features.T).requires_grad_()
+    norms = torch.ones(512)
+    _, per_token = kfree.risk_inflation(pre.detach(), features, z)
+    acts, smallest = kfree.batch_risk_inflation(pre, norms, features, z)
+    kept = acts.detach() != 0
+    assert int(kept.sum()) == int(per_token.sum())
+    # spent on the batch's largest activations, wherever they sit
+    assert float(pre.detach()[~kept].max()) <= float(smallest) + 1e-6
+    assert float(smallest) == pytest.approx(float(acts.detach()[kept].min()))
+    # on features standing clear of their interference the count is near the truth's 6
+    assert int(kept.sum()) / 256 == pytest.approx(6, rel=0.15)
+    acts.sum().backward()
+    assert int((pre.grad != 0).sum()) == int(kept.sum())

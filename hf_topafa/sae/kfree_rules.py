@@ -112,6 +112,13 @@ def kurtosis_budget(sae, pre, decoder_norms, x_n):
     return kfree.batch_kurtosis(pre, decoder_norms, kfree.decoder_projections(sae, x_n), z)
 
 
+def risk_inflation_budget(sae, pre, decoder_norms, x_n):
+    from . import kfree
+
+    z = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
+    return kfree.batch_risk_inflation(pre, decoder_norms, sae.W_dec, z)
+
+
 def noise_floor_select(sae, pre, x_n):
     import torch
 

@@ -445,6 +445,19 @@ RULES: dict[str, Rule] = {
             **kfree_rules.batch_rule(kfree_rules.noise_floor_budget),
         ),
         Rule(
+            name="risk_batch",
+            display_name="Risk inflation batch",
+            card_tag="risk-batch",
+            card_text=(
+                "Features are chosen by **risk inflation batch**: during training a batch keeps "
+                "as many (token, feature) pairs as the risk inflation criterion would keep per "
+                "token in total (the count k minimizing d ln RSS_k + 2 k ln h), taken as the "
+                "largest decoder-scaled activations across the batch; at inference a threshold "
+                "estimated during training. There is no *k* to tune."
+            ),
+            **kfree_rules.batch_rule(kfree_rules.risk_inflation_budget),
+        ),
+        Rule(
             name="afa_kurtosis",
             display_name="AFA kurtosis batch",
             card_tag="afa-kurtosis",
