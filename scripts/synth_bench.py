@@ -94,6 +94,9 @@ PLANS = {
         # reads 1.05-1.11x the true L0 where that differs eightfold (synth_reread.py oracle:),
         # two factors cancelling (ground_truth.kurtosis_reading_of_truth)
         spec("afa_kurtosis"),
+        # risk inflation's per-token counts spent across the batch: the reader with the best F1
+        # on every world, given noise_batch's allocation (whose per-sample counts follow the truth)
+        spec("risk_batch"),
     ],
     # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?
     "variants": [spec("noise_floor"), spec("afa_mdl"), spec("topk", 16), spec("topk", 32),
@@ -111,7 +114,7 @@ PLANS = {
                  spec("batchtopk", 24, matryoshka_levels=4),
                  spec("afa_kurtosis"), spec("afa_kurtosis", matryoshka_levels=4),
                  # below what the sparse world's width holds (3.06), for seed agreement's sweep
-                 spec("topk", 2)],
+                 spec("topk", 2), spec("risk_batch")],
     # the sparse world's probabilities without its hierarchy: no parent to absorb, so does a
     # count read from a trained dictionary (afa_kurtosis) reach the truth?
     "flat": [spec("batchtopk", 5), spec("afa_kurtosis"), spec("topk", 5), spec("noise_batch"),
@@ -120,7 +123,7 @@ PLANS = {
              # the 4k world's best k-free pipeline (trained so, read by afa_kurtosis) here, and
              # TopK at more k, for the best TopK over k
              spec("noise_batch", matryoshka_levels=4), spec("topk", 3), spec("topk", 8),
-             spec("topk", 12)],
+             spec("topk", 12), spec("risk_batch")],
     # absorption: trained longer, TopK's parents with an active child sink into the interference
     # (synth_detectability). Matryoshka training asks the first d_sae/2 ... d_sae/16 features to
     # reconstruct alone, which keeps general features whole; with a k-free rule, does the count
