@@ -4,7 +4,7 @@ For every run name trained under both run folders (the same world, data and sett
 initialization seed, ``synth_bench.py --init-seed``), the two dictionaries are matched to each
 other (``agreement.dictionary_agreement``: the truth-free MCC) and each to the world's features
 (SAELens's MCC); beside them, how far two fresh dictionaries of that shape agree by chance
-(the two seeds' starts) and how far each trained one still agrees with its own start. If the
+and how far each trained one still agrees with its own start. If the
 setting whose seeds agree most is the one whose dictionary is nearest the truth, agreement can
 choose TopK's k where no truth exists (SmolLM2).
 
@@ -25,17 +25,12 @@ import torch
 from hf_topafa import SparseAutoencoder
 from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.data.synthetic_cache import world_of_cache
-from hf_topafa.evaluation.agreement import dictionary_agreement, initialization_seed
+from hf_topafa.evaluation.agreement import (
+    dictionary_agreement,
+    initialization_seed,
+    moved_from_start,
+)
 from hf_topafa.helpers import write_json
-
-
-def start_of(sae: SparseAutoencoder, seed: int | None) -> torch.Tensor:
-    """The decoder ``sae`` started from (its configuration, initialized from ``seed``)."""
-    if seed is None:
-        raise SystemExit("a run folder without training_config.json: its start is unknown")
-    fresh = SparseAutoencoder(sae.config)
-    fresh.reset_parameters(seed=seed)
-    return fresh.W_dec
 
 
 def finished_runs(folder: Path) -> dict[str, Path]:
@@ -64,13 +59,11 @@ def main() -> None:
     for name in names:
         saes = [SparseAutoencoder.from_pretrained(f[name]) for f in (first, second)]
         a, b = (sae.W_dec for sae in saes)
-        starts = [start_of(sae, initialization_seed(str(f[name]))) for sae, f in
-                  zip(saes, (first, second), strict=True)]  # fmt: skip
+        moved = [moved_from_start(str(f[name]), sae, initialization_seed(str(f[name])))
+                 for sae, f in zip(saes, (first, second), strict=True)]  # fmt: skip
         row = {"name": name, **{f"seeds_{k}": v for k, v in dictionary_agreement(a, b).items()},
                "truth_mcc": [dictionary_agreement(w, features)["mcc"] for w in (a, b)],
-               "chance": dictionary_agreement(*starts)["mcc"],
-               "from_start": [dictionary_agreement(sae.W_dec, start)["mcc"]
-                              for sae, start in zip(saes, starts, strict=True)]}  # fmt: skip
+               "chance": moved[0]["chance"], "from_start": [m["from_start"] for m in moved]}  # fmt: skip
         print(json.dumps({k: [round(x, 3) for x in v] if isinstance(v, list) else
                           round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
               flush=True)  # fmt: skip

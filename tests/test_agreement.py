@@ -90,3 +90,22 @@ def test_the_command_refuses_one_sae_and_a_missing_one_in_one_line(tmp_path, cap
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]  # after the first SAE's loading bar
     assert last.startswith("error:") and "missing" in last
+
+
+def test_from_start_says_how_far_training_moved_each_sae_and_what_chance_gives(tmp_path, capsys):
+    import json
+
+    from hf_topafa.cli import cli
+
+    a, b = saved_sae(tmp_path / "a", 3), saved_sae(tmp_path / "b", 4)  # never trained
+    out = tmp_path / "pairs.json"
+    capsys.readouterr()
+    assert cli.main(["agreement", str(a), str(b), "--from-start", "--json", str(out)]) == 0
+    starts = json.loads(out.read_text())["starts"]
+    assert [s["seed"] for s in starts] == [3, 4]
+    assert all(s["from_start"] == pytest.approx(1.0, abs=1e-5) for s in starts)
+    assert all(s["chance"] < 0.9 for s in starts)
+    unrecorded = saved_sae(tmp_path / "c", 0, with_seed_record=False)
+    capsys.readouterr()
+    assert cli.main(["agreement", str(a), str(unrecorded), "--from-start"]) == 2
+    assert "records no initialization seed" in capsys.readouterr().err.strip().splitlines()[-1]

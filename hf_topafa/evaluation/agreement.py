@@ -59,8 +59,32 @@ def build_parser():
     parser.add_argument("saes", nargs="+", metavar="SAE",
                         help="two or more SAEs: run folders, Hub ids or FORMAT:SOURCE (as "
                              "`evaluate` takes them); every pair is matched")  # fmt: skip
+    parser.add_argument("--from-start", action="store_true",
+                        help="also match each run folder's SAE to the decoder it started from "
+                             "(how far training moved it) and two fresh starts of its shape to "
+                             "each other (what chance gives)")  # fmt: skip
     parser.add_argument("--json", default=None, help="also write the pairs here")
     return parser
+
+
+def starting_decoder(sae, seed: int) -> torch.Tensor:
+    """The decoder ``sae`` started from: its configuration, initialized from ``seed``."""
+    from ..sae.modeling_sae import SparseAutoencoder
+
+    fresh = SparseAutoencoder(sae.config)
+    fresh.reset_parameters(seed=seed)
+    return fresh.W_dec
+
+
+def moved_from_start(name: str, sae, seed: int | None) -> dict:
+    """How far training moved a run folder's SAE: its decoder against the one it started from,
+    and two fresh starts of its shape against each other (chance)."""
+    if seed is None:
+        raise ValueError(f"{name} records no initialization seed (training_config.json): its "
+                         "start is unknown; --from-start needs run folders written by train")  # fmt: skip
+    start, other = starting_decoder(sae, seed), starting_decoder(sae, seed + 1)
+    return {"sae": name, "seed": seed, "from_start": dictionary_agreement(sae.W_dec, start)["mcc"],
+            "chance": dictionary_agreement(start, other)["mcc"]}  # fmt: skip
 
 
 def cli_main(argv: list[str]) -> int:
@@ -70,8 +94,14 @@ def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if len(args.saes) < 2:
         raise ValueError(f"agreement needs at least two SAEs, got {len(args.saes)}")
-    decoders = {name: load_sae(name).W_dec for name in args.saes}
+    saes = {name: load_sae(name) for name in args.saes}
+    decoders = {name: sae.W_dec for name, sae in saes.items()}
     seeds = {name: initialization_seed(name) for name in args.saes}
+    starts = []
+    for name in args.saes if args.from_start else ():
+        starts.append(moved_from_start(name, saes[name], seeds[name]))
+        print(f"{name}: matched |cos| to its own start {starts[-1]['from_start']:.3f} (seed "
+              f"{seeds[name]}; two fresh starts of its shape: {starts[-1]['chance']:.3f})")  # fmt: skip
     pairs = []
     for i, first in enumerate(args.saes):
         for second in args.saes[i + 1 :]:
@@ -85,7 +115,7 @@ def cli_main(argv: list[str]) -> int:
                      "common start)" if shared else ""))  # fmt: skip
             pairs.append(pair)
     if args.json:
-        write_json(args.json, {"pairs": pairs})
+        write_json(args.json, {"pairs": pairs, **({"starts": starts} if starts else {})})
     return 0
 
 
