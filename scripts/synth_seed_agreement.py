@@ -10,7 +10,7 @@ choose TopK's k where no truth exists (SmolLM2).
 
     python scripts/synth_seed_agreement.py runs/synthbench_flat/cache/synthsaebench-4k-flat-eval \\
         runs/synthbench_flat8m/runs/synthsaebench-4k-flat runs/synthbench_seeds/runs/synthsaebench-4k-flat \\
-        --json results/synthbench/seeds/flat-8m.json --plot results/synthbench/seeds/flat-8m.png
+        --json results/synthbench/seeds/4k-flat-seeds.json --plot results/synthbench/seeds/4k-flat-seeds.png
 """
 
 from __future__ import annotations
@@ -59,8 +59,11 @@ def main() -> None:
     for name in names:
         saes = [SparseAutoencoder.from_pretrained(f[name]) for f in (first, second)]
         a, b = (sae.W_dec for sae in saes)
-        moved = [moved_from_start(str(f[name]), sae, initialization_seed(str(f[name])))
-                 for sae, f in zip(saes, (first, second), strict=True)]  # fmt: skip
+        try:
+            moved = [moved_from_start(str(f[name]), sae, initialization_seed(str(f[name])))
+                     for sae, f in zip(saes, (first, second), strict=True)]  # fmt: skip
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
         row = {"name": name, **{f"seeds_{k}": v for k, v in dictionary_agreement(a, b).items()},
                "truth_mcc": [dictionary_agreement(w, features)["mcc"] for w in (a, b)],
                "chance": moved[0]["chance"], "from_start": [m["from_start"] for m in moved]}  # fmt: skip
