@@ -95,7 +95,6 @@ def cli_main(argv: list[str]) -> int:
     if len(args.saes) < 2:
         raise ValueError(f"agreement needs at least two SAEs, got {len(args.saes)}")
     saes = {name: load_sae(name) for name in args.saes}
-    decoders = {name: sae.W_dec for name, sae in saes.items()}
     seeds = {name: initialization_seed(name) for name in args.saes}
     starts = []
     for name in args.saes if args.from_start else ():
@@ -106,7 +105,7 @@ def cli_main(argv: list[str]) -> int:
     for i, first in enumerate(args.saes):
         for second in args.saes[i + 1 :]:
             pair = {"first": first, "second": second,
-                    **dictionary_agreement(decoders[first], decoders[second])}  # fmt: skip
+                    **dictionary_agreement(saes[first].W_dec, saes[second].W_dec)}  # fmt: skip
             shared = seeds[first] is not None and seeds[first] == seeds[second]
             pair["same_initialization_seed"] = shared
             print(f"{first} ~ {second}: matched |cos| {pair['mcc']:.3f}; latents above 0.9 "

@@ -353,15 +353,25 @@ def risk_inflation_k(
     return torch.minimum(best, positive), index
 
 
+def risk_inflation_counts(
+    pre: torch.Tensor, decoder_norms: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's risk-inflation count, at least 1 where a positive activation exists (as
+    top-AFA keeps k >= 1), and its ranked candidates: ``risk_inflation_k`` on decoder-scaled
+    activations, nothing differentiated."""
+    scaled = pre.detach() * decoder_norms.detach()
+    k, index = risk_inflation_k(scaled, pre.detach(), W_dec.detach(), z.detach())
+    return torch.where((scaled > 0).any(-1), k.clamp_min(1), k), index
+
+
 def risk_inflation(
     pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep each token's first k ranked features, k from ``risk_inflation_k`` (at least 1 when a
     positive activation exists, as top-AFA keeps k >= 1). Returns ``(acts, k)``; the cut is not
     differentiated, gradients reach the kept activations only."""
-    scaled = pre.detach() * torch.linalg.vector_norm(W_dec.detach(), dim=-1)
-    k, index = risk_inflation_k(scaled, pre.detach(), W_dec.detach(), z.detach())
-    k = torch.where((scaled > 0).any(-1), k.clamp_min(1), k)
+    decoder_norms = torch.linalg.vector_norm(W_dec.detach(), dim=-1)
+    k, index = risk_inflation_counts(pre, decoder_norms, W_dec, z)
     ranked = torch.arange(index.shape[-1], device=pre.device).unsqueeze(0) < k.unsqueeze(-1)
     keep = torch.zeros_like(pre, dtype=torch.bool).scatter(-1, index, ranked) & (pre > 0)
     return pre * keep, keep.sum(-1)
@@ -375,9 +385,7 @@ def batch_risk_inflation(
     stand clear of their interference, but its per-token count follows the truth loosely (0.5
     to 0.7); spent across the batch, the same total goes to the tokens whose activations are
     largest, as noise_batch's does (whose per-token count follows the truth at 0.75 to 0.86)."""
-    scaled = pre.detach() * decoder_norms.detach()
-    k, _ = risk_inflation_k(scaled, pre.detach(), W_dec.detach(), z.detach())
-    k = torch.where((scaled > 0).any(-1), k.clamp_min(1), k)
+    k, _ = risk_inflation_counts(pre, decoder_norms, W_dec, z)
     return batch_keep(pre, decoder_norms, k)
 
 
