@@ -114,7 +114,10 @@ PLANS = {
                  spec("batchtopk", 24, matryoshka_levels=4),
                  spec("afa_kurtosis"), spec("afa_kurtosis", matryoshka_levels=4),
                  # below what the sparse world's width holds (3.06), for seed agreement's sweep
-                 spec("topk", 2), spec("risk_batch")],
+                 spec("topk", 2), spec("risk_batch"),
+                 # Matryoshka TopK over k, for seed agreement's sweep with less absorption
+                 spec("topk", 2, matryoshka_levels=4), spec("topk", 8, matryoshka_levels=4),
+                 spec("topk", 16, matryoshka_levels=4)],
     # the sparse world's probabilities without its hierarchy: no parent to absorb, so does a
     # count read from a trained dictionary (afa_kurtosis) reach the truth?
     "flat": [spec("batchtopk", 5), spec("afa_kurtosis"), spec("topk", 5), spec("noise_batch"),
@@ -138,7 +141,9 @@ PLANS = {
                    # a Matryoshka dictionary absorbs less, so the decoder's projection reads a
                    # detected feature nearer its magnitude (synth_energy.py): afa_energy's count?
                    spec("afa_energy", matryoshka_levels=4),
-                   spec("afa_kurtosis", matryoshka_levels=4)],
+                   spec("afa_kurtosis", matryoshka_levels=4),
+                   # below what the width holds (12.2), for seed agreement's sweep
+                   spec("topk", 8, matryoshka_levels=4)],
     # afa_mdl landed at L0 13.7: TopK at that k is its fair comparison; noise_batch followed
     # the truth's count on the 4k world: does it on this one? Matryoshka is the published
     # world's best family: does its gain on the 4k world hold here?

@@ -53,6 +53,11 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
         "hf_topafa.evaluation.agreement",
         "how far SAEs trained from different seeds agree, dictionary to dictionary",
     ),
+    "choose-k": (
+        None,
+        "hf_topafa.training.choose_k",
+        "train TopK at several k from two seeds; choose the k whose seeds agree most",
+    ),
     "push": (
         "hf_topafa.interop.hub_config",
         "hf_topafa.interop.hub",

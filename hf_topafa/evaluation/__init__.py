@@ -2,7 +2,7 @@
 
 - ``evaluate``: reconstruction, sparsity, downstream and AFA diagnostics; ``eval_report``: their
   summaries, table and JSON; ``eval_config``: the torch-free configuration and checks
-- ``plots``: ZF plots, histograms, half violins
+- ``plots``: ZF plots, histograms, half violins, seed agreement over k
 - ``features``: the feature browser's tables; ``features_config``: its torch-free options
 - ``steering``: adding a feature's direction to a language model while it generates
 - ``text_analysis``: per-text analysis (the Space's tab)

@@ -388,3 +388,27 @@ def save_ground_truth_plot(per_sample: Mapping, path: str | os.PathLike, title: 
     fig.suptitle(title)
     fig.tight_layout()
     return _savefig(fig, Path(path), plt)
+
+
+def save_agreement_plot(
+    rows: Sequence[Mapping], chance: float, chosen: int, path: str | os.PathLike
+) -> Path:
+    """Seed agreement against k (``hf-topafa choose-k``): each k's matched |cos| between its
+    seeds, two fresh starts' level for chance, the chosen k starred."""
+    plt = _pyplot()
+    ks = [row["k"] for row in rows]
+    agree = [row["agreement"] for row in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(ks, agree, marker="o", color="#1f77b4", label="seeds agree (matched |cos|)")
+    ax.axhline(chance, color="#888888", linestyle="--", label=f"two fresh starts ({chance:.3f})")
+    best = ks.index(chosen)
+    ax.scatter([chosen], [agree[best]], marker="*", s=220, color="#2ca02c", zorder=3,
+               label=f"chosen: k = {chosen}")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k")
+    ax.set_ylabel("matched |cos| between seeds")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _savefig(fig, Path(path), plt)

@@ -6,6 +6,8 @@
 - ``run_folder``: the run folder (checks before work, resume, the final files); ``checkpoint``:
   checksummed checkpoints
 - ``train``: the loop with Accelerate (``train``, ``train_step``)
+- ``choose_k``: ``hf-topafa choose-k``, a TopK sweep trained from two or more seeds, k chosen by
+  how far the seeds' dictionaries agree
 
 Names load on first use, so that the torch-free configuration imports no torch.
 """

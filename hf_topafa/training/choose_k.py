@@ -1,0 +1,166 @@
+"""Choosing TopK's k with no truth: train every k from two or more seeds, keep the k they agree on.
+
+Features that are in the data come back from any seed; what a seed makes up does not
+(``evaluation.agreement``). On SynthSAEBench's worlds, where the true features are known, the k
+whose seeds' dictionaries agreed most was the k whose dictionary matched the truth best (three
+1,024-wide worlds; a tie between the two best on the 16k world: results/synthbench/README.md,
+"Choosing k with no truth"). This runs that procedure on any data ``hf-topafa train`` reads. Each
+(k, seed) is an ordinary run folder under --output, so a killed sweep continues where it stopped
+and a finished run is left as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+# Agreements closer than this swapped order between dictionaries of near-equal quality on the
+# synthetic worlds (4k world: k = 12 and 24 at 0.649 / 0.650, MCC 0.668 / 0.666): call it a tie.
+NEAR_TIE = 0.005
+SET_PER_RUN = ("--seed", "--resume", "--overwrite")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-topafa choose-k",
+        allow_abbrev=False,  # --seed must not pass for --seeds
+        description="Train a TopK (or BatchTopK) SAE at each k from two or more seeds, match the "
+        "seeds' dictionaries one to one (`hf-topafa agreement`) and choose the k whose seeds "
+        "agree most: the dictionary the data fixes, found with no ground truth.",
+        epilog="Every other option goes to `hf-topafa train` for each run (see its --help), e.g. "
+        "--activation-cache, --max-tokens, --batch-size, --d-sae. --afa-coef defaults to 0 here.",
+    )
+    parser.add_argument("--k", type=int, nargs="+", required=True, help="two or more values of k")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                        help="initialization and data-order seeds, two or more (default: 0 1)")  # fmt: skip
+    parser.add_argument("--output", required=True,
+                        help="folder for one run folder per (k, seed), the table and the plot")  # fmt: skip
+    parser.add_argument("--activation", choices=("topk", "batchtopk"), default="topk")
+    parser.add_argument("--json", default=None, help="default: OUTPUT/choose_k.json")
+    parser.add_argument("--plot", default=None, help="default: OUTPUT/choose_k.png")
+    return parser
+
+
+def parse_command(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """This command's options, checked, and the options left for ``hf-topafa train``."""
+    args, train_argv = build_parser().parse_known_args(argv)
+    if len(set(args.k)) < 2 or min(args.k) < 1:
+        raise ValueError(f"--k needs two or more distinct positive values, got {args.k}")
+    if len(set(args.seeds)) < 2:
+        raise ValueError(f"--seeds needs two or more distinct seeds, got {args.seeds}")
+    for option in train_argv:
+        name = option.split("=")[0].replace("_", "-")
+        if name in SET_PER_RUN:
+            raise ValueError(f"{name} is set by choose-k for each run (seeds: --seeds; a killed "
+                             "sweep continues by itself); leave it out")  # fmt: skip
+    if not any(o.replace("_", "-").split("=")[0] == "--afa-coef" for o in train_argv):
+        train_argv = [*train_argv, "--afa-coef", "0"]  # a plain TopK baseline, not the paper's
+    return args, train_argv
+
+
+def run_folder(output: str | Path, activation: str, k: int, seed: int) -> Path:
+    return Path(output) / f"{activation}-k{k}-seed{seed}"
+
+
+def train_sweep(args: argparse.Namespace, train_argv: list[str]) -> dict[tuple[int, int], Path]:
+    """Every (k, seed) trained, or continued, or left as it is when finished."""
+    from .train import train
+    from .train_config import parse_command as parse_train
+
+    runs = {}
+    todo = list(itertools.product(sorted(set(args.k)), dict.fromkeys(args.seeds)))
+    for i, (k, seed) in enumerate(todo, 1):
+        folder = run_folder(args.output, args.activation, k, seed)
+        print(f"[{i}/{len(todo)}] {args.activation} k = {k}, seed {seed}: {folder}", flush=True)
+        per_run = ["--activation", args.activation, "--k", str(k), "--seed", str(seed)]
+        (config,) = parse_train([*train_argv, *per_run, "--output", str(folder)])
+        runs[k, seed] = train(config)
+    return runs
+
+
+def agreement_by_k(decoders: dict[int, list]) -> list[dict]:
+    """Per k, how far its seeds' decoders agree: the mean over seed pairs of the matched |cos|
+    and of the share of latents matched above 0.7."""
+    from ..evaluation.agreement import dictionary_agreement
+
+    rows = []
+    for k, weights in sorted(decoders.items()):
+        pairs = [dictionary_agreement(a, b) for a, b in itertools.combinations(weights, 2)]
+        rows.append({"k": k, "agreement": sum(p["mcc"] for p in pairs) / len(pairs),
+                     "above_0.7": sum(p["above_0.7"] for p in pairs) / len(pairs)})  # fmt: skip
+    return rows
+
+
+def choice(rows: list[dict]) -> dict:
+    """The k whose seeds agree most, and any other k within ``NEAR_TIE`` of it."""
+    best = max(rows, key=lambda row: row["agreement"])
+    ties = [r["k"] for r in rows if r is not best and best["agreement"] - r["agreement"] < NEAR_TIE]
+    return {"k": best["k"], "agreement": best["agreement"], "near_ties": ties}
+
+
+def held_out_figures(folder: Path) -> dict:
+    """What a run printed on its held-out tokens (metrics.json), where it did."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    keys = {"l0": "l0_mean", "normalized_mse": "normalized_mse", "dead": "dead_features_held_out"}
+    return {name: metrics.get(key) for name, key in keys.items()}
+
+
+def describe(args: argparse.Namespace, runs: dict[tuple[int, int], Path]) -> dict:
+    """Agreement per k, how far training moved each decoder from its start, chance, the choice."""
+    from ..evaluation.agreement import dictionary_agreement, moved_from_start, starting_decoder
+    from ..sae.modeling_sae import SparseAutoencoder
+
+    saes = {key: SparseAutoencoder.from_pretrained(folder) for key, folder in runs.items()}
+    decoders: dict[int, list] = {}
+    for (k, _), sae in saes.items():
+        decoders.setdefault(k, []).append(sae.W_dec)
+    rows = agreement_by_k(decoders)
+    for row in rows:
+        keys = [key for key in runs if key[0] == row["k"]]
+        moved = [moved_from_start(str(runs[key]), saes[key], key[1])["from_start"] for key in keys]
+        figures = [held_out_figures(runs[key]) for key in keys]
+        row["from_start"] = sum(moved) / len(moved)
+        row["runs"] = [{"seed": key[1], "folder": str(runs[key]), **f}
+                       for key, f in zip(keys, figures, strict=True)]  # fmt: skip
+    some = next(iter(saes.values()))
+    first, second = list(dict.fromkeys(args.seeds))[:2]
+    chance = dictionary_agreement(starting_decoder(some, first), starting_decoder(some, second))
+    return {"activation": args.activation, "seeds": args.seeds, "rows": rows,
+            "chance": chance["mcc"], "chosen": choice(rows)}  # fmt: skip
+
+
+def report(result: dict) -> str:
+    lines = [f"{'k':>6} {'seeds agree':>12} {'above 0.7':>10} {'from start':>11} "
+             f"{'held-out L0':>12} {'norm. MSE':>10} {'dead':>6}"]  # fmt: skip
+    for row in result["rows"]:
+        runs = row["runs"]
+        l0, mse, dead = (sum(r[key] or 0 for r in runs) / len(runs)
+                         for key in ("l0", "normalized_mse", "dead"))  # fmt: skip
+        lines.append(f"{row['k']:>6} {row['agreement']:>12.3f} {row['above_0.7']:>10.1%} "
+                     f"{row['from_start']:>11.3f} {l0:>12.1f} {mse:>10.4f} {dead:>6.0f}")  # fmt: skip
+    chosen = result["chosen"]
+    tie = (f"; within {NEAR_TIE} of it, a tie: k = {', '.join(map(str, chosen['near_ties']))}"
+           if chosen["near_ties"] else "")  # fmt: skip
+    lines.append(f"chosen: k = {chosen['k']} (its seeds agree at {chosen['agreement']:.3f}; two "
+                 f"fresh starts of this shape: {result['chance']:.3f}){tie}")  # fmt: skip
+    lines.append("from start: each decoder matched to the one it started from; near 1, training "
+                 "has barely moved it, and the agreement says little yet")  # fmt: skip
+    return "\n".join(lines)
+
+
+def cli_main(argv: list[str]) -> int:
+    from ..evaluation.plots import save_agreement_plot
+    from ..helpers import write_json
+
+    args, train_argv = parse_command(argv)
+    runs = train_sweep(args, train_argv)
+    result = describe(args, runs)
+    print(report(result))
+    json_path = args.json or Path(args.output) / "choose_k.json"
+    plot_path = args.plot or Path(args.output) / "choose_k.png"
+    write_json(json_path, {"command": "hf-topafa choose-k " + " ".join(argv), **result})
+    save_agreement_plot(result["rows"], result["chance"], result["chosen"]["k"], plot_path)
+    print(f"wrote {json_path} and {plot_path}")
+    return 0
