@@ -61,9 +61,9 @@ def main() -> None:
         sae = SparseAutoencoder.from_pretrained(run).eval()
         row = {"run": run, "tokens": x.shape[0], **read_count(sae, x)}
         if args.read:
-            from synth_reread import reread  # the sibling script: a dictionary under another rule
+            from hf_topafa.sae.reading import read_with
 
-            read = l0_and_error(reread(sae, "afa_kurtosis"), x)
+            read = l0_and_error(read_with(sae, "afa_kurtosis"), x)
             row.update({f"kurtosis_read_{key}": value for key, value in read.items()})
         print(
             json.dumps({key: round(v, 3) if isinstance(v, float) else v for key, v in row.items()})

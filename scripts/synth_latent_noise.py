@@ -135,9 +135,9 @@ def relative_on(codes: torch.Tensor, parents: torch.Tensor, match: torch.Tensor)
 
 def read_at_levels(run: str, levels: torch.Tensor):
     """The SAE at ``run`` read as a JumpReLU whose thresholds are ``levels`` (decoder-scaled)."""
-    from synth_reread import reread  # the sibling script: a dictionary under another rule
+    from hf_topafa.sae.reading import read_with
 
-    sae = reread(SparseAutoencoder.from_pretrained(run), "jumprelu")
+    sae = read_with(SparseAutoencoder.from_pretrained(run), "jumprelu")
     with torch.no_grad():
         sae.threshold.copy_(levels / torch.linalg.vector_norm(sae.W_dec, dim=-1))
     return sae

@@ -29,7 +29,7 @@ import sys
 
 import torch
 
-from hf_topafa import SAEConfig, SparseAutoencoder
+from hf_topafa import SparseAutoencoder
 from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.data.synthetic_cache import world_of_cache
 from hf_topafa.evaluation.ground_truth import (
@@ -40,6 +40,7 @@ from hf_topafa.evaluation.ground_truth import (
     score_against_truth,
 )
 from hf_topafa.helpers import write_json
+from hf_topafa.sae.reading import read_with
 
 SHOWN = ("l0", "true_l0_top_width", "f1", "mcc", "precision", "recall", "l0_corr", "dead")
 
@@ -55,26 +56,6 @@ def kept_true_and_false(sae, world, truth: TruthSet, match, batch: int = 4096) -
         on = codes[:, match] > 0
         true, false = true + float((kept & on).sum()), false + float((kept & ~on).sum())
     return {"true_pos": true / truth.num_samples, "false_pos": false / truth.num_samples}
-
-
-def reread(base: SparseAutoencoder, rule: str) -> SparseAutoencoder:
-    """``base`` with its activation replaced by ``rule``: "name", "name:k", or "name@LEVEL" for a
-    rule with an estimated threshold, fixed at LEVEL (``afa_batch@1.75``: one global level on
-    decoder-scaled activations, in the SAE's input scale for ``none``)."""
-    rule, _, level = rule.partition("@")
-    name, _, k = rule.partition(":")
-    fields = base.config.to_dict()
-    for key in ("model_type", "architectures", "auto_map", "transformers_version"):
-        fields.pop(key, None)
-    fields.update(activation=name, k=int(k) if k else None)
-    sae = SparseAutoencoder(SAEConfig(**fields))
-    weights = {key: value for key, value in base.state_dict().items() if key != "threshold"}
-    sae.load_state_dict(weights, strict=False)
-    if level:
-        if sae.rule.threshold != "estimated":
-            raise SystemExit(f"{name} has no estimated threshold to fix at {level}")
-        sae.threshold.fill_(float(level))
-    return sae.eval()
 
 
 def main() -> None:
@@ -111,7 +92,10 @@ def main() -> None:
     print(json.dumps({"truth": {key: round(v, 3) for key, v in expected.items()}}))
     rows = []
     for rule in args.rules:
-        sae = reread(base, rule)
+        try:
+            sae = read_with(base, rule)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
         row = {
             **score_against_truth(sae, world, truth)["row"],
             **kept_true_and_false(sae, world, truth, match),

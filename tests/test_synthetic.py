@@ -27,6 +27,7 @@ from hf_topafa.evaluation.ground_truth import (  # noqa: E402
     oracle_sae,
     score_against_truth,
 )
+from hf_topafa.sae.reading import read_with  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from kurtosis_count import l0_and_error, read_count  # noqa: E402
@@ -43,7 +44,7 @@ from synth_energy import energy_readings  # noqa: E402
 from synth_energy_trace import fano_energy, trace  # noqa: E402
 from synth_false_positives import false_positive_sources  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
-from synth_reread import kept_true_and_false, reread  # noqa: E402
+from synth_reread import kept_true_and_false  # noqa: E402
 
 TINY = {
     "num_features": 48,
@@ -342,7 +343,7 @@ def test_a_dictionary_of_the_features_reads_a_kurtosis_count_a_random_one_reads_
     assert oracle["cap"] == 12.0 and 1.0 < oracle["kurtosis_count"] < 9.0
     # read by afa_kurtosis, the tokens keep the count between them, and leave out interference
     # that the ReLU reading of the same dictionary adds to its reconstruction
-    read = l0_and_error(reread(oracle_sae(world), "afa_kurtosis"), x)
+    read = l0_and_error(read_with(oracle_sae(world), "afa_kurtosis"), x)
     assert read["l0"] == pytest.approx(oracle["kurtosis_count"], rel=1e-3)
     assert read["normalized_mse"] < oracle["normalized_mse"]
     assert oracle["l0"] == pytest.approx(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..cli.cli_args import DataclassParser, arg
 from ..names import HOLDOUTS, HOOK_POINTS
+from ..sae.reading import parse_reading
 
 
 @dataclass
@@ -54,6 +55,13 @@ class EvalConfig:
     )
     device: str = arg("cpu", "device of the language model and the SAEs")
     progress: bool = arg(True, "hide the progress bar (default: shown)")
+    read_with: str | None = arg(
+        None,
+        "read each SAE's dictionary with another selection rule, its weights as trained: NAME, "
+        "NAME:K for a rule that needs k, NAME@LEVEL to fix an estimated threshold (e.g. "
+        "risk_batch reads a TopK dictionary with no k)",
+        metavar="RULE",
+    )
 
     def __post_init__(self):
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int):
@@ -69,6 +77,8 @@ class EvalConfig:
             raise ValueError(f"holdout must be one of {', '.join(HOLDOUTS)}; got {self.holdout!r}")
         if not 0 < self.dense_threshold < 1:
             raise ValueError(f"dense_threshold must be in (0, 1), got {self.dense_threshold!r}")
+        if self.read_with is not None:
+            parse_reading(self.read_with)
         if self.hook_point is not None and self.hook_point not in HOOK_POINTS:
             raise ValueError(
                 f"unknown hook_point {self.hook_point!r}: valid hook points are "

@@ -47,7 +47,7 @@ from ..data import lm
 from ..data.harvest import HarvestConfig, Harvester, batched, dataset_name
 from ..data.synthetic_cache import synthetic_world_hint
 from ..interop import sae_loading
-from ..sae import afa
+from ..sae import afa, reading
 from ..sae.configuration_sae import SAEConfig
 from ..sae.modeling_sae import SparseAutoencoder
 from ..sae.rules import get_rule
@@ -78,16 +78,23 @@ CONTEXT_CHARS = 40  # characters of preceding text shown with a token on the int
 # Loading
 
 
-def load_sae(sae_or_path, device: str = "cpu") -> tuple[SparseAutoencoder, str]:
+def load_sae(
+    sae_or_path, device: str = "cpu", read_with: str | None = None
+) -> tuple[SparseAutoencoder, str]:
     """An SAE on ``device`` in eval mode, with a label for reports: a model object as it is, or
-    any name :func:`hf_topafa.sae_loading.load_sae` takes (folder, Hub id, FORMAT:SOURCE)."""
+    any name :func:`hf_topafa.sae_loading.load_sae` takes (folder, Hub id, FORMAT:SOURCE).
+    ``read_with``: its dictionary read by that rule instead of its own (``sae.reading``)."""
     if isinstance(sae_or_path, SparseAutoencoder):
         cfg = sae_or_path.config
         label = f"{cfg.activation} L{cfg.layer}" if cfg.layer is not None else cfg.activation
-        return sae_or_path.to(device).eval(), label
-    name = os.fspath(sae_or_path).strip()
-    label = Path(name).name if looks_local(name) else name
-    return sae_loading.load_sae(name).to(device).eval(), label
+        sae = sae_or_path.to(device).eval()
+    else:
+        name = os.fspath(sae_or_path).strip()
+        label = Path(name).name if looks_local(name) else name
+        sae = sae_loading.load_sae(name).to(device).eval()
+    if read_with is None:
+        return sae, label
+    return reading.read_with(sae, read_with), f"{label} read by {read_with}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,7 +334,7 @@ def _prepare(saes: Sequence, cfg: EvalConfig):
     name, the context length)."""
     if not saes:
         raise ValueError("no SAE to evaluate")
-    loaded = [load_sae(s, cfg.device) for s in saes]
+    loaded = [load_sae(s, cfg.device, cfg.read_with) for s in saes]
     models = {cfg.model} if cfg.model is not None else {s.config.base_model for s, _ in loaded}
     models = {lm.DEFAULT_MODEL if lm.is_embedded(m) else m for m in models}
     if len(models) > 1:

@@ -392,6 +392,7 @@ def run_command(cfg, outputs) -> int:
     AFA checks of each SAE, printed, and written with ``--json`` / ``--plots``."""
     from ..helpers import write_json
     from ..interop.sae_loading import load_sae
+    from ..sae.reading import read_with
     from ..sources import looks_local
     from .plots import save_ground_truth_plot
 
@@ -400,6 +401,8 @@ def run_command(cfg, outputs) -> int:
     for name in outputs.saes:
         label = Path(name).name if looks_local(name) else name
         sae = load_sae(name).to(cfg.device).eval()
+        if cfg.read_with is not None:
+            sae, label = read_with(sae, cfg.read_with), f"{label} read by {cfg.read_with}"
         if sae.config.d_in != world.cfg.hidden_dim:
             raise ValueError(
                 f"{label} reads {sae.config.d_in}-dim inputs; the world has hidden_dim "
