@@ -126,7 +126,10 @@ PLANS = {
              # the 4k world's best k-free pipeline (trained so, read by afa_kurtosis) here, and
              # TopK at more k, for the best TopK over k
              spec("noise_batch", matryoshka_levels=4), spec("topk", 3), spec("topk", 8),
-             spec("topk", 12), spec("risk_batch")],
+             spec("topk", 12), spec("risk_batch"),
+             # Matryoshka TopK over k, for seed agreement's sweep
+             spec("topk", 3, matryoshka_levels=4), spec("topk", 5, matryoshka_levels=4),
+             spec("topk", 8, matryoshka_levels=4), spec("topk", 12, matryoshka_levels=4)],
     # absorption: trained longer, TopK's parents with an active child sink into the interference
     # (synth_detectability). Matryoshka training asks the first d_sae/2 ... d_sae/16 features to
     # reconstruct alone, which keeps general features whole; with a k-free rule, does the count
