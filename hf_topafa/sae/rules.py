@@ -254,6 +254,7 @@ RULES: dict[str, Rule] = {
             display_name="TopK",
             card_tag="top-k",
             card_text="Features are chosen per token by **top-k** with k = {k}.",
+            ground_truth=GROUND_TRUTH["topk"],
             select=_topk_select,
             needs_k=True,
             afa_loss=False,
@@ -455,6 +456,7 @@ RULES: dict[str, Rule] = {
                 "largest decoder-scaled activations across the batch; at inference a threshold "
                 "estimated during training. There is no *k* to tune."
             ),
+            ground_truth=GROUND_TRUTH["risk_batch"],
             **kfree_rules.batch_rule(kfree_rules.risk_inflation_budget),
         ),
         Rule(
