@@ -23,7 +23,13 @@ def test_the_k_whose_seeds_share_their_dictionary_is_chosen():
     assert [row["k"] for row in rows] == [4, 8, 16]
     assert rows[1]["agreement"] == pytest.approx(1.0, abs=1e-5)
     assert rows[0]["agreement"] < rows[2]["agreement"] < rows[1]["agreement"]
-    assert choice(rows) == {"k": 8, "agreement": rows[1]["agreement"], "near_ties": []}
+    assert choice(rows) == {
+        "k": 8,
+        "agreement": rows[1]["agreement"],
+        "near_ties": [],
+        "edge": None,
+    }
+    assert choice(rows[1:])["edge"] == "smallest" and choice(rows[:2])["edge"] == "largest"
 
 
 def test_three_seeds_average_their_three_pairs_and_near_ties_are_named():
@@ -97,6 +103,7 @@ def test_the_command_trains_every_k_and_seed_once_then_reports_the_choice(
         assert 0 < row["from_start"] <= 1
     best = max(result["rows"], key=lambda r: r["agreement"])["k"]
     assert result["chosen"]["k"] == best and f"chosen: k = {best}" in printed
+    assert result["chosen"]["edge"] in ("smallest", "largest") and "add a k" in printed  # of two
     config = json.loads((out / "topk-k4-seed1" / "training_config.json").read_text())
     assert config["optim"]["seed"] == 1 and config["sae"]["afa_coef"] == 0.0
 

@@ -94,10 +94,13 @@ def agreement_by_k(decoders: dict[int, list]) -> list[dict]:
 
 
 def choice(rows: list[dict]) -> dict:
-    """The k whose seeds agree most, and any other k within ``NEAR_TIE`` of it."""
+    """The k whose seeds agree most, any other k within ``NEAR_TIE`` of it, and whether it is
+    the sweep's smallest or largest k (then the agreement may peak beyond the sweep)."""
     best = max(rows, key=lambda row: row["agreement"])
     ties = [r["k"] for r in rows if r is not best and best["agreement"] - r["agreement"] < NEAR_TIE]
-    return {"k": best["k"], "agreement": best["agreement"], "near_ties": ties}
+    ks = [row["k"] for row in rows]
+    edge = "smallest" if best["k"] == min(ks) else "largest" if best["k"] == max(ks) else None
+    return {"k": best["k"], "agreement": best["agreement"], "near_ties": ties, "edge": edge}
 
 
 def held_out_figures(folder: Path) -> dict:
@@ -145,6 +148,10 @@ def report(result: dict) -> str:
            if chosen["near_ties"] else "")  # fmt: skip
     lines.append(f"chosen: k = {chosen['k']} (its seeds agree at {chosen['agreement']:.3f}; two "
                  f"fresh starts of this shape: {result['chance']:.3f}){tie}")  # fmt: skip
+    if chosen["edge"]:
+        beyond = "below" if chosen["edge"] == "smallest" else "above"
+        lines.append(f"k = {chosen['k']} is the sweep's {chosen['edge']} k: the agreement may "
+                     f"peak {beyond} it; add a k {beyond} and run again (finished runs are kept)")  # fmt: skip
     lines.append("from start: each decoder matched to the one it started from; near 1, training "
                  "has barely moved it, and the agreement says little yet")  # fmt: skip
     return "\n".join(lines)
