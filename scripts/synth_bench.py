@@ -117,7 +117,9 @@ PLANS = {
                  spec("topk", 2), spec("risk_batch"),
                  # Matryoshka TopK over k, for seed agreement's sweep with less absorption
                  spec("topk", 2, matryoshka_levels=4), spec("topk", 8, matryoshka_levels=4),
-                 spec("topk", 16, matryoshka_levels=4)],
+                 spec("topk", 16, matryoshka_levels=4),
+                 # around what the dense world's width holds (24.4), for seed agreement's sweep
+                 spec("topk", 24), spec("topk", 48)],
     # the sparse world's probabilities without its hierarchy: no parent to absorb, so does a
     # count read from a trained dictionary (afa_kurtosis) reach the truth?
     "flat": [spec("batchtopk", 5), spec("afa_kurtosis"), spec("topk", 5), spec("noise_batch"),
