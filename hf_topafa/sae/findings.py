@@ -99,7 +99,8 @@ GROUND_TRUTH: dict[str, str] = {
         "On synthetic data whose true features are known (SynthSAEBench-style worlds; see the "
         "hf-topafa README), the k whose two seeds' dictionaries agreed most was the k whose "
         "dictionary matched the true features best on three worlds of width 1,024 (k = 16, 4 "
-        "and 8), and tied with the best on SynthSAEBench-16k (k = 25 and 35): `hf-topafa "
+        "and 8), and tied with the best on SynthSAEBench-16k (k = 25 and 35) and on a denser "
+        "world (k = 16, where the width could hold 24.4 features per sample): `hf-topafa "
         "choose-k` runs that sweep on any data, with no truth. TopK keeps the same k on every "
         "sample, so its count does not follow the true per-sample one."
     ),
