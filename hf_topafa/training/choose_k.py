@@ -4,9 +4,9 @@ Features that are in the data come back from any seed; what a seed makes up does
 (``evaluation.agreement``). On SynthSAEBench's worlds, where the true features are known, the k
 whose seeds' dictionaries agreed most was the k whose dictionary matched the truth best (three
 1,024-wide worlds; a tie between the two best on the 16k world and on a denser one:
-results/synthbench/README.md, "Choosing k with no truth"). This runs that procedure on any data ``hf-topafa train`` reads. Each
-(k, seed) is an ordinary run folder under --output, so a killed sweep continues where it stopped
-and a finished run is left as it is.
+results/synthbench/README.md, "Choosing k with no truth"). This runs that procedure on any data
+``hf-topafa train`` reads. Each (k, seed) is an ordinary run folder under --output, so a killed
+sweep continues where it stopped and a finished run is left as it is.
 """
 
 from __future__ import annotations
