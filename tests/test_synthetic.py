@@ -462,6 +462,17 @@ def test_saelens_view_reconstructs_in_the_input_space():
         view.decode(f.clone())
 
 
+def test_evaluate_synthetic_reads_the_dictionary_with_another_rule(world_json, tmp_path):
+    world = synthetic.load_world(str(world_json), progress=False)
+    run = tmp_path / "oracle"
+    oracle_sae(world, activation="topk", k=8).save_pretrained(run)
+    out = tmp_path / "gt.json"
+    argv = ["evaluate", str(run), "--synthetic", str(world_json), "--max-tokens", "400"]
+    assert cli([*argv, "--read-with", "topk:2", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["sae"] == "oracle read by topk:2" and 1.5 < data["l0"] <= 2  # k 2, not its 8
+
+
 def test_evaluate_synthetic_command(world_json, tmp_path, capsys):
     world = synthetic.load_world(str(world_json), progress=False)
     run = tmp_path / "oracle"

@@ -562,7 +562,8 @@ def run_command(cfg: EvalConfig, outputs: EvalOutputs) -> int:
     if outputs.synthetic is not None:
         from . import ground_truth
 
-        return ground_truth.run_command(cfg, outputs)
+        loaded = [load_sae(s, cfg.device, cfg.read_with) for s in outputs.saes]
+        return ground_truth.run_command(cfg, outputs, loaded)
     results = evaluate_saes(outputs.saes, cfg, token_texts=outputs.plots is not None)
     for i, (metrics, _) in enumerate(results):
         if i:

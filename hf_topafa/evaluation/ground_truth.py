@@ -387,22 +387,16 @@ def report_lines(label: str, row: dict, source: str) -> list[str]:
     ]
 
 
-def run_command(cfg, outputs) -> int:
+def run_command(cfg, outputs, loaded) -> int:
     """``hf-topafa evaluate SAE ... --synthetic WORLD``: SAELens's synthetic-data metrics and the
-    AFA checks of each SAE, printed, and written with ``--json`` / ``--plots``."""
+    AFA checks of each SAE (``loaded``: (SAE, label) pairs as ``evaluate.load_sae`` gives them),
+    printed, and written with ``--json`` / ``--plots``."""
     from ..helpers import write_json
-    from ..interop.sae_loading import load_sae
-    from ..sae.reading import read_with
-    from ..sources import looks_local
     from .plots import save_ground_truth_plot
 
     world, truth, source = truth_for(outputs.synthetic, cfg.max_tokens)
     results = []
-    for name in outputs.saes:
-        label = Path(name).name if looks_local(name) else name
-        sae = load_sae(name).to(cfg.device).eval()
-        if cfg.read_with is not None:
-            sae, label = read_with(sae, cfg.read_with), f"{label} read by {cfg.read_with}"
+    for sae, label in loaded:
         if sae.config.d_in != world.cfg.hidden_dim:
             raise ValueError(
                 f"{label} reads {sae.config.d_in}-dim inputs; the world has hidden_dim "

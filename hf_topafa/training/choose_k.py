@@ -50,12 +50,12 @@ def parse_command(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         raise ValueError(f"--k needs two or more distinct positive values, got {args.k}")
     if len(set(args.seeds)) < 2:
         raise ValueError(f"--seeds needs two or more distinct seeds, got {args.seeds}")
-    for option in train_argv:
-        name = option.split("=")[0].replace("_", "-")
-        if name in SET_PER_RUN:
+    given = [option.split("=")[0].replace("_", "-") for option in train_argv]
+    for name in SET_PER_RUN:
+        if name in given:
             raise ValueError(f"{name} is set by choose-k for each run (seeds: --seeds; a killed "
                              "sweep continues by itself); leave it out")  # fmt: skip
-    if not any(o.replace("_", "-").split("=")[0] == "--afa-coef" for o in train_argv):
+    if "--afa-coef" not in given:
         train_argv = [*train_argv, "--afa-coef", "0"]  # a plain TopK baseline, not the paper's
     return args, train_argv
 
@@ -112,8 +112,11 @@ def held_out_figures(folder: Path) -> dict:
 
 def describe(args: argparse.Namespace, runs: dict[tuple[int, int], Path]) -> dict:
     """Agreement per k, how far training moved each decoder from its start, chance, the choice."""
-    from ..evaluation.agreement import dictionary_agreement, moved_from_start, starting_decoder
+    from ..evaluation.agreement import dictionary_agreement, starting_decoder
     from ..sae.modeling_sae import SparseAutoencoder
+
+    def from_start(key) -> float:  # the decoder against the one its seed started it from
+        return dictionary_agreement(saes[key].W_dec, starting_decoder(saes[key], key[1]))["mcc"]
 
     saes = {key: SparseAutoencoder.from_pretrained(folder) for key, folder in runs.items()}
     decoders: dict[int, list] = {}
@@ -122,9 +125,8 @@ def describe(args: argparse.Namespace, runs: dict[tuple[int, int], Path]) -> dic
     rows = agreement_by_k(decoders)
     for row in rows:
         keys = [key for key in runs if key[0] == row["k"]]
-        moved = [moved_from_start(str(runs[key]), saes[key], key[1])["from_start"] for key in keys]
         figures = [held_out_figures(runs[key]) for key in keys]
-        row["from_start"] = sum(moved) / len(moved)
+        row["from_start"] = sum(from_start(key) for key in keys) / len(keys)
         row["runs"] = [{"seed": key[1], "folder": str(runs[key]), **f}
                        for key, f in zip(keys, figures, strict=True)]  # fmt: skip
     some = next(iter(saes.values()))
