@@ -8,7 +8,8 @@ are in the data come back from any seed, while what a seed makes up does not (So
 2025). So agreement between seeds can judge a setting, such as TopK's k, on a language model's
 activations, where no truth exists; ``scripts/synth_seed_agreement.py`` checks it against the
 truth on the synthetic worlds. Every latent is matched, dead ones included: leaving them out
-would have chosen too small a k on three of five (``scripts/agreement_live_latents.py``).
+would have chosen too small a k on three worlds of five
+(``scripts/agreement_live_latents.py``).
 """
 
 from __future__ import annotations
