@@ -1,9 +1,14 @@
 """Agreement between two dictionaries: the truth-free MCC that seed agreement reads."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from hf_topafa.evaluation.agreement import dictionary_agreement, matched_cosines
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 
 def test_a_dictionary_agrees_fully_with_itself_shuffled_flipped_and_rescaled():
@@ -109,3 +114,61 @@ def test_from_start_says_how_far_training_moved_each_sae_and_what_chance_gives(t
     capsys.readouterr()
     assert cli.main(["agreement", str(a), str(unrecorded), "--from-start"]) == 2
     assert "records no initialization seed" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def planted_sae(folder, decoder: torch.Tensor, dead: slice | None = None):
+    """A ReLU SAE whose decoder rows are ``decoder``, its encoder their transpose; the latents
+    in ``dead`` never fire (encoder bias far below any input's projection)."""
+    from hf_topafa import SAEConfig, SparseAutoencoder
+
+    sae = SparseAutoencoder(
+        SAEConfig(d_in=decoder.shape[1], d_sae=decoder.shape[0], activation="relu")
+    )
+    with torch.no_grad():
+        sae.W_dec.copy_(decoder)
+        sae.W_enc.copy_(decoder.T)
+        if dead is not None:
+            sae.b_enc[dead] = -1e6
+    sae.save_pretrained(folder)
+    return str(folder)
+
+
+def unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=-1)
+
+
+def test_live_latent_agreement_leaves_out_the_latents_that_never_fire(tmp_path):
+    from agreement_live_latents import live_latents, measure_pair
+
+    shared, own_a, own_b = unit_rows(16, 64, 0), unit_rows(16, 64, 1), unit_rows(16, 64, 2)
+    a = planted_sae(tmp_path / "a", torch.cat([shared, own_a]), dead=slice(16, 32))
+    b = planted_sae(tmp_path / "b", torch.cat([shared.flip(0), own_b]), dead=slice(16, 32))
+    x = torch.randn(512, 64)
+    from hf_topafa import SparseAutoencoder
+
+    live = live_latents(SparseAutoencoder.from_pretrained(a), x)
+    assert live[:16].all() and not live[16:].any()
+    row = measure_pair(a, b, x, features=None)
+    assert row["live"] == [16, 16] and "truth_mcc_all" not in row
+    assert row["agreement_live"] == pytest.approx(1.0, abs=1e-5)
+    assert row["agreement_all"] < 0.8  # the dead halves are unrelated random rows
+
+
+def test_latent_agreement_tells_unlearned_latents_from_other_true_ones(tmp_path):
+    from synth_latent_agreement import per_latent
+
+    truth = unit_rows(64, 64, 0)
+    noise = unit_rows(32, 64, 5)
+    # half learned and shared, half still random: agreement marks the learned half
+    a = planted_sae(tmp_path / "a", torch.cat([truth[:16], noise[:16]]))
+    b = planted_sae(tmp_path / "b", torch.cat([truth[:16], noise[16:]]))
+    row = per_latent(a, b, truth)
+    assert row["shared"] == 16 and row["correlation"] > 0.9
+    assert row["truth_if_shared"] == pytest.approx(1.0, abs=1e-5) and row["truth_if_not"] < 0.6
+    # both fully learned, different features: nothing shared, and every latent is true
+    c = planted_sae(tmp_path / "c", truth[:32])
+    d = planted_sae(tmp_path / "d", truth[32:])
+    row = per_latent(c, d, truth)
+    assert row["shared"] == 0 and row["truth_if_shared"] is None
+    assert row["truth_if_not"] == pytest.approx(1.0, abs=1e-5)
