@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 
@@ -56,20 +57,31 @@ def main() -> None:
     p.add_argument("run", help="a trained SAE folder")
     p.add_argument("cache", help="a synthetic cache written with its true codes")
     p.add_argument("--samples", type=int, default=3000)
+    p.add_argument("--read-with", default=None, metavar="RULE",
+                   help="read the dictionary with another rule (as `hf-topafa evaluate "
+                        "--read-with`), e.g. risk_batch")  # fmt: skip
+    p.add_argument("--json", default=None, help="also write the sources, with the command, here")
     args = p.parse_args()
     torch.set_num_threads(1)
     from synth_latent_noise import relative_on  # the sibling script: parent or child on
 
     from hf_topafa import SparseAutoencoder
     from hf_topafa.evaluation.ground_truth import hierarchy_parents, matched_features, truth_for
+    from hf_topafa.helpers import write_json
+    from hf_topafa.sae.reading import read_with
 
     sae = SparseAutoencoder.from_pretrained(args.run).eval()
+    if args.read_with:
+        try:
+            sae = read_with(sae, args.read_with)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
     world, truth, _ = truth_for(args.cache, args.samples)
     codes = truth.rows(0, truth.num_samples)
     features = world.feature_dict.feature_vectors
     match = matched_features(sae.W_dec, features)
     with torch.no_grad():
-        kept = sae.encode(world.feature_dict(codes)) > 0
+        kept = sae(world.feature_dict(codes)).feature_acts > 0
         rows = torch.nn.functional.normalize(sae.W_dec.float(), dim=-1)
         latent_cos = (rows @ rows.T).fill_diagonal_(0)
         feature_cos = (rows @ torch.nn.functional.normalize(features.float(), dim=-1).T).abs()
@@ -78,6 +90,11 @@ def main() -> None:
         relative_on(codes, hierarchy_parents(world), match),
     )  # fmt: skip
     print(json.dumps({key: round(v, 4) if isinstance(v, float) else v for key, v in found.items()}))
+    if args.json:
+        write_json(args.json, {"run": args.run, "cache": args.cache, "read_with": args.read_with,
+                               "samples": truth.num_samples, **found,
+                               "command": "python scripts/synth_false_positives.py "
+                                          + " ".join(sys.argv[1:])})  # fmt: skip
 
 
 if __name__ == "__main__":
