@@ -104,9 +104,11 @@ GROUND_TRUTH: dict[str, str] = {
         "the samples k = 16 still led, k = 24, now the best, 0.002 behind). On the sparse "
         "world trained three times longer the agreed k rose from 4 to 8, whose MCC tied k = "
         "4's and whose F1 was lower (0.44 against 0.51); eight times longer it was 4 again, "
-        "the best dictionary. `hf-topafa "
-        "choose-k` runs that sweep on any data, with no truth. TopK keeps the same k on every "
-        "sample, so its count does not follow the true per-sample one."
+        "the best dictionary. On the first of the three worlds trained four times longer the "
+        "agreed k was 12, the best F1 but an MCC 0.03 under k = 24's: agreement finds a good "
+        "dictionary, not always the best. `hf-topafa choose-k` runs that sweep on any data, "
+        "with no truth. TopK keeps the same k on every sample, so its count does not follow "
+        "the true per-sample one."
     ),
     "risk_batch": (
         "On synthetic data whose true features are known (SynthSAEBench-style worlds; see the "
