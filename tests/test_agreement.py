@@ -141,12 +141,12 @@ def unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
 def test_live_latent_agreement_leaves_out_the_latents_that_never_fire(tmp_path):
     from agreement_live_latents import live_latents, measure_pair
 
+    from hf_topafa import SparseAutoencoder
+
     shared, own_a, own_b = unit_rows(16, 64, 0), unit_rows(16, 64, 1), unit_rows(16, 64, 2)
     a = planted_sae(tmp_path / "a", torch.cat([shared, own_a]), dead=slice(16, 32))
     b = planted_sae(tmp_path / "b", torch.cat([shared.flip(0), own_b]), dead=slice(16, 32))
     x = torch.randn(512, 64)
-    from hf_topafa import SparseAutoencoder
-
     live = live_latents(SparseAutoencoder.from_pretrained(a), x)
     assert live[:16].all() and not live[16:].any()
     row = measure_pair(a, b, x, features=None)
