@@ -38,10 +38,10 @@ def live_latents(sae: SparseAutoencoder, x: torch.Tensor, batch_size: int = 1024
 
 def true_features(cache: ActivationCache) -> torch.Tensor | None:
     """The world's feature vectors when the cache was sampled from a synthetic world."""
-    if "synthetic" not in cache.manifest:
-        return None
-    from hf_topafa.data.synthetic_cache import world_of_cache
+    from hf_topafa.data.synthetic_cache import is_synthetic_cache, world_of_cache
 
+    if not is_synthetic_cache(cache.manifest):
+        return None
     return world_of_cache(cache.manifest).feature_dict.feature_vectors
 
 

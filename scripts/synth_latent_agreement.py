@@ -23,7 +23,7 @@ import torch
 
 from hf_topafa import SparseAutoencoder
 from hf_topafa.data.harvest import ActivationCache
-from hf_topafa.data.synthetic_cache import world_of_cache
+from hf_topafa.data.synthetic_cache import is_synthetic_cache, world_of_cache
 from hf_topafa.evaluation.agreement import matched_cosines
 from hf_topafa.helpers import write_json
 
@@ -51,7 +51,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     manifest = ActivationCache(args.cache).manifest
-    if "synthetic" not in manifest:
+    if not is_synthetic_cache(manifest):
         raise SystemExit(f"{args.cache} was not sampled from a synthetic world: no truth to check")
     features = world_of_cache(manifest).feature_dict.feature_vectors
     rows = []
