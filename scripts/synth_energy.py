@@ -6,7 +6,9 @@ their token's centred noise level (``kfree.confident_energy``). This script show
 dictionary, how well each way of measuring it reads the true magnitudes of the matched
 features it detects: the encoder's decoder-scaled value, or the projection of x - b_dec onto
 the latent's unit decoder row (``afa_energy``'s). Then the counts each gives from the input's
-energy, the count from the reconstruction's energy, and what the width cannot hold.
+energy, the count from the reconstruction's energy, and what the width cannot hold. Last, what
+the samples that hold no true feature do to the measure (``empty_token_detections``): on the
+sparse world a quarter of the samples are empty, and each passes its own noise level many times.
 
     python scripts/synth_energy.py runs/synthbench/runs/synthsaebench-4k/topk-k16 \\
         runs/synthbench/cache/synthsaebench-4k-eval --samples 5000
@@ -64,6 +66,27 @@ def energy_readings(
     }
 
 
+def empty_token_detections(
+    raw: torch.Tensor, projections: torch.Tensor, empty: torch.Tensor, input_energy: torch.Tensor
+) -> dict:
+    """What samples with no true feature (``empty`` [N], bool) add to ``confident_energy``: the
+    detections each makes against its own noise level (its values are the encoder's bias and
+    interference only, so its level is relative to nothing), and one feature's energy and the
+    count read without them (the median over the other samples' detections; it needs the truth
+    to know which samples are empty, so it is a diagnosis, not a rule)."""
+    detected = (raw > centred_noise_level(raw)) & (raw > 0)
+    held = detected & ~empty[:, None]
+    energy = projections[held].pow(2).median() if bool(held.any()) else raw.new_tensor(torch.nan)
+    return {
+        "empty_fraction": float(empty.float().mean()),
+        "detections_per_empty_sample": float(detected[empty].sum(-1).float().mean())
+        if bool(empty.any())
+        else 0.0,
+        "energy_by_projection_without_empty": float(energy),
+        "count_input_by_projection_without_empty": float((input_energy / energy).mean()),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("run", help="a trained SAE folder (inputs not standardized)")
@@ -83,11 +106,14 @@ def main() -> None:
     held = most_frequent((codes > 0).sum(0), sae.config.d_sae)
     with torch.no_grad():
         raw = decoder_scaled_preactivations(sae, x)
+        projections = decoder_projections(sae, x)
         z = x - sae.b_dec
         recon = sae(x).reconstruction - sae.b_dec
     found = energy_readings(
-        raw, decoder_projections(sae, x), codes[:, match], z.pow(2).sum(-1), recon.pow(2).sum(-1)
+        raw, projections, codes[:, match], z.pow(2).sum(-1), recon.pow(2).sum(-1)
     )
+    empty = (codes > 0).sum(-1) == 0
+    found |= empty_token_detections(raw, projections, empty, z.pow(2).sum(-1))
     width_count = (codes[:, held] > 0).sum(-1).float()
     recon_count = recon.pow(2).sum(-1) / found["energy_by_encoder"]
     energy = codes.pow(2).sum(-1)

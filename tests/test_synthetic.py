@@ -27,6 +27,7 @@ from hf_topafa.evaluation.ground_truth import (  # noqa: E402
     oracle_sae,
     score_against_truth,
 )
+from hf_topafa.sae.kfree import confident_energy  # noqa: E402
 from hf_topafa.sae.reading import read_with  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -40,7 +41,7 @@ from synth_bench import (  # noqa: E402
     train_ours,
 )
 from synth_device import samples_that_fit  # noqa: E402
-from synth_energy import energy_readings  # noqa: E402
+from synth_energy import empty_token_detections, energy_readings  # noqa: E402
 from synth_energy_trace import fano_energy, trace  # noqa: E402
 from synth_false_positives import false_positive_sources  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
@@ -570,6 +571,26 @@ def test_energy_readings_tell_a_shrunk_encoder_from_the_decoders_projection():
     assert found["count_reconstruction_by_encoder"] == pytest.approx(
         0.75 * found["count_input_by_encoder"]
     )
+
+
+def test_samples_with_no_feature_drag_the_confident_energy_to_zero_until_left_out():
+    torch.manual_seed(0)
+    n, h = 400, 1000
+    empty = torch.arange(n) < 120  # 30% of the samples hold no feature
+    magnitude = torch.zeros(n, h)
+    magnitude[~empty, :3] = 5.0  # the others: three features of energy 25
+    bias = torch.full((h,), -0.1)
+    bias[100:160] = 0.05  # a few latents whose bias alone is positive
+    raw = bias + torch.randn(n, h) * 0.001 + magnitude + (~empty)[:, None] * torch.randn(n, h) * 0.3
+    projections = magnitude + torch.randn(n, h) * 0.01  # an empty sample projects on nothing
+    input_energy = magnitude.pow(2).sum(-1) + 0.01
+    median_all = confident_energy(raw, projections)
+    found = empty_token_detections(raw, projections, empty, input_energy)
+    assert found["empty_fraction"] == pytest.approx(0.3)
+    assert found["detections_per_empty_sample"] > 50  # its level is relative to nothing
+    assert median_all < 1  # so they outnumber the true detections and set the median
+    assert found["energy_by_projection_without_empty"] == pytest.approx(25, rel=0.05)
+    assert found["count_input_by_projection_without_empty"] == pytest.approx(0.7 * 3, rel=0.05)
 
 
 def test_false_positives_are_split_into_duplicates_active_directions_and_the_hierarchy():
