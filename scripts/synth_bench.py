@@ -148,7 +148,9 @@ PLANS = {
                    spec("afa_energy", matryoshka_levels=4),
                    spec("afa_kurtosis", matryoshka_levels=4),
                    # below what the width holds (12.2), for seed agreement's sweep
-                   spec("topk", 8, matryoshka_levels=4)],
+                   spec("topk", 8, matryoshka_levels=4),
+                   # the dense world's sweep goes past what its width holds (24.4)
+                   spec("topk", 32, matryoshka_levels=4)],
     # afa_mdl landed at L0 13.7: TopK at that k is its fair comparison; noise_batch followed
     # the truth's count on the 4k world: does it on this one? Matryoshka is the published
     # world's best family: does its gain on the 4k world hold here?
@@ -223,6 +225,11 @@ def plan_of(args) -> list[dict]:
                          else "variants")  # fmt: skip
     specs = PLANS[plan]
     if args.only:
+        missing = sorted(set(args.only) - {record_name(s) for s in specs})
+        if missing:
+            names = ", ".join(record_name(s) for s in specs)
+            print(f"--only: plan {plan!r} holds no {', '.join(missing)} (nothing is trained for "
+                  f"a name the plan lacks; its names: {names})", flush=True)  # fmt: skip
         specs = [s for s in specs if record_name(s) in args.only]
     return specs
 

@@ -35,8 +35,10 @@ from kurtosis_count import l0_and_error, read_count  # noqa: E402
 from synth_bench import (  # noqa: E402
     FINISHED_AT,
     REPO,
+    build_parser,
     commit_record,
     head_commit,
+    plan_of,
     recorded_command,
     train_ours,
 )
@@ -609,6 +611,15 @@ def test_false_positives_are_split_into_duplicates_active_directions_and_the_hie
     assert found["active_feature_cos_quantiles"][0] == pytest.approx(0.72)  # 0.7 and 0.9 only
     assert found["share_active_feature_above_0.5"] == 1.0
     assert found["share_hierarchy"] == 0.5
+
+
+def test_only_names_a_plan_lacks_are_said_not_silently_skipped(capsys):
+    args = build_parser().parse_args(
+        ["--plan", "matryoshka", "--only", "topk-k32-matryoshka_levels4", "topk-k32"]
+    )
+    assert [s["k"] for s in plan_of(args)] == [32]  # the one the plan holds runs
+    said = capsys.readouterr().out
+    assert "plan 'matryoshka' holds no topk-k32 (" in said and "topk-k24-matryoshka_levels4" in said
 
 
 def test_a_finished_run_folder_from_other_code_is_reused_with_a_warning(tmp_path, capsys):
