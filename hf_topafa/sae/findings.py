@@ -59,10 +59,10 @@ GROUND_TRUTH: dict[str, str] = {
         "floor behind that count keeps about 17 true features and 8 false ones per sample; on a "
         "sparser world it kept L0 6.0 where the truth was 3.1. With Matryoshka prefixes and 20M "
         "samples it met all four of the issue's bars where the width could hold 12.2 (L0 13.4, "
-        "F1 0.79, MCC 0.79); at budgets where TopK had settled it kept 9.4 where the width could hold 3.1 (a "
-        "sparser world; MCC 0.71, above plain TopK's 0.70, under Matryoshka TopK at k = 8's "
-        "0.77) and 16.5 where it could hold 24.4 (a denser one; F1 0.57 and MCC 0.65, under "
-        "TopK's 0.61 and 0.69)."
+        "F1 0.79, MCC 0.79); at budgets where TopK had settled it kept 9.4 where the width "
+        "could hold 3.1 (a sparser world; MCC 0.71, above plain TopK's 0.70, under Matryoshka "
+        "TopK at k = 8's 0.77) and 16.5 where it could hold 24.4 (a denser one; F1 0.57 and MCC "
+        "0.65, under TopK's 0.61 and 0.69)."
     ),
     "latent_noise": (
         "On synthetic data whose true features are known (SynthSAEBench-style worlds, width "
