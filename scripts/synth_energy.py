@@ -28,7 +28,7 @@ from hf_topafa.evaluation.ground_truth import (
     truth_for,
 )
 from hf_topafa.sae.kfree import (
-    centred_noise_level,
+    confident_detections,
     confident_energy,
     decoder_projections,
     decoder_scaled_preactivations,
@@ -48,7 +48,7 @@ def energy_readings(
     latent's matched feature (0 where it is off); ``input_energy``, ``reconstruction_energy``
     [N]: ||x - b_dec||^2 and ||x_hat - b_dec||^2. Medians of the two measures over the true
     magnitude on detected true features; the energies they give; the mean counts."""
-    detected = (raw > centred_noise_level(raw)) & (raw > 0)
+    detected = confident_detections(raw)
     on = magnitude > 0
     hit = detected & on
     by_encoder = raw[detected].pow(2).median()
@@ -74,12 +74,12 @@ def empty_token_detections(
     interference only, so its level is relative to nothing), and one feature's energy and the
     count read without them (the median over the other samples' detections; it needs the truth
     to know which samples are empty, so it is a diagnosis, not a rule)."""
-    detected = (raw > centred_noise_level(raw)) & (raw > 0)
-    held = detected & ~empty[:, None]
-    energy = projections[held].pow(2).median() if bool(held.any()) else raw.new_tensor(torch.nan)
+    energy = confident_energy(raw[~empty], projections[~empty])  # a token's level is its own
     return {
         "empty_fraction": float(empty.float().mean()),
-        "detections_per_empty_sample": float(detected[empty].sum(-1).float().mean())
+        "detections_per_empty_sample": float(
+            confident_detections(raw[empty]).sum(-1).float().mean()
+        )
         if bool(empty.any())
         else 0.0,
         "energy_by_projection_without_empty": float(energy),

@@ -49,9 +49,7 @@ def reading(sae, x: torch.Tensor, out) -> dict:
     return {
         "energy": float(sae.threshold[0]) if sae.config.activation == "afa_energy" else None,
         "batch_energy": float(batch_energy(sae, raw, x)),
-        "above_level": float(
-            ((raw > kfree.centred_noise_level(raw)) & (raw > 0)).sum(-1).float().mean()
-        ),
+        "above_level": float(kfree.confident_detections(raw).sum(-1).float().mean()),
         "kept_projection_sq": float(projections[kept].pow(2).median()),
         "kurtosis_count": float(kfree.kurtosis_count(projections, x - sae.b_dec)),
         "l0": float(kept.sum(-1).float().mean()),

@@ -239,10 +239,17 @@ def confident_energy(raw: torch.Tensor, projections: torch.Tensor) -> torch.Tens
     inflates itself (L0 45.6 on the 4k world, as afa_count's runs away). The projection does not
     shrink, but it over-reads a latent that absorbed its feature's parent (1.5 times the true
     magnitude on the 4k world; ``scripts/synth_energy.py``). NaN when nothing clears its level."""
-    above = (raw > centred_noise_level(raw)) & (raw > 0)
+    above = confident_detections(raw)
     if not bool(above.any()):
         return raw.new_tensor(float("nan"))
     return projections[above].pow(2).median()
+
+
+@torch.no_grad()
+def confident_detections(raw: torch.Tensor) -> torch.Tensor:
+    """[N, h] bool: the positive values of ``raw`` (decoder-scaled, before the ReLU) above their
+    token's ``centred_noise_level``, the detections ``confident_energy`` measures."""
+    return (raw > centred_noise_level(raw)) & (raw > 0)
 
 
 @torch.no_grad()
