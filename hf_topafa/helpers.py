@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +101,13 @@ def write_json(path: str | os.PathLike, data, **dumps) -> Path:
     """Write ``data`` as indented JSON (no NaN or inf: they are not JSON) atomically."""
     options = {"indent": 2, "allow_nan": False, **dumps}
     return write_text(path, json.dumps(data, **options) + "\n")
+
+
+def script_command() -> str:
+    """How the running script was called, as a result file records it: ``python
+    scripts/NAME.py ARGS`` (result scripts live in the repository's scripts/ and run from its
+    root), so the record reads the same whatever path started it."""
+    return " ".join(["python", f"scripts/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def read_json(path: str | os.PathLike) -> dict:

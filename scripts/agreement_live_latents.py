@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import torch
 
 from hf_topafa import SparseAutoencoder
 from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.evaluation.agreement import dictionary_agreement
-from hf_topafa.helpers import write_json
+from hf_topafa.helpers import script_command, write_json
 
 
 @torch.no_grad()
@@ -83,8 +82,7 @@ def main() -> None:
                           for k, val in rows[-1].items()}), flush=True)  # fmt: skip
     if args.json:
         write_json(args.json, {"cache": args.cache, "samples": len(x), "rows": rows,
-                               "command": "python scripts/agreement_live_latents.py "
-                                          + " ".join(sys.argv[1:])})  # fmt: skip
+                               "command": script_command()})  # fmt: skip
 
 
 if __name__ == "__main__":

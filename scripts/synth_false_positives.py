@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import torch
 
@@ -67,7 +66,7 @@ def main() -> None:
 
     from hf_topafa import SparseAutoencoder
     from hf_topafa.evaluation.ground_truth import hierarchy_parents, matched_features, truth_for
-    from hf_topafa.helpers import write_json
+    from hf_topafa.helpers import script_command, write_json
     from hf_topafa.sae.reading import read_with
 
     sae = SparseAutoencoder.from_pretrained(args.run).eval()
@@ -93,8 +92,7 @@ def main() -> None:
     if args.json:
         write_json(args.json, {"run": args.run, "cache": args.cache, "read_with": args.read_with,
                                "samples": truth.num_samples, **found,
-                               "command": "python scripts/synth_false_positives.py "
-                                          + " ".join(sys.argv[1:])})  # fmt: skip
+                               "command": script_command()})  # fmt: skip
 
 
 if __name__ == "__main__":

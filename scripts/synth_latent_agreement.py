@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import torch
 
@@ -25,7 +24,7 @@ from hf_topafa import SparseAutoencoder
 from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.data.synthetic_cache import is_synthetic_cache, world_of_cache
 from hf_topafa.evaluation.agreement import matched_cosines
-from hf_topafa.helpers import write_json
+from hf_topafa.helpers import script_command, write_json
 
 SHARED = 0.7  # choose-k's "latents matched above 0.7"
 
@@ -61,8 +60,7 @@ def main() -> None:
                           for k, v in rows[-1].items()}), flush=True)  # fmt: skip
     if args.json:
         write_json(args.json, {"cache": args.cache, "shared_above": SHARED, "rows": rows,
-                               "command": "python scripts/synth_latent_agreement.py "
-                                          + " ".join(sys.argv[1:])})  # fmt: skip
+                               "command": script_command()})  # fmt: skip
 
 
 if __name__ == "__main__":

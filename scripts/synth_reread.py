@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import torch
 
@@ -39,7 +38,7 @@ from hf_topafa.evaluation.ground_truth import (
     oracle_sae,
     score_against_truth,
 )
-from hf_topafa.helpers import write_json
+from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae.reading import read_with
 
 SHOWN = ("l0", "true_l0_top_width", "f1", "mcc", "precision", "recall", "l0_corr", "dead")
@@ -105,11 +104,10 @@ def main() -> None:
         print(json.dumps({"rule": rule, **shown}))
         rows.append({"rule": rule, **row})
     if args.json:
-        command = "python scripts/synth_reread.py " + " ".join(sys.argv[1:])
         write_json(args.json, {"run": args.run, "cache": args.cache, "samples": truth.num_samples,
                                "true_l0": rows[0]["true_l0"] if rows else None,
                                "kurtosis_reading_of_truth": expected,
-                               "command": command, "rows": rows})  # fmt: skip
+                               "command": script_command(), "rows": rows})  # fmt: skip
 
 
 if __name__ == "__main__":

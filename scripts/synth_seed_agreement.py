@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -30,7 +29,7 @@ from hf_topafa.evaluation.agreement import (
     initialization_seed,
     moved_from_start,
 )
-from hf_topafa.helpers import write_json
+from hf_topafa.helpers import script_command, write_json
 
 
 def finished_runs(folder: Path) -> dict[str, Path]:
@@ -74,8 +73,7 @@ def main() -> None:
     if args.json:
         write_json(args.json, {"cache": args.cache, "first": str(args.first),
                                "second": str(args.second), "rows": rows,
-                               "command": "python scripts/synth_seed_agreement.py "
-                                          + " ".join(sys.argv[1:])})  # fmt: skip
+                               "command": script_command()})  # fmt: skip
     if args.plot:
         save_plot(rows, Path(args.cache).name.removesuffix("-eval"), args.plot)
 

@@ -81,3 +81,10 @@ def test_dtype_names():
     ]
     with pytest.raises(ValueError, match="dtype must be one of float32, float64"):
         helpers.torch_dtype("float8")
+
+
+def test_script_command_records_the_script_under_scripts_whatever_path_started_it(monkeypatch):
+    monkeypatch.setattr(
+        "sys.argv", ["/elsewhere/checkout/scripts/synth_reread.py", "RUN", "--json", "o.json"]
+    )
+    assert helpers.script_command() == "python scripts/synth_reread.py RUN --json o.json"
