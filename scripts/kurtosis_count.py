@@ -43,7 +43,7 @@ def read_count(sae: SparseAutoencoder, x: torch.Tensor) -> dict:
     normalized MSE."""
     x_n = sae.normalize_input(x)[0]
     projections = kfree.decoder_projections(sae, x_n)
-    count = kfree.kurtosis_count(projections, x_n.reshape(-1, sae.config.d_in) - sae.b_dec)
+    count = kfree.kurtosis_count(projections, kfree.centered_input(sae, x_n))
     return {"kurtosis_count": float(count), **l0_and_error(sae, x), "cap": sae.config.d_in / 2}
 
 

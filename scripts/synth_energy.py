@@ -28,6 +28,7 @@ from hf_topafa.evaluation.ground_truth import (
     truth_for,
 )
 from hf_topafa.sae.kfree import (
+    centered_input,
     confident_detections,
     confident_energy,
     decoder_projections,
@@ -107,7 +108,7 @@ def main() -> None:
     with torch.no_grad():
         raw = decoder_scaled_preactivations(sae, x)
         projections = decoder_projections(sae, x)
-        z = x - sae.b_dec
+        z = centered_input(sae, x)
         recon = sae(x).reconstruction - sae.b_dec
     found = energy_readings(
         raw, projections, codes[:, match], z.pow(2).sum(-1), recon.pow(2).sum(-1)

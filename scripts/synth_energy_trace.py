@@ -45,15 +45,16 @@ def reading(sae, x: torch.Tensor, out) -> dict:
     x, _, _ = sae.normalize_input(x)  # the SAE's own space, where its rule reads
     raw = kfree.decoder_scaled_preactivations(sae, x)
     projections = kfree.decoder_projections(sae, x)
+    z = kfree.centered_input(sae, x)
     kept = out.feature_acts != 0
     return {
         "energy": float(sae.threshold[0]) if sae.config.activation == "afa_energy" else None,
         "batch_energy": float(batch_energy(sae, raw, x)),
         "above_level": float(kfree.confident_detections(raw).sum(-1).float().mean()),
         "kept_projection_sq": float(projections[kept].pow(2).median()),
-        "kurtosis_count": float(kfree.kurtosis_count(projections, x - sae.b_dec)),
+        "kurtosis_count": float(kfree.kurtosis_count(projections, z)),
         "l0": float(kept.sum(-1).float().mean()),
-        "input_energy": float((x - sae.b_dec).pow(2).sum(-1).median()),
+        "input_energy": float(z.pow(2).sum(-1).median()),
         "nmse": float(out.mse_loss),
     }
 

@@ -469,17 +469,23 @@ def gaussian_fit(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return median, ((median - lower) / NORMAL_MEDIAN_ABS).clamp_min(1e-6)
 
 
+def centered_input(sae, x_n: torch.Tensor) -> torch.Tensor:
+    """z = x_n - b_dec [N, d] (``x_n`` in the SAE's normalized space): the vector whose norm is
+    the AFA, and what the encoder and the decoder rows read."""
+    return x_n.reshape(-1, sae.config.d_in) - sae.b_dec
+
+
 def decoder_scaled_preactivations(sae, x_n: torch.Tensor) -> torch.Tensor:
     """(x_n - b_dec) W_enc + b_enc before the ReLU, times each decoder row's norm [N, h]: the
     values a latent's noise level is read from (``x_n`` in the SAE's normalized space)."""
-    z = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
+    z = centered_input(sae, x_n)
     return torch.addmm(sae.b_enc, z, sae.W_enc) * torch.linalg.vector_norm(sae.W_dec, dim=-1)
 
 
 def decoder_projections(sae, x_n: torch.Tensor) -> torch.Tensor:
     """(x_n - b_dec) onto each unit decoder row [N, h]: how much of a latent's direction the
     input holds, whatever the encoder makes of it."""
-    z = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
+    z = centered_input(sae, x_n)
     return z @ (sae.W_dec / torch.linalg.vector_norm(sae.W_dec, dim=-1, keepdim=True)).T
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 def topafa_target(sae, x_n):
     """The paper's target norm, ||x - b_dec|| (top-AFA's, and the AFA rules')."""
     from .afa import afa_norm
+    from .kfree import centered_input
 
-    return afa_norm(x_n.reshape(-1, sae.config.d_in) - sae.b_dec)
+    return afa_norm(centered_input(sae, x_n))
 
 
 def kfree_select(rule, ranked: bool = False):
@@ -108,14 +109,14 @@ def noise_floor_budget(sae, pre, decoder_norms, x_n):
 def kurtosis_budget(sae, pre, decoder_norms, x_n):
     from . import kfree
 
-    z = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
+    z = kfree.centered_input(sae, x_n)
     return kfree.batch_kurtosis(pre, decoder_norms, kfree.decoder_projections(sae, x_n), z)
 
 
 def risk_inflation_budget(sae, pre, decoder_norms, x_n):
     from . import kfree
 
-    z = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
+    z = kfree.centered_input(sae, x_n)
     return kfree.batch_risk_inflation(pre, decoder_norms, sae.W_dec, z)
 
 
@@ -130,7 +131,7 @@ def noise_floor_select(sae, pre, x_n):
 def risk_inflation_select(sae, pre, x_n):
     from . import kfree
 
-    z = x_n.reshape(-1, sae.config.d_in) - sae.b_dec
+    z = kfree.centered_input(sae, x_n)
     return kfree.risk_inflation(pre, sae.W_dec, z)
 
 
