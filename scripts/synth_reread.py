@@ -19,6 +19,13 @@ dictionary (``ground_truth.oracle_sae``): what each rule does when the dictionar
 First it prints what ``afa_kurtosis``'s count would read on a perfect dictionary of the run's
 width, from the true codes alone, and the two factors that move it off the L0 the width holds
 (``ground_truth.kurtosis_reading_of_truth``).
+
+``--unabsorb`` scores every reading a second time with each latent read along its decoder row
+less the direction it shares with its above-chance neighbours (``absorption.unabsorbed_directions``:
+absorbed parents), the code and reconstruction unchanged; it prints how many rows changed.
+
+    python scripts/synth_reread.py runs/synthbench_dense12m/runs/synthsaebench-4k-dense/topk-k16 \
+        runs/synthbench_dense12m/cache/synthsaebench-4k-dense-eval topk:16 risk_batch --unabsorb
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from hf_topafa.evaluation.ground_truth import (
     score_against_truth,
 )
 from hf_topafa.helpers import script_command, write_json
+from hf_topafa.sae.absorption import unabsorbed_directions
 from hf_topafa.sae.reading import read_with
 
 SHOWN = ("l0", "true_l0_top_width", "f1", "mcc", "precision", "recall", "l0_corr", "dead")
@@ -70,6 +78,11 @@ def main() -> None:
     )
     p.add_argument("--samples", type=int, default=20000)
     p.add_argument("--json", default=None, help="also write the rows, with the command, here")
+    p.add_argument(
+        "--unabsorb",
+        action="store_true",
+        help="also score each reading with the unabsorbed feature directions",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     cache = ActivationCache(args.cache)
@@ -86,7 +99,13 @@ def main() -> None:
             raise SystemExit(str(exc)) from None
     else:
         base = SparseAutoencoder.from_pretrained(args.run)
-    match = matched_features(base.W_dec, world.feature_dict.feature_vectors)
+    features = world.feature_dict.feature_vectors
+    readings = [(None, matched_features(base.W_dec, features))]
+    if args.unabsorb:
+        unabsorbed = unabsorbed_directions(base.W_dec)
+        print(json.dumps({"unabsorb": {"level": round(unabsorbed.level, 3),
+                                       "rows_changed": int(unabsorbed.changed.sum())}}))  # fmt: skip
+        readings.append((unabsorbed.directions, matched_features(unabsorbed.directions, features)))
     expected = kurtosis_reading_of_truth(truth, base.config.d_sae)
     print(json.dumps({"truth": {key: round(v, 3) for key, v in expected.items()}}))
     rows = []
@@ -95,14 +114,16 @@ def main() -> None:
             sae = read_with(base, rule)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
-        row = {
-            **score_against_truth(sae, world, truth)["row"],
-            **kept_true_and_false(sae, world, truth, match),
-        }
-        shown = {key: round(row[key], 3) if isinstance(row[key], float) else row[key]
-                 for key in (*SHOWN, "true_pos", "false_pos")}  # fmt: skip
-        print(json.dumps({"rule": rule, **shown}))
-        rows.append({"rule": rule, **row})
+        for directions, match in readings:
+            label = rule if directions is None else f"{rule}, unabsorbed"
+            row = {
+                **score_against_truth(sae, world, truth, directions=directions)["row"],
+                **kept_true_and_false(sae, world, truth, match),
+            }
+            shown = {key: round(row[key], 3) if isinstance(row[key], float) else row[key]
+                     for key in (*SHOWN, "true_pos", "false_pos")}  # fmt: skip
+            print(json.dumps({"rule": label, **shown}))
+            rows.append({"rule": label, **row})
     if args.json:
         write_json(args.json, {"run": args.run, "cache": args.cache, "samples": truth.num_samples,
                                "true_l0": rows[0]["true_l0"] if rows else None,

@@ -48,6 +48,7 @@ from synth_energy_trace import fano_energy, trace  # noqa: E402
 from synth_false_positives import false_positive_sources  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
 from synth_reread import kept_true_and_false  # noqa: E402
+from synth_reread import main as reread_main  # noqa: E402
 
 TINY = {
     "num_features": 48,
@@ -289,6 +290,38 @@ def test_scores_against_the_truth_find_an_oracle_and_reject_noise(world_json):
     assert 0 < oracle["afa_norm_rel_err_median"] < 0.5
     assert oracle["true_l0"] == pytest.approx(len(truth.indices) / 2000)
     assert oracle["true_l0_top_width"] == pytest.approx(oracle["true_l0"])  # width holds them all
+
+
+def test_directions_replace_the_rows_the_truth_is_matched_to_not_the_reconstruction(world_json):
+    world = synthetic.load_world(str(world_json), progress=False)
+    truth = TruthSet.drawn_from(world, 1000, seed=5)
+    oracle = oracle_sae(world, activation="topk", k=8)
+    plain = score_against_truth(oracle, world, truth)["row"]
+    elsewhere = torch.randn(48, 24, generator=torch.Generator().manual_seed(0))
+    moved = score_against_truth(oracle, world, truth, directions=elsewhere)["row"]
+    assert plain["mcc"] == pytest.approx(1.0, abs=1e-5) and moved["mcc"] < 0.6
+    assert moved["explained_variance"] == plain["explained_variance"]
+    assert moved["l0"] == plain["l0"] and moved["f1"] < plain["f1"]
+    view = SAELensView(oracle, elsewhere)
+    assert view.W_dec is elsewhere and SAELensView(oracle).W_dec is oracle.W_dec
+
+
+def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary_be(
+    world_json, tmp_path, monkeypatch, capsys
+):
+    world = synthetic.load_world(str(world_json), progress=False)
+    run = tmp_path / "oracle"
+    oracle_sae(world, activation="topk", k=8).save_pretrained(run)
+    cache = write_synthetic_cache(str(world_json), tmp_path / "c", 400, seed=2, with_truth=True,
+                                  progress=False)  # fmt: skip
+    out = tmp_path / "r.json"
+    argv = ["synth_reread.py", str(run), str(cache), "topk:8", "--unabsorb", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    reread_main()
+    assert '"rows_changed": 0' in capsys.readouterr().out  # the world's features: no absorption
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["rule"] for r in rows] == ["topk:8", "topk:8, unabsorbed"]
+    assert rows[0]["mcc"] == pytest.approx(rows[1]["mcc"]) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_an_oracle_holds_the_widths_most_frequent_features_and_reads_a_lone_one_exactly(world_json):

@@ -34,14 +34,17 @@ class SAELensView(nn.Module):
     always does); its reconstruction is the SAE's own ``SAEOutput.reconstruction``.
     """
 
-    def __init__(self, sae):
+    def __init__(self, sae, directions: torch.Tensor | None = None):
         super().__init__()
         self.sae = sae
+        self.directions = directions
         self.last = None
 
     @property
     def W_dec(self) -> torch.Tensor:
-        return self.sae.W_dec
+        """The decoder rows, or the feature directions given in their place (what the evaluator
+        matches to the true features; the reconstruction stays the SAE's)."""
+        return self.sae.W_dec if self.directions is None else self.directions
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         out = self.sae(x)
@@ -263,16 +266,27 @@ def active_chains(codes: torch.Tensor, parents: torch.Tensor, held: torch.Tensor
 
 @torch.no_grad()
 def score_against_truth(
-    sae, world, truth: TruthSet, num_samples: int | None = None, batch_size: int = 4096
+    sae,
+    world,
+    truth: TruthSet,
+    num_samples: int | None = None,
+    batch_size: int = 4096,
+    directions: torch.Tensor | None = None,
 ) -> dict:
-    """SAELens's synthetic-data metrics plus this package's AFA and per-sample-L0 checks."""
+    """SAELens's synthetic-data metrics plus this package's AFA and per-sample-L0 checks.
+    ``directions`` [h, d]: read each latent as pointing there instead of along its decoder row
+    (e.g. ``absorption.unabsorbed_directions``); the code and reconstruction stay the SAE's."""
     from sae_lens.synthetic import eval_sae_on_synthetic_data
 
     n = truth.num_samples if num_samples is None else min(num_samples, truth.num_samples)
     sae.eval()
     truth.cursor = 0
     result = eval_sae_on_synthetic_data(
-        SAELensView(sae), world.feature_dict, truth, num_samples=n, batch_size=batch_size
+        SAELensView(sae, directions),
+        world.feature_dict,
+        truth,
+        num_samples=n,
+        batch_size=batch_size,
     )
     row = {
         "true_l0": result.true_l0,

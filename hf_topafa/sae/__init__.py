@@ -6,6 +6,7 @@
 - ``rules``: the activation-rule registry (``get_rule``); ``activations`` and ``sparse``: the
   selection math and the sparse route; ``kfree``: the k-free rules beyond the paper
 - ``afa``: AFA math (‖z‖, f̃, εLBO, ZF bounds); ``saved``: checks of a saved SAE folder
+- ``absorption``: absorbed parents read from the decoder alone, and the directions without them
 
 Names load on first use (``hf_topafa.helpers.lazy_exports``): the torch-free settings must not
 pull in the model.
