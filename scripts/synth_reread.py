@@ -83,6 +83,13 @@ def main() -> None:
         action="store_true",
         help="also score each reading with the unabsorbed feature directions",
     )
+    p.add_argument(
+        "--unabsorb-level",
+        type=float,
+        default=None,
+        help="the cosine above which two rows count as neighbours (default: what random "
+        "directions reach by chance, absorption.chance_coherence)",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     cache = ActivationCache(args.cache)
@@ -102,7 +109,7 @@ def main() -> None:
     features = world.feature_dict.feature_vectors
     readings = [(None, matched_features(base.W_dec, features))]
     if args.unabsorb:
-        unabsorbed = unabsorbed_directions(base.W_dec)
+        unabsorbed = unabsorbed_directions(base.W_dec, args.unabsorb_level)
         print(json.dumps({"unabsorb": {"level": round(unabsorbed.level, 3),
                                        "rows_changed": int(unabsorbed.changed.sum())}}))  # fmt: skip
         readings.append((unabsorbed.directions, matched_features(unabsorbed.directions, features)))

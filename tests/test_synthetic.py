@@ -322,6 +322,11 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     rows = json.loads(out.read_text())["rows"]
     assert [r["rule"] for r in rows] == ["topk:8", "topk:8, unabsorbed"]
     assert rows[0]["mcc"] == pytest.approx(rows[1]["mcc"]) == pytest.approx(1.0, abs=1e-5)
+    monkeypatch.setattr(sys, "argv", [*argv, "--unabsorb-level", "0.2"])  # below chance: moves
+    reread_main()
+    assert '"rows_changed": 0' not in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[1]["mcc"] < rows[0]["mcc"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_an_oracle_holds_the_widths_most_frequent_features_and_reads_a_lone_one_exactly(world_json):
