@@ -22,7 +22,8 @@ width, from the true codes alone, and the two factors that move it off the L0 th
 
 ``--unabsorb`` scores every reading a second time with each latent read along its decoder row
 less the direction it shares with its above-chance neighbours (``absorption.unabsorbed_directions``:
-absorbed parents), the code and reconstruction unchanged; it prints how many rows changed.
+absorbed parents), the code and reconstruction unchanged. It prints how many rows changed and,
+against the truth, how often the shared direction is nearest an ancestor of the row's feature.
 
     python scripts/synth_reread.py runs/synthbench_dense12m/runs/synthsaebench-4k-dense/topk-k16 \
         runs/synthbench_dense12m/cache/synthsaebench-4k-dense-eval topk:16 risk_batch --unabsorb
@@ -50,6 +51,26 @@ from hf_topafa.sae.absorption import unabsorbed_directions
 from hf_topafa.sae.reading import read_with
 
 SHOWN = ("l0", "true_l0_top_width", "f1", "mcc", "precision", "recall", "l0_corr", "dead")
+
+
+def shared_is_ancestor(unabsorbed, match, world) -> float | None:
+    """Of the rows that changed, the share whose shared direction is nearest (|cosine|) a true
+    feature that is an ancestor of the row's matched feature in the world's hierarchy."""
+    from hf_topafa.evaluation.ground_truth import hierarchy_parents
+
+    changed = unabsorbed.changed.nonzero().squeeze(-1)
+    if not len(changed):
+        return None
+    parents = hierarchy_parents(world)
+    features = world.feature_dict.feature_vectors.to(unabsorbed.shared.dtype)
+    nearest = (unabsorbed.shared[changed] @ features.T).abs().argmax(-1)
+    hits = 0
+    for feature, target in zip(match[changed].tolist(), nearest.tolist(), strict=True):
+        ancestor = int(parents[feature])
+        while ancestor >= 0 and ancestor != target:
+            ancestor = int(parents[ancestor])
+        hits += ancestor == target
+    return hits / len(changed)
 
 
 @torch.no_grad()
@@ -108,10 +129,13 @@ def main() -> None:
         base = SparseAutoencoder.from_pretrained(args.run)
     features = world.feature_dict.feature_vectors
     readings = [(None, matched_features(base.W_dec, features))]
+    found = None
     if args.unabsorb:
         unabsorbed = unabsorbed_directions(base.W_dec, args.unabsorb_level)
-        print(json.dumps({"unabsorb": {"level": round(unabsorbed.level, 3),
-                                       "rows_changed": int(unabsorbed.changed.sum())}}))  # fmt: skip
+        ancestor = shared_is_ancestor(unabsorbed, readings[0][1], world)
+        found = {"level": unabsorbed.level, "rows_changed": int(unabsorbed.changed.sum()),
+                 "shared_is_ancestor": ancestor}  # fmt: skip
+        print(json.dumps({"unabsorb": found}))
         readings.append((unabsorbed.directions, matched_features(unabsorbed.directions, features)))
     expected = kurtosis_reading_of_truth(truth, base.config.d_sae)
     print(json.dumps({"truth": {key: round(v, 3) for key, v in expected.items()}}))
@@ -135,6 +159,7 @@ def main() -> None:
         write_json(args.json, {"run": args.run, "cache": args.cache, "samples": truth.num_samples,
                                "true_l0": rows[0]["true_l0"] if rows else None,
                                "kurtosis_reading_of_truth": expected,
+                               "unabsorb": found,
                                "command": script_command(), "rows": rows})  # fmt: skip
 
 

@@ -319,13 +319,17 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     monkeypatch.setattr(sys, "argv", argv)
     reread_main()
     assert '"rows_changed": 0' in capsys.readouterr().out  # the world's features: no absorption
-    rows = json.loads(out.read_text())["rows"]
+    written = json.loads(out.read_text())
+    rows = written["rows"]
+    assert written["unabsorb"]["shared_is_ancestor"] is None  # nothing changed to judge
     assert [r["rule"] for r in rows] == ["topk:8", "topk:8, unabsorbed"]
     assert rows[0]["mcc"] == pytest.approx(rows[1]["mcc"]) == pytest.approx(1.0, abs=1e-5)
     monkeypatch.setattr(sys, "argv", [*argv, "--unabsorb-level", "0.2"])  # below chance: moves
     reread_main()
     assert '"rows_changed": 0' not in capsys.readouterr().out
-    rows = json.loads(out.read_text())["rows"]
+    written = json.loads(out.read_text())
+    assert written["unabsorb"]["shared_is_ancestor"] == 0.0  # a world with no hierarchy
+    rows = written["rows"]
     assert rows[1]["mcc"] < rows[0]["mcc"] == pytest.approx(1.0, abs=1e-5)
 
 
