@@ -24,6 +24,8 @@ width, from the true codes alone, and the two factors that move it off the L0 th
 less the direction it shares with its above-chance neighbours (``absorption.unabsorbed_directions``:
 absorbed parents), the code and reconstruction unchanged. It prints how many rows changed and,
 against the truth, how often the shared direction is nearest an ancestor of the row's feature.
+``--unfold`` adds a third score: the absorbed parents as latents of their own
+(``absorption.UnfoldedView``, width d_sae + one latent per group of rows that share a direction).
 
     python scripts/synth_reread.py runs/synthbench_dense12m/runs/synthsaebench-4k-dense/topk-k16 \
         runs/synthbench_dense12m/cache/synthsaebench-4k-dense-eval topk:16 risk_batch --unabsorb
@@ -47,7 +49,7 @@ from hf_topafa.evaluation.ground_truth import (
     score_against_truth,
 )
 from hf_topafa.helpers import script_command, write_json
-from hf_topafa.sae.absorption import unabsorbed_directions
+from hf_topafa.sae.absorption import UnfoldedView, unabsorbed_directions
 from hf_topafa.sae.reading import read_with
 
 SHOWN = ("l0", "true_l0_top_width", "f1", "mcc", "precision", "recall", "l0_corr", "dead")
@@ -105,6 +107,12 @@ def main() -> None:
         help="also score each reading with the unabsorbed feature directions",
     )
     p.add_argument(
+        "--unfold",
+        action="store_true",
+        help="also score each reading with the absorbed parents as latents of their own "
+        "(absorption.UnfoldedView; implies --unabsorb)",
+    )
+    p.add_argument(
         "--unabsorb-level",
         type=float,
         default=None,
@@ -128,33 +136,39 @@ def main() -> None:
     else:
         base = SparseAutoencoder.from_pretrained(args.run)
     features = world.feature_dict.feature_vectors
-    readings = [(None, matched_features(base.W_dec, features))]
+    views = {"": (None, matched_features(base.W_dec, features))}  # suffix: (directions, match)
     found = None
-    if args.unabsorb:
+    if args.unabsorb or args.unfold:
         unabsorbed = unabsorbed_directions(base.W_dec, args.unabsorb_level)
-        ancestor = shared_is_ancestor(unabsorbed, readings[0][1], world)
+        ancestor = shared_is_ancestor(unabsorbed, views[""][1], world)
         found = {"level": unabsorbed.level, "rows_changed": int(unabsorbed.changed.sum()),
                  "shared_is_ancestor": ancestor}  # fmt: skip
+        directions = unabsorbed.directions
+        views[", unabsorbed"] = (directions, matched_features(directions, features))
+    if args.unfold:
+        rows_unfolded = UnfoldedView(base, unabsorbed).W_dec
+        found["parent_atoms"] = rows_unfolded.shape[0] - base.config.d_sae
+        views[", unfolded"] = (None, matched_features(rows_unfolded, features))
+    if found:
         print(json.dumps({"unabsorb": found}))
-        readings.append((unabsorbed.directions, matched_features(unabsorbed.directions, features)))
     expected = kurtosis_reading_of_truth(truth, base.config.d_sae)
     print(json.dumps({"truth": {key: round(v, 3) for key, v in expected.items()}}))
     rows = []
     for rule in args.rules:
         try:
-            sae = read_with(base, rule)
+            read = read_with(base, rule)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
-        for directions, match in readings:
-            label = rule if directions is None else f"{rule}, unabsorbed"
+        for suffix, (directions, match) in views.items():
+            sae = UnfoldedView(read, unabsorbed) if suffix == ", unfolded" else read
             row = {
                 **score_against_truth(sae, world, truth, directions=directions)["row"],
                 **kept_true_and_false(sae, world, truth, match),
             }
             shown = {key: round(row[key], 3) if isinstance(row[key], float) else row[key]
                      for key in (*SHOWN, "true_pos", "false_pos")}  # fmt: skip
-            print(json.dumps({"rule": label, **shown}))
-            rows.append({"rule": label, **row})
+            print(json.dumps({"rule": rule + suffix, **shown}))
+            rows.append({"rule": rule + suffix, **row})
     if args.json:
         write_json(args.json, {"run": args.run, "cache": args.cache, "samples": truth.num_samples,
                                "true_l0": rows[0]["true_l0"] if rows else None,

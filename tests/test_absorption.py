@@ -47,3 +47,43 @@ def test_a_duplicated_row_keeps_its_direction():
     found = unabsorbed_directions(W_dec, level=0.5)
     assert torch.isfinite(found.directions).all()
     torch.testing.assert_close(found.directions[:2], basis[:1].expand(2, -1))
+
+
+def test_connected_groups_number_each_component_by_its_smallest_member():
+    from hf_topafa.sae.absorption import connected_groups
+
+    adjacency = torch.zeros(6, 6, dtype=torch.bool)
+    for i, j in [(0, 3), (3, 5), (1, 4)]:
+        adjacency[i, j] = adjacency[j, i] = True
+    assert connected_groups(adjacency).tolist() == [0, 1, 2, 0, 1, 0]
+
+
+def test_an_unfolded_view_gives_absorbed_parents_latents_that_fire_with_their_children():
+    from hf_topafa import SAEConfig, SparseAutoencoder
+    from hf_topafa.sae.absorption import UnfoldedView, parent_atoms
+
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(3)))[0].T
+    parents, children = basis[:2], basis[2:10]  # two parents, four children each
+    absorbed = (2 * parents.repeat_interleave(4, 0) + children) / math.sqrt(5)
+    W_dec = torch.cat([absorbed, basis[10:40]])
+    found = unabsorbed_directions(W_dec)
+    atoms = parent_atoms(found)
+    assert atoms.group.tolist() == [0] * 4 + [1] * 4 + [-1] * 30
+    assert ((atoms.directions * parents).sum(-1) > 0.95).all()  # one atom per parent
+    sae = SparseAutoencoder(SAEConfig(d_in=64, d_sae=38, activation="topk", k=2,
+                                      input_normalization="none"))  # fmt: skip
+    with torch.no_grad():
+        sae.W_dec.copy_(W_dec)
+        sae.W_enc.copy_(W_dec.T)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    view = UnfoldedView(sae).eval()
+    assert view.config.d_sae == 40 and sae.config.d_sae == 38 and view.W_dec.shape == (40, 64)
+    x = torch.stack([3 * absorbed[1] + 4 * basis[20], 2 * basis[20] + 3 * basis[30]])
+    out, own = view(x), sae(x)
+    torch.testing.assert_close(out.reconstruction, own.reconstruction)
+    assert out.feature_acts.shape == (2, 40)
+    fired = [row.nonzero().squeeze(-1).tolist() for row in out.feature_acts]
+    assert fired == [[1, 18, 38], [18, 28]]  # the child, the other row, the child's parent
+    assert out.feature_acts[0, 38] > 0 and out.feature_acts[0, 39] == 0
+    torch.testing.assert_close(out.feature_acts[:, :38], own.feature_acts)

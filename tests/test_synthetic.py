@@ -324,13 +324,18 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     assert written["unabsorb"]["shared_is_ancestor"] is None  # nothing changed to judge
     assert [r["rule"] for r in rows] == ["topk:8", "topk:8, unabsorbed"]
     assert rows[0]["mcc"] == pytest.approx(rows[1]["mcc"]) == pytest.approx(1.0, abs=1e-5)
-    monkeypatch.setattr(sys, "argv", [*argv, "--unabsorb-level", "0.2"])  # below chance: moves
+    below_chance = [*argv, "--unabsorb-level", "0.2", "--unfold"]  # rows that move, and atoms
+    monkeypatch.setattr(sys, "argv", below_chance)
     reread_main()
     assert '"rows_changed": 0' not in capsys.readouterr().out
     written = json.loads(out.read_text())
     assert written["unabsorb"]["shared_is_ancestor"] == 0.0  # a world with no hierarchy
+    assert written["unabsorb"]["parent_atoms"] > 0
     rows = written["rows"]
+    assert [r["rule"] for r in rows] == ["topk:8", "topk:8, unabsorbed", "topk:8, unfolded"]
     assert rows[1]["mcc"] < rows[0]["mcc"] == pytest.approx(1.0, abs=1e-5)
+    assert rows[2]["l0"] > rows[0]["l0"]  # the atoms fire with their groups
+    assert rows[2]["explained_variance"] == rows[0]["explained_variance"]
 
 
 def test_an_oracle_holds_the_widths_most_frequent_features_and_reads_a_lone_one_exactly(world_json):

@@ -9,16 +9,22 @@ and returns the row with that direction projected out: an estimate of the latent
 direction. No truth and no tuned coefficient: the level is ``chance_coherence``.
 
 The encoder, the code and the reconstruction are untouched; only what a latent is read to point
-at changes (what SAELens's evaluator matches to the true features). On the synthetic worlds
-this is measured in ``results/synthbench`` ("Absorbed directions").
+at changes (what SAELens's evaluator matches to the true features). ``parent_atoms`` and
+``UnfoldedView`` go one step further: each group of rows that share a direction gets that
+direction as a latent of its own, firing whenever one of the group fires, so a code read from
+the SAE counts the parents it had absorbed. On the synthetic worlds both are measured in
+``results/synthbench`` ("Absorbed parents").
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
+from torch import nn
 
 
 def chance_coherence(d_sae: int, d_in: int) -> float:
@@ -41,6 +47,8 @@ class UnabsorbedDirections:
     shared_cosine: torch.Tensor
     neighbours: torch.Tensor
     level: float
+    adjacency: torch.Tensor
+    """[h, h] bool: which rows are each other's above-chance neighbours."""
 
     @property
     def changed(self) -> torch.Tensor:
@@ -65,4 +73,89 @@ def unabsorbed_directions(W_dec: torch.Tensor, level: float | None = None) -> Un
     own = unit - cosine[:, None] * shared
     left = torch.linalg.vector_norm(own, dim=-1, keepdim=True)
     own = torch.where(left > 1e-6, own / left.clamp_min(1e-12), unit)  # a row that is all shared
-    return UnabsorbedDirections(own, shared, cosine, neighbours, level)
+    return UnabsorbedDirections(own, shared, cosine, neighbours, level, near)
+
+
+@dataclass
+class ParentAtoms:
+    """The directions absorbed rows share, one per group of rows that are neighbours (connected
+    through above-chance cosines): ``directions`` [G, d] unit rows, and per decoder row the
+    group it belongs to (``group`` [h], -1 for rows with no neighbour)."""
+
+    directions: torch.Tensor
+    group: torch.Tensor
+
+
+def parent_atoms(unabsorbed: UnabsorbedDirections) -> ParentAtoms:
+    """One atom per connected group of changed rows: the normalized sum of the group's shared
+    directions (siblings that absorbed one parent share it; the group is that parent's)."""
+    changed = unabsorbed.changed
+    ids, numbered = connected_groups(unabsorbed.adjacency)[changed].unique(return_inverse=True)
+    group = torch.full_like(changed, -1, dtype=torch.long)
+    group[changed] = numbered
+    summed = torch.zeros(len(ids), unabsorbed.shared.shape[1], dtype=unabsorbed.shared.dtype)
+    summed.index_add_(0, numbered, unabsorbed.shared[changed])
+    directions = summed / torch.linalg.vector_norm(summed, dim=-1, keepdim=True).clamp_min(1e-12)
+    return ParentAtoms(directions, group)
+
+
+def connected_groups(adjacency: torch.Tensor) -> torch.Tensor:
+    """[n] long: each node's connected component of the symmetric bool ``adjacency`` [n, n],
+    numbered by its smallest member (a union-find over the edges)."""
+    root = list(range(adjacency.shape[0]))
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    for i, j in adjacency.nonzero().tolist():
+        a, b = find(i), find(j)
+        if a != b:
+            root[max(a, b)] = min(a, b)
+    return torch.tensor([find(i) for i in range(len(root))], dtype=torch.long)
+
+
+class UnfoldedView(nn.Module):
+    """An SAE read with the parents it absorbed as latents of their own, for evaluation.
+
+    The code is the SAE's [.., h] followed by one activation per parent atom [.., G]: the sum,
+    over the atom's group, of each firing row's decoder-scaled activation times the cosine of its
+    row with the shared direction (the part of it that was the parent's). The rows are the
+    unabsorbed directions (at the decoder's norms), then the atoms (unit). The reconstruction
+    stays the SAE's own. It answers ``score_against_truth`` as an SAE of width h + G.
+    """
+
+    def __init__(self, sae, unabsorbed: UnabsorbedDirections | None = None):
+        super().__init__()
+        self.sae = sae
+        unabsorbed = unabsorbed or unabsorbed_directions(sae.W_dec)
+        atoms = parent_atoms(unabsorbed)
+        norms = torch.linalg.vector_norm(sae.W_dec.detach(), dim=-1)
+        self.register_buffer("rows", torch.cat([unabsorbed.directions * norms[:, None],
+                                                atoms.directions]))  # fmt: skip
+        self.register_buffer("group", atoms.group)
+        self.register_buffer("share", unabsorbed.shared_cosine * norms)
+        self.config = copy.copy(sae.config)
+        self.config.d_sae = self.rows.shape[0]
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self.rows
+
+    def input_scale(self, std: torch.Tensor) -> torch.Tensor:
+        return self.sae.input_scale(std)
+
+    def normalize_input(self, x: torch.Tensor, remember: bool = False):
+        return self.sae.normalize_input(x, remember)
+
+    def forward(self, x: torch.Tensor) -> SimpleNamespace:
+        out = self.sae(x)
+        acts = out.feature_acts.reshape(-1, self.share.shape[0])
+        members = self.group >= 0
+        parents = acts.new_zeros(acts.shape[0], self.rows.shape[0] - acts.shape[1])
+        parents.index_add_(1, self.group[members], acts[:, members] * self.share[members])
+        code = torch.cat([acts, parents], -1).reshape(*out.feature_acts.shape[:-1], -1)
+        return SimpleNamespace(feature_acts=code, reconstruction=out.reconstruction,
+                               l0=(code != 0).sum(-1), k=None)  # fmt: skip
