@@ -87,3 +87,36 @@ def test_an_unfolded_view_gives_absorbed_parents_latents_that_fire_with_their_ch
     assert fired == [[1, 18, 38], [18, 28]]  # the child, the other row, the child's parent
     assert out.feature_acts[0, 38] > 0 and out.feature_acts[0, 39] == 0
     torch.testing.assert_close(out.feature_acts[:, :38], own.feature_acts)
+
+
+def test_the_absorption_report_reads_a_saved_sae_and_says_what_it_cannot_load(
+    tmp_path, capsys, monkeypatch
+):
+    import json
+    import sys
+    from pathlib import Path
+
+    from hf_topafa import SAEConfig, SparseAutoencoder
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
+    from absorption_report import main as report_main
+
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(4)))[0].T
+    absorbed = (2 * basis[:2].repeat_interleave(4, 0) + basis[2:10]) / math.sqrt(5)
+    sae = SparseAutoencoder(SAEConfig(d_in=64, d_sae=38, activation="topk", k=2))
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.cat([absorbed, basis[10:40]]))
+    sae.save_pretrained(tmp_path / "run")
+    out = tmp_path / "report.json"
+    monkeypatch.setattr(
+        sys, "argv", ["absorption_report.py", str(tmp_path / "run"), "--json", str(out)]
+    )
+    report_main()
+    report = json.loads(out.read_text())["reports"][0]
+    assert (report["rows_changed"], report["groups"], report["largest_group"]) == (8, 2, 4)
+    assert report["group_size_quartiles"] == [4.0, 4.0, 4.0]
+    assert 0.7 < report["shared_cosine_quartiles"][1] < 0.95
+    assert '"rows_changed": 8' in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["absorption_report.py", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="cannot load an SAE from"):
+        report_main()
