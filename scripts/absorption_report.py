@@ -58,10 +58,10 @@ def main() -> None:
     reports = []
     for run in args.runs:
         try:
-            sae, label = load_sae(run)
+            sae, _ = load_sae(run)
         except (OSError, ValueError) as exc:
             raise SystemExit(f"cannot load an SAE from {run!r}: {exc}") from None
-        report = {"sae": label, "activation": sae.config.activation, **absorption_report(sae)}
+        report = {"sae": run, "activation": sae.config.activation, **absorption_report(sae)}
         print(json.dumps({key: rounded(value) for key, value in report.items()}))
         reports.append(report)
     if args.json:
