@@ -43,6 +43,7 @@ from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.data.synthetic_cache import world_of_cache
 from hf_topafa.evaluation.ground_truth import (
     TruthSet,
+    hierarchy_parents,
     kurtosis_reading_of_truth,
     matched_features,
     oracle_sae,
@@ -58,8 +59,6 @@ SHOWN = ("l0", "true_l0_top_width", "f1", "mcc", "precision", "recall", "l0_corr
 def shared_is_ancestor(unabsorbed, match, world) -> float | None:
     """Of the rows that changed, the share whose shared direction is nearest (|cosine|) a true
     feature that is an ancestor of the row's matched feature in the world's hierarchy."""
-    from hf_topafa.evaluation.ground_truth import hierarchy_parents
-
     changed = unabsorbed.changed.nonzero().squeeze(-1)
     if not len(changed):
         return None
