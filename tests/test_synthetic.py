@@ -523,6 +523,23 @@ def test_evaluate_synthetic_reads_the_dictionary_with_another_rule(world_json, t
     assert data["sae"] == "oracle read by topk:2" and 1.5 < data["l0"] <= 2  # k 2, not its 8
 
 
+def test_evaluate_synthetic_unfold_scores_own_directions_and_parents(world_json, tmp_path, capsys):
+    world = synthetic.load_world(str(world_json), progress=False)
+    run = tmp_path / "oracle"
+    oracle_sae(world, activation="topk", k=8).save_pretrained(run)
+    out = tmp_path / "gt.json"
+    argv = ["evaluate", str(run), "--synthetic", str(world_json), "--max-tokens", "400"]
+    assert cli([*argv, "--unfold", "--json", str(out), "--plots", str(tmp_path / "p")]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["sae"] for r in rows] == ["oracle", "oracle, own directions", "oracle, unfolded"]
+    assert rows[0]["mcc"] == pytest.approx(rows[1]["mcc"]) == pytest.approx(1.0, abs=1e-5)
+    assert rows[2]["d_sae"] == 48 and rows[2]["l0"] == rows[0]["l0"]  # no row to unfold
+    assert len(list((tmp_path / "p").glob("ground_truth_oracle*.png"))) == 3
+    capsys.readouterr()
+    assert cli(["evaluate", str(run), "--unfold"]) == 2
+    assert "--unfold scores against a synthetic world's truth" in capsys.readouterr().err
+
+
 def test_evaluate_synthetic_command(world_json, tmp_path, capsys):
     world = synthetic.load_world(str(world_json), progress=False)
     run = tmp_path / "oracle"

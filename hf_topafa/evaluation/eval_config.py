@@ -106,6 +106,16 @@ class EvalOutputs:
         "per-sample-L0 checks; needs the synth extra",
         metavar="WORLD",
     )
+    unfold: bool = arg(
+        False,
+        "with --synthetic, score each SAE twice more: its latents read along their decoder rows "
+        "less the direction each shares with rows above chance (absorbed parents), and with "
+        "those shared directions as latents of their own (hf_topafa.sae.absorption)",
+    )
+
+    def __post_init__(self):
+        if self.unfold and self.synthetic is None:
+            raise ValueError("--unfold scores against a synthetic world's truth: give --synthetic")
 
 
 def build_parser() -> DataclassParser:

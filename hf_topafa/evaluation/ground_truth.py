@@ -401,6 +401,18 @@ def report_lines(label: str, row: dict, source: str) -> list[str]:
     ]
 
 
+def readings_of(sae, unfold: bool) -> list[tuple[str, object, torch.Tensor | None]]:
+    """(label suffix, the SAE or a view of it, directions to match) per reading: the SAE as
+    trained and, with ``unfold``, its own directions and its absorbed parents unfolded."""
+    if not unfold:
+        return [("", sae, None)]
+    from ..sae.absorption import UnfoldedView, unabsorbed_directions
+
+    found = unabsorbed_directions(sae.W_dec)
+    return [("", sae, None), (", own directions", sae, found.directions),
+            (", unfolded", UnfoldedView(sae, found), None)]  # fmt: skip
+
+
 def run_command(cfg, outputs, loaded) -> int:
     """``hf-topafa evaluate SAE ... --synthetic WORLD``: SAELens's synthetic-data metrics and the
     AFA checks of each SAE (``loaded``: (SAE, label) pairs as ``evaluate.load_sae`` gives them),
@@ -416,14 +428,18 @@ def run_command(cfg, outputs, loaded) -> int:
                 f"{label} reads {sae.config.d_in}-dim inputs; the world has hidden_dim "
                 f"{world.cfg.hidden_dim}"
             )
-        scored = score_against_truth(sae, world, truth)
-        row = {"sae": label, "d_sae": sae.config.d_sae, **scored["row"]}
-        print("\n".join(report_lines(label, row, source)))
-        if outputs.plots is not None:
-            path = Path(outputs.plots) / f"ground_truth_{Path(label).name}.png"
-            save_ground_truth_plot(scored["per_sample"], path, f"{label} against {source}")
-            print(f"  wrote {path}")
-        results.append(row)
+        for reading, view, directions in readings_of(sae, outputs.unfold):
+            scored = score_against_truth(view, world, truth, directions=directions)
+            name = label + reading
+            row = {"sae": name, "d_sae": view.config.d_sae, **scored["row"]}
+            print("\n".join(report_lines(name, row, source)))
+            if outputs.plots is not None:
+                slug = reading.strip(", ").replace(" ", "_")
+                stem = f"ground_truth_{Path(label).name}" + (f"_{slug}" if slug else "")
+                path = Path(outputs.plots) / f"{stem}.png"
+                save_ground_truth_plot(scored["per_sample"], path, f"{name} against {source}")
+                print(f"  wrote {path}")
+            results.append(row)
     if outputs.json is not None:
         payload = results[0] if len(results) == 1 else {"results": results}
         print(f"wrote {write_json(outputs.json, {**payload, 'synthetic': source})}")
