@@ -1,11 +1,21 @@
 """The decoder's absorbed directions: found where rows share one, nowhere else."""
 
+import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from hf_topafa.sae.absorption import chance_coherence, unabsorbed_directions
+from hf_topafa import SAEConfig, SparseAutoencoder
+from hf_topafa.sae.absorption import (
+    UnfoldedView,
+    chance_coherence,
+    connected_groups,
+    parent_atoms,
+    unabsorbed_directions,
+)
 
 
 def test_chance_coherence_is_the_pairwise_tail_bound():
@@ -37,8 +47,8 @@ def test_siblings_that_absorbed_their_parent_get_their_own_direction_back():
     assert (before < 0.45).all() and (after > 0.85).all()
     torch.testing.assert_close(found.directions[4:], others)  # untouched: no neighbour
     assert found.shared[4:].abs().max() == 0 and found.shared_cosine[4:].abs().max() == 0
-    lower = unabsorbed_directions(W_dec, level=0.99)  # an explicit level overrides chance
-    assert int(lower.changed.sum()) == 0
+    stricter = unabsorbed_directions(W_dec, level=0.99)  # an explicit level overrides chance
+    assert int(stricter.changed.sum()) == 0
 
 
 def test_a_duplicated_row_keeps_its_direction():
@@ -50,8 +60,6 @@ def test_a_duplicated_row_keeps_its_direction():
 
 
 def test_connected_groups_number_each_component_by_its_smallest_member():
-    from hf_topafa.sae.absorption import connected_groups
-
     adjacency = torch.zeros(6, 6, dtype=torch.bool)
     for i, j in [(0, 3), (3, 5), (1, 4)]:
         adjacency[i, j] = adjacency[j, i] = True
@@ -59,9 +67,6 @@ def test_connected_groups_number_each_component_by_its_smallest_member():
 
 
 def test_an_unfolded_view_gives_absorbed_parents_latents_that_fire_with_their_children():
-    from hf_topafa import SAEConfig, SparseAutoencoder
-    from hf_topafa.sae.absorption import UnfoldedView, parent_atoms
-
     basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(3)))[0].T
     parents, children = basis[:2], basis[2:10]  # two parents, four children each
     absorbed = (2 * parents.repeat_interleave(4, 0) + children) / math.sqrt(5)
@@ -92,12 +97,6 @@ def test_an_unfolded_view_gives_absorbed_parents_latents_that_fire_with_their_ch
 def test_the_absorption_report_reads_a_saved_sae_and_says_what_it_cannot_load(
     tmp_path, capsys, monkeypatch
 ):
-    import json
-    import sys
-    from pathlib import Path
-
-    from hf_topafa import SAEConfig, SparseAutoencoder
-
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
     from absorption_report import main as report_main
 
