@@ -121,7 +121,9 @@ GROUND_TRUTH: dict[str, str] = {
         "(the worlds' branching factor), and that direction is an ancestor's for 59-88% of "
         "them. Read along their rows less that direction (`hf_topafa.sae.absorption`), its "
         "latents matched the true features better than Matryoshka TopK's (MCC 0.788, 0.771 "
-        "and 0.797 against 0.779, 0.759 and 0.771), with the same code."
+        "and 0.797 against 0.779, 0.759 and 0.771), with the same code; read that way, the "
+        "k the seeds agreed on was the best TopK by MCC on all four worlds, the one where it "
+        "was not as trained included."
     ),
     "risk_batch": (
         "On synthetic data whose true features are known (SynthSAEBench-style worlds; see the "
