@@ -72,6 +72,15 @@ def world_json(tmp_path, monkeypatch):
     return path
 
 
+@pytest.fixture
+def oracle_run(world_json, tmp_path):
+    """The tiny world's own features saved as a TopK k = 8 SAE folder."""
+    run = tmp_path / "oracle"
+    world = synthetic.load_world(str(world_json), progress=False)
+    oracle_sae(world, activation="topk", k=8).save_pretrained(run)
+    return run
+
+
 def test_presets_are_the_published_configs():
     from sae_lens.synthetic import SyntheticModelConfig
 
@@ -307,11 +316,9 @@ def test_directions_replace_the_rows_the_truth_is_matched_to_not_the_reconstruct
 
 
 def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary_be(
-    world_json, tmp_path, monkeypatch, capsys
+    world_json, oracle_run, tmp_path, monkeypatch, capsys
 ):
-    world = synthetic.load_world(str(world_json), progress=False)
-    run = tmp_path / "oracle"
-    oracle_sae(world, activation="topk", k=8).save_pretrained(run)
+    run = oracle_run
     cache = write_synthetic_cache(str(world_json), tmp_path / "c", 400, seed=2, with_truth=True,
                                   progress=False)  # fmt: skip
     out = tmp_path / "r.json"
@@ -512,10 +519,10 @@ def test_saelens_view_reconstructs_in_the_input_space():
         view.decode(f.clone())
 
 
-def test_evaluate_synthetic_reads_the_dictionary_with_another_rule(world_json, tmp_path):
-    world = synthetic.load_world(str(world_json), progress=False)
-    run = tmp_path / "oracle"
-    oracle_sae(world, activation="topk", k=8).save_pretrained(run)
+def test_evaluate_synthetic_reads_the_dictionary_with_another_rule(
+    world_json, oracle_run, tmp_path
+):
+    run = oracle_run
     out = tmp_path / "gt.json"
     argv = ["evaluate", str(run), "--synthetic", str(world_json), "--max-tokens", "400"]
     assert cli([*argv, "--read-with", "topk:2", "--json", str(out)]) == 0
@@ -523,10 +530,10 @@ def test_evaluate_synthetic_reads_the_dictionary_with_another_rule(world_json, t
     assert data["sae"] == "oracle read by topk:2" and 1.5 < data["l0"] <= 2  # k 2, not its 8
 
 
-def test_evaluate_synthetic_unfold_scores_own_directions_and_parents(world_json, tmp_path, capsys):
-    world = synthetic.load_world(str(world_json), progress=False)
-    run = tmp_path / "oracle"
-    oracle_sae(world, activation="topk", k=8).save_pretrained(run)
+def test_evaluate_synthetic_unfold_scores_own_directions_and_parents(
+    world_json, oracle_run, tmp_path, capsys
+):
+    run = oracle_run
     out = tmp_path / "gt.json"
     argv = ["evaluate", str(run), "--synthetic", str(world_json), "--max-tokens", "400"]
     assert cli([*argv, "--unfold", "--json", str(out), "--plots", str(tmp_path / "p")]) == 0
@@ -540,10 +547,8 @@ def test_evaluate_synthetic_unfold_scores_own_directions_and_parents(world_json,
     assert "--unfold scores against a synthetic world's truth" in capsys.readouterr().err
 
 
-def test_evaluate_synthetic_command(world_json, tmp_path, capsys):
-    world = synthetic.load_world(str(world_json), progress=False)
-    run = tmp_path / "oracle"
-    oracle_sae(world, activation="topk", k=8).save_pretrained(run)
+def test_evaluate_synthetic_command(world_json, oracle_run, tmp_path, capsys):
+    run = oracle_run
     out = tmp_path / "gt.json"
     argv = ["evaluate", str(run), "--synthetic", str(world_json), "--max-tokens", "800"]
     assert cli([*argv, "--json", str(out), "--plots", str(tmp_path / "plots")]) == 0
