@@ -2,7 +2,8 @@
 
 No data and no truth: rows whose cosine with another row exceeds what random directions reach by
 chance (``absorption.chance_coherence``) share a direction; on the synthetic worlds that direction
-is an ancestor's in the hierarchy for 80–86% of TopK's changed rows (``synth_reread.py --unfold``).
+is an ancestor's in the hierarchy for 59–88% of plain TopK's changed rows
+(``synth_reread.py --unfold``).
 Prints the level, how many rows have such neighbours, the groups they form (one parent atom
 each), the group sizes, and how much of each changed row the shared direction is.
 

@@ -538,7 +538,7 @@ def test_evaluate_synthetic_unfold_scores_own_directions_and_parents(
     argv = ["evaluate", str(run), "--synthetic", str(world_json), "--max-tokens", "400"]
     assert cli([*argv, "--unfold", "--json", str(out), "--plots", str(tmp_path / "p")]) == 0
     rows = json.loads(out.read_text())["results"]
-    assert [r["sae"] for r in rows] == ["oracle", "oracle, own directions", "oracle, unfolded"]
+    assert [r["sae"] for r in rows] == ["oracle", "oracle, unabsorbed", "oracle, unfolded"]
     assert rows[0]["mcc"] == pytest.approx(rows[1]["mcc"]) == pytest.approx(1.0, abs=1e-5)
     assert rows[2]["d_sae"] == 48 and rows[2]["l0"] == rows[0]["l0"]  # no row to unfold
     assert len(list((tmp_path / "p").glob("ground_truth_oracle*.png"))) == 3

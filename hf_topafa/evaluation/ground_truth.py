@@ -403,13 +403,14 @@ def report_lines(label: str, row: dict, source: str) -> list[str]:
 
 def readings_of(sae, unfold: bool) -> list[tuple[str, object, torch.Tensor | None]]:
     """(label suffix, the SAE or a view of it, directions to match) per reading: the SAE as
-    trained and, with ``unfold``, its own directions and its absorbed parents unfolded."""
+    trained and, with ``unfold``, along its own (unabsorbed) directions and with its absorbed
+    parents unfolded; the suffixes are ``synth_reread.py``'s."""
     if not unfold:
         return [("", sae, None)]
     from ..sae.absorption import UnfoldedView, unabsorbed_directions
 
     found = unabsorbed_directions(sae.W_dec)
-    return [("", sae, None), (", own directions", sae, found.directions),
+    return [("", sae, None), (", unabsorbed", sae, found.directions),
             (", unfolded", UnfoldedView(sae, found), None)]  # fmt: skip
 
 
