@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hf_topafa.sae import kfree
+from hf_topafa.sae import kfree, risk
 from hf_topafa.sae.activations import topafa
 
 
@@ -336,8 +336,8 @@ def test_risk_batch_spends_the_tokens_risk_inflation_counts_across_the_batch():
     z, features = sparse_world_sample(6, tokens=256, h=512, d=128)
     pre = torch.relu(z @ features.T).requires_grad_()
     norms = torch.ones(512)
-    _, per_token = kfree.risk_inflation(pre.detach(), features, z)
-    acts, smallest = kfree.batch_risk_inflation(pre, norms, features, z)
+    _, per_token = risk.risk_inflation(pre.detach(), features, z)
+    acts, smallest = risk.batch_risk_inflation(pre, norms, features, z)
     kept = acts.detach() != 0
     assert int(kept.sum()) == int(per_token.sum())
     # spent on the batch's largest activations, wherever they sit

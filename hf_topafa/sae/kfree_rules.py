@@ -114,10 +114,10 @@ def kurtosis_budget(sae, pre, decoder_norms, x_n):
 
 
 def risk_inflation_budget(sae, pre, decoder_norms, x_n):
-    from . import kfree
+    from . import risk
+    from .kfree import centered_input
 
-    z = kfree.centered_input(sae, x_n)
-    return kfree.batch_risk_inflation(pre, decoder_norms, sae.W_dec, z)
+    return risk.batch_risk_inflation(pre, decoder_norms, sae.W_dec, centered_input(sae, x_n))
 
 
 def noise_floor_select(sae, pre, x_n):
@@ -129,10 +129,27 @@ def noise_floor_select(sae, pre, x_n):
 
 
 def risk_inflation_select(sae, pre, x_n):
-    from . import kfree
+    from . import risk
+    from .kfree import centered_input
 
-    z = kfree.centered_input(sae, x_n)
-    return kfree.risk_inflation(pre, sae.W_dec, z)
+    return risk.risk_inflation(pre, sae.W_dec, centered_input(sae, x_n))
+
+
+def risk_pooled_select(sae, pre, x_n):
+    """Each token's risk-inflation count at one noise level for all tokens (``risk.risk_pooled``):
+    the batch's pooled residual while training, folded into the running level ``threshold``
+    holds; that level, fixed, at inference; this batch's own where never estimated."""
+    from . import risk
+    from .kfree import centered_input
+
+    level = sae.threshold[0]
+    fixed = not sae.training and bool(level >= 0)
+    acts, k, used = risk.risk_pooled(
+        pre, sae.W_dec, centered_input(sae, x_n), float(level) if fixed else None
+    )
+    if sae.training:
+        sae._update_batchtopk_threshold(used.to(sae.threshold.dtype))
+    return acts, k
 
 
 def afa_count_select(sae, pre, x_n):

@@ -432,6 +432,22 @@ RULES: dict[str, Rule] = {
             adaptive_k=True,
         ),
         Rule(
+            name="risk_pooled",
+            display_name="Risk inflation, pooled noise",
+            card_tag="risk-pooled",
+            card_text=(
+                "Features are ranked per token as top-AFA ranks them, and the token keeps the "
+                "count k that minimizes RSS_k / sigma^2 + 2 k ln h (the risk inflation criterion "
+                "with its noise level known), where sigma^2 is one level for all tokens: the "
+                "residual per dimension pooled over the batch at the counts it selects, a running "
+                "mean while training and fixed at inference. There is no *k* to tune."
+            ),
+            select=kfree_rules.risk_pooled_select,
+            adaptive_k=True,
+            threshold_power=2,  # a variance: squared input units
+            **kfree_rules.ESTIMATED_THRESHOLD,  # the momentum is the running level's
+        ),
+        Rule(
             name="noise_batch",
             display_name="Noise-floor batch",
             card_tag="noise-batch",
