@@ -97,6 +97,9 @@ PLANS = {
         # risk inflation's per-token counts spent across the batch: the reader with the best F1
         # on every world, given noise_batch's allocation (whose per-sample counts follow the truth)
         spec("risk_batch"),
+        # risk inflation at one noise level pooled over the batch (hf_topafa/sae/risk.py): read
+        # post hoc it keeps fewer false latents than the per-token level; trained, does it learn?
+        spec("risk_pooled"),
     ],
     # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?
     "variants": [spec("noise_floor"), spec("afa_mdl"), spec("topk", 16), spec("topk", 32),
@@ -119,7 +122,7 @@ PLANS = {
                  spec("topk", 2, matryoshka_levels=4), spec("topk", 8, matryoshka_levels=4),
                  spec("topk", 16, matryoshka_levels=4),
                  # around what the dense world's width holds (24.4), for seed agreement's sweep
-                 spec("topk", 24), spec("topk", 48)],
+                 spec("topk", 24), spec("topk", 48), spec("risk_pooled")],
     # the sparse world's probabilities without its hierarchy: no parent to absorb, so does a
     # count read from a trained dictionary (afa_kurtosis) reach the truth?
     "flat": [spec("batchtopk", 5), spec("afa_kurtosis"), spec("topk", 5), spec("noise_batch"),

@@ -37,6 +37,7 @@ def test_names_are_the_registry_everywhere():
         "afa_energy",
         "afa_mdl",
         "risk_inflation",
+        "risk_pooled",
         "noise_batch",
         "risk_batch",
         "afa_kurtosis",
