@@ -442,6 +442,7 @@ RULES: dict[str, Rule] = {
                 "residual per dimension pooled over the batch at the counts it selects, a running "
                 "mean while training and fixed at inference. There is no *k* to tune."
             ),
+            ground_truth=GROUND_TRUTH["risk_pooled"],
             select=kfree_rules.risk_pooled_select,
             adaptive_k=True,
             threshold_power=2,  # a variance: squared input units
