@@ -26,7 +26,7 @@ import torch
 from .kfree import batch_keep
 
 RISK_CANDIDATES = 256  # features ranked per token (the count is at most this)
-POOLED_ITERATIONS = 20  # the fixed point settles in 2-5 on the synthetic worlds
+POOLED_ITERATIONS = 20  # at most; the fixed point stops once the counts repeat
 
 
 @torch.no_grad()
