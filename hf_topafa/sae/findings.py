@@ -154,7 +154,8 @@ GROUND_TRUTH: dict[str, str] = {
         "with F1 0.81 against TopK's best 0.53 and MCC 0.77 against 0.70. Trained end to end it "
         "did worse: on the sparse world L0 0.84 times what the width could hold, F1 0.54 "
         "(TopK's best 0.46), MCC 0.49 (0.52), 241 dead features; on the 4k world it collapsed "
-        "to L0 3.5 with 833 dead features (F1 0.12)."
+        "to L0 3.5 with 833 dead features (F1 0.12), and on a denser one to L0 1.5 with 925 "
+        "(F1 0.03)."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
