@@ -44,9 +44,22 @@ def read_with(sae, spec: str):
     for key in ("model_type", "architectures", "auto_map", "transformers_version"):
         fields.pop(key, None)
     fields.update(activation=name, k=k)
-    read = SparseAutoencoder(SAEConfig(**fields))
-    weights = {key: value for key, value in sae.state_dict().items() if key != "threshold"}
-    read.load_state_dict(weights, strict=False)
+    read = copy_weights(sae, SparseAutoencoder(SAEConfig(**fields)))
     if level is not None:
         read.threshold.fill_(level)
     return read.to(sae.W_dec.device).eval()
+
+
+def copy_weights(source, target):
+    """``target`` with ``source``'s weights, less a threshold ``source`` estimated or learned for
+    its own rule (``target``'s rule starts from its own). Both must have the same shapes and
+    parameters; returns ``target``."""
+    weights = {key: value for key, value in source.state_dict().items() if key != "threshold"}
+    missing, unexpected = target.load_state_dict(weights, strict=False)
+    lacking = sorted(set(missing) - {"threshold"})
+    if lacking or unexpected:
+        raise ValueError(
+            f"the saved SAE's parameters do not fit: missing {lacking or 'none'}, extra "
+            f"{sorted(unexpected) or 'none'} (encoder_bias must match)"
+        )
+    return target

@@ -42,6 +42,7 @@ from ..sae.configuration_sae import SAEConfig
 from ..sae.kfree import load_noise_levels_state, noise_levels_state
 from ..sae.losses import reconstruction_loss
 from ..sae.modeling_sae import SparseAutoencoder
+from ..sae.reading import copy_weights
 from .checkpoint import atomic_write_json, clean_temporaries, save_checkpoint
 from .run_folder import (
     check_output_folder,
@@ -138,7 +139,7 @@ def train(
             atomic_write_json(run / TRAINING_CONFIG, recorded_config(config))
 
     set_seed(config.optim.seed)
-    sae = _new_sae(sae_config, config.optim.seed, accelerator.device)
+    sae = _new_sae(sae_config, config.optim, accelerator.device)
     optimizer, scheduler = build_optimizer(sae, config)
     state, since_fired = _restore(found, sae, optimizer, scheduler, accelerator, config)
     if found is None and resuming and is_main:
@@ -273,10 +274,21 @@ def _prepare_run_folder(config: TrainConfig, run: Path, accelerator):
     return resuming, found
 
 
-def _new_sae(sae_config: SAEConfig, seed: int, device) -> SparseAutoencoder:
-    """A freshly initialised SAE on the training device."""
+def _new_sae(sae_config: SAEConfig, optim, device) -> SparseAutoencoder:
+    """The SAE on the training device: freshly initialised from the seed, or with the weights of
+    ``optim.init_from`` (``reading.copy_weights``)."""
     sae = SparseAutoencoder(sae_config)
-    sae.reset_parameters(seed=seed)
+    sae.reset_parameters(seed=optim.seed)
+    if optim.init_from is not None:
+        source = SparseAutoencoder.from_pretrained(optim.init_from)
+        for name in ("d_in", "d_sae", "input_normalization"):
+            ours, theirs = getattr(sae_config, name), getattr(source.config, name)
+            if ours != theirs:
+                raise ValueError(
+                    f"--init-from {optim.init_from} has {name}={theirs!r}, this run {ours!r}; "
+                    f"they must match"
+                )
+        copy_weights(source, sae)
     return sae.to(device)
 
 

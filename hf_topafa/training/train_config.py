@@ -174,6 +174,12 @@ class OptimArgs:
     decoder_bias_init: Literal["zeros", "mean"] = _arg(
         "zeros", "zeros: b_dec starts at zero (the paper); mean: the first batch's mean."
     )
+    init_from: str | None = _arg(
+        None,
+        "Start from a saved SAE's weights (a run folder or Hub id) instead of a fresh "
+        "initialization, less a threshold it estimated or learned: another rule trains on from "
+        "a dictionary already learned. Its d_in, d_sae and input normalization must match.",
+    )
 
     def __post_init__(self):
         for name in ("max_tokens", "batch_size"):
@@ -192,6 +198,10 @@ class OptimArgs:
         for name in ("warmup_fraction", "decay_fraction"):
             if not (_number(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
                 raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)!r}")
+        if self.init_from is not None and self.decoder_bias_init == "mean":
+            raise ValueError(
+                "decoder_bias_init mean would overwrite the b_dec of --init-from; pass only one"
+            )
         if self.warmup_fraction + self.decay_fraction > 1:
             raise ValueError("warmup_fraction + decay_fraction must be at most 1")
         if not (_number(self.max_grad_norm) and self.max_grad_norm >= 0):
