@@ -380,3 +380,58 @@ def test_a_resumed_latent_noise_run_matches_a_straight_one(acts, tmp_path):
     assert "threshold" in a and bool((a["threshold"] > 0).any())
     for name in b:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+# --------------------------------------------------------------------------------------------
+# Starting from another run's dictionary
+
+
+def test_init_from_starts_another_rule_from_a_saved_dictionary(acts, tmp_path):
+    x = acts[:1024]
+    source = train(
+        TrainConfig.from_flat(
+            output=str(tmp_path / "topk"), activation="topk", k=8, max_tokens=512, **SMALL
+        ),
+        data=x,
+    )
+    run = train(
+        TrainConfig.from_flat(
+            output=str(tmp_path / "pooled"), activation="risk_pooled", afa_coef=0.0,
+            init_from=str(source), max_tokens=256, lr=1e-9, **SMALL,
+        ),
+        data=x,
+    )  # fmt: skip
+    before, after = _params(source), _params(run)
+    for name in ("W_enc", "b_enc", "b_dec"):  # one step at lr 1e-9 moves nothing
+        assert torch.allclose(before[name], after[name], atol=1e-6), name
+    # but the step renormalizes the decoder rows (saved within 1e-3 of unit norm)
+    assert torch.allclose(before["W_dec"], after["W_dec"], atol=1e-3)
+    assert float(after["threshold"][0]) > 0  # the new rule estimated its own level
+    recorded = json.loads((run / "training_config.json").read_text())["optim"]
+    assert recorded["init_from"] == str(source)
+    fresh = train(
+        TrainConfig.from_flat(output=str(tmp_path / "fresh"), activation="risk_pooled",
+                              afa_coef=0.0, max_tokens=256, lr=1e-9, **SMALL),
+        data=x,
+    )  # fmt: skip
+    assert not torch.allclose(_params(fresh)["W_dec"], before["W_dec"])
+
+
+def test_init_from_refuses_what_does_not_fit(acts, tmp_path, capsys):
+    x = acts[:1024]
+    source = train(
+        TrainConfig.from_flat(output=str(tmp_path / "src"), max_tokens=256, **SMALL), data=x
+    )
+    with pytest.raises(ValueError, match="has d_sae=512, this run 256; they must match"):
+        train(
+            TrainConfig.from_flat(output=str(tmp_path / "narrow"), init_from=str(source),
+                                  max_tokens=256, **{**SMALL, "d_sae": 256}),
+            data=x,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="decoder_bias_init mean would overwrite"):
+        TrainConfig.from_flat(init_from=str(source), decoder_bias_init="mean")
+    capsys.readouterr()
+    code = cli_main(["--init-from", str(tmp_path / "nowhere"), "--max-tokens", "512",
+                     "--output", str(tmp_path / "x"), "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "nowhere" in err
