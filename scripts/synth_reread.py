@@ -47,10 +47,11 @@ from hf_topafa.evaluation.ground_truth import (
     kurtosis_reading_of_truth,
     matched_features,
     oracle_sae,
+    readings_of,
     score_against_truth,
 )
 from hf_topafa.helpers import script_command, write_json
-from hf_topafa.sae.absorption import UnfoldedView, unabsorbed_directions
+from hf_topafa.sae.absorption import unabsorbed_directions
 from hf_topafa.sae.reading import read_with
 
 SHOWN = ("l0", "true_l0_top_width", "f1", "mcc", "precision", "recall", "l0_corr", "dead")
@@ -135,20 +136,17 @@ def main() -> None:
     else:
         base = SparseAutoencoder.from_pretrained(args.run)
     features = world.feature_dict.feature_vectors
-    views = {"": (None, matched_features(base.W_dec, features))}  # suffix: (directions, match)
-    found = None
+    unabsorbed = found = None
     if args.unabsorb or args.unfold:
         unabsorbed = unabsorbed_directions(base.W_dec, args.unabsorb_level)
-        ancestor = shared_is_ancestor(unabsorbed, views[""][1], world)
+    # each reading's latents matched to the truth once, from the dictionary as trained
+    match = {suffix: matched_features(view.W_dec if directions is None else directions, features)
+             for suffix, view, directions in readings_of(base, unabsorbed, args.unfold)}  # fmt: skip
+    if unabsorbed is not None:
         found = {"level": unabsorbed.level, "rows_changed": int(unabsorbed.changed.sum()),
-                 "shared_is_ancestor": ancestor}  # fmt: skip
-        directions = unabsorbed.directions
-        views[", unabsorbed"] = (directions, matched_features(directions, features))
-    if args.unfold:
-        rows_unfolded = UnfoldedView(base, unabsorbed).W_dec
-        found["parent_atoms"] = rows_unfolded.shape[0] - base.config.d_sae
-        views[", unfolded"] = (None, matched_features(rows_unfolded, features))
-    if found:
+                 "shared_is_ancestor": shared_is_ancestor(unabsorbed, match[""], world)}  # fmt: skip
+        if args.unfold:
+            found["parent_atoms"] = len(match[", unfolded"]) - base.config.d_sae
         print(json.dumps({"unabsorb": found}))
     expected = kurtosis_reading_of_truth(truth, base.config.d_sae)
     print(json.dumps({"truth": {key: round(v, 3) for key, v in expected.items()}}))
@@ -158,11 +156,10 @@ def main() -> None:
             read = read_with(base, rule)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
-        for suffix, (directions, match) in views.items():
-            sae = UnfoldedView(read, unabsorbed) if suffix == ", unfolded" else read
+        for suffix, sae, directions in readings_of(read, unabsorbed, args.unfold):
             row = {
                 **score_against_truth(sae, world, truth, directions=directions)["row"],
-                **kept_true_and_false(sae, world, truth, match),
+                **kept_true_and_false(sae, world, truth, match[suffix]),
             }
             shown = {key: round(row[key], 3) if isinstance(row[key], float) else row[key]
                      for key in (*SHOWN, "true_pos", "false_pos")}  # fmt: skip

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..sae.absorption import UnfoldedView, unabsorbed_directions
 from ..sae.afa import quantiles
 from .agreement import matched_cosines
 
@@ -401,17 +402,17 @@ def report_lines(label: str, row: dict, source: str) -> list[str]:
     ]
 
 
-def readings_of(sae, unfold: bool) -> list[tuple[str, object, torch.Tensor | None]]:
+def readings_of(sae, unabsorbed=None, unfold: bool = False):
     """(label suffix, the SAE or a view of it, directions to match) per reading: the SAE as
-    trained and, with ``unfold``, along its own (unabsorbed) directions and with its absorbed
-    parents unfolded; the suffixes are ``synth_reread.py``'s."""
-    if not unfold:
-        return [("", sae, None)]
-    from ..sae.absorption import UnfoldedView, unabsorbed_directions
-
-    found = unabsorbed_directions(sae.W_dec)
-    return [("", sae, None), (", unabsorbed", sae, found.directions),
-            (", unfolded", UnfoldedView(sae, found), None)]  # fmt: skip
+    trained; given ``unabsorbed`` (``absorption.unabsorbed_directions`` of its decoder), also
+    along those own directions, and with ``unfold`` with its absorbed parents unfolded
+    (``absorption.UnfoldedView``). ``evaluate --unfold`` and ``synth_reread.py`` both read so."""
+    views = [("", sae, None)]
+    if unabsorbed is not None:
+        views.append((", unabsorbed", sae, unabsorbed.directions))
+    if unfold:
+        views.append((", unfolded", UnfoldedView(sae, unabsorbed), None))
+    return views
 
 
 def run_command(cfg, outputs, loaded) -> int:
@@ -429,7 +430,8 @@ def run_command(cfg, outputs, loaded) -> int:
                 f"{label} reads {sae.config.d_in}-dim inputs; the world has hidden_dim "
                 f"{world.cfg.hidden_dim}"
             )
-        for reading, view, directions in readings_of(sae, outputs.unfold):
+        found = unabsorbed_directions(sae.W_dec) if outputs.unfold else None
+        for reading, view, directions in readings_of(sae, found, outputs.unfold):
             scored = score_against_truth(view, world, truth, directions=directions)
             name = label + reading
             row = {"sae": name, "d_sae": view.config.d_sae, **scored["row"]}

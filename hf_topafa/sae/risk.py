@@ -113,11 +113,14 @@ def risk_inflation_counts(
     return torch.where(positive > 0, k.clamp_min(1), k), index, level
 
 
-def keep_ranked(pre: torch.Tensor, index: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """``pre`` with each token's first k ranked candidates kept (positive ones only)."""
+def keep_counted(pre, W_dec, z, sigma2=None, pooled: bool = False):
+    """(acts, kept per token, pooled level or None): each token's first k ranked candidates
+    (positive ones), k from ``risk_inflation_counts`` with these options."""
+    decoder_norms = torch.linalg.vector_norm(W_dec.detach(), dim=-1)
+    k, index, level = risk_inflation_counts(pre, decoder_norms, W_dec, z, sigma2, pooled)
     ranked = torch.arange(index.shape[-1], device=pre.device).unsqueeze(0) < k.unsqueeze(-1)
     keep = torch.zeros_like(pre, dtype=torch.bool).scatter(-1, index, ranked) & (pre > 0)
-    return pre * keep
+    return pre * keep, keep.sum(-1), level
 
 
 def risk_inflation(
@@ -125,10 +128,8 @@ def risk_inflation(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep each token's first k ranked features, k from the log form. Returns ``(acts, k)``; the
     cut is not differentiated, gradients reach the kept activations only."""
-    decoder_norms = torch.linalg.vector_norm(W_dec.detach(), dim=-1)
-    k, index, _ = risk_inflation_counts(pre, decoder_norms, W_dec, z)
-    acts = keep_ranked(pre, index, k)
-    return acts, (acts != 0).sum(-1)
+    acts, k, _ = keep_counted(pre, W_dec, z)
+    return acts, k
 
 
 def risk_pooled(
@@ -136,13 +137,9 @@ def risk_pooled(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep each token's first k ranked features, k from the known-noise criterion at ``sigma2``,
     or at the batch's pooled level where None. Returns ``(acts, k, the level used)``."""
-    decoder_norms = torch.linalg.vector_norm(W_dec.detach(), dim=-1)
-    k, index, level = risk_inflation_counts(
-        pre, decoder_norms, W_dec, z, sigma2=sigma2, pooled=sigma2 is None
-    )
-    acts = keep_ranked(pre, index, k)
+    acts, k, level = keep_counted(pre, W_dec, z, sigma2=sigma2, pooled=sigma2 is None)
     used = level if sigma2 is None else torch.as_tensor(sigma2, dtype=torch.float64)
-    return acts, (acts != 0).sum(-1), used
+    return acts, k, used
 
 
 def batch_risk_inflation(

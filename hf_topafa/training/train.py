@@ -278,8 +278,9 @@ def _new_sae(sae_config: SAEConfig, optim, device) -> SparseAutoencoder:
     """The SAE on the training device: freshly initialised from the seed, or with the weights of
     ``optim.init_from`` (``reading.copy_weights``)."""
     sae = SparseAutoencoder(sae_config)
-    sae.reset_parameters(seed=optim.seed)
-    if optim.init_from is not None:
+    if optim.init_from is None:
+        sae.reset_parameters(seed=optim.seed)
+    else:
         source = SparseAutoencoder.from_pretrained(optim.init_from)
         for name in ("d_in", "d_sae", "input_normalization"):
             ours, theirs = getattr(sae_config, name), getattr(source.config, name)
