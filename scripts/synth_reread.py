@@ -24,8 +24,10 @@ width, from the true codes alone, and the two factors that move it off the L0 th
 less the direction it shares with its above-chance neighbours (``absorption.unabsorbed_directions``:
 absorbed parents), the code and reconstruction unchanged. It prints how many rows changed and,
 against the truth, how often the shared direction is nearest an ancestor of the row's feature.
-``--unfold`` adds a third score: the absorbed parents as latents of their own
-(``absorption.UnfoldedView``, width d_sae + one latent per group of rows that share a direction).
+``--unfold`` adds two more scores: the absorbed parents as latents of their own
+(``absorption.UnfoldedView``, width d_sae + one latent per group of rows that share a direction),
+and the same repeated over the atoms until they share none (``absorption.unfolded_by_levels``:
+the ancestors above the parents).
 
     python scripts/synth_reread.py runs/synthbench_dense12m/runs/synthsaebench-4k-dense/topk-k16 \
         runs/synthbench_dense12m/cache/synthsaebench-4k-dense-eval topk:16 risk_batch --unabsorb
@@ -109,8 +111,8 @@ def main() -> None:
     p.add_argument(
         "--unfold",
         action="store_true",
-        help="also score each reading with the absorbed parents as latents of their own "
-        "(absorption.UnfoldedView; implies --unabsorb)",
+        help="also score each reading with the absorbed parents as latents of their own, one "
+        "level and by levels (absorption.UnfoldedView, unfolded_by_levels; implies --unabsorb)",
     )
     p.add_argument(
         "--unabsorb-level",
@@ -147,6 +149,7 @@ def main() -> None:
                  "shared_is_ancestor": shared_is_ancestor(unabsorbed, match[""], world)}  # fmt: skip
         if args.unfold:
             found["parent_atoms"] = len(match[", unfolded"]) - base.config.d_sae
+            found["atoms_by_levels"] = len(match[", unfolded by levels"]) - base.config.d_sae
         print(json.dumps({"unabsorb": found}))
     expected = kurtosis_reading_of_truth(truth, base.config.d_sae)
     print(json.dumps({"truth": {key: round(v, 3) for key, v in expected.items()}}))

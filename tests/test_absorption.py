@@ -14,7 +14,9 @@ from hf_topafa.sae.absorption import (
     chance_coherence,
     connected_groups,
     parent_atoms,
+    unabsorbed_among,
     unabsorbed_directions,
+    unfolded_by_levels,
 )
 
 
@@ -92,6 +94,45 @@ def test_an_unfolded_view_gives_absorbed_parents_latents_that_fire_with_their_ch
     assert fired == [[1, 18, 38], [18, 28]]  # the child, the other row, the child's parent
     assert out.feature_acts[0, 38] > 0 and out.feature_acts[0, 39] == 0
     torch.testing.assert_close(out.feature_acts[:, :38], own.feature_acts)
+
+
+def test_unfolding_by_levels_finds_the_grandparent_that_the_parents_atoms_share():
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(5)))[0].T
+    grandparent, parents, children = basis[0], basis[1:5], basis[5:21]
+    # each child's row holds its parent and, less, the grandparent: siblings meet above chance
+    # (0.79 > 0.49), cousins do not (0.31), and the four parents' atoms share the grandparent
+    absorbed = 1.2 * grandparent + 1.5 * parents.repeat_interleave(4, 0) + children
+    W_dec = torch.cat([absorbed, basis[21:51]])
+    sae = SparseAutoencoder(SAEConfig(d_in=64, d_sae=46, activation="topk", k=1,
+                                      input_normalization="none"))  # fmt: skip
+    with torch.no_grad():
+        sae.W_dec.copy_(W_dec)
+        sae.W_enc.copy_(torch.nn.functional.normalize(W_dec, dim=-1).T)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    assert UnfoldedView(sae).added == 4  # one atom per parent
+    view = unfolded_by_levels(sae).eval()
+    assert view.added == 1 and view.config.d_sae == 51 and view.W_dec.shape == (51, 64)
+    nearest = (view.W_dec[46:] @ basis.T).abs().argmax(-1)
+    assert nearest.tolist() == [1, 2, 3, 4, 0]  # the parents, then the grandparent
+    x = 3 * torch.nn.functional.normalize(absorbed[9], dim=0).unsqueeze(0)  # the third parent's
+    out = view(x)
+    assert out.feature_acts[0].nonzero().squeeze(-1).tolist() == [9, 48, 50]
+    torch.testing.assert_close(out.reconstruction, sae(x).reconstruction)
+
+
+def test_only_the_last_rows_group_when_unabsorbing_among_them():
+    basis = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(6)))[0].T
+    near = torch.stack([basis[0] + basis[1], basis[0] + basis[2]])  # cosine 0.5
+    W_dec = torch.cat([near, basis[3:6], near])
+    found = unabsorbed_among(W_dec, 2)
+    assert found.changed.tolist() == [False] * 5 + [True, True]
+    assert not found.adjacency[:5].any()
+    torch.testing.assert_close(found.directions[:2], torch.nn.functional.normalize(near, dim=-1))
+    unit = torch.nn.functional.normalize(near, dim=-1)
+    torch.testing.assert_close(found.shared[5:], unit.flip(0))  # each one's neighbour
+    with pytest.raises(ValueError, match="need 2 to 7 last rows"):
+        unabsorbed_among(W_dec, 1)
 
 
 def test_the_absorption_report_reads_a_saved_sae_and_says_what_it_cannot_load(

@@ -338,10 +338,14 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     written = json.loads(out.read_text())
     assert written["unabsorb"]["shared_is_ancestor"] == 0.0  # a world with no hierarchy
     assert written["unabsorb"]["parent_atoms"] > 0
+    assert written["unabsorb"]["atoms_by_levels"] >= written["unabsorb"]["parent_atoms"]
     rows = written["rows"]
-    assert [r["rule"] for r in rows] == ["topk:8", "topk:8, unabsorbed", "topk:8, unfolded"]
+    assert [r["rule"] for r in rows] == [
+        "topk:8", "topk:8, unabsorbed", "topk:8, unfolded", "topk:8, unfolded by levels"
+    ]  # fmt: skip
     assert rows[1]["mcc"] < rows[0]["mcc"] == pytest.approx(1.0, abs=1e-5)
-    assert rows[2]["l0"] > rows[0]["l0"]  # the atoms fire with their groups
+    assert rows[3]["l0"] >= rows[2]["l0"] > rows[0]["l0"]  # the atoms fire with their groups
+    assert rows[3]["explained_variance"] == rows[2]["explained_variance"]
     assert rows[2]["explained_variance"] == rows[0]["explained_variance"]
 
 
@@ -538,10 +542,13 @@ def test_evaluate_synthetic_unfold_scores_own_directions_and_parents(
     argv = ["evaluate", str(run), "--synthetic", str(world_json), "--max-tokens", "400"]
     assert cli([*argv, "--unfold", "--json", str(out), "--plots", str(tmp_path / "p")]) == 0
     rows = json.loads(out.read_text())["results"]
-    assert [r["sae"] for r in rows] == ["oracle", "oracle, unabsorbed", "oracle, unfolded"]
+    assert [r["sae"] for r in rows] == [
+        "oracle", "oracle, unabsorbed", "oracle, unfolded", "oracle, unfolded by levels"
+    ]  # fmt: skip
     assert rows[0]["mcc"] == pytest.approx(rows[1]["mcc"]) == pytest.approx(1.0, abs=1e-5)
-    assert rows[2]["d_sae"] == 48 and rows[2]["l0"] == rows[0]["l0"]  # no row to unfold
-    assert len(list((tmp_path / "p").glob("ground_truth_oracle*.png"))) == 3
+    for unfolded in rows[2:]:  # no row to unfold
+        assert unfolded["d_sae"] == 48 and unfolded["l0"] == rows[0]["l0"]
+    assert len(list((tmp_path / "p").glob("ground_truth_oracle*.png"))) == 4
     capsys.readouterr()
     assert cli(["evaluate", str(run), "--unfold"]) == 2
     assert "--unfold scores against a synthetic world's truth" in capsys.readouterr().err

@@ -108,9 +108,10 @@ class EvalOutputs:
     )
     unfold: bool = arg(
         False,
-        "with --synthetic, score each SAE twice more: its latents read along their decoder rows "
-        "less the direction each shares with rows above chance (absorbed parents), and with "
-        "those shared directions as latents of their own (hf_topafa.sae.absorption)",
+        "with --synthetic, score each SAE three times more: its latents read along their "
+        "decoder rows less the direction each shares with rows above chance (absorbed parents), "
+        "with those shared directions as latents of their own, and with the ancestors those "
+        "share in turn unfolded level by level (hf_topafa.sae.absorption)",
     )
 
     def __post_init__(self):

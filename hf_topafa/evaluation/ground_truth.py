@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..sae.absorption import UnfoldedView, unabsorbed_directions
+from ..sae.absorption import UnfoldedView, unabsorbed_directions, unfolded_by_levels
 from ..sae.afa import quantiles
 from .agreement import matched_cosines
 
@@ -405,13 +405,15 @@ def report_lines(label: str, row: dict, source: str) -> list[str]:
 def readings_of(sae, unabsorbed=None, unfold: bool = False):
     """(label suffix, the SAE or a view of it, directions to match) per reading: the SAE as
     trained; given ``unabsorbed`` (``absorption.unabsorbed_directions`` of its decoder), also
-    along those own directions, and with ``unfold`` with its absorbed parents unfolded
-    (``absorption.UnfoldedView``). ``evaluate --unfold`` and ``synth_reread.py`` both read so."""
+    along those own directions, and with ``unfold`` with its absorbed parents unfolded, one level
+    (``absorption.UnfoldedView``) and by levels (``absorption.unfolded_by_levels``).
+    ``evaluate --unfold`` and ``synth_reread.py`` both read so."""
     views = [("", sae, None)]
     if unabsorbed is not None:
         views.append((", unabsorbed", sae, unabsorbed.directions))
     if unfold:
         views.append((", unfolded", UnfoldedView(sae, unabsorbed), None))
+        views.append((", unfolded by levels", unfolded_by_levels(sae, unabsorbed), None))
     return views
 
 

@@ -12,8 +12,9 @@ The encoder, the code and the reconstruction are untouched; only what a latent i
 at changes (what SAELens's evaluator matches to the true features). ``parent_atoms`` and
 ``UnfoldedView`` go one step further: each group of rows that share a direction gets that
 direction as a latent of its own, firing whenever one of the group fires, so a code read from
-the SAE counts the parents it had absorbed. On the synthetic worlds both are measured in
-``results/synthbench`` ("Absorbed parents").
+the SAE counts the parents it had absorbed. ``unfolded_by_levels`` repeats that over the atoms
+themselves, for the ancestors above the parents. On the synthetic worlds these are measured in
+``results/synthbench`` ("Absorbed parents", "Unfolded by levels").
 """
 
 from __future__ import annotations
@@ -74,6 +75,27 @@ def unabsorbed_directions(W_dec: torch.Tensor, level: float | None = None) -> Un
     left = torch.linalg.vector_norm(own, dim=-1, keepdim=True)
     own = torch.where(left > 1e-6, own / left.clamp_min(1e-12), unit)  # a row that is all shared
     return UnabsorbedDirections(own, shared, cosine, neighbours, level, near)
+
+
+@torch.no_grad()
+def unabsorbed_among(W_dec: torch.Tensor, last: int) -> UnabsorbedDirections:
+    """``unabsorbed_directions`` where only the last ``last`` rows of ``W_dec`` may share a
+    direction, at the chance level of ``last`` rows: the atoms one unfolding added. The rows
+    before keep their direction and have no neighbour."""
+    rows = W_dec.detach().float()
+    h, last = rows.shape[0], int(last)
+    if not 2 <= last <= h:
+        raise ValueError(f"need 2 to {h} last rows to group, not {last}")
+    found = unabsorbed_directions(rows[-last:])
+    directions = rows / torch.linalg.vector_norm(rows, dim=-1, keepdim=True).clamp_min(1e-12)
+    directions[-last:] = found.directions
+    shared, cosine = torch.zeros_like(directions), rows.new_zeros(h)
+    shared[-last:], cosine[-last:] = found.shared, found.shared_cosine
+    neighbours = torch.zeros(h, dtype=found.neighbours.dtype)
+    neighbours[-last:] = found.neighbours
+    adjacency = torch.zeros(h, h, dtype=torch.bool)
+    adjacency[-last:, -last:] = found.adjacency
+    return UnabsorbedDirections(directions, shared, cosine, neighbours, found.level, adjacency)
 
 
 @dataclass
@@ -139,6 +161,8 @@ class UnfoldedView(nn.Module):
         self.register_buffer("share", unabsorbed.shared_cosine * norms)
         self.config = copy.copy(sae.config)
         self.config.d_sae = self.rows.shape[0]
+        self.added = self.rows.shape[0] - norms.shape[0]
+        """How many atoms this view added after the rows it read."""
 
     @property
     def W_dec(self) -> torch.Tensor:
@@ -159,3 +183,17 @@ class UnfoldedView(nn.Module):
         code = torch.cat([acts, parents], -1).reshape(*out.feature_acts.shape[:-1], -1)
         return SimpleNamespace(feature_acts=code, reconstruction=out.reconstruction,
                                l0=(code != 0).sum(-1), k=None)  # fmt: skip
+
+
+def unfolded_by_levels(sae, unabsorbed: UnabsorbedDirections | None = None) -> UnfoldedView:
+    """``UnfoldedView`` of ``sae``, then of each view's new atoms among themselves, until they
+    share no direction above chance. Sibling rows absorb every ancestor, not only their parent,
+    so the atoms of sibling groups under one grandparent share the grandparent's direction: each
+    level gives the chains one ancestor more, and the number of atoms falls until none group."""
+    view = UnfoldedView(sae, unabsorbed)
+    while view.added >= 2:
+        found = unabsorbed_among(view.W_dec, view.added)
+        if not bool(found.changed.any()):
+            break
+        view = UnfoldedView(view, found)
+    return view
