@@ -86,3 +86,21 @@ def test_the_rule_learns_its_level_while_training_and_reads_with_it_fixed():
     assert ((sae(x).feature_acts != 0).sum(-1) <= 1).all()
     sae.threshold.fill_(1e-9)
     assert (sae(x).feature_acts != 0).sum(-1).float().mean() > 3
+
+
+def test_the_floor_drops_a_kept_latent_that_does_not_pay_its_price_alone():
+    # one token whose third latent's activation (0.3) reads less than its row holds (1.0): the
+    # count reaches it, since it shaves the residual by 0.51, but alone 0.3^2 is under the price
+    d = 64
+    W = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(3)))[0].T
+    W = W.contiguous()
+    z = (6.0 * W[0] + 0.6 * W[1] + 1.0 * W[2]).unsqueeze(0)
+    pre = torch.zeros(1, d)
+    pre[0, 0], pre[0, 1], pre[0, 2] = 6.0, 0.6, 0.3
+    sigma2 = 0.3 / (2 * math.log(d))  # the price: 0.6^2 pays it, 0.3^2 does not
+    _, counted, _ = risk.risk_pooled(pre, W, z, sigma2=sigma2)
+    acts, paid, _ = risk.risk_pooled(pre, W, z, sigma2=sigma2, floor=True)
+    assert counted.item() == 3
+    assert paid.item() == 2 and acts[0, 2] == 0 and acts[0, 1] == pytest.approx(0.6)
+    orthonormal = risk.risk_pooled(*orthonormal_world()[:3], floor=True)[1]
+    assert torch.equal(orthonormal, risk.risk_pooled(*orthonormal_world()[:3])[1])

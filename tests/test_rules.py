@@ -38,6 +38,7 @@ def test_names_are_the_registry_everywhere():
         "afa_mdl",
         "risk_inflation",
         "risk_pooled",
+        "risk_floor",
         "noise_batch",
         "risk_batch",
         "afa_kurtosis",

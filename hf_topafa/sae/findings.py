@@ -160,6 +160,12 @@ GROUND_TRUTH: dict[str, str] = {
         "on the 4k world, F1 0.83 to 0.67) while its decoder absorbed more parents into their "
         "children's rows."
     ),
+    "risk_floor": (
+        "On synthetic data whose true features are known (SynthSAEBench-style worlds; see the "
+        "hf-topafa README), reading the TopK dictionaries whose seeds agreed most (`hf-topafa "
+        "evaluate --read-with risk_floor --synthetic ... --unfold`, the reading unfolded by "
+        "levels) PLACEHOLDER."
+    ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
         "samples; see the hf-topafa README), its thresholds started at the default 1e-3 stayed "

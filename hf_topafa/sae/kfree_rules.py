@@ -135,21 +135,26 @@ def risk_inflation_select(sae, pre, x_n):
     return risk.risk_inflation(pre, sae.W_dec, centered_input(sae, x_n))
 
 
-def risk_pooled_select(sae, pre, x_n):
+def risk_pooled_select(sae, pre, x_n, floor: bool = False):
     """Each token's risk-inflation count at one noise level for all tokens (``risk.risk_pooled``):
     the batch's pooled residual while training, folded into the running level ``threshold``
-    holds; that level, fixed, at inference; this batch's own where never estimated."""
+    holds; that level, fixed, at inference; this batch's own where never estimated. With
+    ``floor`` (``risk_floor``) each kept latent must also pay the price alone."""
     from . import risk
     from .kfree import centered_input
 
     level = sae.threshold[0]
     fixed = not sae.training and bool(level >= 0)
     acts, k, used = risk.risk_pooled(
-        pre, sae.W_dec, centered_input(sae, x_n), float(level) if fixed else None
+        pre, sae.W_dec, centered_input(sae, x_n), float(level) if fixed else None, floor
     )
     if sae.training:
         sae._update_batchtopk_threshold(used.to(sae.threshold.dtype))
     return acts, k
+
+
+def risk_floor_select(sae, pre, x_n):
+    return risk_pooled_select(sae, pre, x_n, floor=True)
 
 
 def afa_count_select(sae, pre, x_n):

@@ -15,6 +15,11 @@ Two ways to get sigma^2, each a rule:
   per-token counts), and each token keeps the k minimizing RSS_k / sigma^2 + 2 k ln h: the
   criterion with its noise level known, as its authors state it. While training the pooled
   level is a running mean; at inference it is fixed.
+- **Pooled, each latent paying** (``risk_floor``): the pooled count, then each kept latent must
+  also pay the price alone, its own contribution^2 >= 2 ln h sigma^2. With orthonormal rows the
+  two agree (the criterion is then a hard threshold at that level); with a learned decoder the
+  count along the ranking can reach past latents that shave the residual less than they cost,
+  and on the sparse world most of those were false.
 """
 
 from __future__ import annotations
@@ -113,13 +118,17 @@ def risk_inflation_counts(
     return torch.where(positive > 0, k.clamp_min(1), k), index, level
 
 
-def keep_counted(pre, W_dec, z, sigma2=None, pooled: bool = False):
+def keep_counted(pre, W_dec, z, sigma2=None, pooled: bool = False, floor: bool = False):
     """(acts, kept per token, pooled level or None): each token's first k ranked candidates
-    (positive ones), k from ``risk_inflation_counts`` with these options."""
+    (positive ones), k from ``risk_inflation_counts`` with these options; with ``floor`` (a known
+    or pooled level only) only those whose own contribution^2 pays 2 ln h sigma^2."""
     decoder_norms = torch.linalg.vector_norm(W_dec.detach(), dim=-1)
     k, index, level = risk_inflation_counts(pre, decoder_norms, W_dec, z, sigma2, pooled)
     ranked = torch.arange(index.shape[-1], device=pre.device).unsqueeze(0) < k.unsqueeze(-1)
     keep = torch.zeros_like(pre, dtype=torch.bool).scatter(-1, index, ranked) & (pre > 0)
+    if floor:
+        price = 2 * math.log(pre.shape[-1]) * float(sigma2 if level is None else level)
+        keep &= (pre.detach() * decoder_norms).pow(2) >= price
     return pre * keep, keep.sum(-1), level
 
 
@@ -133,11 +142,16 @@ def risk_inflation(
 
 
 def risk_pooled(
-    pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor, sigma2: float | None = None
+    pre: torch.Tensor,
+    W_dec: torch.Tensor,
+    z: torch.Tensor,
+    sigma2: float | None = None,
+    floor: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep each token's first k ranked features, k from the known-noise criterion at ``sigma2``,
-    or at the batch's pooled level where None. Returns ``(acts, k, the level used)``."""
-    acts, k, level = keep_counted(pre, W_dec, z, sigma2=sigma2, pooled=sigma2 is None)
+    or at the batch's pooled level where None; with ``floor``, of those only the ones that pay
+    the price alone (``risk_floor``). Returns ``(acts, kept per token, the level used)``."""
+    acts, k, level = keep_counted(pre, W_dec, z, sigma2, sigma2 is None, floor)
     used = level if sigma2 is None else torch.as_tensor(sigma2, dtype=torch.float64)
     return acts, k, used
 

@@ -449,6 +449,24 @@ RULES: dict[str, Rule] = {
             **kfree_rules.ESTIMATED_THRESHOLD,  # the momentum is the running level's
         ),
         Rule(
+            name="risk_floor",
+            display_name="Risk inflation, pooled noise, each feature paying",
+            card_tag="risk-floor",
+            card_text=(
+                "Features are ranked per token as top-AFA ranks them; the token keeps the count "
+                "k that minimizes RSS_k / sigma^2 + 2 k ln h at one pooled noise level sigma^2 "
+                "(as risk_pooled), and of those k only the features whose own decoder-scaled "
+                "activation squared pays the price 2 sigma^2 ln h alone (the criterion's hard "
+                "threshold where the decoder's rows are orthonormal). The level is a running "
+                "mean while training and fixed at inference. There is no *k* to tune."
+            ),
+            ground_truth=GROUND_TRUTH["risk_floor"],
+            select=kfree_rules.risk_floor_select,
+            adaptive_k=True,
+            threshold_power=2,  # a variance: squared input units
+            **kfree_rules.ESTIMATED_THRESHOLD,  # the momentum is the running level's
+        ),
+        Rule(
             name="noise_batch",
             display_name="Noise-floor batch",
             card_tag="noise-batch",
