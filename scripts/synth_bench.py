@@ -100,6 +100,9 @@ PLANS = {
         # risk inflation at one noise level pooled over the batch (hf_topafa/sae/risk.py): read
         # post hoc it keeps fewer false latents than the per-token level; trained, does it learn?
         spec("risk_pooled"),
+        # the same, each kept latent also paying its price alone: read post hoc and unfolded by
+        # levels it meets the bars on the 4k and sparse worlds; trained, does it learn?
+        spec("risk_floor"),
     ],
     # worlds whose true L0 differs several-fold (configs/synth/): does a rule follow the truth?
     "variants": [spec("noise_floor"), spec("afa_mdl"), spec("topk", 16), spec("topk", 32),
@@ -122,7 +125,7 @@ PLANS = {
                  spec("topk", 2, matryoshka_levels=4), spec("topk", 8, matryoshka_levels=4),
                  spec("topk", 16, matryoshka_levels=4),
                  # around what the dense world's width holds (24.4), for seed agreement's sweep
-                 spec("topk", 24), spec("topk", 48), spec("risk_pooled")],
+                 spec("topk", 24), spec("topk", 48), spec("risk_pooled"), spec("risk_floor")],
     # the sparse world's probabilities without its hierarchy: no parent to absorb, so does a
     # count read from a trained dictionary (afa_kurtosis) reach the truth?
     "flat": [spec("batchtopk", 5), spec("afa_kurtosis"), spec("topk", 5), spec("noise_batch"),
