@@ -5,7 +5,8 @@ chance (``absorption.chance_coherence``) share a direction; on the synthetic wor
 is an ancestor's in the hierarchy for 59–88% of plain TopK's changed rows
 (``synth_reread.py --unfold``).
 Prints the level, how many rows have such neighbours, the groups they form (one parent atom
-each), the group sizes, and how much of each changed row the shared direction is.
+each), the group sizes, how much of each changed row the shared direction is, and how many atoms
+unfolding by levels adds (``absorption.unfolded_by_levels``: the ancestors the atoms share too).
 
     python scripts/absorption_report.py runs/smollm2-topafa runs/smollm2-topk32 --json out.json
 """
@@ -20,7 +21,7 @@ def absorption_report(sae) -> dict:
     """The decoder's absorption figures (see the module docstring)."""
     import torch
 
-    from hf_topafa.sae.absorption import parent_atoms, unabsorbed_directions
+    from hf_topafa.sae.absorption import parent_atoms, unabsorbed_directions, unfolded_by_levels
 
     found = unabsorbed_directions(sae.W_dec)
     atoms = parent_atoms(found)
@@ -38,6 +39,7 @@ def absorption_report(sae) -> dict:
         "group_size_quartiles": torch.quantile(sizes, quartiles).tolist(),
         "largest_group": int(sizes.max()),
         "shared_cosine_quartiles": torch.quantile(shares, quartiles).tolist(),
+        "atoms_by_levels": unfolded_by_levels(sae, found).config.d_sae - len(found.directions),
     }
 
 
