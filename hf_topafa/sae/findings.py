@@ -164,7 +164,13 @@ GROUND_TRUTH: dict[str, str] = {
         "On synthetic data whose true features are known (SynthSAEBench-style worlds; see the "
         "hf-topafa README), reading the TopK dictionaries whose seeds agreed most (`hf-topafa "
         "evaluate --read-with risk_floor --synthetic ... --unfold`, the reading unfolded by "
-        "levels) PLACEHOLDER."
+        "levels: `absorption.unfolded_by_levels`), it kept 1.04 and 0.97 times what the width "
+        "could hold on a hierarchical world (two seeds; F1 0.89 and 0.88 against TopK's best "
+        "0.61 and 0.62, MCC 0.78 against 0.73, per-sample correlation 0.92 and 0.93) and 1.05 "
+        "and 1.06 times on a sparse one (F1 0.80 and 0.79 against 0.53, MCC 0.79 against 0.70, "
+        "correlation 0.90 and 0.89). On a world without a hierarchy it kept 1.01 times (F1 "
+        "0.93), its MCC 0.0006 under TopK's on one seed of two. On the densest world it kept "
+        "0.78 and 0.73 times: the floor dropped true features there as well as false ones."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
