@@ -240,6 +240,25 @@ def test_cli_writes_table_json_and_plots(tmp_path, capsys):
     assert (tmp_path / "plots2" / "L2_sae0" / "k_hist.png").exists()
 
 
+def test_unfold_on_text_counts_the_absorbed_parents_as_features(smollm2):
+    basis = torch.linalg.qr(torch.randn(D, D, generator=torch.Generator().manual_seed(0)))[0].T
+    parents, children = basis[:2], basis[2:10]  # two parents, four children each, absorbed
+    absorbed = (2 * parents.repeat_interleave(4, 0) + children) / 5**0.5
+    meta = {"layer": LAYER, "hook_point": "resid_post", "input_normalization": "none"}
+    sae = SparseAutoencoder(SAEConfig(d_in=D, d_sae=64, activation="topk", k=4, **meta))
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.cat([absorbed, basis[10:66]]))
+        sae.W_enc.copy_(sae.W_dec.T)
+    cfg = ev.EvalConfig(**SMALL, compute_downstream=False)
+    [(plain, _)] = ev.evaluate_saes([sae], cfg)
+    [(unfolded, _)] = ev.evaluate_saes([sae], cfg, unfold=True)
+    assert "l0_unfolded_by_levels_mean" not in plain["sparsity"]
+    spa = unfolded["sparsity"]
+    assert spa["atoms_by_levels"] == 2 and spa["l0_mean"] == plain["sparsity"]["l0_mean"]
+    assert spa["l0_mean"] < spa["l0_unfolded_by_levels_mean"] <= spa["l0_mean"] + 2
+    assert "L0 unfolded by levels" in ev.format_report(unfolded)
+
+
 # -- bad input -----------------------------------------------------------------------------
 
 

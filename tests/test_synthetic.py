@@ -549,9 +549,6 @@ def test_evaluate_synthetic_unfold_scores_own_directions_and_parents(
     for unfolded in rows[2:]:  # no row to unfold
         assert unfolded["d_sae"] == 48 and unfolded["l0"] == rows[0]["l0"]
     assert len(list((tmp_path / "p").glob("ground_truth_oracle*.png"))) == 4
-    capsys.readouterr()
-    assert cli(["evaluate", str(run), "--unfold"]) == 2
-    assert "--unfold scores against a synthetic world's truth" in capsys.readouterr().err
 
 
 def test_evaluate_synthetic_command(world_json, oracle_run, tmp_path, capsys):

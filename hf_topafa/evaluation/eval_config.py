@@ -108,15 +108,11 @@ class EvalOutputs:
     )
     unfold: bool = arg(
         False,
-        "with --synthetic, score each SAE three times more: its latents read along their "
-        "decoder rows less the direction each shares with rows above chance (absorbed parents), "
-        "with those shared directions as latents of their own, and with the ancestors those "
-        "share in turn unfolded level by level (hf_topafa.sae.absorption)",
+        "count the directions rows share above chance (absorbed parents, and the ancestors those "
+        "share in turn, unfolded level by level) as features of their own "
+        "(hf_topafa.sae.absorption): on text an extra L0; with --synthetic each SAE is scored "
+        "three times more: along its rows less the shared direction, unfolded once, by levels",
     )
-
-    def __post_init__(self):
-        if self.unfold and self.synthetic is None:
-            raise ValueError("--unfold scores against a synthetic world's truth: give --synthetic")
 
 
 def build_parser() -> DataclassParser:

@@ -177,6 +177,11 @@ def format_report(metrics: dict) -> str:
     q = spa["l0_quantiles"]
     rows.append(("L0", f"mean {_fmt(spa['l0_mean'])}  (median {_fmt(q['q50'])}, "
                  f"5-95% {_fmt(q['q05'])}-{_fmt(q['q95'])})"))  # fmt: skip
+    if "l0_unfolded_by_levels_mean" in spa:
+        uq = spa["l0_unfolded_by_levels_quantiles"]
+        rows.append(("L0 unfolded by levels", f"mean {_fmt(spa['l0_unfolded_by_levels_mean'])}  "
+                     f"(5-95% {_fmt(uq['q05'])}-{_fmt(uq['q95'])}; {spa['atoms_by_levels']} "
+                     "ancestor atoms)"))  # fmt: skip
     if "k_quantiles" in spa:
         kq = spa["k_quantiles"]
         rule = get_rule(sae["activation"]).display_name

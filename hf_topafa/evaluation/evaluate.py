@@ -33,7 +33,6 @@ under ``reconstruction_normalized_space``):
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import warnings
@@ -48,6 +47,7 @@ from ..data.harvest import HarvestConfig, Harvester, batched, dataset_name
 from ..data.synthetic_cache import synthetic_world_hint
 from ..interop import sae_loading
 from ..sae import afa, reading
+from ..sae.absorption import unfolded_by_levels
 from ..sae.configuration_sae import SAEConfig
 from ..sae.modeling_sae import SparseAutoencoder
 from ..sae.rules import get_rule
@@ -70,6 +70,7 @@ from .eval_report import (  # noqa: F401 - re-exported: reports were defined her
     write_multi_plots,
     write_plots,
 )
+from .recon_stats import ReconStats
 
 CONTEXT_CHARS = 40  # characters of preceding text shown with a token on the interactive ZF plot
 
@@ -101,49 +102,14 @@ def load_sae(
 # Streaming statistics of one SAE
 
 
-class _ReconStats:
-    """Sums for FVU plus per-token normalized MSE and cosine, in one space."""
-
-    def __init__(self):
-        self.sq_err = 0.0
-        self.sq_norm = 0.0
-        self.sum_x: torch.Tensor | None = None
-        self.n = 0
-        self.nmse: list[torch.Tensor] = []
-        self.cos: list[torch.Tensor] = []
-
-    def update(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:
-        x, x_hat = x.double(), x_hat.double()
-        err = (x - x_hat).pow(2).sum(-1)
-        norm_sq = x.pow(2).sum(-1)
-        self.sq_err += float(err.sum())
-        self.sq_norm += float(norm_sq.sum())
-        self.sum_x = x.sum(0) if self.sum_x is None else self.sum_x + x.sum(0)
-        self.n += len(x)
-        self.nmse.append((err / norm_sq.clamp_min(1e-30)).float())
-        self.cos.append(torch.nn.functional.cosine_similarity(x, x_hat, dim=-1, eps=1e-12).float())
-
-    def result(self) -> dict:
-        centred = self.sq_norm - float(self.sum_x.pow(2).sum()) / self.n
-        fvu = self.sq_err / centred if centred > 0 else math.nan
-        nmse = torch.cat(self.nmse)
-        return {
-            "normalized_mse": float(nmse.mean()),
-            "normalized_mse_quantiles": quantiles(nmse),
-            "fvu": fvu,
-            "explained_variance": 1 - fvu,
-            "total_normalized_mse": self.sq_err / self.sq_norm,
-            "cosine_similarity": float(torch.cat(self.cos).mean()),
-        }
-
-
 class _SAEStats:
     """Everything measured about one SAE, accumulated batch by batch."""
 
-    def __init__(self, sae: SparseAutoencoder, label: str, site: tuple[int, str]):
+    def __init__(self, sae: SparseAutoencoder, label: str, site: tuple[int, str], unfold=False):
         self.sae, self.label, self.site = sae, label, site
-        self.recon = _ReconStats()
-        self.recon_normalized = _ReconStats() if sae.config.input_normalization != "none" else None
+        self.unfolded = unfolded_by_levels(sae).eval() if unfold else None
+        self.recon = ReconStats()
+        self.recon_normalized = ReconStats() if sae.config.input_normalization != "none" else None
         self.fires = torch.zeros(sae.config.d_sae, dtype=torch.long)
         self.per_token: dict[str, list[torch.Tensor]] = {}
         self.ce_sum = 0.0
@@ -165,6 +131,8 @@ class _SAEStats:
         self.fires += (out.feature_acts != 0).sum(0).cpu()
         for name, value in afa.zf_diagnostics(sae, x, out).items():  # l0, k, z_norm, eps_lbo, ...
             self._keep(name, value)
+        if self.unfolded is not None:  # the absorbed ancestors counted as features of their own
+            self._keep("l0_unfolded", (self.unfolded(x).feature_acts != 0).sum(-1))
         return x_hat
 
     def finish(
@@ -182,6 +150,10 @@ class _SAEStats:
             "dense_features": int((freq > dense_threshold).sum()),
             "dense_threshold": dense_threshold,
         }
+        if self.unfolded is not None:
+            sparsity["atoms_by_levels"] = self.unfolded.config.d_sae - cfg.d_sae
+            sparsity["l0_unfolded_by_levels_mean"] = float(per["l0_unfolded"].mean())
+            sparsity["l0_unfolded_by_levels_quantiles"] = quantiles(per["l0_unfolded"])
         if get_rule(cfg.activation).adaptive_k:
             sparsity["k_mean"] = float(per["k"].mean())
             sparsity["k_quantiles"] = quantiles(per["k"])
@@ -390,19 +362,26 @@ def _no_tokens_error(cfg: EvalConfig, context_length: int) -> ValueError:
 
 
 def evaluate_saes(
-    saes: Sequence, config: EvalConfig | None = None, *, token_texts: bool = True
+    saes: Sequence,
+    config: EvalConfig | None = None,
+    *,
+    token_texts: bool = True,
+    unfold: bool = False,
 ) -> list[tuple[dict, EvalDetails]]:
     """Evaluate several SAEs of one language model in a single pass over the text.
 
     The clean forward and the zero ablation of each (layer, hook point) are shared, so adding an
-    SAE costs one spliced forward per batch. Returns (metrics, details) per SAE, in order.
+    SAE costs one spliced forward per batch. Returns (metrics, details) per SAE, in order. With
+    ``unfold`` the sparsity also counts each SAE's absorbed ancestors as features of their own
+    (``absorption.unfolded_by_levels``).
     """
     from tqdm.auto import tqdm
 
     cfg = config or EvalConfig()
     loaded, sites, harvester, model_name, context_length = _prepare(saes, cfg)
     model, tokenizer = harvester.model, harvester.tokenizer
-    stats = [_SAEStats(sae, label, site) for (sae, label), site in zip(loaded, sites, strict=True)]
+    stats = [_SAEStats(sae, label, site, unfold)
+             for (sae, label), site in zip(loaded, sites, strict=True)]  # fmt: skip
     unique_sites = sorted(set(sites))
     zero_ce = dict.fromkeys(unique_sites, 0.0)
     ce_clean, n_pred, n_tokens, n_windows = 0.0, 0, 0, 0
@@ -564,7 +543,9 @@ def run_command(cfg: EvalConfig, outputs: EvalOutputs) -> int:
 
         loaded = [load_sae(s, cfg.device, cfg.read_with) for s in outputs.saes]
         return ground_truth.run_command(cfg, outputs, loaded)
-    results = evaluate_saes(outputs.saes, cfg, token_texts=outputs.plots is not None)
+    results = evaluate_saes(
+        outputs.saes, cfg, token_texts=outputs.plots is not None, unfold=outputs.unfold
+    )
     for i, (metrics, _) in enumerate(results):
         if i:
             print()
