@@ -14,7 +14,7 @@ at changes (what SAELens's evaluator matches to the true features). ``parent_ato
 direction as a latent of its own, firing whenever one of the group fires, so a code read from
 the SAE counts the parents it had absorbed. ``unfolded_by_levels`` repeats that over the atoms
 themselves, for the ancestors above the parents. On the synthetic worlds these are measured in
-``results/synthbench`` ("Absorbed parents", "Unfolded by levels").
+``results/synthbench`` ("Absorbed parents", "Ancestors unfolded by levels").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ of its ranked features (largest decoder-scaled activation first) that best trade
 the k-feature reconstruction, RSS_k, against the price of naming k features out of h, 2 k ln h
 in units of the residual's noise level sigma^2 per dimension.
 
-Two ways to get sigma^2, each a rule:
+Two ways to get sigma^2, each a rule, and a stricter keep at the pooled one:
 
 - **Per token** (``risk_inflation``, ``risk_batch``): sigma^2 unknown, estimated from the token's
   own residual as RSS_k / d, which gives d ln RSS_k + 2 k ln h. Each token then prices its
