@@ -73,6 +73,10 @@ ESTIMATED_THRESHOLD = {
 }
 """The Rule fields of a k-free rule whose threshold is estimated while training, at a momentum."""
 
+POOLED_LEVEL = {"adaptive_k": True, "threshold_power": 2, **ESTIMATED_THRESHOLD}
+"""The Rule fields of the risk rules at one pooled noise level (risk_pooled, risk_floor): the
+threshold holds that level, a variance in squared input units, as a running mean."""
+
 
 def batch_rule(keep_in_batch) -> dict:
     """The Rule fields shared by the rules that select across the batch while training and by an

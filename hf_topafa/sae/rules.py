@@ -444,9 +444,7 @@ RULES: dict[str, Rule] = {
             ),
             ground_truth=GROUND_TRUTH["risk_pooled"],
             select=kfree_rules.risk_pooled_select,
-            adaptive_k=True,
-            threshold_power=2,  # a variance: squared input units
-            **kfree_rules.ESTIMATED_THRESHOLD,  # the momentum is the running level's
+            **kfree_rules.POOLED_LEVEL,
         ),
         Rule(
             name="risk_floor",
@@ -462,9 +460,7 @@ RULES: dict[str, Rule] = {
             ),
             ground_truth=GROUND_TRUTH["risk_floor"],
             select=kfree_rules.risk_floor_select,
-            adaptive_k=True,
-            threshold_power=2,  # a variance: squared input units
-            **kfree_rules.ESTIMATED_THRESHOLD,  # the momentum is the running level's
+            **kfree_rules.POOLED_LEVEL,
         ),
         Rule(
             name="noise_batch",
