@@ -39,7 +39,7 @@ def absorption_report(sae) -> dict:
         "group_size_quartiles": torch.quantile(sizes, quartiles).tolist(),
         "largest_group": int(sizes.max()),
         "shared_cosine_quartiles": torch.quantile(shares, quartiles).tolist(),
-        "atoms_by_levels": unfolded_by_levels(sae, found).config.d_sae - len(found.directions),
+        "atoms_by_levels": unfolded_by_levels(sae, found).atoms,
     }
 
 

@@ -132,7 +132,7 @@ class _SAEStats:
         for name, value in afa.zf_diagnostics(sae, x, out).items():  # l0, k, z_norm, eps_lbo, ...
             self._keep(name, value)
         if self.unfolded is not None:  # the absorbed ancestors counted as features of their own
-            self._keep("l0_unfolded", (self.unfolded(x).feature_acts != 0).sum(-1))
+            self._keep("l0_unfolded", (self.unfolded.unfold(out.feature_acts) != 0).sum(-1))
         return x_hat
 
     def finish(
@@ -151,7 +151,7 @@ class _SAEStats:
             "dense_threshold": dense_threshold,
         }
         if self.unfolded is not None:
-            sparsity["atoms_by_levels"] = self.unfolded.config.d_sae - cfg.d_sae
+            sparsity["atoms_by_levels"] = self.unfolded.atoms
             sparsity["l0_unfolded_by_levels_mean"] = float(per["l0_unfolded"].mean())
             sparsity["l0_unfolded_by_levels_quantiles"] = quantiles(per["l0_unfolded"])
         if get_rule(cfg.activation).adaptive_k:

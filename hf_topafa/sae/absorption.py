@@ -163,6 +163,8 @@ class UnfoldedView(nn.Module):
         self.config.d_sae = self.rows.shape[0]
         self.added = self.rows.shape[0] - norms.shape[0]
         """How many atoms this view added after the rows it read."""
+        self.atoms = self.added + getattr(sae, "atoms", 0)
+        """How many atoms this view and the views it reads added to the SAE's own latents."""
 
     @property
     def W_dec(self) -> torch.Tensor:
@@ -174,13 +176,22 @@ class UnfoldedView(nn.Module):
     def normalize_input(self, x: torch.Tensor, remember: bool = False):
         return self.sae.normalize_input(x, remember)
 
-    def forward(self, x: torch.Tensor) -> SimpleNamespace:
-        out = self.sae(x)
-        acts = out.feature_acts.reshape(-1, self.share.shape[0])
+    def unfold(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        """This view's code [..., d_sae] from the SAE's own code [..., h] (the views it reads
+        unfold it first), so a caller that has the SAE's code need not run the SAE again."""
+        inner = self.sae.unfold(feature_acts) if isinstance(self.sae, UnfoldedView) else None
+        acts = (feature_acts if inner is None else inner).reshape(-1, self.share.shape[0])
         members = self.group >= 0
-        parents = acts.new_zeros(acts.shape[0], self.rows.shape[0] - acts.shape[1])
+        parents = acts.new_zeros(acts.shape[0], self.added)
         parents.index_add_(1, self.group[members], acts[:, members] * self.share[members])
-        code = torch.cat([acts, parents], -1).reshape(*out.feature_acts.shape[:-1], -1)
+        return torch.cat([acts, parents], -1).reshape(*feature_acts.shape[:-1], -1)
+
+    def forward(self, x: torch.Tensor) -> SimpleNamespace:
+        sae = self.sae
+        while isinstance(sae, UnfoldedView):
+            sae = sae.sae
+        out = sae(x)
+        code = self.unfold(out.feature_acts)
         return SimpleNamespace(feature_acts=code, reconstruction=out.reconstruction,
                                l0=(code != 0).sum(-1), k=None)  # fmt: skip
 
