@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..sae.absorption import UnfoldedView, unabsorbed_directions, unfolded_by_levels
+from ..sae.absorption import UnfoldedView, unabsorbed_directions, unfolded_further
 from ..sae.afa import quantiles
 from .agreement import matched_cosines
 
@@ -412,8 +412,9 @@ def readings_of(sae, unabsorbed=None, unfold: bool = False):
     if unabsorbed is not None:
         views.append((", unabsorbed", sae, unabsorbed.directions))
     if unfold:
-        views.append((", unfolded", UnfoldedView(sae, unabsorbed), None))
-        views.append((", unfolded by levels", unfolded_by_levels(sae, unabsorbed), None))
+        once = UnfoldedView(sae, unabsorbed)
+        views.append((", unfolded", once, None))
+        views.append((", unfolded by levels", unfolded_further(once), None))
     return views
 
 

@@ -201,7 +201,12 @@ def unfolded_by_levels(sae, unabsorbed: UnabsorbedDirections | None = None) -> U
     share no direction above chance. Sibling rows absorb every ancestor, not only their parent,
     so the atoms of sibling groups under one grandparent share the grandparent's direction: each
     level gives the chains one ancestor more, and the number of atoms falls until none group."""
-    view = UnfoldedView(sae, unabsorbed)
+    return unfolded_further(UnfoldedView(sae, unabsorbed))
+
+
+def unfolded_further(view: UnfoldedView) -> UnfoldedView:
+    """``view`` with its newest atoms unfolded among themselves, level by level, until they
+    share no direction above chance (``unfolded_by_levels`` after its first level)."""
     while view.added >= 2:
         found = unabsorbed_among(view.W_dec, view.added)
         if not bool(found.changed.any()):
