@@ -119,6 +119,13 @@ def test_unfolding_by_levels_finds_the_grandparent_that_the_parents_atoms_share(
     out = view(x)
     assert out.feature_acts[0].nonzero().squeeze(-1).tolist() == [9, 48, 50]
     torch.testing.assert_close(out.reconstruction, sae(x).reconstruction)
+    # the parents' atoms meet at 0.37: above the chance level of four atoms (0.29), under the
+    # first level's (0.49), so a held level stops after the parents
+    atoms = torch.nn.functional.normalize(UnfoldedView(sae).W_dec[46:], dim=-1)
+    meet = (atoms @ atoms.T)[0, 1:]
+    assert (meet > chance_coherence(4, 64)).all() and (meet < chance_coherence(46, 64)).all()
+    held = unfolded_by_levels(sae, held=True)
+    assert held.added == 4 and held.level == pytest.approx(chance_coherence(46, 64))
 
 
 def test_only_the_last_rows_group_when_unabsorbing_among_them():

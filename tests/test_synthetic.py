@@ -27,6 +27,12 @@ from hf_topafa.evaluation.ground_truth import (  # noqa: E402
     oracle_sae,
     score_against_truth,
 )
+from hf_topafa.sae.absorption import (  # noqa: E402
+    UnfoldedView,
+    unabsorbed_directions,
+    unfolded_by_levels,
+    unfolded_further,
+)
 from hf_topafa.sae.kfree import confident_energy  # noqa: E402
 from hf_topafa.sae.reading import read_with  # noqa: E402
 
@@ -49,6 +55,7 @@ from synth_false_positives import false_positive_sources  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
 from synth_reread import kept_true_and_false  # noqa: E402
 from synth_reread import main as reread_main  # noqa: E402
+from synth_unfold_levels import hierarchy_depths, level_sizes, sources_by_level  # noqa: E402
 
 TINY = {
     "num_features": 48,
@@ -347,6 +354,29 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     assert rows[3]["l0"] >= rows[2]["l0"] > rows[0]["l0"]  # the atoms fire with their groups
     assert rows[3]["explained_variance"] == rows[2]["explained_variance"]
     assert rows[2]["explained_variance"] == rows[0]["explained_variance"]
+
+
+def test_unfold_levels_sources_split_each_levels_firings_into_true_and_false(
+    world_json, oracle_run
+):
+    world = synthetic.load_world(str(world_json), progress=False)
+    truth = TruthSet.drawn_from(world, 300, seed=4)
+    sae = read_with(SparseAutoencoder.from_pretrained(oracle_run), "topk:8")
+    assert level_sizes(unfolded_by_levels(sae)) == [48]  # no two features meet above chance
+    view = unfolded_further(UnfoldedView(sae, unabsorbed_directions(sae.W_dec, 0.2)))
+    rows = sources_by_level(view, world, truth, 300, batch=128)
+    own = rows[0]  # the world's own features, read by TopK
+    codes = truth.rows(0, 300)
+    with torch.no_grad():
+        l0 = float(sae(world.feature_dict(codes)).l0.float().mean())
+    assert own["latents"] == 48 and own["fire"] == pytest.approx(l0, abs=1e-3) and l0 <= 8
+    true_l0 = float((codes > 0).sum(-1).float().mean())  # k = 8 finds most, and more
+    assert 0.8 * true_l0 < own["true"] <= true_l0 and own["false"] > 0
+    assert 0.5 < own["matched_cos_median"] < 1  # the rows less what they share at 0.2
+    assert own["matched_outside"] == 48 and own["matched_depths"] == [0, 0, 0, 0]  # no hierarchy
+    assert [row["latents"] for row in rows] == level_sizes(view) and sum(level_sizes(view)) > 48
+    assert all(row["true"] + row["false"] == pytest.approx(row["fire"], abs=2e-3) for row in rows)
+    assert hierarchy_depths(torch.tensor([-1, 0, 1, 1, -1])).tolist() == [0, 1, 2, 2, 0]
 
 
 def test_an_oracle_holds_the_widths_most_frequent_features_and_reads_a_lone_one_exactly(world_json):

@@ -78,15 +78,17 @@ def unabsorbed_directions(W_dec: torch.Tensor, level: float | None = None) -> Un
 
 
 @torch.no_grad()
-def unabsorbed_among(W_dec: torch.Tensor, last: int) -> UnabsorbedDirections:
+def unabsorbed_among(
+    W_dec: torch.Tensor, last: int, level: float | None = None
+) -> UnabsorbedDirections:
     """``unabsorbed_directions`` where only the last ``last`` rows of ``W_dec`` may share a
-    direction, at the chance level of ``last`` rows: the atoms one unfolding added. The rows
-    before keep their direction and have no neighbour."""
+    direction, at ``level`` (default: the chance level of ``last`` rows): the atoms one unfolding
+    added. The rows before keep their direction and have no neighbour."""
     rows = W_dec.detach().float()
     h, last = rows.shape[0], int(last)
     if not 2 <= last <= h:
         raise ValueError(f"need 2 to {h} last rows to group, not {last}")
-    found = unabsorbed_directions(rows[-last:])
+    found = unabsorbed_directions(rows[-last:], level)
     directions = rows / torch.linalg.vector_norm(rows, dim=-1, keepdim=True).clamp_min(1e-12)
     directions[-last:] = found.directions
     shared, cosine = torch.zeros_like(directions), rows.new_zeros(h)
@@ -163,6 +165,8 @@ class UnfoldedView(nn.Module):
         self.config.d_sae = self.rows.shape[0]
         self.added = self.rows.shape[0] - norms.shape[0]
         """How many atoms this view added after the rows it read."""
+        self.level = unabsorbed.level
+        """The cosine above which this view's rows were grouped."""
         self.atoms = self.added + getattr(sae, "atoms", 0)
         """How many atoms this view and the views it reads added to the SAE's own latents."""
 
@@ -196,20 +200,34 @@ class UnfoldedView(nn.Module):
                                l0=(code != 0).sum(-1), k=None)  # fmt: skip
 
 
-def unfolded_by_levels(sae, unabsorbed: UnabsorbedDirections | None = None) -> UnfoldedView:
+def unfolded_by_levels(
+    sae, unabsorbed: UnabsorbedDirections | None = None, held: bool = False
+) -> UnfoldedView:
     """``UnfoldedView`` of ``sae``, then of each view's new atoms among themselves, until they
     share no direction above chance. Sibling rows absorb every ancestor, not only their parent,
     so the atoms of sibling groups under one grandparent share the grandparent's direction: each
-    level gives the chains one ancestor more, and the number of atoms falls until none group."""
-    return unfolded_further(UnfoldedView(sae, unabsorbed))
+    level gives the chains one ancestor more, and the number of atoms falls until none group.
+    ``held``: atoms group at the first level's cosine at every level (see ``unfolded_further``)."""
+    return unfolded_further(UnfoldedView(sae, unabsorbed), held)
 
 
-def unfolded_further(view: UnfoldedView) -> UnfoldedView:
+def unfolded_further(view: UnfoldedView, held: bool = False) -> UnfoldedView:
     """``view`` with its newest atoms unfolded among themselves, level by level, until they
-    share no direction above chance (``unfolded_by_levels`` after its first level)."""
+    share no direction above chance (``unfolded_by_levels`` after its first level). Each level's
+    chance is that of its own number of atoms, unless ``held``: then the first level's, since the
+    atoms are sums of the same rows, not fresh random directions (on the 16k world the relaxed
+    level's last atoms, of one or two, match no feature and fire in most samples)."""
+    level = view_level(view) if held else None
     while view.added >= 2:
-        found = unabsorbed_among(view.W_dec, view.added)
+        found = unabsorbed_among(view.W_dec, view.added, level)
         if not bool(found.changed.any()):
             break
         view = UnfoldedView(view, found)
     return view
+
+
+def view_level(view: UnfoldedView) -> float:
+    """The cosine at which the innermost view's rows were grouped (its SAE's first level)."""
+    while isinstance(view.sae, UnfoldedView):
+        view = view.sae
+    return view.level

@@ -1,0 +1,113 @@
+"""Where an unfolded-by-levels reading's latents come from, level by level, against the truth.
+
+``absorption.unfolded_by_levels`` adds atoms in levels: the SAE's own rows, then one atom per
+group of rows that share a direction, then one per group of those atoms, and so on. Per level this
+prints how many latents it has, how many of them fire per sample, how many of those firings are
+true (the latent's matched feature, matched one to one on |cosine| as SAELens's MCC does, is
+active in the sample) or false, the median |cosine| with the matched feature, and the hierarchy
+depth of the matched features (0: a root; "outside": a feature with no parent and no child).
+It says which level a count that overshoots takes its false latents from. Each reading comes
+twice: with each level's atoms grouped at the chance level of their own number (the committed
+readings), and with the first level's cosine held at every level (``held=True``).
+
+    python scripts/synth_unfold_levels.py runs/synthbench16k/runs/synthsaebench-16k/topk-k25 \\
+        runs/synthbench16k/cache/synthsaebench-16k-eval risk_floor --samples 5000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from hf_topafa import SparseAutoencoder
+from hf_topafa.data.harvest import ActivationCache
+from hf_topafa.data.synthetic_cache import world_of_cache
+from hf_topafa.evaluation.agreement import matched_cosines
+from hf_topafa.evaluation.ground_truth import TruthSet, hierarchy_parents
+from hf_topafa.helpers import script_command, write_json
+from hf_topafa.sae.absorption import UnfoldedView, unfolded_by_levels
+from hf_topafa.sae.reading import read_with
+
+
+def level_sizes(view) -> list[int]:
+    """[the SAE's own width, atoms added by the first level, by the second, ...] (a level that
+    added none is left out)."""
+    sizes = []
+    while isinstance(view, UnfoldedView):
+        sizes += [view.added] if view.added else []
+        view = view.sae
+    return [view.W_dec.shape[0], *reversed(sizes)]
+
+
+def hierarchy_depths(parents: torch.Tensor) -> torch.Tensor:
+    """Each feature's depth below its root (0 for roots and features outside the hierarchy)."""
+    depth = torch.zeros_like(parents)
+    above = parents.clone()
+    while (above >= 0).any():
+        depth += above >= 0
+        above = torch.where(above >= 0, parents[above.clamp_min(0)], above)
+    return depth
+
+
+@torch.no_grad()
+def sources_by_level(view, world, truth: TruthSet, samples: int, batch: int = 1000) -> list[dict]:
+    """Per level: latents, firings / true / false per sample, matched |cos|, matched depths."""
+    bounds = torch.tensor([0, *level_sizes(view)]).cumsum(0).tolist()
+    match, cos = matched_cosines(view.W_dec, world.feature_dict.feature_vectors)
+    parents = hierarchy_parents(world)
+    has_child = torch.zeros_like(parents, dtype=torch.bool)
+    has_child[parents[parents >= 0]] = True
+    in_hierarchy = (parents >= 0) | has_child
+    depths = hierarchy_depths(parents)
+    fired = torch.zeros(len(bounds) - 1, 2)  # true, false
+    for start in range(0, samples, batch):
+        codes = truth.rows(start, min(samples, start + batch))
+        kept = view(world.feature_dict(codes)).feature_acts != 0
+        hit = (codes > 0)[:, match]
+        for level, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            fired[level, 0] += float((kept[:, a:b] & hit[:, a:b]).sum())
+            fired[level, 1] += float((kept[:, a:b] & ~hit[:, a:b]).sum())
+    rows = []
+    for level, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        matched = match[a:b]
+        inside = in_hierarchy[matched]
+        true, false = (fired[level] / samples).tolist()
+        rows.append({
+            "level": level, "latents": b - a, "fire": round(true + false, 3),
+            "true": round(true, 3), "false": round(false, 3),
+            "matched_cos_median": round(float(cos[a:b].median()), 3),
+            "matched_depths": torch.bincount(depths[matched][inside], minlength=4).tolist(),
+            "matched_outside": int((~inside).sum()),
+        })  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("run", help="a trained SAE's run folder")
+    p.add_argument("cache", help="a synthetic evaluation cache written with the true codes")
+    p.add_argument("rule", help="the reading rule, as synth_reread.py takes it (e.g. risk_floor)")
+    p.add_argument("--samples", type=int, default=5000)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    cache = ActivationCache(args.cache)
+    world = world_of_cache(cache.manifest)
+    truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
+    samples = min(args.samples, truth.num_samples)
+    sae = read_with(SparseAutoencoder.from_pretrained(args.run), args.rule)
+    readings = {}
+    for name, held in (("relaxed", False), ("held", True)):
+        rows = sources_by_level(unfolded_by_levels(sae, held=held), world, truth, samples)
+        readings[name] = {"l0": round(sum(row["fire"] for row in rows), 3), "levels": rows}
+        print(name, "L0", readings[name]["l0"])
+        for row in rows:
+            print(" ", row)
+    if args.json:
+        write_json(args.json, {"run": args.run, "cache": args.cache, "rule": args.rule,
+                               "samples": samples, **readings, "command": script_command()})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
