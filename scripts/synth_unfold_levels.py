@@ -8,7 +8,9 @@ active in the sample) or false, the median |cosine| with the matched feature, an
 depth of the matched features (0: a root; "outside": a feature with no parent and no child).
 It says which level a count that overshoots takes its false latents from. Each reading comes
 twice: with each level's atoms grouped at the chance level of their own number (the committed
-readings), and with the first level's cosine held at every level (``held=True``).
+readings), and with the first level's cosine held at every level (``held=True``). Last, the
+first level read alone, its atoms banded by the size of their group: how often each band's
+firings are true, and how many of its groups are one parent's children.
 
     python scripts/synth_unfold_levels.py runs/synthbench16k/runs/synthsaebench-16k/topk-k25 \\
         runs/synthbench16k/cache/synthsaebench-16k-eval risk_floor --samples 5000 --json out.json
@@ -51,36 +53,95 @@ def hierarchy_depths(parents: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def firings_per_latent(view, world, truth: TruthSet, samples: int, batch: int = 1000):
+    """(matched feature [latents], matched |cos|, true firings [latents], false firings): each
+    latent matched one to one to a true feature; a firing is true when that feature is active."""
+    match, cos = matched_cosines(view.W_dec, world.feature_dict.feature_vectors)
+    true, false = torch.zeros(len(match)), torch.zeros(len(match))
+    for start in range(0, samples, batch):
+        codes = truth.rows(start, min(samples, start + batch))
+        kept = view(world.feature_dict(codes)).feature_acts != 0
+        hit = (codes > 0)[:, match]
+        true += (kept & hit).sum(0).float()
+        false += (kept & ~hit).sum(0).float()
+    return match, cos, true, false
+
+
 def sources_by_level(view, world, truth: TruthSet, samples: int, batch: int = 1000) -> list[dict]:
     """Per level: latents, firings / true / false per sample, matched |cos|, matched depths."""
     bounds = torch.tensor([0, *level_sizes(view)]).cumsum(0).tolist()
-    match, cos = matched_cosines(view.W_dec, world.feature_dict.feature_vectors)
+    match, cos, true, false = firings_per_latent(view, world, truth, samples, batch)
     parents = hierarchy_parents(world)
     has_child = torch.zeros_like(parents, dtype=torch.bool)
     has_child[parents[parents >= 0]] = True
     in_hierarchy = (parents >= 0) | has_child
     depths = hierarchy_depths(parents)
-    fired = torch.zeros(len(bounds) - 1, 2)  # true, false
-    for start in range(0, samples, batch):
-        codes = truth.rows(start, min(samples, start + batch))
-        kept = view(world.feature_dict(codes)).feature_acts != 0
-        hit = (codes > 0)[:, match]
-        for level, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-            fired[level, 0] += float((kept[:, a:b] & hit[:, a:b]).sum())
-            fired[level, 1] += float((kept[:, a:b] & ~hit[:, a:b]).sum())
     rows = []
     for level, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         matched = match[a:b]
         inside = in_hierarchy[matched]
-        true, false = (fired[level] / samples).tolist()
+        fired_true, fired_false = (
+            float(true[a:b].sum()) / samples,
+            float(false[a:b].sum()) / samples,
+        )
         rows.append({
-            "level": level, "latents": b - a, "fire": round(true + false, 3),
-            "true": round(true, 3), "false": round(false, 3),
+            "level": level, "latents": b - a, "fire": round(fired_true + fired_false, 3),
+            "true": round(fired_true, 3), "false": round(fired_false, 3),
             "matched_cos_median": round(float(cos[a:b].median()), 3),
             "matched_depths": torch.bincount(depths[matched][inside], minlength=4).tolist(),
             "matched_outside": int((~inside).sum()),
         })  # fmt: skip
     return rows
+
+
+GROUP_SIZES = ((2, 2), (3, 4), (5, 8), (9, None))
+
+
+def first_level_groups(
+    sae, world, truth: TruthSet, samples: int, batch: int = 1000, unabsorbed=None
+) -> list[dict]:
+    """The first level read alone (``UnfoldedView``), its atoms banded by how many rows their
+    group holds: atoms, rows, firings per sample, the share of them that are true, and the share
+    of groups whose rows' matched features all have one parent (one parent's children), and of
+    those, how many parents the SAE already holds as a row of its own (then the atom doubles a
+    latent that fires anyway, and one of the two is matched elsewhere and counted false)."""
+    view = UnfoldedView(sae, unabsorbed)
+    if not view.added:
+        return []
+    h = sae.W_dec.shape[0]
+    match, _, true, false = firings_per_latent(view, world, truth, samples, batch)
+    features = world.feature_dict.feature_vectors
+    parents = hierarchy_parents(world)[match[:h]]  # each row's matched feature's parent
+    held_by_row = torch.zeros(len(features), dtype=torch.bool)
+    held_by_row[match[:h]] = True  # the features the SAE's own rows are matched to
+    grouped = view.group >= 0
+    sizes = torch.bincount(view.group[grouped], minlength=view.added)
+    first_parent = torch.full((view.added,), -1, dtype=torch.long)
+    first_parent[view.group[grouped]] = parents[grouped]
+    other = (parents[grouped] != first_parent[view.group[grouped]]).float()
+    mixed = torch.bincount(view.group[grouped], weights=other, minlength=view.added) > 0
+    one_parent = ~mixed & (first_parent >= 0)
+    parent = first_parent.clamp_min(0)
+    parent_cos = (torch.nn.functional.normalize(view.W_dec[h:], dim=-1) * features[parent]).sum(-1)
+    bands = []
+    for low, high in GROUP_SIZES:
+        band = (sizes >= low) & (sizes <= (high or sizes.max()))
+        fired = float(true[h:][band].sum() + false[h:][band].sum())
+        bands.append({
+            "group_rows": f"{low}-{high}" if high else f"{low}+", "atoms": int(band.sum()),
+            "rows": int(sizes[band].sum()), "fire": round(fired / samples, 3),
+            "true_share": round(float(true[h:][band].sum()) / fired, 3) if fired else None,
+            "one_parent_share": round(float(one_parent[band].float().mean()), 3)
+            if band.any() else None,
+            # of those groups: how many parents the SAE already holds as a row of its own, and
+            # how much of the parent the atom is (|cos|, median)
+            "parent_has_own_row_share": round(float(held_by_row[parent][band & one_parent]
+                                                    .float().mean()), 3)
+            if (band & one_parent).any() else None,
+            "atom_parent_cos_median": round(float(parent_cos[band & one_parent].abs().median()), 3)
+            if (band & one_parent).any() else None,
+        })  # fmt: skip
+    return bands
 
 
 def main() -> None:
@@ -104,9 +165,14 @@ def main() -> None:
         print(name, "L0", readings[name]["l0"])
         for row in rows:
             print(" ", row)
+    once = first_level_groups(sae, world, truth, samples)
+    print("the first level alone, by group size")
+    for band in once:
+        print(" ", band)
     if args.json:
         write_json(args.json, {"run": args.run, "cache": args.cache, "rule": args.rule,
-                               "samples": samples, **readings, "command": script_command()})  # fmt: skip
+                               "samples": samples, **readings, "first_level_groups": once,
+                               "command": script_command()})  # fmt: skip
 
 
 if __name__ == "__main__":

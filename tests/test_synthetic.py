@@ -55,7 +55,12 @@ from synth_false_positives import false_positive_sources  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
 from synth_reread import kept_true_and_false  # noqa: E402
 from synth_reread import main as reread_main  # noqa: E402
-from synth_unfold_levels import hierarchy_depths, level_sizes, sources_by_level  # noqa: E402
+from synth_unfold_levels import (  # noqa: E402
+    first_level_groups,
+    hierarchy_depths,
+    level_sizes,
+    sources_by_level,
+)
 
 TINY = {
     "num_features": 48,
@@ -377,6 +382,12 @@ def test_unfold_levels_sources_split_each_levels_firings_into_true_and_false(
     assert [row["latents"] for row in rows] == level_sizes(view) and sum(level_sizes(view)) > 48
     assert all(row["true"] + row["false"] == pytest.approx(row["fire"], abs=2e-3) for row in rows)
     assert hierarchy_depths(torch.tensor([-1, 0, 1, 1, -1])).tolist() == [0, 1, 2, 2, 0]
+    bands = first_level_groups(sae, world, truth, 300, 128, unabsorbed_directions(sae.W_dec, 0.2))
+    assert sum(band["atoms"] for band in bands) == level_sizes(view)[1]
+    assert sum(band["fire"] for band in bands) == pytest.approx(rows[1]["fire"], abs=2e-3)
+    assert all(band["one_parent_share"] in (None, 0.0) for band in bands)  # no parents here
+    assert all(band["parent_has_own_row_share"] is None for band in bands)
+    assert first_level_groups(sae, world, truth, 300, 128) == []  # no atoms at chance
 
 
 def test_an_oracle_holds_the_widths_most_frequent_features_and_reads_a_lone_one_exactly(world_json):
