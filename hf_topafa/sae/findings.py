@@ -174,7 +174,7 @@ GROUND_TRUTH: dict[str, str] = {
         "On the published 16k world (width 4,096) the same reading kept 1.22 and 1.21 times: "
         "its levels after the first added about 6.5 features per sample, 0.6 of them true; "
         "unfolded once, it kept 0.97 times with F1 0.86 and 0.87 (TopK's best 0.69 and 0.70), "
-        "MCC 0.75 (0.74), correlation 0.93. "
+        "MCC 0.748 and 0.754 (TopK's best 0.735 and 0.739), correlation 0.93. "
         "Trained end to end it kept nothing: on the 4k world L0 0.0008 with 987 of 1,024 "
         "features dead (on the sparse world L0 1.5, 814 dead, F1 0.15). It reads a learned "
         "dictionary; it does not train one."
