@@ -216,7 +216,7 @@ def unfolded_further(view: UnfoldedView, held: bool = False) -> UnfoldedView:
     share no direction above chance (``unfolded_by_levels`` after its first level). Each level's
     chance is that of its own number of atoms, unless ``held``: then the first level's, since the
     atoms are sums of the same rows, not fresh random directions (on the 16k world the relaxed
-    level's last atoms, of one or two, match no feature and fire in most samples)."""
+    level's last atoms, of one or two, match no feature and fire 0.8 times per sample)."""
     level = view_level(view) if held else None
     while view.added >= 2:
         found = unabsorbed_among(view.W_dec, view.added, level)
