@@ -45,6 +45,7 @@ from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.data.synthetic_cache import world_of_cache
 from hf_topafa.evaluation.ground_truth import (
     TruthSet,
+    firings_by_latent,
     hierarchy_parents,
     kurtosis_reading_of_truth,
     matched_features,
@@ -81,13 +82,9 @@ def shared_is_ancestor(unabsorbed, match, world) -> float | None:
 def kept_true_and_false(sae, world, truth: TruthSet, match, batch: int = 4096) -> dict:
     """Per sample, how many kept latents' matched features (``match``, one per latent) are on
     (true) and off (false)."""
-    true = false = 0.0
-    for start in range(0, truth.num_samples, batch):
-        codes = truth.rows(start, min(truth.num_samples, start + batch))
-        kept = sae(world.feature_dict(codes)).feature_acts != 0
-        on = codes[:, match] > 0
-        true, false = true + float((kept & on).sum()), false + float((kept & ~on).sum())
-    return {"true_pos": true / truth.num_samples, "false_pos": false / truth.num_samples}
+    true, false = firings_by_latent(sae, world, truth, match, batch=batch)
+    return {"true_pos": float(true.sum()) / truth.num_samples,
+            "false_pos": float(false.sum()) / truth.num_samples}  # fmt: skip
 
 
 def main() -> None:

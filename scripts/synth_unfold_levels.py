@@ -26,9 +26,9 @@ from hf_topafa import SparseAutoencoder
 from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.data.synthetic_cache import world_of_cache
 from hf_topafa.evaluation.agreement import matched_cosines
-from hf_topafa.evaluation.ground_truth import TruthSet, hierarchy_parents
+from hf_topafa.evaluation.ground_truth import TruthSet, firings_by_latent, hierarchy_parents
 from hf_topafa.helpers import script_command, write_json
-from hf_topafa.sae.absorption import UnfoldedView, unfolded_by_levels
+from hf_topafa.sae.absorption import UnfoldedView, unfolded_further
 from hf_topafa.sae.reading import read_with
 
 
@@ -52,25 +52,11 @@ def hierarchy_depths(parents: torch.Tensor) -> torch.Tensor:
     return depth
 
 
-@torch.no_grad()
-def firings_per_latent(view, world, truth: TruthSet, samples: int, batch: int = 1000):
-    """(matched feature [latents], matched |cos|, true firings [latents], false firings): each
-    latent matched one to one to a true feature; a firing is true when that feature is active."""
-    match, cos = matched_cosines(view.W_dec, world.feature_dict.feature_vectors)
-    true, false = torch.zeros(len(match)), torch.zeros(len(match))
-    for start in range(0, samples, batch):
-        codes = truth.rows(start, min(samples, start + batch))
-        kept = view(world.feature_dict(codes)).feature_acts != 0
-        hit = (codes > 0)[:, match]
-        true += (kept & hit).sum(0).float()
-        false += (kept & ~hit).sum(0).float()
-    return match, cos, true, false
-
-
 def sources_by_level(view, world, truth: TruthSet, samples: int, batch: int = 1000) -> list[dict]:
     """Per level: latents, firings / true / false per sample, matched |cos|, matched depths."""
     bounds = torch.tensor([0, *level_sizes(view)]).cumsum(0).tolist()
-    match, cos, true, false = firings_per_latent(view, world, truth, samples, batch)
+    match, cos = matched_cosines(view.W_dec, world.feature_dict.feature_vectors)
+    true, false = firings_by_latent(view, world, truth, match, samples, batch)
     parents = hierarchy_parents(world)
     has_child = torch.zeros_like(parents, dtype=torch.bool)
     has_child[parents[parents >= 0]] = True
@@ -97,20 +83,18 @@ def sources_by_level(view, world, truth: TruthSet, samples: int, batch: int = 10
 GROUP_SIZES = ((2, 2), (3, 4), (5, 8), (9, None))
 
 
-def first_level_groups(
-    sae, world, truth: TruthSet, samples: int, batch: int = 1000, unabsorbed=None
-) -> list[dict]:
-    """The first level read alone (``UnfoldedView``), its atoms banded by how many rows their
+def first_level_groups(view, world, truth: TruthSet, samples: int, batch: int = 1000) -> list[dict]:
+    """The first level read alone (``view``, one ``UnfoldedView`` of the SAE), its atoms banded by how many rows their
     group holds: atoms, rows, firings per sample, the share of them that are true, and the share
     of groups whose rows' matched features all have one parent (one parent's children), and of
     those, how many parents the SAE already holds as a row of its own (then the atom doubles a
     latent that fires anyway, and one of the two is matched elsewhere and counted false)."""
-    view = UnfoldedView(sae, unabsorbed)
     if not view.added:
         return []
-    h = sae.W_dec.shape[0]
-    match, _, true, false = firings_per_latent(view, world, truth, samples, batch)
+    h = view.sae.W_dec.shape[0]
     features = world.feature_dict.feature_vectors
+    match = matched_cosines(view.W_dec, features)[0]
+    true, false = firings_by_latent(view, world, truth, match, samples, batch)
     parents = hierarchy_parents(world)[match[:h]]  # each row's matched feature's parent
     held_by_row = torch.zeros(len(features), dtype=torch.bool)
     held_by_row[match[:h]] = True  # the features the SAE's own rows are matched to
@@ -157,21 +141,21 @@ def main() -> None:
     world = world_of_cache(cache.manifest)
     truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
     samples = min(args.samples, truth.num_samples)
-    sae = read_with(SparseAutoencoder.from_pretrained(args.run), args.rule)
+    once = UnfoldedView(read_with(SparseAutoencoder.from_pretrained(args.run), args.rule))
     readings = {}
     for name, held in (("relaxed", False), ("held", True)):
-        rows = sources_by_level(unfolded_by_levels(sae, held=held), world, truth, samples)
+        rows = sources_by_level(unfolded_further(once, held), world, truth, samples)
         readings[name] = {"l0": round(sum(row["fire"] for row in rows), 3), "levels": rows}
         print(name, "L0", readings[name]["l0"])
         for row in rows:
             print(" ", row)
-    once = first_level_groups(sae, world, truth, samples)
+    groups = first_level_groups(once, world, truth, samples)
     print("the first level alone, by group size")
-    for band in once:
+    for band in groups:
         print(" ", band)
     if args.json:
         write_json(args.json, {"run": args.run, "cache": args.cache, "rule": args.rule,
-                               "samples": samples, **readings, "first_level_groups": once,
+                               "samples": samples, **readings, "first_level_groups": groups,
                                "command": script_command()})  # fmt: skip
 
 

@@ -368,7 +368,8 @@ def test_unfold_levels_sources_split_each_levels_firings_into_true_and_false(
     truth = TruthSet.drawn_from(world, 300, seed=4)
     sae = read_with(SparseAutoencoder.from_pretrained(oracle_run), "topk:8")
     assert level_sizes(unfolded_by_levels(sae)) == [48]  # no two features meet above chance
-    view = unfolded_further(UnfoldedView(sae, unabsorbed_directions(sae.W_dec, 0.2)))
+    once = UnfoldedView(sae, unabsorbed_directions(sae.W_dec, 0.2))
+    view = unfolded_further(once)
     rows = sources_by_level(view, world, truth, 300, batch=128)
     own = rows[0]  # the world's own features, read by TopK
     codes = truth.rows(0, 300)
@@ -382,12 +383,12 @@ def test_unfold_levels_sources_split_each_levels_firings_into_true_and_false(
     assert [row["latents"] for row in rows] == level_sizes(view) and sum(level_sizes(view)) > 48
     assert all(row["true"] + row["false"] == pytest.approx(row["fire"], abs=2e-3) for row in rows)
     assert hierarchy_depths(torch.tensor([-1, 0, 1, 1, -1])).tolist() == [0, 1, 2, 2, 0]
-    bands = first_level_groups(sae, world, truth, 300, 128, unabsorbed_directions(sae.W_dec, 0.2))
+    bands = first_level_groups(once, world, truth, 300, 128)
     assert sum(band["atoms"] for band in bands) == level_sizes(view)[1]
     assert sum(band["fire"] for band in bands) == pytest.approx(rows[1]["fire"], abs=2e-3)
     assert all(band["one_parent_share"] in (None, 0.0) for band in bands)  # no parents here
     assert all(band["parent_has_own_row_share"] is None for band in bands)
-    assert first_level_groups(sae, world, truth, 300, 128) == []  # no atoms at chance
+    assert first_level_groups(UnfoldedView(sae), world, truth, 300, 128) == []  # none at chance
 
 
 def test_an_oracle_holds_the_widths_most_frequent_features_and_reads_a_lone_one_exactly(world_json):

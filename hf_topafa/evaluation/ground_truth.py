@@ -226,6 +226,22 @@ def kurtosis_reading_of_truth(truth: TruthSet, width: int) -> dict:
 
 
 @torch.no_grad()
+def firings_by_latent(sae, world, truth: TruthSet, match: torch.Tensor, samples=None, batch=4096):
+    """(true [latents], false [latents]): over the first ``samples`` stored samples (all by
+    default), how often each kept latent's matched feature (``match``, one per latent) was on
+    and how often off."""
+    samples = truth.num_samples if samples is None else min(samples, truth.num_samples)
+    true, false = torch.zeros(len(match)), torch.zeros(len(match))
+    for start in range(0, samples, batch):
+        codes = truth.rows(start, min(samples, start + batch))
+        kept = sae(world.feature_dict(codes)).feature_acts != 0
+        on = codes[:, match] > 0
+        true += (kept & on).sum(0)
+        false += (kept & ~on).sum(0)
+    return true, false
+
+
+@torch.no_grad()
 def matched_features(W_dec: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """For each latent (row of ``W_dec``), its true feature under one-to-one matching on |cosine|
     between decoder rows and true feature vectors, as SAELens's MCC matches them."""
