@@ -27,7 +27,9 @@ against the truth, how often the shared direction is nearest an ancestor of the 
 ``--unfold`` adds two more scores: the absorbed parents as latents of their own
 (``absorption.UnfoldedView``, width d_sae + one latent per group of rows that share a direction),
 and the same repeated over the atoms until they share none (``absorption.unfolded_by_levels``:
-the ancestors above the parents).
+the ancestors above the parents). ``--stars`` adds one more: by levels, with no atom for a group
+whose rows all lean on one of them and not on each other (``absorption.star_groups``: that row is
+the parent, already in the dictionary).
 
     python scripts/synth_reread.py runs/synthbench_dense12m/runs/synthsaebench-4k-dense/topk-k16 \
         runs/synthbench_dense12m/cache/synthsaebench-4k-dense-eval topk:16 risk_batch --unabsorb
@@ -112,6 +114,12 @@ def main() -> None:
         "level and by levels (absorption.UnfoldedView, unfolded_by_levels; implies --unabsorb)",
     )
     p.add_argument(
+        "--stars",
+        action="store_true",
+        help="also score each reading unfolded by levels with no atom for a star group "
+        "(absorption.star_groups; implies --unfold)",
+    )
+    p.add_argument(
         "--unabsorb-level",
         type=float,
         default=None,
@@ -119,6 +127,7 @@ def main() -> None:
         "directions reach by chance, absorption.chance_coherence)",
     )
     args = p.parse_args()
+    args.unfold = args.unfold or args.stars
     torch.set_num_threads(1)
     cache = ActivationCache(args.cache)
     world = world_of_cache(cache.manifest)
@@ -140,13 +149,16 @@ def main() -> None:
         unabsorbed = unabsorbed_directions(base.W_dec, args.unabsorb_level)
     # each reading's latents matched to the truth once, from the dictionary as trained
     match = {suffix: matched_features(view.W_dec if directions is None else directions, features)
-             for suffix, view, directions in readings_of(base, unabsorbed, args.unfold)}  # fmt: skip
+             for suffix, view, directions in readings_of(base, unabsorbed, args.unfold, args.stars)}  # fmt: skip
     if unabsorbed is not None:
         found = {"level": unabsorbed.level, "rows_changed": int(unabsorbed.changed.sum()),
                  "shared_is_ancestor": shared_is_ancestor(unabsorbed, match[""], world)}  # fmt: skip
         if args.unfold:
             found["parent_atoms"] = len(match[", unfolded"]) - base.config.d_sae
             found["atoms_by_levels"] = len(match[", unfolded by levels"]) - base.config.d_sae
+        if args.stars:
+            stars = ", unfolded by levels, stars"
+            found["atoms_by_levels_stars"] = len(match[stars]) - base.config.d_sae
         print(json.dumps({"unabsorb": found}))
     expected = kurtosis_reading_of_truth(truth, base.config.d_sae)
     print(json.dumps({"truth": {key: round(v, 3) for key, v in expected.items()}}))
@@ -156,7 +168,7 @@ def main() -> None:
             read = read_with(base, rule)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
-        for suffix, sae, directions in readings_of(read, unabsorbed, args.unfold):
+        for suffix, sae, directions in readings_of(read, unabsorbed, args.unfold, args.stars):
             row = {
                 **score_against_truth(sae, world, truth, directions=directions)["row"],
                 **kept_true_and_false(sae, world, truth, match[suffix]),

@@ -14,6 +14,7 @@ from hf_topafa.sae.absorption import (
     chance_coherence,
     connected_groups,
     parent_atoms,
+    star_groups,
     unabsorbed_among,
     unabsorbed_directions,
     unfolded_by_levels,
@@ -66,6 +67,51 @@ def test_connected_groups_number_each_component_by_its_smallest_member():
     for i, j in [(0, 3), (3, 5), (1, 4)]:
         adjacency[i, j] = adjacency[j, i] = True
     assert connected_groups(adjacency).tolist() == [0, 1, 2, 0, 1, 0]
+
+
+def test_a_star_is_one_row_every_other_member_meets_while_they_meet_no_other():
+    adjacency = torch.zeros(12, 12, dtype=torch.bool)
+    edges = [(2, 0), (2, 5), (2, 7)]  # a star around 2
+    edges += [(1, 3), (3, 4), (1, 4)]  # a triangle: everyone a hub, the others meet
+    edges += [(6, 8), (8, 9), (9, 10)]  # a path: nobody meets all
+    for i, j in edges:
+        adjacency[i, j] = adjacency[j, i] = True
+    found = star_groups(adjacency)
+    assert [(hub, members.tolist()) for hub, members in found] == [(2, [0, 2, 5, 7])]
+    pair = torch.zeros(3, 3, dtype=torch.bool)
+    pair[0, 1] = pair[1, 0] = True
+    assert star_groups(pair) == []  # a parent and a child, or two siblings: no telling
+
+
+def test_children_leaning_on_their_parents_row_add_no_atom_when_stars_are_looked_for():
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(7)))[0].T
+    held, leaning = basis[0], basis[1:4]  # a parent with a row of its own, and its children
+    lacking, absorbing = basis[7], basis[4:7]  # a parent without one, and its children
+    # leaning children meet their parent's row at 0.62 and each other at 0.39; absorbing ones
+    # meet each other at 0.69; the chance level of 37 rows in 64 dims is 0.47
+    W_dec = torch.cat([held[None], leaning + 0.8 * held, absorbing + 1.5 * lacking, basis[8:38]])
+    assert chance_coherence(37, 64) == pytest.approx(0.475, abs=1e-3)
+    plain, found = unabsorbed_directions(W_dec), unabsorbed_directions(W_dec, stars=True)
+    assert found.in_star.tolist() == [True] * 4 + [False] * 33 and plain.in_star is None
+    assert found.grouped.tolist() == [False] * 4 + [True] * 3 + [False] * 30
+    torch.testing.assert_close(found.directions[0], held)  # the hub is the parent itself
+    assert ((found.directions[1:4] * leaning).sum(-1) > 0.99).all()  # leaves lose the parent
+    assert parent_atoms(plain).directions.shape[0] == 2
+    atoms = parent_atoms(found)
+    assert atoms.directions.shape[0] == 1 and float(atoms.directions[0] @ lacking) > 0.9
+    sae = SparseAutoencoder(SAEConfig(d_in=64, d_sae=37, activation="topk", k=1,
+                                      input_normalization="none"))  # fmt: skip
+    with torch.no_grad():
+        sae.W_dec.copy_(W_dec)
+        sae.W_enc.copy_(torch.nn.functional.normalize(W_dec, dim=-1).T)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    assert unfolded_by_levels(sae).added == 2
+    view = unfolded_by_levels(sae, stars=True).eval()
+    assert view.added == 1 and view.W_dec.shape == (38, 64)
+    x = torch.stack([W_dec[2], W_dec[5]])  # a leaning child; an absorbing one
+    fired = [row.nonzero().squeeze(-1).tolist() for row in view(x).feature_acts]
+    assert fired == [[2], [5, 37]]  # the held parent is not counted again; the lacking one is
 
 
 def test_an_unfolded_view_gives_absorbed_parents_latents_that_fire_with_their_children():
@@ -126,6 +172,8 @@ def test_unfolding_by_levels_finds_the_grandparent_that_the_parents_atoms_share(
     assert (meet > chance_coherence(4, 64)).all() and (meet < chance_coherence(46, 64)).all()
     held = unfolded_by_levels(sae, held=True)
     assert held.added == 4 and held.level == pytest.approx(chance_coherence(46, 64))
+    # siblings and the parents' atoms meet each other, not one hub: no star at any level
+    assert unfolded_by_levels(sae, stars=True).W_dec.shape == (51, 64)
 
 
 def test_only_the_last_rows_group_when_unabsorbing_among_them():

@@ -359,6 +359,14 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     assert rows[3]["l0"] >= rows[2]["l0"] > rows[0]["l0"]  # the atoms fire with their groups
     assert rows[3]["explained_variance"] == rows[2]["explained_variance"]
     assert rows[2]["explained_variance"] == rows[0]["explained_variance"]
+    monkeypatch.setattr(sys, "argv", [*argv[:-3], "--unabsorb-level", "0.2", "--stars", *argv[-2:]])
+    reread_main()  # --stars implies --unfold and adds the reading without stars' atoms
+    written = json.loads(out.read_text())
+    assert written["rows"][:4] == rows
+    assert written["rows"][4]["rule"] == "topk:8, unfolded by levels, stars"
+    found = written["unabsorb"]
+    assert found["atoms_by_levels_stars"] <= found["atoms_by_levels"]
+    assert written["rows"][4]["explained_variance"] == rows[0]["explained_variance"]
 
 
 def test_unfold_levels_sources_split_each_levels_firings_into_true_and_false(

@@ -23,7 +23,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..sae.absorption import UnfoldedView, unabsorbed_directions, unfolded_further
+from ..sae.absorption import (
+    UnfoldedView,
+    unabsorbed_directions,
+    unfolded_by_levels,
+    unfolded_further,
+)
 from ..sae.afa import quantiles
 from .agreement import matched_cosines
 
@@ -418,12 +423,13 @@ def report_lines(label: str, row: dict, source: str) -> list[str]:
     ]
 
 
-def readings_of(sae, unabsorbed=None, unfold: bool = False):
+def readings_of(sae, unabsorbed=None, unfold: bool = False, stars: bool = False):
     """(label suffix, the SAE or a view of it, directions to match) per reading: the SAE as
     trained; given ``unabsorbed`` (``absorption.unabsorbed_directions`` of its decoder), also
     along those own directions, and with ``unfold`` with its absorbed parents unfolded, one level
-    (``absorption.UnfoldedView``) and by levels (``absorption.unfolded_by_levels``).
-    ``evaluate --unfold`` and ``synth_reread.py`` both read so."""
+    (``absorption.UnfoldedView``) and by levels (``absorption.unfolded_by_levels``); with
+    ``stars`` also by levels with no atom for a star group (``absorption.star_groups``), at
+    ``unabsorbed``'s level. ``evaluate --unfold`` and ``synth_reread.py`` both read so."""
     views = [("", sae, None)]
     if unabsorbed is not None:
         views.append((", unabsorbed", sae, unabsorbed.directions))
@@ -431,6 +437,11 @@ def readings_of(sae, unabsorbed=None, unfold: bool = False):
         once = UnfoldedView(sae, unabsorbed)
         views.append((", unfolded", once, None))
         views.append((", unfolded by levels", unfolded_further(once), None))
+    if unfold and stars:
+        found = unabsorbed_directions(sae.W_dec, unabsorbed.level, stars=True)
+        views.append(
+            (", unfolded by levels, stars", unfolded_by_levels(sae, found, stars=True), None)
+        )
     return views
 
 

@@ -50,18 +50,29 @@ class UnabsorbedDirections:
     level: float
     adjacency: torch.Tensor
     """[h, h] bool: which rows are each other's above-chance neighbours."""
+    in_star: torch.Tensor | None = None
+    """[h] bool: rows of a star group (see ``star_groups``), when asked for: the direction they
+    share is the hub's own row, so it gets no atom. None: stars were not looked for."""
 
     @property
     def changed(self) -> torch.Tensor:
         """[h] bool: rows that had an above-chance neighbour."""
         return self.neighbours > 0
 
+    @property
+    def grouped(self) -> torch.Tensor:
+        """[h] bool: rows whose shared direction is a parent the dictionary lacks (an atom's)."""
+        return self.changed if self.in_star is None else self.changed & ~self.in_star
+
 
 @torch.no_grad()
-def unabsorbed_directions(W_dec: torch.Tensor, level: float | None = None) -> UnabsorbedDirections:
+def unabsorbed_directions(
+    W_dec: torch.Tensor, level: float | None = None, stars: bool = False
+) -> UnabsorbedDirections:
     """Each row of ``W_dec`` [h, d] without the direction it shares with the rows whose cosine
     with it exceeds ``level`` (default ``chance_coherence(h, d)``). Rows with no such neighbour
-    keep their own direction."""
+    keep their own direction. ``stars``: a star group's hub keeps its own direction too, and the
+    group is marked (``in_star``) so that no atom is added for it (``star_groups``)."""
     rows = W_dec.detach().float()
     unit = rows / torch.linalg.vector_norm(rows, dim=-1, keepdim=True).clamp_min(1e-12)
     level = chance_coherence(*unit.shape) if level is None else float(level)
@@ -74,12 +85,39 @@ def unabsorbed_directions(W_dec: torch.Tensor, level: float | None = None) -> Un
     own = unit - cosine[:, None] * shared
     left = torch.linalg.vector_norm(own, dim=-1, keepdim=True)
     own = torch.where(left > 1e-6, own / left.clamp_min(1e-12), unit)  # a row that is all shared
-    return UnabsorbedDirections(own, shared, cosine, neighbours, level, near)
+    in_star = None
+    if stars:
+        in_star = torch.zeros(len(unit), dtype=torch.bool)
+        for hub, members in star_groups(near):
+            own[hub] = unit[hub]  # the parent itself: nothing of another row was absorbed into it
+            in_star[members] = True
+    return UnabsorbedDirections(own, shared, cosine, neighbours, level, near, in_star)
+
+
+def star_groups(adjacency: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """(hub, members) per group of three or more rows that is a star: one row, the hub, is a
+    neighbour of every other member, and no two others are neighbours of each other.
+
+    Children whose rows lean on a parent the dictionary lacks all carry that parent, so they are
+    neighbours of each other. Children that lean on a parent the dictionary holds as a row carry
+    less of it (that row takes most of the parent's firings), so they meet the row and not each
+    other: the hub is the parent, and an atom would count it twice (on the 16k world, atoms of
+    groups a member already points at fired 4.7 of 5.2 times per sample where that member did).
+    A pair is two siblings or a parent and its child, which directions cannot tell apart, so
+    pairs are not stars."""
+    group = connected_groups(adjacency)
+    found = []
+    for root in (torch.bincount(group) >= 3).nonzero().squeeze(-1).tolist():
+        members = (group == root).nonzero().squeeze(-1)
+        degree = adjacency[members][:, members].sum(-1)
+        if int(degree.sum()) == 2 * (len(members) - 1) and int(degree.max()) == len(members) - 1:
+            found.append((int(members[degree.argmax()]), members))
+    return found
 
 
 @torch.no_grad()
 def unabsorbed_among(
-    W_dec: torch.Tensor, last: int, level: float | None = None
+    W_dec: torch.Tensor, last: int, level: float | None = None, stars: bool = False
 ) -> UnabsorbedDirections:
     """``unabsorbed_directions`` where only the last ``last`` rows of ``W_dec`` may share a
     direction, at ``level`` (default: the chance level of ``last`` rows): the atoms one unfolding
@@ -88,7 +126,7 @@ def unabsorbed_among(
     h, last = rows.shape[0], int(last)
     if not 2 <= last <= h:
         raise ValueError(f"need 2 to {h} last rows to group, not {last}")
-    found = unabsorbed_directions(rows[-last:], level)
+    found = unabsorbed_directions(rows[-last:], level, stars)
     directions = rows / torch.linalg.vector_norm(rows, dim=-1, keepdim=True).clamp_min(1e-12)
     directions[-last:] = found.directions
     shared, cosine = torch.zeros_like(directions), rows.new_zeros(h)
@@ -97,7 +135,12 @@ def unabsorbed_among(
     neighbours[-last:] = found.neighbours
     adjacency = torch.zeros(h, h, dtype=torch.bool)
     adjacency[-last:, -last:] = found.adjacency
-    return UnabsorbedDirections(directions, shared, cosine, neighbours, found.level, adjacency)
+    in_star = None
+    if stars:
+        in_star = torch.zeros(h, dtype=torch.bool)
+        in_star[-last:] = found.in_star
+    return UnabsorbedDirections(directions, shared, cosine, neighbours, found.level, adjacency,
+                                in_star)  # fmt: skip
 
 
 @dataclass
@@ -111,9 +154,10 @@ class ParentAtoms:
 
 
 def parent_atoms(unabsorbed: UnabsorbedDirections) -> ParentAtoms:
-    """One atom per connected group of changed rows: the normalized sum of the group's shared
-    directions (siblings that absorbed one parent share it; the group is that parent's)."""
-    changed = unabsorbed.changed
+    """One atom per connected group of changed rows (``grouped``: stars left out when they were
+    looked for): the normalized sum of the group's shared directions (siblings that absorbed one
+    parent share it; the group is that parent's)."""
+    changed = unabsorbed.grouped
     ids, numbered = connected_groups(unabsorbed.adjacency)[changed].unique(return_inverse=True)
     group = torch.full_like(changed, -1, dtype=torch.long)
     group[changed] = numbered
@@ -201,26 +245,31 @@ class UnfoldedView(nn.Module):
 
 
 def unfolded_by_levels(
-    sae, unabsorbed: UnabsorbedDirections | None = None, held: bool = False
+    sae, unabsorbed: UnabsorbedDirections | None = None, held: bool = False, stars: bool = False
 ) -> UnfoldedView:
     """``UnfoldedView`` of ``sae``, then of each view's new atoms among themselves, until they
     share no direction above chance. Sibling rows absorb every ancestor, not only their parent,
     so the atoms of sibling groups under one grandparent share the grandparent's direction: each
     level gives the chains one ancestor more, and the number of atoms falls until none group.
-    ``held``: atoms group at the first level's cosine at every level (see ``unfolded_further``)."""
-    return unfolded_further(UnfoldedView(sae, unabsorbed), held)
+    ``held``: atoms group at the first level's cosine at every level (see ``unfolded_further``).
+    ``stars``: a star group adds no atom at any level (``star_groups``); ``unabsorbed``, when
+    given, should have been found with ``stars`` too."""
+    if unabsorbed is None:
+        unabsorbed = unabsorbed_directions(sae.W_dec, stars=stars)
+    return unfolded_further(UnfoldedView(sae, unabsorbed), held, stars)
 
 
-def unfolded_further(view: UnfoldedView, held: bool = False) -> UnfoldedView:
+def unfolded_further(view: UnfoldedView, held: bool = False, stars: bool = False) -> UnfoldedView:
     """``view`` with its newest atoms unfolded among themselves, level by level, until they
     share no direction above chance (``unfolded_by_levels`` after its first level). Each level's
     chance is that of its own number of atoms, unless ``held``: then the first level's, since the
     atoms are sums of the same rows, not fresh random directions (on the 16k world the relaxed
-    level's last atoms, of one or two, match no feature and fire 0.8 times per sample)."""
+    level's last atoms, of one or two, match no feature and fire 0.8 times per sample).
+    ``stars``: star groups of atoms add no atom (``star_groups``)."""
     level = view_level(view) if held else None
     while view.added >= 2:
-        found = unabsorbed_among(view.W_dec, view.added, level)
-        if not bool(found.changed.any()):
+        found = unabsorbed_among(view.W_dec, view.added, level, stars)
+        if not bool(found.grouped.any()):
             break
         view = UnfoldedView(view, found)
     return view
