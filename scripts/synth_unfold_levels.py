@@ -6,10 +6,12 @@ prints how many latents it has, how many of them fire per sample, how many of th
 true (the latent's matched feature, matched one to one on |cosine| as SAELens's MCC does, is
 active in the sample) or false, the median |cosine| with the matched feature, and the hierarchy
 depth of the matched features (0: a root; "outside": a feature with no parent and no child).
-It says which level a count that overshoots takes its false latents from. Each reading comes
-twice: with each level's atoms grouped at the chance level of their own number (the committed
-readings), and with the first level's cosine held at every level (``held=True``). Last, the
-first level read alone, its atoms banded by the size of their group: how often each band's
+It says which level a count that overshoots takes its false latents from, and how often a
+level's atoms fire together with a member that points at the atom's own nearest feature (one
+feature counted twice). Each reading comes three times: with each level's atoms grouped at the
+chance level of their own number (the committed readings), with the first level's cosine held
+at every level (``held=True``), and with no atom for a star group (``stars=True``,
+``absorption.star_groups``). Last, the first level read alone, its atoms banded by the size of their group: how often each band's
 firings are true, and how many of its groups are one parent's children.
 
     python scripts/synth_unfold_levels.py runs/synthbench16k/runs/synthsaebench-16k/topk-k25 \\
@@ -28,7 +30,7 @@ from hf_topafa.data.synthetic_cache import world_of_cache
 from hf_topafa.evaluation.agreement import matched_cosines
 from hf_topafa.evaluation.ground_truth import TruthSet, firings_by_latent, hierarchy_parents
 from hf_topafa.helpers import script_command, write_json
-from hf_topafa.sae.absorption import UnfoldedView, unfolded_further
+from hf_topafa.sae.absorption import UnfoldedView, unfolded_by_levels, unfolded_further
 from hf_topafa.sae.reading import read_with
 
 
@@ -52,11 +54,44 @@ def hierarchy_depths(parents: torch.Tensor) -> torch.Tensor:
     return depth
 
 
+def doubled_by_members(
+    view, world, truth: TruthSet, samples: int, batch: int = 1000
+) -> list[float]:
+    """Per level after the rows: how often per sample an atom fires together with one of its own
+    members whose nearest true feature (|cos|) is the atom's too, so that one feature is counted
+    twice in the sample (a group whose member is already the parent, ``absorption.star_groups``)."""
+    unit = torch.nn.functional.normalize(view.W_dec.detach(), dim=-1)
+    nearest = unit @ torch.nn.functional.normalize(world.feature_dict.feature_vectors, dim=-1).T
+    nearest = nearest.abs().argmax(-1)
+    levels = []  # (first atom, the atoms' member matrix [latents, atoms]) per level, inner first
+    inner = view
+    while isinstance(inner, UnfoldedView):
+        if inner.added:
+            base = inner.W_dec.shape[0] - inner.added
+            members = torch.zeros(view.W_dec.shape[0], inner.added)
+            member = (inner.group >= 0).nonzero().squeeze(-1)
+            same = nearest[member] == nearest[base + inner.group[member]]
+            members[member[same], inner.group[member[same]]] = 1.0
+            levels.insert(0, (base, members))
+        inner = inner.sae
+    doubled = torch.zeros(len(levels))
+    with torch.no_grad():
+        for start in range(0, samples, batch):
+            codes = truth.rows(start, min(samples, start + batch))
+            fired = (view(world.feature_dict(codes)).feature_acts != 0).float()
+            for i, (base, members) in enumerate(levels):
+                atoms = fired[:, base : base + members.shape[1]]
+                doubled[i] += float((atoms * ((fired @ members) > 0)).sum())
+    return [round(float(d) / samples, 3) for d in doubled]
+
+
 def sources_by_level(view, world, truth: TruthSet, samples: int, batch: int = 1000) -> list[dict]:
-    """Per level: latents, firings / true / false per sample, matched |cos|, matched depths."""
+    """Per level: latents, firings / true / false per sample, matched |cos|, matched depths,
+    and (after the rows) the firings that double a member's (``doubled_by_members``)."""
     bounds = torch.tensor([0, *level_sizes(view)]).cumsum(0).tolist()
     match, cos = matched_cosines(view.W_dec, world.feature_dict.feature_vectors)
     true, false = firings_by_latent(view, world, truth, match, samples, batch)
+    doubled = [None, *doubled_by_members(view, world, truth, samples, batch)]
     parents = hierarchy_parents(world)
     has_child = torch.zeros_like(parents, dtype=torch.bool)
     has_child[parents[parents >= 0]] = True
@@ -75,7 +110,7 @@ def sources_by_level(view, world, truth: TruthSet, samples: int, batch: int = 10
             "true": round(fired_true, 3), "false": round(fired_false, 3),
             "matched_cos_median": round(float(cos[a:b].median()), 3),
             "matched_depths": torch.bincount(depths[matched][inside], minlength=4).tolist(),
-            "matched_outside": int((~inside).sum()),
+            "matched_outside": int((~inside).sum()), "doubled": doubled[level],
         })  # fmt: skip
     return rows
 
@@ -142,9 +177,11 @@ def main() -> None:
     truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
     samples = min(args.samples, truth.num_samples)
     once = UnfoldedView(read_with(SparseAutoencoder.from_pretrained(args.run), args.rule))
+    views = {"relaxed": unfolded_further(once), "held": unfolded_further(once, held=True),
+             "stars": unfolded_by_levels(once.sae, stars=True)}  # fmt: skip
     readings = {}
-    for name, held in (("relaxed", False), ("held", True)):
-        rows = sources_by_level(unfolded_further(once, held), world, truth, samples)
+    for name, view in views.items():
+        rows = sources_by_level(view, world, truth, samples)
         readings[name] = {"l0": round(sum(row["fire"] for row in rows), 3), "levels": rows}
         print(name, "L0", readings[name]["l0"])
         for row in rows:

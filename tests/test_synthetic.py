@@ -390,6 +390,8 @@ def test_unfold_levels_sources_split_each_levels_firings_into_true_and_false(
     assert own["matched_outside"] == 48 and own["matched_depths"] == [0, 0, 0, 0]  # no hierarchy
     assert [row["latents"] for row in rows] == level_sizes(view) and sum(level_sizes(view)) > 48
     assert all(row["true"] + row["false"] == pytest.approx(row["fire"], abs=2e-3) for row in rows)
+    assert own["doubled"] is None  # the rows have no members
+    assert all(0 <= row["doubled"] <= row["fire"] + 1e-3 for row in rows[1:])
     assert hierarchy_depths(torch.tensor([-1, 0, 1, 1, -1])).tolist() == [0, 1, 2, 2, 0]
     bands = first_level_groups(once, world, truth, 300, 128)
     assert sum(band["atoms"] for band in bands) == level_sizes(view)[1]
