@@ -111,7 +111,9 @@ class EvalOutputs:
         "count the directions rows share above chance (absorbed parents, and the ancestors those "
         "share in turn, unfolded level by level) as features of their own "
         "(hf_topafa.sae.absorption): on text an extra L0; with --synthetic each SAE is scored "
-        "three times more: along its rows less the shared direction, unfolded once, by levels",
+        "four times more: along its rows less the shared direction, unfolded once, by levels, "
+        "and by levels with no atom for a group whose rows all meet one of them and not each "
+        "other (absorption.star_groups: that row is the parent)",
     )
 
 

@@ -429,7 +429,7 @@ def readings_of(sae, unabsorbed=None, unfold: bool = False, stars: bool = False)
     along those own directions, and with ``unfold`` with its absorbed parents unfolded, one level
     (``absorption.UnfoldedView``) and by levels (``absorption.unfolded_by_levels``); with
     ``stars`` also by levels with no atom for a star group (``absorption.star_groups``), at
-    ``unabsorbed``'s level. ``evaluate --unfold`` and ``synth_reread.py`` both read so."""
+    ``unabsorbed``'s level. ``evaluate --unfold`` (with stars) and ``synth_reread.py`` read so."""
     views = [("", sae, None)]
     if unabsorbed is not None:
         views.append((", unabsorbed", sae, unabsorbed.directions))
@@ -461,7 +461,7 @@ def run_command(cfg, outputs, loaded) -> int:
                 f"{world.cfg.hidden_dim}"
             )
         found = unabsorbed_directions(sae.W_dec) if outputs.unfold else None
-        for reading, view, directions in readings_of(sae, found, outputs.unfold):
+        for reading, view, directions in readings_of(sae, found, outputs.unfold, outputs.unfold):
             scored = score_against_truth(view, world, truth, directions=directions)
             name = label + reading
             row = {"sae": name, "d_sae": view.config.d_sae, **scored["row"]}
