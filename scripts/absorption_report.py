@@ -6,7 +6,9 @@ is an ancestor's in the hierarchy for 59–88% of plain TopK's changed rows
 (``synth_reread.py --unfold``).
 Prints the level, how many rows have such neighbours, the groups they form (one parent atom
 each), the group sizes, how much of each changed row the shared direction is, and how many atoms
-unfolding by levels adds (``absorption.unfolded_by_levels``: the ancestors the atoms share too).
+unfolding by levels adds (``absorption.unfolded_by_levels``: the ancestors the atoms share too),
+how many groups are stars (``absorption.star_groups``: one row every other member meets, the
+others meeting none of each other) and how many atoms unfolding adds without them.
 
     python scripts/absorption_report.py runs/smollm2-topafa runs/smollm2-topk32 --json out.json
 """
@@ -21,7 +23,12 @@ def absorption_report(sae) -> dict:
     """The decoder's absorption figures (see the module docstring)."""
     import torch
 
-    from hf_topafa.sae.absorption import parent_atoms, unabsorbed_directions, unfolded_by_levels
+    from hf_topafa.sae.absorption import (
+        parent_atoms,
+        star_groups,
+        unabsorbed_directions,
+        unfolded_by_levels,
+    )
 
     found = unabsorbed_directions(sae.W_dec)
     atoms = parent_atoms(found)
@@ -40,6 +47,8 @@ def absorption_report(sae) -> dict:
         "largest_group": int(sizes.max()),
         "shared_cosine_quartiles": torch.quantile(shares, quartiles).tolist(),
         "atoms_by_levels": unfolded_by_levels(sae, found).atoms,
+        "star_groups": len(star_groups(found.adjacency)),
+        "atoms_by_levels_stars": unfolded_by_levels(sae, stars=True).atoms,
     }
 
 

@@ -211,6 +211,7 @@ def test_the_absorption_report_reads_a_saved_sae_and_says_what_it_cannot_load(
     assert (report["rows_changed"], report["groups"], report["largest_group"]) == (8, 2, 4)
     assert report["group_size_quartiles"] == [4.0, 4.0, 4.0]
     assert report["atoms_by_levels"] == 2  # the two parents share nothing above them
+    assert report["star_groups"] == 0 and report["atoms_by_levels_stars"] == 2  # siblings meet
     assert 0.7 < report["shared_cosine_quartiles"][1] < 0.95
     assert '"rows_changed": 8' in capsys.readouterr().out
     monkeypatch.setattr(sys, "argv", ["absorption_report.py", str(tmp_path / "missing")])

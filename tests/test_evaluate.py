@@ -247,16 +247,26 @@ def test_unfold_on_text_counts_the_absorbed_parents_as_features(smollm2):
     meta = {"layer": LAYER, "hook_point": "resid_post", "input_normalization": "none"}
     sae = SparseAutoencoder(SAEConfig(d_in=D, d_sae=64, activation="topk", k=4, **meta))
     with torch.no_grad():
-        sae.W_dec.copy_(torch.cat([absorbed, basis[10:66]]))
+        # and a parent with a row of its own, its three children's rows leaning on it (|cos|
+        # 0.29, above the chance level 0.17; 0.08 with each other): a star, no atom for it with stars
+        leaning = basis[11:14] + 0.3 * basis[10]
+        sae.W_dec.copy_(torch.cat([absorbed, basis[10:11], leaning, basis[14:66]]))
         sae.W_enc.copy_(sae.W_dec.T)
     cfg = ev.EvalConfig(**SMALL, compute_downstream=False)
     [(plain, _)] = ev.evaluate_saes([sae], cfg)
     [(unfolded, _)] = ev.evaluate_saes([sae], cfg, unfold=True)
     assert "l0_unfolded_by_levels_mean" not in plain["sparsity"]
     spa = unfolded["sparsity"]
-    assert spa["atoms_by_levels"] == 2 and spa["l0_mean"] == plain["sparsity"]["l0_mean"]
-    assert spa["l0_mean"] < spa["l0_unfolded_by_levels_mean"] <= spa["l0_mean"] + 2
-    assert "L0 unfolded by levels" in ev.format_report(unfolded)
+    assert spa["atoms_by_levels"] == 3 and spa["l0_mean"] == plain["sparsity"]["l0_mean"]
+    assert spa["l0_mean"] < spa["l0_unfolded_by_levels_mean"] <= spa["l0_mean"] + 3
+    assert spa["atoms_by_levels_stars"] == 2  # the two absorbed parents, not the held one
+    assert (
+        spa["l0_mean"]
+        < spa["l0_unfolded_by_levels_stars_mean"]
+        <= spa["l0_unfolded_by_levels_mean"]
+    )
+    report = ev.format_report(unfolded)
+    assert "L0 unfolded by levels" in report and "without stars' atoms" in report
 
 
 # -- bad input -----------------------------------------------------------------------------

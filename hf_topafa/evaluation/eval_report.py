@@ -182,6 +182,10 @@ def format_report(metrics: dict) -> str:
         rows.append(("L0 unfolded by levels", f"mean {_fmt(spa['l0_unfolded_by_levels_mean'])}  "
                      f"(5-95% {_fmt(uq['q05'])}-{_fmt(uq['q95'])}; {spa['atoms_by_levels']} "
                      "ancestor atoms)"))  # fmt: skip
+        sq = spa["l0_unfolded_by_levels_stars_quantiles"]
+        rows.append(("  without stars' atoms", f"mean "
+                     f"{_fmt(spa['l0_unfolded_by_levels_stars_mean'])}  (5-95% {_fmt(sq['q05'])}-"
+                     f"{_fmt(sq['q95'])}; {spa['atoms_by_levels_stars']} ancestor atoms)"))  # fmt: skip
     if "k_quantiles" in spa:
         kq = spa["k_quantiles"]
         rule = get_rule(sae["activation"]).display_name

@@ -108,6 +108,7 @@ class _SAEStats:
     def __init__(self, sae: SparseAutoencoder, label: str, site: tuple[int, str], unfold=False):
         self.sae, self.label, self.site = sae, label, site
         self.unfolded = unfolded_by_levels(sae).eval() if unfold else None
+        self.unfolded_stars = unfolded_by_levels(sae, stars=True).eval() if unfold else None
         self.recon = ReconStats()
         self.recon_normalized = ReconStats() if sae.config.input_normalization != "none" else None
         self.fires = torch.zeros(sae.config.d_sae, dtype=torch.long)
@@ -133,6 +134,8 @@ class _SAEStats:
             self._keep(name, value)
         if self.unfolded is not None:  # the absorbed ancestors counted as features of their own
             self._keep("l0_unfolded", (self.unfolded.unfold(out.feature_acts) != 0).sum(-1))
+            stars = self.unfolded_stars.unfold(out.feature_acts)  # no atom for a held parent
+            self._keep("l0_unfolded_stars", (stars != 0).sum(-1))
         return x_hat
 
     def finish(
@@ -154,6 +157,9 @@ class _SAEStats:
             sparsity["atoms_by_levels"] = self.unfolded.atoms
             sparsity["l0_unfolded_by_levels_mean"] = float(per["l0_unfolded"].mean())
             sparsity["l0_unfolded_by_levels_quantiles"] = quantiles(per["l0_unfolded"])
+            sparsity["atoms_by_levels_stars"] = self.unfolded_stars.atoms
+            sparsity["l0_unfolded_by_levels_stars_mean"] = float(per["l0_unfolded_stars"].mean())
+            sparsity["l0_unfolded_by_levels_stars_quantiles"] = quantiles(per["l0_unfolded_stars"])
         if get_rule(cfg.activation).adaptive_k:
             sparsity["k_mean"] = float(per["k"].mean())
             sparsity["k_quantiles"] = quantiles(per["k"])
