@@ -13,8 +13,10 @@ at changes (what SAELens's evaluator matches to the true features). ``parent_ato
 ``UnfoldedView`` go one step further: each group of rows that share a direction gets that
 direction as a latent of its own, firing whenever one of the group fires, so a code read from
 the SAE counts the parents it had absorbed. ``unfolded_by_levels`` repeats that over the atoms
-themselves, for the ancestors above the parents. On the synthetic worlds these are measured in
-``results/synthbench`` ("Absorbed parents", "Ancestors unfolded by levels").
+themselves, for the ancestors above the parents; with ``stars`` a group whose rows all lean on
+one of them (``star_groups``) is read as that row's, with no atom. On the synthetic worlds these
+are measured in ``results/synthbench`` ("Absorbed parents", "Ancestors unfolded by levels",
+"Star groups").
 """
 
 from __future__ import annotations
@@ -101,10 +103,10 @@ def star_groups(adjacency: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
     Children whose rows lean on a parent the dictionary lacks all carry that parent, so they are
     neighbours of each other. Children that lean on a parent the dictionary holds as a row carry
     less of it (that row takes most of the parent's firings), so they meet the row and not each
-    other: the hub is the parent, and an atom would count it twice (on the 16k world, atoms of
-    groups a member already points at fired 4.7 of 5.2 times per sample where that member did).
-    A pair is two siblings or a parent and its child, which directions cannot tell apart, so
-    pairs are not stars."""
+    other: the hub is the parent, and an atom would count it twice (on the 16k world the second
+    level's atoms fire 5.2 times per sample, 4.8 of them with a member that points at the same
+    feature; ``results/synthbench``, "Star groups"). A pair is two siblings or a parent and its
+    child, which directions cannot tell apart, so pairs are not stars."""
     group = connected_groups(adjacency)
     found = []
     for root in (torch.bincount(group) >= 3).nonzero().squeeze(-1).tolist():
