@@ -21,6 +21,19 @@ from hf_topafa.sae.absorption import (
 )
 
 
+def top1_reading_rows(W_dec: torch.Tensor) -> SparseAutoencoder:
+    """A TopK k = 1 SAE with decoder ``W_dec`` whose encoder reads each row's direction."""
+    h, d = W_dec.shape
+    sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=h, activation="topk", k=1,
+                                      input_normalization="none"))  # fmt: skip
+    with torch.no_grad():
+        sae.W_dec.copy_(W_dec)
+        sae.W_enc.copy_(torch.nn.functional.normalize(W_dec, dim=-1).T)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
 def test_chance_coherence_is_the_pairwise_tail_bound():
     assert chance_coherence(1024, 192) == pytest.approx(math.sqrt(2 * math.log(1024**2) / 192))
     assert chance_coherence(1024, 192) == pytest.approx(0.380, abs=1e-3)
@@ -99,13 +112,7 @@ def test_children_leaning_on_their_parents_row_add_no_atom_when_stars_are_looked
     assert parent_atoms(plain).directions.shape[0] == 2
     atoms = parent_atoms(found)
     assert atoms.directions.shape[0] == 1 and float(atoms.directions[0] @ lacking) > 0.9
-    sae = SparseAutoencoder(SAEConfig(d_in=64, d_sae=37, activation="topk", k=1,
-                                      input_normalization="none"))  # fmt: skip
-    with torch.no_grad():
-        sae.W_dec.copy_(W_dec)
-        sae.W_enc.copy_(torch.nn.functional.normalize(W_dec, dim=-1).T)
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
+    sae = top1_reading_rows(W_dec)
     assert unfolded_by_levels(sae).added == 2
     view = unfolded_by_levels(sae, stars=True).eval()
     assert view.added == 1 and view.W_dec.shape == (38, 64)
@@ -149,13 +156,7 @@ def test_unfolding_by_levels_finds_the_grandparent_that_the_parents_atoms_share(
     # (0.79 > 0.49), cousins do not (0.31), and the four parents' atoms share the grandparent
     absorbed = 1.2 * grandparent + 1.5 * parents.repeat_interleave(4, 0) + children
     W_dec = torch.cat([absorbed, basis[21:51]])
-    sae = SparseAutoencoder(SAEConfig(d_in=64, d_sae=46, activation="topk", k=1,
-                                      input_normalization="none"))  # fmt: skip
-    with torch.no_grad():
-        sae.W_dec.copy_(W_dec)
-        sae.W_enc.copy_(torch.nn.functional.normalize(W_dec, dim=-1).T)
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
+    sae = top1_reading_rows(W_dec)
     assert UnfoldedView(sae).added == 4  # one atom per parent
     view = unfolded_by_levels(sae).eval()
     assert view.added == 1 and view.config.d_sae == 51 and view.W_dec.shape == (51, 64)
