@@ -7,8 +7,9 @@ is an ancestor's in the hierarchy for 59–88% of plain TopK's changed rows
 Prints the level, how many rows have such neighbours, the groups they form (one parent atom
 each), the group sizes, how much of each changed row the shared direction is, and how many atoms
 unfolding by levels adds (``absorption.unfolded_by_levels``: the ancestors the atoms share too),
-how many groups are stars (``absorption.star_groups``: one row every other member meets, the
-others meeting none of each other) and how many atoms unfolding adds without them.
+how many of the first level's groups are stars (``absorption.star_groups``: one row every other
+member meets, the others meeting none of each other) and how many atoms unfolding by levels adds
+without them.
 
     python scripts/absorption_report.py runs/smollm2-topafa runs/smollm2-topk32 --json out.json
 """

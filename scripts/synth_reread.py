@@ -148,8 +148,9 @@ def main() -> None:
     if args.unabsorb or args.unfold:
         unabsorbed = unabsorbed_directions(base.W_dec, args.unabsorb_level)
     # each reading's latents matched to the truth once, from the dictionary as trained
-    match = {suffix: matched_features(view.W_dec if directions is None else directions, features)
-             for suffix, view, directions in readings_of(base, unabsorbed, args.unfold, args.stars)}  # fmt: skip
+    match = {}
+    for suffix, view, directions in readings_of(base, unabsorbed, args.unfold, args.stars):
+        match[suffix] = matched_features(view.W_dec if directions is None else directions, features)
     if unabsorbed is not None:
         found = {"level": unabsorbed.level, "rows_changed": int(unabsorbed.changed.sum()),
                  "shared_is_ancestor": shared_is_ancestor(unabsorbed, match[""], world)}  # fmt: skip

@@ -177,7 +177,7 @@ GROUND_TRUTH: dict[str, str] = {
         "MCC 0.748 and 0.754 (TopK's best 0.735 and 0.739), correlation 0.93. Unfolded by "
         "levels with no atom for a star group (a parent the dictionary holds as a row: "
         "`absorption.star_groups`), it kept 1.10 times on both seeds of the 16k world (1.098 "
-        "and 1.103; F1 0.87, MCC 0.742 and 0.748) and 0.97 and 0.93 times on the hierarchical "
+        "and 1.103; F1 0.86 and 0.87, MCC 0.742 and 0.748) and 0.97 and 0.93 times on the hierarchical "
         "1,024-wide world. "
         "Trained end to end it kept nothing: on the 4k world L0 0.0008 with 987 of 1,024 "
         "features dead (on the sparse world L0 1.5, 814 dead, F1 0.15). It reads a learned "
