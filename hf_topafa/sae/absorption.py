@@ -105,8 +105,10 @@ def star_groups(adjacency: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
     less of it (that row takes most of the parent's firings), so they meet the row and not each
     other: the hub is the parent, and an atom would count it twice (on the 16k world the second
     level's atoms fire 5.2 times per sample, 4.8 of them with a member that points at the same
-    feature; ``results/synthbench``, "Star groups"). A pair is two siblings or a parent and its
-    child, which directions cannot tell apart, so pairs are not stars."""
+    feature; ``results/synthbench``, "Star groups"). The geometry is not unique to a held parent:
+    on the 1,024-wide worlds most firings the stars remove doubled nothing. A pair is two
+    siblings or a parent and its child, which directions cannot tell apart, so pairs are not
+    stars."""
     group = connected_groups(adjacency)
     found = []
     for root in (torch.bincount(group) >= 3).nonzero().squeeze(-1).tolist():
