@@ -127,7 +127,7 @@ def first_level_groups(view, world, truth: TruthSet, samples: int, batch: int = 
     if not view.added:
         return []
     h = view.sae.W_dec.shape[0]
-    features = world.feature_dict.feature_vectors
+    features = world.feature_dict.feature_vectors.detach()
     match = matched_cosines(view.W_dec, features)[0]
     true, false = firings_by_latent(view, world, truth, match, samples, batch)
     parents = hierarchy_parents(world)[match[:h]]  # each row's matched feature's parent
