@@ -56,6 +56,7 @@ from synth_latent_noise import latent_levels, relative_on, token_noise_check  # 
 from synth_reread import kept_true_and_false  # noqa: E402
 from synth_reread import main as reread_main  # noqa: E402
 from synth_unfold_levels import (  # noqa: E402
+    doubled_by_members,
     first_level_groups,
     hierarchy_depths,
     level_sizes,
@@ -392,6 +393,23 @@ def test_unfold_levels_sources_split_each_levels_firings_into_true_and_false(
     assert all(row["true"] + row["false"] == pytest.approx(row["fire"], abs=2e-3) for row in rows)
     assert own["doubled"] is None  # the rows have no members
     assert all(0 <= row["doubled"] <= row["fire"] + 1e-3 for row in rows[1:])
+    # the doubled firings counted one sample, atom and member at a time
+    unit = torch.nn.functional.normalize(view.W_dec.detach(), dim=-1)
+    features = torch.nn.functional.normalize(world.feature_dict.feature_vectors.detach(), dim=-1)
+    nearest = (unit @ features.T).abs().argmax(-1).tolist()
+    with torch.no_grad():
+        fired = (view(world.feature_dict(codes)).feature_acts != 0).tolist()
+    inner, by_level = view, []
+    while isinstance(inner, UnfoldedView):
+        base, count = inner.W_dec.shape[0] - inner.added, 0
+        for atom in range(inner.added):
+            members = [m for m in (inner.group == atom).nonzero().squeeze(-1).tolist()
+                       if nearest[m] == nearest[base + atom]]  # fmt: skip
+            count += sum(row[base + atom] and any(row[m] for m in members) for row in fired)
+        by_level = [count / 300, *by_level] if inner.added else by_level
+        inner = inner.sae
+    assert doubled_by_members(view, world, truth, 300, 128) == [round(c, 3) for c in by_level]
+    assert sum(by_level) > 0  # some atom here shares its nearest feature with a member
     assert hierarchy_depths(torch.tensor([-1, 0, 1, 1, -1])).tolist() == [0, 1, 2, 2, 0]
     bands = first_level_groups(once, world, truth, 300, 128)
     assert sum(band["atoms"] for band in bands) == level_sizes(view)[1]
