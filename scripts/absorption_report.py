@@ -49,7 +49,7 @@ def absorption_report(sae) -> dict:
         "shared_cosine_quartiles": torch.quantile(shares, quartiles).tolist(),
         "atoms_by_levels": unfolded_by_levels(sae, found).atoms,
         "star_groups": len(star_groups(found.adjacency)),
-        "atoms_by_levels_stars": unfolded_by_levels(sae, stars=True).atoms,
+        "atoms_by_levels_stars": unfolded_by_levels(sae, found, stars=True).atoms,
     }
 
 

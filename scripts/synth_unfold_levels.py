@@ -34,14 +34,20 @@ from hf_topafa.sae.absorption import UnfoldedView, unfolded_by_levels, unfolded_
 from hf_topafa.sae.reading import read_with
 
 
+def unfolding_levels(view) -> list[UnfoldedView]:
+    """The views (``view`` and those it reads) that added atoms, the first level first."""
+    levels = []
+    while isinstance(view, UnfoldedView):
+        levels = [view, *levels] if view.added else levels
+        view = view.sae
+    return levels
+
+
 def level_sizes(view) -> list[int]:
     """[the SAE's own width, atoms added by the first level, by the second, ...] (a level that
     added none is left out)."""
-    sizes = []
-    while isinstance(view, UnfoldedView):
-        sizes += [view.added] if view.added else []
-        view = view.sae
-    return [view.W_dec.shape[0], *reversed(sizes)]
+    added = [level.added for level in unfolding_levels(view)]
+    return [view.W_dec.shape[0] - sum(added), *added]
 
 
 def hierarchy_depths(parents: torch.Tensor) -> torch.Tensor:
@@ -63,17 +69,14 @@ def doubled_by_members(
     unit = torch.nn.functional.normalize(view.W_dec.detach(), dim=-1)
     nearest = unit @ torch.nn.functional.normalize(world.feature_dict.feature_vectors, dim=-1).T
     nearest = nearest.abs().argmax(-1)
-    levels = []  # (first atom, the atoms' member matrix [latents, atoms]) per level, inner first
-    inner = view
-    while isinstance(inner, UnfoldedView):
-        if inner.added:
-            base = inner.W_dec.shape[0] - inner.added
-            members = torch.zeros(view.W_dec.shape[0], inner.added)
-            member = (inner.group >= 0).nonzero().squeeze(-1)
-            same = nearest[member] == nearest[base + inner.group[member]]
-            members[member[same], inner.group[member[same]]] = 1.0
-            levels.insert(0, (base, members))
-        inner = inner.sae
+    levels = []  # (first atom, the atoms' member matrix [latents, atoms]) per level
+    for level in unfolding_levels(view):
+        base = level.W_dec.shape[0] - level.added
+        members = torch.zeros(view.W_dec.shape[0], level.added)
+        member = (level.group >= 0).nonzero().squeeze(-1)
+        same = nearest[member] == nearest[base + level.group[member]]
+        members[member[same], level.group[member[same]]] = 1.0
+        levels.append((base, members))
     doubled = torch.zeros(len(levels))
     with torch.no_grad():
         for start in range(0, samples, batch):

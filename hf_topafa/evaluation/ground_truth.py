@@ -438,11 +438,8 @@ def readings_of(sae, unabsorbed=None, unfold: bool = False, stars: bool = False)
         views.append((", unfolded", once, None))
         views.append((", unfolded by levels", unfolded_further(once), None))
     if unfold and stars:
-        level = None if unabsorbed is None else unabsorbed.level
-        found = unabsorbed_directions(sae.W_dec, level, stars=True)
-        views.append(
-            (", unfolded by levels, stars", unfolded_by_levels(sae, found, stars=True), None)
-        )
+        stars_view = unfolded_by_levels(sae, unabsorbed, stars=True)
+        views.append((", unfolded by levels, stars", stars_view, None))
     return views
 
 

@@ -256,10 +256,11 @@ def unfolded_by_levels(
     so the atoms of sibling groups under one grandparent share the grandparent's direction: each
     level gives the chains one ancestor more, and the number of atoms falls until none group.
     ``held``: atoms group at the first level's cosine at every level (see ``unfolded_further``).
-    ``stars``: a star group adds no atom at any level (``star_groups``); ``unabsorbed``, when
-    given, should have been found with ``stars`` too."""
-    if unabsorbed is None:
-        unabsorbed = unabsorbed_directions(sae.W_dec, stars=stars)
+    ``stars``: a star group adds no atom at any level (``star_groups``); an ``unabsorbed``
+    found without stars is found again at its level with them."""
+    if unabsorbed is None or (stars and unabsorbed.in_star is None):
+        level = None if unabsorbed is None else unabsorbed.level
+        unabsorbed = unabsorbed_directions(sae.W_dec, level, stars)
     return unfolded_further(UnfoldedView(sae, unabsorbed), held, stars)
 
 
