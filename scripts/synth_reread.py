@@ -29,7 +29,9 @@ against the truth, how often the shared direction is nearest an ancestor of the 
 and the same repeated over the atoms until they share none (``absorption.unfolded_by_levels``:
 the ancestors above the parents). ``--stars`` adds one more: by levels, with no atom for a group
 whose rows all lean on one of them and not on each other (``absorption.star_groups``: that row is
-the parent, already in the dictionary).
+the parent, already in the dictionary). ``--exclusive CACHE`` adds another: by levels, with no
+group of latents that fire nested (``absorption.nested_pairs``) in each reading's code of the
+first ``--firing-samples`` activations of CACHE (samples not scored: the training cache).
 
     python scripts/synth_reread.py runs/synthbench_dense12m/runs/synthsaebench-4k-dense/topk-k16 \
         runs/synthbench_dense12m/cache/synthsaebench-4k-dense-eval topk:16 risk_batch --unabsorb
@@ -47,6 +49,7 @@ from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.data.synthetic_cache import world_of_cache
 from hf_topafa.evaluation.ground_truth import (
     TruthSet,
+    codes_of,
     firings_by_latent,
     hierarchy_parents,
     kurtosis_reading_of_truth,
@@ -56,9 +59,10 @@ from hf_topafa.evaluation.ground_truth import (
     score_against_truth,
 )
 from hf_topafa.helpers import script_command, write_json
-from hf_topafa.sae.absorption import unabsorbed_directions
+from hf_topafa.sae.absorption import NESTED_SAMPLES, unabsorbed_directions
 from hf_topafa.sae.reading import read_with
 
+EXCLUSIVE = ", unfolded by levels, exclusive"
 SHOWN = ("l0", "true_l0_top_width", "f1", "mcc", "precision", "recall", "l0_corr", "dead")
 
 
@@ -120,6 +124,15 @@ def main() -> None:
         "(absorption.star_groups; implies --unfold)",
     )
     p.add_argument(
+        "--exclusive",
+        metavar="CACHE",
+        default=None,
+        help="also score each reading unfolded by levels with no group of latents that fire "
+        "nested in its code of CACHE's first activations (absorption.nested_pairs; a cache not "
+        "scored, e.g. the training one; implies --unfold)",
+    )
+    p.add_argument("--firing-samples", type=int, default=NESTED_SAMPLES)
+    p.add_argument(
         "--unabsorb-level",
         type=float,
         default=None,
@@ -127,7 +140,7 @@ def main() -> None:
         "directions reach by chance, absorption.chance_coherence)",
     )
     args = p.parse_args()
-    args.unfold = args.unfold or args.stars
+    args.unfold = args.unfold or args.stars or args.exclusive is not None
     torch.set_num_threads(1)
     cache = ActivationCache(args.cache)
     world = world_of_cache(cache.manifest)
@@ -144,6 +157,9 @@ def main() -> None:
     else:
         base = SparseAutoencoder.from_pretrained(args.run)
     features = world.feature_dict.feature_vectors
+    firing_x = None
+    if args.exclusive is not None:
+        firing_x = ActivationCache(args.exclusive).first_activations(args.firing_samples)
     unabsorbed = found = None
     if args.unabsorb or args.unfold:
         unabsorbed = unabsorbed_directions(base.W_dec, args.unabsorb_level)
@@ -160,6 +176,9 @@ def main() -> None:
         if args.stars:
             stars = ", unfolded by levels, stars"
             found["atoms_by_levels_stars"] = len(match[stars]) - base.config.d_sae
+        if args.exclusive is not None:
+            found["firing"] = {"cache": args.exclusive, "samples": len(firing_x)}
+            found["atoms_by_levels_exclusive"] = {}
         print(json.dumps({"unabsorb": found}))
     expected = kurtosis_reading_of_truth(truth, base.config.d_sae)
     print(json.dumps({"truth": {key: round(v, 3) for key, v in expected.items()}}))
@@ -169,7 +188,13 @@ def main() -> None:
             read = read_with(base, rule)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
-        for suffix, sae, directions in readings_of(read, unabsorbed, args.unfold, args.stars):
+        codes = None if firing_x is None else codes_of(read, firing_x)
+        for suffix, sae, directions in readings_of(
+            read, unabsorbed, args.unfold, args.stars, codes
+        ):
+            if suffix == EXCLUSIVE:  # its groups follow this reading's code: matched per rule
+                match[suffix] = matched_features(sae.W_dec, features)
+                found["atoms_by_levels_exclusive"][rule] = sae.atoms
             row = {
                 **score_against_truth(sae, world, truth, directions=directions)["row"],
                 **kept_true_and_false(sae, world, truth, match[suffix]),

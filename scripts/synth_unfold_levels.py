@@ -10,8 +10,10 @@ It says which level a count that overshoots takes its false latents from, and ho
 level's atoms fire together with a member that points at the atom's own nearest feature (one
 feature counted twice). Each reading comes three times: with each level's atoms grouped at the
 chance level of their own number (the committed readings), with the first level's cosine held
-at every level (``held=True``), and with no atom for a star group (``stars=True``,
-``absorption.star_groups``). Last, the first level read alone, its atoms banded by the size of their group: how often each band's
+at every level (``held=True``), with no atom for a star group (``stars=True``,
+``absorption.star_groups``), and, given ``--exclusive CACHE``, with no group of latents that
+fire nested in the reading's code of CACHE's first activations (``absorption.nested_pairs``).
+Last, the first level read alone, its atoms banded by the size of their group: how often each band's
 firings are true, and how many of its groups are one parent's children.
 
     python scripts/synth_unfold_levels.py runs/synthbench16k/runs/synthsaebench-16k/topk-k25 \\
@@ -28,9 +30,19 @@ from hf_topafa import SparseAutoencoder
 from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.data.synthetic_cache import world_of_cache
 from hf_topafa.evaluation.agreement import matched_cosines
-from hf_topafa.evaluation.ground_truth import TruthSet, firings_by_latent, hierarchy_parents
+from hf_topafa.evaluation.ground_truth import (
+    TruthSet,
+    codes_of,
+    firings_by_latent,
+    hierarchy_parents,
+)
 from hf_topafa.helpers import script_command, write_json
-from hf_topafa.sae.absorption import UnfoldedView, unfolded_by_levels, unfolded_further
+from hf_topafa.sae.absorption import (
+    NESTED_SAMPLES,
+    UnfoldedView,
+    unfolded_by_levels,
+    unfolded_further,
+)
 from hf_topafa.sae.reading import read_with
 
 
@@ -173,6 +185,13 @@ def main() -> None:
     p.add_argument("rule", help="the reading rule, as synth_reread.py takes it (e.g. risk_floor)")
     p.add_argument("--samples", type=int, default=5000)
     p.add_argument("--json", default=None)
+    p.add_argument(
+        "--exclusive",
+        metavar="CACHE",
+        default=None,
+        help="also read with no group of latents that fire nested in the code of CACHE's first "
+        f"{NESTED_SAMPLES} activations (a cache not scored: the training one)",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     cache = ActivationCache(args.cache)
@@ -182,6 +201,9 @@ def main() -> None:
     once = UnfoldedView(read_with(SparseAutoencoder.from_pretrained(args.run), args.rule))
     views = {"relaxed": unfolded_further(once), "held": unfolded_further(once, held=True),
              "stars": unfolded_by_levels(once.sae, stars=True)}  # fmt: skip
+    if args.exclusive is not None:
+        firing = ActivationCache(args.exclusive).first_activations(NESTED_SAMPLES)
+        views["exclusive"] = unfolded_by_levels(once.sae, codes=codes_of(once.sae, firing))
     readings = {}
     for name, view in views.items():
         rows = sources_by_level(view, world, truth, samples)
@@ -195,7 +217,7 @@ def main() -> None:
         print(" ", band)
     if args.json:
         write_json(args.json, {"run": args.run, "cache": args.cache, "rule": args.rule,
-                               "samples": samples, **readings, "first_level_groups": groups,
+                               "samples": samples, "firing_cache": args.exclusive, **readings, "first_level_groups": groups,
                                "command": script_command()})  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from hf_topafa.sae.absorption import (
     UnfoldedView,
     chance_coherence,
     connected_groups,
+    nested_pairs,
     parent_atoms,
     star_groups,
     unabsorbed_among,
@@ -175,6 +176,55 @@ def test_unfolding_by_levels_finds_the_grandparent_that_the_parents_atoms_share(
     assert held.added == 4 and held.level == pytest.approx(chance_coherence(46, 64))
     # siblings and the parents' atoms meet each other, not one hub: no star at any level
     assert unfolded_by_levels(sae, stars=True).W_dec.shape == (51, 64)
+
+
+def test_nested_pairs_are_those_whose_rarer_latent_fires_with_the_other_at_least_half_the_time():
+    fires = torch.zeros(10, 5)
+    fires[:8, 0] = 1  # a parent
+    fires[:3, 1] = 2.5  # its child: always with it
+    fires[3:6, 2] = 0.1  # another child: never with the first
+    fires[7:9, 4] = 1  # with the parent in one of its two firings: half
+    nested = nested_pairs(fires)  # latent 3 never fires
+    pairs = {tuple(p) for p in torch.triu(nested).nonzero().tolist()}
+    assert pairs == {(0, 1), (0, 2), (0, 4)}
+    assert torch.equal(nested, nested.T) and not nested.diagonal().any()
+
+
+def test_siblings_that_fire_together_share_no_absorbed_parent():
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(3)))[0].T
+    parents, children = basis[:2], basis[2:10]  # two parents, four children each
+    W_dec = torch.cat(
+        [(2 * parents.repeat_interleave(4, 0) + children) / math.sqrt(5), basis[10:40]]
+    )
+    alone = torch.eye(38)  # each latent fires alone
+    together = alone.clone()
+    together[:, :4] += alone[:, :4].sum(-1, keepdim=True)  # the first four always fire together
+    assert unabsorbed_directions(W_dec).nested is None
+    found = unabsorbed_directions(W_dec, codes=alone)
+    assert not found.nested.any() and parent_atoms(found).directions.shape[0] == 2
+    found = unabsorbed_directions(W_dec, codes=together)
+    assert int(found.nested.sum()) == 12 and not found.changed[:4].any()
+    atoms = parent_atoms(found)
+    assert atoms.directions.shape[0] == 1 and float(atoms.directions[0] @ parents[1]) > 0.95
+    with pytest.raises(ValueError, match="codes have 37 latents; the decoder 38 rows"):
+        unabsorbed_directions(W_dec, codes=alone[:, :37])
+
+
+def test_atoms_that_fire_nested_are_not_grouped_at_the_next_level():
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(5)))[0].T
+    grandparent, parents, children = basis[0], basis[1:5], basis[5:21]
+    absorbed = 1.2 * grandparent + 1.5 * parents.repeat_interleave(4, 0) + children
+    sae = top1_reading_rows(torch.cat([absorbed, basis[21:51]]))
+    one_child = torch.eye(46)  # each sample one latent: the parents' atoms never meet
+    assert unfolded_by_levels(sae, codes=one_child).W_dec.shape == (51, 64)  # the grandparent
+    four_cousins = torch.zeros(4, 46)  # each sample one child of every parent
+    for sample in range(4):
+        four_cousins[sample, sample::4][:4] = 1
+    view = unfolded_by_levels(sae, codes=four_cousins)
+    assert view.added == 4 and view.W_dec.shape == (50, 64)  # siblings still group; no grandparent
+    plain = unfolded_by_levels(sae)
+    again = unfolded_by_levels(sae, unabsorbed_directions(sae.W_dec), codes=four_cousins)
+    assert plain.W_dec.shape == (51, 64) and again.W_dec.shape == (50, 64)
 
 
 def test_only_the_last_rows_group_when_unabsorbing_among_them():

@@ -265,8 +265,27 @@ def test_unfold_on_text_counts_the_absorbed_parents_as_features(smollm2):
         < spa["l0_unfolded_by_levels_stars_mean"]
         <= spa["l0_unfolded_by_levels_mean"]
     )
+    assert spa["atoms_by_levels_exclusive"] <= spa["atoms_by_levels"]
+    assert spa["nested_tokens"] == unfolded["num_tokens"]  # fewer than NESTED_SAMPLES: all
+    assert spa["l0_mean"] <= spa["l0_unfolded_by_levels_exclusive_mean"]
     report = ev.format_report(unfolded)
     assert "L0 unfolded by levels" in report and "without stars' atoms" in report
+    assert "without nested groups" in report and "nesting read on" in report
+
+
+def test_unfold_on_text_reads_nesting_on_the_first_tokens_and_counts_every_token(
+    smollm2, monkeypatch
+):
+    sae = SparseAutoencoder(SAEConfig(d_in=D, d_sae=64, activation="relu", layer=LAYER,
+                                      hook_point="resid_post", input_normalization="none"))  # fmt: skip
+    cfg = ev.EvalConfig(**SMALL, compute_downstream=False)  # a ReLU: an L0 that varies by token
+    [(whole, _)] = ev.evaluate_saes([sae], cfg, unfold=True)
+    monkeypatch.setattr(ev, "NESTED_SAMPLES", 7)  # built after the first batch, mid-stream
+    [(first, _)] = ev.evaluate_saes([sae], cfg, unfold=True)
+    assert first["sparsity"]["nested_tokens"] == 7 < whole["sparsity"]["nested_tokens"]
+    for spa in (first["sparsity"], whole["sparsity"]):  # random rows: no atom, so the L0 itself
+        assert spa["atoms_by_levels_exclusive"] == 0
+        assert spa["l0_unfolded_by_levels_exclusive_mean"] == pytest.approx(spa["l0_mean"])
 
 
 # -- bad input -----------------------------------------------------------------------------

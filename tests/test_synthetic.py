@@ -62,6 +62,7 @@ from synth_unfold_levels import (  # noqa: E402
     level_sizes,
     sources_by_level,
 )
+from synth_unfold_levels import main as unfold_levels_main  # noqa: E402
 
 TINY = {
     "num_features": 48,
@@ -368,6 +369,35 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     found = written["unabsorb"]
     assert found["atoms_by_levels_stars"] <= found["atoms_by_levels"]
     assert written["rows"][4]["explained_variance"] == rows[0]["explained_variance"]
+    firing = write_synthetic_cache(str(world_json), tmp_path / "f", 300, seed=3, progress=False)
+    exclusive = [*argv[:-3], "--unabsorb-level", "0.2", "--exclusive", str(firing), *argv[-2:]]
+    monkeypatch.setattr(sys, "argv", exclusive)
+    reread_main()  # --exclusive implies --unfold and adds the reading without nested groups
+    written = json.loads(out.read_text())
+    assert written["rows"][:4] == rows
+    assert written["rows"][4]["rule"] == "topk:8, unfolded by levels, exclusive"
+    found = written["unabsorb"]
+    assert found["firing"] == {"cache": str(firing), "samples": 300}
+    assert found["atoms_by_levels_exclusive"]["topk:8"] <= found["atoms_by_levels"]
+    assert rows[0]["l0"] <= written["rows"][4]["l0"] <= rows[3]["l0"]
+
+
+def test_unfold_levels_script_reads_each_way_and_records_where_nesting_was_read(
+    world_json, oracle_run, tmp_path, monkeypatch
+):
+    cache = write_synthetic_cache(str(world_json), tmp_path / "c", 300, seed=2, with_truth=True,
+                                  progress=False)  # fmt: skip
+    firing = write_synthetic_cache(str(world_json), tmp_path / "f", 200, seed=3, progress=False)
+    out = tmp_path / "levels.json"
+    argv = ["synth_unfold_levels.py", str(oracle_run), str(cache), "topk:8", "--samples", "300",
+            "--exclusive", str(firing), "--json", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    unfold_levels_main()
+    written = json.loads(out.read_text())
+    assert written["firing_cache"] == str(firing) and written["samples"] == 300
+    readings = [written[name] for name in ("relaxed", "held", "stars", "exclusive")]
+    assert all(len(r["levels"]) == 1 for r in readings)  # the world's features: nothing groups
+    assert len({r["l0"] for r in readings}) == 1 and 0 < readings[0]["l0"] <= 8
 
 
 def test_unfold_levels_sources_split_each_levels_firings_into_true_and_false(
@@ -614,12 +644,12 @@ def test_evaluate_synthetic_unfold_scores_own_directions_and_parents(
     rows = json.loads(out.read_text())["results"]
     assert [r["sae"] for r in rows] == [
         "oracle", "oracle, unabsorbed", "oracle, unfolded", "oracle, unfolded by levels",
-        "oracle, unfolded by levels, stars",
+        "oracle, unfolded by levels, stars", "oracle, unfolded by levels, exclusive",
     ]  # fmt: skip
     assert rows[0]["mcc"] == pytest.approx(rows[1]["mcc"]) == pytest.approx(1.0, abs=1e-5)
     for unfolded in rows[2:]:  # no row to unfold
         assert unfolded["d_sae"] == 48 and unfolded["l0"] == rows[0]["l0"]
-    assert len(list((tmp_path / "p").glob("ground_truth_oracle*.png"))) == 5
+    assert len(list((tmp_path / "p").glob("ground_truth_oracle*.png"))) == 6
 
 
 def test_evaluate_synthetic_command(world_json, oracle_run, tmp_path, capsys):

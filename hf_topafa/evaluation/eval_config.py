@@ -110,10 +110,12 @@ class EvalOutputs:
         False,
         "count the directions rows share above chance (absorbed parents, and the ancestors those "
         "share in turn, unfolded level by level) as features of their own "
-        "(hf_topafa.sae.absorption): on text an extra L0; with --synthetic each SAE is scored "
-        "four times more: along its rows less the shared direction, unfolded once, by levels, "
-        "and by levels with no atom for a group whose rows all meet one of them and not each "
-        "other (absorption.star_groups: that row is the parent)",
+        "(hf_topafa.sae.absorption): on text extra L0s; with --synthetic each SAE is scored "
+        "five times more: along its rows less the shared direction, unfolded once, by levels, "
+        "by levels with no atom for a group whose rows all meet one of them and not each "
+        "other (absorption.star_groups: that row is the parent), and by levels with no group of "
+        "latents that fire nested (absorption.nested_pairs, on 20,000 tokens, or fresh samples "
+        "of the world)",
     )
 
 

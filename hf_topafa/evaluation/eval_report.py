@@ -186,6 +186,11 @@ def format_report(metrics: dict) -> str:
         rows.append(("  without stars' atoms", f"mean "
                      f"{_fmt(spa['l0_unfolded_by_levels_stars_mean'])}  (5-95% {_fmt(sq['q05'])}-"
                      f"{_fmt(sq['q95'])}; {spa['atoms_by_levels_stars']} ancestor atoms)"))  # fmt: skip
+        eq = spa["l0_unfolded_by_levels_exclusive_quantiles"]
+        rows.append(("  without nested groups", f"mean "
+                     f"{_fmt(spa['l0_unfolded_by_levels_exclusive_mean'])}  (5-95% "
+                     f"{_fmt(eq['q05'])}-{_fmt(eq['q95'])}; {spa['atoms_by_levels_exclusive']} "
+                     f"ancestor atoms; nesting read on {spa['nested_tokens']} tokens)"))  # fmt: skip
     if "k_quantiles" in spa:
         kq = spa["k_quantiles"]
         rule = get_rule(sae["activation"]).display_name

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..sae.absorption import (
+    NESTED_SAMPLES,
     UnfoldedView,
     unabsorbed_directions,
     unfolded_by_levels,
@@ -423,13 +424,33 @@ def report_lines(label: str, row: dict, source: str) -> list[str]:
     ]
 
 
-def readings_of(sae, unabsorbed=None, unfold: bool = False, stars: bool = False):
+@torch.no_grad()
+def codes_of(sae, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """The SAE's own code [n, h] of activations ``x`` [n, d_in], in batches."""
+    sae.eval()
+    return torch.cat(
+        [sae(x[i : i + batch_size]).feature_acts for i in range(0, len(x), batch_size)]
+    )
+
+
+def firing_codes(sae, world, num_samples: int = NESTED_SAMPLES, seed: int = 2) -> torch.Tensor:
+    """The SAE's code of fresh samples of ``world``, seeded apart from the ones it is scored on
+    (``truth_for`` draws with seed 1), for the exclusive reading."""
+    truth = TruthSet.drawn_from(world, num_samples, seed=seed)
+    with torch.no_grad():
+        x = world.feature_dict(truth.rows(0, num_samples))
+    return codes_of(sae, x)
+
+
+def readings_of(sae, unabsorbed=None, unfold: bool = False, stars: bool = False, codes=None):
     """(label suffix, the SAE or a view of it, directions to match) per reading: the SAE as
     trained; given ``unabsorbed`` (``absorption.unabsorbed_directions`` of its decoder), also
     along those own directions, and with ``unfold`` with its absorbed parents unfolded, one level
     (``absorption.UnfoldedView``) and by levels (``absorption.unfolded_by_levels``); with
-    ``stars`` also by levels with no atom for a star group (``absorption.star_groups``), at
-    ``unabsorbed``'s level. ``evaluate --unfold`` (with stars) and ``synth_reread.py`` read so."""
+    ``stars`` also by levels with no atom for a star group (``absorption.star_groups``), and
+    given ``codes`` (the SAE's own code on samples not scored) by levels with no group of latents
+    that fire nested (``absorption.nested_pairs``), both at ``unabsorbed``'s level.
+    ``evaluate --unfold`` and ``synth_reread.py`` read so."""
     views = [("", sae, None)]
     if unabsorbed is not None:
         views.append((", unabsorbed", sae, unabsorbed.directions))
@@ -440,6 +461,9 @@ def readings_of(sae, unabsorbed=None, unfold: bool = False, stars: bool = False)
     if unfold and stars:
         stars_view = unfolded_by_levels(sae, unabsorbed, stars=True)
         views.append((", unfolded by levels, stars", stars_view, None))
+    if unfold and codes is not None:
+        exclusive = unfolded_by_levels(sae, unabsorbed, codes=codes)
+        views.append((", unfolded by levels, exclusive", exclusive, None))
     return views
 
 
@@ -458,8 +482,11 @@ def run_command(cfg, outputs, loaded) -> int:
                 f"{label} reads {sae.config.d_in}-dim inputs; the world has hidden_dim "
                 f"{world.cfg.hidden_dim}"
             )
-        found = unabsorbed_directions(sae.W_dec) if outputs.unfold else None
-        for reading, view, directions in readings_of(sae, found, outputs.unfold, outputs.unfold):
+        found = codes = None
+        if outputs.unfold:
+            found, codes = unabsorbed_directions(sae.W_dec), firing_codes(sae, world)
+        for reading, view, directions in readings_of(sae, found, outputs.unfold, outputs.unfold,
+                                                     codes):  # fmt: skip
             scored = score_against_truth(view, world, truth, directions=directions)
             name = label + reading
             row = {"sae": name, "d_sae": view.config.d_sae, **scored["row"]}

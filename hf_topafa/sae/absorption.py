@@ -14,9 +14,10 @@ at changes (what SAELens's evaluator matches to the true features). ``parent_ato
 direction as a latent of its own, firing whenever one of the group fires, so a code read from
 the SAE counts the parents it had absorbed. ``unfolded_by_levels`` repeats that over the atoms
 themselves, for the ancestors above the parents; with ``stars`` a group whose rows all lean on
-one of them (``star_groups``) is read as that row's, with no atom. On the synthetic worlds these
-are measured in ``results/synthbench`` ("Absorbed parents", "Ancestors unfolded by levels",
-"Star groups").
+one of them (``star_groups``) is read as that row's, with no atom; given the SAE's codes on some
+samples, two rows that fire nested (``nested_pairs``) are not grouped at all. On the synthetic
+worlds these are measured in ``results/synthbench`` ("Absorbed parents", "Ancestors unfolded by
+levels", "Star groups", "Exclusive groups").
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class UnabsorbedDirections:
     in_star: torch.Tensor | None = None
     """[h] bool: rows of a star group (see ``star_groups``), when asked for: the direction they
     share is the hub's own row, so it gets no atom. None: stars were not looked for."""
+    nested: torch.Tensor | None = None
+    """[h, h] bool: pairs above the level left ungrouped because they fire nested
+    (``nested_pairs``). None: no codes were given to look at."""
 
     @property
     def changed(self) -> torch.Tensor:
@@ -69,17 +73,28 @@ class UnabsorbedDirections:
 
 @torch.no_grad()
 def unabsorbed_directions(
-    W_dec: torch.Tensor, level: float | None = None, stars: bool = False
+    W_dec: torch.Tensor,
+    level: float | None = None,
+    stars: bool = False,
+    codes: torch.Tensor | None = None,
 ) -> UnabsorbedDirections:
     """Each row of ``W_dec`` [h, d] without the direction it shares with the rows whose cosine
     with it exceeds ``level`` (default ``chance_coherence(h, d)``). Rows with no such neighbour
     keep their own direction. ``stars``: a star group's hub keeps its own direction too, and the
-    group is marked (``in_star``) so that no atom is added for it (``star_groups``)."""
+    group is marked (``in_star``) so that no atom is added for it (``star_groups``). ``codes``
+    [n, h]: the latents' activations on samples (not the ones a reading is scored on); two rows
+    that fire nested in them are not neighbours (``nested_pairs``)."""
     rows = W_dec.detach().float()
     unit = rows / torch.linalg.vector_norm(rows, dim=-1, keepdim=True).clamp_min(1e-12)
     level = chance_coherence(*unit.shape) if level is None else float(level)
     near = (unit @ unit.T) > level
     near.fill_diagonal_(False)
+    nested = None
+    if codes is not None:
+        if codes.shape[-1] != len(unit):
+            raise ValueError(f"codes have {codes.shape[-1]} latents; the decoder {len(unit)} rows")
+        nested = near & nested_pairs(codes)
+        near &= ~nested
     neighbours = near.sum(-1)
     summed = near.to(unit.dtype) @ unit
     shared = summed / torch.linalg.vector_norm(summed, dim=-1, keepdim=True).clamp_min(1e-12)
@@ -93,7 +108,31 @@ def unabsorbed_directions(
         for hub, members in star_groups(near):
             own[hub] = unit[hub]  # the parent itself: nothing of another row was absorbed into it
             in_star[members] = True
-    return UnabsorbedDirections(own, shared, cosine, neighbours, level, near, in_star)
+    return UnabsorbedDirections(own, shared, cosine, neighbours, level, near, in_star, nested)
+
+
+NESTED_SAMPLES = 20_000
+"""How many samples' codes the package's readings look at for nested firing (``nested_pairs``)."""
+
+
+def nested_pairs(codes: torch.Tensor) -> torch.Tensor:
+    """[h, h] bool from ``codes`` [n, h]: the pairs of latents where the rarer one fires with the
+    other in at least half of its firings.
+
+    The members of an absorbed parent's group are alternatives: each carries the parent, so two
+    firing together would count it twice, and siblings rarely do (the 4k world: 1-4% of the rarer
+    one's firings at the second level). Nested firing is a parent's row and its child's, or a
+    latent and a double of it: their directions meet for another reason than a parent the
+    dictionary lacks (the 16k world's second-level atoms fire together in 95-100%;
+    ``results/synthbench``, "Exclusive groups"). Half is where the rarer one fires more often
+    with the other than without it."""
+    fired = (codes.detach() != 0).float()
+    together = fired.T @ fired
+    count = fired.sum(0)
+    rarer = torch.minimum(count[:, None], count[None, :])
+    nested = together >= 0.5 * rarer.clamp_min(1)
+    nested.fill_diagonal_(False)
+    return nested
 
 
 def star_groups(adjacency: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
@@ -121,16 +160,25 @@ def star_groups(adjacency: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
 
 @torch.no_grad()
 def unabsorbed_among(
-    W_dec: torch.Tensor, last: int, level: float | None = None, stars: bool = False
+    W_dec: torch.Tensor,
+    last: int,
+    level: float | None = None,
+    stars: bool = False,
+    codes: torch.Tensor | None = None,
 ) -> UnabsorbedDirections:
     """``unabsorbed_directions`` where only the last ``last`` rows of ``W_dec`` may share a
     direction, at ``level`` (default: the chance level of ``last`` rows): the atoms one unfolding
-    added. The rows before keep their direction and have no neighbour."""
+    added. The rows before keep their direction and have no neighbour. ``codes`` [n, h]: every
+    row's activations (the last ``last`` columns are used)."""
     rows = W_dec.detach().float()
     h, last = rows.shape[0], int(last)
     if not 2 <= last <= h:
         raise ValueError(f"need 2 to {h} last rows to group, not {last}")
-    found = unabsorbed_directions(rows[-last:], level, stars)
+    if codes is not None and codes.shape[-1] != h:
+        raise ValueError(f"codes have {codes.shape[-1]} latents; the decoder {h} rows")
+    found = unabsorbed_directions(
+        rows[-last:], level, stars, None if codes is None else codes[:, -last:]
+    )
     directions = rows / torch.linalg.vector_norm(rows, dim=-1, keepdim=True).clamp_min(1e-12)
     directions[-last:] = found.directions
     shared, cosine = torch.zeros_like(directions), rows.new_zeros(h)
@@ -143,8 +191,12 @@ def unabsorbed_among(
     if stars:
         in_star = torch.zeros(h, dtype=torch.bool)
         in_star[-last:] = found.in_star
+    nested = None
+    if codes is not None:
+        nested = torch.zeros(h, h, dtype=torch.bool)
+        nested[-last:, -last:] = found.nested
     return UnabsorbedDirections(directions, shared, cosine, neighbours, found.level, adjacency,
-                                in_star)  # fmt: skip
+                                in_star, nested)  # fmt: skip
 
 
 @dataclass
@@ -249,31 +301,45 @@ class UnfoldedView(nn.Module):
 
 
 def unfolded_by_levels(
-    sae, unabsorbed: UnabsorbedDirections | None = None, held: bool = False, stars: bool = False
+    sae,
+    unabsorbed: UnabsorbedDirections | None = None,
+    held: bool = False,
+    stars: bool = False,
+    codes: torch.Tensor | None = None,
 ) -> UnfoldedView:
     """``UnfoldedView`` of ``sae``, then of each view's new atoms among themselves, until they
     share no direction above chance. Sibling rows absorb every ancestor, not only their parent,
     so the atoms of sibling groups under one grandparent share the grandparent's direction: each
     level gives the chains one ancestor more, and the number of atoms falls until none group.
     ``held``: atoms group at the first level's cosine at every level (see ``unfolded_further``).
-    ``stars``: a star group adds no atom at any level (``star_groups``); an ``unabsorbed``
-    found without stars is found again at its level with them."""
-    if unabsorbed is None or (stars and unabsorbed.in_star is None):
+    ``stars``: a star group adds no atom at any level (``star_groups``). ``codes``: the SAE's
+    own code [n, h] on samples; rows or atoms that fire nested are not grouped at any level
+    (``nested_pairs``). An ``unabsorbed`` found without stars or codes is found again at its
+    level with them."""
+    if (
+        unabsorbed is None
+        or (stars and unabsorbed.in_star is None)
+        or (codes is not None and unabsorbed.nested is None)
+    ):
         level = None if unabsorbed is None else unabsorbed.level
-        unabsorbed = unabsorbed_directions(sae.W_dec, level, stars)
-    return unfolded_further(UnfoldedView(sae, unabsorbed), held, stars)
+        unabsorbed = unabsorbed_directions(sae.W_dec, level, stars, codes)
+    return unfolded_further(UnfoldedView(sae, unabsorbed), held, stars, codes)
 
 
-def unfolded_further(view: UnfoldedView, held: bool = False, stars: bool = False) -> UnfoldedView:
+def unfolded_further(
+    view: UnfoldedView, held: bool = False, stars: bool = False, codes: torch.Tensor | None = None
+) -> UnfoldedView:
     """``view`` with its newest atoms unfolded among themselves, level by level, until they
     share no direction above chance (``unfolded_by_levels`` after its first level). Each level's
     chance is that of its own number of atoms, unless ``held``: then the first level's, since the
     atoms are sums of the same rows, not fresh random directions (on the 16k world the relaxed
     level's last atoms, of one or two, match no feature and fire 0.8 times per sample).
-    ``stars``: star groups of atoms add no atom (``star_groups``)."""
+    ``stars``: star groups of atoms add no atom (``star_groups``). ``codes``: the SAE's own code
+    [n, h] on samples, unfolded at each level so that atoms that fire nested are not grouped."""
     level = view_level(view) if held else None
     while view.added >= 2:
-        found = unabsorbed_among(view.W_dec, view.added, level, stars)
+        unfolded = None if codes is None else view.unfold(codes.float())
+        found = unabsorbed_among(view.W_dec, view.added, level, stars, unfolded)
         if not bool(found.grouped.any()):
             break
         view = UnfoldedView(view, found)
