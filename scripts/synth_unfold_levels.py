@@ -102,7 +102,9 @@ def doubled_by_members(
 
 def sources_by_level(view, world, truth: TruthSet, samples: int, batch: int = 1000) -> list[dict]:
     """Per level: latents, firings / true / false per sample, matched |cos|, matched depths,
-    and (after the rows) the firings that double a member's (``doubled_by_members``)."""
+    (after the rows) the firings that double a member's (``doubled_by_members``), and the pairs
+    of its latents that met above the level, of them how many were left apart as nested (None
+    where no level follows)."""
     bounds = torch.tensor([0, *level_sizes(view)]).cumsum(0).tolist()
     match, cos = matched_cosines(view.W_dec, world.feature_dict.feature_vectors)
     true, false = firings_by_latent(view, world, truth, match, samples, batch)
@@ -112,6 +114,7 @@ def sources_by_level(view, world, truth: TruthSet, samples: int, batch: int = 10
     has_child[parents[parents >= 0]] = True
     in_hierarchy = (parents >= 0) | has_child
     depths = hierarchy_depths(parents)
+    grouping = unfolding_levels(view)  # the view that grouped each level's latents
     rows = []
     for level, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         matched = match[a:b]
@@ -126,6 +129,8 @@ def sources_by_level(view, world, truth: TruthSet, samples: int, batch: int = 10
             "matched_cos_median": round(float(cos[a:b].median()), 3),
             "matched_depths": torch.bincount(depths[matched][inside], minlength=4).tolist(),
             "matched_outside": int((~inside).sum()), "doubled": doubled[level],
+            "pairs": grouping[level].pairs if level < len(grouping) else None,
+            "nested": grouping[level].nested if level < len(grouping) else None,
         })  # fmt: skip
     return rows
 

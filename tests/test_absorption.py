@@ -206,6 +206,8 @@ def test_siblings_that_fire_together_share_no_absorbed_parent():
     assert int(found.nested.sum()) == 12 and not found.changed[:4].any()
     atoms = parent_atoms(found)
     assert atoms.directions.shape[0] == 1 and float(atoms.directions[0] @ parents[1]) > 0.95
+    view = UnfoldedView(top1_reading_rows(W_dec), found)
+    assert view.added == 1 and view.pairs == 12 and view.nested == 6  # two groups of four
     with pytest.raises(ValueError, match="codes have 37 latents; the decoder 38 rows"):
         unabsorbed_directions(W_dec, codes=alone[:, :37])
 
@@ -222,6 +224,8 @@ def test_atoms_that_fire_nested_are_not_grouped_at_the_next_level():
         four_cousins[sample, sample::4][:4] = 1
     view = unfolded_by_levels(sae, codes=four_cousins)
     assert view.added == 4 and view.W_dec.shape == (50, 64)  # siblings still group; no grandparent
+    assert view.pairs == 24 and view.nested == 0  # siblings never fire together
+    assert unfolded_by_levels(sae).pairs == 6  # the parents' atoms, grouped when nothing nests
     plain = unfolded_by_levels(sae)
     again = unfolded_by_levels(sae, unabsorbed_directions(sae.W_dec), codes=four_cousins)
     assert plain.W_dec.shape == (51, 64) and again.W_dec.shape == (50, 64)

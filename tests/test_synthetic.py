@@ -422,6 +422,8 @@ def test_unfold_levels_sources_split_each_levels_firings_into_true_and_false(
     assert [row["latents"] for row in rows] == level_sizes(view) and sum(level_sizes(view)) > 48
     assert all(row["true"] + row["false"] == pytest.approx(row["fire"], abs=2e-3) for row in rows)
     assert own["doubled"] is None  # the rows have no members
+    assert own["pairs"] > 0 and all(row["nested"] in (0, None) for row in rows)  # no codes
+    assert rows[-1]["pairs"] is None  # no level follows the last
     assert all(0 <= row["doubled"] <= row["fire"] + 1e-3 for row in rows[1:])
     # the doubled firings counted one sample, atom and member at a time
     unit = torch.nn.functional.normalize(view.W_dec.detach(), dim=-1)

@@ -267,6 +267,10 @@ class UnfoldedView(nn.Module):
         """How many atoms this view added after the rows it read."""
         self.level = unabsorbed.level
         """The cosine above which this view's rows were grouped."""
+        self.nested = 0 if unabsorbed.nested is None else int(unabsorbed.nested.sum()) // 2
+        """How many pairs of rows above the level this view left apart as nested."""
+        self.pairs = int(unabsorbed.adjacency.sum()) // 2 + self.nested
+        """How many pairs of rows met above the level (the nested ones included)."""
         self.atoms = self.added + getattr(sae, "atoms", 0)
         """How many atoms this view and the views it reads added to the SAE's own latents."""
 
