@@ -53,6 +53,8 @@ from synth_energy import empty_token_detections, energy_readings  # noqa: E402
 from synth_energy_trace import fano_energy, trace  # noqa: E402
 from synth_false_positives import false_positive_sources  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
+from synth_readings_plot import count_ratios  # noqa: E402
+from synth_readings_plot import main as readings_plot_main  # noqa: E402
 from synth_reread import kept_true_and_false  # noqa: E402
 from synth_reread import main as reread_main  # noqa: E402
 from synth_unfold_levels import (  # noqa: E402
@@ -380,6 +382,25 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     assert found["firing"] == {"cache": str(firing), "samples": 300}
     assert found["atoms_by_levels_exclusive"]["topk:8"] <= found["atoms_by_levels"]
     assert rows[0]["l0"] <= written["rows"][4]["l0"] <= rows[3]["l0"]
+
+
+def test_readings_plot_draws_each_readings_count_over_what_the_width_holds(tmp_path, monkeypatch):
+    rows = [{"rule": "risk_floor", "l0": 6.0, "true_l0_top_width": 12.0},
+            {"rule": "risk_floor, unfolded by levels", "l0": 13.2, "true_l0_top_width": 12.0}]  # fmt: skip
+    (tmp_path / "a.json").write_text(json.dumps({"rows": rows}))
+    (tmp_path / "b.json").write_text(json.dumps({"rows": rows[:1]}))
+    assert count_ratios(tmp_path) == {
+        "a": {"as read": 0.5, "unfolded by levels": pytest.approx(1.1)}, "b": {"as read": 0.5}
+    }  # fmt: skip
+    out = tmp_path / "plot" / "counts.png"
+    monkeypatch.setattr(sys, "argv", ["synth_readings_plot.py", str(tmp_path), "--out", str(out)])
+    readings_plot_main()
+    assert out.stat().st_size > 10_000
+    (tmp_path / "c.json").write_text(json.dumps({"run": "x"}))
+    with pytest.raises(SystemExit, match="holds no rows"):
+        count_ratios(tmp_path)
+    with pytest.raises(SystemExit, match="no synth_reread.py JSON"):
+        count_ratios(tmp_path / "plot")
 
 
 def test_unfold_levels_script_reads_each_way_and_records_where_nesting_was_read(
