@@ -21,6 +21,8 @@ from hf_topafa.data.synthetic_cache import write_synthetic_cache  # noqa: E402
 from hf_topafa.evaluation.ground_truth import (  # noqa: E402
     SAELensView,
     TruthSet,
+    codes_of,
+    firing_codes,
     kurtosis_reading_of_truth,
     matched_features,
     most_frequent,
@@ -655,6 +657,21 @@ def test_evaluate_synthetic_reads_the_dictionary_with_another_rule(
     assert cli([*argv, "--read-with", "topk:2", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["sae"] == "oracle read by topk:2" and 1.5 < data["l0"] <= 2  # k 2, not its 8
+
+
+def test_firing_codes_are_the_saes_code_of_fresh_samples_apart_from_the_scored_ones(
+    world_json, oracle_run
+):
+    world = synthetic.load_world(str(world_json), progress=False)
+    sae = SparseAutoencoder.from_pretrained(oracle_run)
+    codes = firing_codes(sae, world, 5000)  # two batches of samples
+    assert codes.shape == (5000, 48) and torch.equal(codes, firing_codes(sae, world, 5000))
+    drawn = TruthSet.drawn_from(world, 5000, seed=2)
+    with torch.no_grad():
+        x = world.feature_dict(drawn.rows(0, 5000))
+    torch.testing.assert_close(codes, codes_of(sae, x, batch_size=1000))
+    scored = TruthSet.drawn_from(world, 300, seed=1)  # what evaluate --synthetic scores
+    assert not torch.equal(drawn.rows(0, 300), scored.rows(0, 300))
 
 
 def test_evaluate_synthetic_unfold_scores_own_directions_and_parents(

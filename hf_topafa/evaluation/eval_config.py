@@ -114,8 +114,8 @@ class EvalOutputs:
         "five times more: along its rows less the shared direction, unfolded once, by levels, "
         "by levels with no atom for a group whose rows all meet one of them and not each "
         "other (absorption.star_groups: that row is the parent), and by levels with no group of "
-        "latents that fire nested (absorption.nested_pairs, on 20,000 tokens, or fresh samples "
-        "of the world)",
+        "latents that fire nested (absorption.nested_pairs: on text read on the first 20,000 "
+        "tokens, with --synthetic on 20,000 fresh samples of the world, not the scored ones)",
     )
 
 

@@ -437,9 +437,12 @@ def firing_codes(sae, world, num_samples: int = NESTED_SAMPLES, seed: int = 2) -
     """The SAE's code of fresh samples of ``world``, seeded apart from the ones it is scored on
     (``truth_for`` draws with seed 1), for the exclusive reading."""
     truth = TruthSet.drawn_from(world, num_samples, seed=seed)
-    with torch.no_grad():
-        x = world.feature_dict(truth.rows(0, num_samples))
-    return codes_of(sae, x)
+    parts = []
+    for start in range(0, num_samples, 4096):  # dense true codes are samples x features wide
+        with torch.no_grad():
+            x = world.feature_dict(truth.rows(start, min(start + 4096, num_samples)))
+        parts.append(codes_of(sae, x))
+    return torch.cat(parts)
 
 
 def readings_of(sae, unabsorbed=None, unfold: bool = False, stars: bool = False, codes=None):
