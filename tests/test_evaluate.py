@@ -14,6 +14,7 @@ import torch
 
 from hf_topafa import SAEConfig, SparseAutoencoder
 from hf_topafa.evaluation import evaluate as ev
+from hf_topafa.evaluation import unfolded_l0
 from hf_topafa.sae import afa
 
 D = 576  # SmolLM2-135M hidden size
@@ -280,7 +281,7 @@ def test_unfold_on_text_reads_nesting_on_the_first_tokens_and_counts_every_token
                                       hook_point="resid_post", input_normalization="none"))  # fmt: skip
     cfg = ev.EvalConfig(**SMALL, compute_downstream=False)  # a ReLU: an L0 that varies by token
     [(whole, _)] = ev.evaluate_saes([sae], cfg, unfold=True)
-    monkeypatch.setattr(ev, "NESTED_SAMPLES", 7)  # built after the first batch, mid-stream
+    monkeypatch.setattr(unfolded_l0, "NESTED_SAMPLES", 7)  # built after the first batch
     [(first, _)] = ev.evaluate_saes([sae], cfg, unfold=True)
     assert first["sparsity"]["nested_tokens"] == 7 < whole["sparsity"]["nested_tokens"]
     for spa in (first["sparsity"], whole["sparsity"]):  # random rows: no atom, so the L0 itself

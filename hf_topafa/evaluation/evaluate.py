@@ -47,7 +47,6 @@ from ..data.harvest import HarvestConfig, Harvester, batched, dataset_name
 from ..data.synthetic_cache import synthetic_world_hint
 from ..interop import sae_loading
 from ..sae import afa, reading
-from ..sae.absorption import NESTED_SAMPLES, unfolded_by_levels
 from ..sae.configuration_sae import SAEConfig
 from ..sae.modeling_sae import SparseAutoencoder
 from ..sae.rules import get_rule
@@ -71,6 +70,7 @@ from .eval_report import (  # noqa: F401 - re-exported: reports were defined her
     write_plots,
 )
 from .recon_stats import ReconStats
+from .unfolded_l0 import UnfoldedL0
 
 CONTEXT_CHARS = 40  # characters of preceding text shown with a token on the interactive ZF plot
 
@@ -107,11 +107,7 @@ class _SAEStats:
 
     def __init__(self, sae: SparseAutoencoder, label: str, site: tuple[int, str], unfold=False):
         self.sae, self.label, self.site = sae, label, site
-        self.unfolded = unfolded_by_levels(sae).eval() if unfold else None
-        self.unfolded_stars = unfolded_by_levels(sae, stars=True).eval() if unfold else None
-        self.exclusive = None  # by levels without nested groups: built once NESTED_SAMPLES are in
-        self.early_firing: list[torch.Tensor] = []
-        self.nested_tokens = 0
+        self.unfolded = UnfoldedL0(sae) if unfold else None
         self.recon = ReconStats()
         self.recon_normalized = ReconStats() if sae.config.input_normalization != "none" else None
         self.fires = torch.zeros(sae.config.d_sae, dtype=torch.long)
@@ -136,35 +132,13 @@ class _SAEStats:
         for name, value in afa.zf_diagnostics(sae, x, out).items():  # l0, k, z_norm, eps_lbo, ...
             self._keep(name, value)
         if self.unfolded is not None:  # the absorbed ancestors counted as features of their own
-            self._keep("l0_unfolded", (self.unfolded.unfold(out.feature_acts) != 0).sum(-1))
-            stars = self.unfolded_stars.unfold(out.feature_acts)  # no atom for a held parent
-            self._keep("l0_unfolded_stars", (stars != 0).sum(-1))
-            self._count_exclusive(out.feature_acts)
+            self.unfolded.update(out.feature_acts)
         return x_hat
-
-    def _count_exclusive(self, codes: torch.Tensor) -> None:
-        """The L0 unfolded by levels with no group of latents that fire nested: the first
-        ``NESTED_SAMPLES`` tokens' firing decide the groups, and are counted once they have."""
-        if self.exclusive is not None:
-            self._keep("l0_unfolded_exclusive", (self.exclusive.unfold(codes) != 0).sum(-1))
-            return
-        self.early_firing.append(codes != 0)
-        if sum(len(part) for part in self.early_firing) >= NESTED_SAMPLES:
-            self._build_exclusive()
-
-    def _build_exclusive(self) -> None:
-        fired = torch.cat(self.early_firing).float()
-        self.early_firing = []
-        self.nested_tokens = min(len(fired), NESTED_SAMPLES)
-        self.exclusive = unfolded_by_levels(self.sae, codes=fired[:NESTED_SAMPLES]).eval()
-        self._keep("l0_unfolded_exclusive", (self.exclusive.unfold(fired) != 0).sum(-1))
 
     def finish(
         self, dense_threshold: float, downstream: dict | None, texts
     ) -> tuple[dict, EvalDetails]:
         cfg: SAEConfig = self.sae.config
-        if self.unfolded is not None and self.exclusive is None:  # fewer than NESTED_SAMPLES
-            self._build_exclusive()
         per = {name: torch.cat(parts) for name, parts in self.per_token.items()}
         n = self.recon.n
         freq = self.fires.double() / n
@@ -177,17 +151,7 @@ class _SAEStats:
             "dense_threshold": dense_threshold,
         }
         if self.unfolded is not None:
-            sparsity["atoms_by_levels"] = self.unfolded.atoms
-            sparsity["l0_unfolded_by_levels_mean"] = float(per["l0_unfolded"].mean())
-            sparsity["l0_unfolded_by_levels_quantiles"] = quantiles(per["l0_unfolded"])
-            sparsity["atoms_by_levels_stars"] = self.unfolded_stars.atoms
-            sparsity["l0_unfolded_by_levels_stars_mean"] = float(per["l0_unfolded_stars"].mean())
-            sparsity["l0_unfolded_by_levels_stars_quantiles"] = quantiles(per["l0_unfolded_stars"])
-            sparsity["atoms_by_levels_exclusive"] = self.exclusive.atoms
-            sparsity["nested_tokens"] = self.nested_tokens
-            exclusive = per["l0_unfolded_exclusive"]
-            sparsity["l0_unfolded_by_levels_exclusive_mean"] = float(exclusive.mean())
-            sparsity["l0_unfolded_by_levels_exclusive_quantiles"] = quantiles(exclusive)
+            sparsity.update(self.unfolded.sparsity())
         if get_rule(cfg.activation).adaptive_k:
             sparsity["k_mean"] = float(per["k"].mean())
             sparsity["k_quantiles"] = quantiles(per["k"])

@@ -1,0 +1,65 @@
+"""An SAE's per-token L0 with the ancestors its rows absorbed counted as features of their own
+(``hf-topafa evaluate --unfold``), in three readings of ``sae.absorption``: unfolded by levels,
+without star groups' atoms, and without groups of latents that fire nested.
+
+The last needs the SAE's own firing to tell nested latents apart, so its groups are read on the
+first ``NESTED_SAMPLES`` tokens, and those tokens are counted once it is built: every token is
+counted by every reading, in order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..sae.absorption import NESTED_SAMPLES, UnfoldedView, unfolded_by_levels
+from .eval_report import quantiles
+
+
+def l0_of(view: UnfoldedView, codes: torch.Tensor) -> torch.Tensor:
+    """Per token, how many of the view's latents fire given the SAE's own ``codes``."""
+    return (view.unfold(codes) != 0).sum(-1).float().cpu()
+
+
+class UnfoldedL0:
+    """The three readings' per-token L0, accumulated batch by batch (``update``)."""
+
+    def __init__(self, sae):
+        self.sae = sae
+        self.views = {"": unfolded_by_levels(sae).eval(),
+                      "_stars": unfolded_by_levels(sae, stars=True).eval()}  # fmt: skip
+        self.per_token: dict[str, list[torch.Tensor]] = {"": [], "_stars": [], "_exclusive": []}
+        self.early_firing: list[torch.Tensor] = []
+        self.nested_tokens = 0
+
+    def update(self, codes: torch.Tensor) -> None:
+        """Count one batch of the SAE's codes [N, h]."""
+        for name, view in self.views.items():
+            self.per_token[name].append(l0_of(view, codes))
+        if "_exclusive" not in self.views:
+            self.early_firing.append(codes != 0)
+            if sum(len(part) for part in self.early_firing) >= NESTED_SAMPLES:
+                self.build_exclusive()
+
+    def build_exclusive(self) -> None:
+        """Group without nested pairs as read on the tokens seen so far (up to
+        ``NESTED_SAMPLES``), and count those tokens."""
+        fired = torch.cat(self.early_firing).float()
+        self.early_firing = []
+        self.nested_tokens = min(len(fired), NESTED_SAMPLES)
+        view = unfolded_by_levels(self.sae, codes=fired[:NESTED_SAMPLES]).eval()
+        self.views["_exclusive"] = view
+        self.per_token["_exclusive"].append(l0_of(view, fired))
+
+    def sparsity(self) -> dict:
+        """Per reading its atoms and its L0's mean and quantiles, and the tokens nesting was
+        read on (a report's sparsity fields)."""
+        if "_exclusive" not in self.views:  # fewer tokens than NESTED_SAMPLES
+            self.build_exclusive()
+        fields = {}
+        for name, view in self.views.items():
+            l0 = torch.cat(self.per_token[name])
+            fields[f"atoms_by_levels{name}"] = view.atoms
+            fields[f"l0_unfolded_by_levels{name}_mean"] = float(l0.mean())
+            fields[f"l0_unfolded_by_levels{name}_quantiles"] = quantiles(l0)
+        fields["nested_tokens"] = self.nested_tokens
+        return fields
