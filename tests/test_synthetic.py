@@ -5,6 +5,7 @@ evaluation (SAELens's own evaluator through our adapter) and its command line.""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -40,6 +41,8 @@ from hf_topafa.sae.reading import read_with  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from kurtosis_count import l0_and_error, read_count  # noqa: E402
+from risk_level import main as risk_level_main  # noqa: E402
+from risk_level import risk_level  # noqa: E402
 from synth_bench import (  # noqa: E402
     FINISHED_AT,
     REPO,
@@ -384,6 +387,28 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     assert found["firing"] == {"cache": str(firing), "samples": 300}
     assert found["atoms_by_levels_exclusive"]["topk:8"] <= found["atoms_by_levels"]
     assert rows[0]["l0"] <= written["rows"][4]["l0"] <= rows[3]["l0"]
+
+
+def test_risk_level_reports_the_pooled_level_and_what_pays_it(
+    world_json, oracle_run, tmp_path, monkeypatch
+):
+    cache = write_synthetic_cache(str(world_json), tmp_path / "c", 400, seed=2, progress=False)
+    out = tmp_path / "level.json"
+    argv = ["risk_level.py", str(oracle_run), "--cache", str(cache), "--samples", "300",
+            "--json", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    risk_level_main()
+    found = json.loads(out.read_text())["runs"][str(oracle_run)]
+    assert found["samples"] == 300 and found["pooled_noise"] > 0
+    assert found["price"] == pytest.approx(2 * math.log(48) * found["pooled_noise"])
+    assert 0 < found["kept_floor"] <= found["kept_pooled"] <= found["positive_pre"]
+    sq = found["contribution_sq_median"]
+    assert sq["1"] >= sq["5"] >= sq["10"] >= 0
+    sae = read_with(SparseAutoencoder.from_pretrained(oracle_run), "risk_floor").eval()
+    x = ActivationCache(cache).first_activations(300)
+    with torch.no_grad():  # the floor's count is the rule's own L0 on the same samples
+        assert found["kept_floor"] == pytest.approx(float(sae(x).l0.float().mean()))
+    assert risk_level(sae, x) == found
 
 
 def test_readings_plot_draws_each_readings_count_over_what_the_width_holds(tmp_path, monkeypatch):
