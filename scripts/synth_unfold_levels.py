@@ -13,8 +13,8 @@ chance level of their own number (the committed readings), with the first level'
 at every level (``held=True``), with no atom for a star group (``stars=True``,
 ``absorption.star_groups``), and, given ``--exclusive CACHE``, with no group of latents that
 fire nested in the reading's code of CACHE's first activations (``absorption.nested_pairs``).
-Last, the first level read alone, its atoms banded by the size of their group: how often each band's
-firings are true, and how many of its groups are one parent's children.
+Last, the first level read alone, its atoms banded by the size of their group: how often each
+band's firings are true, and how many of its groups are one parent's children.
 
     python scripts/synth_unfold_levels.py runs/synthbench16k/runs/synthsaebench-16k/topk-k25 \\
         runs/synthbench16k/cache/synthsaebench-16k-eval risk_floor --samples 5000 --json out.json
