@@ -288,11 +288,16 @@ class UnfoldedView(nn.Module):
         """This view's code [..., d_sae] from the SAE's own code [..., h] (the views it reads
         unfold it first), so a caller that has the SAE's code need not run the SAE again."""
         inner = self.sae.unfold(feature_acts) if isinstance(self.sae, UnfoldedView) else None
-        acts = (feature_acts if inner is None else inner).reshape(-1, self.share.shape[0])
+        return self.with_atoms(feature_acts if inner is None else inner)
+
+    def with_atoms(self, acts: torch.Tensor) -> torch.Tensor:
+        """This view's code from the code of the latents it reads [..., d_sae - added]: those,
+        then each atom's activation."""
+        flat = acts.reshape(-1, self.share.shape[0])
         members = self.group >= 0
-        parents = acts.new_zeros(acts.shape[0], self.added)
-        parents.index_add_(1, self.group[members], acts[:, members] * self.share[members])
-        return torch.cat([acts, parents], -1).reshape(*feature_acts.shape[:-1], -1)
+        parents = flat.new_zeros(flat.shape[0], self.added)
+        parents.index_add_(1, self.group[members], flat[:, members] * self.share[members])
+        return torch.cat([flat, parents], -1).reshape(*acts.shape[:-1], -1)
 
     def forward(self, x: torch.Tensor) -> SimpleNamespace:
         sae = self.sae
@@ -341,12 +346,13 @@ def unfolded_further(
     ``stars``: star groups of atoms add no atom (``star_groups``). ``codes``: the SAE's own code
     [n, h] on samples, unfolded at each level so that atoms that fire nested are not grouped."""
     level = view_level(view) if held else None
+    unfolded = None if codes is None else view.unfold(codes.float())  # one level on at a time
     while view.added >= 2:
-        unfolded = None if codes is None else view.unfold(codes.float())
         found = unabsorbed_among(view.W_dec, view.added, level, stars, unfolded)
         if not bool(found.grouped.any()):
             break
         view = UnfoldedView(view, found)
+        unfolded = None if unfolded is None else view.with_atoms(unfolded)
     return view
 
 
