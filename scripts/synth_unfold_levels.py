@@ -8,11 +8,12 @@ active in the sample) or false, the median |cosine| with the matched feature, an
 depth of the matched features (0: a root; "outside": a feature with no parent and no child).
 It says which level a count that overshoots takes its false latents from, and how often a
 level's atoms fire together with a member that points at the atom's own nearest feature (one
-feature counted twice). Each reading comes three times: with each level's atoms grouped at the
-chance level of their own number (the committed readings), with the first level's cosine held
-at every level (``held=True``), with no atom for a star group (``stars=True``,
-``absorption.star_groups``), and, given ``--exclusive CACHE``, with no group of latents that
-fire nested in the reading's code of CACHE's first activations (``absorption.nested_pairs``).
+feature counted twice). Each reading comes three times, four with ``--exclusive``: with each
+level's atoms grouped at the chance level of their own number (the committed readings), with
+the first level's cosine held at every level (``held=True``), with no atom for a star group
+(``stars=True``, ``absorption.star_groups``), and, given ``--exclusive CACHE``, with no group of
+latents that fire nested in the reading's code of CACHE's first activations
+(``absorption.nested_pairs``).
 Last, the first level read alone, its atoms banded by the size of their group: how often each
 band's firings are true, and how many of its groups are one parent's children.
 
