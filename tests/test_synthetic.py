@@ -60,6 +60,7 @@ from synth_false_positives import false_positive_sources  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
 from synth_readings_plot import count_ratios  # noqa: E402
 from synth_readings_plot import main as readings_plot_main  # noqa: E402
+from synth_recovery_ceiling import main as recovery_main  # noqa: E402
 from synth_reread import kept_true_and_false  # noqa: E402
 from synth_reread import main as reread_main  # noqa: E402
 from synth_unfold_levels import (  # noqa: E402
@@ -900,3 +901,33 @@ def test_a_record_given_by_a_relative_path_is_committed(tmp_path, monkeypatch):
     assert git("log", "--name-only", "--format=%s").stdout.decode().split() == [
         "synthbench:", "w", "topk-k4", record.as_posix(),
     ]  # fmt: skip
+
+
+def test_recovery_ceiling_reads_the_worlds_own_features_at_the_noise_the_width_leaves(
+    world_json, tmp_path, monkeypatch
+):
+    cache = write_synthetic_cache(
+        str(world_json), tmp_path / "c", 300, seed=2, with_truth=True, progress=False
+    )
+    out = tmp_path / "recovery.json"
+    argv = ["synth_recovery_ceiling.py", str(cache), "--width", "24", "--samples", "200",
+            "--steps", "12", "--json", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    recovery_main()
+    found = json.loads(out.read_text())
+    world = synthetic.load_world(str(world_json), progress=False)
+    truth = TruthSet.from_cache(ActivationCache(cache), world.cfg.num_features, limit=200)
+    codes = truth.rows(0, 200)
+    held = most_frequent(truth.feature_counts(), 24)
+    assert found["width_holds"] == pytest.approx(float((codes[:, held] > 0).sum(-1).float().mean()))
+    assert found["unheld_noise"] == pytest.approx(
+        float(codes[:, ~held].pow(2).sum(-1).mean()) / 24, rel=1e-5)  # fmt: skip
+    assert 0 < found["clearing"]["l0"] <= found["width_holds"]
+    for part in ("lasso", "pursuit"):
+        read = found[part]
+        assert read["true"] + read["false"] == pytest.approx(read["l0"])
+        assert 0 < read["true"] <= found["width_holds"]
+    assert found["samples"] == 200 and found["command"].startswith("python scripts/")
+    monkeypatch.setattr(sys, "argv", ["synth_recovery_ceiling.py", str(cache), "--steps", "0"])
+    with pytest.raises(SystemExit, match="--width and --steps must be at least 1"):
+        recovery_main()

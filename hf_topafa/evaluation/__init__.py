@@ -7,7 +7,10 @@
 - ``steering``: adding a feature's direction to a language model while it generates
 - ``text_analysis``: per-text analysis (the Space's tab)
 - ``ground_truth``: scoring against a synthetic world's known features (SAELens's evaluator plus
-  the AFA and per-sample-L0 checks)
+  the AFA and per-sample-L0 checks); ``sparse_recovery``: what a decoder can recover at all on
+  a perfect dictionary (the universal price, the lasso, orthogonal pursuit)
+- ``agreement``: how far two dictionaries agree (seeds, no truth); ``unfolded_l0``: per-token
+  L0 with absorbed ancestors counted; ``recon_stats``: reconstruction error batch by batch
 
 Names load on first use, so that the torch-free configurations import no torch.
 """
