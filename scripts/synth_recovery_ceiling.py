@@ -51,16 +51,20 @@ def scored(kept: torch.Tensor, on: torch.Tensor, true_l0: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def recovery(cache_path: str, width: int, samples: int, steps: int) -> dict:
-    """The three counts on the first ``samples`` of a synthetic cache stored with its truth."""
+    """The three counts on the first ``samples`` of a synthetic cache stored with its truth. The
+    held features are the ``width`` most frequent over all of the cache's samples: chosen on
+    the samples read alone, features that fired there by chance would be held and the width
+    would seem to hold more."""
     cache = ActivationCache(cache_path)
     world = world_of_cache(cache.manifest)
-    truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=samples)
-    codes = truth.rows(0, truth.num_samples)
+    truth = TruthSet.from_cache(cache, world.cfg.num_features)
+    samples = min(samples, truth.num_samples)
+    codes = truth.rows(0, samples)
     held = most_frequent(truth.feature_counts(), width)
     on = codes[:, held] > 0
     true_l0 = on.sum(-1).float()
     sae = oracle_sae(world, truth, width)
-    x = cache.first_activations(truth.num_samples)
+    x = cache.first_activations(samples)
     z = centered_input(sae, sae.normalize_input(x)[0])
     sigma2 = unheld_noise(codes, held, z.shape[-1])
     lasso = nonnegative_lasso(sae.W_dec, z, math.sqrt(2 * math.log(width) * sigma2)) > 0
@@ -72,7 +76,8 @@ def recovery(cache_path: str, width: int, samples: int, steps: int) -> dict:
         "cache": cache_path,
         "world": cache.manifest["synthetic"]["world"],
         "width": width,
-        "samples": truth.num_samples,
+        "samples": samples,
+        "held_over": truth.num_samples,
         "d": z.shape[-1],
         "true_l0": float((codes > 0).sum(-1).float().mean()),
         "width_holds": float(true_l0.mean()),

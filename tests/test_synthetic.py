@@ -916,9 +916,9 @@ def test_recovery_ceiling_reads_the_worlds_own_features_at_the_noise_the_width_l
     recovery_main()
     found = json.loads(out.read_text())
     world = synthetic.load_world(str(world_json), progress=False)
-    truth = TruthSet.from_cache(ActivationCache(cache), world.cfg.num_features, limit=200)
+    truth = TruthSet.from_cache(ActivationCache(cache), world.cfg.num_features)
     codes = truth.rows(0, 200)
-    held = most_frequent(truth.feature_counts(), 24)
+    held = most_frequent(truth.feature_counts(), 24)  # over all 300 samples, not the 200 read
     assert found["width_holds"] == pytest.approx(float((codes[:, held] > 0).sum(-1).float().mean()))
     assert found["unheld_noise"] == pytest.approx(
         float(codes[:, ~held].pow(2).sum(-1).mean()) / 24, rel=1e-5)  # fmt: skip
@@ -927,7 +927,8 @@ def test_recovery_ceiling_reads_the_worlds_own_features_at_the_noise_the_width_l
         read = found[part]
         assert read["true"] + read["false"] == pytest.approx(read["l0"])
         assert 0 < read["true"] <= found["width_holds"]
-    assert found["samples"] == 200 and found["command"].startswith("python scripts/")
+    assert (found["samples"], found["held_over"]) == (200, 300)
+    assert found["command"].startswith("python scripts/")
     monkeypatch.setattr(sys, "argv", ["synth_recovery_ceiling.py", str(cache), "--steps", "0"])
     with pytest.raises(SystemExit, match="--width and --steps must be at least 1"):
         recovery_main()
