@@ -1,4 +1,4 @@
-"""How many of the true features a width holds any reading could recover, per synthetic world:
+"""How many of the true features a width holds three decoders recover per synthetic world, given
 the world's own most frequent features as the dictionary (``ground_truth.oracle_sae``), the
 noise level from the truth (the energy of the features the width does not hold, per dimension),
 and three counts per sample against what the width holds (``evaluation.sparse_recovery``):
@@ -30,6 +30,7 @@ from hf_topafa.evaluation.sparse_recovery import (
     nonnegative_lasso,
     pursuit_path,
     unheld_noise,
+    universal_price,
 )
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk
@@ -67,7 +68,8 @@ def recovery(cache_path: str, width: int, samples: int, steps: int) -> dict:
     x = cache.first_activations(samples)
     z = centered_input(sae, sae.normalize_input(x)[0])
     sigma2 = unheld_noise(codes, held, z.shape[-1])
-    lasso = nonnegative_lasso(sae.W_dec, z, math.sqrt(2 * math.log(width) * sigma2)) > 0
+    price = universal_price(width, sigma2)
+    lasso = nonnegative_lasso(sae.W_dec, z, math.sqrt(price)) > 0
     rss, chosen = pursuit_path(sae.W_dec, z, steps)
     counts = risk.known_noise_counts(rss, width, sigma2)
     kept = torch.arange(steps).unsqueeze(0) < counts.unsqueeze(-1)
@@ -82,7 +84,7 @@ def recovery(cache_path: str, width: int, samples: int, steps: int) -> dict:
         "true_l0": float((codes > 0).sum(-1).float().mean()),
         "width_holds": float(true_l0.mean()),
         "unheld_noise": sigma2,
-        "price": 2 * math.log(width) * sigma2,
+        "price": price,
         "clearing": {
             "l0": float(clearing.mean()),
             "ratio": float(clearing.mean() / true_l0.mean()),
@@ -92,7 +94,7 @@ def recovery(cache_path: str, width: int, samples: int, steps: int) -> dict:
             **scored(kept, on.gather(-1, chosen), true_l0),
             "steps": steps,
             "at_last_step": float((counts == steps).float().mean()),
-        },  # fmt: skip
+        },
     }
 
 

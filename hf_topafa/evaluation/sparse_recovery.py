@@ -6,7 +6,8 @@ the noise level from the truth (the energy of the features the width does not ho
 dimension) separates what a world hides from what a dictionary or a reading misses:
 
 - ``clearing_price``: the held features whose own magnitude pays the universal price
-  2 ln h sigma^2 against that noise alone: a ceiling no interference-free reading exceeds.
+  2 ln h sigma^2 against that noise alone: what a reading at that price could keep at most if
+  the held features did not interfere with one another.
 - ``nonnegative_lasso``: the l1 decoder at the universal level sigma sqrt(2 ln h) (per unit of
   row norm), solved jointly over all rows, so one feature's interference is not read as another.
 - ``pursuit_path``: orthogonal matching pursuit, one row per step with the code refitted by least
