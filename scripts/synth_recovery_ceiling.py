@@ -23,7 +23,7 @@ import math
 import torch
 
 from hf_topafa.data.harvest import ActivationCache
-from hf_topafa.data.synthetic_cache import world_of_cache
+from hf_topafa.data.synthetic_cache import is_synthetic_cache, world_of_cache
 from hf_topafa.evaluation.ground_truth import TruthSet, correlation, most_frequent, oracle_sae
 from hf_topafa.evaluation.sparse_recovery import (
     clearing_price,
@@ -57,6 +57,8 @@ def recovery(cache_path: str, width: int, samples: int, steps: int) -> dict:
     the samples read alone, features that fired there by chance would be held and the width
     would seem to hold more."""
     cache = ActivationCache(cache_path)
+    if not is_synthetic_cache(cache.manifest):
+        raise ValueError("was not sampled from a synthetic world: no truth to read against")
     world = world_of_cache(cache.manifest)
     truth = TruthSet.from_cache(cache, world.cfg.num_features)
     samples = min(samples, truth.num_samples)
@@ -111,7 +113,7 @@ def main() -> None:
     torch.set_num_threads(1)
     try:
         found = recovery(args.cache, args.width, args.samples, args.steps)
-    except (ValueError, KeyError) as err:
+    except ValueError as err:
         raise SystemExit(f"{args.cache}: {err}") from None
     for part in ("clearing", "lasso", "pursuit"):
         print(f"{found['world']} {part}: " + ", ".join(

@@ -932,3 +932,9 @@ def test_recovery_ceiling_reads_the_worlds_own_features_at_the_noise_the_width_l
     monkeypatch.setattr(sys, "argv", ["synth_recovery_ceiling.py", str(cache), "--steps", "0"])
     with pytest.raises(SystemExit, match="--width and --steps must be at least 1"):
         recovery_main()
+    manifest = json.loads((cache / "manifest.json").read_text())
+    del manifest["synthetic"]
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(sys, "argv", ["synth_recovery_ceiling.py", str(cache)])
+    with pytest.raises(SystemExit, match="was not sampled from a synthetic world"):
+        recovery_main()
