@@ -1,14 +1,20 @@
-"""`hf-topafa choose-k`: a TopK sweep trained from two seeds, k chosen by how far the seeds agree."""
+"""`hf-topafa choose-k`: a TopK sweep trained from two seeds, k chosen by how far the seeds agree;
+and `scripts/synth_choose_k.py`, which scores truth-free choices of k against a world's truth."""
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from hf_topafa.evaluation.agreement import dictionary_agreement
 from hf_topafa.training.choose_k import NEAR_TIE, agreement_by_k, choice, parse_command
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from synth_choose_k import main as synth_choose_k_main  # noqa: E402
 
 
 def test_the_k_whose_seeds_share_their_dictionary_is_chosen():
@@ -121,3 +127,65 @@ def test_a_bad_choose_k_option_is_one_line_naming_what_is_valid(capsys):
     assert cli.main(["choose-k", "--k", "8", "--output", "o"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--k needs two or more distinct positive values" in err
+
+
+def write_ladder(folder, counts: dict[int, float], held: float = 10.0) -> list[str]:
+    """A bench summary of plain TopK runs and one procedure D reading per k, as the bench and
+    ``synth_reread.py`` write them; each reading's F1 and MCC beat the summary's best."""
+    summary = {"rows": [{"activation": "topk", "trainer": "hf_topafa", "k": k, "f1": 0.6,
+                         "mcc": 0.7} for k in counts]}  # fmt: skip
+    files = [str(folder / "summary.json")]
+    (folder / "summary.json").write_text(json.dumps(summary))
+    for k, count in counts.items():
+        row = {"rule": "risk_floor, unfolded", "l0": count, "true_l0_top_width": held,
+               "f1": 0.8, "mcc": 0.75, "l0_corr": 0.9}  # fmt: skip
+        path = folder / f"reading-k{k}.json"
+        path.write_text(json.dumps({"run": f"runs/world/topk-k{k}", "rows": [row]}))
+        files.append(str(path))
+    return files
+
+
+def test_the_self_consistent_k_is_the_smallest_whose_reading_fits_and_bars_are_scored(
+    tmp_path, monkeypatch
+):
+    # k = 4 and 8 read more than they have slots for; k = 12 is the first that leaves room
+    files = write_ladder(tmp_path, {4: 6.0, 8: 9.5, 12: 10.5, 16: 12.0})
+    agreement = tmp_path / "seeds.json"
+    agreement.write_text(json.dumps({"rows": [{"name": "topk-k8", "seeds_mcc": 0.8},
+                                              {"name": "topk-k16", "seeds_mcc": 0.7},
+                                              {"name": "jumprelu", "seeds_mcc": 0.9}]}))  # fmt: skip
+    out = tmp_path / "choice.json"
+    argv = [
+        "synth_choose_k.py",
+        "--ladder",
+        *files,
+        "--agreement",
+        str(agreement),
+        "--json",
+        str(out),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    synth_choose_k_main()
+    (ladder,) = json.loads(out.read_text())["ladders"]
+    assert ladder["self_consistent_k"] == 12 and ladder["agreed_k"] == 8
+    bars = {r["k"]: r["bars"] for r in ladder["readings"]}
+    assert bars[12] == {"count": True, "f1": True, "mcc": True, "corr": True}
+    assert bars[4]["count"] is False and bars[16]["count"] is False  # 0.6x and 1.2x
+
+    # with k = 8 unread the choice would hang on it, so none is made
+    monkeypatch.setattr(sys, "argv", [*argv[:3], *files[2:], "--json", str(out)])
+    synth_choose_k_main()
+    (ladder,) = json.loads(out.read_text())["ladders"]
+    assert ladder["self_consistent_k"] is None and ladder["unread_k"] == [4]
+
+
+def test_synth_choose_k_refuses_a_reading_of_a_k_the_summary_did_not_train(tmp_path, monkeypatch):
+    files = write_ladder(tmp_path, {4: 3.0})
+    reading = json.loads((tmp_path / "reading-k4.json").read_text())
+    reading["run"] = "runs/world/topk-k5"
+    (tmp_path / "reading-k4.json").write_text(json.dumps(reading))
+    monkeypatch.setattr(sys, "argv", ["synth_choose_k.py", "--ladder", *files])
+    with pytest.raises(SystemExit) as exc:
+        synth_choose_k_main()
+    message = str(exc.value)
+    assert message.count("\n") == 0 and "reads TopK k = 5" in message and "[4]" in message

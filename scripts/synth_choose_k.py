@@ -1,0 +1,146 @@
+"""Which TopK dictionary of a sweep should procedure D read? Two truth-free choices, scored.
+
+Procedure D reads a trained TopK dictionary with no k (``synth_reread.py RUN CACHE risk_floor
+--stars --exclusive TRAIN``); its weak step is which k of the sweep to read. For each ladder
+(one seed's bench ``summary.json`` and the procedure D readings of its TopK runs) this prints
+every reading against the moonshot's four bars and the k two rules choose without the truth:
+
+- self-consistent: the smallest k whose reading keeps at most k per sample. A dictionary with
+  fewer slots than features to name has merged some (its reading, unfolded, asks for more);
+  the first k that leaves the reading room is the smallest that did not have to.
+- agreement: the k whose two seeds' dictionaries agree most (``synth_seed_agreement.py``).
+
+The bars: the count within 0.9-1.1x of the true L0 the width holds, F1 and MCC at or above
+the best TopK of that ladder's summary, and a per-sample correlation of at least 0.8.
+
+    python scripts/synth_choose_k.py \\
+        --ladder results/synthbench/d256/summary.json results/synthbench/absorption/d256/d256-8m-topk-k{8,12,16,24}.json \\
+        --agreement results/synthbench/seeds/4k-d256-8m-seeds.json --json OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from hf_topafa.helpers import read_json, script_command, write_json
+
+COUNT_BAND = (0.9, 1.1)
+CORRELATION_BAR = 0.8
+TOPK_RUN = re.compile(r"(?:^|-)topk-k(\d+)$")
+
+
+def topk_k(name: str) -> int | None:
+    """The k of a plain TopK run or record name (``topk-k12``), None for anything else."""
+    match = TOPK_RUN.search(name)
+    return int(match.group(1)) if match else None
+
+
+def best_topk(summary: dict) -> dict:
+    """Best F1 and MCC over the plain TopK rows this package trained in one bench summary."""
+    rows = [r for r in summary.get("rows", [])
+            if r.get("activation") == "topk" and r.get("trainer") == "hf_topafa"]  # fmt: skip
+    if not rows:
+        raise ValueError("the summary holds no TopK row of this package's trainer")
+    return {"ks": sorted(r["k"] for r in rows), "f1": max(r["f1"] for r in rows),
+            "mcc": max(r["mcc"] for r in rows)}  # fmt: skip
+
+
+def reading_of(path: Path) -> dict:
+    """One procedure D reading: its k and its last (fully unfolded) row."""
+    data = read_json(path)
+    k = topk_k(Path(data.get("run", "")).name)
+    if k is None or not data.get("rows"):
+        raise ValueError(f"{path} is not a reading of a plain TopK run (synth_reread.py --json)")
+    row = data["rows"][-1]
+    return {"k": k, "path": str(path), "rule": row["rule"], "count": row["l0"],
+            "held": row["true_l0_top_width"], "f1": row["f1"], "mcc": row["mcc"],
+            "corr": row["l0_corr"]}  # fmt: skip
+
+
+def bars_met(reading: dict, best: dict) -> dict[str, bool]:
+    ratio = reading["count"] / reading["held"]
+    return {"count": COUNT_BAND[0] <= ratio <= COUNT_BAND[1], "f1": reading["f1"] >= best["f1"],
+            "mcc": reading["mcc"] >= best["mcc"], "corr": reading["corr"] >= CORRELATION_BAR}  # fmt: skip
+
+
+def self_consistent_k(readings: list[dict], trained: list[int]) -> int | None:
+    """The smallest trained k whose reading keeps at most k per sample; None where a smaller
+    trained k is unread (the choice would depend on it) or no reading leaves room."""
+    by_k = {r["k"]: r for r in readings}
+    for k in sorted(trained):
+        if k not in by_k:
+            return None
+        if by_k[k]["count"] <= k:
+            return k
+    return None
+
+
+def agreed_k(agreement: dict) -> int | None:
+    """The TopK k whose two seeds agree most in a ``synth_seed_agreement.py`` JSON."""
+    scored = [(r["seeds_mcc"], topk_k(r["name"])) for r in agreement.get("rows", [])]
+    scored = [(s, k) for s, k in scored if k is not None]
+    return max(scored)[1] if scored else None
+
+
+def ladder_report(summary_path: Path, reading_paths: list[Path], agreed: int | None) -> dict:
+    best = best_topk(read_json(summary_path))
+    readings = sorted((reading_of(p) for p in reading_paths), key=lambda r: r["k"])
+    for r in readings:
+        if r["k"] not in best["ks"]:
+            raise ValueError(f"{r['path']} reads TopK k = {r['k']}, which {summary_path} "
+                             f"did not train (its TopK k: {best['ks']})")  # fmt: skip
+        r["ratio"] = r["count"] / r["held"]
+        r["bars"] = bars_met(r, best)
+    unread = [k for k in best["ks"] if k not in {r["k"] for r in readings}]
+    return {"summary": str(summary_path), "best_topk": best, "readings": readings,
+            "unread_k": unread, "self_consistent_k": self_consistent_k(readings, best["ks"]),
+            "agreed_k": agreed}  # fmt: skip
+
+
+def print_ladder(report: dict) -> None:
+    best = report["best_topk"]
+    print(f"\n{report['summary']}: TopK k {best['ks']}, best F1 {best['f1']:.3f}, "
+          f"best MCC {best['mcc']:.3f}")  # fmt: skip
+    print(f"{'k':>4} {'count':>7} {'x held':>7} {'F1':>6} {'MCC':>6} {'corr':>6}  bars")
+    for r in report["readings"]:
+        met = [name for name, ok in r["bars"].items() if ok]
+        print(f"{r['k']:>4} {r['count']:7.2f} {r['ratio']:7.3f} {r['f1']:6.3f} {r['mcc']:6.3f} "
+              f"{r['corr']:6.3f}  {len(met)} ({', '.join(met) or 'none'})")  # fmt: skip
+    for rule in ("self_consistent_k", "agreed_k"):
+        k = report[rule]
+        chosen = next((r for r in report["readings"] if r["k"] == k), None)
+        verdict = (f"{sum(chosen['bars'].values())} of 4 bars" if chosen
+                   else "not read" if k is not None else "no choice")  # fmt: skip
+        print(f"  {rule.replace('_', ' ')}: {k if k is not None else '-'} ({verdict})")
+    if report["unread_k"]:
+        print(f"  trained but not read: k {report['unread_k']}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--ladder", nargs="+", action="append", required=True, metavar="FILE",
+                   help="a bench summary.json, then the procedure D readings of its TopK runs "
+                   "(repeat per seed)")  # fmt: skip
+    p.add_argument("--agreement", default=None, help="synth_seed_agreement.py's JSON")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    try:
+        agreed = agreed_k(read_json(args.agreement)) if args.agreement else None
+        reports = [ladder_report(Path(files[0]), [Path(f) for f in files[1:]], agreed)
+                   for files in args.ladder]  # fmt: skip
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"synth_choose_k: {err}") from None
+    except KeyError as err:
+        raise SystemExit(
+            f"synth_choose_k: a summary, reading or agreement file lacks {err}"
+        ) from None
+    for report in reports:
+        print_ladder(report)
+    if args.json:
+        write_json(args.json, {"ladders": reports, "command": script_command()})
+
+
+if __name__ == "__main__":
+    main()
