@@ -37,24 +37,27 @@ def topk_k(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def best_topk(summary: dict) -> dict:
-    """Best F1 and MCC over the plain TopK rows this package trained in one bench summary."""
-    rows = [r for r in summary.get("rows", [])
-            if r.get("activation") == "topk" and r.get("trainer") == "hf_topafa"]  # fmt: skip
+def best_topk(summary: dict, world: str) -> dict:
+    """Best F1 and MCC over the plain TopK rows this package trained on ``world`` in one bench
+    summary (a summary may hold several worlds)."""
+    rows = [r for r in summary.get("rows", []) if r.get("world") == world
+            and r.get("activation") == "topk" and r.get("trainer") == "hf_topafa"]  # fmt: skip
     if not rows:
-        raise ValueError("the summary holds no TopK row of this package's trainer")
+        raise ValueError(f"the summary holds no TopK row of this package's trainer on {world}")
     return {"ks": sorted(r["k"] for r in rows), "f1": max(r["f1"] for r in rows),
             "mcc": max(r["mcc"] for r in rows)}  # fmt: skip
 
 
 def reading_of(path: Path) -> dict:
-    """One procedure D reading: its k and its last (fully unfolded) row."""
+    """One procedure D reading: its k, its world (the run folder's parent, as the bench names
+    it) and its last (fully unfolded) row."""
     data = read_json(path)
-    k = topk_k(Path(data.get("run", "")).name)
+    run = Path(data.get("run", ""))
+    k = topk_k(run.name)
     if k is None or not data.get("rows"):
         raise ValueError(f"{path} is not a reading of a plain TopK run (synth_reread.py --json)")
     row = data["rows"][-1]
-    return {"k": k, "path": str(path), "rule": row["rule"], "count": row["l0"],
+    return {"k": k, "world": run.parent.name, "path": str(path), "rule": row["rule"], "count": row["l0"],
             "held": row["true_l0_top_width"], "f1": row["f1"], "mcc": row["mcc"],
             "corr": row["l0_corr"]}  # fmt: skip
 
@@ -85,8 +88,11 @@ def agreed_k(agreement: dict) -> int | None:
 
 
 def ladder_report(summary_path: Path, reading_paths: list[Path], agreed: int | None) -> dict:
-    best = best_topk(read_json(summary_path))
     readings = sorted((reading_of(p) for p in reading_paths), key=lambda r: r["k"])
+    worlds = sorted({r["world"] for r in readings})
+    if len(worlds) != 1:
+        raise ValueError(f"a ladder's readings must come from one world, found {worlds or 'none'}")
+    best = best_topk(read_json(summary_path), worlds[0])
     for r in readings:
         if r["k"] not in best["ks"]:
             raise ValueError(f"{r['path']} reads TopK k = {r['k']}, which {summary_path} "
@@ -94,14 +100,14 @@ def ladder_report(summary_path: Path, reading_paths: list[Path], agreed: int | N
         r["ratio"] = r["count"] / r["held"]
         r["bars"] = bars_met(r, best)
     unread = [k for k in best["ks"] if k not in {r["k"] for r in readings}]
-    return {"summary": str(summary_path), "best_topk": best, "readings": readings,
+    return {"summary": str(summary_path), "world": worlds[0], "best_topk": best, "readings": readings,
             "unread_k": unread, "self_consistent_k": self_consistent_k(readings, best["ks"]),
             "agreed_k": agreed}  # fmt: skip
 
 
 def print_ladder(report: dict) -> None:
     best = report["best_topk"]
-    print(f"\n{report['summary']}: TopK k {best['ks']}, best F1 {best['f1']:.3f}, "
+    print(f"\n{report['world']} ({report['summary']}): TopK k {best['ks']}, best F1 {best['f1']:.3f}, "
           f"best MCC {best['mcc']:.3f}")  # fmt: skip
     print(f"{'k':>4} {'count':>7} {'x held':>7} {'F1':>6} {'MCC':>6} {'corr':>6}  bars")
     for r in report["readings"]:

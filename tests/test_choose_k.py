@@ -132,8 +132,11 @@ def test_a_bad_choose_k_option_is_one_line_naming_what_is_valid(capsys):
 def write_ladder(folder, counts: dict[int, float], held: float = 10.0) -> list[str]:
     """A bench summary of plain TopK runs and one procedure D reading per k, as the bench and
     ``synth_reread.py`` write them; each reading's F1 and MCC beat the summary's best."""
-    summary = {"rows": [{"activation": "topk", "trainer": "hf_topafa", "k": k, "f1": 0.6,
-                         "mcc": 0.7} for k in counts]}  # fmt: skip
+    rows = [{"world": "world", "activation": "topk", "trainer": "hf_topafa", "k": k, "f1": 0.6,
+             "mcc": 0.7} for k in counts]  # fmt: skip
+    # another world's TopK in the same summary sets no bar here
+    rows.append({**rows[0], "world": "other", "f1": 0.99, "mcc": 0.99})
+    summary = {"rows": rows}
     files = [str(folder / "summary.json")]
     (folder / "summary.json").write_text(json.dumps(summary))
     for k, count in counts.items():
