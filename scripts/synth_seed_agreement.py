@@ -91,7 +91,7 @@ def save_plot(rows: list[dict], world: str, path: str) -> None:
         ax.annotate(row["name"], (row["seeds_mcc"], truth), fontsize=7)
     ax.set_xlabel("agreement between two seeds (matched |cos|)")
     ax.set_ylabel("MCC with the true features (mean of the seeds)")
-    ax.set_title(f"{world}: does seed agreement find the truth?")
+    ax.set_title(f"{world}\ndoes seed agreement find the truth?", fontsize=10)  # long names fit
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
