@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--world", default="synthsaebench-4k", help="preset, saved folder or JSON")
     p.add_argument("--plan", default=None, choices=sorted(PLANS), help="default: from --world")
+    p.add_argument("--topk", type=int, nargs="+", default=None, metavar="K",
+                   help="train plain TopK at these k instead of a plan (a ladder to choose k "
+                   "from, e.g. scripts/synth_choose_k.py); --only picks among them as topk-kK")  # fmt: skip
     p.add_argument("--only", nargs="+", default=None,
                    help="run only these record names (one no plan holds, e.g. none, only samples "
                    "the caches and prints the world's facts)")  # fmt: skip
@@ -229,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 def plan_of(args) -> list[dict]:
     plan = args.plan or ("16k" if "16k" in args.world else "4k" if args.world in PRESETS_4K
                          else "variants")  # fmt: skip
-    specs = PLANS[plan]
+    if args.topk:
+        plan = f"TopK k = {' '.join(map(str, args.topk))}"
+    specs = [spec("topk", k) for k in dict.fromkeys(args.topk)] if args.topk else PLANS[plan]
     if args.only:
         missing = sorted(set(args.only) - {record_name(s) for s in specs})
         if missing:
@@ -589,6 +594,9 @@ def recorded_command(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.topk and (args.plan or min(args.topk) < 1):
+        raise SystemExit(f"--topk takes positive k and no --plan; got --topk {args.topk}"
+                         f"{' --plan ' + args.plan if args.plan else ''}")  # fmt: skip
     args.command = recorded_command(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -50,9 +50,11 @@ from synth_bench import (  # noqa: E402
     commit_record,
     head_commit,
     plan_of,
+    record_name,
     recorded_command,
     train_ours,
 )
+from synth_bench import main as synth_bench_main  # noqa: E402
 from synth_device import samples_that_fit  # noqa: E402
 from synth_energy import empty_token_detections, energy_readings  # noqa: E402
 from synth_energy_trace import fano_energy, trace  # noqa: E402
@@ -860,6 +862,16 @@ def test_only_names_a_plan_lacks_are_said_not_silently_skipped(capsys):
     assert [s["k"] for s in plan_of(args)] == [32]  # the one the plan holds runs
     said = capsys.readouterr().out
     assert "plan 'matryoshka' holds no topk-k32 (" in said and "topk-k24-matryoshka_levels4" in said
+
+
+def test_topk_trains_a_ladder_of_plain_topk_instead_of_a_plan(capsys):
+    args = build_parser().parse_args(["--topk", "16", "11", "16", "32", "--only", "topk-k32"])
+    assert [(s["activation"], s["k"]) for s in plan_of(args)] == [("topk", 32)]
+    args = build_parser().parse_args(["--topk", "16", "11", "16"])
+    assert [s["k"] for s in plan_of(args)] == [16, 11]  # once each, in the order given
+    assert record_name(plan_of(args)[1]) == "topk-k11"
+    with pytest.raises(SystemExit, match="--topk takes positive k and no --plan"):
+        synth_bench_main(["--topk", "8", "--plan", "4k"])
 
 
 def test_a_finished_run_folder_from_other_code_is_reused_with_a_warning(tmp_path, capsys):
