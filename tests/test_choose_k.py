@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from hf_topafa.evaluation.agreement import dictionary_agreement
-from hf_topafa.training.choose_k import NEAR_TIE, agreement_by_k, choice, parse_command
+from hf_topafa.training.choose_k import (
+    NEAR_TIE,
+    agreement_by_k,
+    choice,
+    parse_command,
+    self_consistent,
+    self_consistent_line,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from synth_choose_k import main as synth_choose_k_main  # noqa: E402
@@ -108,7 +115,26 @@ def test_the_command_trains_every_k_and_seed_once_then_reports_the_choice(
         assert [r["l0"] for r in row["runs"]] == [pytest.approx(row["k"])] * 2
         assert 0 < row["from_start"] <= 1
     best = max(result["rows"], key=lambda r: r["agreement"])["k"]
-    assert result["chosen"]["k"] == best and f"chosen: k = {best}" in printed
+    assert result["chosen"]["k"] == best and f"agreement: k = {best}" in printed
+    # each dictionary read as procedure D reads it, on the held-out cache
+    from hf_topafa.data.harvest import ActivationCache
+    from hf_topafa.sae.absorption import unfolded_by_levels
+    from hf_topafa.sae.reading import read_with
+
+    acts = ActivationCache(eval_dir).first_activations(256)
+    for row in result["rows"]:
+        for run in row["runs"]:
+            sae = read_with(SparseAutoencoder.from_pretrained(run["folder"]), "risk_floor")
+            with torch.no_grad():
+                codes = sae(acts).feature_acts
+            view = unfolded_by_levels(sae, codes=(codes != 0).float())
+            assert run["reading"] == pytest.approx(
+                float((view.unfold(codes) != 0).sum(-1).float().mean())
+            )
+        assert row["reading"] == pytest.approx(sum(r["reading"] for r in row["runs"]) / 2)
+    fits = [row["k"] for row in result["rows"] if row["reading"] <= row["k"]]
+    assert result["self_consistent"]["k"] == (min(fits) if fits else None)
+    assert self_consistent_line(result) in printed
     assert result["chosen"]["edge"] in ("smallest", "largest") and "add a k" in printed  # of two
     config = json.loads((out / "topk-k4-seed1" / "training_config.json").read_text())
     assert config["optim"]["seed"] == 1 and config["sae"]["afa_coef"] == 0.0
@@ -119,6 +145,20 @@ def test_the_command_trains_every_k_and_seed_once_then_reports_the_choice(
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/model.safetensors")} == stamps
     assert json.loads((out / "choose_k.json").read_text())["chosen"] == result["chosen"]
     assert "left as it is" in capsys.readouterr().out
+
+
+def test_the_self_consistent_k_is_the_smallest_whose_reading_fits_its_slots():
+    rows = [{"k": 4, "reading": 5.2}, {"k": 8, "reading": 7.9}, {"k": 16, "reading": 9.0}]
+    assert self_consistent(rows)["k"] == 8
+    assert self_consistent(rows[:1])["k"] is None
+    result = {"rows": rows, "self_consistent": self_consistent(rows[:1])}
+    assert "add a larger k" in self_consistent_line(result)
+    result = {"rows": rows[1:], "self_consistent": self_consistent(rows[1:])}  # 8 is smallest
+    line = self_consistent_line(result)
+    assert "k = 8" in line and "a k below may fit" in line
+    result["rows"] = rows
+    assert "k = 8" in self_consistent_line(result) and "below" not in self_consistent_line(result)
+    assert "needs --eval-cache" in self_consistent_line({"rows": rows})
 
 
 def test_a_bad_choose_k_option_is_one_line_naming_what_is_valid(capsys):

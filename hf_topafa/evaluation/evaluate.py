@@ -472,14 +472,17 @@ def evaluate_activations(
     batch_size: int = 4096,
     dense_threshold: float = 0.1,
     device: str = "cpu",
+    read_with: str | None = None,
+    unfold: bool = False,
 ) -> tuple[dict, EvalDetails]:
     """Reconstruction, sparsity and AFA metrics on activations already harvested (no LM needed).
 
     ``activations`` is a tensor [N, d_in] or an iterable of such chunks (e.g. the ``acts`` of
-    ``ActivationCache.iter_with_tokens()``); there is no downstream section.
+    ``ActivationCache.iter_with_tokens()``); there is no downstream section. ``read_with`` and
+    ``unfold`` are ``hf-topafa evaluate``'s options of those names.
     """
-    sae, label = load_sae(sae_or_path, device)
-    stats = _SAEStats(sae, label, (sae.config.layer, sae.config.hook_point))
+    sae, label = load_sae(sae_or_path, device, read_with)
+    stats = _SAEStats(sae, label, (sae.config.layer, sae.config.hook_point), unfold)
     chunks = [activations] if isinstance(activations, torch.Tensor) else activations
     for chunk in chunks:
         if chunk.ndim != 2 or chunk.shape[-1] != sae.config.d_in:

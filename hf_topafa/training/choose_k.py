@@ -8,6 +8,14 @@ the best MCC (results/synthbench/README.md, "Choosing k with no truth"). A near-
 because it can hold the better dictionary. This runs that procedure on any data
 ``hf-topafa train`` reads. Each (k, seed) is an ordinary run folder under --output, so a killed
 sweep continues where it stopped and a finished run is left as it is.
+
+Beside it, with an --eval-cache, the self-consistent k: each dictionary read as procedure D
+reads it (``risk_floor``, its absorbed ancestors unfolded by levels, no group of latents that
+fire nested), and the smallest k whose reading keeps at most k per token. A dictionary with
+fewer slots than features merges parents into children, and the unfolded reading then asks for
+more than k. On worlds built after both rules were fixed it chose a k meeting every bar where
+agreement chose too small a one; it misses on a world without a hierarchy, where nothing is
+absorbed (results/synthbench/README.md, "The dense config in 384 dimensions").
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from pathlib import Path
 # synthetic worlds (4k world: k = 12 and 24 at 0.649 / 0.650, MCC 0.668 / 0.666): call it a tie.
 NEAR_TIE = 0.005
 SET_PER_RUN = ("--seed", "--resume", "--overwrite")
+READING = "risk_floor"  # procedure D's reader
+READING_TOKENS = 8192  # held-out tokens each dictionary is read on
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +75,11 @@ def run_folder(output: str | Path, activation: str, k: int, seed: int) -> Path:
     return Path(output) / f"{activation}-k{k}-seed{seed}"
 
 
-def train_sweep(args: argparse.Namespace, train_argv: list[str]) -> dict[tuple[int, int], Path]:
-    """Every (k, seed) trained, or continued, or left as it is when finished."""
+def train_sweep(
+    args: argparse.Namespace, train_argv: list[str]
+) -> tuple[dict[tuple[int, int], Path], str | None]:
+    """Every (k, seed) trained, or continued, or left as it is when finished; and the held-out
+    cache they were trained with (None: harvested live)."""
     from .train import train
     from .train_config import parse_command as parse_train
 
@@ -78,7 +91,26 @@ def train_sweep(args: argparse.Namespace, train_argv: list[str]) -> dict[tuple[i
         per_run = ["--activation", args.activation, "--k", str(k), "--seed", str(seed)]
         (config,) = parse_train([*train_argv, *per_run, "--output", str(folder)])
         runs[k, seed] = train(config)
-    return runs
+    return runs, config.data.eval_cache
+
+
+def reading_count(folder: Path, eval_cache: str) -> float:
+    """Per held-out token, what procedure D's reading keeps of the run's dictionary."""
+    from ..data.harvest import ActivationCache
+    from ..evaluation.evaluate import evaluate_activations
+
+    cache = ActivationCache(eval_cache)
+    acts = cache.first_activations(min(READING_TOKENS, cache.num_tokens))
+    metrics, _ = evaluate_activations(folder, acts, read_with=READING, unfold=True)
+    return metrics["sparsity"]["l0_unfolded_by_levels_exclusive_mean"]
+
+
+def self_consistent(rows: list[dict]) -> dict:
+    """The smallest k whose seeds' readings keep at most k per token on average (None where
+    every k's reading asks for more: the sweep needs a larger k)."""
+    fits = [row["k"] for row in rows if row["reading"] <= row["k"]]
+    return {"k": min(fits) if fits else None, "rule": f"{READING}, unfolded by levels, exclusive",
+            "tokens": READING_TOKENS}  # fmt: skip
 
 
 def agreement_by_k(decoders: dict[int, list]) -> list[dict]:
@@ -111,8 +143,11 @@ def held_out_figures(folder: Path) -> dict:
     return {name: metrics.get(key) for name, key in keys.items()}
 
 
-def describe(args: argparse.Namespace, runs: dict[tuple[int, int], Path]) -> dict:
-    """Agreement per k, how far training moved each decoder from its start, chance, the choice."""
+def describe(
+    args: argparse.Namespace, runs: dict[tuple[int, int], Path], eval_cache: str | None = None
+) -> dict:
+    """Agreement per k, how far training moved each decoder from its start, chance, the choice;
+    with ``eval_cache``, each dictionary's reading and the self-consistent k."""
     from ..evaluation.agreement import dictionary_agreement, starting_decoder
     from ..sae.modeling_sae import SparseAutoencoder
 
@@ -130,26 +165,36 @@ def describe(args: argparse.Namespace, runs: dict[tuple[int, int], Path]) -> dic
         row["from_start"] = sum(from_start(key) for key in keys) / len(keys)
         row["runs"] = [{"seed": key[1], "folder": str(runs[key]), **f}
                        for key, f in zip(keys, figures, strict=True)]  # fmt: skip
+        if eval_cache is not None:
+            for run in row["runs"]:
+                run["reading"] = reading_count(Path(run["folder"]), eval_cache)
+            row["reading"] = sum(run["reading"] for run in row["runs"]) / len(keys)
     some = next(iter(saes.values()))
     first, second = list(dict.fromkeys(args.seeds))[:2]
     chance = dictionary_agreement(starting_decoder(some, first), starting_decoder(some, second))
-    return {"activation": args.activation, "seeds": args.seeds, "rows": rows,
-            "chance": chance["mcc"], "chosen": choice(rows)}  # fmt: skip
+    result = {"activation": args.activation, "seeds": args.seeds, "rows": rows,
+              "chance": chance["mcc"], "chosen": choice(rows)}  # fmt: skip
+    if eval_cache is not None:
+        result["self_consistent"] = self_consistent(rows)
+    return result
 
 
 def report(result: dict) -> str:
+    read = "self_consistent" in result
     lines = [f"{'k':>6} {'seeds agree':>12} {'above 0.7':>10} {'from start':>11} "
-             f"{'held-out L0':>12} {'norm. MSE':>10} {'dead':>6}  (held-out figures: seeds' mean)"]  # fmt: skip
+             f"{'held-out L0':>12} {'norm. MSE':>10} {'dead':>6}"
+             + (f" {'reading keeps':>14}" if read else "") + "  (held-out figures: seeds' mean)"]  # fmt: skip
     for row in result["rows"]:
         runs = row["runs"]
         l0, mse, dead = (sum(r[key] or 0 for r in runs) / len(runs)
                          for key in ("l0", "normalized_mse", "dead"))  # fmt: skip
         lines.append(f"{row['k']:>6} {row['agreement']:>12.3f} {row['above_0.7']:>10.1%} "
-                     f"{row['from_start']:>11.3f} {l0:>12.1f} {mse:>10.4f} {dead:>6.0f}")  # fmt: skip
+                     f"{row['from_start']:>11.3f} {l0:>12.1f} {mse:>10.4f} {dead:>6.0f}"
+                     + (f" {row['reading']:>14.2f}" if read else ""))  # fmt: skip
     chosen = result["chosen"]
     tie = (f"; within {NEAR_TIE} of it, a tie: k = {', '.join(map(str, chosen['near_ties']))}"
            if chosen["near_ties"] else "")  # fmt: skip
-    lines.append(f"chosen: k = {chosen['k']} (its seeds agree at {chosen['agreement']:.3f}; two "
+    lines.append(f"chosen by the seeds' agreement: k = {chosen['k']} (its seeds agree at {chosen['agreement']:.3f}; two "
                  f"fresh starts of this shape: {result['chance']:.3f}){tie}")  # fmt: skip
     if chosen["edge"]:
         beyond = "below" if chosen["edge"] == "smallest" else "above"
@@ -157,7 +202,20 @@ def report(result: dict) -> str:
                      f"peak {beyond} it; add a k {beyond} and run again (finished runs are kept)")  # fmt: skip
     lines.append("from start: each decoder matched to the one it started from; near 1, training "
                  "has barely moved it, and the agreement says little yet")  # fmt: skip
+    lines.append(self_consistent_line(result))
     return "\n".join(lines)
+
+
+def self_consistent_line(result: dict) -> str:
+    if "self_consistent" not in result:
+        return "self-consistent k: needs --eval-cache (held-out activations to read on)"
+    k = result["self_consistent"]["k"]
+    if k is None:
+        return ("self-consistent k: none; every k's reading keeps more than k per token: add a "
+                "larger k and run again (finished runs are kept)")  # fmt: skip
+    below = " (the sweep's smallest: a k below may fit too)" if k == result["rows"][0]["k"] else ""
+    return (f"self-consistent k = {k}: the smallest k whose reading ({READING}, absorbed "
+            f"ancestors unfolded) keeps at most k per held-out token{below}")  # fmt: skip
 
 
 def cli_main(argv: list[str]) -> int:
@@ -165,8 +223,8 @@ def cli_main(argv: list[str]) -> int:
     from ..helpers import write_json
 
     args, train_argv = parse_command(argv)
-    runs = train_sweep(args, train_argv)
-    result = describe(args, runs)
+    runs, eval_cache = train_sweep(args, train_argv)
+    result = describe(args, runs, eval_cache)
     print(report(result))
     json_path = args.json or Path(args.output) / "choose_k.json"
     plot_path = args.plot or Path(args.output) / "choose_k.png"
