@@ -161,6 +161,34 @@ def test_the_self_consistent_k_is_the_smallest_whose_reading_fits_its_slots():
     assert "needs --eval-cache" in self_consistent_line({"rows": rows})
 
 
+def test_the_reading_is_procedure_ds_risk_floor_unfolded_without_nested_groups(monkeypatch):
+    from hf_topafa.data import harvest
+    from hf_topafa.evaluation import evaluate
+    from hf_topafa.training.choose_k import READING_TOKENS, reading_count
+
+    class Cache:  # a held-out cache of 20,000 tokens
+        num_tokens = 20_000
+
+        def __init__(self, path):
+            assert path == "eval-cache"
+
+        def first_activations(self, n):
+            return torch.zeros(n, 4)
+
+    calls = []
+
+    def fake_evaluate(folder, acts, **options):
+        calls.append((folder, len(acts), options))
+        sparsity = {"l0_unfolded_by_levels_mean": 9.0, "l0_unfolded_by_levels_stars_mean": 8.0,
+                    "l0_unfolded_by_levels_exclusive_mean": 7.0, "l0_mean": 5.0}  # fmt: skip
+        return {"sparsity": sparsity}, None
+
+    monkeypatch.setattr(harvest, "ActivationCache", Cache)
+    monkeypatch.setattr(evaluate, "evaluate_activations", fake_evaluate)
+    assert reading_count("run", "eval-cache") == 7.0
+    assert calls == [("run", READING_TOKENS, {"read_with": "risk_floor", "unfold": True})]
+
+
 def test_a_bad_choose_k_option_is_one_line_naming_what_is_valid(capsys):
     from hf_topafa.cli import cli
 
