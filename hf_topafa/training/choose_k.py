@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # --seed must not pass for --seeds
         description="Train a TopK (or BatchTopK) SAE at each k from two or more seeds, match the "
         "seeds' dictionaries one to one (`hf-topafa agreement`) and choose the k whose seeds "
-        "agree most: the dictionary the data fixes, found with no ground truth.",
+        "agree most: the dictionary the data fixes, found with no ground truth. With "
+        "--eval-cache, also read each dictionary with no k (risk_floor, absorbed ancestors "
+        "unfolded) and name the self-consistent k: the smallest whose reading keeps at most k.",
         epilog="Every other option goes to `hf-topafa train` for each run (see its --help), e.g. "
         "--activation-cache, --max-tokens, --batch-size, --d-sae. --afa-coef defaults to 0 here.",
     )
@@ -194,8 +196,9 @@ def report(result: dict) -> str:
     chosen = result["chosen"]
     tie = (f"; within {NEAR_TIE} of it, a tie: k = {', '.join(map(str, chosen['near_ties']))}"
            if chosen["near_ties"] else "")  # fmt: skip
-    lines.append(f"chosen by the seeds' agreement: k = {chosen['k']} (its seeds agree at {chosen['agreement']:.3f}; two "
-                 f"fresh starts of this shape: {result['chance']:.3f}){tie}")  # fmt: skip
+    lines.append(f"chosen by the seeds' agreement: k = {chosen['k']} (its seeds agree at "
+                 f"{chosen['agreement']:.3f}; two fresh starts of this shape: "
+                 f"{result['chance']:.3f}){tie}")  # fmt: skip
     if chosen["edge"]:
         beyond = "below" if chosen["edge"] == "smallest" else "above"
         lines.append(f"k = {chosen['k']} is the sweep's {chosen['edge']} k: the agreement may "
