@@ -7,7 +7,8 @@ every reading against the moonshot's four bars and the k two rules choose withou
 
 - self-consistent: the smallest k whose reading keeps at most k per sample. A dictionary with
   fewer slots than features to name has merged some (its reading, unfolded, asks for more);
-  the first k that leaves the reading room is the smallest that did not have to.
+  the first k that leaves the reading room is the smallest that did not have to. Per seed, and
+  (given several ladders of one world) on the seeds' mean reading, as ``hf-topafa choose-k``.
 - agreement: the k whose two seeds' dictionaries agree most (``synth_seed_agreement.py``).
 
 The bars: the count within 0.9-1.1x of the true L0 the width holds, F1 and MCC at or above
@@ -80,6 +81,21 @@ def self_consistent_k(readings: list[dict], trained: list[int]) -> int | None:
     return None
 
 
+def seeds_mean_self_consistent_k(reports: list[dict]) -> int | None:
+    """``hf-topafa choose-k``'s version: the smallest k whose readings, averaged over the seeds'
+    ladders, keep at most k per sample (None where a seed left a smaller trained k unread)."""
+    counts: dict[int, list[float]] = {}
+    for report in reports:
+        for r in report["readings"]:
+            counts.setdefault(r["k"], []).append(r["count"])
+    for k in sorted({k for report in reports for k in report["best_topk"]["ks"]}):
+        if len(counts.get(k, [])) < len(reports):
+            return None
+        if sum(counts[k]) / len(counts[k]) <= k:
+            return k
+    return None
+
+
 def agreed_k(agreement: dict) -> int | None:
     """The TopK k whose two seeds agree most in a ``synth_seed_agreement.py`` JSON."""
     scored = [(r["seeds_mcc"], topk_k(r["name"])) for r in agreement.get("rows", [])]
@@ -144,8 +160,13 @@ def main() -> None:
         ) from None
     for report in reports:
         print_ladder(report)
+    mean_k = seeds_mean_self_consistent_k(reports) if len(reports) > 1 else None
+    if len(reports) > 1:
+        print(f"\nself-consistent k on the seeds' mean reading (as hf-topafa choose-k): "
+              f"{mean_k if mean_k is not None else '- (no choice)'}")  # fmt: skip
     if args.json:
-        write_json(args.json, {"ladders": reports, "command": script_command()})
+        write_json(args.json, {"ladders": reports, "seeds_mean_self_consistent_k": mean_k,
+                               "command": script_command()})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -250,6 +250,25 @@ def test_the_self_consistent_k_is_the_smallest_whose_reading_fits_and_bars_are_s
     assert ladder["self_consistent_k"] is None and ladder["unread_k"] == [4]
 
 
+def test_two_seeds_ladders_also_choose_on_their_mean_reading(tmp_path, monkeypatch):
+    # seed 1's k = 6 reads 6.02, over its slots; the seeds' mean (5.97) fits
+    first, second = tmp_path / "seed0", tmp_path / "seed1"
+    first.mkdir(), second.mkdir()
+    files0 = write_ladder(first, {4: 5.6, 6: 5.92, 8: 7.0})
+    files1 = write_ladder(second, {4: 5.4, 6: 6.02, 8: 7.7})
+    out = tmp_path / "choice.json"
+    argv = ["synth_choose_k.py", "--ladder", *files0, "--ladder", *files1, "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    synth_choose_k_main()
+    result = json.loads(out.read_text())
+    assert [ladder["self_consistent_k"] for ladder in result["ladders"]] == [6, 8]
+    assert result["seeds_mean_self_consistent_k"] == 6
+    # a seed that left k = 4 unread leaves the mean no choice
+    monkeypatch.setattr(sys, "argv", [*argv[:3], *files0[2:], *argv[len(files0) + 2 :]])
+    synth_choose_k_main()
+    assert json.loads(out.read_text())["seeds_mean_self_consistent_k"] is None
+
+
 def test_synth_choose_k_refuses_a_reading_of_a_k_the_summary_did_not_train(tmp_path, monkeypatch):
     files = write_ladder(tmp_path, {4: 3.0})
     reading = json.loads((tmp_path / "reading-k4.json").read_text())
