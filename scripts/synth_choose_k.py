@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 
 from hf_topafa.helpers import read_json, script_command, write_json
+from hf_topafa.training.choose_k import self_consistent
 
 COUNT_BAND = (0.9, 1.1)
 CORRELATION_BAR = 0.8
@@ -69,31 +70,31 @@ def bars_met(reading: dict, best: dict) -> dict[str, bool]:
             "mcc": reading["mcc"] >= best["mcc"], "corr": reading["corr"] >= CORRELATION_BAR}  # fmt: skip
 
 
-def self_consistent_k(readings: list[dict], trained: list[int]) -> int | None:
-    """The smallest trained k whose reading keeps at most k per sample; None where a smaller
-    trained k is unread (the choice would depend on it) or no reading leaves room."""
-    by_k = {r["k"]: r for r in readings}
+def choice_on(counts: dict[int, float], trained: list[int]) -> int | None:
+    """The self-consistent k (``choose_k.self_consistent``) over the trained k read in order;
+    None where a smaller trained k is unread (the choice would depend on it)."""
+    read = []
     for k in sorted(trained):
-        if k not in by_k:
-            return None
-        if by_k[k]["count"] <= k:
-            return k
-    return None
+        if k not in counts:
+            break
+        read.append({"k": k, "reading": counts[k]})
+    return self_consistent(read)["k"]
+
+
+def self_consistent_k(readings: list[dict], trained: list[int]) -> int | None:
+    """Per seed: the smallest trained k whose reading keeps at most k per sample."""
+    return choice_on({r["k"]: r["count"] for r in readings}, trained)
 
 
 def seeds_mean_self_consistent_k(reports: list[dict]) -> int | None:
-    """``hf-topafa choose-k``'s version: the smallest k whose readings, averaged over the seeds'
-    ladders, keep at most k per sample (None where a seed left a smaller trained k unread)."""
+    """``hf-topafa choose-k``'s version: the same on the seeds' mean reading, over the k that
+    every seed's ladder read."""
     counts: dict[int, list[float]] = {}
     for report in reports:
         for r in report["readings"]:
             counts.setdefault(r["k"], []).append(r["count"])
-    for k in sorted({k for report in reports for k in report["best_topk"]["ks"]}):
-        if len(counts.get(k, [])) < len(reports):
-            return None
-        if sum(counts[k]) / len(counts[k]) <= k:
-            return k
-    return None
+    mean = {k: sum(c) / len(c) for k, c in counts.items() if len(c) == len(reports)}
+    return choice_on(mean, sorted({k for r in reports for k in r["best_topk"]["ks"]}))
 
 
 def agreed_k(agreement: dict) -> int | None:
