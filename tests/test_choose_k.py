@@ -164,7 +164,7 @@ def test_the_self_consistent_k_is_the_smallest_whose_reading_fits_its_slots():
 def test_the_reading_is_procedure_ds_risk_floor_unfolded_without_nested_groups(monkeypatch):
     from hf_topafa.data import harvest
     from hf_topafa.evaluation import evaluate
-    from hf_topafa.training.choose_k import READING_TOKENS, reading_count
+    from hf_topafa.training.choose_k import READING_TOKENS, held_out_activations, reading_count
 
     class Cache:  # a held-out cache of 20,000 tokens
         num_tokens = 20_000
@@ -185,7 +185,7 @@ def test_the_reading_is_procedure_ds_risk_floor_unfolded_without_nested_groups(m
 
     monkeypatch.setattr(harvest, "ActivationCache", Cache)
     monkeypatch.setattr(evaluate, "evaluate_activations", fake_evaluate)
-    assert reading_count("run", "eval-cache") == 7.0
+    assert reading_count("run", held_out_activations("eval-cache")) == 7.0
     assert calls == [("run", READING_TOKENS, {"read_with": "risk_floor", "unfold": True})]
 
 

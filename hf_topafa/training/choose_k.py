@@ -97,13 +97,18 @@ def train_sweep(
     return runs, config.data.eval_cache
 
 
-def reading_count(folder: Path, eval_cache: str) -> float:
-    """Per held-out token, what procedure D's reading keeps of the run's dictionary."""
+def held_out_activations(eval_cache: str):
+    """The first ``READING_TOKENS`` tokens of the held-out cache, read once for every run."""
     from ..data.harvest import ActivationCache
-    from ..evaluation.evaluate import evaluate_activations
 
     cache = ActivationCache(eval_cache)
-    acts = cache.first_activations(min(READING_TOKENS, cache.num_tokens))
+    return cache.first_activations(min(READING_TOKENS, cache.num_tokens))
+
+
+def reading_count(folder: Path, acts) -> float:
+    """Per held-out token, what procedure D's reading keeps of the run's dictionary."""
+    from ..evaluation.evaluate import evaluate_activations
+
     metrics, _ = evaluate_activations(folder, acts, read_with=READING, unfold=True)
     return metrics["sparsity"]["l0_unfolded_by_levels_exclusive_mean"]
 
@@ -158,6 +163,7 @@ def describe(
         return dictionary_agreement(saes[key].W_dec, starting_decoder(saes[key], key[1]))["mcc"]
 
     saes = {key: SparseAutoencoder.from_pretrained(folder) for key, folder in runs.items()}
+    acts = held_out_activations(eval_cache) if eval_cache is not None else None
     decoders: dict[int, list] = {}
     for (k, _), sae in saes.items():
         decoders.setdefault(k, []).append(sae.W_dec)
@@ -168,9 +174,9 @@ def describe(
         row["from_start"] = sum(from_start(key) for key in keys) / len(keys)
         row["runs"] = [{"seed": key[1], "folder": str(runs[key]), **f}
                        for key, f in zip(keys, figures, strict=True)]  # fmt: skip
-        if eval_cache is not None:
+        if acts is not None:
             for run in row["runs"]:
-                run["reading"] = reading_count(Path(run["folder"]), eval_cache)
+                run["reading"] = reading_count(Path(run["folder"]), acts)
             row["reading"] = sum(run["reading"] for run in row["runs"]) / len(keys)
     some = next(iter(saes.values()))
     first, second = list(dict.fromkeys(args.seeds))[:2]
