@@ -7,8 +7,11 @@ every reading against the moonshot's four bars and the k two rules choose withou
 
 - self-consistent: the smallest k whose reading keeps at most k per sample. A dictionary with
   fewer slots than features to name has merged some (its reading, unfolded, asks for more);
-  the first k that leaves the reading room is the smallest that did not have to. Per seed, and
-  (given several ladders of one world) on the seeds' mean reading, as ``hf-topafa choose-k``.
+  the first k that leaves the reading room is the smallest that did not have to. A k whose
+  dictionary leaves more than ``choose_k.DEAD_SHARE_GUARD`` of its latents dead (the summary's
+  ``dead`` over ``d_sae``) is passed over: it misses features outright, so its reading fitting
+  says nothing. Per seed, and (given several ladders of one world) on the seeds' mean reading
+  and dead share, as ``hf-topafa choose-k``; also without the guard, as first filed.
 - agreement: the k whose two seeds' dictionaries agree most (``synth_seed_agreement.py``).
 
 The bars: the count within 0.9-1.1x of the true L0 the width holds, F1 and MCC at or above
@@ -26,7 +29,7 @@ import re
 from pathlib import Path
 
 from hf_topafa.helpers import read_json, script_command, write_json
-from hf_topafa.training.choose_k import self_consistent
+from hf_topafa.training.choose_k import DEAD_SHARE_GUARD, self_consistent
 
 COUNT_BAND = (0.9, 1.1)
 CORRELATION_BAR = 0.8
@@ -41,13 +44,14 @@ def topk_k(name: str) -> int | None:
 
 def best_topk(summary: dict, world: str) -> dict:
     """Best F1 and MCC over the plain TopK rows this package trained on ``world`` in one bench
-    summary (a summary may hold several worlds)."""
+    summary (a summary may hold several worlds), and each k's share of dead latents."""
     rows = [r for r in summary.get("rows", []) if r.get("world") == world
             and r.get("activation") == "topk" and r.get("trainer") == "hf_topafa"]  # fmt: skip
     if not rows:
         raise ValueError(f"the summary holds no TopK row of this package's trainer on {world}")
     return {"ks": sorted(r["k"] for r in rows), "f1": max(r["f1"] for r in rows),
-            "mcc": max(r["mcc"] for r in rows)}  # fmt: skip
+            "mcc": max(r["mcc"] for r in rows),
+            "dead_share": {r["k"]: r["dead"] / r["d_sae"] for r in rows}}  # fmt: skip
 
 
 def reading_of(path: Path) -> dict:
@@ -70,31 +74,40 @@ def bars_met(reading: dict, best: dict) -> dict[str, bool]:
             "mcc": reading["mcc"] >= best["mcc"], "corr": reading["corr"] >= CORRELATION_BAR}  # fmt: skip
 
 
-def choice_on(counts: dict[int, float], trained: list[int]) -> int | None:
-    """The self-consistent k (``choose_k.self_consistent``) over the trained k read in order;
-    None where a smaller trained k is unread (the choice would depend on it)."""
-    read = []
-    for k in sorted(trained):
-        if k not in counts:
+def choice_on(counts: dict[int, float], dead_share: dict[int, float] | None) -> int | None:
+    """The self-consistent k (``choose_k.self_consistent``) over the trained k (``dead_share``'s
+    keys) in order, with the dead guard unless ``dead_share`` is None; None where a smaller k
+    that the guard keeps is unread (the choice would depend on it)."""
+    rows = []
+    for k, share in sorted((dead_share or dict.fromkeys(counts)).items()):
+        if share is not None and share > DEAD_SHARE_GUARD:
+            rows.append({"k": k, "reading": None, "dead_share": share})  # passed over, unread
+        elif k in counts:
+            rows.append({"k": k, "reading": counts[k], "dead_share": share})
+        else:
             break
-        read.append({"k": k, "reading": counts[k]})
-    return self_consistent(read)["k"]
+    return self_consistent(rows)["k"]
 
 
-def self_consistent_k(readings: list[dict], trained: list[int]) -> int | None:
+def self_consistent_k(readings: list[dict], best: dict, guard: bool = True) -> int | None:
     """Per seed: the smallest trained k whose reading keeps at most k per sample."""
-    return choice_on({r["k"]: r["count"] for r in readings}, trained)
+    shares = best["dead_share"] if guard else dict.fromkeys(best["ks"])
+    return choice_on({r["k"]: r["count"] for r in readings}, shares)
 
 
-def seeds_mean_self_consistent_k(reports: list[dict]) -> int | None:
-    """``hf-topafa choose-k``'s version: the same on the seeds' mean reading, over the k that
-    every seed's ladder read."""
+def seeds_mean_self_consistent_k(reports: list[dict], guard: bool = True) -> int | None:
+    """``hf-topafa choose-k``'s version: the same on the seeds' mean reading and mean dead share,
+    over the k that every seed's ladder read."""
     counts: dict[int, list[float]] = {}
+    shares: dict[int, list[float]] = {}
     for report in reports:
         for r in report["readings"]:
             counts.setdefault(r["k"], []).append(r["count"])
+        for k, share in report["best_topk"]["dead_share"].items():
+            shares.setdefault(int(k), []).append(share)
     mean = {k: sum(c) / len(c) for k, c in counts.items() if len(c) == len(reports)}
-    return choice_on(mean, sorted({k for r in reports for k in r["best_topk"]["ks"]}))
+    mean_share = {k: sum(s) / len(s) if guard else None for k, s in shares.items()}
+    return choice_on(mean, mean_share)
 
 
 def agreed_k(agreement: dict) -> int | None:
@@ -118,7 +131,8 @@ def ladder_report(summary_path: Path, reading_paths: list[Path], agreed: int | N
         r["bars"] = bars_met(r, best)
     unread = [k for k in best["ks"] if k not in {r["k"] for r in readings}]
     return {"summary": str(summary_path), "world": worlds[0], "best_topk": best, "readings": readings,
-            "unread_k": unread, "self_consistent_k": self_consistent_k(readings, best["ks"]),
+            "unread_k": unread, "self_consistent_k": self_consistent_k(readings, best),
+            "self_consistent_k_unguarded": self_consistent_k(readings, best, guard=False),
             "agreed_k": agreed}  # fmt: skip
 
 
@@ -126,12 +140,13 @@ def print_ladder(report: dict) -> None:
     best = report["best_topk"]
     print(f"\n{report['world']} ({report['summary']}): TopK k {best['ks']}, best F1 {best['f1']:.3f}, "
           f"best MCC {best['mcc']:.3f}")  # fmt: skip
-    print(f"{'k':>4} {'count':>7} {'x held':>7} {'F1':>6} {'MCC':>6} {'corr':>6}  bars")
+    print(f"{'k':>4} {'count':>7} {'x held':>7} {'F1':>6} {'MCC':>6} {'corr':>6} {'dead':>6}  bars")
     for r in report["readings"]:
         met = [name for name, ok in r["bars"].items() if ok]
         print(f"{r['k']:>4} {r['count']:7.2f} {r['ratio']:7.3f} {r['f1']:6.3f} {r['mcc']:6.3f} "
-              f"{r['corr']:6.3f}  {len(met)} ({', '.join(met) or 'none'})")  # fmt: skip
-    for rule in ("self_consistent_k", "agreed_k"):
+              f"{r['corr']:6.3f} {best['dead_share'][r['k']]:6.1%}  {len(met)} "
+              f"({', '.join(met) or 'none'})")  # fmt: skip
+    for rule in ("self_consistent_k", "self_consistent_k_unguarded", "agreed_k"):
         k = report[rule]
         chosen = next((r for r in report["readings"] if r["k"] == k), None)
         verdict = (f"{sum(chosen['bars'].values())} of 4 bars" if chosen
@@ -161,12 +176,16 @@ def main() -> None:
         ) from None
     for report in reports:
         print_ladder(report)
-    mean_k = seeds_mean_self_consistent_k(reports) if len(reports) > 1 else None
-    if len(reports) > 1:
+    several = len(reports) > 1
+    mean_k = seeds_mean_self_consistent_k(reports) if several else None
+    unguarded = seeds_mean_self_consistent_k(reports, guard=False) if several else None
+    if several:
         print(f"\nself-consistent k on the seeds' mean reading (as hf-topafa choose-k): "
-              f"{mean_k if mean_k is not None else '- (no choice)'}")  # fmt: skip
+              f"{mean_k if mean_k is not None else '- (no choice)'}; without the dead guard: "
+              f"{unguarded if unguarded is not None else '- (no choice)'}")  # fmt: skip
     if args.json:
         write_json(args.json, {"ladders": reports, "seeds_mean_self_consistent_k": mean_k,
+                               "seeds_mean_self_consistent_k_unguarded": unguarded,
                                "command": script_command()})  # fmt: skip
 
 

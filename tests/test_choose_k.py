@@ -12,6 +12,7 @@ import torch
 
 from hf_topafa.evaluation.agreement import dictionary_agreement
 from hf_topafa.training.choose_k import (
+    DEAD_SHARE_GUARD,
     NEAR_TIE,
     agreement_by_k,
     choice,
@@ -132,7 +133,11 @@ def test_the_command_trains_every_k_and_seed_once_then_reports_the_choice(
                 float((view.unfold(codes) != 0).sum(-1).float().mean())
             )
         assert row["reading"] == pytest.approx(sum(r["reading"] for r in row["runs"]) / 2)
-    fits = [row["k"] for row in result["rows"] if row["reading"] <= row["k"]]
+        dead = [r["dead"] / SparseAutoencoder.from_pretrained(r["folder"]).config.d_sae
+                for r in row["runs"]]  # fmt: skip
+        assert row["dead_share"] == pytest.approx(sum(dead) / 2)
+    fits = [row["k"] for row in result["rows"]
+            if row["reading"] <= row["k"] and row["dead_share"] <= DEAD_SHARE_GUARD]  # fmt: skip
     assert result["self_consistent"]["k"] == (min(fits) if fits else None)
     assert self_consistent_line(result) in printed
     assert result["chosen"]["edge"] in ("smallest", "largest") and "add a k" in printed  # of two
@@ -159,6 +164,23 @@ def test_the_self_consistent_k_is_the_smallest_whose_reading_fits_its_slots():
     result["rows"] = rows
     assert "k = 8" in self_consistent_line(result) and "below" not in self_consistent_line(result)
     assert "needs --eval-cache" in self_consistent_line({"rows": rows})
+
+
+def test_a_k_whose_dictionary_left_many_latents_dead_is_passed_over_unread():
+    # k = 4 fits its slots only because a sixth of its latents never fire (the flat world's k = 5)
+    rows = [{"k": 4, "reading": 3.5, "dead_share": 0.16}, {"k": 8, "reading": 7.9, "dead_share": 0.0},
+            {"k": 16, "reading": 9.0, "dead_share": DEAD_SHARE_GUARD}]  # fmt: skip
+    chosen = self_consistent(rows)
+    assert chosen["k"] == 8 and chosen["passed_over"] == [4]
+    assert self_consistent([{**row, "dead_share": None} for row in rows])["k"] == 4  # unknown: kept
+    rows[0]["reading"] = None  # a passed-over k needs no reading
+    assert self_consistent(rows)["k"] == 8
+    line = self_consistent_line({"rows": rows, "self_consistent": chosen})
+    assert "k = 8" in line and "dead: k = 4" in line
+    none = self_consistent([rows[0]])
+    assert none["k"] is None and "dead: k = 4" in self_consistent_line(
+        {"rows": [rows[0]], "self_consistent": none}
+    )
 
 
 def test_the_reading_is_procedure_ds_risk_floor_unfolded_without_nested_groups(monkeypatch):
@@ -197,17 +219,21 @@ def test_a_bad_choose_k_option_is_one_line_naming_what_is_valid(capsys):
     assert err.count("\n") == 0 and "--k needs two or more distinct positive values" in err
 
 
-def write_ladder(folder, counts: dict[int, float], held: float = 10.0) -> list[str]:
-    """A bench summary of plain TopK runs and one procedure D reading per k, as the bench and
-    ``synth_reread.py`` write them; each reading's F1 and MCC beat the summary's best."""
+def write_ladder(
+    folder, counts: dict[int, float], held: float = 10.0, dead: dict[int, int] | None = None
+) -> list[str]:
+    """A bench summary of plain TopK runs (1,000 latents, ``dead`` of them dead, default none)
+    and one procedure D reading per k, as the bench and ``synth_reread.py`` write them; each
+    reading's F1 and MCC beat the summary's best. A k whose count is None is trained, not read."""
+    dead = dead or {}
     rows = [{"world": "world", "activation": "topk", "trainer": "hf_topafa", "k": k, "f1": 0.6,
-             "mcc": 0.7} for k in counts]  # fmt: skip
+             "mcc": 0.7, "dead": dead.get(k, 0), "d_sae": 1000} for k in counts]  # fmt: skip
     # another world's TopK in the same summary sets no bar here
     rows.append({**rows[0], "world": "other", "f1": 0.99, "mcc": 0.99})
     summary = {"rows": rows}
     files = [str(folder / "summary.json")]
     (folder / "summary.json").write_text(json.dumps(summary))
-    for k, count in counts.items():
+    for k, count in ((k, c) for k, c in counts.items() if c is not None):
         row = {"rule": "risk_floor, unfolded", "l0": count, "true_l0_top_width": held,
                "f1": 0.8, "mcc": 0.75, "l0_corr": 0.9}  # fmt: skip
         path = folder / f"reading-k{k}.json"
@@ -267,6 +293,28 @@ def test_two_seeds_ladders_also_choose_on_their_mean_reading(tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", [*argv[:3], *files0[2:], *argv[len(files0) + 2 :]])
     synth_choose_k_main()
     assert json.loads(out.read_text())["seeds_mean_self_consistent_k"] is None
+
+
+def test_synth_choose_k_passes_over_a_k_with_many_dead_latents(tmp_path, monkeypatch):
+    # k = 4 fits (3.5) on a dictionary with 16% of its latents dead; k = 2 is dead and unread
+    files = write_ladder(tmp_path, {2: None, 4: 3.5, 8: 7.5, 16: 9.0}, dead={2: 400, 4: 160})
+    out = tmp_path / "choice.json"
+    monkeypatch.setattr(sys, "argv", ["synth_choose_k.py", "--ladder", *files, "--json", str(out)])
+    synth_choose_k_main()
+    (ladder,) = json.loads(out.read_text())["ladders"]
+    assert ladder["self_consistent_k"] == 8 and ladder["unread_k"] == [2]
+    assert ladder["self_consistent_k_unguarded"] is None  # k = 2 unread: no choice without it
+    # two seeds: the mean dead share passes k = 4 over where one seed alone would not
+    second = tmp_path / "seed1"
+    second.mkdir()
+    files1 = write_ladder(second, {2: None, 4: 3.5, 8: 7.5, 16: 9.0}, dead={2: 400, 4: 10})
+    argv = ["synth_choose_k.py", "--ladder", *files, "--ladder", *files1, "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    synth_choose_k_main()
+    result = json.loads(out.read_text())
+    assert [ladder["self_consistent_k"] for ladder in result["ladders"]] == [8, 4]
+    assert result["seeds_mean_self_consistent_k"] == 8  # mean share 8.5%
+    assert result["seeds_mean_self_consistent_k_unguarded"] is None
 
 
 def test_synth_choose_k_refuses_a_reading_of_a_k_the_summary_did_not_train(tmp_path, monkeypatch):

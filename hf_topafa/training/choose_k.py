@@ -32,6 +32,11 @@ NEAR_TIE = 0.005
 SET_PER_RUN = ("--seed", "--resume", "--overwrite")
 READING = "risk_floor"  # procedure D's reader
 READING_TOKENS = 8192  # held-out tokens each dictionary is read on
+# A dictionary leaving more of its latents dead than this has not learned its width: it misses
+# features outright, so its reading fitting in k says nothing. On every synthetic sweep the dead
+# share was at most 0.5% or at least 11% (flat world k = 5: 16%, where the unguarded choice
+# missed), so the threshold sits in that gap (results/synthbench/README.md, "dead guard").
+DEAD_SHARE_GUARD = 0.05
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,11 +119,15 @@ def reading_count(folder: Path, acts) -> float:
 
 
 def self_consistent(rows: list[dict]) -> dict:
-    """The smallest k whose seeds' readings keep at most k per token on average (None where
-    every k's reading asks for more: the sweep needs a larger k)."""
-    fits = [row["k"] for row in rows if row["reading"] <= row["k"]]
-    return {"k": min(fits) if fits else None, "rule": f"{READING}, unfolded by levels, exclusive",
-            "tokens": READING_TOKENS}  # fmt: skip
+    """The smallest k whose seeds' readings keep at most k per token on average, passing over a
+    k whose dictionaries leave more than ``DEAD_SHARE_GUARD`` of their latents dead (a row's
+    ``dead_share``; such a row needs no reading). None where no k is left: the sweep needs a
+    larger k."""
+    passed_over = [row["k"] for row in rows if (row.get("dead_share") or 0) > DEAD_SHARE_GUARD]
+    fits = [row["k"] for row in rows if row["k"] not in passed_over and row["reading"] <= row["k"]]
+    return {"k": min(fits) if fits else None, "passed_over": passed_over,
+            "dead_share_guard": DEAD_SHARE_GUARD,
+            "rule": f"{READING}, unfolded by levels, exclusive", "tokens": READING_TOKENS}  # fmt: skip
 
 
 def agreement_by_k(decoders: dict[int, list]) -> list[dict]:
@@ -174,6 +183,9 @@ def describe(
         row["from_start"] = sum(from_start(key) for key in keys) / len(keys)
         row["runs"] = [{"seed": key[1], "folder": str(runs[key]), **f}
                        for key, f in zip(keys, figures, strict=True)]  # fmt: skip
+        shares = [f["dead"] / saes[key].config.d_sae
+                  for key, f in zip(keys, figures, strict=True) if f["dead"] is not None]  # fmt: skip
+        row["dead_share"] = sum(shares) / len(shares) if shares else None
         if acts is not None:
             for run in row["runs"]:
                 run["reading"] = reading_count(Path(run["folder"]), acts)
@@ -219,13 +231,17 @@ def report(result: dict) -> str:
 def self_consistent_line(result: dict) -> str:
     if "self_consistent" not in result:
         return "self-consistent k: needs --eval-cache (held-out activations to read on)"
-    k = result["self_consistent"]["k"]
+    chosen = result["self_consistent"]
+    k, passed = chosen["k"], chosen.get("passed_over", [])
+    guard = (f"; passed over, more than {DEAD_SHARE_GUARD:.0%} of their latents dead: "
+             f"k = {', '.join(map(str, passed))}" if passed else "")  # fmt: skip
     if k is None:
         return ("self-consistent k: none; every k's reading keeps more than k per token: add a "
-                "larger k and run again (finished runs are kept)")  # fmt: skip
-    below = " (the sweep's smallest: a k below may fit too)" if k == result["rows"][0]["k"] else ""
+                f"larger k and run again (finished runs are kept){guard}")  # fmt: skip
+    smallest = min(row["k"] for row in result["rows"] if row["k"] not in passed)
+    below = " (the sweep's smallest: a k below may fit too)" if k == smallest else ""
     return (f"self-consistent k = {k}: the smallest k whose reading ({READING}, absorbed "
-            f"ancestors unfolded) keeps at most k per held-out token{below}")  # fmt: skip
+            f"ancestors unfolded) keeps at most k per held-out token{below}{guard}")  # fmt: skip
 
 
 def cli_main(argv: list[str]) -> int:
