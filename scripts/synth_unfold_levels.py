@@ -35,6 +35,7 @@ from hf_topafa.evaluation.ground_truth import (
     TruthSet,
     codes_of,
     firings_by_latent,
+    hierarchy_depths,
     hierarchy_parents,
 )
 from hf_topafa.helpers import script_command, write_json
@@ -61,16 +62,6 @@ def level_sizes(view) -> list[int]:
     added none is left out)."""
     added = [level.added for level in unfolding_levels(view)]
     return [view.W_dec.shape[0] - sum(added), *added]
-
-
-def hierarchy_depths(parents: torch.Tensor) -> torch.Tensor:
-    """Each feature's depth below its root (0 for roots and features outside the hierarchy)."""
-    depth = torch.zeros_like(parents)
-    above = parents.clone()
-    while (above >= 0).any():
-        depth += above >= 0
-        above = torch.where(above >= 0, parents[above.clamp_min(0)], above)
-    return depth
 
 
 def doubled_by_members(

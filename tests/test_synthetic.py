@@ -24,6 +24,7 @@ from hf_topafa.evaluation.ground_truth import (  # noqa: E402
     TruthSet,
     codes_of,
     firing_codes,
+    hierarchy_depths,
     kurtosis_reading_of_truth,
     matched_features,
     most_frequent,
@@ -60,6 +61,13 @@ from synth_energy import empty_token_detections, energy_readings  # noqa: E402
 from synth_energy_trace import fano_energy, trace  # noqa: E402
 from synth_false_positives import false_positive_sources  # noqa: E402
 from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
+from synth_missed_by_level import (  # noqa: E402
+    by_place,
+    depths,
+    detections,
+    frequency_quarters,
+    places,
+)
 from synth_readings_plot import count_ratios  # noqa: E402
 from synth_readings_plot import main as readings_plot_main  # noqa: E402
 from synth_recovery_ceiling import main as recovery_main  # noqa: E402
@@ -68,7 +76,6 @@ from synth_reread import main as reread_main  # noqa: E402
 from synth_unfold_levels import (  # noqa: E402
     doubled_by_members,
     first_level_groups,
-    hierarchy_depths,
     level_sizes,
     sources_by_level,
 )
@@ -950,3 +957,46 @@ def test_recovery_ceiling_reads_the_worlds_own_features_at_the_noise_the_width_l
     monkeypatch.setattr(sys, "argv", ["synth_recovery_ceiling.py", str(cache)])
     with pytest.raises(SystemExit, match="was not sampled from a synthetic world"):
         recovery_main()
+
+
+def test_missed_by_level_places_each_feature_and_counts_what_the_reading_keeps():
+    from types import SimpleNamespace
+
+    from sae_lens.synthetic.hierarchy import HierarchyNode
+
+    def node(i, *children, exclusive=False):
+        return HierarchyNode(i, list(children), mutually_exclusive_children=exclusive)
+
+    tree = node(0, node(1, node(3), node(4), exclusive=True), node(2))
+    loose = node(None, node(5))  # an organizational node: its child is a root
+    world = SimpleNamespace(cfg=SimpleNamespace(num_features=7), feature_dict=lambda codes: codes,
+                            hierarchy=SimpleNamespace(roots=[tree, loose]))  # fmt: skip
+    assert places(world) == ["root+children", "shared+children", "shared", "exclusive",
+                             "exclusive", "root", "outside"]  # fmt: skip
+    assert depths(world, places(world)) == ["depth 0", "depth 1", "depth 1", "depth 2", "depth 2",
+                                            "depth 0", "outside"]  # fmt: skip
+
+    # three samples: f0 and f1 on; f0 on, weakly; f2 on. Latent 0 is f0's and keeps it only when
+    # strong, latent 1 is f2's, latent 2 is matched to nothing.
+    truth = TruthSet(torch.tensor([[0, 0], [0, 1], [1, 0], [2, 2]]),
+                     torch.tensor([2.0, 1.0, 1.0, 1.0]), 3, 3)  # fmt: skip
+
+    def reading(x):
+        acts = torch.stack([x[:, 0] * (x[:, 0] > 1.5), x[:, 2], x[:, 1]], 1)
+        return SimpleNamespace(feature_acts=acts)
+
+    small = SimpleNamespace(cfg=SimpleNamespace(num_features=3), feature_dict=lambda codes: codes)
+    fires, kept = detections(reading, small, truth, torch.tensor([0, 2, -1]))
+    assert fires.tolist() == [2, 1, 1] and kept.tolist() == [1, 0, 1]
+    groups = by_place(["root", "root", "leaf"], torch.tensor([True, True, True]), fires, kept,
+                      torch.tensor([1.0, 0.0, 0.95]), samples=3)  # fmt: skip
+    assert groups["root"]["recall"] == pytest.approx(1 / 3)
+    assert groups["root"]["firings_per_sample"] == 1.0 and groups["leaf"]["recall"] == 1.0
+    assert groups["root"]["matched_cosine_at_least_0.9"] == 0.5
+    counts, held = (
+        torch.tensor([5, 9, 0, 7, 1, 3, 8, 2]),
+        torch.tensor([1, 1, 0, 1, 1, 1, 1, 1]) > 0,
+    )
+    # seven held, by count: 9, 8 | 7, 5 | 3, 2 | 1
+    assert frequency_quarters(counts, held) == ["quarter 2", "quarter 1", "not held", "quarter 2",
+                                                "quarter 4", "quarter 3", "quarter 1", "quarter 3"]  # fmt: skip

@@ -269,6 +269,16 @@ def hierarchy_parents(world) -> torch.Tensor:
     return parents
 
 
+def hierarchy_depths(parents: torch.Tensor) -> torch.Tensor:
+    """Each feature's depth below its root (0 for roots and features outside the hierarchy)."""
+    depth = torch.zeros_like(parents)
+    above = parents.clone()
+    while (above >= 0).any():
+        depth += above >= 0
+        above = torch.where(above >= 0, parents[above.clamp_min(0)], above)
+    return depth
+
+
 def active_chains(codes: torch.Tensor, parents: torch.Tensor, held: torch.Tensor | None = None):
     """Per sample, how many active chains of the hierarchy the code holds: its active features
     whose parent is not active (each chain root -> child -> ... counts once).

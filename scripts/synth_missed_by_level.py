@@ -1,0 +1,166 @@
+"""Which true features procedure D's reading misses, by their place in the world's hierarchy.
+
+Procedure D (``synth_reread.py RUN CACHE risk_floor --stars --exclusive TRAIN``) keeps a count
+near what the width holds on most worlds, but 0.59-0.75x of it on the deep world at every k.
+This says where the missing features sit. Of the features the width holds (the most frequent in
+the scored samples), grouped by place (outside the hierarchy; a root; a child of a parent whose
+children are exclusive or not; with children of its own or a leaf): how often they fire, the
+share of those firings the reading keeps on the feature's one-to-one matched latent, and how
+near that latent's decoder row is (|cosine|). A group the dictionary never learned shows low
+cosines; one it learned but the reading drops shows high cosines and low recall. The same by
+depth below the root, and by how often the feature fires (four equal bands of the held ones).
+
+    python scripts/synth_missed_by_level.py runs/synthbench_deep/runs/synthsaebench-4k-deep/topk-k14 \\
+        runs/synthbench_deep/cache/synthsaebench-4k-deep-eval runs/synthbench_deep/cache/synthsaebench-4k-deep-train \\
+        --samples 10000 --json results/synthbench/absorption/deep/missed-by-level-k14.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from hf_topafa import SparseAutoencoder
+from hf_topafa.data.harvest import ActivationCache
+from hf_topafa.data.synthetic_cache import world_of_cache
+from hf_topafa.evaluation.agreement import matched_cosines
+from hf_topafa.evaluation.ground_truth import (
+    TruthSet,
+    codes_of,
+    hierarchy_depths,
+    hierarchy_parents,
+    most_frequent,
+    readings_of,
+)
+from hf_topafa.helpers import script_command, write_json
+from hf_topafa.sae.absorption import NESTED_SAMPLES, unabsorbed_directions
+from hf_topafa.sae.reading import read_with
+
+PROCEDURE_D = ", unfolded by levels, exclusive"
+NEAR = 0.9  # a matched |cosine| at least this counts as the feature learned
+
+
+def places(world) -> list[str]:
+    """Each feature's place: ``outside``, ``root``, or ``exclusive``/``shared`` (its parent's
+    children are mutually exclusive or may fire together), with ``+children`` where it has any."""
+    place = ["outside"] * world.cfg.num_features
+    hierarchy = getattr(world, "hierarchy", None)
+    stack = [(root, None) for root in (hierarchy.roots if hierarchy is not None else [])]
+    while stack:
+        node, parent = stack.pop()
+        below = parent
+        if node.feature_index is not None:
+            kind = (
+                "root"
+                if parent is None
+                else "exclusive"
+                if parent.mutually_exclusive_children
+                else "shared"
+            )
+            has_children = any(child.feature_index is not None for child in node.children)
+            place[node.feature_index] = kind + ("+children" if has_children else "")
+            below = node
+        stack.extend((child, below) for child in node.children)
+    return place
+
+
+@torch.no_grad()
+def detections(sae, world, truth: TruthSet, match: torch.Tensor, batch: int = 4096):
+    """(fires [features], kept [features]): how often each feature is on, and how often its
+    matched latent (``match``: one feature per latent, -1 for none) is kept when it is."""
+    fires = torch.zeros(world.cfg.num_features)
+    kept = torch.zeros(world.cfg.num_features)
+    latents = (match >= 0).nonzero().squeeze(-1)
+    for start in range(0, truth.num_samples, batch):
+        codes = truth.rows(start, min(truth.num_samples, start + batch))
+        on = codes > 0
+        fires += on.sum(0)
+        acts = sae(world.feature_dict(codes)).feature_acts[:, latents] != 0
+        kept.index_add_(0, match[latents], (acts & on[:, match[latents]]).sum(0).float())
+    return fires, kept
+
+
+def depths(world, place: list[str]) -> list[str]:
+    """Each feature's depth below its root (``depth 0``: a root), or ``outside``."""
+    depth = hierarchy_depths(hierarchy_parents(world)).tolist()
+    return [
+        "outside" if p == "outside" else f"depth {d}" for p, d in zip(place, depth, strict=True)
+    ]
+
+
+def frequency_quarters(counts: torch.Tensor, held: torch.Tensor) -> list[str]:
+    """The held features in four equal bands by how often they fire (``quarter 1``: the most
+    frequent), the rest ``not held``."""
+    label = ["not held"] * len(counts)
+    order = [i for i in torch.argsort(counts, descending=True, stable=True).tolist() if held[i]]
+    for rank, feature in enumerate(order):
+        label[feature] = f"quarter {1 + 4 * rank // len(order)}"
+    return label
+
+
+def by_place(place: list[str], held: torch.Tensor, fires, kept, cosine, samples: int) -> dict:
+    """Per place (a label per feature), over the held features: their firings per sample, the
+    reading's recall of them and their matched latents' |cosine|."""
+    groups = {}
+    for name in sorted(set(place)):
+        members = torch.tensor([p == name for p in place]) & held
+        if not members.any():
+            continue
+        groups[name] = {
+            "features_held": int(members.sum()),
+            "firings_per_sample": round(float(fires[members].sum()) / samples, 3),
+            "recall": float(kept[members].sum() / fires[members].sum().clamp(min=1)),
+            "matched_cosine_mean": float(cosine[members].mean()),
+            f"matched_cosine_at_least_{NEAR}": float((cosine[members] >= NEAR).float().mean()),
+        }
+    return groups
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("run", help="a trained TopK SAE folder")
+    p.add_argument("cache", help="the world's held-out synthetic cache (with true codes)")
+    p.add_argument("train_cache", help="the training cache, for the nested-firing groups")
+    p.add_argument("--samples", type=int, default=10000)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    cache = ActivationCache(args.cache)
+    world = world_of_cache(cache.manifest)
+    truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
+    base = SparseAutoencoder.from_pretrained(args.run)
+    read = read_with(base, "risk_floor")
+    codes = codes_of(read, ActivationCache(args.train_cache).first_activations(NESTED_SAMPLES))
+    unabsorbed = unabsorbed_directions(base.W_dec)
+    views = {suffix: view for suffix, view, _ in readings_of(read, unabsorbed, True, True, codes)}
+    features = world.feature_dict.feature_vectors
+    held = most_frequent(truth.feature_counts(), base.config.d_sae)
+    place = places(world)
+    groupings = {"place": place, "depth": depths(world, place),
+                 "frequency": frequency_quarters(truth.feature_counts(), held)}  # fmt: skip
+    result = {"run": args.run, "cache": args.cache, "samples": truth.num_samples,
+              "command": script_command(), "readings": {}}  # fmt: skip
+    for label, view in (("risk_floor", views[""]), ("procedure D", views[PROCEDURE_D])):
+        match, cos = matched_cosines(view.W_dec, features)
+        cosine = torch.zeros(world.cfg.num_features)
+        cosine[match[match >= 0]] = cos[match >= 0]
+        fires, kept = detections(view, world, truth, match)
+        result["readings"][label] = {}
+        for grouping, labels in groupings.items():
+            groups = by_place(labels, held, fires, kept, cosine, truth.num_samples)
+            result["readings"][label][grouping] = groups
+            print(f"\n{label}, by {grouping}: {'held':>5} {'fires/sample':>13} {'recall':>7} "
+                  f"{'mean |cos|':>10} {f'|cos|>={NEAR}':>10}")  # fmt: skip
+            for name, g in groups.items():
+                print(f"  {name:<20} {g['features_held']:>5} {g['firings_per_sample']:>13.3f} "
+                      f"{g['recall']:>7.3f} {g['matched_cosine_mean']:>10.3f} "
+                      f"{g[f'matched_cosine_at_least_{NEAR}']:>10.3f}")  # fmt: skip
+    if args.json:
+        write_json(args.json, result)
+    print(json.dumps({"wrote": args.json}) if args.json else "")
+
+
+if __name__ == "__main__":
+    main()
