@@ -9,6 +9,9 @@ share of those firings the reading keeps on the feature's one-to-one matched lat
 near that latent's decoder row is (|cosine|). A group the dictionary never learned shows low
 cosines; one it learned but the reading drops shows high cosines and low recall. The same by
 depth below the root, and by how often the feature fires (four equal bands of the held ones).
+First it prints the noise level ``risk_floor`` prices each latent at on this dictionary beside
+the truth's (the energy of the features the width does not hold): a level set too high drops
+true features that the dictionary holds.
 
     python scripts/synth_missed_by_level.py runs/synthbench_deep/runs/synthsaebench-4k-deep/topk-k14 \\
         runs/synthbench_deep/cache/synthsaebench-4k-deep-eval runs/synthbench_deep/cache/synthsaebench-4k-deep-train \\
@@ -34,12 +37,44 @@ from hf_topafa.evaluation.ground_truth import (
     most_frequent,
     readings_of,
 )
+from hf_topafa.evaluation.sparse_recovery import unheld_noise
 from hf_topafa.helpers import script_command, write_json
+from hf_topafa.sae import risk
 from hf_topafa.sae.absorption import NESTED_SAMPLES, unabsorbed_directions
+from hf_topafa.sae.kfree import centered_input
 from hf_topafa.sae.reading import read_with
 
 PROCEDURE_D = ", unfolded by levels, exclusive"
 NEAR = 0.9  # a matched |cosine| at least this counts as the feature learned
+LEVEL_SAMPLES = 4096  # one batch, as the reading prices each batch of 4,096
+LEVEL_FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5)  # levels tried, times the unheld energy
+
+
+@torch.no_grad()
+def noise_levels(sae, cache, truth: TruthSet, held: torch.Tensor) -> dict:
+    """The noise level ``risk_floor`` prices latents at on this dictionary (the pooled residual
+    per dimension at its counts, on the first scored samples) beside the truth's: the energy
+    per dimension of the features the width does not hold. And the fixed point's map: at the
+    counts each of ``LEVEL_FACTORS`` times the truth's level gives, the pooled residual over
+    it (a map that stays above 1 has no fixed point near the truth)."""
+    n = min(LEVEL_SAMPLES, truth.num_samples)
+    x = cache.first_activations(n)
+    x_n = sae.normalize_input(x)[0]
+    pre, z = sae.pre_activations(x), centered_input(sae, x_n)
+    _, _, level = risk.risk_pooled(pre, sae.W_dec, z)
+    unheld = unheld_noise(truth.rows(0, n), held, x_n.shape[-1])
+    found = {"samples": n, "pooled_level": float(level), "unheld_noise": unheld,
+             "ratio": float(level) / unheld if unheld > 0 else None}  # fmt: skip
+    if unheld > 0:  # the pooled residual at the counts each level gives, both over the unheld
+        norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+        rss, _ = risk.ranked_residuals(pre * norms, pre, sae.W_dec, z)
+        d, h = z.shape[-1], pre.shape[-1]
+        found["residual_at_level"] = {
+            str(f): float(risk.pooled_noise(rss, risk.known_noise_counts(rss, h, f * unheld), d))
+            / unheld
+            for f in LEVEL_FACTORS
+        }
+    return found
 
 
 def places(world) -> list[str]:
@@ -140,8 +175,15 @@ def main() -> None:
     place = places(world)
     groupings = {"place": place, "depth": depths(world, place),
                  "frequency": frequency_quarters(truth.feature_counts(), held)}  # fmt: skip
+    noise = noise_levels(base, cache, truth, held)
+    ratio = f" ({noise['ratio']:.2f}x)" if noise["ratio"] is not None else ""
+    print(f"risk_floor's noise level {noise['pooled_level']:.4g} per dimension; the unheld "
+          f"features' {noise['unheld_noise']:.4g}{ratio}")  # fmt: skip
+    if "residual_at_level" in noise:
+        steps = ", ".join(f"{f}x -> {r:.2f}x" for f, r in noise["residual_at_level"].items())
+        print(f"  the pooled residual at the counts of each level (both over the unheld): {steps}")
     result = {"run": args.run, "cache": args.cache, "samples": truth.num_samples,
-              "command": script_command(), "readings": {}}  # fmt: skip
+              "noise": noise, "command": script_command(), "readings": {}}  # fmt: skip
     for label, view in (("risk_floor", views[""]), ("procedure D", views[PROCEDURE_D])):
         match, cos = matched_cosines(view.W_dec, features)
         cosine = torch.zeros(world.cfg.num_features)

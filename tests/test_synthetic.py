@@ -66,8 +66,10 @@ from synth_missed_by_level import (  # noqa: E402
     depths,
     detections,
     frequency_quarters,
+    noise_levels,
     places,
 )
+from synth_missed_by_level import main as missed_by_level_main  # noqa: E402
 from synth_readings_plot import count_ratios  # noqa: E402
 from synth_readings_plot import main as readings_plot_main  # noqa: E402
 from synth_recovery_ceiling import main as recovery_main  # noqa: E402
@@ -1000,3 +1002,39 @@ def test_missed_by_level_places_each_feature_and_counts_what_the_reading_keeps()
     # seven held, by count: 9, 8 | 7, 5 | 3, 2 | 1
     assert frequency_quarters(counts, held) == ["quarter 2", "quarter 1", "not held", "quarter 2",
                                                 "quarter 4", "quarter 3", "quarter 1", "quarter 3"]  # fmt: skip
+
+
+def test_missed_by_level_on_the_worlds_own_features(world_json, oracle_run, tmp_path, monkeypatch):
+    caches = [write_synthetic_cache(str(world_json), tmp_path / name, 300, seed=seed,
+                                    with_truth=True, progress=False)
+              for name, seed in (("eval", 2), ("train", 3))]  # fmt: skip
+    out = tmp_path / "missed.json"
+    argv = ["synth_missed_by_level.py", str(oracle_run), *map(str, caches), "--samples", "200",
+            "--json", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    missed_by_level_main()
+    found = json.loads(out.read_text())
+    (group,) = found["readings"]["risk_floor"]["place"].values()  # no hierarchy: all outside
+    assert group["features_held"] == 48 and group["matched_cosine_mean"] == pytest.approx(
+        1, abs=1e-5
+    )
+    assert 0 < group["recall"] <= 1
+    bands = found["readings"]["procedure D"]["frequency"]
+    assert sorted(bands) == ["quarter 1", "quarter 2", "quarter 3", "quarter 4"]
+    assert sum(b["firings_per_sample"] for b in bands.values()) == pytest.approx(
+        group["firings_per_sample"], abs=0.01)  # fmt: skip
+    noise = found["noise"]  # the width holds every feature: nothing unheld
+    assert noise["unheld_noise"] == 0 and noise["ratio"] is None and noise["pooled_level"] > 0
+    # holding only the 24 most frequent, the rest is noise; a higher level keeps fewer features
+    # and leaves more residual
+    cache = ActivationCache(caches[0])
+    truth = TruthSet.from_cache(cache, 48, limit=200)
+    held = most_frequent(truth.feature_counts(), 24)
+    sae = SparseAutoencoder.from_pretrained(oracle_run)
+    noise = noise_levels(sae, cache, truth, held)
+    assert (
+        noise["unheld_noise"] > 0
+        and noise["ratio"] == noise["pooled_level"] / noise["unheld_noise"]
+    )
+    steps = list(noise["residual_at_level"].values())
+    assert len(steps) == 5 and steps == sorted(steps) and steps[0] < steps[-1]
