@@ -13,10 +13,11 @@ Beside it, with an --eval-cache, the self-consistent k: each dictionary read as 
 reads it (``risk_floor``, its absorbed ancestors unfolded by levels, no group of latents that
 fire nested), and the smallest k whose reading keeps at most k per token. A dictionary with
 fewer slots than features merges parents into children, and the unfolded reading then asks for
-more than k. On two of three worlds built after it was fixed it chose a k meeting every bar
-where agreement chose too small or too large a one; on the third no k met the count. It misses
-on a world without a hierarchy, where nothing is absorbed (results/synthbench/README.md, "The
-dense config in 384 dimensions").
+more than k. A k whose dictionaries leave many latents dead is passed over: they miss features
+outright, so their reading fits in k for the wrong reason (the flat world's k = 5). On two of
+three worlds built after the rule was fixed it chose a k meeting every bar where agreement
+chose too small or too large a one; on the third no k met the count (results/synthbench/
+README.md, "The dense config in 384 dimensions", "A dead guard").
 """
 
 from __future__ import annotations
