@@ -74,12 +74,12 @@ def bars_met(reading: dict, best: dict) -> dict[str, bool]:
             "mcc": reading["mcc"] >= best["mcc"], "corr": reading["corr"] >= CORRELATION_BAR}  # fmt: skip
 
 
-def choice_on(counts: dict[int, float], dead_share: dict[int, float] | None) -> int | None:
+def choice_on(counts: dict[int, float], dead_share: dict[int, float | None]) -> int | None:
     """The self-consistent k (``choose_k.self_consistent``) over the trained k (``dead_share``'s
-    keys) in order, with the dead guard unless ``dead_share`` is None; None where a smaller k
-    that the guard keeps is unread (the choice would depend on it)."""
+    keys) in order, passing over a k whose share of dead latents is over the guard (None: not
+    guarded); None where a smaller k that is kept is unread (the choice would depend on it)."""
     rows = []
-    for k, share in sorted((dead_share or dict.fromkeys(counts)).items()):
+    for k, share in sorted(dead_share.items()):
         if share is not None and share > DEAD_SHARE_GUARD:
             rows.append({"k": k, "reading": None, "dead_share": share})  # passed over, unread
         elif k in counts:

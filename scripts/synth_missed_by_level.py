@@ -15,7 +15,7 @@ true features that the dictionary holds.
 
     python scripts/synth_missed_by_level.py runs/synthbench_deep/runs/synthsaebench-4k-deep/topk-k14 \\
         runs/synthbench_deep/cache/synthsaebench-4k-deep-eval runs/synthbench_deep/cache/synthsaebench-4k-deep-train \\
-        --samples 10000 --json results/synthbench/absorption/deep/missed-by-level-k14.json
+        --samples 10000 --json results/synthbench/missed/deep-8m-topk-k14.json
 """
 
 from __future__ import annotations
