@@ -7,7 +7,9 @@ the scored samples), grouped by place (outside the hierarchy; a root; a child of
 children are exclusive or not; with children of its own or a leaf): how often they fire, the
 share of those firings the reading keeps on the feature's one-to-one matched latent, and how
 near that latent's decoder row is (|cosine|). A group the dictionary never learned shows low
-cosines; one it learned but the reading drops shows high cosines and low recall. The same by
+cosines; one it learned but the reading drops shows high cosines and low recall. Of the missed
+firings, the share where a hierarchy relative's latent is kept instead (an ancestor's, or a
+descendant's: the feature absorbed into a relative's row). The same by
 depth below the root, and by how often the feature fires (four equal bands of the held ones).
 First it prints the noise level ``risk_floor`` prices each latent at on this dictionary beside
 the truth's (the energy of the features the width does not hold): a level set too high drops
@@ -102,19 +104,48 @@ def places(world) -> list[str]:
 
 
 @torch.no_grad()
-def detections(sae, world, truth: TruthSet, match: torch.Tensor, batch: int = 4096):
-    """(fires [features], kept [features]): how often each feature is on, and how often its
-    matched latent (``match``: one feature per latent, -1 for none) is kept when it is."""
-    fires = torch.zeros(world.cfg.num_features)
-    kept = torch.zeros(world.cfg.num_features)
+def detections(sae, world, truth: TruthSet, match: torch.Tensor, batch: int = 4096) -> dict:
+    """Per feature: how often it is on (``fires``), how often its matched latent (``match``: one
+    feature per latent, -1 for none) is kept when it is (``kept``), and how often it is missed
+    while the latent of an ancestor (``missed_beside_ancestor``) or of a descendant
+    (``missed_beside_descendant``) in the world's hierarchy is kept: a missed feature whose
+    relative's latent stands for it, as an absorbed parent's child does."""
+    parents = hierarchy_parents(world)
+    depth = hierarchy_depths(parents)
+    found = {name: torch.zeros(world.cfg.num_features) for name in
+             ("fires", "kept", "missed_beside_ancestor", "missed_beside_descendant")}  # fmt: skip
     latents = (match >= 0).nonzero().squeeze(-1)
     for start in range(0, truth.num_samples, batch):
         codes = truth.rows(start, min(truth.num_samples, start + batch))
         on = codes > 0
-        fires += on.sum(0)
-        acts = sae(world.feature_dict(codes)).feature_acts[:, latents] != 0
-        kept.index_add_(0, match[latents], (acts & on[:, match[latents]]).sum(0).float())
-    return fires, kept
+        kept = torch.zeros_like(on)
+        kept[:, match[latents]] = sae(world.feature_dict(codes)).feature_acts[:, latents] != 0
+        missed = on & ~kept
+        found["fires"] += on.sum(0)
+        found["kept"] += (on & kept).sum(0)
+        found["missed_beside_ancestor"] += (missed & kept_ancestor(kept, parents)).sum(0)
+        found["missed_beside_descendant"] += (missed & kept_descendant(kept, parents, depth)).sum(0)
+    return found
+
+
+def kept_ancestor(kept: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+    """[samples, features]: whether some ancestor of the feature has its latent kept."""
+    out = torch.zeros_like(kept)
+    above = parents.clone()
+    while (above >= 0).any():
+        out |= (above >= 0) & kept[:, above.clamp_min(0)]
+        above = torch.where(above >= 0, parents[above.clamp_min(0)], above)
+    return out
+
+
+def kept_descendant(kept: torch.Tensor, parents: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    """[samples, features]: whether some descendant of the feature has its latent kept."""
+    below = torch.zeros(kept.shape, dtype=torch.float32)
+    for level in range(int(depth.max()), 0, -1):  # deepest first, each level into its parents
+        children = ((depth == level) & (parents >= 0)).nonzero().squeeze(-1)
+        either = (kept[:, children] | (below[:, children] > 0)).float()
+        below.index_add_(1, parents[children], either)
+    return below > 0
 
 
 def depths(world, place: list[str]) -> list[str]:
@@ -135,18 +166,27 @@ def frequency_quarters(counts: torch.Tensor, held: torch.Tensor) -> list[str]:
     return label
 
 
-def by_place(place: list[str], held: torch.Tensor, fires, kept, cosine, samples: int) -> dict:
+def by_place(place: list[str], held: torch.Tensor, found: dict, cosine, samples: int) -> dict:
     """Per place (a label per feature), over the held features: their firings per sample, the
-    reading's recall of them and their matched latents' |cosine|."""
+    reading's recall of them, the share of their missed firings beside a kept ancestor or
+    descendant (``detections``) and their matched latents' |cosine|."""
     groups = {}
+    fires, kept = found["fires"], found["kept"]
     for name in sorted(set(place)):
         members = torch.tensor([p == name for p in place]) & held
         if not members.any():
             continue
+        missed = (fires[members] - kept[members]).sum().clamp(min=1)
         groups[name] = {
             "features_held": int(members.sum()),
             "firings_per_sample": round(float(fires[members].sum()) / samples, 3),
             "recall": float(kept[members].sum() / fires[members].sum().clamp(min=1)),
+            "missed_beside_ancestor": float(
+                found["missed_beside_ancestor"][members].sum() / missed
+            ),
+            "missed_beside_descendant": float(
+                found["missed_beside_descendant"][members].sum() / missed
+            ),
             "matched_cosine_mean": float(cosine[members].mean()),
             f"matched_cosine_at_least_{NEAR}": float((cosine[members] >= NEAR).float().mean()),
         }
@@ -188,16 +228,18 @@ def main() -> None:
         match, cos = matched_cosines(view.W_dec, features)
         cosine = torch.zeros(world.cfg.num_features)
         cosine[match[match >= 0]] = cos[match >= 0]
-        fires, kept = detections(view, world, truth, match)
+        found = detections(view, world, truth, match)
         result["readings"][label] = {}
         for grouping, labels in groupings.items():
-            groups = by_place(labels, held, fires, kept, cosine, truth.num_samples)
+            groups = by_place(labels, held, found, cosine, truth.num_samples)
             result["readings"][label][grouping] = groups
             print(f"\n{label}, by {grouping}: {'held':>5} {'fires/sample':>13} {'recall':>7} "
-                  f"{'mean |cos|':>10} {f'|cos|>={NEAR}':>10}")  # fmt: skip
+                  f"{'missed: ancestor':>17} {'descendant':>11} {'mean |cos|':>10} "
+                  f"{f'|cos|>={NEAR}':>10}")  # fmt: skip
             for name, g in groups.items():
                 print(f"  {name:<20} {g['features_held']:>5} {g['firings_per_sample']:>13.3f} "
-                      f"{g['recall']:>7.3f} {g['matched_cosine_mean']:>10.3f} "
+                      f"{g['recall']:>7.3f} {g['missed_beside_ancestor']:>17.3f} "
+                      f"{g['missed_beside_descendant']:>11.3f} {g['matched_cosine_mean']:>10.3f} "
                       f"{g[f'matched_cosine_at_least_{NEAR}']:>10.3f}")  # fmt: skip
     if args.json:
         write_json(args.json, result)

@@ -66,6 +66,8 @@ from synth_missed_by_level import (  # noqa: E402
     depths,
     detections,
     frequency_quarters,
+    kept_ancestor,
+    kept_descendant,
     noise_levels,
     places,
 )
@@ -988,11 +990,28 @@ def test_missed_by_level_places_each_feature_and_counts_what_the_reading_keeps()
         return SimpleNamespace(feature_acts=acts)
 
     small = SimpleNamespace(cfg=SimpleNamespace(num_features=3), feature_dict=lambda codes: codes)
-    fires, kept = detections(reading, small, truth, torch.tensor([0, 2, -1]))
-    assert fires.tolist() == [2, 1, 1] and kept.tolist() == [1, 0, 1]
-    groups = by_place(["root", "root", "leaf"], torch.tensor([True, True, True]), fires, kept,
+    found = detections(reading, small, truth, torch.tensor([0, 2, -1]))
+    assert found["fires"].tolist() == [2, 1, 1] and found["kept"].tolist() == [1, 0, 1]
+    assert found["missed_beside_ancestor"].sum() == 0  # no hierarchy: no relatives
+    groups = by_place(["root", "root", "leaf"], torch.tensor([True, True, True]), found,
                       torch.tensor([1.0, 0.0, 0.95]), samples=3)  # fmt: skip
     assert groups["root"]["recall"] == pytest.approx(1 / 3)
+    # a chain 0 -> 1 -> 2 and a feature 3 outside it: whose relative's latent is kept
+    parents = torch.tensor([-1, 0, 1, -1])
+    kept = torch.tensor([[True, False, False, False], [False, False, True, False]])
+    assert kept_ancestor(kept, parents).tolist() == [[False, True, True, False], [False] * 4]
+    below = kept_descendant(kept, parents, hierarchy_depths(parents))
+    assert below.tolist() == [[False] * 4, [True, True, False, False]]
+    # in the tree above: root 0 and its child 1 on, only the root's latent kept; then the child
+    # alone on, its latent kept
+    pair = TruthSet(torch.tensor([[0, 0], [0, 1], [1, 1]]), torch.ones(3), 2, 7)
+
+    def roots_only(x):
+        return SimpleNamespace(feature_acts=torch.stack([x[:, 0], x[:, 1] * (x[:, 0] == 0)], 1))
+
+    found = detections(roots_only, world, pair, torch.tensor([0, 1]))
+    assert found["kept"][:2].tolist() == [1, 1] and found["fires"][:2].tolist() == [1, 2]
+    assert found["missed_beside_ancestor"][1] == 1 and found["missed_beside_descendant"].sum() == 0
     assert groups["root"]["firings_per_sample"] == 1.0 and groups["leaf"]["recall"] == 1.0
     assert groups["root"]["matched_cosine_at_least_0.9"] == 0.5
     counts, held = (
