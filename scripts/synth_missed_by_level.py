@@ -193,14 +193,21 @@ def by_place(place: list[str], held: torch.Tensor, found: dict, cosine, samples:
     return groups
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("run", help="a trained TopK SAE folder")
+    for name, role in (("cache", "the world's held-out synthetic cache (with true codes)"),
+                       ("train_cache", "the training cache, for the nested-firing groups")):  # fmt: skip
+        parser.add_argument(name, help=role)
+    parser.add_argument("--samples", type=int, default=10000, help="scored samples")
+    parser.add_argument("--json", default=None, help="write the groups, with the command, here")
+    return parser
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("run", help="a trained TopK SAE folder")
-    p.add_argument("cache", help="the world's held-out synthetic cache (with true codes)")
-    p.add_argument("train_cache", help="the training cache, for the nested-firing groups")
-    p.add_argument("--samples", type=int, default=10000)
-    p.add_argument("--json", default=None)
-    args = p.parse_args()
+    args = build_parser().parse_args()
     torch.set_num_threads(1)
     cache = ActivationCache(args.cache)
     world = world_of_cache(cache.manifest)
