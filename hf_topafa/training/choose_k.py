@@ -15,9 +15,9 @@ fire nested), and the smallest k whose reading keeps at most k per token. A dict
 fewer slots than features merges parents into children, and the unfolded reading then asks for
 more than k. A k whose dictionaries leave many latents dead is passed over: they miss features
 outright, so their reading fits in k for the wrong reason (the flat world's k = 5). On two of
-three worlds built after the rule was fixed it chose a k meeting every bar where agreement
-chose too small or too large a one; on the third no k met the count (results/synthbench/
-README.md, "The dense config in 384 dimensions", "A dead guard").
+four worlds built after the rule was fixed it chose a k meeting every bar where agreement chose
+too small or too large a one; on the other two the reading missed the count at every k
+(results/synthbench/README.md, "The dense config in 384 dimensions", "A dead guard").
 """
 
 from __future__ import annotations
