@@ -136,6 +136,8 @@ def test_the_command_trains_every_k_and_seed_once_then_reports_the_choice(
         dead = [r["dead"] / SparseAutoencoder.from_pretrained(r["folder"]).config.d_sae
                 for r in row["runs"]]  # fmt: skip
         assert row["dead_share"] == pytest.approx(sum(dead) / 2)
+        (line,) = [line for line in printed.splitlines() if line.startswith(f"{row['k']:>6} ")]
+        assert f"{row['dead_share']:.1%}" in line.split()  # the table's dead column
     fits = [row["k"] for row in result["rows"]
             if row["reading"] <= row["k"] and row["dead_share"] <= DEAD_SHARE_GUARD]  # fmt: skip
     assert result["self_consistent"]["k"] == (min(fits) if fits else None)

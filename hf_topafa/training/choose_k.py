@@ -36,7 +36,7 @@ READING_TOKENS = 8192  # held-out tokens each dictionary is read on
 # A dictionary leaving more of its latents dead than this has not learned its width: it misses
 # features outright, so its reading fitting in k says nothing. On every synthetic sweep the dead
 # share was at most 0.5% or at least 11% (flat world k = 5: 16%, where the unguarded choice
-# missed), so the threshold sits in that gap (results/synthbench/README.md, "dead guard").
+# missed), so the threshold sits in that gap (results/synthbench/README.md, "A dead guard").
 DEAD_SHARE_GUARD = 0.05
 
 
@@ -204,14 +204,14 @@ def describe(
 def report(result: dict) -> str:
     read = "self_consistent" in result
     lines = [f"{'k':>6} {'seeds agree':>12} {'above 0.7':>10} {'from start':>11} "
-             f"{'held-out L0':>12} {'norm. MSE':>10} {'dead':>6}"
+             f"{'held-out L0':>12} {'norm. MSE':>10} {'dead':>7}"
              + (f" {'reading keeps':>14}" if read else "") + "  (held-out figures: seeds' mean)"]  # fmt: skip
     for row in result["rows"]:
         runs = row["runs"]
-        l0, mse, dead = (sum(r[key] or 0 for r in runs) / len(runs)
-                         for key in ("l0", "normalized_mse", "dead"))  # fmt: skip
+        l0, mse = (sum(r[key] or 0 for r in runs) / len(runs) for key in ("l0", "normalized_mse"))
+        dead = "-" if row.get("dead_share") is None else f"{row['dead_share']:.1%}"
         lines.append(f"{row['k']:>6} {row['agreement']:>12.3f} {row['above_0.7']:>10.1%} "
-                     f"{row['from_start']:>11.3f} {l0:>12.1f} {mse:>10.4f} {dead:>6.0f}"
+                     f"{row['from_start']:>11.3f} {l0:>12.1f} {mse:>10.4f} {dead:>7}"
                      + (f" {row['reading']:>14.2f}" if read else ""))  # fmt: skip
     chosen = result["chosen"]
     tie = (f"; within {NEAR_TIE} of it, a tie: k = {', '.join(map(str, chosen['near_ties']))}"
