@@ -104,7 +104,7 @@ def seeds_mean_self_consistent_k(reports: list[dict], guard: bool = True) -> int
         for r in report["readings"]:
             counts.setdefault(r["k"], []).append(r["count"])
         for k, share in report["best_topk"]["dead_share"].items():
-            shares.setdefault(int(k), []).append(share)
+            shares.setdefault(k, []).append(share)
     mean = {k: sum(c) / len(c) for k, c in counts.items() if len(c) == len(reports)}
     mean_share = {k: sum(s) / len(s) if guard else None for k, s in shares.items()}
     return choice_on(mean, mean_share)

@@ -63,14 +63,14 @@ def noise_levels(sae, cache, truth: TruthSet, held: torch.Tensor) -> dict:
     x = cache.first_activations(n)
     x_n = sae.normalize_input(x)[0]
     pre, z = sae.pre_activations(x), centered_input(sae, x_n)
-    _, _, level = risk.risk_pooled(pre, sae.W_dec, z)
-    unheld = unheld_noise(truth.rows(0, n), held, x_n.shape[-1])
+    norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
+    rss, _ = risk.ranked_residuals(pre * norms, pre, sae.W_dec, z)  # as risk_floor ranks them
+    d, h = z.shape[-1], pre.shape[-1]
+    _, level = risk.pooled_counts(rss, d, h)  # the level risk_floor's batch reading settles on
+    unheld = unheld_noise(truth.rows(0, n), held, d)
     found = {"samples": n, "pooled_level": float(level), "unheld_noise": unheld,
              "ratio": float(level) / unheld if unheld > 0 else None}  # fmt: skip
     if unheld > 0:  # the pooled residual at the counts each level gives, both over the unheld
-        norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
-        rss, _ = risk.ranked_residuals(pre * norms, pre, sae.W_dec, z)
-        d, h = z.shape[-1], pre.shape[-1]
         found["residual_at_level"] = {
             str(f): float(risk.pooled_noise(rss, risk.known_noise_counts(rss, h, f * unheld), d))
             / unheld

@@ -111,11 +111,12 @@ def held_out_activations(eval_cache: str):
     return cache.first_activations(min(READING_TOKENS, cache.num_tokens))
 
 
-def reading_count(folder: Path, acts) -> float:
-    """Per held-out token, what procedure D's reading keeps of the run's dictionary."""
+def reading_count(sae_or_folder, acts) -> float:
+    """Per held-out token, what procedure D's reading keeps of a run's dictionary (the loaded
+    SAE, or its folder)."""
     from ..evaluation.evaluate import evaluate_activations
 
-    metrics, _ = evaluate_activations(folder, acts, read_with=READING, unfold=True)
+    metrics, _ = evaluate_activations(sae_or_folder, acts, read_with=READING, unfold=True)
     return metrics["sparsity"]["l0_unfolded_by_levels_exclusive_mean"]
 
 
@@ -187,9 +188,9 @@ def describe(
         shares = [f["dead"] / saes[key].config.d_sae
                   for key, f in zip(keys, figures, strict=True) if f["dead"] is not None]  # fmt: skip
         row["dead_share"] = sum(shares) / len(shares) if shares else None
-        if acts is not None:
-            for run in row["runs"]:
-                run["reading"] = reading_count(Path(run["folder"]), acts)
+        if acts is not None:  # the SAEs loaded above, not read from disk again
+            for key, run in zip(keys, row["runs"], strict=True):
+                run["reading"] = reading_count(saes[key], acts)
             row["reading"] = sum(run["reading"] for run in row["runs"]) / len(keys)
     some = next(iter(saes.values()))
     first, second = list(dict.fromkeys(args.seeds))[:2]
