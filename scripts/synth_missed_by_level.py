@@ -35,6 +35,7 @@ from hf_topafa.evaluation.ground_truth import (
     TruthSet,
     codes_of,
     hierarchy_depths,
+    hierarchy_nodes,
     hierarchy_parents,
     most_frequent,
     readings_of,
@@ -83,23 +84,11 @@ def places(world) -> list[str]:
     """Each feature's place: ``outside``, ``root``, or ``exclusive``/``shared`` (its parent's
     children are mutually exclusive or may fire together), with ``+children`` where it has any."""
     place = ["outside"] * world.cfg.num_features
-    hierarchy = getattr(world, "hierarchy", None)
-    stack = [(root, None) for root in (hierarchy.roots if hierarchy is not None else [])]
-    while stack:
-        node, parent = stack.pop()
-        below = parent
-        if node.feature_index is not None:
-            kind = (
-                "root"
-                if parent is None
-                else "exclusive"
-                if parent.mutually_exclusive_children
-                else "shared"
-            )
-            has_children = any(child.feature_index is not None for child in node.children)
-            place[node.feature_index] = kind + ("+children" if has_children else "")
-            below = node
-        stack.extend((child, below) for child in node.children)
+    for node, parent in hierarchy_nodes(world):
+        kind = ("root" if parent is None
+                else "exclusive" if parent.mutually_exclusive_children else "shared")  # fmt: skip
+        has_children = any(child.feature_index is not None for child in node.children)
+        place[node.feature_index] = kind + ("+children" if has_children else "")
     return place
 
 

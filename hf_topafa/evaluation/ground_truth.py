@@ -258,15 +258,23 @@ def hierarchy_parents(world) -> torch.Tensor:
     """Each feature's parent in the world's hierarchy, as a long tensor [features]: -1 for roots
     and for features outside the hierarchy. A world without a hierarchy gives all -1."""
     parents = torch.full((world.cfg.num_features,), -1, dtype=torch.long)
+    for node, parent in hierarchy_nodes(world):
+        if parent is not None:
+            parents[node.feature_index] = parent.feature_index
+    return parents
+
+
+def hierarchy_nodes(world):
+    """Each node of the world's hierarchy that is a feature, with the nearest node above it that
+    is one (None for a root); a node that is no feature passes its own parent down."""
     hierarchy = getattr(world, "hierarchy", None)
     stack = [(root, None) for root in (hierarchy.roots if hierarchy is not None else [])]
     while stack:
         node, parent = stack.pop()
-        if node.feature_index is not None and parent is not None:
-            parents[node.feature_index] = parent
-        below = node.feature_index if node.feature_index is not None else parent
+        if node.feature_index is not None:
+            yield node, parent
+        below = node if node.feature_index is not None else parent
         stack.extend((child, below) for child in node.children)
-    return parents
 
 
 def hierarchy_depths(parents: torch.Tensor) -> torch.Tensor:
