@@ -32,6 +32,8 @@ whose rows all lean on one of them and not on each other (``absorption.star_grou
 the parent, already in the dictionary). ``--exclusive CACHE`` adds another: by levels, with no
 group of latents that fire nested (``absorption.nested_pairs``) in each reading's code of the
 first ``--firing-samples`` activations of CACHE (samples not scored: the training cache).
+``--last-only`` scores only each rule's last reading (procedure D's with ``--stars
+--exclusive``), for readers as slow as ``risk_refit``.
 
     python scripts/synth_reread.py runs/synthbench_dense12m/runs/synthsaebench-4k-dense/topk-k16 \
         runs/synthbench_dense12m/cache/synthsaebench-4k-dense-eval topk:16 risk_batch --unabsorb
@@ -133,6 +135,12 @@ def main() -> None:
     )
     p.add_argument("--firing-samples", type=int, default=NESTED_SAMPLES)
     p.add_argument(
+        "--last-only",
+        action="store_true",
+        help="score only each rule's last reading (with --stars --exclusive: procedure D's, the "
+        "one synth_choose_k.py reads); for slow readers",
+    )
+    p.add_argument(
         "--unabsorb-level",
         type=float,
         default=None,
@@ -189,9 +197,8 @@ def main() -> None:
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
         codes = None if firing_x is None else codes_of(read, firing_x)
-        for suffix, sae, directions in readings_of(
-            read, unabsorbed, args.unfold, args.stars, codes
-        ):
+        views = readings_of(read, unabsorbed, args.unfold, args.stars, codes)
+        for suffix, sae, directions in views[-1:] if args.last_only else views:
             if suffix == EXCLUSIVE:  # its groups follow this reading's code: matched per rule
                 match[suffix] = matched_features(sae.W_dec, features)
                 found["atoms_by_levels_exclusive"][rule] = sae.atoms

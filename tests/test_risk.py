@@ -104,3 +104,65 @@ def test_the_floor_drops_a_kept_latent_that_does_not_pay_its_price_alone():
     assert paid.item() == 2 and acts[0, 2] == 0 and acts[0, 1] == pytest.approx(0.6)
     orthonormal = risk.risk_pooled(*orthonormal_world()[:3], floor=True)[1]
     assert torch.equal(orthonormal, risk.risk_pooled(*orthonormal_world()[:3])[1])
+
+
+def understated_world(tokens=256, d=256, h=1024, n=12, seed=4):
+    """Tokens of ``n`` random unit features (magnitudes near 5) plus noise 0.1, read by an
+    encoder that understates every amplitude by half, as a crowded world's encoder does:
+    (pre, W_dec, z, true codes)."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.nn.functional.normalize(torch.randn(h, d, generator=g), dim=-1)
+    codes = torch.zeros(tokens, h)
+    on = torch.rand(tokens, h, generator=g).argsort(-1)[:, :n]
+    codes.scatter_(1, on, 5 + 0.5 * torch.randn(tokens, n, generator=g))
+    z = codes @ W + 0.1 * torch.randn(tokens, d, generator=g)
+    return 0.5 * torch.relu(z @ W.T), W, z, codes
+
+
+def test_the_refit_reads_the_amplitudes_the_encoder_understates():
+    pre, W, z, codes = understated_world()
+    _, floor_k, _ = risk.risk_pooled(pre, W, z, floor=True)
+    acts, k, level = risk.risk_refit(pre, W, z)
+    assert floor_k.float().mean() < 10  # priced at the encoder's half amplitudes, features drop
+    assert torch.equal(k, (acts != 0).sum(-1))
+    exact = ((acts != 0) == (codes != 0)).all(-1)
+    assert exact.float().mean() > 0.9  # the true set, token by token
+    found = (acts != 0) & exact.unsqueeze(-1)
+    errors = (acts[found] - codes[found]).abs()  # the encoder's are off by about 2.5
+    assert errors.median() < 0.15 and errors.max() < 0.6
+    assert level.item() == pytest.approx(0.1**2, rel=0.3)
+    _, at_known, used = risk.risk_refit(pre, W, z, sigma2=level.item())
+    assert torch.equal(at_known, k) and used.item() == level.item()
+
+
+def test_elimination_drops_what_raises_the_residual_less_than_its_price():
+    d = 64
+    W = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(5)))[0].T
+    W = W.contiguous()
+    z = (3.0 * W[0] + 1.0 * W[1]).unsqueeze(0)  # removing W[1] raises the residual by 1
+    pre = torch.zeros(1, d)
+    pre[0, 0], pre[0, 1], pre[0, 2] = 1.0, 0.5, 0.4  # W[2]'s least-squares amplitude is 0
+    for price, kept in ((0.5, 2), (2.0, 1), (10.0, 0)):
+        amplitudes, residual = risk.refit_kept(pre, W, z, price)
+        assert int((amplitudes != 0).sum()) == kept
+        if kept:
+            assert amplitudes[0, 0].item() == pytest.approx(3.0, abs=1e-5)
+        assert residual.item() == pytest.approx([0.0, 1.0, 10.0][2 - kept], abs=1e-4)
+
+
+def test_the_refit_rule_keeps_its_level_and_passes_gradients_to_the_kept_activations():
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=64, activation="risk_refit"))
+    x = torch.randn(128, 32)
+    sae.train()
+    out = sae(x)
+    assert sae.threshold[0].item() > 0  # the batch's level, folded into the running one
+    out.feature_acts.sum().backward()
+    assert sae.W_enc.grad is not None and sae.W_enc.grad.abs().sum() > 0
+    sae.eval()
+    with torch.no_grad():
+        fixed = sae(x).feature_acts
+        sae.threshold.fill_(1e6)  # nothing pays so high a price
+        assert (sae(x).feature_acts == 0).all()
+        sae.threshold.fill_(1e-9)
+        assert (sae(x).feature_acts != 0).sum() > (fixed != 0).sum()

@@ -39,6 +39,7 @@ def test_names_are_the_registry_everywhere():
         "risk_inflation",
         "risk_pooled",
         "risk_floor",
+        "risk_refit",
         "noise_batch",
         "risk_batch",
         "afa_kurtosis",

@@ -139,26 +139,38 @@ def risk_inflation_select(sae, pre, x_n):
     return risk.risk_inflation(pre, sae.W_dec, centered_input(sae, x_n))
 
 
-def risk_pooled_select(sae, pre, x_n, floor: bool = False):
-    """Each token's risk-inflation count at one noise level for all tokens (``risk.risk_pooled``):
-    the batch's pooled residual while training, folded into the running level ``threshold``
-    holds; that level, fixed, at inference; this batch's own where never estimated. With
-    ``floor`` (``risk_floor``) each kept latent must also pay the price alone."""
-    from . import risk
+def at_pooled_level(sae, pre, x_n, read):
+    """``read(pre, W_dec, z, sigma2 or None) -> (acts, k, level used)`` at one noise level for
+    all tokens: the batch's own while training, folded into the running level ``threshold``
+    holds; that level, fixed, at inference; this batch's own where never estimated."""
     from .kfree import centered_input
 
     level = sae.threshold[0]
     fixed = not sae.training and bool(level >= 0)
-    acts, k, used = risk.risk_pooled(
-        pre, sae.W_dec, centered_input(sae, x_n), float(level) if fixed else None, floor
-    )
+    acts, k, used = read(pre, sae.W_dec, centered_input(sae, x_n), float(level) if fixed else None)
     if sae.training:
         sae._update_batchtopk_threshold(used.to(sae.threshold.dtype))
     return acts, k
 
 
+def risk_pooled_select(sae, pre, x_n, floor: bool = False):
+    """Each token's risk-inflation count at one pooled noise level (``risk.risk_pooled``); with
+    ``floor`` (``risk_floor``) each kept latent must also pay the price alone."""
+    from . import risk
+
+    return at_pooled_level(sae, pre, x_n, lambda *args: risk.risk_pooled(*args, floor=floor))
+
+
 def risk_floor_select(sae, pre, x_n):
     return risk_pooled_select(sae, pre, x_n, floor=True)
+
+
+def risk_refit_select(sae, pre, x_n):
+    """Each token's candidates re-fit by least squares and pruned at one pooled noise level
+    (``risk.risk_refit``)."""
+    from . import risk
+
+    return at_pooled_level(sae, pre, x_n, risk.risk_refit)
 
 
 def afa_count_select(sae, pre, x_n):

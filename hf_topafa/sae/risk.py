@@ -20,6 +20,15 @@ Two ways to get sigma^2, each a rule, and a stricter keep at the pooled one:
   two agree (the criterion is then a hard threshold at that level); with a learned decoder the
   count along the ranking can reach past latents that shave the residual less than they cost,
   and on the sparse world most of those were false.
+- **Pooled, amplitudes re-fit** (``risk_refit``): the encoder's activations understate a
+  feature's amplitude where many fire together in few dimensions (on a flat 256-dimensional
+  world the firings the floor dropped had true amplitude 4.7 but activations 2.7 against a
+  price of 3.1). So each token's largest candidates are re-fit by least squares on the
+  decoder's rows, and the one whose removal raises the residual least is dropped until each
+  one left raises it by at least the price 2 ln h sigma^2 (backward elimination at the known
+  level; a negative amplitude goes first). The level is the pooled residual per dimension at
+  the counts kept, a fixed point started from ``risk_pooled``'s. The code holds the re-fit
+  amplitudes.
 """
 
 from __future__ import annotations
@@ -32,6 +41,10 @@ from .kfree import batch_keep
 
 RISK_CANDIDATES = 256  # features ranked per token (the count is at most this)
 POOLED_ITERATIONS = 20  # at most; the fixed point stops once the counts repeat
+REFIT_CANDIDATES = 64  # each token's largest decoder-scaled activations re-fit by least squares
+REFIT_DIMENSIONS_PER_CANDIDATE = 4  # and at most d / 4 of them: near d rows fit any token exactly
+REFIT_TOLERANCE = 1e-3  # the re-fit level's fixed point stops once it moves less than this share
+REFIT_LEVEL_TOKENS = 1024  # a batch's level is found on its first tokens (each step re-fits all)
 
 
 @torch.no_grad()
@@ -166,3 +179,99 @@ def batch_risk_inflation(
     noise_batch's does (whose per-token count follows the truth at 0.75 to 0.86)."""
     k, _, _ = risk_inflation_counts(pre, decoder_norms, W_dec, z)
     return batch_keep(pre, decoder_norms, k)
+
+
+@torch.no_grad()
+def refit_kept(
+    pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor, price: float, chunk: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(amplitudes [N, h], residual energy [N]): each token's ``REFIT_CANDIDATES`` largest
+    decoder-scaled positive activations (at most d / ``REFIT_DIMENSIONS_PER_CANDIDATE``), re-fit by least squares to ``z`` [N, d] on ``W_dec``'s
+    rows, then backward elimination: while some kept candidate's removal would raise the
+    residual by less than ``price`` (or its amplitude is not positive), the one that would raise
+    it least is dropped and the rest re-fit. Amplitudes are zero off the kept set."""
+    n, h = pre.shape
+    m = min(h, REFIT_CANDIDATES, z.shape[-1] // REFIT_DIMENSIONS_PER_CANDIDATE)
+    norms = torch.linalg.vector_norm(W_dec, dim=-1)
+    amplitudes = torch.zeros_like(pre)
+    residual = torch.empty(n, dtype=torch.float64, device=pre.device)
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        index = (pre[rows] * norms).topk(m, dim=-1).indices
+        keep = pre[rows].gather(-1, index) > 0
+        rows_of = W_dec[index].double()  # [c, m, d]
+        gram = rows_of @ rows_of.transpose(1, 2)
+        target = (rows_of @ z[rows].double().unsqueeze(-1)).squeeze(-1)
+        coef = eliminate(gram, target, keep, price)
+        amplitudes[rows] = amplitudes[rows].scatter(-1, index, coef.to(pre.dtype))
+        fitted = (coef.unsqueeze(-1) * rows_of).sum(1)
+        residual[rows] = (z[rows].double() - fitted).pow(2).sum(-1)
+    return amplitudes, residual
+
+
+def eliminate(gram: torch.Tensor, target: torch.Tensor, keep: torch.Tensor, price: float):
+    """Least-squares amplitudes [c, m] on the candidates ``keep`` [c, m] leaves, after backward
+    elimination at ``price`` (``refit_kept``); ``gram`` [c, m, m] and ``target`` [c, m] are the
+    candidates' rows' inner products with each other and with the token. Each step drops, per
+    token still dropping, the candidate whose amplitude is not positive or whose removal raises
+    the residual least; the kept rows' Gram matrix is inverted once and its inverse down-dated
+    as rows are dropped."""
+    mask = keep.double()
+    inverse = torch.linalg.inv(gram * mask.unsqueeze(1) * mask.unsqueeze(2)
+                               + torch.diag_embed(1 - mask))  # fmt: skip
+    coef = torch.zeros_like(target)
+    active = torch.arange(len(keep), device=keep.device)
+    while len(active):
+        fit = (inverse @ (target * mask).unsqueeze(-1)).squeeze(-1) * mask
+        coef[active] = fit
+        raise_ = fit.pow(2) / inverse.diagonal(dim1=1, dim2=2)  # the residual's rise on removal
+        score = torch.where(fit > 0, raise_, torch.full_like(fit, -1.0))
+        weakest, which = torch.where(mask > 0, score, torch.full_like(fit, math.inf)).min(-1)
+        failing = weakest < price
+        if not bool(failing.all()):  # keep only the tokens still dropping
+            active, which = active[failing], which[failing]
+            inverse, target, mask = inverse[failing], target[failing], mask[failing]
+        rows = torch.arange(len(active), device=keep.device)
+        mask[rows, which] = 0.0
+        column = inverse[rows, :, which]  # [a, m]: the dropped row's column of the inverse
+        inverse -= column.unsqueeze(-1) * column.unsqueeze(1) / column[rows, which][:, None, None]
+        inverse[rows, which, :] = 0.0
+        inverse[rows, :, which] = 0.0
+        inverse[rows, which, which] = 1.0
+    return coef
+
+
+def refit_level(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> float:
+    """The fixed point of the pooled residual per dimension sum_t RSS_t / sum_t (d - k_t) at
+    the counts ``refit_kept`` keeps at its price, started from ``risk_pooled``'s level."""
+    d, h = z.shape[-1], pre.shape[-1]
+    norms = torch.linalg.vector_norm(W_dec, dim=-1)
+    level = float(pooled_counts(ranked_residuals(pre * norms, pre, W_dec, z)[0], d, h)[1])
+    for _ in range(POOLED_ITERATIONS):
+        amplitudes, residual = refit_kept(pre, W_dec, z, 2 * math.log(h) * level)
+        k = (amplitudes != 0).sum(-1)
+        settled = float(residual.sum() / (d - k).clamp_min(1).double().sum())
+        if abs(settled - level) <= REFIT_TOLERANCE * level:
+            return settled
+        level = settled
+    return level
+
+
+def risk_refit(
+    pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor, sigma2: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each token's re-fit amplitudes at the price 2 ln h sigma^2 (``refit_kept``), at
+    ``sigma2`` or, where None, at the batch's ``refit_level`` (found on its first
+    ``REFIT_LEVEL_TOKENS`` tokens).
+    Returns ``(acts, kept per token, the level used)``: acts hold the re-fit amplitudes, and
+    gradients reach the kept activations as if they were the encoder's (straight through)."""
+    h = pre.shape[-1]
+    detached, W, centered = pre.detach(), W_dec.detach(), z.detach()
+    first = slice(0, REFIT_LEVEL_TOKENS)
+    level = (
+        float(sigma2) if sigma2 is not None else refit_level(detached[first], W, centered[first])
+    )
+    amplitudes, _ = refit_kept(detached, W, centered, 2 * math.log(h) * level)
+    kept = amplitudes != 0
+    acts = pre * kept + (amplitudes - detached) * kept
+    return acts, kept.sum(-1), torch.as_tensor(level, dtype=torch.float64)

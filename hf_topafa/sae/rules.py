@@ -463,6 +463,22 @@ RULES: dict[str, Rule] = {
             **kfree_rules.POOLED_LEVEL,
         ),
         Rule(
+            name="risk_refit",
+            display_name="Risk inflation, pooled noise, amplitudes re-fit",
+            card_tag="risk-refit",
+            card_text=(
+                "Each token's 64 largest decoder-scaled activations are re-fit by least squares "
+                "on the decoder's rows, and the candidate whose removal raises the residual "
+                "least is dropped until each one left raises it by at least 2 sigma^2 ln h (the "
+                "risk inflation price at one pooled noise level sigma^2: the residual per "
+                "dimension at the counts kept, a running mean while training and fixed at "
+                "inference). The code holds the re-fit amplitudes. There is no *k* to tune."
+            ),
+            ground_truth=GROUND_TRUTH.get("risk_refit", ""),
+            select=kfree_rules.risk_refit_select,
+            **kfree_rules.POOLED_LEVEL,
+        ),
+        Rule(
             name="noise_batch",
             display_name="Noise-floor batch",
             card_tag="noise-batch",
