@@ -211,6 +211,18 @@ def test_the_reading_is_procedure_ds_risk_floor_unfolded_without_nested_groups(m
     monkeypatch.setattr(evaluate, "evaluate_activations", fake_evaluate)
     assert reading_count("run", held_out_activations("eval-cache")) == 7.0
     assert calls == [("run", READING_TOKENS, {"read_with": "risk_floor", "unfold": True})]
+    # --reader risk_refit: the same unfolded reading, the amplitudes re-fit
+    assert reading_count("run", held_out_activations("eval-cache"), "risk_refit") == 7.0
+    assert calls[-1][2] == {"read_with": "risk_refit", "unfold": True}
+    rows = [{"k": 8, "reading": 7.0}]
+    chosen = self_consistent(rows, "risk_refit")
+    assert chosen["rule"] == "risk_refit, unfolded by levels, exclusive"
+    assert "reading (risk_refit, absorbed" in self_consistent_line(
+        {"rows": rows, "self_consistent": chosen}
+    )
+    assert parse_command(["--k", "4", "8", "--output", "o"])[0].reader == "risk_floor"
+    with pytest.raises(SystemExit):  # argparse names the valid readers
+        parse_command(["--k", "4", "8", "--output", "o", "--reader", "topk"])
 
 
 def test_a_bad_choose_k_option_is_one_line_naming_what_is_valid(capsys):

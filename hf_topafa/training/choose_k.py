@@ -32,6 +32,7 @@ from pathlib import Path
 NEAR_TIE = 0.005
 SET_PER_RUN = ("--seed", "--resume", "--overwrite")
 READING = "risk_floor"  # procedure D's reader
+READERS = ("risk_floor", "risk_refit")  # --reader: risk_refit re-fits amplitudes (sae.risk)
 READING_TOKENS = 8192  # held-out tokens each dictionary is read on
 # A dictionary leaving more of its latents dead than this has not learned its width: it misses
 # features outright, so its reading fitting in k says nothing. On every synthetic sweep the dead
@@ -58,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True,
                         help="folder for one run folder per (k, seed), the table and the plot")  # fmt: skip
     parser.add_argument("--activation", choices=("topk", "batchtopk"), default="topk")
+    parser.add_argument("--reader", choices=READERS, default=READING,
+                        help="the rule that reads each dictionary with no k, absorbed ancestors "
+                        f"unfolded (default: {READING}; risk_refit re-fits each token's "
+                        "amplitudes by least squares, slower)")  # fmt: skip
     parser.add_argument("--json", default=None, help="default: OUTPUT/choose_k.json")
     parser.add_argument("--plot", default=None, help="default: OUTPUT/choose_k.png")
     return parser
@@ -111,16 +116,16 @@ def held_out_activations(eval_cache: str):
     return cache.first_activations(min(READING_TOKENS, cache.num_tokens))
 
 
-def reading_count(sae_or_folder, acts) -> float:
+def reading_count(sae_or_folder, acts, reader: str = READING) -> float:
     """Per held-out token, what procedure D's reading keeps of a run's dictionary (the loaded
-    SAE, or its folder)."""
+    SAE, or its folder), read by ``reader``."""
     from ..evaluation.evaluate import evaluate_activations
 
-    metrics, _ = evaluate_activations(sae_or_folder, acts, read_with=READING, unfold=True)
+    metrics, _ = evaluate_activations(sae_or_folder, acts, read_with=reader, unfold=True)
     return metrics["sparsity"]["l0_unfolded_by_levels_exclusive_mean"]
 
 
-def self_consistent(rows: list[dict]) -> dict:
+def self_consistent(rows: list[dict], reader: str = READING) -> dict:
     """The smallest k whose seeds' readings keep at most k per token on average, passing over a
     k whose dictionaries leave more than ``DEAD_SHARE_GUARD`` of their latents dead (a row's
     ``dead_share``; such a row needs no reading). None where no k is left: the sweep needs a
@@ -129,7 +134,7 @@ def self_consistent(rows: list[dict]) -> dict:
     fits = [row["k"] for row in rows if row["k"] not in passed_over and row["reading"] <= row["k"]]
     return {"k": min(fits) if fits else None, "passed_over": passed_over,
             "dead_share_guard": DEAD_SHARE_GUARD,
-            "rule": f"{READING}, unfolded by levels, exclusive", "tokens": READING_TOKENS}  # fmt: skip
+            "rule": f"{reader}, unfolded by levels, exclusive", "tokens": READING_TOKENS}  # fmt: skip
 
 
 def agreement_by_k(decoders: dict[int, list]) -> list[dict]:
@@ -190,7 +195,7 @@ def describe(
         row["dead_share"] = sum(shares) / len(shares) if shares else None
         if acts is not None:  # the SAEs loaded above, not read from disk again
             for key, run in zip(keys, row["runs"], strict=True):
-                run["reading"] = reading_count(saes[key], acts)
+                run["reading"] = reading_count(saes[key], acts, args.reader)
             row["reading"] = sum(run["reading"] for run in row["runs"]) / len(keys)
     some = next(iter(saes.values()))
     first, second = list(dict.fromkeys(args.seeds))[:2]
@@ -198,7 +203,7 @@ def describe(
     result = {"activation": args.activation, "seeds": args.seeds, "rows": rows,
               "chance": chance["mcc"], "chosen": choice(rows)}  # fmt: skip
     if eval_cache is not None:
-        result["self_consistent"] = self_consistent(rows)
+        result["self_consistent"] = self_consistent(rows, args.reader)
     return result
 
 
@@ -242,7 +247,8 @@ def self_consistent_line(result: dict) -> str:
                 f"larger k and run again (finished runs are kept){guard}")  # fmt: skip
     smallest = min(row["k"] for row in result["rows"] if row["k"] not in passed)
     below = " (the sweep's smallest: a k below may fit too)" if k == smallest else ""
-    return (f"self-consistent k = {k}: the smallest k whose reading ({READING}, absorbed "
+    reader = chosen["rule"].split(",")[0]
+    return (f"self-consistent k = {k}: the smallest k whose reading ({reader}, absorbed "
             f"ancestors unfolded) keeps at most k per held-out token{below}{guard}")  # fmt: skip
 
 
