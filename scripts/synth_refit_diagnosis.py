@@ -2,8 +2,10 @@
 
 ``risk_floor`` prices each latent by the encoder's own activation; ``risk_refit`` re-fits each
 token's candidates by least squares first. On one TopK dictionary of a world, on its first
-scored samples, this prints for both readings (and TopK's own code) the kept latents per
-sample whose one-to-one matched feature is on (true) or off (false), and for the latents
+scored samples, this prints for both readings (and TopK's own code, and ``risk_refit`` at the
+truth's noise level: the energy per dimension of the features the width does not hold) the
+kept latents per sample whose one-to-one matched feature is on (true) or off (false), and for
+the latents
 ``risk_refit`` keeps, split by whether ``risk_floor`` keeps them too and whether they are true:
 
 - how many per sample;
@@ -32,6 +34,7 @@ from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.data.synthetic_cache import world_of_cache
 from hf_topafa.evaluation.agreement import matched_cosines
 from hf_topafa.evaluation.ground_truth import TruthSet, most_frequent
+from hf_topafa.evaluation.sparse_recovery import unheld_noise
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk
 from hf_topafa.sae.kfree import centered_input
@@ -77,10 +80,11 @@ def main() -> None:
     _, level = risk.pooled_counts(rss, z.shape[-1], pre.shape[-1])
     price = math.sqrt(2 * math.log(pre.shape[-1]) * float(level))
     codes_by = {"topk": base(x).feature_acts}
-    for rule in ("risk_floor", "risk_refit"):
+    unheld = unheld_noise(codes, held, z.shape[-1])
+    for rule in ("risk_floor", "risk_refit", f"risk_refit@{unheld:.6g}"):
         codes_by[rule] = read_with(base, rule).eval()(x).feature_acts
     result = {"run": args.run, "cache": args.cache, "samples": n, "command": script_command(),
-              "floor_price": price, "held_l0": float((codes[:, held] > 0).sum(-1).float().mean()),
+              "floor_price": price, "unheld_noise": unheld, "held_l0": float((codes[:, held] > 0).sum(-1).float().mean()),
               "readings": {}, "refit_kept": {}}  # fmt: skip
     for rule, acts in codes_by.items():
         kept = acts != 0
