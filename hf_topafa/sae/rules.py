@@ -474,7 +474,7 @@ RULES: dict[str, Rule] = {
                 "dimension at the counts kept, a running mean while training and fixed at "
                 "inference). The code holds the re-fit amplitudes. There is no *k* to tune."
             ),
-            ground_truth=GROUND_TRUTH.get("risk_refit", ""),
+            ground_truth=GROUND_TRUTH["risk_refit"],
             select=kfree_rules.risk_refit_select,
             **kfree_rules.POOLED_LEVEL,
         ),
