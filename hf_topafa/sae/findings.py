@@ -215,9 +215,13 @@ GROUND_TRUTH: dict[str, str] = {
         "world 1.07 and 1.05 times (risk_floor: 0.94 at a smaller k). On a world that changes "
         "four settings at once it kept 1.45 times on both seeds (risk_floor: 0.95 and 1.23): "
         "least squares let several latents fit energy the dictionary does not hold, 0.9 false "
-        "latents per sample more than risk_floor, even at the true noise level. Its "
-        "reconstruction beat risk_floor's on every dictionary read. It reads a learned "
-        "dictionary; it was not trained end to end."
+        "latents per sample more than risk_floor, even at the true noise level. It also "
+        "overcounted a sparse world (1.95 times), a sparser one (1.30 and 1.33), a 256-"
+        "dimensional one (1.11 and 1.14) and the published 16k world (1.14; risk_floor 1.02): "
+        "over ten worlds its choices met fewer bars than risk_floor's (54 in 17 against 67 in "
+        "20), better only where risk_floor undercounts. Its reconstruction beat risk_floor's "
+        "on every dictionary read. It reads a learned dictionary; it was not trained end to "
+        "end."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
