@@ -4,9 +4,9 @@
 token's candidates by least squares first. On one TopK dictionary of a world, on its first
 scored samples, this prints for both readings (and TopK's own code, and ``risk_refit`` at the
 truth's noise level: the energy per dimension of the features the width does not hold) the
-kept latents per sample whose one-to-one matched feature is on (true) or off (false), and for
-the latents
-``risk_refit`` keeps, split by whether ``risk_floor`` keeps them too and whether they are true:
+kept latents per sample whose one-to-one matched feature is on (true) or off (false). Of the
+latents ``risk_refit`` keeps, split by whether ``risk_floor`` keeps them too and whether they
+are true:
 
 - how many per sample;
 - the feature's true amplitude and the encoder's decoder-scaled activation (true ones), against
@@ -18,7 +18,7 @@ the latents
   what no single feature explains does not.
 
     python scripts/synth_refit_diagnosis.py runs/synthbench_mix/runs/synthsaebench-4k-mix/topk-k6 \\
-        runs/synthbench_mix/cache/synthsaebench-4k-mix-eval --json results/synthbench/refit/mix-k6.json
+        runs/synthbench_mix/cache/synthsaebench-4k-mix-eval --json results/synthbench/refit/mix-8m-topk-k6.json
 """
 
 from __future__ import annotations
@@ -83,8 +83,9 @@ def main() -> None:
     unheld = unheld_noise(codes, held, z.shape[-1])
     for rule in ("risk_floor", "risk_refit", f"risk_refit@{unheld:.6g}"):
         codes_by[rule] = read_with(base, rule).eval()(x).feature_acts
+    held_l0 = float((codes[:, held] > 0).sum(-1).float().mean())
     result = {"run": args.run, "cache": args.cache, "samples": n, "command": script_command(),
-              "floor_price": price, "unheld_noise": unheld, "held_l0": float((codes[:, held] > 0).sum(-1).float().mean()),
+              "floor_price": price, "unheld_noise": unheld, "held_l0": held_l0,
               "readings": {}, "refit_kept": {}}  # fmt: skip
     for rule, acts in codes_by.items():
         kept = acts != 0
@@ -115,9 +116,8 @@ def main() -> None:
     print(f"held L0 {result['held_l0']:.2f}; risk_floor's price on a decoder-scaled activation "
           f"{price:.3f}")  # fmt: skip
     for rule, r in result["readings"].items():
-        print(
-            f"  {rule:<11} keeps {r['kept']:6.2f} per sample: {r['true']:.2f} true, {r['false']:.2f} false"
-        )
+        print(f"  {rule:<20} keeps {r['kept']:6.2f} per sample: {r['true']:.2f} true, "
+              f"{r['false']:.2f} false")  # fmt: skip
     for name, g in result["refit_kept"].items():
         print(f"risk_refit keeps, {name}: {json.dumps(g)}")
     if args.json:

@@ -23,6 +23,7 @@ from hf_topafa.training.choose_k import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from synth_choose_k import main as synth_choose_k_main  # noqa: E402
+from synth_read_again import command_again  # noqa: E402
 
 
 def test_the_k_whose_seeds_share_their_dictionary_is_chosen():
@@ -341,3 +342,15 @@ def test_synth_choose_k_refuses_a_reading_of_a_k_the_summary_did_not_train(tmp_p
         synth_choose_k_main()
     message = str(exc.value)
     assert message.count("\n") == 0 and "reads TopK k = 5" in message and "[4]" in message
+
+
+def test_a_reading_is_read_again_by_its_recorded_command_with_the_reader_swapped():
+    recorded = ("python scripts/synth_reread.py runs/w/topk-k8 runs/w/cache-eval risk_floor "
+                "--samples 10000 --stars --exclusive runs/w/cache-train --json old.json")  # fmt: skip
+    command = command_again(recorded, "risk_refit", Path("new/r.json"))
+    assert command[0] == sys.executable
+    assert command[1:] == ["scripts/synth_reread.py", "runs/w/topk-k8", "runs/w/cache-eval",
+                           "risk_refit", "--samples", "10000", "--stars", "--exclusive",
+                           "runs/w/cache-train", "--json", "new/r.json", "--last-only"]  # fmt: skip
+    with pytest.raises(ValueError, match="not a synth_reread.py reading by risk_floor"):
+        command_again("python scripts/synth_bench.py --topk 8", "risk_refit", Path("r.json"))
