@@ -354,3 +354,33 @@ def test_a_reading_is_read_again_by_its_recorded_command_with_the_reader_swapped
                            "runs/w/cache-train", "--json", "new/r.json", "--last-only"]  # fmt: skip
     with pytest.raises(ValueError, match="not a synth_reread.py reading by risk_floor"):
         command_again("python scripts/synth_bench.py --topk 8", "risk_refit", Path("r.json"))
+
+
+def test_the_reader_option_reads_every_dictionary_with_risk_refit(tiny_caches, tmp_path, capsys):
+    from hf_topafa import SparseAutoencoder
+    from hf_topafa.cli import cli
+    from hf_topafa.data.harvest import ActivationCache
+    from hf_topafa.sae.absorption import unfolded_by_levels
+    from hf_topafa.sae.reading import read_with
+
+    train_dir, eval_dir = tiny_caches
+    out = tmp_path / "sweep"
+    argv = ["choose-k", "--k", "4", "16", "--output", str(out), "--reader", "risk_refit",
+            "--activation-cache", str(train_dir), "--eval-cache", str(eval_dir),
+            "--max-tokens", "1024", "--batch-size", "256", "--d-sae", "64", "--eval-tokens",
+            "256", "--checkpoint-every", "0", "--log-with", "none", "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "choose_k.json").read_text())
+    assert result["self_consistent"]["rule"] == "risk_refit, unfolded by levels, exclusive"
+    assert "reading keeps" in printed and "self-consistent k" in printed
+    acts = ActivationCache(eval_dir).first_activations(256)
+    for row in result["rows"]:
+        for run in row["runs"]:
+            sae = read_with(SparseAutoencoder.from_pretrained(run["folder"]), "risk_refit")
+            with torch.no_grad():
+                codes = sae(acts).feature_acts
+            view = unfolded_by_levels(sae, codes=(codes != 0).float())
+            assert run["reading"] == pytest.approx(
+                float((view.unfold(codes) != 0).sum(-1).float().mean())
+            )
