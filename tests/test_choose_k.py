@@ -91,6 +91,23 @@ def tiny_caches(tmp_path_factory, smollm2):
     )
 
 
+def procedure_d_count(folder, eval_dir, reader: str = "risk_floor") -> float:
+    """Per held-out token (the eval cache's first 256), what procedure D's reading by ``reader``
+    keeps of the run's dictionary, counted here from the pieces: the reading's code, unfolded
+    by levels with no group of latents that fire nested."""
+    from hf_topafa import SparseAutoencoder
+    from hf_topafa.data.harvest import ActivationCache
+    from hf_topafa.sae.absorption import unfolded_by_levels
+    from hf_topafa.sae.reading import read_with
+
+    acts = ActivationCache(eval_dir).first_activations(256)
+    sae = read_with(SparseAutoencoder.from_pretrained(folder), reader)
+    with torch.no_grad():
+        codes = sae(acts).feature_acts
+    view = unfolded_by_levels(sae, codes=(codes != 0).float())
+    return float((view.unfold(codes) != 0).sum(-1).float().mean())
+
+
 def test_the_command_trains_every_k_and_seed_once_then_reports_the_choice(
     tiny_caches, tmp_path, capsys
 ):
@@ -119,20 +136,9 @@ def test_the_command_trains_every_k_and_seed_once_then_reports_the_choice(
     best = max(result["rows"], key=lambda r: r["agreement"])["k"]
     assert result["chosen"]["k"] == best and f"agreement: k = {best}" in printed
     # each dictionary read as procedure D reads it, on the held-out cache
-    from hf_topafa.data.harvest import ActivationCache
-    from hf_topafa.sae.absorption import unfolded_by_levels
-    from hf_topafa.sae.reading import read_with
-
-    acts = ActivationCache(eval_dir).first_activations(256)
     for row in result["rows"]:
         for run in row["runs"]:
-            sae = read_with(SparseAutoencoder.from_pretrained(run["folder"]), "risk_floor")
-            with torch.no_grad():
-                codes = sae(acts).feature_acts
-            view = unfolded_by_levels(sae, codes=(codes != 0).float())
-            assert run["reading"] == pytest.approx(
-                float((view.unfold(codes) != 0).sum(-1).float().mean())
-            )
+            assert run["reading"] == pytest.approx(procedure_d_count(run["folder"], eval_dir))
         assert row["reading"] == pytest.approx(sum(r["reading"] for r in row["runs"]) / 2)
         dead = [r["dead"] / SparseAutoencoder.from_pretrained(r["folder"]).config.d_sae
                 for r in row["runs"]]  # fmt: skip
@@ -357,11 +363,7 @@ def test_a_reading_is_read_again_by_its_recorded_command_with_the_reader_swapped
 
 
 def test_the_reader_option_reads_every_dictionary_with_risk_refit(tiny_caches, tmp_path, capsys):
-    from hf_topafa import SparseAutoencoder
     from hf_topafa.cli import cli
-    from hf_topafa.data.harvest import ActivationCache
-    from hf_topafa.sae.absorption import unfolded_by_levels
-    from hf_topafa.sae.reading import read_with
 
     train_dir, eval_dir = tiny_caches
     out = tmp_path / "sweep"
@@ -374,13 +376,8 @@ def test_the_reader_option_reads_every_dictionary_with_risk_refit(tiny_caches, t
     result = json.loads((out / "choose_k.json").read_text())
     assert result["self_consistent"]["rule"] == "risk_refit, unfolded by levels, exclusive"
     assert "reading keeps" in printed and "self-consistent k" in printed
-    acts = ActivationCache(eval_dir).first_activations(256)
     for row in result["rows"]:
         for run in row["runs"]:
-            sae = read_with(SparseAutoencoder.from_pretrained(run["folder"]), "risk_refit")
-            with torch.no_grad():
-                codes = sae(acts).feature_acts
-            view = unfolded_by_levels(sae, codes=(codes != 0).float())
             assert run["reading"] == pytest.approx(
-                float((view.unfold(codes) != 0).sum(-1).float().mean())
+                procedure_d_count(run["folder"], eval_dir, "risk_refit")
             )
