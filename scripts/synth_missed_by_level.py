@@ -33,6 +33,7 @@ from hf_topafa.data.synthetic_cache import world_of_cache
 from hf_topafa.evaluation.agreement import matched_cosines
 from hf_topafa.evaluation.ground_truth import (
     TruthSet,
+    ancestor_steps,
     codes_of,
     hierarchy_depths,
     hierarchy_nodes,
@@ -120,10 +121,8 @@ def detections(sae, world, truth: TruthSet, match: torch.Tensor, batch: int = 40
 def kept_ancestor(kept: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
     """[samples, features]: whether some ancestor of the feature has its latent kept."""
     out = torch.zeros_like(kept)
-    above = parents.clone()
-    while (above >= 0).any():
+    for above in ancestor_steps(parents):
         out |= (above >= 0) & kept[:, above.clamp_min(0)]
-        above = torch.where(above >= 0, parents[above.clamp_min(0)], above)
     return out
 
 

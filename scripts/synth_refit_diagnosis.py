@@ -76,9 +76,7 @@ def main() -> None:
     pre = base.pre_activations(x)
     norms = torch.linalg.vector_norm(base.W_dec, dim=-1)
     z = centered_input(base, base.normalize_input(x)[0])
-    rss, _ = risk.ranked_residuals(pre * norms, pre, base.W_dec, z)
-    _, level = risk.pooled_counts(rss, z.shape[-1], pre.shape[-1])
-    price = math.sqrt(2 * math.log(pre.shape[-1]) * float(level))
+    price = math.sqrt(2 * math.log(pre.shape[-1]) * risk.pooled_level(pre, base.W_dec, z))
     codes_by = {"topk": base(x).feature_acts}
     unheld = unheld_noise(codes, held, z.shape[-1])
     for rule in ("risk_floor", "risk_refit", f"risk_refit@{unheld:.6g}"):

@@ -277,13 +277,21 @@ def hierarchy_nodes(world):
         stack.extend((child, below) for child in node.children)
 
 
+def ancestor_steps(parents: torch.Tensor):
+    """Each feature's ancestors one level up at a time: per step a long tensor [features] with
+    the ancestor that many levels above the feature, -1 where there is none; ends when no
+    feature has one."""
+    above = parents.clone()
+    while (above >= 0).any():
+        yield above
+        above = torch.where(above >= 0, parents[above.clamp_min(0)], above)
+
+
 def hierarchy_depths(parents: torch.Tensor) -> torch.Tensor:
     """Each feature's depth below its root (0 for roots and features outside the hierarchy)."""
     depth = torch.zeros_like(parents)
-    above = parents.clone()
-    while (above >= 0).any():
+    for above in ancestor_steps(parents):
         depth += above >= 0
-        above = torch.where(above >= 0, parents[above.clamp_min(0)], above)
     return depth
 
 

@@ -106,6 +106,15 @@ def pooled_counts(rss: torch.Tensor, d: int, h: int) -> tuple[torch.Tensor, torc
     return k, pooled_noise(rss, k, d)
 
 
+@torch.no_grad()
+def pooled_level(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> float:
+    """The noise level ``risk_pooled`` (and ``risk_floor``) settles on for this batch: the
+    ``pooled_counts`` fixed point over the candidates ranked by decoder-scaled activation."""
+    norms = torch.linalg.vector_norm(W_dec, dim=-1)
+    rss, _ = ranked_residuals(pre * norms, pre, W_dec, z)
+    return float(pooled_counts(rss, z.shape[-1], pre.shape[-1])[1])
+
+
 def risk_inflation_counts(
     pre: torch.Tensor,
     decoder_norms: torch.Tensor,
@@ -248,8 +257,7 @@ def refit_level(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> floa
     """The fixed point of the pooled residual per dimension sum_t RSS_t / sum_t (d - k_t) at
     the counts ``refit_kept`` keeps at its price, started from ``risk_pooled``'s level."""
     d, h = z.shape[-1], pre.shape[-1]
-    norms = torch.linalg.vector_norm(W_dec, dim=-1)
-    level = float(pooled_counts(ranked_residuals(pre * norms, pre, W_dec, z)[0], d, h)[1])
+    level = pooled_level(pre, W_dec, z)
     for _ in range(POOLED_ITERATIONS):
         amplitudes, residual = refit_kept(pre, W_dec, z, 2 * math.log(h) * level)
         k = (amplitudes != 0).sum(-1)

@@ -134,7 +134,8 @@ def self_consistent(rows: list[dict], reader: str = READING) -> dict:
     fits = [row["k"] for row in rows if row["k"] not in passed_over and row["reading"] <= row["k"]]
     return {"k": min(fits) if fits else None, "passed_over": passed_over,
             "dead_share_guard": DEAD_SHARE_GUARD,
-            "rule": f"{reader}, unfolded by levels, exclusive", "tokens": READING_TOKENS}  # fmt: skip
+            "reader": reader, "rule": f"{reader}, unfolded by levels, exclusive",
+            "tokens": READING_TOKENS}  # fmt: skip
 
 
 def agreement_by_k(decoders: dict[int, list]) -> list[dict]:
@@ -247,8 +248,7 @@ def self_consistent_line(result: dict) -> str:
                 f"larger k and run again (finished runs are kept){guard}")  # fmt: skip
     smallest = min(row["k"] for row in result["rows"] if row["k"] not in passed)
     below = " (the sweep's smallest: a k below may fit too)" if k == smallest else ""
-    reader = chosen["rule"].split(",")[0]
-    return (f"self-consistent k = {k}: the smallest k whose reading ({reader}, absorbed "
+    return (f"self-consistent k = {k}: the smallest k whose reading ({chosen['reader']}, absorbed "
             f"ancestors unfolded) keeps at most k per held-out token{below}{guard}")  # fmt: skip
 
 
