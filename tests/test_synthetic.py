@@ -84,6 +84,8 @@ from synth_unfold_levels import (  # noqa: E402
     sources_by_level,
 )
 from synth_unfold_levels import main as unfold_levels_main  # noqa: E402
+from synth_unheld_spikes import main as unheld_spikes_main  # noqa: E402
+from synth_unheld_spikes import spike_count  # noqa: E402
 
 TINY = {
     "num_features": 48,
@@ -1057,3 +1059,41 @@ def test_missed_by_level_on_the_worlds_own_features(world_json, oracle_run, tmp_
     )
     steps = list(noise["residual_at_level"].values())
     assert len(steps) == 5 and steps == sorted(steps) and steps[0] < steps[-1]
+
+
+def test_spike_count_reads_the_rate_of_equal_spikes_at_any_scale():
+    torch.manual_seed(0)
+    energy = 25.0 * torch.poisson(torch.full((200_000,), 3.0))
+    assert spike_count(energy) == pytest.approx(3.0, rel=0.03)
+    assert spike_count(7.0 * energy) == pytest.approx(spike_count(energy), rel=1e-9)
+    assert spike_count(25.0 * torch.poisson(torch.full((200_000,), 0.5))) < 0.6
+
+
+def test_unheld_spikes_script_counts_false_latents_by_the_samples_unheld_firings(
+    world_json, tmp_path, monkeypatch
+):
+    cache = write_synthetic_cache(str(world_json), tmp_path / "eval", 400, seed=2,
+                                  with_truth=True, progress=False)  # fmt: skip
+    world = synthetic.load_world(str(world_json), progress=False)
+    truth = TruthSet.from_cache(ActivationCache(cache), world.cfg.num_features)
+    run = tmp_path / "narrow"  # the 32 most frequent of the 48 features: 16 are unheld
+    oracle_sae(world, truth, width=32, activation="topk", k=8).save_pretrained(run)
+    out = tmp_path / "spikes.json"
+    argv = ["synth_unheld_spikes.py", str(run), str(cache), "--samples", "300", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    unheld_spikes_main()
+    found = json.loads(out.read_text())
+    codes = truth.rows(0, 300)
+    held = most_frequent(truth.feature_counts(), 32)
+    assert found["unheld_per_sample"] == pytest.approx(
+        float((codes[:, ~held] > 0).sum(-1).float().mean())
+    )
+    assert found["unheld_per_sample"] > 0 and found["d"] == world.cfg.hidden_dim
+    groups = found["by_unheld_firings"]
+    assert sum(group["share"] for group in groups.values()) == pytest.approx(1.0)
+    assert set(found["false_per_sample"]) == {"topk", "risk_floor", "risk_refit", "refit_surplus"}
+    assert found["false_per_sample"]["refit_surplus"] == pytest.approx(
+        found["false_per_sample"]["risk_refit"] - found["false_per_sample"]["risk_floor"]
+    )
+    assert found["kept_per_sample"]["topk"] <= 8
+    assert found["spikes_of_unheld_energy"]["per_sample"] > 0

@@ -1,0 +1,128 @@
+"""Do a reader's false latents sit where the features the width does not hold fire?
+
+A dictionary of width h holds at most the h most frequent true features; the others (unheld)
+still fire and leave their energy in the input. Where few of them fire per sample, that energy
+is a few large spikes in a few directions, not the white noise at the pooled level sigma^2 that
+the risk price 2 ln h sigma^2 assumes. On one TopK dictionary of a world, on its first scored
+samples, this prints for TopK's own code, ``risk_floor`` and ``risk_refit`` (read as procedure D
+reads, before unfolding absorbed ancestors):
+
+- the false latents per sample (kept, but the matched feature is off) in the samples where
+  0, 1, 2 or 3+ unheld features fire, and their correlation with that count;
+- the truth's unheld firings per sample and per dimension;
+- a truth-free estimate of the same: the per-sample residual energy E of TopK's own code gives
+  lambda = mean(E)^2 / var(E), the firings per sample a sum of equal spikes would give (the
+  same statistic of the unheld features' own energy is printed beside it, the estimate's
+  premise checked on the truth).
+
+    python scripts/synth_unheld_spikes.py runs/synthbench_mix/runs/synthsaebench-4k-mix/topk-k6 \\
+        runs/synthbench_mix/cache/synthsaebench-4k-mix-eval --json results/synthbench/spikes/mix-8m-topk-k6.json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from hf_topafa import SparseAutoencoder
+from hf_topafa.data.harvest import ActivationCache
+from hf_topafa.data.synthetic_cache import world_of_cache
+from hf_topafa.evaluation.agreement import matched_cosines
+from hf_topafa.evaluation.ground_truth import TruthSet, most_frequent
+from hf_topafa.helpers import script_command, write_json
+from hf_topafa.sae.kfree import centered_input
+from hf_topafa.sae.reading import read_with
+
+READERS = ("risk_floor", "risk_refit")
+GROUPS = ((0, 0), (1, 1), (2, 2), (3, None))  # unheld firings per sample: 0, 1, 2, 3+
+
+
+def spike_count(energy: torch.Tensor) -> float:
+    """mean(E)^2 / var(E): how many equal spikes per sample a sum of spikes with this spread
+    of per-sample energies would hold (a Poisson count of them: mean^2 / var = their rate)."""
+    energy = energy.double()
+    return float(energy.mean() ** 2 / energy.var().clamp_min(1e-30))
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("run", help="a trained TopK SAE folder")
+    parser.add_argument("cache", help="the world's held-out synthetic cache (with true codes)")
+    parser.add_argument("--samples", type=int, default=4096)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cache = ActivationCache(args.cache)
+    world = world_of_cache(cache.manifest)
+    truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=20000)
+    n = min(args.samples, truth.num_samples)
+    codes = truth.rows(0, n)
+    base = SparseAutoencoder.from_pretrained(args.run).eval()
+    held = most_frequent(truth.feature_counts(), base.config.d_sae)
+    match, _ = matched_cosines(base.W_dec, world.feature_dict.feature_vectors)
+    on = (codes[:, match.clamp_min(0)] > 0) & (match >= 0)  # [n, h]: each latent's feature is on
+    unheld = (codes[:, ~held] > 0).sum(-1)  # [n]
+    x = world.feature_dict(codes)
+    z = centered_input(base, base.normalize_input(x)[0])
+    d = z.shape[-1]
+    codes_by = {"topk": base(x).feature_acts}
+    for rule in READERS:
+        codes_by[rule] = read_with(base, rule).eval()(x).feature_acts
+    false_by = {rule: ((acts != 0) & ~on).sum(-1).float() for rule, acts in codes_by.items()}
+    false_by["refit_surplus"] = false_by["risk_refit"] - false_by["risk_floor"]
+    groups = {}
+    for low, high in GROUPS:
+        rows = (unheld >= low) & (unheld <= (high if high is not None else unheld.max()))
+        groups[f"{low}" if high == low else f"{low}+"] = {
+            "share": float(rows.float().mean()),
+            "false_per_sample": {
+                rule: float(f[rows].mean()) if rows.any() else None for rule, f in false_by.items()
+            },
+        }
+    residual = (z - codes_by["topk"] @ base.W_dec).pow(2).sum(-1)
+    unheld_energy = codes[:, ~held].pow(2).sum(-1)
+    result = {
+        "run": args.run,
+        "cache": args.cache,
+        "samples": n,
+        "command": script_command(),
+        "d": d,
+        "unheld_per_sample": float(unheld.float().mean()),
+        "unheld_per_dimension": float(unheld.float().mean()) / d,
+        "kept_per_sample": {r: float((a != 0).sum(-1).float().mean()) for r, a in codes_by.items()},
+        "false_per_sample": {rule: float(f.mean()) for rule, f in false_by.items()},
+        "false_corr_with_unheld": {rule: correlation(f, unheld) for rule, f in false_by.items()},
+        "by_unheld_firings": groups,
+        "spikes_truth_free": {
+            "per_sample": spike_count(residual),
+            "per_dimension": spike_count(residual) / d,
+        },
+        "spikes_of_unheld_energy": {
+            "per_sample": spike_count(unheld_energy),
+            "per_dimension": spike_count(unheld_energy) / d,
+        },
+    }
+    print(f"unheld firings {result['unheld_per_sample']:.2f} per sample "
+          f"({result['unheld_per_dimension']:.4f} per dimension); truth-free spikes from TopK's "
+          f"residual {result['spikes_truth_free']['per_dimension']:.4f} per dimension (from the "
+          f"unheld energy itself {result['spikes_of_unheld_energy']['per_dimension']:.4f})")  # fmt: skip
+    for name, group in groups.items():
+        counts = "  ".join(f"{r} {v:.2f}" for r, v in group["false_per_sample"].items()
+                           if v is not None)  # fmt: skip
+        print(f"  {name:>2} unheld ({group['share']:.0%} of samples): false per sample {counts}")
+    corr = "  ".join(f"{r} {v:.2f}" for r, v in result["false_corr_with_unheld"].items())
+    print(f"  false count's correlation with the unheld count: {corr}")
+    if args.json:
+        write_json(args.json, result)
+
+
+if __name__ == "__main__":
+    main()
