@@ -92,6 +92,7 @@ def main() -> None:
     result = {
         "run": args.run,
         "cache": args.cache,
+        "world": cache.manifest["synthetic"]["world"],
         "samples": n,
         "command": script_command(),
         "d": d,
