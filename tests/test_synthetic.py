@@ -77,6 +77,8 @@ from synth_readings_plot import main as readings_plot_main  # noqa: E402
 from synth_recovery_ceiling import main as recovery_main  # noqa: E402
 from synth_reread import kept_true_and_false  # noqa: E402
 from synth_reread import main as reread_main  # noqa: E402
+from synth_spikes_table import main as spikes_table_main  # noqa: E402
+from synth_spikes_table import ranks, spearman  # noqa: E402
 from synth_unfold_levels import (  # noqa: E402
     doubled_by_members,
     first_level_groups,
@@ -1097,3 +1099,40 @@ def test_unheld_spikes_script_counts_false_latents_by_the_samples_unheld_firings
     )
     assert found["kept_per_sample"]["topk"] <= 8
     assert found["spikes_of_unheld_energy"]["per_sample"] > 0
+
+
+def test_spikes_table_ranks_worlds_and_finds_each_dictionarys_readings(tmp_path, monkeypatch):
+    assert ranks([3.0, 1.0, 3.0, 2.0]) == [2.5, 0.0, 2.5, 1.0]
+    assert spearman([1, 2, 3, 4], [10, 20, 25, 90]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    groups = {"0": {"share": 1.0, "false_per_sample": {"refit_surplus": 0.1}}}
+    spikes, chosen = [], {"risk_floor": [], "risk_refit": []}
+    for i, (unheld, spread, floor, refit) in enumerate([(0.01, 0.008, 1.0, 1.9), (0.03, 0.02, 0.7, 0.9),
+                                                        (0.02, 0.015, 0.9, 1.2)]):  # fmt: skip
+        spikes.append(tmp_path / f"spikes{i}.json")
+        spikes[-1].write_text(json.dumps({
+            "world": f"w{i}", "run": f"runs/w{i}", "unheld_per_dimension": unheld,
+            "spikes_truth_free": {"per_dimension": spread}, "by_unheld_firings": groups}))  # fmt: skip
+        for reader, ratio in (("risk_floor", floor), ("risk_refit", refit)):
+            reread = tmp_path / f"{reader}{i}.json"
+            reread.write_text(json.dumps({"run": f"runs/w{i}"}))
+            chosen[reader].append(
+                {"path": str(reread), "rule": f"{reader}, unfolded", "ratio": ratio}
+            )
+    paths = []
+    for reader, readings in chosen.items():
+        paths.append(tmp_path / f"choose_{reader}.json")
+        paths[-1].write_text(json.dumps({"ladders": [{"readings": readings}]}))
+    out = tmp_path / "table.json"
+    argv = ["synth_spikes_table.py", *map(str, spikes), "--choose-k", *map(str, paths),
+            "--json", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    spikes_table_main()
+    table = json.loads(out.read_text())
+    assert [row["world"] for row in table["rows"]] == ["w0", "w2", "w1"]
+    assert table["rows"][1]["ratio"] == {"risk_floor": 0.9, "risk_refit": 1.2}
+    assert table["spearman_with_unheld_per_dimension"] == {
+        "spikes_per_dimension": pytest.approx(1.0),
+        "risk_floor": pytest.approx(-1.0),
+        "risk_refit": pytest.approx(-1.0),
+    }
