@@ -29,11 +29,7 @@ import math
 
 import torch
 
-from hf_topafa import SparseAutoencoder
-from hf_topafa.data.harvest import ActivationCache
-from hf_topafa.data.synthetic_cache import world_of_cache
-from hf_topafa.evaluation.agreement import matched_cosines
-from hf_topafa.evaluation.ground_truth import TruthSet, most_frequent
+from hf_topafa.evaluation.ground_truth import dictionary_on_truth
 from hf_topafa.evaluation.sparse_recovery import unheld_noise
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk
@@ -61,18 +57,9 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cache = ActivationCache(args.cache)
-    world = world_of_cache(cache.manifest)
-    truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=20000)
-    n = min(args.samples, truth.num_samples)
-    codes = truth.rows(0, n)
-    base = SparseAutoencoder.from_pretrained(args.run).eval()
-    held = most_frequent(truth.feature_counts(), base.config.d_sae)
-    features = world.feature_dict.feature_vectors
-    match, _ = matched_cosines(base.W_dec, features)
-    matched = match >= 0
-    on = (codes[:, match.clamp_min(0)] > 0) & matched  # [n, h]: each latent's feature is on
-    x = world.feature_dict(codes)
+    read = dictionary_on_truth(args.run, args.cache, args.samples)
+    base, codes, held, match, on, x = read.sae, read.codes, read.held, read.match, read.on, read.x
+    n, features = len(codes), read.world.feature_dict.feature_vectors
     pre = base.pre_activations(x)
     norms = torch.linalg.vector_norm(base.W_dec, dim=-1)
     z = centered_input(base, base.normalize_input(x)[0])

@@ -25,11 +25,7 @@ import argparse
 
 import torch
 
-from hf_topafa import SparseAutoencoder
-from hf_topafa.data.harvest import ActivationCache
-from hf_topafa.data.synthetic_cache import world_of_cache
-from hf_topafa.evaluation.agreement import matched_cosines
-from hf_topafa.evaluation.ground_truth import TruthSet, most_frequent
+from hf_topafa.evaluation.ground_truth import correlation, dictionary_on_truth
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae.kfree import centered_input
 from hf_topafa.sae.reading import read_with
@@ -45,10 +41,6 @@ def spike_count(energy: torch.Tensor) -> float:
     return float(energy.mean() ** 2 / energy.var().clamp_min(1e-30))
 
 
-def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
-
-
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -60,17 +52,9 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cache = ActivationCache(args.cache)
-    world = world_of_cache(cache.manifest)
-    truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=20000)
-    n = min(args.samples, truth.num_samples)
-    codes = truth.rows(0, n)
-    base = SparseAutoencoder.from_pretrained(args.run).eval()
-    held = most_frequent(truth.feature_counts(), base.config.d_sae)
-    match, _ = matched_cosines(base.W_dec, world.feature_dict.feature_vectors)
-    on = (codes[:, match.clamp_min(0)] > 0) & (match >= 0)  # [n, h]: each latent's feature is on
+    read = dictionary_on_truth(args.run, args.cache, args.samples)
+    base, codes, held, on, x = read.sae, read.codes, read.held, read.on, read.x
     unheld = (codes[:, ~held] > 0).sum(-1)  # [n]
-    x = world.feature_dict(codes)
     z = centered_input(base, base.normalize_input(x)[0])
     d = z.shape[-1]
     codes_by = {"topk": base(x).feature_acts}
@@ -92,8 +76,8 @@ def main() -> None:
     result = {
         "run": args.run,
         "cache": args.cache,
-        "world": cache.manifest["synthetic"]["world"],
-        "samples": n,
+        "world": read.world_name,
+        "samples": len(codes),
         "command": script_command(),
         "d": d,
         "unheld_per_sample": float(unheld.float().mean()),
