@@ -23,13 +23,12 @@ are true:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
 import torch
 
-from hf_topafa.evaluation.ground_truth import dictionary_on_truth
+from hf_topafa.evaluation.ground_truth import dictionary_on_truth_from_command_line
 from hf_topafa.evaluation.sparse_recovery import unheld_noise
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk
@@ -48,16 +47,7 @@ def quantiles(values: torch.Tensor) -> list[float] | None:
 
 @torch.no_grad()
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("run", help="a trained TopK SAE folder")
-    parser.add_argument("cache", help="the world's held-out synthetic cache (with true codes)")
-    parser.add_argument("--samples", type=int, default=4096)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    read = dictionary_on_truth(args.run, args.cache, args.samples)
+    read, args = dictionary_on_truth_from_command_line(__doc__)
     base, codes, held, match, on, x = read.sae, read.codes, read.held, read.match, read.on, read.x
     n, features = len(codes), read.world.feature_dict.feature_vectors
     pre = base.pre_activations(x)

@@ -21,11 +21,9 @@ reads, before unfolding absorbed ancestors):
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from hf_topafa.evaluation.ground_truth import correlation, dictionary_on_truth
+from hf_topafa.evaluation.ground_truth import correlation, dictionary_on_truth_from_command_line
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae.kfree import centered_input
 from hf_topafa.sae.reading import read_with
@@ -43,16 +41,7 @@ def spike_count(energy: torch.Tensor) -> float:
 
 @torch.no_grad()
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("run", help="a trained TopK SAE folder")
-    parser.add_argument("cache", help="the world's held-out synthetic cache (with true codes)")
-    parser.add_argument("--samples", type=int, default=4096)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    read = dictionary_on_truth(args.run, args.cache, args.samples)
+    read, args = dictionary_on_truth_from_command_line(__doc__)
     base, codes, held, on, x = read.sae, read.codes, read.held, read.on, read.x
     unheld = (codes[:, ~held] > 0).sum(-1)  # [n]
     z = centered_input(base, base.normalize_input(x)[0])

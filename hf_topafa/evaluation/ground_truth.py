@@ -293,6 +293,24 @@ def dictionary_on_truth(run: str, cache_path: str, samples: int) -> DictionaryOn
     return DictionaryOnTruth(sae, world, name, codes, world.feature_dict(codes), held, match, on)
 
 
+def dictionary_on_truth_from_command_line(description: str):
+    """(``DictionaryOnTruth``, args) for a diagnosis script whose command line names a trained
+    SAE folder and a world's held-out cache written with truth, with ``--samples`` (4,096) and
+    ``--json``; one torch thread, as the diagnoses run beside training."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("run", help="a trained TopK SAE folder")
+    parser.add_argument("cache", help="the world's held-out synthetic cache (with true codes)")
+    parser.add_argument("--samples", type=int, default=4096)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    return dictionary_on_truth(args.run, args.cache, args.samples), args
+
+
 def hierarchy_parents(world) -> torch.Tensor:
     """Each feature's parent in the world's hierarchy, as a long tensor [features]: -1 for roots
     and for features outside the hierarchy. A world without a hierarchy gives all -1."""
