@@ -42,6 +42,7 @@ from hf_topafa import SparseAutoencoder
 from hf_topafa.evaluation.ground_truth import (
     hierarchy_parents,
     matched_features,
+    relative_on,
     score_against_truth,
 )
 from hf_topafa.sae.kfree import (
@@ -121,16 +122,6 @@ def token_noise_check(raw: torch.Tensor, on: torch.Tensor) -> dict:
         "centred_false_pos_allowed": float((n_off * 0.5 / raw.shape[-1]).mean()),
         "centred_true_pos": float((centred & on).sum(-1).float().mean()),
     }
-
-
-def relative_on(codes: torch.Tensor, parents: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
-    """[n, latents]: whether the parent or a child of each latent's matched feature is active."""
-    on = codes > 0
-    child = parents >= 0
-    children_on = torch.zeros_like(on, dtype=torch.int32)
-    children_on.index_add_(1, parents[child], on[:, child].int())
-    parent_on = on[:, parents.clamp_min(0)] & child
-    return (parent_on | (children_on > 0))[:, match]
 
 
 def read_at_levels(run: str, levels: torch.Tensor):

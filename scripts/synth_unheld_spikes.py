@@ -8,7 +8,9 @@ samples, this prints for TopK's own code, ``risk_floor`` and ``risk_refit`` (rea
 reads, before unfolding absorbed ancestors):
 
 - the false latents per sample (kept, but the matched feature is off) in the samples where
-  0, 1, 2 or 3+ unheld features fire, and their correlation with that count;
+  0, 1, 2 or 3+ unheld features fire, and their correlation with that count; of the readers'
+  false latents, those whose feature's parent or child in the hierarchy is on (a relative's
+  firing read by the wrong latent, not an unheld feature's);
 - the truth's unheld firings per sample and per dimension;
 - a truth-free estimate of the same: the per-sample residual energy E of TopK's own code gives
   lambda = mean(E)^2 / var(E), the firings per sample a sum of equal spikes would give (the
@@ -23,7 +25,12 @@ from __future__ import annotations
 
 import torch
 
-from hf_topafa.evaluation.ground_truth import correlation, dictionary_on_truth_from_command_line
+from hf_topafa.evaluation.ground_truth import (
+    correlation,
+    dictionary_on_truth_from_command_line,
+    hierarchy_parents,
+    relative_on,
+)
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae.kfree import centered_input
 from hf_topafa.sae.reading import read_with
@@ -51,6 +58,10 @@ def main() -> None:
         codes_by[rule] = read_with(base, rule).eval()(x).feature_acts
     false_by = {rule: ((acts != 0) & ~on).sum(-1).float() for rule, acts in codes_by.items()}
     false_by["refit_surplus"] = false_by["risk_refit"] - false_by["risk_floor"]
+    related = relative_on(codes, hierarchy_parents(read.world), read.match.clamp_min(0))
+    related &= read.match >= 0
+    for rule in READERS:  # false latents whose feature's parent or child is on: a relative's
+        false_by[f"{rule}_relative"] = ((codes_by[rule] != 0) & ~on & related).sum(-1).float()
     groups = {}
     for low, high in GROUPS:
         rows = (unheld >= low) & (unheld <= (high if high is not None else unheld.max()))
@@ -92,7 +103,8 @@ def main() -> None:
         counts = "  ".join(f"{r} {v:.2f}" for r, v in group["false_per_sample"].items()
                            if v is not None)  # fmt: skip
         print(f"  {name:>2} unheld ({group['share']:.0%} of samples): false per sample {counts}")
-    corr = "  ".join(f"{r} {v:.2f}" for r, v in result["false_corr_with_unheld"].items())
+    corr = "  ".join(f"{r} {v:.2f}" for r, v in result["false_corr_with_unheld"].items()
+                     if v is not None)  # fmt: skip
     print(f"  false count's correlation with the unheld count: {corr}")
     if args.json:
         write_json(args.json, result)

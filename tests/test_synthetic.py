@@ -29,6 +29,7 @@ from hf_topafa.evaluation.ground_truth import (  # noqa: E402
     matched_features,
     most_frequent,
     oracle_sae,
+    relative_on,
     score_against_truth,
 )
 from hf_topafa.sae.absorption import (  # noqa: E402
@@ -60,7 +61,7 @@ from synth_device import samples_that_fit  # noqa: E402
 from synth_energy import empty_token_detections, energy_readings  # noqa: E402
 from synth_energy_trace import fano_energy, trace  # noqa: E402
 from synth_false_positives import false_positive_sources  # noqa: E402
-from synth_latent_noise import latent_levels, relative_on, token_noise_check  # noqa: E402
+from synth_latent_noise import latent_levels, token_noise_check  # noqa: E402
 from synth_missed_by_level import (  # noqa: E402
     by_place,
     depths,
@@ -1093,7 +1094,9 @@ def test_unheld_spikes_script_counts_false_latents_by_the_samples_unheld_firings
     assert found["unheld_per_sample"] > 0 and found["d"] == world.cfg.hidden_dim
     groups = found["by_unheld_firings"]
     assert sum(group["share"] for group in groups.values()) == pytest.approx(1.0)
-    assert set(found["false_per_sample"]) == {"topk", "risk_floor", "risk_refit", "refit_surplus"}
+    assert set(found["false_per_sample"]) == {"topk", "risk_floor", "risk_refit", "refit_surplus",
+                                              "risk_floor_relative", "risk_refit_relative"}  # fmt: skip
+    assert found["false_per_sample"]["risk_refit_relative"] == 0  # the tiny world has no hierarchy
     assert found["false_per_sample"]["refit_surplus"] == pytest.approx(
         found["false_per_sample"]["risk_refit"] - found["false_per_sample"]["risk_floor"]
     )

@@ -370,6 +370,16 @@ def active_chains(codes: torch.Tensor, parents: torch.Tensor, held: torch.Tensor
     return (on & ~parent_on & held).sum(-1)
 
 
+def relative_on(codes: torch.Tensor, parents: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+    """[n, latents]: whether the parent or a child of each latent's matched feature is active."""
+    on = codes > 0
+    child = parents >= 0
+    children_on = torch.zeros_like(on, dtype=torch.int32)
+    children_on.index_add_(1, parents[child], on[:, child].int())
+    parent_on = on[:, parents.clamp_min(0)] & child
+    return (parent_on | (children_on > 0))[:, match]
+
+
 @torch.no_grad()
 def score_against_truth(
     sae,
