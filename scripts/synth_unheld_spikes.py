@@ -11,6 +11,10 @@ reads, before unfolding absorbed ancestors):
   0, 1, 2 or 3+ unheld features fire, and their correlation with that count; of the readers'
   false latents, those whose feature's parent or child in the hierarchy is on (a relative's
   firing read by the wrong latent, not an unheld feature's);
+- in the samples where no unheld feature fires, the correlation of ``risk_refit``'s extra
+  false latents with the energy the held firings' matched latents miss (a^2 (1 - cos^2) per
+  firing, cos the latent's |cosine| with its feature): least squares may fit an imperfect
+  atom's miss with other latents;
 - the truth's unheld firings per sample and per dimension;
 - a truth-free estimate of the same: the per-sample residual energy E of TopK's own code gives
   lambda = mean(E)^2 / var(E), the firings per sample a sum of equal spikes would give (the
@@ -62,6 +66,11 @@ def main() -> None:
     related &= read.match >= 0
     for rule in READERS:  # false latents whose feature's parent or child is on: a relative's
         false_by[f"{rule}_relative"] = ((codes_by[rule] != 0) & ~on & related).sum(-1).float()
+    # the energy of the held features' firings that their matched latents' directions miss
+    feature_cosine = torch.zeros(codes.shape[-1])
+    feature_cosine[read.match[read.match >= 0]] = read.cosine[read.match >= 0].float()
+    missed = (codes[:, held].pow(2) * (1 - feature_cosine[held].pow(2))).sum(-1)
+    clean = unheld == 0
     groups = {}
     for low, high in GROUPS:
         rows = (unheld >= low) & (unheld <= (high if high is not None else unheld.max()))
@@ -86,6 +95,12 @@ def main() -> None:
         "false_per_sample": {rule: float(f.mean()) for rule, f in false_by.items()},
         "false_corr_with_unheld": {rule: correlation(f, unheld) for rule, f in false_by.items()},
         "by_unheld_firings": groups,
+        "missed_energy_per_sample": float(missed.mean()),
+        "refit_surplus_corr_with_missed_energy_no_unheld": (
+            correlation(false_by["refit_surplus"][clean], missed[clean])
+            if clean.sum() > 2
+            else None
+        ),
         "spikes_truth_free": {
             "per_sample": spike_count(residual),
             "per_dimension": spike_count(residual) / d,
@@ -106,6 +121,9 @@ def main() -> None:
     corr = "  ".join(f"{r} {v:.2f}" for r, v in result["false_corr_with_unheld"].items()
                      if v is not None)  # fmt: skip
     print(f"  false count's correlation with the unheld count: {corr}")
+    print(f"  missed energy {result['missed_energy_per_sample']:.2f} per sample; with no unheld "
+          f"firing, its correlation with risk_refit's extra false latents "
+          f"{result['refit_surplus_corr_with_missed_energy_no_unheld']}")  # fmt: skip
     if args.json:
         write_json(args.json, result)
 

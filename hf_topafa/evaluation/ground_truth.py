@@ -260,8 +260,8 @@ class DictionaryOnTruth:
     """A trained dictionary beside the first samples of a world's stored truth: what a diagnosis
     of how it is read needs. ``world_name`` as the cache names it, ``codes`` [n, features] the
     true codes, ``x`` their inputs, ``held`` the features its width can hold (the most
-    frequent), ``match`` each latent's one-to-one matched feature (-1 where none), ``on``
-    [n, latents] whether that feature is on."""
+    frequent), ``match`` each latent's one-to-one matched feature (-1 where none) and
+    ``cosine`` its |cosine| with it, ``on`` [n, latents] whether that feature is on."""
 
     sae: nn.Module
     world: object
@@ -270,6 +270,7 @@ class DictionaryOnTruth:
     x: torch.Tensor
     held: torch.Tensor
     match: torch.Tensor
+    cosine: torch.Tensor
     on: torch.Tensor
 
 
@@ -287,10 +288,11 @@ def dictionary_on_truth(run: str, cache_path: str, samples: int) -> DictionaryOn
     codes = truth.rows(0, min(samples, truth.num_samples))
     sae = SparseAutoencoder.from_pretrained(run).eval()
     held = most_frequent(truth.feature_counts(), sae.config.d_sae)
-    match = matched_features(sae.W_dec, world.feature_dict.feature_vectors)
+    match, cosine = matched_cosines(sae.W_dec, world.feature_dict.feature_vectors)
     on = (codes[:, match.clamp_min(0)] > 0) & (match >= 0)
     name = cache.manifest["synthetic"]["world"]
-    return DictionaryOnTruth(sae, world, name, codes, world.feature_dict(codes), held, match, on)
+    x = world.feature_dict(codes)
+    return DictionaryOnTruth(sae, world, name, codes, x, held, match, cosine, on)
 
 
 def dictionary_on_truth_from_command_line(description: str):
