@@ -75,6 +75,7 @@ from synth_missed_by_level import (  # noqa: E402
 from synth_missed_by_level import main as missed_by_level_main  # noqa: E402
 from synth_readings_plot import count_ratios  # noqa: E402
 from synth_readings_plot import main as readings_plot_main  # noqa: E402
+from synth_records_again import main as records_again_main  # noqa: E402
 from synth_recovery_ceiling import main as recovery_main  # noqa: E402
 from synth_reread import kept_true_and_false  # noqa: E402
 from synth_reread import main as reread_main  # noqa: E402
@@ -1140,3 +1141,36 @@ def test_spikes_table_ranks_worlds_and_finds_each_dictionarys_readings(tmp_path,
         "risk_floor": pytest.approx(-1.0),
         "risk_refit": pytest.approx(-1.0),
     }
+
+
+def test_records_again_says_which_records_their_runs_reproduced(tmp_path, monkeypatch):
+    row = {
+        "f1": 0.61,
+        "mcc": 0.77,
+        "l0": 6.0,
+        "explained_variance": 0.75,
+        "dead": 0,
+        "l0_corr": None,
+    }
+    for root, f1 in ((tmp_path / "committed", 0.61), (tmp_path / "again", 0.61)):
+        for name in ("topk-k6", "topk-k8"):
+            path = root / "mix" / "records" / "world" / f"{name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"row": {**row, "f1": f1 if name == "topk-k6" else 0.5}}))
+    out = tmp_path / "again.json"
+    argv = ["synth_records_again.py", str(tmp_path / "again"), "--committed",
+            str(tmp_path / "committed"), "--json", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as done:
+        records_again_main()
+    assert done.value.code == 0 and json.loads(out.read_text())["reproduced"] == 2
+    changed = tmp_path / "again" / "mix" / "records" / "world" / "topk-k8.json"
+    changed.write_text(json.dumps({"row": {**row, "f1": 0.5002}}))
+    with pytest.raises(SystemExit) as done:
+        records_again_main()
+    assert done.value.code == 1
+    assert [r["differs"] for r in json.loads(out.read_text())["rows"]] == [[], ["f1"]]
+    changed.unlink()
+    (tmp_path / "again" / "mix" / "records" / "world" / "topk-k4.json").write_text("{}")
+    with pytest.raises(SystemExit, match="no committed record"):
+        records_again_main()
