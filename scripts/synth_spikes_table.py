@@ -20,6 +20,7 @@ from pathlib import Path
 from hf_topafa.helpers import script_command, write_json
 
 READERS = ("risk_floor", "risk_refit")
+SMALLEST_GROUP = 0.01  # a share of the samples under which a group's mean is not shown
 
 
 def ranks(values: list[float]) -> list[float]:
@@ -80,8 +81,10 @@ def main() -> None:
                 "unheld_per_dimension": spikes["unheld_per_dimension"],
                 "spikes_per_dimension": spikes["spikes_truth_free"]["per_dimension"],
                 "ratio": {reader: read.get(reader) for reader in READERS},
-                "refit_surplus_by_unheld": {
+                "refit_surplus_by_unheld": {  # None for a group of too few samples
                     name: group["false_per_sample"]["refit_surplus"]
+                    if group["share"] >= SMALLEST_GROUP
+                    else None
                     for name, group in spikes["by_unheld_firings"].items()
                 },
             }

@@ -1110,7 +1110,8 @@ def test_spikes_table_ranks_worlds_and_finds_each_dictionarys_readings(tmp_path,
     assert ranks([3.0, 1.0, 3.0, 2.0]) == [2.5, 0.0, 2.5, 1.0]
     assert spearman([1, 2, 3, 4], [10, 20, 25, 90]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    groups = {"0": {"share": 1.0, "false_per_sample": {"refit_surplus": 0.1}}}
+    groups = {"0": {"share": 0.995, "false_per_sample": {"refit_surplus": 0.1}},
+              "1": {"share": 0.005, "false_per_sample": {"refit_surplus": 3.0}}}  # fmt: skip
     spikes, chosen = [], {"risk_floor": [], "risk_refit": []}
     for i, (unheld, spread, floor, refit) in enumerate([(0.01, 0.008, 1.0, 1.9), (0.03, 0.02, 0.7, 0.9),
                                                         (0.02, 0.015, 0.9, 1.2)]):  # fmt: skip
@@ -1136,6 +1137,7 @@ def test_spikes_table_ranks_worlds_and_finds_each_dictionarys_readings(tmp_path,
     table = json.loads(out.read_text())
     assert [row["world"] for row in table["rows"]] == ["w0", "w2", "w1"]
     assert table["rows"][1]["ratio"] == {"risk_floor": 0.9, "risk_refit": 1.2}
+    assert table["rows"][1]["refit_surplus_by_unheld"] == {"0": 0.1, "1": None}  # 0.5%: not shown
     assert table["spearman_with_unheld_per_dimension"] == {
         "spikes_per_dimension": pytest.approx(1.0),
         "risk_floor": pytest.approx(-1.0),
