@@ -14,7 +14,9 @@ reads, before unfolding absorbed ancestors):
 - in the samples where no unheld feature fires, the correlation of ``risk_refit``'s extra
   false latents with the energy the held firings' matched latents miss (a^2 (1 - cos^2) per
   firing, cos the latent's |cosine| with its feature): least squares may fit an imperfect
-  atom's miss with other latents;
+  atom's miss with other latents; and there, ``risk_refit``'s false latents whose matched
+  feature the width holds or not, and the amplitudes of those only it keeps against its
+  true ones';
 - the truth's unheld firings per sample and per dimension;
 - a truth-free estimate of the same: the per-sample residual energy E of TopK's own code gives
   lambda = mean(E)^2 / var(E), the firings per sample a sum of equal spikes would give (the
@@ -71,6 +73,24 @@ def main() -> None:
     feature_cosine[read.match[read.match >= 0]] = read.cosine[read.match >= 0].float()
     missed = (codes[:, held].pow(2) * (1 - feature_cosine[held].pow(2))).sum(-1)
     clean = unheld == 0
+    # where no unheld feature fires: risk_refit's false latents whose matched feature is one the
+    # width holds or not, and the amplitudes of those only it keeps against its true ones'
+    refit_false = (codes_by["risk_refit"] != 0) & ~on & clean.unsqueeze(-1)
+    refit_only = refit_false & (codes_by["risk_floor"] == 0)
+    refit_true = (codes_by["risk_refit"] != 0) & on & clean.unsqueeze(-1)
+    feature_held = held[read.match.clamp_min(0)] & (read.match >= 0)
+    samples_clean = max(int(clean.sum()), 1)
+    no_unheld = {
+        "share": float(clean.float().mean()),
+        "refit_false_feature_held": float((refit_false & feature_held).sum()) / samples_clean,
+        "refit_false_feature_unheld": float((refit_false & ~feature_held).sum()) / samples_clean,
+        "refit_only_false_amplitude_median": (
+            float(codes_by["risk_refit"][refit_only].median()) if refit_only.any() else None
+        ),
+        "refit_true_amplitude_median": (
+            float(codes_by["risk_refit"][refit_true].median()) if refit_true.any() else None
+        ),
+    }
     groups = {}
     for low, high in GROUPS:
         rows = (unheld >= low) & (unheld <= (high if high is not None else unheld.max()))
@@ -96,6 +116,7 @@ def main() -> None:
         "false_corr_with_unheld": {rule: correlation(f, unheld) for rule, f in false_by.items()},
         "by_unheld_firings": groups,
         "missed_energy_per_sample": float(missed.mean()),
+        "no_unheld_firing": no_unheld,
         "refit_surplus_corr_with_missed_energy_no_unheld": (
             correlation(false_by["refit_surplus"][clean], missed[clean])
             if clean.sum() > 2

@@ -1104,6 +1104,11 @@ def test_unheld_spikes_script_counts_false_latents_by_the_samples_unheld_firings
     assert found["kept_per_sample"]["topk"] <= 8
     assert found["spikes_of_unheld_energy"]["per_sample"] > 0
     assert found["missed_energy_per_sample"] == pytest.approx(0.0, abs=1e-4)  # its atoms are exact
+    clean = found["no_unheld_firing"]
+    assert clean["share"] == pytest.approx(groups["0"]["share"])
+    assert clean["refit_false_feature_held"] + clean["refit_false_feature_unheld"] == pytest.approx(
+        groups["0"]["false_per_sample"]["risk_refit"], abs=1e-6
+    )
 
 
 def test_spikes_table_ranks_worlds_and_finds_each_dictionarys_readings(tmp_path, monkeypatch):
