@@ -52,6 +52,43 @@ def spike_count(energy: torch.Tensor) -> float:
     return float(energy.mean() ** 2 / energy.var().clamp_min(1e-30))
 
 
+def by_unheld_firings(false_by: dict, unheld: torch.Tensor) -> dict:
+    """Per group of samples by their unheld firings (``GROUPS``): its share of the samples and
+    each count of ``false_by`` [n] averaged over it."""
+    groups = {}
+    for low, high in GROUPS:
+        rows = (unheld >= low) & (unheld <= (high if high is not None else unheld.max()))
+        groups[f"{low}" if high == low else f"{low}+"] = {
+            "share": float(rows.float().mean()),
+            "false_per_sample": {
+                rule: float(f[rows].mean()) if rows.any() else None for rule, f in false_by.items()
+            },
+        }
+    return groups
+
+
+def no_unheld_firing(codes_by: dict, on, clean, feature_held) -> dict:
+    """In the ``clean`` samples (no unheld feature fires): ``risk_refit``'s false latents per
+    sample whose matched feature the width holds (``feature_held`` [latents]) or not, and the
+    median amplitude of those only it keeps against its true latents'."""
+    refit, floor = codes_by["risk_refit"], codes_by["risk_floor"]
+    refit_false = (refit != 0) & ~on & clean.unsqueeze(-1)
+    refit_only = refit_false & (floor == 0)
+    refit_true = (refit != 0) & on & clean.unsqueeze(-1)
+    samples = max(int(clean.sum()), 1)
+    return {
+        "share": float(clean.float().mean()),
+        "refit_false_feature_held": float((refit_false & feature_held).sum()) / samples,
+        "refit_false_feature_unheld": float((refit_false & ~feature_held).sum()) / samples,
+        "refit_only_false_amplitude_median": (
+            float(refit[refit_only].median()) if refit_only.any() else None
+        ),
+        "refit_true_amplitude_median": float(refit[refit_true].median())
+        if refit_true.any()
+        else None,
+    }
+
+
 @torch.no_grad()
 def main() -> None:
     read, args = dictionary_on_truth_from_command_line(__doc__)
@@ -73,33 +110,9 @@ def main() -> None:
     feature_cosine[read.match[read.match >= 0]] = read.cosine[read.match >= 0].float()
     missed = (codes[:, held].pow(2) * (1 - feature_cosine[held].pow(2))).sum(-1)
     clean = unheld == 0
-    # where no unheld feature fires: risk_refit's false latents whose matched feature is one the
-    # width holds or not, and the amplitudes of those only it keeps against its true ones'
-    refit_false = (codes_by["risk_refit"] != 0) & ~on & clean.unsqueeze(-1)
-    refit_only = refit_false & (codes_by["risk_floor"] == 0)
-    refit_true = (codes_by["risk_refit"] != 0) & on & clean.unsqueeze(-1)
     feature_held = held[read.match.clamp_min(0)] & (read.match >= 0)
-    samples_clean = max(int(clean.sum()), 1)
-    no_unheld = {
-        "share": float(clean.float().mean()),
-        "refit_false_feature_held": float((refit_false & feature_held).sum()) / samples_clean,
-        "refit_false_feature_unheld": float((refit_false & ~feature_held).sum()) / samples_clean,
-        "refit_only_false_amplitude_median": (
-            float(codes_by["risk_refit"][refit_only].median()) if refit_only.any() else None
-        ),
-        "refit_true_amplitude_median": (
-            float(codes_by["risk_refit"][refit_true].median()) if refit_true.any() else None
-        ),
-    }
-    groups = {}
-    for low, high in GROUPS:
-        rows = (unheld >= low) & (unheld <= (high if high is not None else unheld.max()))
-        groups[f"{low}" if high == low else f"{low}+"] = {
-            "share": float(rows.float().mean()),
-            "false_per_sample": {
-                rule: float(f[rows].mean()) if rows.any() else None for rule, f in false_by.items()
-            },
-        }
+    no_unheld = no_unheld_firing(codes_by, on, clean, feature_held)
+    groups = by_unheld_firings(false_by, unheld)
     residual = (z - codes_by["topk"] @ base.W_dec).pow(2).sum(-1)
     unheld_energy = codes[:, ~held].pow(2).sum(-1)
     result = {
