@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from hf_topafa.evaluation.ground_truth import dictionary_on_truth_from_command_line
+from hf_topafa.evaluation.on_truth import dictionary_on_truth_from_command_line
 from hf_topafa.evaluation.sparse_recovery import unheld_noise
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk

@@ -31,12 +31,8 @@ from __future__ import annotations
 
 import torch
 
-from hf_topafa.evaluation.ground_truth import (
-    correlation,
-    dictionary_on_truth_from_command_line,
-    hierarchy_parents,
-    relative_on,
-)
+from hf_topafa.evaluation.ground_truth import correlation, hierarchy_parents, relative_on
+from hf_topafa.evaluation.on_truth import dictionary_on_truth_from_command_line
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae.kfree import centered_input
 from hf_topafa.sae.reading import read_with

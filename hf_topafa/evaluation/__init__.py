@@ -8,7 +8,8 @@
 - ``text_analysis``: per-text analysis (the Space's tab)
 - ``ground_truth``: scoring against a synthetic world's known features (SAELens's evaluator plus
   the AFA and per-sample-L0 checks); ``sparse_recovery``: what a decoder can recover at all on
-  a perfect dictionary (the universal price, the lasso, orthogonal pursuit)
+  a perfect dictionary (the universal price, the lasso, orthogonal pursuit); ``on_truth``: a
+  trained dictionary beside a world's stored truth, as the diagnosis scripts read it
 - ``agreement``: how far two dictionaries agree (seeds, no truth); ``unfolded_l0``: per-token
   L0 with absorbed ancestors counted; ``recon_stats``: reconstruction error batch by batch
 

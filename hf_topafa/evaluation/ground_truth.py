@@ -18,7 +18,6 @@ of a comparison is scored on the same rows, or are drawn fresh from the world.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -253,64 +252,6 @@ def matched_features(W_dec: torch.Tensor, features: torch.Tensor) -> torch.Tenso
     """For each latent (row of ``W_dec``), its true feature under one-to-one matching on |cosine|
     between decoder rows and true feature vectors, as SAELens's MCC matches them."""
     return matched_cosines(W_dec, features)[0]
-
-
-@dataclass
-class DictionaryOnTruth:
-    """A trained dictionary beside the first samples of a world's stored truth: what a diagnosis
-    of how it is read needs. ``world_name`` as the cache names it, ``codes`` [n, features] the
-    true codes, ``x`` their inputs, ``held`` the features its width can hold (the most
-    frequent), ``match`` each latent's one-to-one matched feature (-1 where none) and
-    ``cosine`` its |cosine| with it, ``on`` [n, latents] whether that feature is on."""
-
-    sae: nn.Module
-    world: object
-    world_name: str
-    codes: torch.Tensor
-    x: torch.Tensor
-    held: torch.Tensor
-    match: torch.Tensor
-    cosine: torch.Tensor
-    on: torch.Tensor
-
-
-@torch.no_grad()
-def dictionary_on_truth(run: str, cache_path: str, samples: int) -> DictionaryOnTruth:
-    """The SAE folder ``run`` and the first ``samples`` (at most 20,000) of the synthetic cache
-    ``cache_path``, written ``with_truth``, as a ``DictionaryOnTruth``."""
-    from ..data.harvest import ActivationCache
-    from ..data.synthetic_cache import world_of_cache
-    from ..sae.modeling_sae import SparseAutoencoder
-
-    cache = ActivationCache(cache_path)
-    world = world_of_cache(cache.manifest)
-    truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=20000)
-    codes = truth.rows(0, min(samples, truth.num_samples))
-    sae = SparseAutoencoder.from_pretrained(run).eval()
-    held = most_frequent(truth.feature_counts(), sae.config.d_sae)
-    match, cosine = matched_cosines(sae.W_dec, world.feature_dict.feature_vectors)
-    on = (codes[:, match.clamp_min(0)] > 0) & (match >= 0)
-    name = cache.manifest["synthetic"]["world"]
-    x = world.feature_dict(codes)
-    return DictionaryOnTruth(sae, world, name, codes, x, held, match, cosine, on)
-
-
-def dictionary_on_truth_from_command_line(description: str):
-    """(``DictionaryOnTruth``, args) for a diagnosis script whose command line names a trained
-    SAE folder and a world's held-out cache written with truth, with ``--samples`` (4,096) and
-    ``--json``; one torch thread, as the diagnoses run beside training."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("run", help="a trained TopK SAE folder")
-    parser.add_argument("cache", help="the world's held-out synthetic cache (with true codes)")
-    parser.add_argument("--samples", type=int, default=4096)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    return dictionary_on_truth(args.run, args.cache, args.samples), args
 
 
 def hierarchy_parents(world) -> torch.Tensor:
