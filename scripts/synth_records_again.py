@@ -11,11 +11,10 @@ the row's scores, and exits 1 if any differs beyond ``--tolerance``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from hf_topafa.helpers import script_command, write_json
+from hf_topafa.helpers import read_json, script_command, write_json
 
 SCORES = ("f1", "mcc", "l0", "explained_variance", "dead", "l0_corr")
 
@@ -28,7 +27,7 @@ def compare(again: Path, committed: Path, tolerance: float) -> list[dict]:
         reference = committed / relative
         if not reference.exists():
             sys.exit(f"{path}: no committed record at {reference}")
-        fresh, kept = json.loads(path.read_text())["row"], json.loads(reference.read_text())["row"]
+        fresh, kept = read_json(path)["row"], read_json(reference)["row"]
         differs = [
             name for name in SCORES
             if (fresh.get(name) is None) != (kept.get(name) is None)

@@ -14,10 +14,9 @@ JSON, which names its run); a reading's reader is its rule's first word.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+import sys
 
-from hf_topafa.helpers import script_command, write_json
+from hf_topafa.helpers import read_json, script_command, write_json
 
 READERS = ("risk_floor", "risk_refit")
 SMALLEST_GROUP = 0.01  # a share of the samples under which a group's mean is not shown
@@ -51,9 +50,9 @@ def readings_by_run(choose_k_paths: list[str]) -> dict[str, dict[str, float]]:
     """{run: {reader: count over what the width holds}} over every ladder reading."""
     found: dict[str, dict[str, float]] = {}
     for path in choose_k_paths:
-        for ladder in json.loads(Path(path).read_text())["ladders"]:
+        for ladder in read_json(path)["ladders"]:
             for reading in ladder["readings"]:
-                run = json.loads(Path(reading["path"]).read_text())["run"]
+                run = read_json(reading["path"])["run"]
                 reader = reading["rule"].split(",")[0]  # "risk_floor, unfolded by levels, ..."
                 found.setdefault(run, {})[reader] = reading["ratio"]
     return found
@@ -70,9 +69,9 @@ def main() -> None:
     readings = readings_by_run(args.choose_k)
     rows = []
     for path in args.spikes:
-        spikes = json.loads(Path(path).read_text())
+        spikes = read_json(path)
         if "by_unheld_firings" not in spikes:
-            continue
+            sys.exit(f"{path}: not a synth_unheld_spikes.py JSON (no by_unheld_firings)")
         read = readings.get(spikes["run"], {})
         rows.append(
             {

@@ -1148,6 +1148,10 @@ def test_spikes_table_ranks_worlds_and_finds_each_dictionarys_readings(tmp_path,
         "risk_floor": pytest.approx(-1.0),
         "risk_refit": pytest.approx(-1.0),
     }
+    (tmp_path / "other.json").write_text(json.dumps({"run": "runs/w0"}))
+    monkeypatch.setattr(sys, "argv", [*argv[:1], str(tmp_path / "other.json"), *argv[4:]])
+    with pytest.raises(SystemExit, match="not a synth_unheld_spikes.py JSON"):
+        spikes_table_main()
 
 
 def test_records_again_says_which_records_their_runs_reproduced(tmp_path, monkeypatch):
