@@ -362,22 +362,23 @@ def test_a_reading_is_read_again_by_its_recorded_command_with_the_reader_swapped
         command_again("python scripts/synth_bench.py --topk 8", "risk_refit", Path("r.json"))
 
 
-def test_the_reader_option_reads_every_dictionary_with_risk_refit(tiny_caches, tmp_path, capsys):
+@pytest.mark.parametrize("reader", ["risk_refit", "risk_calibrated"])
+def test_the_reader_option_reads_every_dictionary_with_it(reader, tiny_caches, tmp_path, capsys):
     from hf_topafa.cli import cli
 
     train_dir, eval_dir = tiny_caches
     out = tmp_path / "sweep"
-    argv = ["choose-k", "--k", "4", "16", "--output", str(out), "--reader", "risk_refit",
+    argv = ["choose-k", "--k", "4", "16", "--output", str(out), "--reader", reader,
             "--activation-cache", str(train_dir), "--eval-cache", str(eval_dir),
             "--max-tokens", "1024", "--batch-size", "256", "--d-sae", "64", "--eval-tokens",
             "256", "--checkpoint-every", "0", "--log-with", "none", "--no-progress"]  # fmt: skip
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "choose_k.json").read_text())
-    assert result["self_consistent"]["rule"] == "risk_refit, unfolded by levels, exclusive"
+    assert result["self_consistent"]["rule"] == f"{reader}, unfolded by levels, exclusive"
     assert "reading keeps" in printed and "self-consistent k" in printed
     for row in result["rows"]:
         for run in row["runs"]:
             assert run["reading"] == pytest.approx(
-                procedure_d_count(run["folder"], eval_dir, "risk_refit")
+                procedure_d_count(run["folder"], eval_dir, reader)
             )

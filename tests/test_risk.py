@@ -150,10 +150,53 @@ def test_elimination_drops_what_raises_the_residual_less_than_its_price():
         assert residual.item() == pytest.approx([0.0, 1.0, 10.0][2 - kept], abs=1e-4)
 
 
-def test_the_refit_rule_keeps_its_level_and_passes_gradients_to_the_kept_activations():
+def test_the_calibrated_factor_is_where_on_and_off_are_equally_likely():
+    for p, c in ((0.01, 200.0), (0.2, 30.0), (1 / 1024, 5.0)):
+        price = risk.calibrated_factor(p, c)  # in units of sigma^2 = 1
+        on = p * math.exp(-price / (2 * (1 + c))) / math.sqrt(1 + c)  # N(0, 1 + c) at sqrt(price)
+        off = (1 - p) * math.exp(-price / 2)  # N(0, 1), the same constant left out
+        assert on == pytest.approx(off, rel=1e-9)
+    assert risk.calibrated_factor(0.001, 100.0) > risk.calibrated_factor(0.1, 100.0)
+    assert risk.calibrated_factor(0.0, 0.0) > 1e3  # nothing kept, no signal: past any contribution
+
+
+def spike_world(on_per_token, tokens=512, d=256, noise=0.3, seed=6):
+    """``on_per_token`` features of an orthonormal dictionary per token at amplitudes near 5,
+    plus noise, read by the perfect encoder: (pre, W_dec, z, true codes)."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.linalg.qr(torch.randn(d, d, generator=g))[0].T.contiguous()
+    codes = torch.zeros(tokens, d)
+    on = torch.rand(tokens, d, generator=g).argsort(-1)[:, :on_per_token]
+    codes.scatter_(1, on, 5 + 0.5 * torch.randn(tokens, on_per_token, generator=g))
+    z = codes @ W + noise * torch.randn(tokens, d, generator=g)
+    return torch.relu(z @ W.T), W, z, codes
+
+
+def test_the_calibrated_price_rises_in_a_sparse_world_and_falls_in_a_dense_one():
+    ric = 2 * math.log(256)
+    for on_per_token, above in ((2, True), (40, False)):
+        pre, W, z, codes = spike_world(on_per_token)
+        acts, k, price = risk.risk_calibrated(pre, W, z)
+        factor = price.item() / 0.3**2
+        assert (factor > ric) == above, (on_per_token, factor)  # sparse 15.4, dense 9.0
+        assert torch.equal(k, (acts != 0).sum(-1))
+        assert ((acts == 0) & (codes != 0)).sum() == 0  # no true feature missed
+        false = ((acts != 0) & (codes == 0)).sum(-1).float().mean().item()
+        assert false < 0.01 * on_per_token + 0.02  # sparse 0.014, dense 0.28 per token
+        if above:  # at 2 ln h sigma^2 the sparse world's noise pays more often
+            refit_acts = risk.risk_refit(pre, W, z)[0]
+            assert false < ((refit_acts != 0) & (codes == 0)).sum(-1).float().mean().item()
+        _, at_known, used = risk.risk_calibrated(pre, W, z, price=price.item())
+        assert torch.equal(at_known, k) and used.item() == price.item()
+
+
+@pytest.mark.parametrize("rule", ["risk_refit", "risk_calibrated"])
+def test_the_refit_rules_keep_their_level_and_pass_gradients_to_the_kept_activations(rule):
     torch.manual_seed(0)
-    sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=64, activation="risk_refit"))
-    x = torch.randn(128, 32)
+    sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=64, activation=rule))
+    codes = torch.zeros(128, 64).scatter_(1, torch.randint(0, 64, (128, 2)), 3.0)
+    with torch.no_grad():  # two of its own atoms per token, and noise: something to find
+        x = codes @ sae.W_dec + sae.b_dec + 0.1 * torch.randn(128, 32)
     sae.train()
     out = sae(x)
     assert sae.threshold[0].item() > 0  # the batch's level, folded into the running one

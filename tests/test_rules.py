@@ -40,6 +40,7 @@ def test_names_are_the_registry_everywhere():
         "risk_pooled",
         "risk_floor",
         "risk_refit",
+        "risk_calibrated",
         "noise_batch",
         "risk_batch",
         "afa_kurtosis",

@@ -57,6 +57,7 @@ from synth_bench import (  # noqa: E402
     train_ours,
 )
 from synth_bench import main as synth_bench_main  # noqa: E402
+from synth_calibration import main as calibration_main  # noqa: E402
 from synth_device import samples_that_fit  # noqa: E402
 from synth_energy import empty_token_detections, energy_readings  # noqa: E402
 from synth_energy_trace import fano_energy, trace  # noqa: E402
@@ -1185,3 +1186,25 @@ def test_records_again_says_which_records_their_runs_reproduced(tmp_path, monkey
     (tmp_path / "again" / "mix" / "records" / "world" / "topk-k4.json").write_text("{}")
     with pytest.raises(SystemExit, match="no committed record"):
         records_again_main()
+
+
+def test_calibration_script_reports_where_the_price_settled(world_json, oracle_run, tmp_path,
+                                                            monkeypatch):  # fmt: skip
+    from hf_topafa.sae.risk import calibrated_factor
+
+    cache = write_synthetic_cache(str(world_json), tmp_path / "eval", 1100, seed=2,
+                                  with_truth=True, progress=False)  # fmt: skip
+    out = tmp_path / "prices.json"
+    argv = ["synth_calibration.py", str(oracle_run), str(cache), "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    calibration_main()
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["price_over_level"] == pytest.approx(
+        calibrated_factor(row["kept_share"], row["signal_to_noise"])
+    )
+    assert row["kept_per_sample"] == pytest.approx(row["kept_share"] * 48)
+    assert 0 < row["kept_per_sample"] <= 24 // 4  # at most d / 4 candidates re-fit
+    assert row["level"] > 0 and row["refit_level"] > 0
+    monkeypatch.setattr(sys, "argv", ["synth_calibration.py", str(oracle_run)])
+    with pytest.raises(SystemExit, match="RUN CACHE"):
+        calibration_main()

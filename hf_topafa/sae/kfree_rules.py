@@ -173,6 +173,14 @@ def risk_refit_select(sae, pre, x_n):
     return at_pooled_level(sae, pre, x_n, risk.risk_refit)
 
 
+def risk_calibrated_select(sae, pre, x_n):
+    """``risk_refit``'s elimination at the price empirical Bayes calibrates (``threshold`` holds
+    that price, not a noise level; ``risk.risk_calibrated``)."""
+    from . import risk
+
+    return at_pooled_level(sae, pre, x_n, risk.risk_calibrated)
+
+
 def afa_count_select(sae, pre, x_n):
     """The count from the AFA and the running energy per kept feature (``threshold`` holds it;
     -1 until the first training batch)."""

@@ -31,11 +31,20 @@ Two ways to get sigma^2, each a rule, and a stricter keep at the pooled one:
   The code holds the re-fit amplitudes. Least squares also lets several latents together fit
   energy the dictionary does not hold, which the encoder was trained not to do: on a sparse
   world (mix) it kept 0.9 false latents per sample more than the floor, even at the true level.
+- **Re-fit, the price calibrated** (``risk_calibrated``): ``risk_refit``'s elimination at the
+  price empirical Bayes gives (George & Foster 2000) instead of 2 ln h sigma^2: the Bayes
+  threshold for a latent on with probability p whose amplitude, when on, is Gaussian with
+  variance c sigma^2, with p (the share of latents kept) and c (their mean squared contribution
+  over sigma^2, less the noise's 1) read from the reading itself at a fixed point with sigma^2.
+  The price rises where few latents are on far above the noise (a sparse world, where
+  ``risk_refit``'s false latents were small least-squares amplitudes on latents matched to
+  features the width cannot hold) and falls where many are on.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -276,13 +285,82 @@ def risk_refit(
     ``REFIT_LEVEL_TOKENS`` tokens).
     Returns ``(acts, kept per token, the level used)``: acts hold the re-fit amplitudes, and
     gradients reach the kept activations as if they were the encoder's (straight through)."""
-    h = pre.shape[-1]
-    detached, W, centered = pre.detach(), W_dec.detach(), z.detach()
     first = slice(0, REFIT_LEVEL_TOKENS)
     level = (
-        float(sigma2) if sigma2 is not None else refit_level(detached[first], W, centered[first])
+        float(sigma2)
+        if sigma2 is not None
+        else refit_level(pre.detach()[first], W_dec.detach(), z.detach()[first])
     )
-    amplitudes, _ = refit_kept(detached, W, centered, 2 * math.log(h) * level)
+    acts, k = refit_code(pre, W_dec, z, 2 * math.log(pre.shape[-1]) * level)
+    return acts, k, torch.as_tensor(level, dtype=torch.float64)
+
+
+def refit_code(
+    pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor, price: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(acts, kept per token): ``refit_kept``'s amplitudes at ``price``, with gradients reaching
+    the kept activations as if they were the encoder's (straight through)."""
+    amplitudes, _ = refit_kept(pre.detach(), W_dec.detach(), z.detach(), price)
     kept = amplitudes != 0
-    acts = pre * kept + (amplitudes - detached) * kept
-    return acts, kept.sum(-1), torch.as_tensor(level, dtype=torch.float64)
+    return pre * kept + (amplitudes - pre.detach()) * kept, kept.sum(-1)
+
+
+def calibrated_factor(kept_share: float, signal_to_noise: float) -> float:
+    """The price over sigma^2, 2 (1 + c) / c [ln((1 - p) / p) + ln(1 + c) / 2], at which a
+    latent that is on with probability p (``kept_share``) and then has a Gaussian amplitude of
+    variance c sigma^2 (c: ``signal_to_noise``) is as likely on as off, given a least-squares
+    contribution whose square is that price: the Bayes threshold George & Foster's calibration
+    estimates. p is kept inside (0, 1/2] and c at least 1e-3 (no signal: a price past any)."""
+    p = min(max(kept_share, 1e-12), 0.5)
+    c = max(signal_to_noise, 1e-3)
+    return 2 * (1 + c) / c * (math.log((1 - p) / p) + 0.5 * math.log1p(c))
+
+
+class Calibration(NamedTuple):
+    """Where ``calibrated_price``'s fixed point settled: the price in squared input units, the
+    noise level sigma^2, the share of latents kept p and the signal-to-noise c."""
+
+    price: float
+    level: float
+    kept_share: float
+    signal_to_noise: float
+
+
+def calibrated_price(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> Calibration:
+    """The fixed point of the price ``refit_kept`` keeps at and the calibration of what it keeps:
+    sigma^2 the pooled residual per dimension at the counts kept, p the share of latents kept,
+    c sigma^2 the kept latents' mean squared contribution (amplitude times row norm) less
+    sigma^2; started from ``risk_pooled``'s level at 2 ln h. Where nothing is kept the price
+    stays where it was."""
+    d, h = z.shape[-1], pre.shape[-1]
+    norms = torch.linalg.vector_norm(W_dec, dim=-1)
+    level = pooled_level(pre, W_dec, z)
+    found = Calibration(2 * math.log(h) * level, level, 1 / h, math.inf)
+    for _ in range(POOLED_ITERATIONS):
+        amplitudes, residual = refit_kept(pre, W_dec, z, found.price)
+        kept = amplitudes != 0
+        if not bool(kept.any()):
+            break
+        k = kept.sum(-1)
+        level = float(residual.sum() / (d - k).clamp_min(1).double().sum())
+        contribution = float((amplitudes * norms)[kept].double().pow(2).mean())
+        share, snr = float(k.double().mean()) / h, contribution / level - 1
+        settled = calibrated_factor(share, snr) * level
+        done = abs(settled - found.price) <= REFIT_TOLERANCE * found.price
+        found = Calibration(settled, level, share, snr)
+        if done:
+            break
+    return found
+
+
+def risk_calibrated(
+    pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor, price: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each token's re-fit amplitudes (``refit_kept``) at ``price``, in squared input units, or
+    where None at the batch's ``calibrated_price`` (found on its first ``REFIT_LEVEL_TOKENS``
+    tokens). Returns ``(acts, kept per token, the price used)``; gradients as ``risk_refit``'s."""
+    first = slice(0, REFIT_LEVEL_TOKENS)
+    if price is None:
+        price = calibrated_price(pre.detach()[first], W_dec.detach(), z.detach()[first]).price
+    acts, k = refit_code(pre, W_dec, z, float(price))
+    return acts, k, torch.as_tensor(float(price), dtype=torch.float64)

@@ -479,6 +479,25 @@ RULES: dict[str, Rule] = {
             **kfree_rules.POOLED_LEVEL,
         ),
         Rule(
+            name="risk_calibrated",
+            display_name="Risk inflation, amplitudes re-fit, price calibrated",
+            card_tag="risk-calibrated",
+            card_text=(
+                "As risk_refit (each token's 64 largest decoder-scaled activations re-fit by "
+                "least squares on the decoder's rows, the weakest dropped until each one left "
+                "pays the price), but the price is calibrated by empirical Bayes instead of "
+                "2 sigma^2 ln h: 2 sigma^2 (1 + c) / c [ln((1 - p) / p) + ln(1 + c) / 2], the "
+                "Bayes threshold for a feature on with probability p whose amplitude is Gaussian "
+                "with variance c sigma^2, where p (the share of features kept), c and sigma^2 "
+                "(the residual per dimension) are read from the reading itself at a fixed point. "
+                "The price is a running mean while training and fixed at inference. There is "
+                "no *k* and no coefficient to tune."
+            ),
+            ground_truth=GROUND_TRUTH["risk_calibrated"],
+            select=kfree_rules.risk_calibrated_select,
+            **kfree_rules.POOLED_LEVEL,
+        ),
+        Rule(
             name="noise_batch",
             display_name="Noise-floor batch",
             card_tag="noise-batch",

@@ -32,7 +32,8 @@ from pathlib import Path
 NEAR_TIE = 0.005
 SET_PER_RUN = ("--seed", "--resume", "--overwrite")
 READING = "risk_floor"  # procedure D's reader
-READERS = ("risk_floor", "risk_refit")  # --reader: risk_refit re-fits amplitudes (sae.risk)
+# --reader: risk_refit re-fits amplitudes, risk_calibrated also calibrates its price (sae.risk)
+READERS = ("risk_floor", "risk_refit", "risk_calibrated")
 READING_TOKENS = 8192  # held-out tokens each dictionary is read on
 # A dictionary leaving more of its latents dead than this has not learned its width: it misses
 # features outright, so its reading fitting in k says nothing. On every synthetic sweep the dead
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reader", choices=READERS, default=READING,
                         help="the rule that reads each dictionary with no k, absorbed ancestors "
                         f"unfolded (default: {READING}; risk_refit re-fits each token's "
-                        "amplitudes by least squares, slower)")  # fmt: skip
+                        "amplitudes by least squares, slower; risk_calibrated also sets its "
+                        "price by empirical Bayes, slower still)")  # fmt: skip
     parser.add_argument("--json", default=None, help="default: OUTPUT/choose_k.json")
     parser.add_argument("--plot", default=None, help="default: OUTPUT/choose_k.png")
     return parser

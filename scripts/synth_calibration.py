@@ -1,0 +1,70 @@
+"""Where ``risk_calibrated``'s price settles on trained dictionaries, against ``risk_refit``'s.
+
+For each TopK dictionary (a run folder and its world's held-out cache), on the first 1,024
+scored samples (the tokens a batch's price is found on), before any unfolding: the calibrated
+price over its noise level sigma^2, against 2 ln h; sigma^2, the share of latents kept p and
+the signal-to-noise c it settled at; and ``risk_refit``'s level. One JSON for all.
+
+    python scripts/synth_calibration.py --json results/synthbench/calibrated/prices.json \\
+        runs/synthbench_mix/runs/synthsaebench-4k-mix/topk-k6 runs/synthbench_mix/cache/synthsaebench-4k-mix-eval ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from hf_topafa.evaluation.on_truth import dictionary_on_truth
+from hf_topafa.helpers import script_command, write_json
+from hf_topafa.sae import risk
+from hf_topafa.sae.kfree import centered_input
+
+
+@torch.no_grad()
+def calibration_of(run: str, cache: str) -> dict:
+    """The calibrated price and ``risk_refit``'s level for one dictionary (see the module)."""
+    read = dictionary_on_truth(run, cache, risk.REFIT_LEVEL_TOKENS)
+    sae = read.sae
+    z = centered_input(sae, sae.normalize_input(read.x)[0])
+    pre = torch.relu(sae.pre_activations(read.x))
+    found = risk.calibrated_price(pre, sae.W_dec, z)
+    h = pre.shape[-1]
+    return {
+        "run": run,
+        "world": read.world_name,
+        "price_over_level": found.price / found.level,
+        "two_ln_h": 2 * math.log(h),
+        "level": found.level,
+        "kept_share": found.kept_share,
+        "kept_per_sample": found.kept_share * h,
+        "signal_to_noise": found.signal_to_noise,
+        "refit_level": risk.refit_level(pre, sae.W_dec, z),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("pairs", nargs="+", help="RUN CACHE, repeated")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if len(args.pairs) % 2:
+        raise SystemExit("give each run folder with its world's held-out cache: RUN CACHE ...")
+    torch.set_num_threads(1)
+    rows = []
+    for run, cache in zip(args.pairs[::2], args.pairs[1::2], strict=True):
+        row = calibration_of(run, cache)
+        rows.append(row)
+        print(f"{row['world']:<34} price {row['price_over_level']:5.2f} sigma^2 (2 ln h "
+              f"{row['two_ln_h']:.2f}); sigma^2 {row['level']:.4f} (risk_refit's "
+              f"{row['refit_level']:.4f}); p {row['kept_share']:.4f} "
+              f"({row['kept_per_sample']:.2f} per sample); c {row['signal_to_noise']:.1f}")  # fmt: skip
+    if args.json:
+        write_json(args.json, {"command": script_command(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
