@@ -58,6 +58,7 @@ from synth_bench import (  # noqa: E402
 )
 from synth_bench import main as synth_bench_main  # noqa: E402
 from synth_calibration import main as calibration_main  # noqa: E402
+from synth_compare_readers import main as compare_readers_main  # noqa: E402
 from synth_device import samples_that_fit  # noqa: E402
 from synth_energy import empty_token_detections, energy_readings  # noqa: E402
 from synth_energy_trace import fano_energy, trace  # noqa: E402
@@ -1208,3 +1209,32 @@ def test_calibration_script_reports_where_the_price_settled(world_json, oracle_r
     monkeypatch.setattr(sys, "argv", ["synth_calibration.py", str(oracle_run)])
     with pytest.raises(SystemExit, match="RUN CACHE"):
         calibration_main()
+
+
+def test_compare_readers_groups_readings_by_dictionary_and_tallies_the_band(tmp_path, monkeypatch,
+                                                                           capsys):  # fmt: skip
+    def reading(run, reader, l0, f1, extra_rows=()):
+        row = {"rule": f"{reader}, unfolded by levels, exclusive", "l0": l0, "true_l0_top_width":
+               10.0, "f1": f1, "mcc": 0.7, "l0_corr": 0.9, "true_pos": 5.0, "false_pos": 1.0}  # fmt: skip
+        return {"run": run, "rows": [*extra_rows, row]}
+
+    files = []
+    for name, data in (("a-floor", reading("runs/a", "risk_floor", 9.5, 0.8, [{"rule": "x"}])),
+                       ("a-refit", reading("runs/a", "risk_refit", 12.0, 0.7)),
+                       ("b-floor", reading("runs/b", "risk_floor", 7.0, 0.6)),
+                       ("b-refit", reading("runs/b", "risk_refit", 10.5, 0.9))):  # fmt: skip
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(data))
+    out = tmp_path / "table.json"
+    monkeypatch.setattr(sys, "argv", ["synth_compare_readers.py", *map(str, files), "--json",
+                                      str(out)])  # fmt: skip
+    compare_readers_main()
+    table = json.loads(out.read_text())
+    assert set(table["dictionaries"]) == {"runs/a", "runs/b"}
+    assert table["dictionaries"]["runs/a"]["risk_refit"]["ratio"] == pytest.approx(1.2)
+    assert table["readers"]["risk_floor"] == {"dictionaries": 2, "in_band": 1, "best_f1": 1}
+    assert table["readers"]["risk_refit"] == {"dictionaries": 2, "in_band": 1, "best_f1": 1}
+    assert "| a-floor | 0.950×, F1 0.800" in capsys.readouterr().out
+    files[0].write_text(json.dumps({"run": "runs/a", "rows": [{"rule": "risk_floor"}]}))
+    with pytest.raises(SystemExit, match="no procedure D row"):
+        compare_readers_main()
