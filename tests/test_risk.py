@@ -148,6 +148,10 @@ def test_elimination_drops_what_raises_the_residual_less_than_its_price():
         if kept:
             assert amplitudes[0, 0].item() == pytest.approx(3.0, abs=1e-5)
         assert residual.item() == pytest.approx([0.0, 1.0, 10.0][2 - kept], abs=1e-4)
+    first = torch.tensor([1])  # only the largest activation may be re-fit: W[1] never enters
+    amplitudes, residual = risk.refit_kept(pre, W, z, 0.5, first=first)
+    assert int((amplitudes != 0).sum()) == 1 and amplitudes[0, 0].item() == pytest.approx(3.0)
+    assert residual.item() == pytest.approx(1.0, abs=1e-4)
 
 
 def test_the_calibrated_factor_is_where_on_and_off_are_equally_likely():

@@ -92,6 +92,7 @@ from synth_unfold_levels import (  # noqa: E402
 from synth_unfold_levels import main as unfold_levels_main  # noqa: E402
 from synth_unheld_spikes import main as unheld_spikes_main  # noqa: E402
 from synth_unheld_spikes import spike_count  # noqa: E402
+from synth_woken_refit import main as woken_refit_main  # noqa: E402
 
 TINY = {
     "num_features": 48,
@@ -1238,3 +1239,26 @@ def test_compare_readers_groups_readings_by_dictionary_and_tallies_the_band(tmp_
     files[0].write_text(json.dumps({"run": "runs/a", "rows": [{"rule": "risk_floor"}]}))
     with pytest.raises(SystemExit, match="no procedure D row"):
         compare_readers_main()
+
+
+def test_woken_refit_script_keeps_within_the_pooled_count(world_json, oracle_run, tmp_path,
+                                                         monkeypatch):  # fmt: skip
+    cache = write_synthetic_cache(str(world_json), tmp_path / "eval", 400, seed=2,
+                                  with_truth=True, progress=False)  # fmt: skip
+    out = tmp_path / "woken.json"
+    argv = ["synth_woken_refit.py", str(oracle_run), str(cache), "--samples", "300", "--json",
+            str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    woken_refit_main()
+    found = json.loads(out.read_text())
+    readers, held = found["readers"], found["held_per_sample"]
+    assert set(readers) == {"risk_floor", "risk_refit", "refit_within_pooled_count"}
+    within = readers["refit_within_pooled_count"]
+    assert 0 < within["ratio"] * held <= found["pooled_count_per_sample"] + 1e-9
+    for got in readers.values():
+        kept = got["true_per_sample"] + got["false_per_sample"]
+        assert kept == pytest.approx(got["ratio"] * held)
+    past = found["refit_beyond_pooled_count"]
+    refit = readers["risk_refit"]
+    assert past["true_per_sample"] <= refit["true_per_sample"]
+    assert past["false_per_sample"] <= refit["false_per_sample"]

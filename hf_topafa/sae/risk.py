@@ -203,14 +203,20 @@ def batch_risk_inflation(
 
 @torch.no_grad()
 def refit_kept(
-    pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor, price: float, chunk: int = 512
+    pre: torch.Tensor,
+    W_dec: torch.Tensor,
+    z: torch.Tensor,
+    price: float,
+    chunk: int = 512,
+    first: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(amplitudes [N, h], residual energy [N]): each token's ``REFIT_CANDIDATES`` largest
-    decoder-scaled positive activations (at most d / ``REFIT_DIMENSIONS_PER_CANDIDATE``),
-    re-fit by least squares to ``z`` [N, d] on ``W_dec``'s rows, then backward elimination
-    (``eliminate``): while some kept candidate's removal would raise the residual by less than
-    ``price`` (or its amplitude is not positive), the one that would raise it least is dropped
-    and the rest re-fit. Amplitudes are zero off the kept set."""
+    decoder-scaled positive activations (at most d / ``REFIT_DIMENSIONS_PER_CANDIDATE``; with
+    ``first`` [N], only each token's first that many of them), re-fit by least squares to
+    ``z`` [N, d] on ``W_dec``'s rows, then backward elimination (``eliminate``): while some kept
+    candidate's removal would raise the residual by less than ``price`` (or its amplitude is
+    not positive), the one that would raise it least is dropped and the rest re-fit.
+    Amplitudes are zero off the kept set."""
     n, h = pre.shape
     m = min(h, REFIT_CANDIDATES, z.shape[-1] // REFIT_DIMENSIONS_PER_CANDIDATE)
     norms = torch.linalg.vector_norm(W_dec, dim=-1)
@@ -220,6 +226,8 @@ def refit_kept(
         rows = slice(start, start + chunk)
         index = (pre[rows] * norms).topk(m, dim=-1).indices
         keep = pre[rows].gather(-1, index) > 0
+        if first is not None:
+            keep &= torch.arange(m, device=pre.device) < first[rows].unsqueeze(-1)
         rows_of = W_dec[index].double()  # [c, m, d]
         gram = rows_of @ rows_of.transpose(1, 2)
         target = (rows_of @ z[rows].double().unsqueeze(-1)).squeeze(-1)
@@ -262,13 +270,16 @@ def eliminate(gram: torch.Tensor, target: torch.Tensor, keep: torch.Tensor, pric
     return coef
 
 
-def refit_level(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> float:
+def refit_level(
+    pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor, first: torch.Tensor | None = None
+) -> float:
     """The fixed point of the pooled residual per dimension sum_t RSS_t / sum_t (d - k_t) at
-    the counts ``refit_kept`` keeps at its price, started from ``risk_pooled``'s level."""
+    the counts ``refit_kept`` keeps at its price (``first`` as there), started from
+    ``risk_pooled``'s level."""
     d, h = z.shape[-1], pre.shape[-1]
     level = pooled_level(pre, W_dec, z)
     for _ in range(POOLED_ITERATIONS):
-        amplitudes, residual = refit_kept(pre, W_dec, z, 2 * math.log(h) * level)
+        amplitudes, residual = refit_kept(pre, W_dec, z, 2 * math.log(h) * level, first=first)
         k = (amplitudes != 0).sum(-1)
         settled = float(residual.sum() / (d - k).clamp_min(1).double().sum())
         if abs(settled - level) <= REFIT_TOLERANCE * level:
