@@ -3,7 +3,11 @@
 For each TopK dictionary (a run folder and its world's held-out cache), on the first 1,024
 scored samples (the tokens a batch's price is found on), before any unfolding: the calibrated
 price over its noise level sigma^2, against 2 ln h; sigma^2, the share of latents kept p and
-the signal-to-noise c it settled at; and ``risk_refit``'s level. One JSON for all.
+the signal-to-noise c it settled at; and ``risk_refit``'s level. Beside them the truth's unheld
+firings per dimension (the features the width cannot hold that fire per sample, over d: what
+the readers' errors follow, ``spikes/``) and the residual share sigma^2 d / mean ||x - b_dec||^2
+(truth-free and free of the input's scale), with the rank correlation of each truth-free
+figure with the truth's over the dictionaries given (give one per world). One JSON for all.
 
     python scripts/synth_calibration.py --json results/synthbench/calibrated/prices.json \\
         runs/synthbench_mix/runs/synthsaebench-4k-mix/topk-k6 runs/synthbench_mix/cache/synthsaebench-4k-mix-eval ...
@@ -15,11 +19,14 @@ import argparse
 import math
 
 import torch
+from synth_spikes_table import spearman  # the sibling script's rank correlation
 
 from hf_topafa.evaluation.on_truth import dictionary_on_truth
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk
 from hf_topafa.sae.kfree import centered_input
+
+TRUTH_FREE = ("level", "residual_share", "price_over_level", "kept_share", "signal_to_noise")
 
 
 @torch.no_grad()
@@ -30,7 +37,8 @@ def calibration_of(run: str, cache: str) -> dict:
     z = centered_input(sae, sae.normalize_input(read.x)[0])
     pre = torch.relu(sae.pre_activations(read.x))
     found = risk.calibrated_price(pre, sae.W_dec, z)
-    h = pre.shape[-1]
+    h, d = pre.shape[-1], z.shape[-1]
+    unheld = (read.codes[:, ~read.held] > 0).sum(-1).float().mean()
     return {
         "run": run,
         "world": read.world_name,
@@ -41,7 +49,16 @@ def calibration_of(run: str, cache: str) -> dict:
         "kept_per_sample": found.kept_share * h,
         "signal_to_noise": found.signal_to_noise,
         "refit_level": risk.refit_level(pre, sae.W_dec, z),
+        "residual_share": found.level * d / float(z.pow(2).sum(-1).mean()),
+        "unheld_per_dimension": float(unheld) / d,
     }
+
+
+def rank_correlation(values: list[float], truth: list[float]) -> float | None:
+    """Spearman's, or None where it is undefined: under three rows, or either side constant."""
+    if len(values) < 3 or len(set(values)) < 2 or len(set(truth)) < 2:
+        return None
+    return spearman(values, truth)
 
 
 def main() -> None:
@@ -62,8 +79,13 @@ def main() -> None:
               f"{row['two_ln_h']:.2f}); sigma^2 {row['level']:.4f} (risk_refit's "
               f"{row['refit_level']:.4f}); p {row['kept_share']:.4f} "
               f"({row['kept_per_sample']:.2f} per sample); c {row['signal_to_noise']:.1f}")  # fmt: skip
+    truth = [row["unheld_per_dimension"] for row in rows]
+    correlations = {key: rank_correlation([row[key] for row in rows], truth) for key in TRUTH_FREE}
+    print("rank correlation with the truth's unheld firings per dimension: " + ", ".join(
+        f"{key} {value:+.3f}" for key, value in correlations.items() if value is not None))  # fmt: skip
     if args.json:
-        write_json(args.json, {"command": script_command(), "rows": rows})
+        write_json(args.json, {"command": script_command(), "rows": rows,
+                               "spearman_with_unheld_per_dimension": correlations})  # fmt: skip
 
 
 if __name__ == "__main__":

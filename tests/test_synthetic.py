@@ -58,6 +58,7 @@ from synth_bench import (  # noqa: E402
 )
 from synth_bench import main as synth_bench_main  # noqa: E402
 from synth_calibration import main as calibration_main  # noqa: E402
+from synth_calibration import rank_correlation  # noqa: E402
 from synth_compare_readers import main as compare_readers_main  # noqa: E402
 from synth_device import samples_that_fit  # noqa: E402
 from synth_energy import empty_token_detections, energy_readings  # noqa: E402
@@ -1207,6 +1208,16 @@ def test_calibration_script_reports_where_the_price_settled(world_json, oracle_r
     assert row["kept_per_sample"] == pytest.approx(row["kept_share"] * 48)
     assert 0 < row["kept_per_sample"] <= 24 // 4  # at most d / 4 candidates re-fit
     assert row["level"] > 0 and row["refit_level"] > 0
+    assert 0 < row["residual_share"] < 1  # the oracle explains most of each sample
+    assert row["unheld_per_dimension"] == 0  # the oracle holds every feature
+    monkeypatch.setattr(sys, "argv", [*argv[:3], *argv[1:3], *argv[1:3], "--json", str(out)])
+    calibration_main()  # three rows, but all alike: no rank correlation is defined
+    found = json.loads(out.read_text())
+    assert len(found["rows"]) == 3
+    assert found["spearman_with_unheld_per_dimension"] == dict.fromkeys(
+        ("level", "residual_share", "price_over_level", "kept_share", "signal_to_noise")
+    )
+    assert rank_correlation([1.0, 2.0, 3.0], [0.1, 0.3, 0.2]) == pytest.approx(0.5)
     monkeypatch.setattr(sys, "argv", ["synth_calibration.py", str(oracle_run)])
     with pytest.raises(SystemExit, match="RUN CACHE"):
         calibration_main()
