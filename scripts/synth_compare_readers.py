@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_topafa.helpers import read_json, script_command, write_json
+from synth_choose_k import COUNT_BAND  # the count's bar, as the choices are judged
+from synth_reread import EXCLUSIVE as PROCEDURE_D  # procedure D's view, as the readings name it
 
-PROCEDURE_D = ", unfolded by levels, exclusive"
-BAND = (0.9, 1.1)  # the count's bar: within 10% of what the width holds
+from hf_topafa.helpers import read_json, script_command, write_json
 
 
 def procedure_d_row(reading: dict, path: str) -> tuple[str, dict]:
@@ -52,7 +52,7 @@ def side_by_side(paths: list[str]) -> dict:
         read = [by for by in found.values() if reader in by]
         tallies[reader] = {
             "dictionaries": len(read),
-            "in_band": sum(BAND[0] <= by[reader]["ratio"] <= BAND[1] for by in read),
+            "in_band": sum(COUNT_BAND[0] <= by[reader]["ratio"] <= COUNT_BAND[1] for by in read),
             "best_f1": sum(by[reader]["f1"] == max(s["f1"] for s in by.values()) for by in read),
         }
     return {"dictionaries": found, "readers": tallies}

@@ -45,8 +45,9 @@ def main() -> None:
     pre = torch.relu(sae.pre_activations(x))
     norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
     counted, ranked, _ = risk.risk_inflation_counts(pre, norms, sae.W_dec, z, pooled=True)
-    found = {rule: scores(read_with(sae, rule).eval()(x).feature_acts != 0, on, held_count)
-             for rule in ("risk_floor", "risk_refit")}  # fmt: skip
+    kept_by = {rule: read_with(sae, rule).eval()(x).feature_acts != 0
+               for rule in ("risk_floor", "risk_refit")}  # fmt: skip
+    found = {rule: scores(kept, on, held_count) for rule, kept in kept_by.items()}
     level = risk.refit_level(pre, sae.W_dec, z, first=counted)
     price = 2 * math.log(pre.shape[-1]) * level
     woken = risk.refit_kept(pre, sae.W_dec, z, price, first=counted)[0] != 0
@@ -55,7 +56,7 @@ def main() -> None:
     beyond = torch.ones_like(pre, dtype=torch.bool).scatter(  # ranked past the token's count
         -1, ranked, position >= counted.unsqueeze(-1)
     )
-    refit = read_with(sae, "risk_refit").eval()(x).feature_acts != 0
+    refit = kept_by["risk_refit"]
     result = {
         "run": args.run,
         "cache": args.cache,

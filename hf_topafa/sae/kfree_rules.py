@@ -74,8 +74,9 @@ ESTIMATED_THRESHOLD = {
 """The Rule fields of a k-free rule whose threshold is estimated while training, at a momentum."""
 
 POOLED_LEVEL = {"adaptive_k": True, "threshold_power": 2, **ESTIMATED_THRESHOLD}
-"""The Rule fields of the risk rules at one pooled noise level (risk_pooled, risk_floor): the
-threshold holds that level, a variance in squared input units, as a running mean."""
+"""The Rule fields of the risk rules at one pooled noise level (risk_pooled, risk_floor,
+risk_refit): the threshold holds that level, a variance in squared input units, as a running
+mean (risk_calibrated's holds its calibrated price, in the same units)."""
 
 
 def batch_rule(keep_in_batch) -> dict:
