@@ -65,12 +65,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("pairs", nargs="+", help="RUN CACHE, repeated")
     parser.add_argument("--json", default=None)
+    parser.add_argument("pairs", nargs="+", help="RUN CACHE, repeated")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # beside training, as the other diagnoses
     if len(args.pairs) % 2:
         raise SystemExit("give each run folder with its world's held-out cache: RUN CACHE ...")
-    torch.set_num_threads(1)
     rows = []
     for run, cache in zip(args.pairs[::2], args.pairs[1::2], strict=True):
         row = calibration_of(run, cache)

@@ -71,15 +71,20 @@ def main() -> None:
             "false_per_sample": float((refit & beyond & ~on).sum(-1).float().mean()),
         },
     }
-    for rule, got in found.items():
+    if args.json:
+        write_json(args.json, result)
+    print_reading(result)
+
+
+def print_reading(result: dict) -> None:
+    """Each reader's line, then ``risk_refit``'s latents past the pooled count."""
+    for rule, got in result["readers"].items():
         print(f"{rule:<26} {got['ratio']:.3f}× held, true {got['true_per_sample']:.2f}, "
               f"false {got['false_per_sample']:.2f} per sample")  # fmt: skip
     past = result["refit_beyond_pooled_count"]
     print(f"risk_refit's latents beyond the pooled count ({result['pooled_count_per_sample']:.2f}"
           f" per sample): true {past['true_per_sample']:.2f}, false "
           f"{past['false_per_sample']:.2f} per sample")  # fmt: skip
-    if args.json:
-        write_json(args.json, result)
 
 
 if __name__ == "__main__":

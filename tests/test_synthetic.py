@@ -1191,12 +1191,19 @@ def test_records_again_says_which_records_their_runs_reproduced(tmp_path, monkey
         records_again_main()
 
 
-def test_calibration_script_reports_where_the_price_settled(world_json, oracle_run, tmp_path,
+@pytest.fixture
+def truth_cache(world_json, tmp_path):
+    """1,100 held-out samples of the tiny world written with their true codes (over the 1,024
+    a batch's calibrated price is found on)."""
+    return write_synthetic_cache(str(world_json), tmp_path / "eval", 1100, seed=2,
+                                 with_truth=True, progress=False)  # fmt: skip
+
+
+def test_calibration_script_reports_where_the_price_settled(oracle_run, truth_cache, tmp_path,
                                                             monkeypatch):  # fmt: skip
     from hf_topafa.sae.risk import calibrated_factor
 
-    cache = write_synthetic_cache(str(world_json), tmp_path / "eval", 1100, seed=2,
-                                  with_truth=True, progress=False)  # fmt: skip
+    cache = truth_cache
     out = tmp_path / "prices.json"
     argv = ["synth_calibration.py", str(oracle_run), str(cache), "--json", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
@@ -1252,13 +1259,11 @@ def test_compare_readers_groups_readings_by_dictionary_and_tallies_the_band(tmp_
         compare_readers_main()
 
 
-def test_woken_refit_script_keeps_within_the_pooled_count(world_json, oracle_run, tmp_path,
+def test_woken_refit_script_keeps_within_the_pooled_count(oracle_run, truth_cache, tmp_path,
                                                          monkeypatch):  # fmt: skip
-    cache = write_synthetic_cache(str(world_json), tmp_path / "eval", 400, seed=2,
-                                  with_truth=True, progress=False)  # fmt: skip
     out = tmp_path / "woken.json"
-    argv = ["synth_woken_refit.py", str(oracle_run), str(cache), "--samples", "300", "--json",
-            str(out)]  # fmt: skip
+    argv = ["synth_woken_refit.py", str(oracle_run), str(truth_cache), "--samples", "300",
+            "--json", str(out)]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     woken_refit_main()
     found = json.loads(out.read_text())
