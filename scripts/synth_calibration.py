@@ -24,7 +24,6 @@ from synth_spikes_table import spearman  # the sibling script's rank correlation
 from hf_topafa.evaluation.on_truth import dictionary_on_truth
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk
-from hf_topafa.sae.kfree import centered_input
 
 TRUTH_FREE = ("level", "residual_share", "price_over_level", "kept_share", "signal_to_noise")
 
@@ -34,11 +33,11 @@ def calibration_of(run: str, cache: str) -> dict:
     """The calibrated price and ``risk_refit``'s level for one dictionary (see the module)."""
     read = dictionary_on_truth(run, cache, risk.REFIT_LEVEL_TOKENS)
     sae = read.sae
-    z = centered_input(sae, sae.normalize_input(read.x)[0])
+    z = read.centered()
     pre = torch.relu(sae.pre_activations(read.x))
     found = risk.calibrated_price(pre, sae.W_dec, z)
     h, d = pre.shape[-1], z.shape[-1]
-    unheld = (read.codes[:, ~read.held] > 0).sum(-1).float().mean()
+    unheld = read.firings(held=False).float().mean()
     return {
         "run": run,
         "world": read.world_name,

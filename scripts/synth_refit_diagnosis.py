@@ -32,7 +32,6 @@ from hf_topafa.evaluation.on_truth import dictionary_on_truth_from_command_line
 from hf_topafa.evaluation.sparse_recovery import unheld_noise
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk
-from hf_topafa.sae.kfree import centered_input
 from hf_topafa.sae.reading import read_with
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -52,13 +51,13 @@ def main() -> None:
     n, features = len(codes), read.world.feature_dict.feature_vectors
     pre = base.pre_activations(x)
     norms = torch.linalg.vector_norm(base.W_dec, dim=-1)
-    z = centered_input(base, base.normalize_input(x)[0])
+    z = read.centered()
     price = math.sqrt(2 * math.log(pre.shape[-1]) * risk.pooled_level(pre, base.W_dec, z))
     codes_by = {"topk": base(x).feature_acts}
     unheld = unheld_noise(codes, held, z.shape[-1])
     for rule in ("risk_floor", "risk_refit", f"risk_refit@{unheld:.6g}"):
         codes_by[rule] = read_with(base, rule).eval()(x).feature_acts
-    held_l0 = float((codes[:, held] > 0).sum(-1).float().mean())
+    held_l0 = float(read.firings().float().mean())
     result = {"run": args.run, "cache": args.cache, "samples": n, "command": script_command(),
               "floor_price": price, "unheld_noise": unheld, "held_l0": held_l0,
               "readings": {}, "refit_kept": {}}  # fmt: skip

@@ -34,7 +34,6 @@ import torch
 from hf_topafa.evaluation.ground_truth import correlation, hierarchy_parents, relative_on
 from hf_topafa.evaluation.on_truth import dictionary_on_truth_from_command_line
 from hf_topafa.helpers import script_command, write_json
-from hf_topafa.sae.kfree import centered_input
 from hf_topafa.sae.reading import read_with
 
 READERS = ("risk_floor", "risk_refit")
@@ -89,8 +88,8 @@ def no_unheld_firing(codes_by: dict, on, clean, feature_held) -> dict:
 def main() -> None:
     read, args = dictionary_on_truth_from_command_line(__doc__)
     base, codes, held, on, x = read.sae, read.codes, read.held, read.on, read.x
-    unheld = (codes[:, ~held] > 0).sum(-1)  # [n]
-    z = centered_input(base, base.normalize_input(x)[0])
+    unheld = read.firings(held=False)  # [n]
+    z = read.centered()
     d = z.shape[-1]
     codes_by = {"topk": base(x).feature_acts}
     for rule in READERS:

@@ -23,7 +23,6 @@ import torch
 from hf_topafa.evaluation.on_truth import dictionary_on_truth_from_command_line
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk
-from hf_topafa.sae.kfree import centered_input
 from hf_topafa.sae.reading import read_with
 
 
@@ -40,8 +39,8 @@ def scores(kept: torch.Tensor, on: torch.Tensor, held_count: torch.Tensor) -> di
 def main() -> None:
     read, args = dictionary_on_truth_from_command_line(__doc__)
     sae, x, on = read.sae, read.x, read.on
-    held_count = (read.codes[:, read.held] > 0).sum(-1)
-    z = centered_input(sae, sae.normalize_input(x)[0])
+    held_count = read.firings()
+    z = read.centered()
     pre = torch.relu(sae.pre_activations(x))
     norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
     counted, ranked, _ = risk.risk_inflation_counts(pre, norms, sae.W_dec, z, pooled=True)

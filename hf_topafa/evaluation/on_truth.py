@@ -30,6 +30,17 @@ class DictionaryOnTruth:
     cosine: torch.Tensor
     on: torch.Tensor
 
+    def firings(self, held: bool = True) -> torch.Tensor:
+        """Per sample [n], how many true features fire that the width holds (or, with
+        ``held=False``, that it cannot hold)."""
+        return (self.codes[:, self.held if held else ~self.held] > 0).sum(-1)
+
+    def centered(self) -> torch.Tensor:
+        """z = x_n - b_dec [n, d]: the inputs as the dictionary's readers see them."""
+        from ..sae.kfree import centered_input
+
+        return centered_input(self.sae, self.sae.normalize_input(self.x)[0])
+
 
 @torch.no_grad()
 def dictionary_on_truth(run: str, cache_path: str, samples: int) -> DictionaryOnTruth:

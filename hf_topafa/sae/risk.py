@@ -346,7 +346,7 @@ def calibrated_price(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) ->
     d, h = z.shape[-1], pre.shape[-1]
     norms = torch.linalg.vector_norm(W_dec, dim=-1)
     level = pooled_level(pre, W_dec, z)
-    found = Calibration(2 * math.log(h) * level, level, 1 / h, math.inf)
+    found = Calibration(2 * math.log(h) * level, level, 0.0, 0.0)  # nothing measured yet
     for _ in range(POOLED_ITERATIONS):
         amplitudes, residual = refit_kept(pre, W_dec, z, found.price)
         kept = amplitudes != 0
