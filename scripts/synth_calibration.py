@@ -1,9 +1,11 @@
-"""Where ``risk_calibrated``'s price settles on trained dictionaries, against ``risk_refit``'s.
+"""Where ``risk_calibrated``'s and ``risk_tail``'s prices settle on trained dictionaries.
 
 For each TopK dictionary (a run folder and its world's held-out cache), on the first 1,024
 scored samples (the tokens a batch's price is found on), before any unfolding: the calibrated
 price over its noise level sigma^2, against 2 ln h; sigma^2, the share of latents kept p and
-the signal-to-noise c it settled at; and ``risk_refit``'s level. Beside them the truth's unheld
+the signal-to-noise c it settled at; ``risk_tail``'s price over the same sigma^2 (how much
+heavier than Gaussian the residual's tail is, free of the input's scale); and ``risk_refit``'s
+level. Beside them the truth's unheld
 firings per dimension (the features the width cannot hold that fire per sample, over d: what
 the readers' errors follow, ``spikes/``) and the residual share sigma^2 d / mean ||x - b_dec||^2
 (truth-free and free of the input's scale), with the rank correlation of each truth-free
@@ -25,7 +27,14 @@ from hf_topafa.evaluation.on_truth import dictionary_on_truth
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk
 
-TRUTH_FREE = ("level", "residual_share", "price_over_level", "kept_share", "signal_to_noise")
+TRUTH_FREE = (
+    "level",
+    "residual_share",
+    "price_over_level",
+    "kept_share",
+    "signal_to_noise",
+    "tail_price_over_level",
+)
 
 
 @torch.no_grad()
@@ -48,6 +57,7 @@ def calibration_of(run: str, cache: str) -> dict:
         "kept_per_sample": found.kept_share * h,
         "signal_to_noise": found.signal_to_noise,
         "refit_level": risk.refit_level(pre, sae.W_dec, z),
+        "tail_price_over_level": risk.tail_price(pre, sae.W_dec, z) / found.level,
         "residual_share": found.level * d / float(z.pow(2).sum(-1).mean()),
         "unheld_per_dimension": float(unheld) / d,
     }
@@ -77,7 +87,8 @@ def main() -> None:
         print(f"{row['world']:<34} price {row['price_over_level']:5.2f} sigma^2 (2 ln h "
               f"{row['two_ln_h']:.2f}); sigma^2 {row['level']:.4f} (risk_refit's "
               f"{row['refit_level']:.4f}); p {row['kept_share']:.4f} "
-              f"({row['kept_per_sample']:.2f} per sample); c {row['signal_to_noise']:.1f}")  # fmt: skip
+              f"({row['kept_per_sample']:.2f} per sample); c {row['signal_to_noise']:.1f}; "
+              f"risk_tail's price {row['tail_price_over_level']:.2f} sigma^2")  # fmt: skip
     truth = [row["unheld_per_dimension"] for row in rows]
     correlations = {key: rank_correlation([row[key] for row in rows], truth) for key in TRUTH_FREE}
     print("rank correlation with the truth's unheld firings per dimension: " + ", ".join(

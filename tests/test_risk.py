@@ -194,7 +194,53 @@ def test_the_calibrated_price_rises_in_a_sparse_world_and_falls_in_a_dense_one()
         assert torch.equal(at_known, k) and used.item() == price.item()
 
 
-@pytest.mark.parametrize("rule", ["risk_refit", "risk_calibrated"])
+def test_the_tail_probability_is_the_gaussian_chance_of_passing_the_risk_price():
+    from scipy.stats import chi2
+
+    for h in (64, 1024, 16384):
+        ric = 2 * math.log(h)
+        assert risk.tail_probability(h) == pytest.approx(chi2.sf(ric, df=1), rel=1e-9)
+    assert risk.tail_probability(1024) == pytest.approx(1.97e-4, abs=0.01e-4)
+
+
+def test_the_tail_price_is_the_risk_price_under_gaussian_noise():
+    pre, W, z, codes = spike_world(4, tokens=1024)
+    price = risk.tail_price(pre, W, z)
+    # measured 0.89: the few null latents that pass the price are kept, so leave the pool
+    assert 0.8 < price / (2 * math.log(256) * 0.3**2) < 1.0
+    acts, k, used = risk.risk_tail(pre, W, z)
+    assert used.item() == price and torch.equal(k, (acts != 0).sum(-1))
+    assert ((acts == 0) & (codes != 0)).sum() == 0  # no true feature missed
+
+
+def world_with_unheld_spikes(tokens=1024, d=64, held=48, seed=3):
+    """Two features per token from ``held`` orthonormal rows (the reader's dictionary) at
+    amplitudes near 5, and in half the tokens one more feature at amplitude 5 in a random
+    direction the dictionary does not hold, plus faint noise: a residual of sparse spikes, not
+    Gaussian noise. (pre, W_dec, z, true codes over the held rows)."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.linalg.qr(torch.randn(d, d, generator=g))[0].T[:held].contiguous()
+    codes = torch.zeros(tokens, held)
+    on = torch.rand(tokens, held, generator=g).argsort(-1)[:, :2]
+    codes.scatter_(1, on, 5 + 0.5 * torch.randn(tokens, 2, generator=g))
+    unheld = torch.nn.functional.normalize(torch.randn(tokens, d, generator=g), dim=-1)
+    spikes = 5.0 * unheld * (torch.rand(tokens, 1, generator=g) < 0.5)
+    z = codes @ W + spikes + 0.05 * torch.randn(tokens, d, generator=g)
+    return torch.relu(z @ W.T), W, z, codes
+
+
+def test_the_tail_price_rises_over_sparse_spikes_and_drops_the_latents_they_wake():
+    pre, W, z, codes = world_with_unheld_spikes()
+    tail_acts, _, price = risk.risk_tail(pre, W, z)
+    refit_acts, _, level = risk.risk_refit(pre, W, z)
+    assert price.item() > 2 * math.log(48) * level.item()  # heavier-tailed than Gaussian
+    false = {name: ((acts != 0) & (codes == 0)).sum(-1).float().mean().item()
+             for name, acts in (("tail", tail_acts), ("refit", refit_acts))}  # fmt: skip
+    assert false["tail"] < 0.5 * false["refit"], false
+    assert ((tail_acts == 0) & (codes != 0)).float().mean() < 0.01  # the true ones stay
+
+
+@pytest.mark.parametrize("rule", ["risk_refit", "risk_calibrated", "risk_tail"])
 def test_the_refit_rules_keep_their_level_and_pass_gradients_to_the_kept_activations(rule):
     torch.manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=64, activation=rule))

@@ -41,6 +41,7 @@ def test_names_are_the_registry_everywhere():
         "risk_floor",
         "risk_refit",
         "risk_calibrated",
+        "risk_tail",
         "noise_batch",
         "risk_batch",
         "afa_kurtosis",

@@ -1215,6 +1215,7 @@ def test_calibration_script_reports_where_the_price_settled(oracle_run, truth_ca
     assert row["kept_per_sample"] == pytest.approx(row["kept_share"] * 48)
     assert 0 < row["kept_per_sample"] <= 24 // 4  # at most d / 4 candidates re-fit
     assert row["level"] > 0 and row["refit_level"] > 0
+    assert row["tail_price_over_level"] > 0
     assert 0 < row["residual_share"] < 1  # the oracle explains most of each sample
     assert row["unheld_per_dimension"] == 0  # the oracle holds every feature
     monkeypatch.setattr(sys, "argv", [*argv[:3], *argv[1:3], *argv[1:3], "--json", str(out)])
@@ -1222,7 +1223,14 @@ def test_calibration_script_reports_where_the_price_settled(oracle_run, truth_ca
     found = json.loads(out.read_text())
     assert len(found["rows"]) == 3
     assert found["spearman_with_unheld_per_dimension"] == dict.fromkeys(
-        ("level", "residual_share", "price_over_level", "kept_share", "signal_to_noise")
+        (
+            "level",
+            "residual_share",
+            "price_over_level",
+            "kept_share",
+            "signal_to_noise",
+            "tail_price_over_level",
+        )
     )
     assert rank_correlation([1.0, 2.0, 3.0], [0.1, 0.3, 0.2]) == pytest.approx(0.5)
     monkeypatch.setattr(sys, "argv", ["synth_calibration.py", str(oracle_run)])

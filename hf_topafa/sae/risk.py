@@ -39,6 +39,13 @@ Two ways to get sigma^2, each a rule, and a stricter keep at the pooled one:
   The price rises where few latents are on far above the noise (a sparse world, where
   ``risk_refit``'s false latents were small least-squares amplitudes on latents matched to
   features the width cannot hold) and falls where many are on.
+- **Re-fit, the price from the residual's tail** (``risk_tail``): under Gaussian noise the
+  price 2 ln h sigma^2 is the level a left-out latent's contribution passes with probability
+  P(|N(0, 1)| > sqrt(2 ln h)). Where the residual is a few features the dictionary does not
+  hold rather than Gaussian noise, its projections onto the rows are heavier-tailed and that
+  price lets them through. So the price keeps the probability and takes the distribution from
+  the data: the same tail quantile of the squared projections of the reading's residual onto
+  the unit rows it left out, at a fixed point.
 """
 
 from __future__ import annotations
@@ -370,8 +377,62 @@ def risk_calibrated(
     """Each token's re-fit amplitudes (``refit_kept``) at ``price``, in squared input units, or
     where None at the batch's ``calibrated_price`` (found on its first ``REFIT_LEVEL_TOKENS``
     tokens). Returns ``(acts, kept per token, the price used)``; gradients as ``risk_refit``'s."""
+    return refit_at_price(pre, W_dec, z, price, lambda *first: calibrated_price(*first).price)
+
+
+def refit_at_price(pre, W_dec, z, price, find_price):
+    """``refit_code`` at ``price``, or where None at ``find_price(pre, W_dec, z)`` on the batch's
+    first ``REFIT_LEVEL_TOKENS`` tokens: ``(acts, kept per token, the price used)``."""
     first = slice(0, REFIT_LEVEL_TOKENS)
     if price is None:
-        price = calibrated_price(pre.detach()[first], W_dec.detach(), z.detach()[first]).price
+        price = find_price(pre.detach()[first], W_dec.detach(), z.detach()[first])
     acts, k = refit_code(pre, W_dec, z, float(price))
     return acts, k, torch.as_tensor(float(price), dtype=torch.float64)
+
+
+def tail_probability(h: int) -> float:
+    """P(|N(0, 1)| > sqrt(2 ln h)): how often a Gaussian null contribution passes the risk
+    price 2 ln h sigma^2 (2.0e-4 at h = 1,024)."""
+    return math.erfc(math.sqrt(math.log(h)))
+
+
+@torch.no_grad()
+def left_out_projections(amplitudes: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor):
+    """The squared projections [M] of each token's residual, z - amplitudes @ W_dec, onto the
+    unit rows it left out (amplitude zero): what each left-out latent would contribute alone."""
+    residual = z.float() - amplitudes.float() @ W_dec.float()
+    unit = torch.nn.functional.normalize(W_dec.float(), dim=-1)
+    return (residual @ unit.T).pow(2)[amplitudes == 0]
+
+
+@torch.no_grad()
+def tail_price(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> float:
+    """The fixed point of the price ``refit_kept`` keeps at and the (1 - ``tail_probability``)
+    quantile of ``left_out_projections`` at what it keeps, started from ``risk_pooled``'s level
+    at 2 ln h. Under Gaussian noise it settles a little under 2 ln h sigma^2 (0.89 of it on an
+    orthonormal test world): the few null latents that pass the price are kept, so leave the
+    pool it is read from."""
+    h = pre.shape[-1]
+    passing = tail_probability(h)
+    price = 2 * math.log(h) * pooled_level(pre, W_dec, z)
+    for _ in range(POOLED_ITERATIONS):
+        amplitudes, _ = refit_kept(pre, W_dec, z, price)
+        null = left_out_projections(amplitudes, W_dec, z)
+        if null.numel() == 0:  # every row kept by every token: nothing left out to read
+            break
+        rank = min(null.numel(), max(1, math.ceil((1 - passing) * null.numel())))
+        settled = float(null.kthvalue(rank).values)
+        done = abs(settled - price) <= REFIT_TOLERANCE * price
+        price = settled
+        if done:
+            break
+    return price
+
+
+def risk_tail(
+    pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor, price: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each token's re-fit amplitudes (``refit_kept``) at ``price``, in squared input units, or
+    where None at the batch's ``tail_price`` (found on its first ``REFIT_LEVEL_TOKENS``
+    tokens). Returns ``(acts, kept per token, the price used)``; gradients as ``risk_refit``'s."""
+    return refit_at_price(pre, W_dec, z, price, tail_price)
