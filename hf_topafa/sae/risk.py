@@ -429,10 +429,6 @@ def tail_price(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> float
     return price
 
 
-def risk_tail(
-    pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor, price: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each token's re-fit amplitudes (``refit_kept``) at ``price``, in squared input units, or
-    where None at the batch's ``tail_price`` (found on its first ``REFIT_LEVEL_TOKENS``
-    tokens). Returns ``(acts, kept per token, the price used)``; gradients as ``risk_refit``'s."""
+def risk_tail(pre, W_dec, z, price: float | None = None):
+    """As ``risk_calibrated``, at the batch's ``tail_price`` where ``price`` is None."""
     return refit_at_price(pre, W_dec, z, price, tail_price)

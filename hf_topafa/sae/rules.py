@@ -502,15 +502,9 @@ RULES: dict[str, Rule] = {
             display_name="Risk inflation, amplitudes re-fit, price from the residual's tail",
             card_tag="risk-tail",
             card_text=(
-                "As risk_refit (each token's 64 largest decoder-scaled activations re-fit by "
-                "least squares on the decoder's rows, the weakest dropped until each one left "
-                "pays the price), but the price is read from the residual instead of assumed "
-                "Gaussian: the level that the squared projections of the reading's residual onto "
-                "the rows it left out pass as rarely as a Gaussian null passes 2 sigma^2 ln h "
-                "(P(|N(0, 1)| > sqrt(2 ln h))), at a fixed point. A residual made of a few "
-                "features the dictionary does not hold has heavier tails than Gaussian noise, "
-                "and the price rises to match. The price is a running mean while training and "
-                "fixed at inference. There is no *k* and no coefficient to tune."
+                "As risk_calibrated, at the price the squared projections of the residual onto "
+                "the rows left out pass as rarely as a Gaussian null passes 2 sigma^2 ln h (a "
+                "fixed point). There is no *k* and no coefficient to tune."
             ),
             ground_truth=GROUND_TRUTH["risk_tail"],
             select=kfree_rules.risk_tail_select,
