@@ -251,9 +251,9 @@ GROUND_TRUTH: dict[str, str] = {
         "world without a hierarchy (0.93). Its count was within 10% of the truth on 7 of the "
         "16 (the others: 6). It still undercounted the crowded worlds (0.86, 0.77 and 0.75 "
         "times, where risk_refit kept 0.94, 0.83 and 0.88) and a world whose children fire "
-        "together (0.72; risk_floor 0.75). At its own self-consistent k on four ladders it "
-        "chose risk_floor's k, with the better F1 on each, and met 11 of 16 bars (risk_floor: "
-        "12). It reads a learned dictionary; it was not trained end to end."
+        "together (0.72; risk_floor 0.75). At its own self-consistent k on seven ladders it "
+        "had the better F1 on each and met 19 of 28 bars (risk_floor: 20). It reads a learned "
+        "dictionary; it was not trained end to end."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
