@@ -5,11 +5,11 @@ scored samples (the tokens a batch's price is found on), before any unfolding: t
 price over its noise level sigma^2, against 2 ln h; sigma^2, the share of latents kept p and
 the signal-to-noise c it settled at; ``risk_tail``'s price over the same sigma^2 (how much
 heavier than Gaussian the residual's tail is, free of the input's scale); and ``risk_refit``'s
-level. Beside them the truth's unheld
-firings per dimension (the features the width cannot hold that fire per sample, over d: what
-the readers' errors follow, ``spikes/``) and the residual share sigma^2 d / mean ||x - b_dec||^2
-(truth-free and free of the input's scale), with the rank correlation of each truth-free
-figure with the truth's over the dictionaries given (give one per world). One JSON for all.
+level. Beside them the truth's unheld firings per dimension (the features the width cannot
+hold that fire per sample, over d: what the readers' errors follow, ``spikes/``) and the
+residual share sigma^2 d / mean ||x - b_dec||^2 (truth-free and free of the input's scale),
+with the rank correlation of each truth-free figure with the truth's over the dictionaries
+given (give one per world). One JSON for all.
 
     python scripts/synth_calibration.py --json results/synthbench/calibrated/prices.json \\
         runs/synthbench_mix/runs/synthsaebench-4k-mix/topk-k6 runs/synthbench_mix/cache/synthsaebench-4k-mix-eval ...
