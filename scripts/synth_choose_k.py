@@ -10,7 +10,7 @@ every reading against the moonshot's four bars and the k two rules choose withou
   the first k that leaves the reading room is the smallest that did not have to. A k whose
   dictionary leaves more than ``choose_k.DEAD_SHARE_GUARD`` of its latents dead (the summary's
   ``dead`` over ``d_sae``) is passed over: it misses features outright, so its reading fitting
-  says nothing. Per seed, and (given several ladders of one world) on the seeds' mean reading
+  says nothing. Per seed, and (given several ladders of one world, only) on the seeds' mean reading
   and dead share, as ``hf-topafa choose-k``; also without the guard, as first filed.
 - agreement: the k whose two seeds' dictionaries agree most (``synth_seed_agreement.py``).
 
@@ -176,13 +176,16 @@ def main() -> None:
         ) from None
     for report in reports:
         print_ladder(report)
-    several = len(reports) > 1
+    worlds = {report["world"] for report in reports}
+    several = len(reports) > 1 and len(worlds) == 1  # seeds of one world: a mean means something
     mean_k = seeds_mean_self_consistent_k(reports) if several else None
     unguarded = seeds_mean_self_consistent_k(reports, guard=False) if several else None
     if several:
         print(f"\nself-consistent k on the seeds' mean reading (as hf-topafa choose-k): "
               f"{mean_k if mean_k is not None else '- (no choice)'}; without the dead guard: "
               f"{unguarded if unguarded is not None else '- (no choice)'}")  # fmt: skip
+    elif len(worlds) > 1:
+        print(f"\nladders of {len(worlds)} worlds: no seeds' mean reading is taken across them")
     if args.json:
         write_json(args.json, {"ladders": reports, "seeds_mean_self_consistent_k": mean_k,
                                "seeds_mean_self_consistent_k_unguarded": unguarded,

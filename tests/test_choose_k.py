@@ -241,16 +241,21 @@ def test_a_bad_choose_k_option_is_one_line_naming_what_is_valid(capsys):
 
 
 def write_ladder(
-    folder, counts: dict[int, float], held: float = 10.0, dead: dict[int, int] | None = None
+    folder,
+    counts: dict[int, float],
+    held: float = 10.0,
+    dead: dict[int, int] | None = None,
+    world: str = "world",
 ) -> list[str]:
-    """A bench summary of plain TopK runs (1,000 latents, ``dead`` of them dead, default none)
-    and one procedure D reading per k, as the bench and ``synth_reread.py`` write them; each
-    reading's F1 and MCC beat the summary's best. A k whose count is None is trained, not read."""
+    """A bench summary of plain TopK runs on ``world`` (1,000 latents, ``dead`` of them dead,
+    default none) and one procedure D reading per k, as the bench and ``synth_reread.py`` write
+    them; each reading's F1 and MCC beat the summary's best. A k whose count is None is trained,
+    not read."""
     dead = dead or {}
-    rows = [{"world": "world", "activation": "topk", "trainer": "hf_topafa", "k": k, "f1": 0.6,
+    rows = [{"world": world, "activation": "topk", "trainer": "hf_topafa", "k": k, "f1": 0.6,
              "mcc": 0.7, "dead": dead.get(k, 0), "d_sae": 1000} for k in counts]  # fmt: skip
     # another world's TopK in the same summary sets no bar here
-    rows.append({**rows[0], "world": "other", "f1": 0.99, "mcc": 0.99})
+    rows.append({**rows[0], "world": f"{world}-other", "f1": 0.99, "mcc": 0.99})
     summary = {"rows": rows}
     files = [str(folder / "summary.json")]
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -258,7 +263,7 @@ def write_ladder(
         row = {"rule": "risk_floor, unfolded", "l0": count, "true_l0_top_width": held,
                "f1": 0.8, "mcc": 0.75, "l0_corr": 0.9}  # fmt: skip
         path = folder / f"reading-k{k}.json"
-        path.write_text(json.dumps({"run": f"runs/world/topk-k{k}", "rows": [row]}))
+        path.write_text(json.dumps({"run": f"runs/{world}/topk-k{k}", "rows": [row]}))
         files.append(str(path))
     return files
 
@@ -314,6 +319,15 @@ def test_two_seeds_ladders_also_choose_on_their_mean_reading(tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", [*argv[:3], *files0[2:], *argv[len(files0) + 2 :]])
     synth_choose_k_main()
     assert json.loads(out.read_text())["seeds_mean_self_consistent_k"] is None
+    # ladders of two worlds are not seeds of one: no mean is taken across them
+    third = tmp_path / "other"
+    third.mkdir()
+    files2 = write_ladder(third, {4: 5.6, 6: 5.92, 8: 7.0}, world="other")
+    monkeypatch.setattr(sys, "argv", [*argv[:2], *files0, "--ladder", *files2, "--json", str(out)])
+    synth_choose_k_main()
+    result = json.loads(out.read_text())
+    assert [ladder["self_consistent_k"] for ladder in result["ladders"]] == [6, 6]
+    assert result["seeds_mean_self_consistent_k"] is None  # the same readings, one world: 6
 
 
 def test_synth_choose_k_passes_over_a_k_with_many_dead_latents(tmp_path, monkeypatch):
