@@ -201,6 +201,9 @@ def test_the_tail_probability_is_the_gaussian_chance_of_passing_the_risk_price()
         ric = 2 * math.log(h)
         assert risk.tail_probability(h) == pytest.approx(chi2.sf(ric, df=1), rel=1e-9)
     assert risk.tail_probability(1024) == pytest.approx(1.97e-4, abs=0.01e-4)
+    # the quantile tail_price reads: at h = 1,024 the tail holds 1.97e-4 of the values
+    assert risk.tail_quantile(torch.arange(1.0, 10001.0), 1024) == 9999.0
+    assert risk.tail_quantile(torch.tensor([3.0]), 1024) == 3.0
 
 
 def test_the_tail_price_is_the_risk_price_under_gaussian_noise():

@@ -84,6 +84,7 @@ from synth_reread import kept_true_and_false  # noqa: E402
 from synth_reread import main as reread_main  # noqa: E402
 from synth_spikes_table import main as spikes_table_main  # noqa: E402
 from synth_spikes_table import ranks, spearman  # noqa: E402
+from synth_tail_sources import main as tail_sources_main  # noqa: E402
 from synth_unfold_levels import (  # noqa: E402
     doubled_by_members,
     first_level_groups,
@@ -1228,6 +1229,23 @@ def test_calibration_script_reports_where_the_price_settled(oracle_run, truth_ca
     monkeypatch.setattr(sys, "argv", ["synth_calibration.py", str(oracle_run)])
     with pytest.raises(SystemExit, match="RUN CACHE"):
         calibration_main()
+
+
+def test_tail_sources_split_the_tail_into_missed_true_features_and_null_ones(
+    oracle_run, truth_cache, tmp_path, monkeypatch
+):
+    out = tmp_path / "sources.json"
+    monkeypatch.setattr(sys, "argv", ["synth_tail_sources.py", str(oracle_run),
+                                      str(truth_cache), "--json", str(out)])  # fmt: skip
+    tail_sources_main()
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["tail_price_over_level"] > 0 and row["null_price_over_level"] > 0
+    for share in ("missed_share_of_left_out", "missed_share_above_price"):
+        assert 0 <= row[share] <= 1
+    assert row["above_price_per_sample"] > 0  # the tail it is read from is not empty
+    monkeypatch.setattr(sys, "argv", ["synth_tail_sources.py", str(oracle_run)])
+    with pytest.raises(SystemExit, match="RUN CACHE"):
+        tail_sources_main()
 
 
 def test_compare_readers_groups_readings_by_dictionary_and_tallies_the_band(tmp_path, monkeypatch,

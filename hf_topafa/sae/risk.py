@@ -405,6 +405,13 @@ def left_out_projections(amplitudes: torch.Tensor, W_dec: torch.Tensor, z: torch
     return (residual @ unit.T).pow(2)[amplitudes == 0]
 
 
+def tail_quantile(projections: torch.Tensor, h: int) -> float:
+    """The (1 - ``tail_probability(h)``) quantile of ``projections`` (one dimension, not
+    empty): the share of them above it is the chance a Gaussian null passes 2 ln h sigma^2."""
+    rank = math.ceil((1 - tail_probability(h)) * projections.numel())
+    return float(projections.kthvalue(min(projections.numel(), max(1, rank))).values)
+
+
 @torch.no_grad()
 def tail_price(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> float:
     """The fixed point of the price ``refit_kept`` keeps at and the (1 - ``tail_probability``)
@@ -413,15 +420,13 @@ def tail_price(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> float
     orthonormal test world): the few null latents that pass the price are kept, so leave the
     pool it is read from."""
     h = pre.shape[-1]
-    passing = tail_probability(h)
     price = 2 * math.log(h) * pooled_level(pre, W_dec, z)
     for _ in range(POOLED_ITERATIONS):
         amplitudes, _ = refit_kept(pre, W_dec, z, price)
         null = left_out_projections(amplitudes, W_dec, z)
         if null.numel() == 0:  # every row kept by every token: nothing left out to read
             break
-        rank = min(null.numel(), max(1, math.ceil((1 - passing) * null.numel())))
-        settled = float(null.kthvalue(rank).values)
+        settled = tail_quantile(null, h)
         done = abs(settled - price) <= REFIT_TOLERANCE * price
         price = settled
         if done:

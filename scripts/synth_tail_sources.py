@@ -1,0 +1,82 @@
+"""What the tail that ``risk_tail``'s price is read from is made of, against the truth.
+
+``risk_tail`` prices each latent at the quantile of the squared projections of its reading's
+residual onto the rows each sample left out that a Gaussian null passes at 2 ln h. A left-out
+row whose matched true feature is on in that sample is not null: it is a true feature the
+reading missed, and its projection raises the tail the price is read from. For each TopK
+dictionary (a run folder and its world's held-out cache; the first 1,024 scored samples, as a
+batch's price is found, before unfolding): the price over the calibrated sigma^2; the share of
+left-out projections above the price that belong to a missed true feature, beside that share
+among all left-out projections; and the price read from the null projections alone (truth
+used: an oracle, to see how far the missed features move it). One JSON for all.
+
+    python scripts/synth_tail_sources.py --json results/synthbench/tail/sources.json \\
+        runs/synthbench_flatd256/runs/synthsaebench-4k-flat-d256/topk-k15 \\
+        runs/synthbench_flatd256/cache/synthsaebench-4k-flat-d256-eval ...
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from hf_topafa.evaluation.on_truth import dictionary_on_truth
+from hf_topafa.helpers import script_command, write_json
+from hf_topafa.sae import risk
+
+
+@torch.no_grad()
+def tail_sources(run: str, cache: str) -> dict:
+    """The tail price's sources for one dictionary (see the module)."""
+    read = dictionary_on_truth(run, cache, risk.REFIT_LEVEL_TOKENS)
+    sae = read.sae
+    z = read.centered()
+    pre = torch.relu(sae.pre_activations(read.x))
+    h = pre.shape[-1]
+    level = risk.calibrated_price(pre, sae.W_dec, z).level
+    price = risk.tail_price(pre, sae.W_dec, z)
+    amplitudes, _ = risk.refit_kept(pre, sae.W_dec, z, price)
+    left_out = amplitudes == 0
+    residual = z.float() - amplitudes.float() @ sae.W_dec.float()
+    unit = torch.nn.functional.normalize(sae.W_dec.float(), dim=-1)
+    projections = (residual @ unit.T).pow(2)
+    missed = read.on & left_out
+    above = left_out & (projections >= price)
+    null = projections[left_out & ~read.on]
+    return {
+        "run": run,
+        "world": read.world_name,
+        "tail_price_over_level": price / level,
+        "missed_share_of_left_out": float(missed.sum() / left_out.sum()),
+        "missed_share_above_price": float((missed & above).sum() / above.sum().clamp_min(1)),
+        "above_price_per_sample": float(above.sum()) / len(z),
+        "null_price_over_level": risk.tail_quantile(null, h) / level,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--json", default=None)
+    parser.add_argument("pairs", nargs="+", help="RUN CACHE, repeated")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # beside training, as the other diagnoses
+    if len(args.pairs) % 2:
+        raise SystemExit("give each run folder with its world's held-out cache: RUN CACHE ...")
+    rows = []
+    for run, cache in zip(args.pairs[::2], args.pairs[1::2], strict=True):
+        row = tail_sources(run, cache)
+        rows.append(row)
+        print(f"{row['world']:<34} tail price {row['tail_price_over_level']:5.2f} sigma^2; "
+              f"missed true features: {row['missed_share_above_price']:.3f} of the projections "
+              f"above it ({row['above_price_per_sample']:.2f} per sample), "
+              f"{row['missed_share_of_left_out']:.5f} of all left out; from the null ones "
+              f"alone {row['null_price_over_level']:5.2f} sigma^2")  # fmt: skip
+    if args.json:
+        write_json(args.json, {"command": script_command(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
