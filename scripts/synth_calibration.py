@@ -17,13 +17,12 @@ given (give one per world). One JSON for all.
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 from synth_spikes_table import spearman  # the sibling script's rank correlation
 
-from hf_topafa.evaluation.on_truth import dictionary_on_truth
+from hf_topafa.evaluation.on_truth import dictionary_on_truth, run_cache_pairs_from_command_line
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk
 
@@ -41,9 +40,7 @@ TRUTH_FREE = (
 def calibration_of(run: str, cache: str) -> dict:
     """The calibrated price and ``risk_refit``'s level for one dictionary (see the module)."""
     read = dictionary_on_truth(run, cache, risk.REFIT_LEVEL_TOKENS)
-    sae = read.sae
-    z = read.centered()
-    pre = torch.relu(sae.pre_activations(read.x))
+    sae, z, pre = read.sae, read.centered(), read.activations()
     found = risk.calibrated_price(pre, sae.W_dec, z)
     h, d = pre.shape[-1], z.shape[-1]
     unheld = read.firings(held=False).float().mean()
@@ -71,17 +68,9 @@ def rank_correlation(values: list[float], truth: list[float]) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--json", default=None)
-    parser.add_argument("pairs", nargs="+", help="RUN CACHE, repeated")
-    args = parser.parse_args()
-    torch.set_num_threads(1)  # beside training, as the other diagnoses
-    if len(args.pairs) % 2:
-        raise SystemExit("give each run folder with its world's held-out cache: RUN CACHE ...")
+    pairs, args = run_cache_pairs_from_command_line(__doc__)
     rows = []
-    for run, cache in zip(args.pairs[::2], args.pairs[1::2], strict=True):
+    for run, cache in pairs:
         row = calibration_of(run, cache)
         rows.append(row)
         print(f"{row['world']:<34} price {row['price_over_level']:5.2f} sigma^2 (2 ln h "

@@ -17,11 +17,9 @@ used: an oracle, to see how far the missed features move it). One JSON for all.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from hf_topafa.evaluation.on_truth import dictionary_on_truth
+from hf_topafa.evaluation.on_truth import dictionary_on_truth, run_cache_pairs_from_command_line
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk
 
@@ -30,12 +28,10 @@ from hf_topafa.sae import risk
 def tail_sources(run: str, cache: str) -> dict:
     """The tail price's sources for one dictionary (see the module)."""
     read = dictionary_on_truth(run, cache, risk.REFIT_LEVEL_TOKENS)
-    sae = read.sae
-    z = read.centered()
-    pre = torch.relu(sae.pre_activations(read.x))
-    h = pre.shape[-1]
+    sae, z, pre = read.sae, read.centered(), read.activations()
     level = risk.calibrated_price(pre, sae.W_dec, z).level
     price = risk.tail_price(pre, sae.W_dec, z)
+    h = pre.shape[-1]
     amplitudes, _ = risk.refit_kept(pre, sae.W_dec, z, price)
     left_out = amplitudes == 0
     residual = z.float() - amplitudes.float() @ sae.W_dec.float()
@@ -56,19 +52,9 @@ def tail_sources(run: str, cache: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--json", default=None)
-    parser.add_argument("pairs", nargs="+", help="RUN CACHE, repeated")
-    args = parser.parse_args()
-    torch.set_num_threads(1)  # beside training, as the other diagnoses
-    if len(args.pairs) % 2:
-        raise SystemExit("give each run folder with its world's held-out cache: RUN CACHE ...")
-    rows = []
-    for run, cache in zip(args.pairs[::2], args.pairs[1::2], strict=True):
-        row = tail_sources(run, cache)
-        rows.append(row)
+    pairs, args = run_cache_pairs_from_command_line(__doc__)
+    rows = [tail_sources(run, cache) for run, cache in pairs]
+    for row in rows:
         print(f"{row['world']:<34} tail price {row['tail_price_over_level']:5.2f} sigma^2; "
               f"missed true features: {row['missed_share_above_price']:.3f} of the projections "
               f"above it ({row['above_price_per_sample']:.2f} per sample), "

@@ -35,6 +35,10 @@ class DictionaryOnTruth:
         ``held=False``, that it cannot hold)."""
         return (self.codes[:, self.held if held else ~self.held] > 0).sum(-1)
 
+    def activations(self) -> torch.Tensor:
+        """The encoder's activations after its ReLU [n, latents]: what the readers rank."""
+        return torch.relu(self.sae.pre_activations(self.x))
+
     def centered(self) -> torch.Tensor:
         """z = x_n - b_dec [n, d]: the inputs as the dictionary's readers see them."""
         from ..sae.kfree import centered_input
@@ -79,3 +83,22 @@ def dictionary_on_truth_from_command_line(description: str):
     args = parser.parse_args()
     torch.set_num_threads(1)
     return dictionary_on_truth(args.run, args.cache, args.samples), args
+
+
+def run_cache_pairs_from_command_line(description: str):
+    """(``[(run, cache), ...]``, args) for a diagnosis script whose command line names trained
+    SAE folders each with its world's held-out cache (``RUN CACHE``, repeated), with
+    ``--json``; one torch thread, as the diagnoses run beside training. An odd count is a
+    one-line error."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--json", default=None)
+    parser.add_argument("pairs", nargs="+", help="RUN CACHE, repeated")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if len(args.pairs) % 2:
+        raise SystemExit("give each run folder with its world's held-out cache: RUN CACHE ...")
+    return list(zip(args.pairs[::2], args.pairs[1::2], strict=True)), args
