@@ -34,9 +34,7 @@ def tail_sources(run: str, cache: str) -> dict:
     h = pre.shape[-1]
     amplitudes, _ = risk.refit_kept(pre, sae.W_dec, z, price)
     left_out = amplitudes == 0
-    residual = z.float() - amplitudes.float() @ sae.W_dec.float()
-    unit = torch.nn.functional.normalize(sae.W_dec.float(), dim=-1)
-    projections = (residual @ unit.T).pow(2)
+    projections = risk.residual_projections(amplitudes, sae.W_dec, z)
     missed = read.on & left_out
     above = left_out & (projections >= price)
     null = projections[left_out & ~read.on]

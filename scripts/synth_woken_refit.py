@@ -41,7 +41,7 @@ def main() -> None:
     sae, x, on = read.sae, read.x, read.on
     held_count = read.firings()
     z = read.centered()
-    pre = torch.relu(sae.pre_activations(x))
+    pre = read.activations()
     norms = torch.linalg.vector_norm(sae.W_dec, dim=-1)
     counted, ranked, _ = risk.risk_inflation_counts(pre, norms, sae.W_dec, z, pooled=True)
     kept_by = {rule: read_with(sae, rule).eval()(x).feature_acts != 0

@@ -397,12 +397,17 @@ def tail_probability(h: int) -> float:
 
 
 @torch.no_grad()
-def left_out_projections(amplitudes: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor):
-    """The squared projections [M] of each token's residual, z - amplitudes @ W_dec, onto the
-    unit rows it left out (amplitude zero): what each left-out latent would contribute alone."""
+def residual_projections(amplitudes: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor):
+    """The squared projections [N, h] of each token's residual, z - amplitudes @ W_dec, onto
+    every unit row: what each latent would contribute alone on top of the reading."""
     residual = z.float() - amplitudes.float() @ W_dec.float()
     unit = torch.nn.functional.normalize(W_dec.float(), dim=-1)
-    return (residual @ unit.T).pow(2)[amplitudes == 0]
+    return (residual @ unit.T).pow(2)
+
+
+def left_out_projections(amplitudes: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor):
+    """``residual_projections`` [M] of the rows each token left out (amplitude zero)."""
+    return residual_projections(amplitudes, W_dec, z)[amplitudes == 0]
 
 
 def tail_quantile(projections: torch.Tensor, h: int) -> float:
