@@ -17,8 +17,6 @@ given (give one per world). One JSON for all.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from synth_spikes_table import spearman  # the sibling script's rank correlation
 
@@ -40,23 +38,13 @@ TRUTH_FREE = (
 def calibration_of(run: str, cache: str) -> dict:
     """The calibrated price and ``risk_refit``'s level for one dictionary (see the module)."""
     read = dictionary_on_truth(run, cache, risk.REFIT_LEVEL_TOKENS)
-    sae, z, pre = read.sae, read.centered(), read.activations()
-    found = risk.calibrated_price(pre, sae.W_dec, z)
-    h, d = pre.shape[-1], z.shape[-1]
+    z, pre = read.centered(), read.activations()
     unheld = read.firings(held=False).float().mean()
     return {
         "run": run,
         "world": read.world_name,
-        "price_over_level": found.price / found.level,
-        "two_ln_h": 2 * math.log(h),
-        "level": found.level,
-        "kept_share": found.kept_share,
-        "kept_per_sample": found.kept_share * h,
-        "signal_to_noise": found.signal_to_noise,
-        "refit_level": risk.refit_level(pre, sae.W_dec, z),
-        "tail_price_over_level": risk.tail_price(pre, sae.W_dec, z) / found.level,
-        "residual_share": found.level * d / float(z.pow(2).sum(-1).mean()),
-        "unheld_per_dimension": float(unheld) / d,
+        **risk.price_figures(pre, read.sae.W_dec, z),
+        "unheld_per_dimension": float(unheld) / z.shape[-1],
     }
 
 

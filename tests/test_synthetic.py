@@ -43,6 +43,7 @@ from hf_topafa.sae.reading import read_with  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from kurtosis_count import l0_and_error, read_count  # noqa: E402
+from reader_prices import main as reader_prices_main  # noqa: E402
 from risk_level import main as risk_level_main  # noqa: E402
 from risk_level import risk_level  # noqa: E402
 from synth_bench import (  # noqa: E402
@@ -1229,6 +1230,30 @@ def test_calibration_script_reports_where_the_price_settled(oracle_run, truth_ca
     monkeypatch.setattr(sys, "argv", ["synth_calibration.py", str(oracle_run)])
     with pytest.raises(SystemExit, match="RUN CACHE"):
         calibration_main()
+
+
+def test_reader_prices_read_the_truth_free_figures_from_any_cache(oracle_run, truth_cache,
+                                                                  tmp_path, monkeypatch):  # fmt: skip
+    """The truth-free script reads the cache's stored activations and lands where the truth
+    script, which rebuilds them from the true codes, does."""
+    with_truth, without = tmp_path / "with.json", tmp_path / "without.json"
+    monkeypatch.setattr(sys, "argv", ["synth_calibration.py", str(oracle_run), str(truth_cache),
+                                      "--json", str(with_truth)])  # fmt: skip
+    calibration_main()
+    monkeypatch.setattr(sys, "argv", ["reader_prices.py", str(oracle_run), str(truth_cache),
+                                      "--json", str(without)])  # fmt: skip
+    reader_prices_main()
+    (truth_row,) = json.loads(with_truth.read_text())["rows"]
+    (row,) = json.loads(without.read_text())["rows"]
+    assert row["tokens"] == 1024
+    for key in TRUTH_FREE:
+        assert row[key] == pytest.approx(truth_row[key], rel=1e-3), key
+    assert row["tail_price_over_two_ln_h"] == pytest.approx(
+        row["tail_price_over_level"] / row["two_ln_h"]
+    )
+    monkeypatch.setattr(sys, "argv", ["reader_prices.py", str(oracle_run)])
+    with pytest.raises(SystemExit, match="RUN CACHE"):
+        reader_prices_main()
 
 
 def test_tail_sources_split_the_tail_into_missed_true_features_and_null_ones(

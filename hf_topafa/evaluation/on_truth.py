@@ -100,5 +100,5 @@ def run_cache_pairs_from_command_line(description: str):
     args = parser.parse_args()
     torch.set_num_threads(1)
     if len(args.pairs) % 2:
-        raise SystemExit("give each run folder with its world's held-out cache: RUN CACHE ...")
+        raise SystemExit("give each run folder with its held-out activation cache: RUN CACHE ...")
     return list(zip(args.pairs[::2], args.pairs[1::2], strict=True)), args

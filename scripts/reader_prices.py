@@ -1,0 +1,51 @@
+"""Where the k-free readers' prices settle on trained dictionaries, with no truth: any SAE
+folder with any activation cache (a language model's harvest or a synthetic world's), on the
+cache's first 1,024 tokens (the tokens a batch's price is found on), before any unfolding.
+Each price is over the calibrated noise level sigma^2: the calibrated price, ``risk_refit``'s
+level, and ``risk_tail``'s price, whose ratio to 2 ln h says how much heavier than Gaussian the
+residual's tail is (``risk.price_figures``). One JSON for all; the synthetic worlds' rows with
+their truth beside them come from ``synth_calibration.py``.
+
+    python scripts/reader_prices.py --json results/smollm2_agreement/prices-1536k.json \\
+        runs/smollm2-agree-1536k/topk-k32-seed0 runs/smollm2-wt-eval ...
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hf_topafa.data.harvest import ActivationCache
+from hf_topafa.evaluation.on_truth import run_cache_pairs_from_command_line
+from hf_topafa.helpers import script_command, write_json
+from hf_topafa.sae import risk
+from hf_topafa.sae.kfree import centered_input
+from hf_topafa.sae.modeling_sae import SparseAutoencoder
+
+
+@torch.no_grad()
+def prices_of(run: str, cache: str) -> dict:
+    """``risk.price_figures`` for one dictionary on its cache's first tokens."""
+    sae = SparseAutoencoder.from_pretrained(run).eval()
+    x = ActivationCache(cache).first_activations(risk.REFIT_LEVEL_TOKENS)
+    pre = torch.relu(sae.pre_activations(x))
+    z = centered_input(sae, sae.normalize_input(x)[0])
+    return {"run": run, "cache": cache, "tokens": x.shape[0],
+            **risk.price_figures(pre, sae.W_dec, z)}  # fmt: skip
+
+
+def main() -> None:
+    pairs, args = run_cache_pairs_from_command_line(__doc__)
+    rows = []
+    for run, cache in pairs:
+        row = prices_of(run, cache)
+        rows.append(row)
+        print(f"{run}: calibrated price {row['price_over_level']:.2f} sigma^2, risk_tail's "
+              f"{row['tail_price_over_level']:.2f} sigma^2 = {row['tail_price_over_two_ln_h']:.2f}"
+              f" x 2 ln h ({row['two_ln_h']:.2f}); p {row['kept_share']:.4f} "
+              f"({row['kept_per_sample']:.2f} per token), c {row['signal_to_noise']:.1f}")  # fmt: skip
+    if args.json:
+        write_json(args.json, {"command": script_command(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
