@@ -77,6 +77,8 @@ from synth_missed_by_level import (  # noqa: E402
     places,
 )
 from synth_missed_by_level import main as missed_by_level_main  # noqa: E402
+from synth_price_sweep import main as price_sweep_main  # noqa: E402
+from synth_price_sweep import price_meeting_truth  # noqa: E402
 from synth_readings_plot import count_ratios  # noqa: E402
 from synth_readings_plot import main as readings_plot_main  # noqa: E402
 from synth_records_again import main as records_again_main  # noqa: E402
@@ -1254,6 +1256,38 @@ def test_reader_prices_read_the_truth_free_figures_from_any_cache(oracle_run, tr
     monkeypatch.setattr(sys, "argv", ["reader_prices.py", str(oracle_run)])
     with pytest.raises(SystemExit, match="RUN CACHE"):
         reader_prices_main()
+
+
+def test_price_sweep_reads_one_dictionary_at_a_ladder_of_prices(oracle_run, truth_cache,
+                                                                  tmp_path, monkeypatch):  # fmt: skip
+    out = tmp_path / "sweep.json"
+    argv = ["synth_price_sweep.py", str(oracle_run), str(truth_cache), "--samples", "1100",
+            "--ladder", "2", "14", "200", "--json", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    price_sweep_main()
+    (row,) = json.loads(out.read_text())["rows"]
+    low, mid, high = row["ladder"]
+    assert [r["price_over_level"] for r in row["ladder"]] == [2, 14, 200]
+    assert low["per_sample"] >= mid["per_sample"] >= high["per_sample"]  # a higher price keeps less
+    for r in (low, mid, high, *row["readers"].values()):
+        assert r["true_per_sample"] + r["false_per_sample"] == pytest.approx(r["per_sample"])
+        assert 0 <= r["share_of_findable_kept"] <= 1
+    assert set(row["readers"]) == {"risk_refit", "risk_calibrated", "risk_tail"}
+    # the oracle holds every feature: a low price finds nearly all of them
+    assert low["share_of_findable_kept"] > 0.5
+    meets = row["price_meeting_truth_over_level"]
+    assert meets is None or 2 <= meets <= 200
+    monkeypatch.setattr(sys, "argv", [*argv[:6], "14", "2"])
+    with pytest.raises(SystemExit, match="positive and rising"):
+        price_sweep_main()
+
+
+def test_price_meeting_truth_interpolates_where_the_count_crosses_one():
+    rows = [{"price_over_level": 10.0, "count_over_truth": 1.2},
+            {"price_over_level": 40.0, "count_over_truth": 0.8}]  # fmt: skip
+    assert price_meeting_truth(rows) == pytest.approx(20.0)  # halfway in log price
+    assert price_meeting_truth(rows[:1]) is None
+    assert price_meeting_truth([{**r, "count_over_truth": 0.5} for r in rows]) is None
 
 
 def test_tail_sources_split_the_tail_into_missed_true_features_and_null_ones(

@@ -85,17 +85,19 @@ def dictionary_on_truth_from_command_line(description: str):
     return dictionary_on_truth(args.run, args.cache, args.samples), args
 
 
-def run_cache_pairs_from_command_line(description: str):
+def run_cache_pairs_from_command_line(description: str, add_options=None):
     """(``[(run, cache), ...]``, args) for a diagnosis script whose command line names trained
     SAE folders each with its world's held-out cache (``RUN CACHE``, repeated), with
-    ``--json``; one torch thread, as the diagnoses run beside training. An odd count is a
-    one-line error."""
+    ``--json`` and whatever ``add_options(parser)`` adds; one torch thread, as the diagnoses
+    run beside training. An odd count is a one-line error."""
     import argparse
 
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--json", default=None)
+    if add_options is not None:
+        add_options(parser)
     parser.add_argument("pairs", nargs="+", help="RUN CACHE, repeated")
     args = parser.parse_args()
     torch.set_num_threads(1)
