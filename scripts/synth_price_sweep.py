@@ -10,8 +10,10 @@ calibrated noise level sigma^2 and at the three readers' own prices, the count p
 over the true count of the features the width holds, the true and false firings per sample
 (a kept latent is true where its matched feature is on), the share of the firings the
 dictionary could make (its matched features on) that it keeps, and the per-sample count's
-correlation with the true count; then the price, interpolated on the ladder, where the count
-meets the truth. One JSON for all.
+correlation with the true count; then the prices, interpolated on the ladder, where the count
+meets the truth and where the false firings equal the findable ones missed (before unfolding,
+a hierarchical world's count also lacks the parents its children absorbed; the balance does
+not count those). One JSON for all.
 
     python scripts/synth_price_sweep.py --json results/synthbench/tail/price_sweep.json \\
         runs/synthbench_flatd256/runs/synthsaebench-4k-flat-d256/topk-k15 \\
@@ -51,17 +53,18 @@ def reading_at(read, pre, z, price: float, truth_count: torch.Tensor) -> dict:
         "true_per_sample": float(true.mean()),
         "false_per_sample": float(count.mean() - true.mean()),
         "share_of_findable_kept": float(true.sum() / read.on.sum().clamp_min(1)),
+        "missed_findable_per_sample": float(read.on.sum() - true.sum()) / len(z),
         "corr_with_true_count": pearson(count, truth_count),
     }
 
 
-def price_meeting_truth(ladder_rows: list[dict]) -> float | None:
-    """The price over sigma^2 where the count over the truth crosses 1, interpolated in log
-    price between the ladder's neighbours; None where the ladder never crosses it."""
+def crossing_price(ladder_rows: list[dict], gap) -> float | None:
+    """The price over sigma^2 where ``gap(row)`` crosses zero, interpolated in log price
+    between the ladder's neighbours; None where the ladder never crosses it."""
     for low, high in zip(ladder_rows, ladder_rows[1:], strict=False):
-        a, b = low["count_over_truth"], high["count_over_truth"]
-        if (a - 1) * (b - 1) <= 0 and a != b:
-            t = (a - 1) / (a - b)
+        a, b = gap(low), gap(high)
+        if a * b <= 0 and a != b:
+            t = a / (a - b)
             return math.exp(math.log(low["price_over_level"]) * (1 - t)
                             + math.log(high["price_over_level"]) * t)  # fmt: skip
     return None
@@ -99,7 +102,10 @@ def sweep(run: str, cache: str, samples: int, ladder: tuple[float, ...]) -> dict
             }
             for name, price in readers.items()
         },
-        "price_meeting_truth_over_level": price_meeting_truth(rows),
+        "price_meeting_truth_over_level": crossing_price(rows, lambda r: r["count_over_truth"] - 1),
+        "price_balancing_errors_over_level": crossing_price(
+            rows, lambda r: r["false_per_sample"] - r["missed_findable_per_sample"]
+        ),
     }
 
 
@@ -121,7 +127,10 @@ def main() -> None:
             f"(false {r['false_per_sample']:.2f})" for r in row["ladder"]))  # fmt: skip
         for name, r in row["readers"].items():
             print(f"  {name}: {r['price_over_level']:.1f} sigma^2, {r['count_over_truth']:.3f}x")
-        print(f"  the truth's price: {row['price_meeting_truth_over_level']}")
+        print(
+            f"  the count meets the truth at {row['price_meeting_truth_over_level']} sigma^2; "
+            f"false and missed balance at {row['price_balancing_errors_over_level']}"
+        )
     if args.json:
         write_json(args.json, {"command": script_command(), "rows": rows})
 

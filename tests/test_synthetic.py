@@ -77,8 +77,8 @@ from synth_missed_by_level import (  # noqa: E402
     places,
 )
 from synth_missed_by_level import main as missed_by_level_main  # noqa: E402
+from synth_price_sweep import crossing_price  # noqa: E402
 from synth_price_sweep import main as price_sweep_main  # noqa: E402
-from synth_price_sweep import price_meeting_truth  # noqa: E402
 from synth_readings_plot import count_ratios  # noqa: E402
 from synth_readings_plot import main as readings_plot_main  # noqa: E402
 from synth_records_again import main as records_again_main  # noqa: E402
@@ -1275,19 +1275,24 @@ def test_price_sweep_reads_one_dictionary_at_a_ladder_of_prices(oracle_run, trut
     assert set(row["readers"]) == {"risk_refit", "risk_calibrated", "risk_tail"}
     # the oracle holds every feature: a low price finds nearly all of them
     assert low["share_of_findable_kept"] > 0.5
-    meets = row["price_meeting_truth_over_level"]
-    assert meets is None or 2 <= meets <= 200
+    for found in ("price_meeting_truth_over_level", "price_balancing_errors_over_level"):
+        assert row[found] is None or 2 <= row[found] <= 200
+    assert low["missed_findable_per_sample"] <= high["missed_findable_per_sample"]
     monkeypatch.setattr(sys, "argv", [*argv[:6], "14", "2"])
     with pytest.raises(SystemExit, match="positive and rising"):
         price_sweep_main()
 
 
-def test_price_meeting_truth_interpolates_where_the_count_crosses_one():
+def test_crossing_price_interpolates_where_the_gap_crosses_zero():
     rows = [{"price_over_level": 10.0, "count_over_truth": 1.2},
             {"price_over_level": 40.0, "count_over_truth": 0.8}]  # fmt: skip
-    assert price_meeting_truth(rows) == pytest.approx(20.0)  # halfway in log price
-    assert price_meeting_truth(rows[:1]) is None
-    assert price_meeting_truth([{**r, "count_over_truth": 0.5} for r in rows]) is None
+
+    def gap(row):
+        return row["count_over_truth"] - 1
+
+    assert crossing_price(rows, gap) == pytest.approx(20.0)  # halfway in log price
+    assert crossing_price(rows[:1], gap) is None
+    assert crossing_price([{**r, "count_over_truth": 0.5} for r in rows], gap) is None
 
 
 def test_tail_sources_split_the_tail_into_missed_true_features_and_null_ones(
