@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 
 from hf_topafa.data.harvest import ActivationCache
-from hf_topafa.evaluation.on_truth import run_cache_pairs_from_command_line
-from hf_topafa.helpers import script_command, write_json
+from hf_topafa.evaluation.on_truth import report_rows, run_cache_pairs_from_command_line
 from hf_topafa.sae import risk
 from hf_topafa.sae.kfree import centered_input
 from hf_topafa.sae.modeling_sae import SparseAutoencoder
@@ -33,18 +32,16 @@ def prices_of(run: str, cache: str) -> dict:
             **risk.price_figures(pre, sae.W_dec, z)}  # fmt: skip
 
 
+LINE = (
+    "{run}: calibrated price {price_over_level:.2f} sigma^2, risk_tail's {tail_price_over_level:.2f}"
+    " sigma^2 = {tail_price_over_two_ln_h:.2f} x 2 ln h ({two_ln_h:.2f}); p {kept_share:.4f}"
+    " ({kept_per_sample:.2f} per token), c {signal_to_noise:.1f}"
+)
+
+
 def main() -> None:
     pairs, args = run_cache_pairs_from_command_line(__doc__)
-    rows = []
-    for run, cache in pairs:
-        row = prices_of(run, cache)
-        rows.append(row)
-        print(f"{run}: calibrated price {row['price_over_level']:.2f} sigma^2, risk_tail's "
-              f"{row['tail_price_over_level']:.2f} sigma^2 = {row['tail_price_over_two_ln_h']:.2f}"
-              f" x 2 ln h ({row['two_ln_h']:.2f}); p {row['kept_share']:.4f} "
-              f"({row['kept_per_sample']:.2f} per token), c {row['signal_to_noise']:.1f}")  # fmt: skip
-    if args.json:
-        write_json(args.json, {"command": script_command(), "rows": rows})
+    report_rows([prices_of(run, cache) for run, cache in pairs], LINE.format_map, args.json)
 
 
 if __name__ == "__main__":

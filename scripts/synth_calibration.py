@@ -20,8 +20,11 @@ from __future__ import annotations
 import torch
 from synth_spikes_table import spearman  # the sibling script's rank correlation
 
-from hf_topafa.evaluation.on_truth import dictionary_on_truth, run_cache_pairs_from_command_line
-from hf_topafa.helpers import script_command, write_json
+from hf_topafa.evaluation.on_truth import (
+    dictionary_on_truth,
+    report_rows,
+    run_cache_pairs_from_command_line,
+)
 from hf_topafa.sae import risk
 
 TRUTH_FREE = (
@@ -55,24 +58,21 @@ def rank_correlation(values: list[float], truth: list[float]) -> float | None:
     return spearman(values, truth)
 
 
+LINE = (
+    "{world:<34} price {price_over_level:5.2f} sigma^2 (2 ln h {two_ln_h:.2f}); sigma^2 {level:.4f}"
+    " (risk_refit's {refit_level:.4f}); p {kept_share:.4f} ({kept_per_sample:.2f} per sample);"
+    " c {signal_to_noise:.1f}; risk_tail's price {tail_price_over_level:.2f} sigma^2"
+)
+
+
 def main() -> None:
     pairs, args = run_cache_pairs_from_command_line(__doc__)
-    rows = []
-    for run, cache in pairs:
-        row = calibration_of(run, cache)
-        rows.append(row)
-        print(f"{row['world']:<34} price {row['price_over_level']:5.2f} sigma^2 (2 ln h "
-              f"{row['two_ln_h']:.2f}); sigma^2 {row['level']:.4f} (risk_refit's "
-              f"{row['refit_level']:.4f}); p {row['kept_share']:.4f} "
-              f"({row['kept_per_sample']:.2f} per sample); c {row['signal_to_noise']:.1f}; "
-              f"risk_tail's price {row['tail_price_over_level']:.2f} sigma^2")  # fmt: skip
+    rows = [calibration_of(run, cache) for run, cache in pairs]
     truth = [row["unheld_per_dimension"] for row in rows]
     correlations = {key: rank_correlation([row[key] for row in rows], truth) for key in TRUTH_FREE}
+    report_rows(rows, LINE.format_map, args.json, spearman_with_unheld_per_dimension=correlations)
     print("rank correlation with the truth's unheld firings per dimension: " + ", ".join(
         f"{key} {value:+.3f}" for key, value in correlations.items() if value is not None))  # fmt: skip
-    if args.json:
-        write_json(args.json, {"command": script_command(), "rows": rows,
-                               "spearman_with_unheld_per_dimension": correlations})  # fmt: skip
 
 
 if __name__ == "__main__":

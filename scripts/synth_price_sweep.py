@@ -26,8 +26,7 @@ import math
 
 import torch
 
-from hf_topafa.evaluation.on_truth import dictionary_on_truth, run_cache_pairs_from_command_line
-from hf_topafa.helpers import script_command, write_json
+from hf_topafa.evaluation import on_truth
 from hf_topafa.sae import risk
 
 LADDER = (6.0, 8.0, 10.0, 12.0, 14.0, 17.0, 20.0, 24.0, 28.0, 34.0, 40.0)
@@ -73,7 +72,7 @@ def crossing_price(ladder_rows: list[dict], gap) -> float | None:
 @torch.no_grad()
 def sweep(run: str, cache: str, samples: int, ladder: tuple[float, ...]) -> dict:
     """The ladder and the three readers' prices for one dictionary (see the module)."""
-    read = dictionary_on_truth(run, cache, samples)
+    read = on_truth.dictionary_on_truth(run, cache, samples)
     sae, z, pre = read.sae, read.centered(), read.activations()
     first = slice(0, risk.REFIT_LEVEL_TOKENS)  # where a batch finds its price
     calibration = risk.calibrated_price(pre[first], sae.W_dec, z[first])
@@ -109,6 +108,17 @@ def sweep(run: str, cache: str, samples: int, ladder: tuple[float, ...]) -> dict
     }
 
 
+def describe(row: dict) -> str:
+    """One dictionary's sweep in a few lines."""
+    ladder = "; ".join(f"{r['price_over_level']:g} sigma^2 {r['count_over_truth']:.3f}x "
+                       f"(false {r['false_per_sample']:.2f})" for r in row["ladder"])  # fmt: skip
+    readers = "".join(f"\n  {name}: {r['price_over_level']:.1f} sigma^2, "
+                      f"{r['count_over_truth']:.3f}x" for name, r in row["readers"].items())  # fmt: skip
+    return (f"{row['world']} ({row['true_count']:.2f} true per sample): {ladder}{readers}\n"
+            f"  the count meets the truth at {row['price_meeting_truth_over_level']} sigma^2; "
+            f"false and missed balance at {row['price_balancing_errors_over_level']}")  # fmt: skip
+
+
 def add_options(parser) -> None:
     """This script's options beside ``--json``."""
     parser.add_argument("--samples", type=int, default=4096)
@@ -117,22 +127,11 @@ def add_options(parser) -> None:
 
 
 def main() -> None:
-    pairs, args = run_cache_pairs_from_command_line(__doc__, add_options)
+    pairs, args = on_truth.run_cache_pairs_from_command_line(__doc__, add_options)
     if sorted(args.ladder) != args.ladder or min(args.ladder) <= 0:
         raise SystemExit(f"--ladder must be positive and rising, got {args.ladder}")
     rows = [sweep(run, cache, args.samples, tuple(args.ladder)) for run, cache in pairs]
-    for row in rows:
-        print(f"{row['world']} ({row['true_count']:.2f} true per sample): " + "; ".join(
-            f"{r['price_over_level']:g} sigma^2 {r['count_over_truth']:.3f}x "
-            f"(false {r['false_per_sample']:.2f})" for r in row["ladder"]))  # fmt: skip
-        for name, r in row["readers"].items():
-            print(f"  {name}: {r['price_over_level']:.1f} sigma^2, {r['count_over_truth']:.3f}x")
-        print(
-            f"  the count meets the truth at {row['price_meeting_truth_over_level']} sigma^2; "
-            f"false and missed balance at {row['price_balancing_errors_over_level']}"
-        )
-    if args.json:
-        write_json(args.json, {"command": script_command(), "rows": rows})
+    on_truth.report_rows(rows, describe, args.json)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import torch
 
-from hf_topafa.evaluation.on_truth import dictionary_on_truth, run_cache_pairs_from_command_line
-from hf_topafa.helpers import script_command, write_json
+from hf_topafa.evaluation.on_truth import (
+    dictionary_on_truth,
+    report_rows,
+    run_cache_pairs_from_command_line,
+)
 from hf_topafa.sae import risk
 
 
@@ -49,17 +52,18 @@ def tail_sources(run: str, cache: str) -> dict:
     }
 
 
+def describe(row: dict) -> str:
+    """One dictionary's tail in a line."""
+    return (f"{row['world']:<34} tail price {row['tail_price_over_level']:5.2f} sigma^2; "
+            f"missed true features: {row['missed_share_above_price']:.3f} of the projections "
+            f"above it ({row['above_price_per_sample']:.2f} per sample), "
+            f"{row['missed_share_of_left_out']:.5f} of all left out; from the null ones "
+            f"alone {row['null_price_over_level']:5.2f} sigma^2")  # fmt: skip
+
+
 def main() -> None:
     pairs, args = run_cache_pairs_from_command_line(__doc__)
-    rows = [tail_sources(run, cache) for run, cache in pairs]
-    for row in rows:
-        print(f"{row['world']:<34} tail price {row['tail_price_over_level']:5.2f} sigma^2; "
-              f"missed true features: {row['missed_share_above_price']:.3f} of the projections "
-              f"above it ({row['above_price_per_sample']:.2f} per sample), "
-              f"{row['missed_share_of_left_out']:.5f} of all left out; from the null ones "
-              f"alone {row['null_price_over_level']:5.2f} sigma^2")  # fmt: skip
-    if args.json:
-        write_json(args.json, {"command": script_command(), "rows": rows})
+    report_rows([tail_sources(run, cache) for run, cache in pairs], describe, args.json)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..helpers import script_command, write_json
 from .agreement import matched_cosines
 from .ground_truth import TruthSet, most_frequent
 
@@ -104,3 +105,12 @@ def run_cache_pairs_from_command_line(description: str, add_options=None):
     if len(args.pairs) % 2:
         raise SystemExit("give each run folder with its held-out activation cache: RUN CACHE ...")
     return list(zip(args.pairs[::2], args.pairs[1::2], strict=True)), args
+
+
+def report_rows(rows: list[dict], describe, json_path: str | None, **extra) -> None:
+    """Print each of a diagnosis script's rows as ``describe(row)`` words it, then write them,
+    the command that made them and ``extra`` to ``json_path`` where one is given."""
+    for row in rows:
+        print(describe(row))
+    if json_path:
+        write_json(json_path, {"command": script_command(), "rows": rows, **extra})
