@@ -85,6 +85,8 @@ from synth_records_again import main as records_again_main  # noqa: E402
 from synth_recovery_ceiling import main as recovery_main  # noqa: E402
 from synth_reread import kept_true_and_false  # noqa: E402
 from synth_reread import main as reread_main  # noqa: E402
+from synth_right_price import main as right_price_main  # noqa: E402
+from synth_right_price import unfolding_factor  # noqa: E402
 from synth_spikes_table import main as spikes_table_main  # noqa: E402
 from synth_spikes_table import ranks, spearman  # noqa: E402
 from synth_tail_sources import main as tail_sources_main  # noqa: E402
@@ -1293,6 +1295,42 @@ def test_crossing_price_interpolates_where_the_gap_crosses_zero():
     assert crossing_price(rows, gap) == pytest.approx(20.0)  # halfway in log price
     assert crossing_price(rows[:1], gap) is None
     assert crossing_price([{**r, "count_over_truth": 0.5} for r in rows], gap) is None
+
+
+def test_unfolding_factor_interpolates_in_log_price_and_holds_beyond():
+    points = [(40.0, 2.0), (10.0, 1.0)]  # any order
+    assert unfolding_factor(points, 20.0) == pytest.approx(1.5)  # halfway in log price
+    assert unfolding_factor(points, 5.0) == 1.0 and unfolding_factor(points, 80.0) == 2.0
+
+
+def test_right_price_scales_the_sweep_by_the_unfolding_and_finds_the_crossing(tmp_path,
+                                                                             monkeypatch):  # fmt: skip
+    def reading(price, count):
+        return {"price_over_level": price, "count_over_truth": count}
+
+    ladder = [{**reading(p, c), "true_per_sample": 4.0, "false_per_sample": f}
+              for p, c, f in ((8, 0.8, 1.0), (16, 0.5, 0.4), (32, 0.25, 0.1))]  # fmt: skip
+    readers = {"risk_refit": reading(8, 0.8), "risk_calibrated": reading(16, 0.5),
+               "risk_tail": reading(32, 0.25)}  # fmt: skip
+    run = "runs/a"
+    sweep = {"rows": [{"run": run, "world": "w", "ladder": ladder, "readers": readers}]}
+    # procedure D read twice each reader's count: the count meets the truth at 16 sigma^2
+    readings = {"dictionaries": {run: {name: {"ratio": 2 * r["count_over_truth"]}
+                                       for name, r in readers.items()}}}  # fmt: skip
+    paths = {name: tmp_path / f"{name}.json" for name in ("sweep", "readers", "out")}
+    paths["sweep"].write_text(json.dumps(sweep))
+    paths["readers"].write_text(json.dumps(readings))
+    argv = ["synth_right_price.py", "--sweep", str(paths["sweep"]), "--readers",
+            str(paths["readers"]), "--json", str(paths["out"])]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    right_price_main()
+    (row,) = json.loads(paths["out"].read_text())["rows"]
+    assert row["unfolding_factors"] == {name: pytest.approx(2.0) for name in readers}
+    assert row["right_price_over_level"] == pytest.approx(16.0)
+    assert row["false_per_true_near_it"] == pytest.approx(0.1)
+    paths["readers"].write_text(json.dumps({"dictionaries": {"runs/b": {}}}))
+    with pytest.raises(SystemExit, match="no row for runs/b"):
+        right_price_main()
 
 
 def test_tail_sources_split_the_tail_into_missed_true_features_and_null_ones(

@@ -1,0 +1,115 @@
+"""The price at which procedure D's count would meet the truth, per dictionary, from a price
+sweep read before unfolding and procedure D's readings at the readers' own prices.
+
+``synth_price_sweep.py`` reads each dictionary at a ladder of prices before unfolding (fast);
+procedure D (``synth_read_again.py``) unfolds absorbed ancestors, but only at each reader's own
+price (slow). Over the three re-fit readers' prices (13–37 sigma^2 on the 16 dictionaries of
+``tail/``) the unfolding multiplies the count by nearly the same factor on each dictionary
+(within 7% on 14 of 16), so the ladder times that factor (interpolated in log price between the
+readers' prices, held flat beyond them) estimates procedure D's count at every price on it.
+Where it crosses the truth is the right price for that dictionary: an estimate, not a reading.
+With ``--prices`` (``synth_calibration.py``'s JSON for the same dictionaries) also the rank
+correlation of that price with each truth-free figure there. One JSON.
+
+    python scripts/synth_right_price.py --sweep results/synthbench/tail/price_sweep.json \\
+        --readers results/synthbench/tail/readers.json --prices results/synthbench/tail/prices.json \\
+        --json results/synthbench/tail/right_price.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from synth_calibration import TRUTH_FREE, rank_correlation  # the sibling scripts
+from synth_price_sweep import crossing_price
+
+from hf_topafa.helpers import script_command, write_json
+
+REFIT_READERS = ("risk_refit", "risk_calibrated", "risk_tail")
+
+
+def unfolding_factor(points: list[tuple[float, float]], price: float) -> float:
+    """The factor at ``price``, interpolated in log price between ``points`` (price, factor),
+    held at the nearest end beyond them."""
+    points = sorted(points)
+    if price <= points[0][0]:
+        return points[0][1]
+    for (low, a), (high, b) in zip(points, points[1:], strict=False):
+        if price <= high:
+            t = math.log(price / low) / math.log(high / low) if high > low else 0.0
+            return a + (b - a) * t
+    return points[-1][1]
+
+
+def right_price(sweep_row: dict, readings: dict) -> dict:
+    """One dictionary: the unfolding factor at each reader's price, the estimated procedure D
+    count along the ladder, and the price where it meets the truth (None off the ladder),
+    with the false firings per true one there (before unfolding)."""
+    factors = [(sweep_row["readers"][name]["price_over_level"],
+                readings[name]["ratio"] / sweep_row["readers"][name]["count_over_truth"])
+               for name in REFIT_READERS]  # fmt: skip
+    ladder = [{**r, "unfolded_over_truth": r["count_over_truth"]
+               * unfolding_factor(factors, r["price_over_level"])} for r in sweep_row["ladder"]]  # fmt: skip
+    price = crossing_price(ladder, lambda r: r["unfolded_over_truth"] - 1)
+    false_per_true = None
+    if price is not None:
+        near = min(ladder, key=lambda r: abs(math.log(r["price_over_level"] / price)))
+        false_per_true = near["false_per_sample"] / max(near["true_per_sample"], 1e-9)
+    return {
+        "run": sweep_row["run"],
+        "world": sweep_row["world"],
+        "unfolding_factors": {name: f for name, (_, f) in zip(REFIT_READERS, factors, strict=True)},
+        "reader_prices_over_level": {
+            name: p for name, (p, _) in zip(REFIT_READERS, factors, strict=True)
+        },
+        "unfolded_ladder": [
+            {
+                "price_over_level": r["price_over_level"],
+                "unfolded_over_truth": r["unfolded_over_truth"],
+            }
+            for r in ladder
+        ],  # fmt: skip
+        "right_price_over_level": price,
+        "false_per_true_near_it": false_per_true,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
+    parser.add_argument("--sweep", required=True, help="synth_price_sweep.py's JSON")
+    parser.add_argument("--readers", required=True, help="synth_compare_readers.py's JSON")
+    parser.add_argument("--prices", default=None, help="synth_calibration.py's JSON")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    sweep = {row["run"]: row for row in json.load(open(args.sweep))["rows"]}
+    readings = json.load(open(args.readers))["dictionaries"]
+    missing = [run for run in readings if run not in sweep]
+    if missing:
+        raise SystemExit(f"the sweep has no row for {missing[0]}: sweep the readers' dictionaries")
+    rows = [right_price(sweep[run], readings[run]) for run in readings]
+    for row in rows:
+        found = row["right_price_over_level"]
+        print(f"{row['run']}: right price {'off the ladder' if found is None else f'{found:.1f}'}"
+              " sigma^2; readers " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                             row["reader_prices_over_level"].items()))  # fmt: skip
+    correlations = {}
+    if args.prices:
+        figures = {row["run"]: row for row in json.load(open(args.prices))["rows"]}
+        placed = [row for row in rows if row["right_price_over_level"] is not None]
+        truth = [row["right_price_over_level"] for row in placed]
+        for key in (*TRUTH_FREE, "unheld_per_dimension"):
+            correlations[key] = rank_correlation(
+                [figures[row["run"]][key] for row in placed], truth
+            )
+        print("rank correlation with the right price: " + ", ".join(
+            f"{k} {v:+.3f}" for k, v in correlations.items() if v is not None))  # fmt: skip
+    if args.json:
+        write_json(args.json, {"command": script_command(), "rows": rows,
+                               "spearman_with_right_price": correlations})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
