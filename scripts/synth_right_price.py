@@ -76,6 +76,17 @@ def right_price(sweep_row: dict, readings: dict) -> dict:
     }
 
 
+def balance_or_end(sweep_row: dict) -> float:
+    """The sweep's balance price, or where the ladder never crosses it the end beyond which it
+    lies (its first rung less one, its last plus one): a rank, not a price."""
+    found = sweep_row["price_balancing_errors_over_level"]
+    if found is not None:
+        return found
+    first, last = sweep_row["ladder"][0], sweep_row["ladder"][-1]
+    below = first["false_per_sample"] < first["missed_findable_per_sample"]
+    return first["price_over_level"] - 1 if below else last["price_over_level"] + 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
@@ -106,9 +117,14 @@ def main() -> None:
             )
         print("rank correlation with the right price: " + ", ".join(
             f"{k} {v:+.3f}" for k, v in correlations.items() if v is not None))  # fmt: skip
+    balance = [balance_or_end(sweep[run]) for run in readings]
+    tail = [sweep[run]["readers"]["risk_tail"]["price_over_level"] for run in readings]
+    balance_with_tail = rank_correlation(tail, balance)
+    print(f"the sweep's balance price against risk_tail's, rank correlation {balance_with_tail}")
     if args.json:
         write_json(args.json, {"command": script_command(), "rows": rows,
-                               "spearman_with_right_price": correlations})  # fmt: skip
+                               "spearman_with_right_price": correlations,
+                               "balance_spearman_with_tail_price": balance_with_tail})  # fmt: skip
 
 
 if __name__ == "__main__":

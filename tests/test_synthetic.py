@@ -85,8 +85,8 @@ from synth_records_again import main as records_again_main  # noqa: E402
 from synth_recovery_ceiling import main as recovery_main  # noqa: E402
 from synth_reread import kept_true_and_false  # noqa: E402
 from synth_reread import main as reread_main  # noqa: E402
+from synth_right_price import balance_or_end, unfolding_factor  # noqa: E402
 from synth_right_price import main as right_price_main  # noqa: E402
-from synth_right_price import unfolding_factor  # noqa: E402
 from synth_spikes_table import main as spikes_table_main  # noqa: E402
 from synth_spikes_table import ranks, spearman  # noqa: E402
 from synth_tail_sources import main as tail_sources_main  # noqa: E402
@@ -1313,7 +1313,10 @@ def test_right_price_scales_the_sweep_by_the_unfolding_and_finds_the_crossing(tm
     readers = {"risk_refit": reading(8, 0.8), "risk_calibrated": reading(16, 0.5),
                "risk_tail": reading(32, 0.25)}  # fmt: skip
     run = "runs/a"
-    sweep = {"rows": [{"run": run, "world": "w", "ladder": ladder, "readers": readers}]}
+    for r in ladder:
+        r["missed_findable_per_sample"] = 0.05  # under the false firings all along the ladder
+    sweep = {"rows": [{"run": run, "world": "w", "ladder": ladder, "readers": readers,
+                       "price_balancing_errors_over_level": None}]}  # fmt: skip
     # procedure D read twice each reader's count: the count meets the truth at 16 sigma^2
     readings = {"dictionaries": {run: {name: {"ratio": 2 * r["count_over_truth"]}
                                        for name, r in readers.items()}}}  # fmt: skip
@@ -1328,6 +1331,7 @@ def test_right_price_scales_the_sweep_by_the_unfolding_and_finds_the_crossing(tm
     assert row["unfolding_factors"] == {name: pytest.approx(2.0) for name in readers}
     assert row["right_price_over_level"] == pytest.approx(16.0)
     assert row["false_per_true_near_it"] == pytest.approx(0.1)
+    assert balance_or_end(sweep["rows"][0]) == 33  # so the balance lies past its last rung
     paths["readers"].write_text(json.dumps({"dictionaries": {"runs/b": {}}}))
     with pytest.raises(SystemExit, match="no row for runs/b"):
         right_price_main()
