@@ -9,7 +9,8 @@ price (slow). Over the three re-fit readers' prices (13–37 sigma^2 on the 16 d
 readers' prices, held flat beyond them) estimates procedure D's count at every price on it.
 Where it crosses the truth is the right price for that dictionary: an estimate, not a reading.
 With ``--prices`` (``synth_calibration.py``'s JSON for the same dictionaries) also the rank
-correlation of that price with each truth-free figure there. One JSON.
+correlation of that price with each truth-free figure there, and the count-unbiased price of
+``risk_calibrated``'s Gaussian model with the count the ladder estimates there. One JSON.
 
     python scripts/synth_right_price.py --sweep results/synthbench/tail/price_sweep.json \\
         --readers results/synthbench/tail/readers.json --prices results/synthbench/tail/prices.json \\
@@ -41,6 +42,35 @@ def unfolding_factor(points: list[tuple[float, float]], price: float) -> float:
             t = math.log(price / low) / math.log(high / low) if high > low else 0.0
             return a + (b - a) * t
     return points[-1][1]
+
+
+def gaussian_balance_price(kept_share: float, signal_to_noise: float) -> float:
+    """The price over sigma^2 at which ``risk_calibrated``'s model (a latent on with
+    probability p, its contribution then Gaussian of variance (1 + c) sigma^2, else Gaussian of
+    variance sigma^2) expects as many false latents as missed ones: (1 - p) P(chi2_1 > t) =
+    p P(chi2_1 < t / (1 + c)); found by bisection in log price. A count-unbiased price where
+    ``risk_calibrated``'s is the Bayes one (fewest errors)."""
+    p, c = min(max(kept_share, 1e-12), 0.5), max(signal_to_noise, 1e-3)
+
+    def excess(t: float) -> float:
+        return (1 - p) * math.erfc(math.sqrt(t / 2)) - p * math.erf(math.sqrt(t / (2 * (1 + c))))
+
+    low, high = 1e-3, 1e4
+    for _ in range(100):
+        mid = math.sqrt(low * high)
+        low, high = (mid, high) if excess(mid) > 0 else (low, mid)
+    return math.sqrt(low * high)
+
+
+def estimated_count(ladder: list[dict], price: float) -> float | None:
+    """The unfolded ladder's count over the truth at ``price``, interpolated in log price;
+    None off the ladder."""
+    for low, high in zip(ladder, ladder[1:], strict=False):
+        a, b = low["price_over_level"], high["price_over_level"]
+        if a <= price <= b:
+            t = math.log(price / a) / math.log(b / a)
+            return low["unfolded_over_truth"] * (1 - t) + high["unfolded_over_truth"] * t
+    return None
 
 
 def right_price(sweep_row: dict, readings: dict) -> dict:
@@ -109,6 +139,13 @@ def main() -> None:
     correlations = {}
     if args.prices:
         figures = {row["run"]: row for row in json.load(open(args.prices))["rows"]}
+        for row in rows:
+            found = figures[row["run"]]
+            price = gaussian_balance_price(found["kept_share"], found["signal_to_noise"])
+            row["gaussian_balance_price_over_level"] = price
+            row["estimated_count_at_gaussian_balance"] = estimated_count(
+                row["unfolded_ladder"], price
+            )
         placed = [row for row in rows if row["right_price_over_level"] is not None]
         truth = [row["right_price_over_level"] for row in placed]
         for key in (*TRUTH_FREE, "unheld_per_dimension"):

@@ -85,7 +85,12 @@ from synth_records_again import main as records_again_main  # noqa: E402
 from synth_recovery_ceiling import main as recovery_main  # noqa: E402
 from synth_reread import kept_true_and_false  # noqa: E402
 from synth_reread import main as reread_main  # noqa: E402
-from synth_right_price import balance_or_end, unfolding_factor  # noqa: E402
+from synth_right_price import (  # noqa: E402
+    balance_or_end,
+    estimated_count,
+    gaussian_balance_price,
+    unfolding_factor,
+)
 from synth_right_price import main as right_price_main  # noqa: E402
 from synth_spikes_table import main as spikes_table_main  # noqa: E402
 from synth_spikes_table import ranks, spearman  # noqa: E402
@@ -1295,6 +1300,19 @@ def test_crossing_price_interpolates_where_the_gap_crosses_zero():
     assert crossing_price(rows, gap) == pytest.approx(20.0)  # halfway in log price
     assert crossing_price(rows[:1], gap) is None
     assert crossing_price([{**r, "count_over_truth": 0.5} for r in rows], gap) is None
+
+
+def test_gaussian_balance_price_expects_as_many_false_latents_as_missed_ones():
+    p, c = 0.01, 50.0
+    t = gaussian_balance_price(p, c)
+    false = (1 - p) * math.erfc(math.sqrt(t / 2))
+    missed = p * math.erf(math.sqrt(t / (2 * (1 + c))))
+    assert false == pytest.approx(missed, rel=1e-6)
+    assert gaussian_balance_price(0.001, c) > t  # rarer latents: a higher price
+    ladder = [{"price_over_level": 10.0, "unfolded_over_truth": 1.2},
+              {"price_over_level": 40.0, "unfolded_over_truth": 0.8}]  # fmt: skip
+    assert estimated_count(ladder, 20.0) == pytest.approx(1.0)
+    assert estimated_count(ladder, 50.0) is None
 
 
 def test_unfolding_factor_interpolates_in_log_price_and_holds_beyond():
