@@ -27,16 +27,10 @@ import math
 import torch
 
 from hf_topafa.evaluation import on_truth
+from hf_topafa.evaluation.ground_truth import correlation
 from hf_topafa.sae import risk
 
 LADDER = (6.0, 8.0, 10.0, 12.0, 14.0, 17.0, 20.0, 24.0, 28.0, 34.0, 40.0)
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float | None:
-    """Pearson's correlation, or None where either side is constant."""
-    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
-    scale = float(a.norm() * b.norm())
-    return float((a * b).sum()) / scale if scale > 0 else None
 
 
 @torch.no_grad()
@@ -53,7 +47,7 @@ def reading_at(read, pre, z, price: float, truth_count: torch.Tensor) -> dict:
         "false_per_sample": float(count.mean() - true.mean()),
         "share_of_findable_kept": float(true.sum() / read.on.sum().clamp_min(1)),
         "missed_findable_per_sample": float(read.on.sum() - true.sum()) / len(z),
-        "corr_with_true_count": pearson(count, truth_count),
+        "corr_with_true_count": correlation(count, truth_count),
     }
 
 

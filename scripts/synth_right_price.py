@@ -20,28 +20,32 @@ correlation of that price with each truth-free figure there, and the count-unbia
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
 from synth_calibration import TRUTH_FREE, rank_correlation  # the sibling scripts
 from synth_price_sweep import crossing_price
 
-from hf_topafa.helpers import script_command, write_json
+from hf_topafa.helpers import read_json, script_command, write_json
 
 REFIT_READERS = ("risk_refit", "risk_calibrated", "risk_tail")
 
 
-def unfolding_factor(points: list[tuple[float, float]], price: float) -> float:
-    """The factor at ``price``, interpolated in log price between ``points`` (price, factor),
-    held at the nearest end beyond them."""
+def in_log_price(points: list[tuple[float, float]], price: float, hold: bool) -> float | None:
+    """The value at ``price`` of ``points`` (price, value), interpolated linearly in log price;
+    beyond them the nearest end's value where ``hold``, else None."""
     points = sorted(points)
-    if price <= points[0][0]:
-        return points[0][1]
+    if not points[0][0] <= price <= points[-1][0]:
+        return (points[0][1] if price < points[0][0] else points[-1][1]) if hold else None
     for (low, a), (high, b) in zip(points, points[1:], strict=False):
         if price <= high:
-            t = math.log(price / low) / math.log(high / low) if high > low else 0.0
-            return a + (b - a) * t
-    return points[-1][1]
+            return a + (b - a) * (math.log(price / low) / math.log(high / low) if high > low else 0)
+    return points[-1][1]  # a single point
+
+
+def unfolding_factor(points: list[tuple[float, float]], price: float) -> float:
+    """The unfolding factor at ``price`` from the readers' (price, factor) ``points``, held at
+    the nearest end beyond them."""
+    return in_log_price(points, price, hold=True)
 
 
 def gaussian_balance_price(kept_share: float, signal_to_noise: float) -> float:
@@ -63,20 +67,15 @@ def gaussian_balance_price(kept_share: float, signal_to_noise: float) -> float:
 
 
 def estimated_count(ladder: list[dict], price: float) -> float | None:
-    """The unfolded ladder's count over the truth at ``price``, interpolated in log price;
-    None off the ladder."""
-    for low, high in zip(ladder, ladder[1:], strict=False):
-        a, b = low["price_over_level"], high["price_over_level"]
-        if a <= price <= b:
-            t = math.log(price / a) / math.log(b / a)
-            return low["unfolded_over_truth"] * (1 - t) + high["unfolded_over_truth"] * t
-    return None
+    """The unfolded ladder's count over the truth at ``price``; None off the ladder."""
+    points = [(r["price_over_level"], r["unfolded_over_truth"]) for r in ladder]
+    return in_log_price(points, price, hold=False)
 
 
 def right_price(sweep_row: dict, readings: dict) -> dict:
     """One dictionary: the unfolding factor at each reader's price, the estimated procedure D
     count along the ladder, and the price where it meets the truth (None off the ladder),
-    with the false firings per true one there (before unfolding)."""
+    with the false firings per true one at the ladder's rung nearest it (before unfolding)."""
     factors = [(sweep_row["readers"][name]["price_over_level"],
                 readings[name]["ratio"] / sweep_row["readers"][name]["count_over_truth"])
                for name in REFIT_READERS]  # fmt: skip
@@ -100,7 +99,7 @@ def right_price(sweep_row: dict, readings: dict) -> dict:
                 "unfolded_over_truth": r["unfolded_over_truth"],
             }
             for r in ladder
-        ],  # fmt: skip
+        ],
         "right_price_over_level": price,
         "false_per_true_near_it": false_per_true,
     }
@@ -125,8 +124,8 @@ def main() -> None:
     parser.add_argument("--prices", default=None, help="synth_calibration.py's JSON")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    sweep = {row["run"]: row for row in json.load(open(args.sweep))["rows"]}
-    readings = json.load(open(args.readers))["dictionaries"]
+    sweep = {row["run"]: row for row in read_json(args.sweep)["rows"]}
+    readings = read_json(args.readers)["dictionaries"]
     missing = [run for run in readings if run not in sweep]
     if missing:
         raise SystemExit(f"the sweep has no row for {missing[0]}: sweep the readers' dictionaries")
@@ -138,7 +137,7 @@ def main() -> None:
                                              row["reader_prices_over_level"].items()))  # fmt: skip
     correlations = {}
     if args.prices:
-        figures = {row["run"]: row for row in json.load(open(args.prices))["rows"]}
+        figures = {row["run"]: row for row in read_json(args.prices)["rows"]}
         for row in rows:
             found = figures[row["run"]]
             price = gaussian_balance_price(found["kept_share"], found["signal_to_noise"])
