@@ -69,22 +69,16 @@ def sweep(run: str, cache: str, samples: int, ladder: tuple[float, ...]) -> dict
     read = on_truth.dictionary_on_truth(run, cache, samples)
     sae, z, pre = read.sae, read.centered(), read.activations()
     first = slice(0, risk.REFIT_LEVEL_TOKENS)  # where a batch finds its price
-    calibration = risk.calibrated_price(pre[first], sae.W_dec, z[first])
-    level = calibration.level
-    h = pre.shape[-1]
+    figures = risk.price_figures(pre[first], sae.W_dec, z[first])
+    level, readers = figures["level"], figures["prices"]
     truth_count = read.firings(held=True)
-    readers = {
-        "risk_refit": 2 * math.log(h) * risk.refit_level(pre[first], sae.W_dec, z[first]),
-        "risk_calibrated": calibration.price,
-        "risk_tail": risk.tail_price(pre[first], sae.W_dec, z[first]),
-    }
     rows = [{"price_over_level": m, **reading_at(read, pre, z, m * level, truth_count)}
             for m in ladder]  # fmt: skip
     return {
         "run": run,
         "world": read.world_name,
         "samples": len(z),
-        "two_ln_h": 2 * math.log(h),
+        "two_ln_h": figures["two_ln_h"],
         "true_count": float(truth_count.double().mean()),
         "findable_per_sample": float(read.on.sum()) / len(z),
         "ladder": rows,

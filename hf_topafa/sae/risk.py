@@ -450,18 +450,25 @@ def price_figures(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> di
     sigma^2 so that dictionaries and inputs of any scale compare: the calibrated price, sigma^2
     with the share of latents kept p and the signal-to-noise c, ``risk_refit``'s level, and
     ``risk_tail``'s price (how much heavier than Gaussian the residual's tail is: under
-    Gaussian noise about 2 ln h). Needs no truth."""
+    Gaussian noise about 2 ln h); ``prices``, the three re-fit readers' prices in squared
+    input units. Needs no truth."""
     found = calibrated_price(pre, W_dec, z)
     h = pre.shape[-1]
     tail = tail_price(pre, W_dec, z)
+    refit = refit_level(pre, W_dec, z)
     return {
+        "prices": {
+            "risk_refit": 2 * math.log(h) * refit,
+            "risk_calibrated": found.price,
+            "risk_tail": tail,
+        },  # fmt: skip
         "price_over_level": found.price / found.level,
         "two_ln_h": 2 * math.log(h),
         "level": found.level,
         "kept_share": found.kept_share,
         "kept_per_sample": found.kept_share * h,
         "signal_to_noise": found.signal_to_noise,
-        "refit_level": refit_level(pre, W_dec, z),
+        "refit_level": refit,
         "tail_price_over_level": tail / found.level,
         "tail_price_over_two_ln_h": tail / found.level / (2 * math.log(h)),
         "residual_share": found.level * z.shape[-1] / float(z.pow(2).sum(-1).mean()),
