@@ -30,15 +30,21 @@ def procedure_d_row(reading: dict, path: str) -> tuple[str, dict]:
     raise ValueError(f"{path}: no procedure D row (a rule ending in {PROCEDURE_D!r})")
 
 
-def side_by_side(paths: list[str]) -> dict:
+def side_by_side(paths: list[str], fixed_as: str | None = None) -> dict:
     """{"dictionaries": {run: {reader: scores}}, "readers": {reader: tallies}}; each scores
-    names its reading, whose file name names the dictionary (seed included)."""
+    names its reading, whose file name names the dictionary (seed included). With
+    ``fixed_as``, a reader at a fixed price (``NAME@PRICE``, one per dictionary) is one column
+    under that label, its reader kept in ``read_as``."""
     found: dict[str, dict] = {}
     for path in paths:
         reading = read_json(path)
         reader, row = procedure_d_row(reading, path)
+        read_as = reader
+        if fixed_as is not None and "@" in reader:
+            reader = fixed_as
         found.setdefault(reading["run"], {})[reader] = {
             "reading": path,
+            "read_as": read_as,
             "ratio": row["l0"] / row["true_l0_top_width"],
             "f1": row["f1"],
             "mcc": row["mcc"],
@@ -63,10 +69,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("readings", nargs="+", help="synth_reread.py JSONs")
+    parser.add_argument("--fixed-as", default=None, metavar="LABEL",
+                        help="one column for the readings at a fixed price (NAME@PRICE)")  # fmt: skip
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     try:
-        table = side_by_side(args.readings)
+        table = side_by_side(args.readings, args.fixed_as)
     except (ValueError, KeyError) as exc:
         raise SystemExit(str(exc)) from None
     readers = list(table["readers"])

@@ -243,7 +243,46 @@ def test_the_tail_price_rises_over_sparse_spikes_and_drops_the_latents_they_wake
     assert ((tail_acts == 0) & (codes != 0)).float().mean() < 0.01  # the true ones stay
 
 
-@pytest.mark.parametrize("rule", ["risk_refit", "risk_calibrated", "risk_tail"])
+def test_the_truncated_normal_fit_sees_under_the_cut_and_keeps_its_mean_positive():
+    g = torch.Generator().manual_seed(1)
+    values = 6.0 + 1.5 * torch.randn(20000, generator=g)
+    mean, spread = risk.truncated_normal_fit(values[values > 5.0], 5.0)  # 75% cut away
+    assert mean == pytest.approx(6.0, abs=0.15) and spread == pytest.approx(1.5, abs=0.1)
+    assert values[values > 5.0].mean() > 6.5  # the moments of what is left would say otherwise
+    falling = 4.0 + torch.empty(20000).exponential_(generator=g)  # no normal side: mean -> 0
+    mean, spread = risk.truncated_normal_fit(falling, 4.0)
+    assert 0.0 <= mean < 0.1 and spread > 1.0
+
+
+def weak_spike_world(on_per_token, tokens=512, d=128, noise=0.3, seed=6):
+    """As ``spike_world`` in 128 dimensions with amplitudes near 4 noise levels (1.2 +- 0.3 over
+    noise 0.3): many true features fall under any price that keeps the noise out."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.linalg.qr(torch.randn(d, d, generator=g))[0].T.contiguous()
+    codes = torch.zeros(tokens, d)
+    on = torch.rand(tokens, d, generator=g).argsort(-1)[:, :on_per_token]
+    codes.scatter_(1, on, (1.2 + 0.3 * torch.randn(tokens, on_per_token, generator=g)).abs())
+    z = codes @ W + noise * torch.randn(tokens, d, generator=g)
+    return torch.relu(z @ W.T), W, z, codes
+
+
+def test_the_balance_price_trades_false_latents_for_missed_ones_where_amplitudes_are_weak():
+    for on_per_token in (4, 12):
+        pre, W, z, codes = weak_spike_world(on_per_token)
+        calibrated = risk.calibrated_price(pre, W, z).price
+        balance = risk.balance_price(pre, W, z)
+        assert balance < calibrated  # measured 0.76 and 0.74 of it
+        counts = {}
+        for name, price in (("calibrated", calibrated), ("balance", balance)):
+            acts, k, _ = risk.risk_calibrated(pre, W, z, price=price)
+            counts[name] = k.float().mean().item() / on_per_token
+        assert counts["calibrated"] < counts["balance"] < 1.0, counts  # 0.65 < 0.79; 0.75 < 0.87
+    pre, W, z, codes = spike_world(4)  # strong amplitudes: nothing to trade
+    acts, k, _ = risk.risk_calibrated(pre, W, z, price=risk.balance_price(pre, W, z))
+    assert ((acts != 0) != (codes != 0)).sum(-1).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("rule", ["risk_refit", "risk_calibrated", "risk_tail", "risk_balance"])
 def test_the_refit_rules_keep_their_level_and_pass_gradients_to_the_kept_activations(rule):
     torch.manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=64, activation=rule))

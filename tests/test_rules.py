@@ -42,6 +42,7 @@ def test_names_are_the_registry_everywhere():
         "risk_refit",
         "risk_calibrated",
         "risk_tail",
+        "risk_balance",
         "noise_batch",
         "risk_batch",
         "afa_kurtosis",

@@ -76,7 +76,7 @@ ESTIMATED_THRESHOLD = {
 POOLED_LEVEL = {"adaptive_k": True, "threshold_power": 2, **ESTIMATED_THRESHOLD}
 """The Rule fields of the risk rules at one pooled noise level (risk_pooled, risk_floor,
 risk_refit): the threshold holds that level, a variance in squared input units, as a running
-mean (risk_calibrated's and risk_tail's hold their price, in the same units)."""
+mean (risk_calibrated's, risk_tail's and risk_balance's hold their price, in the same units)."""
 
 
 def batch_rule(keep_in_batch) -> dict:
@@ -188,6 +188,14 @@ def risk_tail_select(sae, pre, x_n):
     from . import risk
 
     return at_pooled_level(sae, pre, x_n, risk.risk_tail)
+
+
+def risk_balance_select(sae, pre, x_n):
+    """``risk_refit``'s elimination at the count-unbiased price (``threshold`` holds that
+    price, not a noise level; ``risk.risk_balance``)."""
+    from . import risk
+
+    return at_pooled_level(sae, pre, x_n, risk.risk_balance)
 
 
 def afa_count_select(sae, pre, x_n):

@@ -46,6 +46,12 @@ Two ways to get sigma^2, each a rule, and a stricter keep at the pooled one:
   price lets them through. So the price keeps the probability and takes the distribution from
   the data: the same tail quantile of the squared projections of the reading's residual onto
   the unit rows it left out, at a fixed point.
+- **Re-fit, a count-unbiased price** (``risk_balance``): the calibrated price is where a latent
+  is as likely on as off, the fewest errors; where true amplitudes spread down into the noise
+  it misses more true latents than it keeps false ones, and the count falls short. This price
+  is where the false latents expected to pass it (``risk_tail``'s null, read from the data)
+  equal the true ones expected under it (a normal fitted to the kept amplitudes above their
+  cut), read once from the calibrated reading.
 """
 
 from __future__ import annotations
@@ -444,18 +450,106 @@ def risk_tail(pre, W_dec, z, price: float | None = None):
     return refit_at_price(pre, W_dec, z, price, tail_price)
 
 
+def truncated_normal_fit(values: torch.Tensor, lower: float) -> tuple[float, float]:
+    """(mean, spread) of the normal, its mean at least 0, whose part above ``lower`` best fits
+    ``values`` (maximum likelihood, in float64; ``lower`` is moved down to the smallest value
+    where it lies above it): what positive amplitudes would look like had the ones under
+    ``lower`` not been cut away. Unbounded, the fit can run to a mean far below zero where the
+    values fall off faster than a normal's side (two groups of amplitudes on a sparse world)."""
+    values = values.detach().double().flatten()
+    if values.numel() < 2 or float(values.std()) == 0.0:
+        return float(values.mean()), 1e-3
+    lower = min(lower, float(values.min()))
+    softplus = torch.nn.functional.softplus
+    start = values.mean()
+    raw_mean = (start.expm1().log() if start < 20 else start).clone().requires_grad_(True)
+    log_spread = values.std().log().clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([raw_mean, log_spread], max_iter=200,
+                                  line_search_fn="strong_wolfe")  # fmt: skip
+
+    def loss():
+        optimizer.zero_grad()
+        mean, spread = softplus(raw_mean), log_spread.exp()
+        above = torch.special.log_ndtr((mean - lower) / spread)  # log P(a value passes lower)
+        value = above - torch.distributions.Normal(mean, spread).log_prob(values).mean()
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        optimizer.step(loss)
+    return float(softplus(raw_mean.detach())), float(log_spread.detach().exp())
+
+
+class Balance(NamedTuple):
+    """Where ``balance_price`` settled: the price in squared input units, and the normal fitted
+    to the true latents' contributions (mean and spread over sigma)."""
+
+    price: float
+    on_mean: float
+    on_spread: float
+
+
+@torch.no_grad()
+def balance_reading(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> Balance:
+    """The price at which the latents expected to pass it falsely equal the true ones expected
+    to fall under it, so that the count is unbiased rather than the errors fewest (the
+    calibrated price's aim). Both sides are read from the calibrated reading: a true latent's
+    contribution (amplitude times row norm, over sigma) is the normal that best fits the kept
+    ones above where the price cut them (``truncated_normal_fit``), a false one's squared
+    contribution is drawn from the squared projections of the residual onto the rows left out
+    (as ``risk_tail`` reads them), and a latent is on with the share kept, p: (1 - p)
+    P(null > t) = p P(|on| < sqrt t), t over sigma^2, by bisection in log price. Where nothing
+    is kept or left out, the calibrated price (and no fit: 0, 0)."""
+    found = calibrated_price(pre, W_dec, z)
+    amplitudes, _ = refit_kept(pre, W_dec, z, found.price)
+    kept = amplitudes != 0
+    null = left_out_projections(amplitudes, W_dec, z).double() / found.level
+    if not bool(kept.any()) or null.numel() == 0:
+        return Balance(found.price, 0.0, 0.0)
+    norms = torch.linalg.vector_norm(W_dec, dim=-1)
+    on = (amplitudes * norms)[kept] / math.sqrt(found.level)
+    mean, spread = truncated_normal_fit(on, math.sqrt(found.price / found.level))
+    null = null.sort().values
+    p = found.kept_share
+
+    def excess(t: float) -> float:
+        passing = 1 - float(torch.searchsorted(null, torch.tensor(t, dtype=null.dtype))) / len(null)
+        root = math.sqrt(t)
+        under = 0.5 * (math.erf((root - mean) / (spread * math.sqrt(2)))
+                       - math.erf((-root - mean) / (spread * math.sqrt(2))))  # fmt: skip
+        return (1 - p) * passing - p * under
+
+    low, high = 1e-2, 1e4
+    for _ in range(60):
+        middle = math.sqrt(low * high)
+        low, high = (middle, high) if excess(middle) > 0 else (low, middle)
+    return Balance(math.sqrt(low * high) * found.level, mean, spread)
+
+
+def balance_price(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> float:
+    """``balance_reading``'s price, in squared input units."""
+    return balance_reading(pre, W_dec, z).price
+
+
+def risk_balance(pre, W_dec, z, price: float | None = None):
+    """As ``risk_calibrated``, at the batch's ``balance_price`` where ``price`` is None."""
+    return refit_at_price(pre, W_dec, z, price, balance_price)
+
+
 @torch.no_grad()
 def price_figures(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> dict:
     """Where the readers' prices settle on these tokens, each over the calibrated noise level
     sigma^2 so that dictionaries and inputs of any scale compare: the calibrated price, sigma^2
     with the share of latents kept p and the signal-to-noise c, ``risk_refit``'s level, and
     ``risk_tail``'s price (how much heavier than Gaussian the residual's tail is: under
-    Gaussian noise about 2 ln h); ``prices``, the three re-fit readers' prices in squared
-    input units. Needs no truth."""
+    Gaussian noise about 2 ln h), ``balance_reading``'s price (in squared input units) and
+    its fit of the true latents' contributions (over sigma); ``prices``, the three re-fit
+    readers' prices in squared input units. Needs no truth."""
     found = calibrated_price(pre, W_dec, z)
     h = pre.shape[-1]
     tail = tail_price(pre, W_dec, z)
     refit = refit_level(pre, W_dec, z)
+    balance = balance_reading(pre, W_dec, z)
     return {
         "prices": {
             "risk_refit": 2 * math.log(h) * refit,
@@ -471,5 +565,9 @@ def price_figures(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> di
         "refit_level": refit,
         "tail_price_over_level": tail / found.level,
         "tail_price_over_two_ln_h": tail / found.level / (2 * math.log(h)),
+        "balance_price": balance.price,
+        "balance_price_over_level": balance.price / found.level,
+        "balance_on_mean": balance.on_mean,
+        "balance_on_spread": balance.on_spread,
         "residual_share": found.level * z.shape[-1] / float(z.pow(2).sum(-1).mean()),
     }

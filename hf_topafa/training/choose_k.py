@@ -32,9 +32,10 @@ from pathlib import Path
 NEAR_TIE = 0.005
 SET_PER_RUN = ("--seed", "--resume", "--overwrite")
 READING = "risk_floor"  # procedure D's reader
-# --reader: risk_refit re-fits amplitudes; risk_calibrated and risk_tail also set the price
+# --reader: risk_refit re-fits amplitudes; risk_calibrated, risk_tail and risk_balance also set
+# the price
 # (sae.risk)
-READERS = ("risk_floor", "risk_refit", "risk_calibrated", "risk_tail")
+READERS = ("risk_floor", "risk_refit", "risk_calibrated", "risk_tail", "risk_balance")
 READING_TOKENS = 8192  # held-out tokens each dictionary is read on
 # A dictionary leaving more of its latents dead than this has not learned its width: it misses
 # features outright, so its reading fitting in k says nothing. On every synthetic sweep the dead
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"unfolded (default: {READING}; risk_refit re-fits each token's "
                         "amplitudes by least squares, slower; risk_calibrated also sets its "
                         "price by empirical Bayes, slower still; risk_tail reads it from "
-                        "the residual's own tail)")  # fmt: skip
+                        "the residual's own tail; risk_balance sets it where false and "
+                        "missed latents are expected to balance)")  # fmt: skip
     parser.add_argument("--json", default=None, help="default: OUTPUT/choose_k.json")
     parser.add_argument("--plot", default=None, help="default: OUTPUT/choose_k.png")
     return parser
