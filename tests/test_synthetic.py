@@ -1396,6 +1396,23 @@ def test_compare_readers_groups_readings_by_dictionary_and_tallies_the_band(tmp_
     assert table["readers"]["risk_floor"] == {"dictionaries": 2, "in_band": 1, "best_f1": 1}
     assert table["readers"]["risk_refit"] == {"dictionaries": 2, "in_band": 1, "best_f1": 1}
     assert "| a-floor | 0.950×, F1 0.800" in capsys.readouterr().out
+    for name, data in (("a-fixed", reading("runs/a", "risk_tail@2.5", 10.0, 0.75)),
+                       ("b-fixed", reading("runs/b", "risk_tail@3.5", 10.0, 0.95))):  # fmt: skip
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(data))
+    argv = [
+        "synth_compare_readers.py",
+        *map(str, files),
+        "--fixed-as",
+        "balance",
+        "--json",
+        str(out),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    compare_readers_main()  # one price per dictionary, one column for them all
+    table = json.loads(out.read_text())
+    assert table["readers"]["balance"] == {"dictionaries": 2, "in_band": 2, "best_f1": 1}
+    assert table["dictionaries"]["runs/b"]["balance"]["read_as"] == "risk_tail@3.5"
     files[0].write_text(json.dumps({"run": "runs/a", "rows": [{"rule": "risk_floor"}]}))
     with pytest.raises(SystemExit, match="no procedure D row"):
         compare_readers_main()
