@@ -263,9 +263,10 @@ GROUND_TRUTH: dict[str, str] = {
         "met all four of the moonshot's bars on 6 (risk_tail: 6, not the same ones). It met "
         "the count on crowded worlds that risk_tail undercounts (0.94 times on a world "
         "without a hierarchy, 0.93 on one whose children fire together, where risk_tail kept "
-        "0.86 and 0.72) and overcounted the sparse ones (1.15 to 1.88 times), where one normal "
-        "cannot fit two groups of true amplitudes. Its F1 was under risk_tail's on 13 of the "
-        "16. It reads a learned dictionary; it was not trained end to end."
+        "0.86 and 0.72) and overcounted the sparse ones (1.15 to 1.88 times), where the kept "
+        "amplitudes are not one normal's upper side. Its F1 was under risk_tail's on 13 of "
+        "the 16. At its own self-consistent k on seven ladders it met 15 of 28 bars "
+        "(risk_tail: 19). It reads a learned dictionary; it was not trained end to end."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
