@@ -26,6 +26,7 @@ from synth_calibration import TRUTH_FREE, rank_correlation  # the sibling script
 from synth_price_sweep import crossing_price
 
 from hf_topafa.helpers import read_json, script_command, write_json
+from hf_topafa.sae import risk
 
 REFIT_READERS = ("risk_refit", "risk_calibrated", "risk_tail")
 
@@ -59,11 +60,7 @@ def gaussian_balance_price(kept_share: float, signal_to_noise: float) -> float:
     def excess(t: float) -> float:
         return (1 - p) * math.erfc(math.sqrt(t / 2)) - p * math.erf(math.sqrt(t / (2 * (1 + c))))
 
-    low, high = 1e-3, 1e4
-    for _ in range(100):
-        mid = math.sqrt(low * high)
-        low, high = (mid, high) if excess(mid) > 0 else (low, mid)
-    return math.sqrt(low * high)
+    return risk.log_bisection(excess, 1e-3, 1e4, 100)
 
 
 def estimated_count(ladder: list[dict], price: float) -> float | None:

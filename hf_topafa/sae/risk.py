@@ -480,6 +480,15 @@ def truncated_normal_fit(values: torch.Tensor, lower: float) -> tuple[float, flo
     return float(softplus(raw_mean.detach())), float(log_spread.detach().exp())
 
 
+def log_bisection(excess, low: float, high: float, steps: int) -> float:
+    """Where ``excess(t)`` turns from positive (below) to not (above) in [low, high], found by
+    ``steps`` halvings in log t: prices span orders of magnitude."""
+    for _ in range(steps):
+        middle = math.sqrt(low * high)
+        low, high = (middle, high) if excess(middle) > 0 else (low, middle)
+    return math.sqrt(low * high)
+
+
 class Balance(NamedTuple):
     """Where ``balance_price`` settled: the price in squared input units, and the normal fitted
     to the true latents' contributions (mean and spread over sigma)."""
@@ -519,11 +528,7 @@ def balance_reading(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> 
                        - math.erf((-root - mean) / (spread * math.sqrt(2))))  # fmt: skip
         return (1 - p) * passing - p * under
 
-    low, high = 1e-2, 1e4
-    for _ in range(60):
-        middle = math.sqrt(low * high)
-        low, high = (middle, high) if excess(middle) > 0 else (low, middle)
-    return Balance(math.sqrt(low * high) * found.level, mean, spread)
+    return Balance(log_bisection(excess, 1e-2, 1e4, 60) * found.level, mean, spread)
 
 
 def balance_price(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> float:
