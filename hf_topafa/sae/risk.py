@@ -499,7 +499,9 @@ class Balance(NamedTuple):
 
 
 @torch.no_grad()
-def balance_reading(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> Balance:
+def balance_reading(
+    pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor, found: Calibration | None = None
+) -> Balance:
     """The price at which the latents expected to pass it falsely equal the true ones expected
     to fall under it, so that the count is unbiased rather than the errors fewest (the
     calibrated price's aim). Both sides are read from the calibrated reading: a true latent's
@@ -508,8 +510,9 @@ def balance_reading(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> 
     contribution is drawn from the squared projections of the residual onto the rows left out
     (as ``risk_tail`` reads them), and a latent is on with the share kept, p: (1 - p)
     P(null > t) = p P(|on| < sqrt t), t over sigma^2, by bisection in log price. Where nothing
-    is kept or left out, the calibrated price (and no fit: 0, 0)."""
-    found = calibrated_price(pre, W_dec, z)
+    is kept or left out, the calibrated price (and no fit: 0, 0). ``found``: these tokens'
+    ``calibrated_price``, where already known."""
+    found = calibrated_price(pre, W_dec, z) if found is None else found
     amplitudes, _ = refit_kept(pre, W_dec, z, found.price)
     kept = amplitudes != 0
     null = left_out_projections(amplitudes, W_dec, z).double() / found.level
@@ -554,7 +557,7 @@ def price_figures(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> di
     h = pre.shape[-1]
     tail = tail_price(pre, W_dec, z)
     refit = refit_level(pre, W_dec, z)
-    balance = balance_reading(pre, W_dec, z)
+    balance = balance_reading(pre, W_dec, z, found)
     return {
         "prices": {
             "risk_refit": 2 * math.log(h) * refit,
