@@ -282,6 +282,20 @@ def test_the_balance_price_trades_false_latents_for_missed_ones_where_amplitudes
     assert ((acts != 0) != (codes != 0)).sum(-1).float().mean() < 0.01
 
 
+def test_count_balance_equates_the_false_latents_passing_with_the_true_ones_under():
+    null = torch.randn(200_000, generator=torch.Generator().manual_seed(0)).pow(2)  # chi2_1
+    on_share, mean, spread = 0.02, 4.0, 1.5
+    t = risk.count_balance(null, on_share, mean, spread)
+    passing = float((null > t).double().mean())
+    under = float(torch.distributions.Normal(mean, spread).cdf(torch.tensor(t).sqrt())
+                  - torch.distributions.Normal(mean, spread).cdf(-torch.tensor(t).sqrt()))  # fmt: skip
+    assert (1 - on_share) * passing == pytest.approx(on_share * under, rel=0.05)
+    assert 2 < t < 16  # where a chi2_1 null thins out and the normal's lower side begins
+    stronger = risk.count_balance(null, on_share, mean + 4, spread)
+    assert stronger > t  # fewer true latents under any price: the balance moves up
+    assert risk.count_balance(null, 0.2, mean, spread) < t  # more latents on: it moves down
+
+
 @pytest.mark.parametrize("rule", ["risk_refit", "risk_calibrated", "risk_tail", "risk_balance"])
 def test_the_refit_rules_keep_their_level_and_pass_gradients_to_the_kept_activations(rule):
     torch.manual_seed(0)

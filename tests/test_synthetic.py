@@ -46,6 +46,7 @@ from kurtosis_count import l0_and_error, read_count  # noqa: E402
 from reader_prices import main as reader_prices_main  # noqa: E402
 from risk_level import main as risk_level_main  # noqa: E402
 from risk_level import risk_level  # noqa: E402
+from synth_balance_fit import main as balance_fit_main  # noqa: E402
 from synth_bench import (  # noqa: E402
     FINISHED_AT,
     REPO,
@@ -1370,6 +1371,31 @@ def test_tail_sources_split_the_tail_into_missed_true_features_and_null_ones(
     monkeypatch.setattr(sys, "argv", ["synth_tail_sources.py", str(oracle_run)])
     with pytest.raises(SystemExit, match="RUN CACHE"):
         tail_sources_main()
+
+
+def test_balance_fit_splits_the_kept_latents_by_the_truth(oracle_run, truth_cache, tmp_path,
+                                                          monkeypatch):  # fmt: skip
+    right = tmp_path / "right.json"
+    ladder = [{"price_over_level": t, "unfolded_over_truth": 0.5 + t / 1e4} for t in (1e-2, 1e4)]
+    right.write_text(json.dumps({"rows": [{"run": str(oracle_run), "right_price_over_level": None,
+                                           "unfolded_ladder": ladder}]}))  # fmt: skip
+    out = tmp_path / "fit.json"
+    monkeypatch.setattr(sys, "argv", ["synth_balance_fit.py", "--right-price", str(right),
+                                      "--json", str(out), str(oracle_run), str(truth_cache)])  # fmt: skip
+    balance_fit_main()
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["kept_true_per_sample"] > 1  # the oracle's own features, mostly found
+    assert row["kept_false_per_sample"] < row["kept_true_per_sample"]
+    assert len(row["kept_true_contribution_quantiles"]) == 5
+    assert 0 <= row["missed_fired_per_sample"] <= row["missed_per_sample"]
+    assert row["fit_true_kept"][0] > row["cut_over_sigma"]  # true amplitudes far above the cut
+    assert row["balance_price_over_level"] > 0 and row["oracle_balance_price_over_level"] > 0
+    for name in ("balance", "oracle_balance"):  # the ladder's straight line at each price
+        price = row[f"{name}_price_over_level"]
+        assert row[f"{name}_estimated_count"] == pytest.approx(
+            estimated_count(ladder, price), rel=1e-9
+        )
+    assert row["balance_estimated_count"] != row["oracle_balance_estimated_count"]
 
 
 def test_compare_readers_groups_readings_by_dictionary_and_tallies_the_band(tmp_path, monkeypatch,

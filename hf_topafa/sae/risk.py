@@ -509,7 +509,7 @@ def balance_reading(
     ones above where the price cut them (``truncated_normal_fit``), a false one's squared
     contribution is drawn from the squared projections of the residual onto the rows left out
     (as ``risk_tail`` reads them), and a latent is on with the share kept, p: (1 - p)
-    P(null > t) = p P(|on| < sqrt t), t over sigma^2, by bisection in log price. Where nothing
+    P(null > t) = p P(|on| < sqrt t), t over sigma^2 (``count_balance``). Where nothing
     is kept or left out, the calibrated price (and no fit: 0, 0). ``found``: these tokens'
     ``calibrated_price``, where already known."""
     found = calibrated_price(pre, W_dec, z) if found is None else found
@@ -521,17 +521,25 @@ def balance_reading(
     norms = torch.linalg.vector_norm(W_dec, dim=-1)
     on = (amplitudes * norms)[kept] / math.sqrt(found.level)
     mean, spread = truncated_normal_fit(on, math.sqrt(found.price / found.level))
-    null = null.sort().values
-    p = found.kept_share
+    t = count_balance(null, found.kept_share, mean, spread)
+    return Balance(t * found.level, mean, spread)
+
+
+def count_balance(null: torch.Tensor, on_share: float, mean: float, spread: float) -> float:
+    """The t (over sigma^2) where the latents off (share 1 - ``on_share``) whose squared null
+    contribution, drawn from ``null`` (over sigma^2, not empty), passes t are as many as the
+    latents on whose contribution (over sigma), a normal of ``mean`` and ``spread``, has a
+    square under t; by bisection in log t over [1e-2, 1e4]."""
+    null = null.double().sort().values
 
     def excess(t: float) -> float:
         passing = 1 - float(torch.searchsorted(null, torch.tensor(t, dtype=null.dtype))) / len(null)
         root = math.sqrt(t)
         under = 0.5 * (math.erf((root - mean) / (spread * math.sqrt(2)))
                        - math.erf((-root - mean) / (spread * math.sqrt(2))))  # fmt: skip
-        return (1 - p) * passing - p * under
+        return (1 - on_share) * passing - on_share * under
 
-    return Balance(log_bisection(excess, 1e-2, 1e4, 60) * found.level, mean, spread)
+    return log_bisection(excess, 1e-2, 1e4, 60)
 
 
 def balance_price(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> float:
