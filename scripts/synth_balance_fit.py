@@ -5,14 +5,14 @@ under the price, the true ones' contributions a normal fitted to every latent th
 reading kept. On the sparse worlds that fit's mean went to its floor of 0 and the reader
 overcounted. This splits, per TopK dictionary (its first 1,024 held-out samples, at the
 calibrated reading, before unfolding), the kept latents into true (the matched feature is on)
-and false, with their contributions over sigma; the true latents the reading missed, with
-their true amplitudes over sigma (a miss far above the cut is not a weak latent the price
-dropped), and how many of them the encoder fired at all, with their decoder-scaled activations
-over sigma (one it did not fire is absorbed or lost, not priced out); and the balance price again with the
-truth's help (an oracle): the normal fitted to the true kept latents alone, and p the share of
-latents whose feature is on. With ``--right-price`` (``synth_right_price.py``'s JSON for the
-same dictionaries) also procedure D's count the sweep estimates at both prices, and the right
-price itself. One JSON for all.
+and false, with their contributions over sigma. Of the true latents the reading missed: their
+true amplitudes over sigma (a miss far above the cut is no weak feature), how many the encoder
+fired at all and their decoder-scaled activations over sigma (small where a relative's row
+carries the feature: absorbed). Then the balance price again with the truth's help (an
+oracle): the normal fitted to the true kept latents alone, p the share of latents whose
+feature is on. With ``--right-price`` (``synth_right_price.py``'s JSON for the same
+dictionaries) also the right price and procedure D's count the sweep estimates at both
+prices. One JSON for all.
 
     python scripts/synth_balance_fit.py --right-price results/synthbench/tail/right_price.json \\
         --json results/synthbench/balance/fit_split.json RUN CACHE ...
