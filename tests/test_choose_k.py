@@ -376,7 +376,9 @@ def test_a_reading_is_read_again_by_its_recorded_command_with_the_reader_swapped
         command_again("python scripts/synth_bench.py --topk 8", "risk_refit", Path("r.json"))
 
 
-@pytest.mark.parametrize("reader", ["risk_refit", "risk_calibrated", "risk_tail", "risk_balance"])
+@pytest.mark.parametrize(
+    "reader", ["risk_refit", "risk_calibrated", "risk_tail", "risk_balance", "risk_switch"]
+)
 def test_the_reader_option_reads_every_dictionary_with_it(reader, tiny_caches, tmp_path, capsys):
     from hf_topafa.cli import cli
 

@@ -296,7 +296,44 @@ def test_count_balance_equates_the_false_latents_passing_with_the_true_ones_unde
     assert risk.count_balance(null, 0.2, mean, spread) < t  # more latents on: it moves down
 
 
-@pytest.mark.parametrize("rule", ["risk_refit", "risk_calibrated", "risk_tail", "risk_balance"])
+def test_the_normal_misfit_is_small_for_one_normal_side_and_large_for_two_groups():
+    g = torch.Generator().manual_seed(2)
+    values = 6.0 + 1.5 * torch.randn(20000, generator=g)
+    one = values[values > 5.0]
+    mean, spread = risk.truncated_normal_fit(one, 5.0)
+    assert risk.normal_misfit(one, 5.0, mean, spread) < 0.02
+    # by hand: 1, 2 and 3 against a half normal (cut at 0), whose share under 1 is erf(1 / sqrt 2)
+    # = 0.683 where the values' share just under 1 is 0: the largest gap
+    misfit = risk.normal_misfit(torch.tensor([1.0, 2.0, 3.0]), 0.0, 0.0, 1.0)
+    assert misfit == pytest.approx(math.erf(1 / math.sqrt(2)), abs=1e-9)
+    # a sparse world's kept latents: false ones piled just above the cut, true ones far above
+    pile = 4.0 + 0.8 * torch.empty(6000).exponential_(generator=g)
+    far = 20.0 + 7.0 * torch.randn(6000, generator=g)
+    two = torch.cat([pile, far[far > 4.0]])
+    mean, spread = risk.truncated_normal_fit(two, 4.0)
+    assert mean < 1.0  # the fit runs to its floor, as on the sparse worlds
+    assert risk.normal_misfit(two, 4.0, mean, spread) > risk.MISFIT_LIMIT
+
+
+def test_the_switch_takes_the_balance_price_where_its_fit_holds_and_the_tail_price_elsewhere():
+    pre, W, z, codes = weak_spike_world(12)
+    balance = risk.balance_reading(pre, W, z)
+    assert balance.misfit < 0.05 and risk.switch_reader(balance) == "risk_balance"  # 0.010
+    acts, k, used = risk.risk_switch(pre, W, z)
+    assert used.item() == pytest.approx(balance.price, rel=1e-12)
+    assert torch.equal(k, (acts != 0).sum(-1))
+    pre, W, z, codes = world_with_unheld_spikes()  # true features far above, spikes at the cut
+    balance = risk.balance_reading(pre, W, z)
+    assert balance.misfit > risk.MISFIT_LIMIT and risk.switch_reader(balance) == "risk_tail"
+    assert risk.switch_price(pre, W, z) == pytest.approx(risk.tail_price(pre, W, z), rel=1e-12)
+    figures = risk.price_figures(pre, W, z)
+    assert figures["switch_reader"] == "risk_tail"
+    assert figures["switch_price"] == pytest.approx(figures["prices"]["risk_tail"], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "rule", ["risk_refit", "risk_calibrated", "risk_tail", "risk_balance", "risk_switch"]
+)
 def test_the_refit_rules_keep_their_level_and_pass_gradients_to_the_kept_activations(rule):
     torch.manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=64, activation=rule))

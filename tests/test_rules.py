@@ -43,6 +43,7 @@ def test_names_are_the_registry_everywhere():
         "risk_calibrated",
         "risk_tail",
         "risk_balance",
+        "risk_switch",
         "noise_batch",
         "risk_batch",
         "afa_kurtosis",

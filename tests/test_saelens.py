@@ -75,8 +75,9 @@ def make_sae(activation: str, normalization: str) -> SparseAutoencoder:
             sae.threshold.uniform_(0, 0.3)
         if get_rule(activation).threshold == "estimated":
             sae.train()(inputs(seed=5))  # estimates the inference threshold, as training does
-        if activation in ("risk_floor", "risk_calibrated", "risk_balance"):  # a random decoder
-            sae.threshold.mul_(0.01)  # on noise: no latent pays the level alone, or the price set
+        # a random decoder on noise: no latent pays the level alone, or the price set
+        if activation in ("risk_floor", "risk_calibrated", "risk_balance", "risk_switch"):
+            sae.threshold.mul_(0.01)
     return sae.eval()
 
 

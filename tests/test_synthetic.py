@@ -95,6 +95,7 @@ from synth_right_price import (  # noqa: E402
 from synth_right_price import main as right_price_main  # noqa: E402
 from synth_spikes_table import main as spikes_table_main  # noqa: E402
 from synth_spikes_table import ranks, spearman  # noqa: E402
+from synth_switch_table import main as switch_table_main  # noqa: E402
 from synth_tail_sources import main as tail_sources_main  # noqa: E402
 from synth_unfold_levels import (  # noqa: E402
     doubled_by_members,
@@ -1463,3 +1464,48 @@ def test_woken_refit_script_keeps_within_the_pooled_count(oracle_run, truth_cach
     refit = readers["risk_refit"]
     assert past["true_per_sample"] <= refit["true_per_sample"]
     assert past["false_per_sample"] <= refit["false_per_sample"]
+
+
+def test_switch_table_takes_the_chosen_readers_reading_and_tallies_the_bars(tmp_path, monkeypatch):
+    def reading(name, run):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"run": run}))
+        return str(path)
+
+    def scored(path, ratio, bars):
+        return {"path": path, "ratio": ratio, "f1": 0.8, "mcc": 0.7, "corr": 0.85,
+                "bars": dict(zip(("count", "f1", "mcc", "corr"), bars, strict=True))}  # fmt: skip
+
+    readings = {(reader, run): reading(f"{reader}-{run}", f"runs/{run}")
+                for reader in ("balance", "tail") for run in ("sparse", "crowded")}  # fmt: skip
+    bars = {}
+    for reader, sparse, crowded in (("balance", (1.4, [0, 1, 1, 1]), (1.0, [1, 1, 1, 1])),
+                                    ("tail", (0.95, [1, 1, 1, 1]), (0.8, [0, 1, 0, 1]))):  # fmt: skip
+        bars[reader] = tmp_path / f"bars-{reader}.json"
+        bars[reader].write_text(json.dumps({"ladders": [{"readings": [
+            scored(readings[reader, "sparse"], *sparse),
+            scored(readings[reader, "crowded"], *crowded)]}]}))  # fmt: skip
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"rows": [
+        {"run": "runs/sparse", "balance_misfit": 0.23, "switch_reader": "risk_tail"},
+        {"run": "runs/crowded", "balance_misfit": 0.04, "switch_reader": "risk_balance"},
+        {"run": "runs/unread", "balance_misfit": 0.05, "switch_reader": "risk_balance"}]}))  # fmt: skip
+    out = tmp_path / "table.json"
+    monkeypatch.setattr(sys, "argv", [
+        "synth_switch_table.py", "--prices", str(prices), "--bars",
+        f"risk_balance={bars['balance']}", "--bars", f"risk_tail={bars['tail']}", "--json", str(out)])  # fmt: skip
+    switch_table_main()
+    table = json.loads(out.read_text())
+    sparse, crowded, unread = table["rows"]
+    assert sparse["readings"]["risk_switch"]["ratio"] == 0.95  # the tail's reading
+    assert crowded["readings"]["risk_switch"]["ratio"] == 1.0  # the balance's
+    assert "risk_switch" not in unread["readings"]  # nothing read: nothing taken
+    summary = table["summary"]
+    assert summary["dictionaries"] == 2
+    assert summary["risk_balance"] == {"in_band": 1, "all_four": 1, "bars": 7}
+    assert summary["risk_tail"] == {"in_band": 1, "all_four": 1, "bars": 6}
+    assert summary["risk_switch"] == {"in_band": 2, "all_four": 2, "bars": 8}
+    monkeypatch.setattr(sys, "argv", ["synth_switch_table.py", "--prices", str(prices), "--bars",
+                                      f"risk_floor={bars['tail']}", "--json", str(out)])  # fmt: skip
+    with pytest.raises(SystemExit, match="2"):
+        switch_table_main()

@@ -76,7 +76,8 @@ ESTIMATED_THRESHOLD = {
 POOLED_LEVEL = {"adaptive_k": True, "threshold_power": 2, **ESTIMATED_THRESHOLD}
 """The Rule fields of the risk rules at one pooled noise level (risk_pooled, risk_floor,
 risk_refit): the threshold holds that level, a variance in squared input units, as a running
-mean (risk_calibrated's, risk_tail's and risk_balance's hold their price, in the same units)."""
+mean (risk_calibrated's, risk_tail's, risk_balance's and risk_switch's hold their price, in the same
+units)."""
 
 
 def batch_rule(keep_in_batch) -> dict:
@@ -196,6 +197,15 @@ def risk_balance_select(sae, pre, x_n):
     from . import risk
 
     return at_pooled_level(sae, pre, x_n, risk.risk_balance)
+
+
+def risk_switch_select(sae, pre, x_n):
+    """``risk_refit``'s elimination at the balance price, or the tail price where the balance's
+    normal does not describe the kept amplitudes (``threshold`` holds the price;
+    ``risk.risk_switch``)."""
+    from . import risk
+
+    return at_pooled_level(sae, pre, x_n, risk.risk_switch)
 
 
 def afa_count_select(sae, pre, x_n):

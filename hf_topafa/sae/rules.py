@@ -447,6 +447,21 @@ RULES: dict[str, Rule] = {
             **kfree_rules.POOLED_LEVEL,
         ),
         Rule(
+            name="risk_switch",
+            display_name="Risk inflation, amplitudes re-fit, balance or tail price",
+            card_tag="risk-switch",
+            card_text=(
+                "As risk_balance where its normal describes the kept amplitudes (a "
+                "Kolmogorov-Smirnov distance of at most 0.15 between them and the normal's part "
+                "above the cut), else as risk_tail: where the kept latents are two groups, false "
+                "ones piled at the cut and true ones far above it, the balance overcounts. There "
+                "is no *k*; the 0.15 was set from 24 read dictionaries, not tuned to a count."
+            ),
+            ground_truth=GROUND_TRUTH["risk_switch"],
+            select=kfree_rules.risk_switch_select,
+            **kfree_rules.POOLED_LEVEL,
+        ),
+        Rule(
             name="noise_batch",
             display_name="Noise-floor batch",
             card_tag="noise-batch",

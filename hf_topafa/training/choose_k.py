@@ -32,10 +32,16 @@ from pathlib import Path
 NEAR_TIE = 0.005
 SET_PER_RUN = ("--seed", "--resume", "--overwrite")
 READING = "risk_floor"  # procedure D's reader
-# --reader: risk_refit re-fits amplitudes; risk_calibrated, risk_tail and risk_balance also set
-# the price
-# (sae.risk)
-READERS = ("risk_floor", "risk_refit", "risk_calibrated", "risk_tail", "risk_balance")
+# --reader: risk_refit re-fits amplitudes; risk_calibrated, risk_tail, risk_balance and
+# risk_switch also set the price (sae.risk)
+READERS = (
+    "risk_floor",
+    "risk_refit",
+    "risk_calibrated",
+    "risk_tail",
+    "risk_balance",
+    "risk_switch",
+)
 READING_TOKENS = 8192  # held-out tokens each dictionary is read on
 # A dictionary leaving more of its latents dead than this has not learned its width: it misses
 # features outright, so its reading fitting in k says nothing. On every synthetic sweep the dead
@@ -68,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "amplitudes by least squares, slower; risk_calibrated also sets its "
                         "price by empirical Bayes, slower still; risk_tail reads it from "
                         "the residual's own tail; risk_balance sets it where false and "
-                        "missed latents are expected to balance)")  # fmt: skip
+                        "missed latents are expected to balance; risk_switch takes the "
+                        "balance's price, or the tail's where the balance's fit fails)")  # fmt: skip
     parser.add_argument("--json", default=None, help="default: OUTPUT/choose_k.json")
     parser.add_argument("--plot", default=None, help="default: OUTPUT/choose_k.png")
     return parser
