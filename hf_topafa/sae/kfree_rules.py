@@ -76,8 +76,8 @@ ESTIMATED_THRESHOLD = {
 POOLED_LEVEL = {"adaptive_k": True, "threshold_power": 2, **ESTIMATED_THRESHOLD}
 """The Rule fields of the risk rules at one pooled noise level (risk_pooled, risk_floor,
 risk_refit): the threshold holds that level, a variance in squared input units, as a running
-mean (risk_calibrated's, risk_tail's, risk_balance's and risk_switch's hold their price, in the same
-units)."""
+mean (risk_calibrated's, risk_tail's, risk_balance's and risk_switch's hold their price, in the
+same units)."""
 
 
 def batch_rule(keep_in_batch) -> dict:

@@ -591,13 +591,20 @@ def switch_reader(balance: Balance) -> str:
     return "risk_balance" if balance.misfit <= MISFIT_LIMIT else "risk_tail"
 
 
-def switch_price(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> float:
+def switch_price(
+    pre: torch.Tensor,
+    W_dec: torch.Tensor,
+    z: torch.Tensor,
+    balance: Balance | None = None,
+    tail: float | None = None,
+) -> float:
     """The balance price, or the tail price where ``switch_reader`` says the balance's fit
-    does not hold; in squared input units."""
-    balance = balance_reading(pre, W_dec, z)
+    does not hold; in squared input units. ``balance``, ``tail``: these tokens'
+    ``balance_reading`` and ``tail_price``, where already known."""
+    balance = balance_reading(pre, W_dec, z) if balance is None else balance
     if switch_reader(balance) == "risk_balance":
         return balance.price
-    return tail_price(pre, W_dec, z)
+    return tail_price(pre, W_dec, z) if tail is None else tail
 
 
 def risk_switch(pre, W_dec, z, price: float | None = None):
@@ -641,6 +648,6 @@ def price_figures(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> di
         "balance_on_spread": balance.on_spread,
         "balance_misfit": balance.misfit,
         "switch_reader": switch_reader(balance),
-        "switch_price": balance.price if switch_reader(balance) == "risk_balance" else tail,
+        "switch_price": switch_price(pre, W_dec, z, balance, tail),
         "residual_share": found.level * z.shape[-1] / float(z.pow(2).sum(-1).mean()),
     }

@@ -455,7 +455,7 @@ RULES: dict[str, Rule] = {
                 "Kolmogorov-Smirnov distance of at most 0.15 between them and the normal's part "
                 "above the cut), else as risk_tail: where the kept latents are two groups, false "
                 "ones piled at the cut and true ones far above it, the balance overcounts. There "
-                "is no *k*; the 0.15 was set from 24 read dictionaries, not tuned to a count."
+                "is no *k*; the 0.15 sits in the gap the misfits of 24 read dictionaries left."
             ),
             ground_truth=GROUND_TRUTH["risk_switch"],
             select=kfree_rules.risk_switch_select,
