@@ -271,8 +271,10 @@ GROUND_TRUTH: dict[str, str] = {
         "but ones the dictionary read weakly or not at all (most likely absorbed). On a world "
         "built afterwards whose true amplitudes reach into the noise, at the k it chose itself "
         "it kept 0.94 and 0.97 times the truth on two seeds and met all four bars on one (the "
-        "other's MCC short by 0.0001); risk_tail kept 0.70 on the first. It reads a learned "
-        "dictionary; it was not trained end to end."
+        "other's MCC short by 0.0001); risk_tail kept 0.70 on the first. On a second world "
+        "built afterwards, with sparse firing and the same weak amplitudes, it met all four "
+        "bars at the k it chose itself (1.02 times the truth; risk_tail 0.83). It reads a "
+        "learned dictionary; it was not trained end to end."
     ),
     "risk_switch": (
         "On synthetic data whose true features are known (SynthSAEBench-style worlds; see the "
@@ -283,7 +285,13 @@ GROUND_TRUTH: dict[str, str] = {
         "are no test of it. There it takes risk_tail's price on the sparse world and "
         "risk_balance's elsewhere: its count was within 10% of the truth on 10 of the first 16 "
         "(risk_balance: 8, risk_tail: 7) and it met all four of the moonshot's bars on 8 "
-        "(each: 6). It reads a learned dictionary; it was not trained end to end."
+        "(each: 6). On eight more dictionaries the limit was not set on it took the tail only "
+        "on the sparse world's, as predicted, and met the count on 5 (risk_balance: 4, "
+        "risk_tail: 1). On a world built afterwards, with the sparse world's firing and "
+        "weaker amplitudes, the misfit passed the limit on all three dictionaries and it took "
+        "the tail's price, which undercounted (0.72 to 0.88 times) where the balance's met the "
+        "count (1.02 times at k = 4, all four bars): two groups of kept amplitudes do not say "
+        "which reader is right. It reads a learned dictionary; it was not trained end to end."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
