@@ -287,11 +287,13 @@ GROUND_TRUTH: dict[str, str] = {
         "(risk_balance: 8, risk_tail: 7) and it met all four of the moonshot's bars on 8 "
         "(each: 6). On eight more dictionaries the limit was not set on it took the tail only "
         "on the sparse world's, as predicted, and met the count on 5 (risk_balance: 4, "
-        "risk_tail: 1). On a world built afterwards, with the sparse world's firing and "
-        "weaker amplitudes, the misfit passed the limit on all three dictionaries and it took "
-        "the tail's price, which undercounted (0.72 to 0.88 times) where the balance's met the "
-        "count (1.02 times at k = 4, all four bars): two groups of kept amplitudes do not say "
-        "which reader is right. It reads a learned dictionary; it was not trained end to end."
+        "risk_tail: 1); at its own self-consistent k on seven ladders it met 23 bars of 28 "
+        "(risk_balance 21, risk_tail 19). On a world built afterwards, with the sparse "
+        "world's firing and weaker amplitudes, the misfit passed the limit on all three "
+        "dictionaries and it took the tail's price, which undercounted (0.72 to 0.88 times) "
+        "where the balance's met the count (1.02 times at k = 4, all four bars): two groups of "
+        "kept amplitudes do not say which reader is right. It reads a learned dictionary; it "
+        "was not trained end to end."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
