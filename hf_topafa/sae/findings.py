@@ -273,8 +273,8 @@ GROUND_TRUTH: dict[str, str] = {
         "it kept 0.94 and 0.97 times the truth on two seeds and met all four bars on one (the "
         "other's MCC short by 0.0001); risk_tail kept 0.70 on the first. On a second world "
         "built afterwards, with sparse firing and the same weak amplitudes, it met all four "
-        "bars at the k it chose itself (1.02 times the truth; risk_tail 0.83). It reads a "
-        "learned dictionary; it was not trained end to end."
+        "bars at the k it chose itself on two seeds (1.02 and 0.99 times the truth; risk_tail "
+        "0.83 and 0.82). It reads a learned dictionary; it was not trained end to end."
     ),
     "risk_switch": (
         "On synthetic data whose true features are known (SynthSAEBench-style worlds; see the "
