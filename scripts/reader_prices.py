@@ -3,7 +3,7 @@ folder with any activation cache (a language model's harvest or a synthetic worl
 cache's first 1,024 tokens (the tokens a batch's price is found on), before any unfolding.
 Each price is over the calibrated noise level sigma^2: the calibrated price, ``risk_refit``'s
 level, and ``risk_tail``'s price, whose ratio to 2 ln h says how much heavier than Gaussian the
-residual's tail is (``risk.price_figures``). One JSON for all; the synthetic worlds' rows with
+residual's tail is (``balance.price_figures``). One JSON for all; the synthetic worlds' rows with
 their truth beside them come from ``synth_calibration.py``.
 
     python scripts/reader_prices.py --json results/smollm2_agreement/prices-1536k.json \\
@@ -16,20 +16,20 @@ import torch
 
 from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.evaluation.on_truth import report_rows, run_cache_pairs_from_command_line
-from hf_topafa.sae import risk
+from hf_topafa.sae import balance, risk
 from hf_topafa.sae.kfree import centered_input
 from hf_topafa.sae.modeling_sae import SparseAutoencoder
 
 
 @torch.no_grad()
 def prices_of(run: str, cache: str) -> dict:
-    """``risk.price_figures`` for one dictionary on its cache's first tokens."""
+    """``balance.price_figures`` for one dictionary on its cache's first tokens."""
     sae = SparseAutoencoder.from_pretrained(run).eval()
     x = ActivationCache(cache).first_activations(risk.REFIT_LEVEL_TOKENS)
     pre = torch.relu(sae.pre_activations(x))
     z = centered_input(sae, sae.normalize_input(x)[0])
     return {"run": run, "cache": cache, "tokens": x.shape[0],
-            **risk.price_figures(pre, sae.W_dec, z)}  # fmt: skip
+            **balance.price_figures(pre, sae.W_dec, z)}  # fmt: skip
 
 
 LINE = (

@@ -31,7 +31,7 @@ from hf_topafa.evaluation.on_truth import (
     run_cache_pairs_from_command_line,
 )
 from hf_topafa.helpers import read_json
-from hf_topafa.sae import risk
+from hf_topafa.sae import balance, risk
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -59,11 +59,11 @@ def balance_fit(run: str, cache: str, right_rows: dict) -> dict:
     fired = missed & (pre > 0)
     true_amplitude = read.codes[:, read.match.clamp_min(0)] / sigma
     cut = math.sqrt(found.price / found.level)
-    fitted = risk.balance_reading(pre, W_dec, z, found)
-    oracle_mean, oracle_spread = risk.truncated_normal_fit(contribution[kept & read.on], cut)
+    fitted = balance.balance_reading(pre, W_dec, z, found)
+    oracle_mean, oracle_spread = balance.truncated_normal_fit(contribution[kept & read.on], cut)
     null = risk.left_out_projections(amplitudes, W_dec, z) / found.level
     on_share = float(read.on.sum()) / (n * h)
-    oracle = risk.count_balance(null, on_share, oracle_mean, oracle_spread)
+    oracle = balance.count_balance(null, on_share, oracle_mean, oracle_spread)
     row = {
         "run": run,
         "world": read.world_name,

@@ -25,7 +25,7 @@ from hf_topafa.evaluation.on_truth import (
     report_rows,
     run_cache_pairs_from_command_line,
 )
-from hf_topafa.sae import risk
+from hf_topafa.sae import balance, risk
 
 TRUTH_FREE = (
     "level",
@@ -46,7 +46,7 @@ def calibration_of(run: str, cache: str) -> dict:
     return {
         "run": run,
         "world": read.world_name,
-        **risk.price_figures(pre, read.sae.W_dec, z),
+        **balance.price_figures(pre, read.sae.W_dec, z),
         "unheld_per_dimension": float(unheld) / z.shape[-1],
     }
 

@@ -28,7 +28,7 @@ import torch
 
 from hf_topafa.evaluation import on_truth
 from hf_topafa.evaluation.ground_truth import correlation
-from hf_topafa.sae import risk
+from hf_topafa.sae import balance, risk
 
 LADDER = (6.0, 8.0, 10.0, 12.0, 14.0, 17.0, 20.0, 24.0, 28.0, 34.0, 40.0)
 
@@ -69,7 +69,7 @@ def sweep(run: str, cache: str, samples: int, ladder: tuple[float, ...]) -> dict
     read = on_truth.dictionary_on_truth(run, cache, samples)
     sae, z, pre = read.sae, read.centered(), read.activations()
     first = slice(0, risk.REFIT_LEVEL_TOKENS)  # where a batch finds its price
-    figures = risk.price_figures(pre[first], sae.W_dec, z[first])
+    figures = balance.price_figures(pre[first], sae.W_dec, z[first])
     level, readers = figures["level"], figures["prices"]
     truth_count = read.firings(held=True)
     rows = [{"price_over_level": m, **reading_at(read, pre, z, m * level, truth_count)}

@@ -1,7 +1,7 @@
 """``risk_switch`` on dictionaries procedure D has read at both of its prices.
 
 ``risk_switch`` takes ``risk_balance``'s price where the balance's normal describes the kept
-contributions and ``risk_tail``'s where it does not (``risk.switch_reader``), so its reading of
+contributions and ``risk_tail``'s where it does not (``balance.switch_reader``), so its reading of
 a dictionary is one of two readings already made. This joins, per dictionary, the reader the
 switch chose (``reader_prices.py``'s JSON: ``balance_misfit``, ``switch_reader``) with the
 readings scored against the four bars (``synth_choose_k.py``'s JSONs, one reader each), and
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 from hf_topafa.helpers import read_json, script_command, write_json
-from hf_topafa.sae.risk import MISFIT_LIMIT
+from hf_topafa.sae.balance import MISFIT_LIMIT
 
 READERS = ("risk_balance", "risk_tail")
 SCORED = ("ratio", "f1", "mcc", "corr", "bars", "path")

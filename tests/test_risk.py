@@ -1,5 +1,6 @@
-"""The risk inflation criterion's two noise levels (hf_topafa.sae.risk) and the rule that
-prices every token's latents at one pooled level (risk_pooled)."""
+"""The risk inflation criterion's two noise levels (hf_topafa.sae.risk), the rule that prices
+every token's latents at one pooled level (risk_pooled), and the re-fit readers' prices
+(hf_topafa.sae.balance too)."""
 
 import math
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from hf_topafa import SAEConfig, SparseAutoencoder
-from hf_topafa.sae import risk
+from hf_topafa.sae import balance, risk
 
 
 def test_known_noise_counts_take_the_minimum_of_the_criterion():
@@ -246,11 +247,11 @@ def test_the_tail_price_rises_over_sparse_spikes_and_drops_the_latents_they_wake
 def test_the_truncated_normal_fit_sees_under_the_cut_and_keeps_its_mean_positive():
     g = torch.Generator().manual_seed(1)
     values = 6.0 + 1.5 * torch.randn(20000, generator=g)
-    mean, spread = risk.truncated_normal_fit(values[values > 5.0], 5.0)  # 75% cut away
+    mean, spread = balance.truncated_normal_fit(values[values > 5.0], 5.0)  # 75% cut away
     assert mean == pytest.approx(6.0, abs=0.15) and spread == pytest.approx(1.5, abs=0.1)
     assert values[values > 5.0].mean() > 6.5  # the moments of what is left would say otherwise
     falling = 4.0 + torch.empty(20000).exponential_(generator=g)  # no normal side: mean -> 0
-    mean, spread = risk.truncated_normal_fit(falling, 4.0)
+    mean, spread = balance.truncated_normal_fit(falling, 4.0)
     assert 0.0 <= mean < 0.1 and spread > 1.0
 
 
@@ -270,63 +271,63 @@ def test_the_balance_price_trades_false_latents_for_missed_ones_where_amplitudes
     for on_per_token in (4, 12):
         pre, W, z, codes = weak_spike_world(on_per_token)
         calibrated = risk.calibrated_price(pre, W, z).price
-        balance = risk.balance_price(pre, W, z)
-        assert balance < calibrated  # measured 0.76 and 0.74 of it
+        balanced = balance.balance_price(pre, W, z)
+        assert balanced < calibrated  # measured 0.76 and 0.74 of it
         counts = {}
-        for name, price in (("calibrated", calibrated), ("balance", balance)):
+        for name, price in (("calibrated", calibrated), ("balance", balanced)):
             acts, k, _ = risk.risk_calibrated(pre, W, z, price=price)
             counts[name] = k.float().mean().item() / on_per_token
         assert counts["calibrated"] < counts["balance"] < 1.0, counts  # 0.65 < 0.79; 0.75 < 0.87
     pre, W, z, codes = spike_world(4)  # strong amplitudes: nothing to trade
-    acts, k, _ = risk.risk_calibrated(pre, W, z, price=risk.balance_price(pre, W, z))
+    acts, k, _ = risk.risk_calibrated(pre, W, z, price=balance.balance_price(pre, W, z))
     assert ((acts != 0) != (codes != 0)).sum(-1).float().mean() < 0.01
 
 
 def test_count_balance_equates_the_false_latents_passing_with_the_true_ones_under():
     null = torch.randn(200_000, generator=torch.Generator().manual_seed(0)).pow(2)  # chi2_1
     on_share, mean, spread = 0.02, 4.0, 1.5
-    t = risk.count_balance(null, on_share, mean, spread)
+    t = balance.count_balance(null, on_share, mean, spread)
     passing = float((null > t).double().mean())
     under = float(torch.distributions.Normal(mean, spread).cdf(torch.tensor(t).sqrt())
                   - torch.distributions.Normal(mean, spread).cdf(-torch.tensor(t).sqrt()))  # fmt: skip
     assert (1 - on_share) * passing == pytest.approx(on_share * under, rel=0.05)
     assert 2 < t < 16  # where a chi2_1 null thins out and the normal's lower side begins
-    stronger = risk.count_balance(null, on_share, mean + 4, spread)
+    stronger = balance.count_balance(null, on_share, mean + 4, spread)
     assert stronger > t  # fewer true latents under any price: the balance moves up
-    assert risk.count_balance(null, 0.2, mean, spread) < t  # more latents on: it moves down
+    assert balance.count_balance(null, 0.2, mean, spread) < t  # more latents on: it moves down
 
 
 def test_the_normal_misfit_is_small_for_one_normal_side_and_large_for_two_groups():
     g = torch.Generator().manual_seed(2)
     values = 6.0 + 1.5 * torch.randn(20000, generator=g)
     one = values[values > 5.0]
-    mean, spread = risk.truncated_normal_fit(one, 5.0)
-    assert risk.normal_misfit(one, 5.0, mean, spread) < 0.02
+    mean, spread = balance.truncated_normal_fit(one, 5.0)
+    assert balance.normal_misfit(one, 5.0, mean, spread) < 0.02
     # by hand: 1, 2 and 3 against a half normal (cut at 0), whose share under 1 is erf(1 / sqrt 2)
     # = 0.683 where the values' share just under 1 is 0: the largest gap
-    misfit = risk.normal_misfit(torch.tensor([1.0, 2.0, 3.0]), 0.0, 0.0, 1.0)
+    misfit = balance.normal_misfit(torch.tensor([1.0, 2.0, 3.0]), 0.0, 0.0, 1.0)
     assert misfit == pytest.approx(math.erf(1 / math.sqrt(2)), abs=1e-9)
     # a sparse world's kept latents: false ones piled just above the cut, true ones far above
     pile = 4.0 + 0.8 * torch.empty(6000).exponential_(generator=g)
     far = 20.0 + 7.0 * torch.randn(6000, generator=g)
     two = torch.cat([pile, far[far > 4.0]])
-    mean, spread = risk.truncated_normal_fit(two, 4.0)
+    mean, spread = balance.truncated_normal_fit(two, 4.0)
     assert mean < 1.0  # the fit runs to its floor, as on the sparse worlds
-    assert risk.normal_misfit(two, 4.0, mean, spread) > risk.MISFIT_LIMIT
+    assert balance.normal_misfit(two, 4.0, mean, spread) > balance.MISFIT_LIMIT
 
 
 def test_the_switch_takes_the_balance_price_where_its_fit_holds_and_the_tail_price_elsewhere():
     pre, W, z, codes = weak_spike_world(12)
-    balance = risk.balance_reading(pre, W, z)
-    assert balance.misfit < 0.05 and risk.switch_reader(balance) == "risk_balance"  # 0.010
-    acts, k, used = risk.risk_switch(pre, W, z)
-    assert used.item() == pytest.approx(balance.price, rel=1e-12)
+    reading = balance.balance_reading(pre, W, z)
+    assert reading.misfit < 0.05 and balance.switch_reader(reading) == "risk_balance"  # 0.010
+    acts, k, used = balance.risk_switch(pre, W, z)
+    assert used.item() == pytest.approx(reading.price, rel=1e-12)
     assert torch.equal(k, (acts != 0).sum(-1))
     pre, W, z, codes = world_with_unheld_spikes()  # true features far above, spikes at the cut
-    balance = risk.balance_reading(pre, W, z)
-    assert balance.misfit > risk.MISFIT_LIMIT and risk.switch_reader(balance) == "risk_tail"
-    assert risk.switch_price(pre, W, z) == pytest.approx(risk.tail_price(pre, W, z), rel=1e-12)
-    figures = risk.price_figures(pre, W, z)
+    reading = balance.balance_reading(pre, W, z)
+    assert reading.misfit > balance.MISFIT_LIMIT and balance.switch_reader(reading) == "risk_tail"
+    assert balance.switch_price(pre, W, z) == pytest.approx(risk.tail_price(pre, W, z), rel=1e-12)
+    figures = balance.price_figures(pre, W, z)
     assert figures["switch_reader"] == "risk_tail"
     assert figures["switch_price"] == pytest.approx(figures["prices"]["risk_tail"], rel=1e-12)
 

@@ -7,6 +7,8 @@
   selection math and the sparse route; ``kfree``: the k-free rules beyond the paper
 - ``afa``: AFA math (‖z‖, f̃, εLBO, ZF bounds); ``saved``: checks of a saved SAE folder
 - ``absorption``: absorbed parents read from the decoder alone, and the directions without them
+- ``risk``: the risk-inflation readers; ``balance``: the count-unbiased price, the switch between
+  it and the tail price, and where every re-fit reader's price settles
 
 Names load on first use (``hf_topafa.helpers.lazy_exports``): the torch-free settings must not
 pull in the model.

@@ -193,19 +193,19 @@ def risk_tail_select(sae, pre, x_n):
 
 def risk_balance_select(sae, pre, x_n):
     """``risk_refit``'s elimination at the count-unbiased price (``threshold`` holds that
-    price, not a noise level; ``risk.risk_balance``)."""
-    from . import risk
+    price, not a noise level; ``balance.risk_balance``)."""
+    from . import balance
 
-    return at_pooled_level(sae, pre, x_n, risk.risk_balance)
+    return at_pooled_level(sae, pre, x_n, balance.risk_balance)
 
 
 def risk_switch_select(sae, pre, x_n):
     """``risk_refit``'s elimination at the balance price, or the tail price where the balance's
     normal does not describe the kept amplitudes (``threshold`` holds the price;
-    ``risk.risk_switch``)."""
-    from . import risk
+    ``balance.risk_switch``)."""
+    from . import balance
 
-    return at_pooled_level(sae, pre, x_n, risk.risk_switch)
+    return at_pooled_level(sae, pre, x_n, balance.risk_switch)
 
 
 def afa_count_select(sae, pre, x_n):

@@ -34,14 +34,8 @@ SET_PER_RUN = ("--seed", "--resume", "--overwrite")
 READING = "risk_floor"  # procedure D's reader
 # --reader: risk_refit re-fits amplitudes; risk_calibrated, risk_tail, risk_balance and
 # risk_switch also set the price (sae.risk)
-READERS = (
-    "risk_floor",
-    "risk_refit",
-    "risk_calibrated",
-    "risk_tail",
-    "risk_balance",
-    "risk_switch",
-)
+READERS = ("risk_floor", "risk_refit", "risk_calibrated", "risk_tail", "risk_balance",
+           "risk_switch")  # fmt: skip
 READING_TOKENS = 8192  # held-out tokens each dictionary is read on
 # A dictionary leaving more of its latents dead than this has not learned its width: it misses
 # features outright, so its reading fitting in k says nothing. On every synthetic sweep the dead
