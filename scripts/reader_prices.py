@@ -2,9 +2,10 @@
 folder with any activation cache (a language model's harvest or a synthetic world's), on the
 cache's first 1,024 tokens (the tokens a batch's price is found on), before any unfolding.
 Each price is over the calibrated noise level sigma^2: the calibrated price, ``risk_refit``'s
-level, and ``risk_tail``'s price, whose ratio to 2 ln h says how much heavier than Gaussian the
-residual's tail is (``balance.price_figures``). One JSON for all; the synthetic worlds' rows with
-their truth beside them come from ``synth_calibration.py``.
+level, ``risk_tail``'s price, whose ratio to 2 ln h says how much heavier than Gaussian the
+residual's tail is, and the balance's price, fit and misfit with the switch's choice
+(``balance.price_figures``). One JSON for all; the synthetic worlds' rows with their truth
+beside them come from ``synth_calibration.py``.
 
     python scripts/reader_prices.py --json results/smollm2_agreement/prices-1536k.json \\
         runs/smollm2-agree-1536k/topk-k32-seed0 runs/smollm2-wt-eval ...

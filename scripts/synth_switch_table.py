@@ -46,13 +46,11 @@ def switch_rows(price_files: list[str], readings: dict[str, dict[str, dict]]) ->
     for path in price_files:
         for priced in read_json(path)["rows"]:
             run, chosen = priced["run"], priced["switch_reader"]
-            at_hand = readings.get(run, {})
-            rows.append({
-                "run": run,
-                "balance_misfit": priced["balance_misfit"],
-                "switch_reader": chosen,
-                "readings": {**at_hand, **({"risk_switch": at_hand[chosen]} if chosen in at_hand else {})},
-            })  # fmt: skip
+            at_hand = dict(readings.get(run, {}))
+            if chosen in at_hand:
+                at_hand["risk_switch"] = at_hand[chosen]
+            rows.append({"run": run, "balance_misfit": priced["balance_misfit"],
+                         "switch_reader": chosen, "readings": at_hand})  # fmt: skip
     return rows
 
 

@@ -113,8 +113,7 @@ def normal_misfit(values: torch.Tensor, lower: float, mean: float, spread: float
     if values.numel() == 0:
         return 0.0
     lower = min(lower, float(values[0]))
-    normal = torch.distributions.Normal(torch.tensor(mean, dtype=torch.float64),
-                                        torch.tensor(max(spread, 1e-12), dtype=torch.float64))  # fmt: skip
+    normal = torch.distributions.Normal(*torch.tensor([mean, max(spread, 1e-12)], dtype=torch.float64))
     below = normal.cdf(torch.tensor(lower, dtype=torch.float64))
     fitted = (normal.cdf(values) - below) / (1 - below).clamp_min(1e-300)
     n = values.numel()
@@ -193,8 +192,8 @@ def price_figures(pre: torch.Tensor, W_dec: torch.Tensor, z: torch.Tensor) -> di
     ``risk_tail``'s price (how much heavier than Gaussian the residual's tail is: under
     Gaussian noise about 2 ln h), ``balance_reading``'s price (in squared input units), its
     fit of the true latents' contributions (over sigma) and that fit's misfit, with the reader
-    and price ``risk_switch`` takes from them; ``prices``, the three re-fit
-    readers' prices in squared input units. Needs no truth."""
+    and price ``risk_switch`` takes from them; ``prices``, the three re-fit readers' prices in
+    squared input units. Needs no truth."""
     found = calibrated_price(pre, W_dec, z)
     h = pre.shape[-1]
     tail = tail_price(pre, W_dec, z)
