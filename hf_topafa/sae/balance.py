@@ -113,7 +113,8 @@ def normal_misfit(values: torch.Tensor, lower: float, mean: float, spread: float
     if values.numel() == 0:
         return 0.0
     lower = min(lower, float(values[0]))
-    normal = torch.distributions.Normal(*torch.tensor([mean, max(spread, 1e-12)], dtype=torch.float64))
+    moments = torch.tensor([mean, max(spread, 1e-12)], dtype=torch.float64)
+    normal = torch.distributions.Normal(*moments)
     below = normal.cdf(torch.tensor(lower, dtype=torch.float64))
     fitted = (normal.cdf(values) - below) / (1 - below).clamp_min(1e-300)
     n = values.numel()
