@@ -274,9 +274,9 @@ GROUND_TRUTH: dict[str, str] = {
         "other's MCC short by 0.0001); risk_tail kept 0.70 on the first. On a second world "
         "built afterwards, with sparse firing and the same weak amplitudes, it met all four "
         "bars at the k it chose itself on two seeds (1.02 and 0.99 times the truth; risk_tail "
-        "0.83 and 0.82). On four more ladders whose true L0 reaches 25, at its own k it met "
-        "14 of 16 bars, all four on two. It reads a learned dictionary; it was not trained end "
-        "to end."
+        "0.83 and 0.82). On four more ladders, where the width holds up to 25 true features "
+        "per sample, at its own k it met 14 of 16 bars, all four on two. It reads a learned "
+        "dictionary; it was not trained end to end."
     ),
     "risk_switch": (
         "On synthetic data whose true features are known (SynthSAEBench-style worlds; see the "
@@ -294,12 +294,12 @@ GROUND_TRUTH: dict[str, str] = {
         "world's firing and weaker amplitudes, the misfit passed the limit on all three "
         "dictionaries and it took the tail's price, which undercounted (0.72 to 0.88 times) "
         "where the balance's met the count (1.02 times at k = 4, all four bars): two groups of "
-        "kept amplitudes do not say which reader is right. On four more ladders whose true L0 "
-        "reaches 25 (predicted before they were read) it read as risk_balance throughout and "
-        "met all four bars at its own k on two, missing the count on the others (1.100 and 0.896 "
-        "times). Over fifteen ladders read at its own k it met the count on 8 and all four "
-        "bars on 5, F1 above the best TopK on all. It reads a learned dictionary; it was not "
-        "trained end to end."
+        "kept amplitudes do not say which reader is right. On four more ladders, where the "
+        "width holds up to 25 true features per sample (predicted before they were read), it "
+        "read as risk_balance throughout and met all four bars at its own k on two, missing "
+        "the count on the others (1.100 and 0.896 times). Over fifteen ladders read at its own "
+        "k it met the count on 8 and all four bars on 5, F1 above the best TopK on all. It "
+        "reads a learned dictionary; it was not trained end to end."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
