@@ -275,8 +275,9 @@ GROUND_TRUTH: dict[str, str] = {
         "built afterwards, with sparse firing and the same weak amplitudes, it met all four "
         "bars at the k it chose itself on two seeds (1.02 and 0.99 times the truth; risk_tail "
         "0.83 and 0.82). On four more ladders, where the width holds up to 25 true features "
-        "per sample, at its own k it met 14 of 16 bars, all four on two. It reads a learned "
-        "dictionary; it was not trained end to end."
+        "per sample, at its own k it met 14 of 16 bars, all four on two (d256's second seed: "
+        "three, overcounting 1.14 times). It reads a learned dictionary; it was not trained "
+        "end to end."
     ),
     "risk_switch": (
         "On synthetic data whose true features are known (SynthSAEBench-style worlds; see the "
@@ -297,9 +298,10 @@ GROUND_TRUTH: dict[str, str] = {
         "kept amplitudes do not say which reader is right. On four more ladders, where the "
         "width holds up to 25 true features per sample (predicted before they were read), it "
         "read as risk_balance throughout and met all four bars at its own k on two, missing "
-        "the count on the others (1.100 and 0.896 times). Over fifteen ladders read at its own "
-        "k it met the count on 8 and all four bars on 5, F1 above the best TopK on all. It "
-        "reads a learned dictionary; it was not trained end to end."
+        "the count on the others (1.100 and 0.896 times; d256's second seed 1.138). Over "
+        "sixteen ladders read at its own k it met the count on 8 and all four bars on 5, F1 "
+        "above the best TopK on all. It reads a learned dictionary; it was not trained end to "
+        "end."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
