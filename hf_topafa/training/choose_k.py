@@ -33,7 +33,7 @@ NEAR_TIE = 0.005
 SET_PER_RUN = ("--seed", "--resume", "--overwrite")
 READING = "risk_floor"  # procedure D's reader
 # --reader: risk_refit re-fits amplitudes; risk_calibrated, risk_tail, risk_balance and
-# risk_switch also set the price (sae.risk)
+# risk_switch also set the price (sae.risk, sae.balance)
 READERS = ("risk_floor", "risk_refit", "risk_calibrated", "risk_tail", "risk_balance",
            "risk_switch")  # fmt: skip
 READING_TOKENS = 8192  # held-out tokens each dictionary is read on
