@@ -31,7 +31,9 @@ the ancestors above the parents). ``--stars`` adds one more: by levels, with no 
 whose rows all lean on one of them and not on each other (``absorption.star_groups``: that row is
 the parent, already in the dictionary). ``--exclusive CACHE`` adds another: by levels, with no
 group of latents that fire nested (``absorption.nested_pairs``) in each reading's code of the
-first ``--firing-samples`` activations of CACHE (samples not scored: the training cache).
+first ``--firing-samples`` activations of CACHE (samples not scored: the training cache), and
+``--hubs`` one more after it: each atom silent where its group's parent's own row fires
+(``absorption.group_hubs``: the parent is counted once).
 ``--last-only`` scores only each rule's last reading (procedure D's with ``--stars
 --exclusive``), for readers as slow as ``risk_refit``.
 
@@ -61,10 +63,11 @@ from hf_topafa.evaluation.ground_truth import (
     score_against_truth,
 )
 from hf_topafa.helpers import script_command, write_json
-from hf_topafa.sae.absorption import NESTED_SAMPLES, unabsorbed_directions
+from hf_topafa.sae.absorption import NESTED_SAMPLES, UnfoldedView, unabsorbed_directions
 from hf_topafa.sae.reading import read_with
 
 EXCLUSIVE = ", unfolded by levels, exclusive"
+HUBS = ", hubs"
 SHOWN = ("l0", "true_l0_top_width", "f1", "mcc", "precision", "recall", "l0_corr", "dead")
 
 
@@ -84,6 +87,14 @@ def shared_is_ancestor(unabsorbed, match, world) -> float | None:
             ancestor = int(parents[ancestor])
         hits += ancestor == target
     return hits / len(changed)
+
+
+def hubs_of(view) -> int:
+    """How many atoms of a view and the views it reads have a hub (``absorption.group_hubs``)."""
+    count = 0
+    while isinstance(view, UnfoldedView):
+        count, view = count + view.hubs, view.sae
+    return count
 
 
 @torch.no_grad()
@@ -133,6 +144,12 @@ def main() -> None:
         "nested in its code of CACHE's first activations (absorption.nested_pairs; a cache not "
         "scored, e.g. the training one; implies --unfold)",
     )
+    p.add_argument(
+        "--hubs",
+        action="store_true",
+        help="with --exclusive, also score each reading so with each atom silent where its "
+        "group's parent's own row fires (absorption.group_hubs; the last reading)",
+    )
     p.add_argument("--firing-samples", type=int, default=NESTED_SAMPLES)
     p.add_argument(
         "--last-only",
@@ -149,6 +166,8 @@ def main() -> None:
     )
     args = p.parse_args()
     args.unfold = args.unfold or args.stars or args.exclusive is not None
+    if args.hubs and args.exclusive is None:
+        raise SystemExit("--hubs reads the hubs from the codes of --exclusive CACHE: give both")
     torch.set_num_threads(1)
     cache = ActivationCache(args.cache)
     world = world_of_cache(cache.manifest)
@@ -197,11 +216,13 @@ def main() -> None:
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
         codes = None if firing_x is None else codes_of(read, firing_x)
-        views = readings_of(read, unabsorbed, args.unfold, args.stars, codes)
+        views = readings_of(read, unabsorbed, args.unfold, args.stars, codes, args.hubs)
         for suffix, sae, directions in views[-1:] if args.last_only else views:
-            if suffix == EXCLUSIVE:  # its groups follow this reading's code: matched per rule
+            if suffix.startswith(EXCLUSIVE):  # its groups follow this reading's code: per rule
                 match[suffix] = matched_features(sae.W_dec, features)
                 found["atoms_by_levels_exclusive"][rule] = sae.atoms
+            if suffix == EXCLUSIVE + HUBS:
+                found.setdefault("hubs", {})[rule] = hubs_of(sae)
             row = {
                 **score_against_truth(sae, world, truth, directions=directions)["row"],
                 **kept_true_and_false(sae, world, truth, match[suffix]),

@@ -13,6 +13,7 @@ from hf_topafa.sae.absorption import (
     UnfoldedView,
     chance_coherence,
     connected_groups,
+    group_hubs,
     nested_pairs,
     parent_atoms,
     star_groups,
@@ -188,6 +189,41 @@ def test_nested_pairs_are_those_whose_rarer_latent_fires_with_the_other_at_least
     pairs = {tuple(p) for p in torch.triu(nested).nonzero().tolist()}
     assert pairs == {(0, 1), (0, 2), (0, 4)}
     assert torch.equal(nested, nested.T) and not nested.diagonal().any()
+
+
+def test_a_parents_own_row_in_its_childrens_group_silences_their_atom_where_it_fires():
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(4)))[0].T
+    parent, children = basis[0], basis[1:5]
+    W_dec = torch.cat([parent[None], (2 * parent + children) / math.sqrt(5), basis[5:40]])
+    codes = torch.zeros(100, 40)
+    codes[:40, 0] = 1.0  # the parent's row fires alone on 40 samples, each child's on 5
+    for child in range(1, 5):
+        codes[40 + 5 * child : 45 + 5 * child, child] = 1.0
+    found = unabsorbed_directions(W_dec, codes=codes)
+    atoms = parent_atoms(found)
+    assert atoms.group.tolist()[:5] == [0] * 5 and float(atoms.directions[0] @ parent) > 0.95
+    assert group_hubs(W_dec, atoms, codes).tolist() == [0]
+    busy_child = codes.clone()
+    busy_child[:, 1] = busy_child[:, 0]  # a child fires as often: no member is both
+    busy_child[:40, 0] = 0.0
+    busy_child[80:, 0] = 1.0
+    assert group_hubs(W_dec, atoms, busy_child).tolist() == [-1]
+    pair = parent_atoms(unabsorbed_directions(W_dec[1:3]))
+    assert group_hubs(W_dec[1:3], pair, codes[:, 1:3]).tolist() == [-1]  # a pair has no hub
+    with pytest.raises(ValueError, match="codes have 39 latents; the decoder 40 rows"):
+        group_hubs(W_dec, atoms, codes[:, :39])
+
+    sae = top1_reading_rows(W_dec)
+    plain, hubbed = UnfoldedView(sae, found).eval(), UnfoldedView(sae, found, codes).eval()
+    assert (plain.hubs, hubbed.hubs) == (0, 1)
+    x = torch.stack([3 * parent, 3 * W_dec[2]])  # the parent alone; a child (with its parent)
+    assert plain(x).feature_acts[:, 40].gt(0).tolist() == [True, True]  # the parent twice
+    assert hubbed(x).feature_acts[:, 40].gt(0).tolist() == [False, True]
+    assert (hubbed(x).l0 == torch.tensor([1, 2])).all()
+    by_levels = unfolded_by_levels(sae, codes=codes, hubs=True)
+    assert by_levels.hubs == 1 and by_levels(x).l0.tolist() == [1, 2]
+    with pytest.raises(ValueError, match="hubs are read from the SAE's codes"):
+        unfolded_by_levels(sae, hubs=True)
 
 
 def test_siblings_that_fire_together_share_no_absorbed_parent():

@@ -424,6 +424,17 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     assert found["firing"] == {"cache": str(firing), "samples": 300}
     assert found["atoms_by_levels_exclusive"]["topk:8"] <= found["atoms_by_levels"]
     assert rows[0]["l0"] <= written["rows"][4]["l0"] <= rows[3]["l0"]
+    unhubbed = written["rows"][4]
+    monkeypatch.setattr(sys, "argv", [*exclusive, "--hubs", "--last-only"])
+    reread_main()  # --hubs adds the exclusive reading with hubs, last; --last-only scores it alone
+    written = json.loads(out.read_text())
+    (hubbed,) = written["rows"]
+    assert hubbed["rule"] == "topk:8, unfolded by levels, exclusive, hubs"
+    assert written["unabsorb"]["hubs"]["topk:8"] >= 0
+    assert rows[0]["l0"] <= hubbed["l0"] <= unhubbed["l0"]  # a hub only silences its atom
+    monkeypatch.setattr(sys, "argv", [*argv, "--hubs"])
+    with pytest.raises(SystemExit, match="--hubs reads the hubs from the codes of --exclusive"):
+        reread_main()
 
 
 def test_risk_level_reports_the_pooled_level_and_what_pays_it(

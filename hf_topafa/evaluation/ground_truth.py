@@ -481,15 +481,18 @@ def firing_codes(sae, world, num_samples: int = NESTED_SAMPLES, seed: int = 2) -
     return torch.cat(parts)
 
 
-def readings_of(sae, unabsorbed=None, unfold: bool = False, stars: bool = False, codes=None):
+def readings_of(
+    sae, unabsorbed=None, unfold: bool = False, stars: bool = False, codes=None, hubs=False
+):
     """(label suffix, the SAE or a view of it, directions to match) per reading: the SAE as
     trained; given ``unabsorbed`` (``absorption.unabsorbed_directions`` of its decoder), also
     along those own directions, and with ``unfold`` with its absorbed parents unfolded, one level
     (``absorption.UnfoldedView``) and by levels (``absorption.unfolded_by_levels``); with
     ``stars`` also by levels with no atom for a star group (``absorption.star_groups``), and
     given ``codes`` (the SAE's own code on samples not scored) by levels with no group of latents
-    that fire nested (``absorption.nested_pairs``), both at ``unabsorbed``'s level.
-    ``evaluate --unfold`` and ``synth_reread.py`` read so."""
+    that fire nested (``absorption.nested_pairs``), both at ``unabsorbed``'s level; with
+    ``hubs`` that reading once more, each atom silent where its parent's own row fires
+    (``absorption.group_hubs``). ``evaluate --unfold`` and ``synth_reread.py`` read so."""
     views = [("", sae, None)]
     if unabsorbed is not None:
         views.append((", unabsorbed", sae, unabsorbed.directions))
@@ -503,6 +506,9 @@ def readings_of(sae, unabsorbed=None, unfold: bool = False, stars: bool = False,
     if unfold and codes is not None:
         exclusive = unfolded_by_levels(sae, unabsorbed, codes=codes)
         views.append((", unfolded by levels, exclusive", exclusive, None))
+    if unfold and codes is not None and hubs:
+        with_hubs = unfolded_by_levels(sae, unabsorbed, codes=codes, hubs=True)
+        views.append((", unfolded by levels, exclusive, hubs", with_hubs, None))
     return views
 
 

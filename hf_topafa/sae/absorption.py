@@ -241,6 +241,33 @@ def connected_groups(adjacency: torch.Tensor) -> torch.Tensor:
     return torch.tensor([find(i) for i in range(len(root))], dtype=torch.long)
 
 
+def group_hubs(W_dec: torch.Tensor, atoms: ParentAtoms, codes: torch.Tensor) -> torch.Tensor:
+    """[G] long: per atom, the member of its group that is the parent's own row, or -1 where
+    none is: the member whose row is nearest the atom and that fires most often in ``codes``
+    [n, h] (the same member on both counts; pairs have none, as for ``star_groups``).
+
+    A group can hold its parent's own row as well as the children that absorbed it: the row
+    meets the children above chance, and they fire apart, not nested. A parent is on whenever
+    one of its children is, so its row fires more often than any child's, and its direction is
+    the one the children share. Where that row fires the parent is counted already, and the atom
+    would count it twice: on the mix world's TopK k = 6 dictionary the atoms fired 0.87 times per
+    sample with their nearest feature on and counted by a row already (``results/synthbench``,
+    "Parents counted twice")."""
+    if codes.shape[-1] != W_dec.shape[0]:
+        raise ValueError(f"codes have {codes.shape[-1]} latents; the decoder {W_dec.shape[0]} rows")
+    unit = torch.nn.functional.normalize(W_dec.detach().float(), dim=-1)
+    rate = (codes != 0).float().mean(0)
+    hubs = torch.full((len(atoms.directions),), -1, dtype=torch.long)
+    for g, direction in enumerate(atoms.directions):
+        members = (atoms.group == g).nonzero().squeeze(-1)
+        if len(members) < 3:
+            continue
+        nearest = members[(unit[members] @ direction).argmax()]
+        if nearest == members[rate[members].argmax()]:
+            hubs[g] = nearest
+    return hubs
+
+
 class UnfoldedView(nn.Module):
     """An SAE read with the parents it absorbed as latents of their own, for evaluation.
 
@@ -249,9 +276,17 @@ class UnfoldedView(nn.Module):
     row with the shared direction (the part of it that was the parent's). The rows are the
     unabsorbed directions (at the decoder's norms), then the atoms (unit). The reconstruction
     stays the SAE's own. It answers ``score_against_truth`` as an SAE of width h + G.
+
+    ``hub_codes``: the codes [n, h] of the latents this view reads, on samples it is not scored
+    on; each group's parent's own row (``group_hubs``) then silences its atom where it fires.
     """
 
-    def __init__(self, sae, unabsorbed: UnabsorbedDirections | None = None):
+    def __init__(
+        self,
+        sae,
+        unabsorbed: UnabsorbedDirections | None = None,
+        hub_codes: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.sae = sae
         unabsorbed = unabsorbed or unabsorbed_directions(sae.W_dec)
@@ -261,6 +296,12 @@ class UnfoldedView(nn.Module):
                                                 atoms.directions]))  # fmt: skip
         self.register_buffer("group", atoms.group)
         self.register_buffer("share", unabsorbed.shared_cosine * norms)
+        hubs = torch.full((len(atoms.directions),), -1, dtype=torch.long)
+        if hub_codes is not None:
+            hubs = group_hubs(sae.W_dec, atoms, hub_codes)
+        self.register_buffer("hub", hubs)
+        self.hubs = int((hubs >= 0).sum())
+        """How many of this view's atoms a row of their group silences where it fires."""
         self.config = copy.copy(sae.config)
         self.config.d_sae = self.rows.shape[0]
         self.added = self.rows.shape[0] - norms.shape[0]
@@ -297,6 +338,9 @@ class UnfoldedView(nn.Module):
         members = self.group >= 0
         parents = flat.new_zeros(flat.shape[0], self.added)
         parents.index_add_(1, self.group[members], flat[:, members] * self.share[members])
+        held = self.hub >= 0
+        if held.any():
+            parents[:, held] = parents[:, held] * (flat[:, self.hub[held]] == 0)
         return torch.cat([flat, parents], -1).reshape(*acts.shape[:-1], -1)
 
     def forward(self, x: torch.Tensor) -> SimpleNamespace:
@@ -315,6 +359,7 @@ def unfolded_by_levels(
     held: bool = False,
     stars: bool = False,
     codes: torch.Tensor | None = None,
+    hubs: bool = False,
 ) -> UnfoldedView:
     """``UnfoldedView`` of ``sae``, then of each view's new atoms among themselves, until they
     share no direction above chance. Sibling rows absorb every ancestor, not only their parent,
@@ -323,8 +368,11 @@ def unfolded_by_levels(
     ``held``: atoms group at the first level's cosine at every level (see ``unfolded_further``).
     ``stars``: a star group adds no atom at any level (``star_groups``). ``codes``: the SAE's
     own code [n, h] on samples; rows or atoms that fire nested are not grouped at any level
-    (``nested_pairs``). An ``unabsorbed`` found without stars or codes is found again at its
-    level with them."""
+    (``nested_pairs``); with ``hubs`` too, at every level a group's parent's own row silences
+    its atom where it fires (``group_hubs``). An ``unabsorbed`` found without stars or codes is
+    found again at its level with them."""
+    if hubs and codes is None:
+        raise ValueError("hubs are read from the SAE's codes on samples: pass codes")
     if (
         unabsorbed is None
         or (stars and unabsorbed.in_star is None)
@@ -332,11 +380,16 @@ def unfolded_by_levels(
     ):
         level = None if unabsorbed is None else unabsorbed.level
         unabsorbed = unabsorbed_directions(sae.W_dec, level, stars, codes)
-    return unfolded_further(UnfoldedView(sae, unabsorbed), held, stars, codes)
+    first = UnfoldedView(sae, unabsorbed, codes.float() if hubs else None)
+    return unfolded_further(first, held, stars, codes, hubs)
 
 
 def unfolded_further(
-    view: UnfoldedView, held: bool = False, stars: bool = False, codes: torch.Tensor | None = None
+    view: UnfoldedView,
+    held: bool = False,
+    stars: bool = False,
+    codes: torch.Tensor | None = None,
+    hubs: bool = False,
 ) -> UnfoldedView:
     """``view`` with its newest atoms unfolded among themselves, level by level, until they
     share no direction above chance (``unfolded_by_levels`` after its first level). Each level's
@@ -344,14 +397,15 @@ def unfolded_further(
     atoms are sums of the same rows, not fresh random directions (on the 16k world the relaxed
     level's last atoms, of one or two, match no feature and fire 0.8 times per sample).
     ``stars``: star groups of atoms add no atom (``star_groups``). ``codes``: the SAE's own code
-    [n, h] on samples, unfolded at each level so that atoms that fire nested are not grouped."""
+    [n, h] on samples, unfolded at each level so that atoms that fire nested are not grouped;
+    ``hubs``: and so that each level's groups' hubs are found (``group_hubs``)."""
     level = view_level(view) if held else None
     unfolded = None if codes is None else view.unfold(codes.float())  # one level on at a time
     while view.added >= 2:
         found = unabsorbed_among(view.W_dec, view.added, level, stars, unfolded)
         if not bool(found.grouped.any()):
             break
-        view = UnfoldedView(view, found)
+        view = UnfoldedView(view, found, unfolded if hubs else None)
         unfolded = None if unfolded is None else view.with_atoms(unfolded)
     return view
 
