@@ -13,7 +13,8 @@ level's atoms grouped at the chance level of their own number (the committed rea
 the first level's cosine held at every level (``held=True``), with no atom for a star group
 (``stars=True``, ``absorption.star_groups``), and, given ``--exclusive CACHE``, with no group of
 latents that fire nested in the reading's code of CACHE's first activations
-(``absorption.nested_pairs``).
+(``absorption.nested_pairs``), and with ``--hubs`` that reading once more with each atom silent
+where its group's parent's own row fires (``absorption.group_hubs``).
 Last, the first level read alone, its atoms banded by the size of their group: how often each
 band's firings are true, and how many of its groups are one parent's children.
 
@@ -189,7 +190,15 @@ def main() -> None:
         help="also read with no group of latents that fire nested in the code of CACHE's first "
         f"{NESTED_SAMPLES} activations (a cache not scored: the training one)",
     )
+    p.add_argument(
+        "--hubs",
+        action="store_true",
+        help="with --exclusive, also read so with each atom silent where its group's parent's "
+        "own row fires (absorption.group_hubs)",
+    )
     args = p.parse_args()
+    if args.hubs and args.exclusive is None:
+        raise SystemExit("--hubs reads the hubs from the codes of --exclusive CACHE: give both")
     torch.set_num_threads(1)
     cache = ActivationCache(args.cache)
     world = world_of_cache(cache.manifest)
@@ -200,7 +209,10 @@ def main() -> None:
              "stars": unfolded_by_levels(once.sae, stars=True)}  # fmt: skip
     if args.exclusive is not None:
         firing = ActivationCache(args.exclusive).first_activations(NESTED_SAMPLES)
-        views["exclusive"] = unfolded_by_levels(once.sae, codes=codes_of(once.sae, firing))
+        codes = codes_of(once.sae, firing)
+        views["exclusive"] = unfolded_by_levels(once.sae, codes=codes)
+        if args.hubs:
+            views["exclusive_hubs"] = unfolded_by_levels(once.sae, codes=codes, hubs=True)
     readings = {}
     for name, view in views.items():
         rows = sources_by_level(view, world, truth, samples)

@@ -494,6 +494,14 @@ def test_unfold_levels_script_reads_each_way_and_records_where_nesting_was_read(
     readings = [written[name] for name in ("relaxed", "held", "stars", "exclusive")]
     assert all(len(r["levels"]) == 1 for r in readings)  # the world's features: nothing groups
     assert len({r["l0"] for r in readings}) == 1 and 0 < readings[0]["l0"] <= 8
+    assert "exclusive_hubs" not in written
+    monkeypatch.setattr(sys, "argv", [*argv, "--hubs"])
+    unfold_levels_main()
+    written = json.loads(out.read_text())
+    assert written["exclusive_hubs"]["l0"] == readings[0]["l0"]  # no group: no hub to silence
+    monkeypatch.setattr(sys, "argv", [*argv[:6], "--hubs"])
+    with pytest.raises(SystemExit, match="--hubs reads the hubs from the codes of --exclusive"):
+        unfold_levels_main()
 
 
 def test_unfold_levels_sources_split_each_levels_firings_into_true_and_false(
