@@ -15,9 +15,11 @@ direction as a latent of its own, firing whenever one of the group fires, so a c
 the SAE counts the parents it had absorbed. ``unfolded_by_levels`` repeats that over the atoms
 themselves, for the ancestors above the parents; with ``stars`` a group whose rows all lean on
 one of them (``star_groups``) is read as that row's, with no atom; given the SAE's codes on some
-samples, two rows that fire nested (``nested_pairs``) are not grouped at all. On the synthetic
-worlds these are measured in ``results/synthbench`` ("Absorbed parents", "Ancestors unfolded by
-levels", "Star groups", "Exclusive groups").
+samples, two rows that fire nested (``nested_pairs``) are not grouped at all, and with ``hubs``
+a group's member that is its parent's own row (``group_hubs``) silences the atom where it
+fires. On the synthetic worlds these are measured in ``results/synthbench`` ("Absorbed
+parents", "Ancestors unfolded by levels", "Star groups", "Exclusive groups", "Parents counted
+twice").
 """
 
 from __future__ import annotations
