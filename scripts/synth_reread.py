@@ -63,7 +63,7 @@ from hf_topafa.evaluation.ground_truth import (
     score_against_truth,
 )
 from hf_topafa.helpers import script_command, write_json
-from hf_topafa.sae.absorption import NESTED_SAMPLES, UnfoldedView, unabsorbed_directions
+from hf_topafa.sae.absorption import NESTED_SAMPLES, unabsorbed_directions
 from hf_topafa.sae.reading import read_with
 
 EXCLUSIVE = ", unfolded by levels, exclusive"
@@ -87,14 +87,6 @@ def shared_is_ancestor(unabsorbed, match, world) -> float | None:
             ancestor = int(parents[ancestor])
         hits += ancestor == target
     return hits / len(changed)
-
-
-def hubs_of(view) -> int:
-    """How many atoms of a view and the views it reads have a hub (``absorption.group_hubs``)."""
-    count = 0
-    while isinstance(view, UnfoldedView):
-        count, view = count + view.hubs, view.sae
-    return count
 
 
 @torch.no_grad()
@@ -220,9 +212,9 @@ def main() -> None:
         for suffix, sae, directions in views[-1:] if args.last_only else views:
             if suffix.startswith(EXCLUSIVE):  # its groups follow this reading's code: per rule
                 match[suffix] = matched_features(sae.W_dec, features)
-                found["atoms_by_levels_exclusive"][rule] = sae.atoms
+                found["atoms_by_levels_exclusive"][rule] = sae.atoms  # with --hubs: its reading's
             if suffix == EXCLUSIVE + HUBS:
-                found.setdefault("hubs", {})[rule] = hubs_of(sae)
+                found.setdefault("hubs", {})[rule] = sae.hubs
             row = {
                 **score_against_truth(sae, world, truth, directions=directions)["row"],
                 **kept_true_and_false(sae, world, truth, match[suffix]),

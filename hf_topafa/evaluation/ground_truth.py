@@ -482,7 +482,7 @@ def firing_codes(sae, world, num_samples: int = NESTED_SAMPLES, seed: int = 2) -
 
 
 def readings_of(
-    sae, unabsorbed=None, unfold: bool = False, stars: bool = False, codes=None, hubs=False
+    sae, unabsorbed=None, unfold: bool = False, stars: bool = False, codes=None, hubs: bool = False
 ):
     """(label suffix, the SAE or a view of it, directions to match) per reading: the SAE as
     trained; given ``unabsorbed`` (``absorption.unabsorbed_directions`` of its decoder), also

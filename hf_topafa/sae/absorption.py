@@ -244,17 +244,17 @@ def connected_groups(adjacency: torch.Tensor) -> torch.Tensor:
 
 
 def group_hubs(W_dec: torch.Tensor, atoms: ParentAtoms, codes: torch.Tensor) -> torch.Tensor:
-    """[G] long: per atom, the member of its group that is the parent's own row, or -1 where
-    none is: the member whose row is nearest the atom and that fires most often in ``codes``
-    [n, h] (the same member on both counts; pairs have none, as for ``star_groups``).
+    """[G] long: per atom, the member of its group taken for the parent's own row, or -1 where
+    none is found: the member whose row is nearest the atom and that fires most often in
+    ``codes`` [n, h] (the same member on both counts; pairs have none, as for ``star_groups``).
 
     A group can hold its parent's own row as well as the children that absorbed it: the row
     meets the children above chance, and they fire apart, not nested. A parent is on whenever
-    one of its children is, so its row fires more often than any child's, and its direction is
-    the one the children share. Where that row fires the parent is counted already, and the atom
-    would count it twice: on the mix world's TopK k = 6 dictionary the atoms fired 0.87 times per
-    sample with their nearest feature on and counted by a row already (``results/synthbench``,
-    "Parents counted twice")."""
+    one of its children is, so its row should fire more often than any child's, and its
+    direction is the one the children share. Where that row fires the parent is counted already,
+    and the atom would count it twice: on the mix world's TopK k = 6 dictionary 0.89 of the
+    atoms' 2.29 firings per sample came with a member of their group that points at the same
+    true feature (``results/synthbench``, "Parents counted twice")."""
     if codes.shape[-1] != W_dec.shape[0]:
         raise ValueError(f"codes have {codes.shape[-1]} latents; the decoder {W_dec.shape[0]} rows")
     unit = torch.nn.functional.normalize(W_dec.detach().float(), dim=-1)
@@ -302,8 +302,9 @@ class UnfoldedView(nn.Module):
         if hub_codes is not None:
             hubs = group_hubs(sae.W_dec, atoms, hub_codes)
         self.register_buffer("hub", hubs)
-        self.hubs = int((hubs >= 0).sum())
-        """How many of this view's atoms a row of their group silences where it fires."""
+        self.hubs = int((hubs >= 0).sum()) + getattr(sae, "hubs", 0)
+        """How many atoms of this view and the views it reads a row of their group silences
+        where it fires."""
         self.config = copy.copy(sae.config)
         self.config.d_sae = self.rows.shape[0]
         self.added = self.rows.shape[0] - norms.shape[0]
@@ -340,9 +341,9 @@ class UnfoldedView(nn.Module):
         members = self.group >= 0
         parents = flat.new_zeros(flat.shape[0], self.added)
         parents.index_add_(1, self.group[members], flat[:, members] * self.share[members])
-        held = self.hub >= 0
-        if held.any():
-            parents[:, held] = parents[:, held] * (flat[:, self.hub[held]] == 0)
+        hubbed = self.hub >= 0
+        if hubbed.any():
+            parents[:, hubbed] = parents[:, hubbed] * (flat[:, self.hub[hubbed]] == 0)
         return torch.cat([flat, parents], -1).reshape(*acts.shape[:-1], -1)
 
     def forward(self, x: torch.Tensor) -> SimpleNamespace:
