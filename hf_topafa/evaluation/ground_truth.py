@@ -504,11 +504,13 @@ def readings_of(
         stars_view = unfolded_by_levels(sae, unabsorbed, stars=True)
         views.append((", unfolded by levels, stars", stars_view, None))
     if unfold and codes is not None:
-        exclusive = unfolded_by_levels(sae, unabsorbed, codes=codes)
+        level = None if unabsorbed is None else unabsorbed.level
+        nested = unabsorbed_directions(sae.W_dec, level, codes=codes)  # found once, read twice
+        exclusive = unfolded_by_levels(sae, nested, codes=codes)
         views.append((", unfolded by levels, exclusive", exclusive, None))
-    if unfold and codes is not None and hubs:
-        with_hubs = unfolded_by_levels(sae, unabsorbed, codes=codes, hubs=True)
-        views.append((", unfolded by levels, exclusive, hubs", with_hubs, None))
+        if hubs:
+            with_hubs = unfolded_by_levels(sae, nested, codes=codes, hubs=True)
+            views.append((", unfolded by levels, exclusive, hubs", with_hubs, None))
     return views
 
 

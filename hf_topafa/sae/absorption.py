@@ -301,7 +301,7 @@ class UnfoldedView(nn.Module):
         hubs = torch.full((len(atoms.directions),), -1, dtype=torch.long)
         if hub_codes is not None:
             hubs = group_hubs(sae.W_dec, atoms, hub_codes)
-        self.register_buffer("hub", hubs)
+        self.register_buffer("hub", hubs)  # -1: the atom has no hub
         self.hubs = int((hubs >= 0).sum()) + getattr(sae, "hubs", 0)
         """How many atoms of this view and the views it reads a row of their group silences
         where it fires."""
