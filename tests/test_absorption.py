@@ -308,3 +308,24 @@ def test_the_absorption_report_reads_a_saved_sae_and_says_what_it_cannot_load(
     monkeypatch.setattr(sys, "argv", ["absorption_report.py", str(tmp_path / "missing")])
     with pytest.raises(SystemExit, match="cannot load an SAE from"):
         report_main()
+
+
+def test_the_text_paths_hubs_reading_counts_a_parent_alone_once():
+    from hf_topafa.evaluation.unfolded_l0 import UnfoldedL0
+
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(4)))[0].T
+    parent, children = basis[0], basis[1:5]
+    W_dec = torch.cat([parent[None], (2 * parent + children) / math.sqrt(5), basis[5:40]])
+    codes = torch.zeros(100, 40)
+    codes[:40, 0] = 1.0  # the parent's row fires alone on 40 tokens, each child's on 5
+    for child in range(1, 5):
+        codes[40 + 5 * child : 45 + 5 * child, child] = 1.0
+    counted = UnfoldedL0(top1_reading_rows(W_dec))
+    counted.update(codes[:60])  # fewer than NESTED_SAMPLES: built when the sparsity is asked for
+    counted.update(codes[60:])
+    spa = counted.sparsity()
+    assert spa["nested_tokens"] == 100 and spa["hubs_by_levels_exclusive"] == 1
+    assert spa["atoms_by_levels_exclusive_hubs"] == spa["atoms_by_levels_exclusive"] == 1
+    # the parent alone: 2 without hubs (its row and the atom), 1 with; a child: 2 either way
+    assert spa["l0_unfolded_by_levels_exclusive_mean"] == pytest.approx((40 * 2 + 20 * 2) / 100)
+    assert spa["l0_unfolded_by_levels_exclusive_hubs_mean"] == pytest.approx((40 + 20 * 2) / 100)

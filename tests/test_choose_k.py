@@ -91,10 +91,11 @@ def tiny_caches(tmp_path_factory, smollm2):
     )
 
 
-def procedure_d_count(folder, eval_dir, reader: str = "risk_floor") -> float:
+def procedure_d_count(folder, eval_dir, reader: str = "risk_floor", hubs: bool = False) -> float:
     """Per held-out token (the eval cache's first 256), what procedure D's reading by ``reader``
     keeps of the run's dictionary, counted here from the pieces: the reading's code, unfolded
-    by levels with no group of latents that fire nested."""
+    by levels with no group of latents that fire nested (with ``hubs``, each atom silent where
+    its parent's own row fires)."""
     from hf_topafa import SparseAutoencoder
     from hf_topafa.data.harvest import ActivationCache
     from hf_topafa.sae.absorption import unfolded_by_levels
@@ -104,7 +105,7 @@ def procedure_d_count(folder, eval_dir, reader: str = "risk_floor") -> float:
     sae = read_with(SparseAutoencoder.from_pretrained(folder), reader)
     with torch.no_grad():
         codes = sae(acts).feature_acts
-    view = unfolded_by_levels(sae, codes=(codes != 0).float())
+    view = unfolded_by_levels(sae, codes=(codes != 0).float(), hubs=hubs)
     return float((view.unfold(codes) != 0).sum(-1).float().mean())
 
 
@@ -211,7 +212,8 @@ def test_the_reading_is_procedure_ds_risk_floor_unfolded_without_nested_groups(m
     def fake_evaluate(folder, acts, **options):
         calls.append((folder, len(acts), options))
         sparsity = {"l0_unfolded_by_levels_mean": 9.0, "l0_unfolded_by_levels_stars_mean": 8.0,
-                    "l0_unfolded_by_levels_exclusive_mean": 7.0, "l0_mean": 5.0}  # fmt: skip
+                    "l0_unfolded_by_levels_exclusive_mean": 7.0, "l0_mean": 5.0,
+                    "l0_unfolded_by_levels_exclusive_hubs_mean": 6.0}  # fmt: skip
         return {"sparsity": sparsity}, None
 
     monkeypatch.setattr(harvest, "ActivationCache", Cache)
@@ -221,6 +223,7 @@ def test_the_reading_is_procedure_ds_risk_floor_unfolded_without_nested_groups(m
     # --reader risk_refit: the same unfolded reading, the amplitudes re-fit
     assert reading_count("run", held_out_activations("eval-cache"), "risk_refit") == 7.0
     assert calls[-1][2] == {"read_with": "risk_refit", "unfold": True}
+    assert reading_count("run", held_out_activations("eval-cache"), hubs=True) == 6.0
     rows = [{"k": 8, "reading": 7.0}]
     chosen = self_consistent(rows, "risk_refit")
     assert chosen["rule"] == "risk_refit, unfolded by levels, exclusive"
@@ -397,4 +400,24 @@ def test_the_reader_option_reads_every_dictionary_with_it(reader, tiny_caches, t
         for run in row["runs"]:
             assert run["reading"] == pytest.approx(
                 procedure_d_count(run["folder"], eval_dir, reader)
+            )
+
+
+def test_the_hubs_option_reads_every_dictionary_with_hubs(tiny_caches, tmp_path, capsys):
+    from hf_topafa.cli import cli
+
+    train_dir, eval_dir = tiny_caches
+    out = tmp_path / "sweep"
+    argv = ["choose-k", "--k", "4", "16", "--output", str(out), "--hubs",
+            "--activation-cache", str(train_dir), "--eval-cache", str(eval_dir),
+            "--max-tokens", "1024", "--batch-size", "256", "--d-sae", "64", "--eval-tokens",
+            "256", "--checkpoint-every", "0", "--log-with", "none", "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "ancestors unfolded, hubs) keeps" in capsys.readouterr().out
+    chosen = json.loads((out / "choose_k.json").read_text())["self_consistent"]
+    assert chosen["hubs"] and chosen["rule"] == "risk_floor, unfolded by levels, exclusive, hubs"
+    for row in json.loads((out / "choose_k.json").read_text())["rows"]:
+        for run in row["runs"]:
+            assert run["reading"] == pytest.approx(
+                procedure_d_count(run["folder"], eval_dir, hubs=True)
             )

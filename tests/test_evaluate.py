@@ -269,9 +269,17 @@ def test_unfold_on_text_counts_the_absorbed_parents_as_features(smollm2):
     assert spa["atoms_by_levels_exclusive"] <= spa["atoms_by_levels"]
     assert spa["nested_tokens"] == unfolded["num_tokens"]  # fewer than NESTED_SAMPLES: all
     assert spa["l0_mean"] <= spa["l0_unfolded_by_levels_exclusive_mean"]
+    # hubs only silence atoms: never more than the exclusive reading, never under the SAE's own
+    assert spa["atoms_by_levels_exclusive_hubs"] == spa["atoms_by_levels_exclusive"]
+    assert (
+        spa["l0_mean"]
+        <= spa["l0_unfolded_by_levels_exclusive_hubs_mean"]
+        <= spa["l0_unfolded_by_levels_exclusive_mean"]
+    )
     report = ev.format_report(unfolded)
     assert "L0 unfolded by levels" in report and "without stars' atoms" in report
     assert "without nested groups" in report and "nesting read on" in report
+    assert "and with hubs" in report and "atoms silent where their parent's own row" in report
 
 
 def test_unfold_on_text_reads_nesting_on_the_first_tokens_and_counts_every_token(

@@ -117,7 +117,7 @@ class EvalOutputs:
         "latents that fire nested (absorption.nested_pairs: on text read on the first 20,000 "
         "tokens, with --synthetic on 20,000 fresh samples of the world, not the scored ones), "
         "and so with each atom silent where its group's parent's own row fires "
-        "(absorption.group_hubs; --synthetic only)",
+        "(absorption.group_hubs; hubs found on the same tokens or samples)",
     )
 
 

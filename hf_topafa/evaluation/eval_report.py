@@ -191,6 +191,12 @@ def format_report(metrics: dict) -> str:
                      f"{_fmt(spa['l0_unfolded_by_levels_exclusive_mean'])}  (5-95% "
                      f"{_fmt(eq['q05'])}-{_fmt(eq['q95'])}; {spa['atoms_by_levels_exclusive']} "
                      f"ancestor atoms; nesting read on {spa['nested_tokens']} tokens)"))  # fmt: skip
+        if "l0_unfolded_by_levels_exclusive_hubs_mean" in spa:  # reports written before hubs
+            hq = spa["l0_unfolded_by_levels_exclusive_hubs_quantiles"]
+            rows.append(("  and with hubs", f"mean "
+                         f"{_fmt(spa['l0_unfolded_by_levels_exclusive_hubs_mean'])}  (5-95% "
+                         f"{_fmt(hq['q05'])}-{_fmt(hq['q95'])}; {spa['hubs_by_levels_exclusive']} "
+                         "atoms silent where their parent's own row fires)"))  # fmt: skip
     if "k_quantiles" in spa:
         kq = spa["k_quantiles"]
         rule = get_rule(sae["activation"]).display_name

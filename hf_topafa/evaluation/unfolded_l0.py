@@ -1,17 +1,23 @@
 """An SAE's per-token L0 with the ancestors its rows absorbed counted as features of their own
-(``hf-topafa evaluate --unfold``), in three readings of ``sae.absorption``: unfolded by levels,
-without star groups' atoms, and without groups of latents that fire nested.
+(``hf-topafa evaluate --unfold``), in four readings of ``sae.absorption``: unfolded by levels,
+without star groups' atoms, without groups of latents that fire nested, and that again with each
+atom silent where its group's parent's own row fires (hubs).
 
-The last needs the SAE's own firing to tell nested latents apart, so its groups are read on the
-first ``NESTED_SAMPLES`` tokens, and those tokens are counted once it is built: every token is
-counted by every reading, in order.
+The last two need the SAE's own firing to tell nested latents apart and to find the hubs, so
+they are built on the first ``NESTED_SAMPLES`` tokens, and those tokens are counted once they
+are: every token is counted by every reading, in order.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..sae.absorption import NESTED_SAMPLES, UnfoldedView, unfolded_by_levels
+from ..sae.absorption import (
+    NESTED_SAMPLES,
+    UnfoldedView,
+    unabsorbed_directions,
+    unfolded_by_levels,
+)
 from .eval_report import quantiles
 
 
@@ -21,13 +27,15 @@ def l0_of(view: UnfoldedView, codes: torch.Tensor) -> torch.Tensor:
 
 
 class UnfoldedL0:
-    """The three readings' per-token L0, accumulated batch by batch (``update``)."""
+    """The four readings' per-token L0, accumulated batch by batch (``update``)."""
 
     def __init__(self, sae):
         self.sae = sae
         self.views = {"": unfolded_by_levels(sae).eval(),
                       "_stars": unfolded_by_levels(sae, stars=True).eval()}  # fmt: skip
-        self.per_token: dict[str, list[torch.Tensor]] = {"": [], "_stars": [], "_exclusive": []}
+        self.per_token: dict[str, list[torch.Tensor]] = {
+            name: [] for name in ("", "_stars", "_exclusive", "_exclusive_hubs")
+        }
         self.early_firing: list[torch.Tensor] = []
         self.nested_tokens = 0
 
@@ -41,14 +49,18 @@ class UnfoldedL0:
                 self.build_exclusive()
 
     def build_exclusive(self) -> None:
-        """Group without nested pairs as read on the tokens seen so far (up to
-        ``NESTED_SAMPLES``), and count those tokens."""
+        """Group without nested pairs, and find the groups' hubs, as read on the tokens seen so
+        far (up to ``NESTED_SAMPLES``; only which latents fire matters), and count those
+        tokens."""
         fired = torch.cat(self.early_firing).float()
         self.early_firing = []
         self.nested_tokens = min(len(fired), NESTED_SAMPLES)
-        view = unfolded_by_levels(self.sae, codes=fired[:NESTED_SAMPLES]).eval()
-        self.views["_exclusive"] = view
-        self.per_token["_exclusive"].append(l0_of(view, fired))
+        early = fired[:NESTED_SAMPLES]
+        nested = unabsorbed_directions(self.sae.W_dec, codes=early)  # found once, read twice
+        for name, hubs in (("_exclusive", False), ("_exclusive_hubs", True)):
+            view = unfolded_by_levels(self.sae, nested, codes=early, hubs=hubs).eval()
+            self.views[name] = view
+            self.per_token[name].append(l0_of(view, fired))
 
     def sparsity(self) -> dict:
         """Per reading its atoms and its L0's mean and quantiles, and the tokens nesting was
@@ -61,5 +73,6 @@ class UnfoldedL0:
             fields[f"atoms_by_levels{name}"] = view.atoms
             fields[f"l0_unfolded_by_levels{name}_mean"] = float(l0.mean())
             fields[f"l0_unfolded_by_levels{name}_quantiles"] = quantiles(l0)
+        fields["hubs_by_levels_exclusive"] = self.views["_exclusive_hubs"].hubs
         fields["nested_tokens"] = self.nested_tokens
         return fields

@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the residual's own tail; risk_balance sets it where false and "
                         "missed latents are expected to balance; risk_switch takes the "
                         "balance's price, or the tail's where the balance's fit fails)")  # fmt: skip
+    parser.add_argument("--hubs", action="store_true",
+                        help="read each dictionary with hubs: an atom is silent where its "
+                        "group's parent's own row fires, so that parent is not counted twice "
+                        "(absorption.group_hubs; results/synthbench/README.md, \"Parents counted "
+                        "twice\")")  # fmt: skip
     parser.add_argument("--json", default=None, help="default: OUTPUT/choose_k.json")
     parser.add_argument("--plot", default=None, help="default: OUTPUT/choose_k.png")
     return parser
@@ -123,16 +128,17 @@ def held_out_activations(eval_cache: str):
     return cache.first_activations(min(READING_TOKENS, cache.num_tokens))
 
 
-def reading_count(sae_or_folder, acts, reader: str = READING) -> float:
+def reading_count(sae_or_folder, acts, reader: str = READING, hubs: bool = False) -> float:
     """Per held-out token, what procedure D's reading keeps of a run's dictionary (the loaded
-    SAE, or its folder), read by ``reader``."""
+    SAE, or its folder), read by ``reader``; with ``hubs``, each atom silent where its parent's
+    own row fires."""
     from ..evaluation.evaluate import evaluate_activations
 
     metrics, _ = evaluate_activations(sae_or_folder, acts, read_with=reader, unfold=True)
-    return metrics["sparsity"]["l0_unfolded_by_levels_exclusive_mean"]
+    return metrics["sparsity"][f"l0_unfolded_by_levels_exclusive{'_hubs' * hubs}_mean"]
 
 
-def self_consistent(rows: list[dict], reader: str = READING) -> dict:
+def self_consistent(rows: list[dict], reader: str = READING, hubs: bool = False) -> dict:
     """The smallest k whose seeds' readings keep at most k per token on average, passing over a
     k whose dictionaries leave more than ``DEAD_SHARE_GUARD`` of their latents dead (a row's
     ``dead_share``; such a row needs no reading). None where no k is left: the sweep needs a
@@ -141,7 +147,8 @@ def self_consistent(rows: list[dict], reader: str = READING) -> dict:
     fits = [row["k"] for row in rows if row["k"] not in passed_over and row["reading"] <= row["k"]]
     return {"k": min(fits) if fits else None, "passed_over": passed_over,
             "dead_share_guard": DEAD_SHARE_GUARD,
-            "reader": reader, "rule": f"{reader}, unfolded by levels, exclusive",
+            "reader": reader, "hubs": hubs,
+            "rule": f"{reader}, unfolded by levels, exclusive{', hubs' * hubs}",
             "tokens": READING_TOKENS}  # fmt: skip
 
 
@@ -203,7 +210,7 @@ def describe(
         row["dead_share"] = sum(shares) / len(shares) if shares else None
         if acts is not None:  # the SAEs loaded above, not read from disk again
             for key, run in zip(keys, row["runs"], strict=True):
-                run["reading"] = reading_count(saes[key], acts, args.reader)
+                run["reading"] = reading_count(saes[key], acts, args.reader, args.hubs)
             row["reading"] = sum(run["reading"] for run in row["runs"]) / len(keys)
     some = next(iter(saes.values()))
     first, second = list(dict.fromkeys(args.seeds))[:2]
@@ -211,7 +218,7 @@ def describe(
     result = {"activation": args.activation, "seeds": args.seeds, "rows": rows,
               "chance": chance["mcc"], "chosen": choice(rows)}  # fmt: skip
     if eval_cache is not None:
-        result["self_consistent"] = self_consistent(rows, args.reader)
+        result["self_consistent"] = self_consistent(rows, args.reader, args.hubs)
     return result
 
 
@@ -255,8 +262,9 @@ def self_consistent_line(result: dict) -> str:
                 f"larger k and run again (finished runs are kept){guard}")  # fmt: skip
     smallest = min(row["k"] for row in result["rows"] if row["k"] not in passed)
     below = " (the sweep's smallest: a k below may fit too)" if k == smallest else ""
+    hubs = ", hubs" if chosen.get("hubs") else ""
     return (f"self-consistent k = {k}: the smallest k whose reading ({chosen['reader']}, absorbed "
-            f"ancestors unfolded) keeps at most k per held-out token{below}{guard}")  # fmt: skip
+            f"ancestors unfolded{hubs}) keeps at most k per held-out token{below}{guard}")  # fmt: skip
 
 
 def cli_main(argv: list[str]) -> int:
