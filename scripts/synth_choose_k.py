@@ -136,6 +136,23 @@ def ladder_report(summary_path: Path, reading_paths: list[Path], agreed: int | N
             "agreed_k": agreed}  # fmt: skip
 
 
+def own_k_tally(reports: list[dict]) -> dict:
+    """Over the ladders, each read at its own (guarded, per seed) self-consistent k: the bars met
+    of four per ladder, how many ladders meet the count, how many all four; a ladder with no
+    choice, or whose choice was not read, meets none."""
+    met = []
+    for report in reports:
+        chosen = next(
+            (r for r in report["readings"] if r["k"] == report["self_consistent_k"]), None
+        )
+        met.append(
+            chosen["bars"] if chosen else dict.fromkeys(("count", "f1", "mcc", "corr"), False)
+        )
+    return {"ladders": len(reports), "bars": sum(sum(m.values()) for m in met),
+            "of": 4 * len(reports), "count_in_band": sum(m["count"] for m in met),
+            "all_four": sum(all(m.values()) for m in met)}  # fmt: skip
+
+
 def print_ladder(report: dict) -> None:
     best = report["best_topk"]
     print(f"\n{report['world']} ({report['summary']}): TopK k {best['ks']}, best F1 {best['f1']:.3f}, "
@@ -186,10 +203,14 @@ def main() -> None:
               f"{unguarded if unguarded is not None else '- (no choice)'}")  # fmt: skip
     elif len(worlds) > 1:
         print(f"\nladders of {len(worlds)} worlds: no seeds' mean reading is taken across them")
+    tally = own_k_tally(reports)
+    print(f"at each ladder's own self-consistent k: {tally['bars']} bars of {tally['of']}, the "
+          f"count in the band on {tally['count_in_band']} of {tally['ladders']} ladders, all four "
+          f"bars on {tally['all_four']}")  # fmt: skip
     if args.json:
         write_json(args.json, {"ladders": reports, "seeds_mean_self_consistent_k": mean_k,
                                "seeds_mean_self_consistent_k_unguarded": unguarded,
-                               "command": script_command()})  # fmt: skip
+                               "own_k_tally": tally, "command": script_command()})  # fmt: skip
 
 
 if __name__ == "__main__":

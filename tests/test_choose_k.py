@@ -297,12 +297,16 @@ def test_the_self_consistent_k_is_the_smallest_whose_reading_fits_and_bars_are_s
     bars = {r["k"]: r["bars"] for r in ladder["readings"]}
     assert bars[12] == {"count": True, "f1": True, "mcc": True, "corr": True}
     assert bars[4]["count"] is False and bars[16]["count"] is False  # 0.6x and 1.2x
+    tally = {"ladders": 1, "bars": 4, "of": 4, "count_in_band": 1, "all_four": 1}
+    assert json.loads(out.read_text())["own_k_tally"] == tally
 
     # with k = 8 unread the choice would hang on it, so none is made
     monkeypatch.setattr(sys, "argv", [*argv[:3], *files[2:], "--json", str(out)])
     synth_choose_k_main()
     (ladder,) = json.loads(out.read_text())["ladders"]
     assert ladder["self_consistent_k"] is None and ladder["unread_k"] == [4]
+    tally = json.loads(out.read_text())["own_k_tally"]  # no choice: no bar
+    assert (tally["bars"], tally["count_in_band"], tally["all_four"]) == (0, 0, 0)
 
 
 def test_two_seeds_ladders_also_choose_on_their_mean_reading(tmp_path, monkeypatch):
