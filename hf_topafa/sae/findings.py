@@ -302,9 +302,10 @@ GROUND_TRUTH: dict[str, str] = {
         "sixteen ladders read at its own k it met the count on 8 and all four bars on 5, F1 "
         "above the best TopK on all. Part of an overcount is a parent counted twice, by its own "
         "row and by the atom its children add: with that atom silent where the row fires "
-        "(hubs), five ladders that overcounted came into the band and four at or near the "
-        "band's floor fell under it. It reads a learned dictionary; it was not trained end to "
-        "end."
+        "(hubs), five ladders that overcounted came into the band and those at or near the "
+        "band's floor fell under it: over seventeen ladders its count then never overshot the "
+        "band at its own k and undershot on nine, and the bars met stayed where they were (56 "
+        "of 68 against 57). It reads a learned dictionary; it was not trained end to end."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
