@@ -191,14 +191,22 @@ def test_nested_pairs_are_those_whose_rarer_latent_fires_with_the_other_at_least
     assert torch.equal(nested, nested.T) and not nested.diagonal().any()
 
 
-def test_a_parents_own_row_in_its_childrens_group_silences_their_atom_where_it_fires():
+def parent_row_beside_its_children() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the parent's direction, a decoder [40, 64] whose row 0 is the parent's own and rows 1-4
+    its four children with the parent absorbed, codes [100, 40]): the parent's row fires alone
+    on the first 40 samples, each child's on 5 of the next 20, nothing on the last 40."""
     basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(4)))[0].T
     parent, children = basis[0], basis[1:5]
     W_dec = torch.cat([parent[None], (2 * parent + children) / math.sqrt(5), basis[5:40]])
     codes = torch.zeros(100, 40)
-    codes[:40, 0] = 1.0  # the parent's row fires alone on 40 samples, each child's on 5
+    codes[:40, 0] = 1.0
     for child in range(1, 5):
         codes[40 + 5 * child : 45 + 5 * child, child] = 1.0
+    return parent, W_dec, codes
+
+
+def test_a_parents_own_row_in_its_childrens_group_silences_their_atom_where_it_fires():
+    parent, W_dec, codes = parent_row_beside_its_children()
     found = unabsorbed_directions(W_dec, codes=codes)
     atoms = parent_atoms(found)
     assert atoms.group.tolist()[:5] == [0] * 5 and float(atoms.directions[0] @ parent) > 0.95
@@ -313,13 +321,7 @@ def test_the_absorption_report_reads_a_saved_sae_and_says_what_it_cannot_load(
 def test_the_text_paths_hubs_reading_counts_a_parent_alone_once():
     from hf_topafa.evaluation.unfolded_l0 import UnfoldedL0
 
-    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(4)))[0].T
-    parent, children = basis[0], basis[1:5]
-    W_dec = torch.cat([parent[None], (2 * parent + children) / math.sqrt(5), basis[5:40]])
-    codes = torch.zeros(100, 40)
-    codes[:40, 0] = 1.0  # the parent's row fires alone on 40 tokens, each child's on 5
-    for child in range(1, 5):
-        codes[40 + 5 * child : 45 + 5 * child, child] = 1.0
+    _, W_dec, codes = parent_row_beside_its_children()
     counted = UnfoldedL0(top1_reading_rows(W_dec))
     counted.update(codes[:60])  # fewer than NESTED_SAMPLES: built when the sparsity is asked for
     counted.update(codes[60:])
