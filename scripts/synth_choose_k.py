@@ -145,12 +145,10 @@ def own_k_tally(reports: list[dict]) -> dict:
         chosen = next(
             (r for r in report["readings"] if r["k"] == report["self_consistent_k"]), None
         )
-        met.append(
-            chosen["bars"] if chosen else dict.fromkeys(("count", "f1", "mcc", "corr"), False)
-        )
+        met.append(chosen["bars"] if chosen else {})
     return {"ladders": len(reports), "bars": sum(sum(m.values()) for m in met),
-            "of": 4 * len(reports), "count_in_band": sum(m["count"] for m in met),
-            "all_four": sum(all(m.values()) for m in met)}  # fmt: skip
+            "of": 4 * len(reports), "count_in_band": sum(m.get("count", False) for m in met),
+            "all_four": sum(bool(m) and all(m.values()) for m in met)}  # fmt: skip
 
 
 def print_ladder(report: dict) -> None:

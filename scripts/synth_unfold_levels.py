@@ -43,7 +43,7 @@ from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae.absorption import (
     NESTED_SAMPLES,
     UnfoldedView,
-    unabsorbed_directions,
+    exclusive_views,
     unfolded_by_levels,
     unfolded_further,
 )
@@ -211,10 +211,8 @@ def main() -> None:
     if args.exclusive is not None:
         firing = ActivationCache(args.exclusive).first_activations(NESTED_SAMPLES)
         codes = codes_of(once.sae, firing)
-        nested = unabsorbed_directions(once.sae.W_dec, codes=codes)  # found once, read twice
-        views["exclusive"] = unfolded_by_levels(once.sae, nested, codes=codes)
-        if args.hubs:
-            views["exclusive_hubs"] = unfolded_by_levels(once.sae, nested, codes=codes, hubs=True)
+        found = exclusive_views(once.sae, codes, hubs=args.hubs)  # one view, or two with hubs
+        views.update(zip(("exclusive", "exclusive_hubs"), found, strict=False))
     readings = {}
     for name, view in views.items():
         rows = sources_by_level(view, world, truth, samples)

@@ -26,6 +26,7 @@ from torch import nn
 from ..sae.absorption import (
     NESTED_SAMPLES,
     UnfoldedView,
+    exclusive_views,
     unabsorbed_directions,
     unfolded_by_levels,
     unfolded_further,
@@ -505,12 +506,9 @@ def readings_of(
         views.append((", unfolded by levels, stars", stars_view, None))
     if unfold and codes is not None:
         level = None if unabsorbed is None else unabsorbed.level
-        nested = unabsorbed_directions(sae.W_dec, level, codes=codes)  # found once, read twice
-        exclusive = unfolded_by_levels(sae, nested, codes=codes)
-        views.append((", unfolded by levels, exclusive", exclusive, None))
-        if hubs:
-            with_hubs = unfolded_by_levels(sae, nested, codes=codes, hubs=True)
-            views.append((", unfolded by levels, exclusive, hubs", with_hubs, None))
+        suffixes = (", unfolded by levels, exclusive", ", unfolded by levels, exclusive, hubs")
+        found = exclusive_views(sae, codes, level, hubs)  # one view, or two with hubs
+        views += [(suffix, view, None) for suffix, view in zip(suffixes, found, strict=False)]
     return views
 
 

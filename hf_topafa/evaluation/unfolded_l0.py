@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..sae.absorption import (
-    NESTED_SAMPLES,
-    UnfoldedView,
-    unabsorbed_directions,
-    unfolded_by_levels,
-)
+from ..sae.absorption import NESTED_SAMPLES, UnfoldedView, exclusive_views, unfolded_by_levels
 from .eval_report import quantiles
 
 
@@ -55,11 +50,9 @@ class UnfoldedL0:
         fired = torch.cat(self.early_firing).float()
         self.early_firing = []
         self.nested_tokens = min(len(fired), NESTED_SAMPLES)
-        early = fired[:NESTED_SAMPLES]
-        nested = unabsorbed_directions(self.sae.W_dec, codes=early)  # found once, read twice
-        for name, hubs in (("_exclusive", False), ("_exclusive_hubs", True)):
-            view = unfolded_by_levels(self.sae, nested, codes=early, hubs=hubs).eval()
-            self.views[name] = view
+        views = exclusive_views(self.sae, fired[:NESTED_SAMPLES], hubs=True)
+        for name, view in zip(("_exclusive", "_exclusive_hubs"), views, strict=True):
+            self.views[name] = view.eval()
             self.per_token[name].append(l0_of(view, fired))
 
     def sparsity(self) -> dict:

@@ -387,6 +387,20 @@ def unfolded_by_levels(
     return unfolded_further(first, held, stars, codes, hubs)
 
 
+def exclusive_views(
+    sae, codes: torch.Tensor, level: float | None = None, hubs: bool = False
+) -> list[UnfoldedView]:
+    """Procedure D's reading of ``sae``: unfolded by levels with no group of latents that fire
+    nested in ``codes`` (the SAE's own code [n, h] on samples); with ``hubs`` also that same
+    grouping read again with each atom silent where its hub fires. The nested grouping of the
+    decoder is found once for both (at ``level``, or chance)."""
+    nested = unabsorbed_directions(sae.W_dec, level, codes=codes)
+    views = [unfolded_by_levels(sae, nested, codes=codes)]
+    if hubs:
+        views.append(unfolded_by_levels(sae, nested, codes=codes, hubs=True))
+    return views
+
+
 def unfolded_further(
     view: UnfoldedView,
     held: bool = False,
