@@ -33,7 +33,9 @@ the parent, already in the dictionary). ``--exclusive CACHE`` adds another: by l
 group of latents that fire nested (``absorption.nested_pairs``) in each reading's code of the
 first ``--firing-samples`` activations of CACHE (samples not scored: the training cache), and
 ``--hubs`` one more after it: each atom silent where its group's parent's own row fires
-(``absorption.group_hubs``: the parent is counted once).
+(``absorption.group_hubs``: the parent is counted once), and ``--fold`` one more: each hub folded
+into its atom, which fires where the hub did, the hub's column left out (``absorption.FoldedView``:
+the parent counted once, on one latent, and its ancestors on the hub's firings too).
 ``--last-only`` scores only each rule's last reading (procedure D's with ``--stars
 --exclusive``), for readers as slow as ``risk_refit``.
 
@@ -142,6 +144,13 @@ def main() -> None:
         help="with --exclusive, also score each reading so with each atom silent where its "
         "group's parent's own row fires (absorption.group_hubs; the last reading)",
     )
+    p.add_argument(
+        "--fold",
+        action="store_true",
+        help="with --exclusive, also score each reading with each hub folded into its atom: the "
+        "atom fires where the hub did and the hub's column is left out (absorption.FoldedView; "
+        "the last reading; implies --hubs)",
+    )
     p.add_argument("--firing-samples", type=int, default=NESTED_SAMPLES)
     p.add_argument(
         "--last-only",
@@ -158,8 +167,10 @@ def main() -> None:
     )
     args = p.parse_args()
     args.unfold = args.unfold or args.stars or args.exclusive is not None
+    args.hubs = args.hubs or args.fold
     if args.hubs and args.exclusive is None:
-        raise SystemExit("--hubs reads the hubs from the codes of --exclusive CACHE: give both")
+        option = "--fold" if args.fold else "--hubs"
+        raise SystemExit(f"{option} reads the hubs from the codes of --exclusive CACHE: give both")
     torch.set_num_threads(1)
     cache = ActivationCache(args.cache)
     world = world_of_cache(cache.manifest)
@@ -208,12 +219,12 @@ def main() -> None:
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
         codes = None if firing_x is None else codes_of(read, firing_x)
-        views = readings_of(read, unabsorbed, args.unfold, args.stars, codes, args.hubs)
+        views = readings_of(read, unabsorbed, args.unfold, args.stars, codes, args.hubs, args.fold)
         for suffix, sae, directions in views[-1:] if args.last_only else views:
             if suffix.startswith(EXCLUSIVE):  # its groups follow this reading's code: per rule
                 match[suffix] = matched_features(sae.W_dec, features)
                 found["atoms_by_levels_exclusive"][rule] = sae.atoms  # with --hubs: its reading's
-            if suffix == EXCLUSIVE + HUBS:
+            if suffix.startswith(EXCLUSIVE + HUBS):
                 found.setdefault("hubs", {})[rule] = sae.hubs
             row = {
                 **score_against_truth(sae, world, truth, directions=directions)["row"],

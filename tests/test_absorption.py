@@ -10,6 +10,7 @@ import torch
 
 from hf_topafa import SAEConfig, SparseAutoencoder
 from hf_topafa.sae.absorption import (
+    FoldedView,
     UnfoldedView,
     chance_coherence,
     connected_groups,
@@ -232,6 +233,46 @@ def test_a_parents_own_row_in_its_childrens_group_silences_their_atom_where_it_f
     assert by_levels.hubs == 1 and by_levels(x).l0.tolist() == [1, 2]
     with pytest.raises(ValueError, match="hubs are read from the SAE's codes"):
         unfolded_by_levels(sae, hubs=True)
+
+
+def test_a_hub_folded_into_its_atom_counts_its_parent_once_and_its_grandparent_too():
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(5)))[0].T
+    grandparent, parents, children = basis[0], basis[1:5], basis[5:21]
+    # four parents' own rows, each beside its four children that absorbed it and, less, the
+    # grandparent (as in the grandparent test above); each family fires apart, the parent's
+    # row most often
+    parent_rows = 1.2 * grandparent + 1.5 * parents
+    W_dec = torch.cat([parent_rows, parent_rows.repeat_interleave(4, 0) + children, basis[21:51]])
+    codes, start = torch.zeros(228, 50), 0
+    for p in range(4):
+        codes[start : start + 30 + 10 * p, p] = 1.0
+        start += 30 + 10 * p
+        for c in range(4):
+            codes[start : start + 3, 4 + 4 * p + c] = 1.0
+            start += 3
+    sae = top1_reading_rows(W_dec)
+    plain = unfolded_by_levels(sae, codes=codes).eval()
+    hubbed = unfolded_by_levels(sae, codes=codes, hubs=True).eval()
+    folded = unfolded_by_levels(sae, codes=codes, hubs=True, fold=True).eval()
+    assert (plain.atoms, hubbed.hubs, folded.hubs) == (5, 4, 4)  # four parents, a grandparent
+    assert folded.folded.nonzero().squeeze(-1).tolist() == [0, 1, 2, 3]  # the parents' rows
+    one = FoldedView(folded)
+    assert one.config.d_sae == one.W_dec.shape[0] == 51 and one.atoms == 5
+    torch.testing.assert_close(one.W_dec, folded.W_dec[4:])
+    unit = torch.nn.functional.normalize
+    x = 3 * torch.stack([unit(parent_rows[1], dim=0), unit(W_dec[9], dim=0)])  # a parent; a child
+    # the truth: the parent and the grandparent; the child, its parent and the grandparent
+    assert plain(x).l0.tolist() == [3, 3]  # the parent twice: its row and its atom
+    assert hubbed(x).l0.tolist() == [1, 3]  # the parent once, and the grandparent lost with it
+    out = one(x)
+    assert out.l0.tolist() == [2, 3]
+    assert [row.nonzero().squeeze(-1).tolist() for row in out.feature_acts] == [
+        [47, 50],
+        [5, 47, 50],
+    ]
+    torch.testing.assert_close(out.reconstruction, sae(x).reconstruction)
+    # without hubs asked for, fold changes nothing
+    assert unfolded_by_levels(sae, codes=codes, fold=True)(x).l0.tolist() == [3, 3]
 
 
 def test_siblings_that_fire_together_share_no_absorbed_parent():

@@ -432,8 +432,19 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     assert hubbed["rule"] == "topk:8, unfolded by levels, exclusive, hubs"
     assert written["unabsorb"]["hubs"]["topk:8"] >= 0
     assert rows[0]["l0"] <= hubbed["l0"] <= unhubbed["l0"]  # a hub only silences its atom
+    monkeypatch.setattr(sys, "argv", [*exclusive, "--fold", "--last-only"])
+    reread_main()  # --fold implies --hubs and adds the reading with each hub folded, last
+    written = json.loads(out.read_text())
+    (folded,) = written["rows"]
+    assert folded["rule"] == "topk:8, unfolded by levels, exclusive, hubs folded"
+    assert written["unabsorb"]["hubs"]["topk:8"] >= 0
+    assert rows[0]["l0"] <= folded["l0"] <= unhubbed["l0"]  # the parent once, on the atom
+    assert folded["explained_variance"] == unhubbed["explained_variance"]
     monkeypatch.setattr(sys, "argv", [*argv, "--hubs"])
     with pytest.raises(SystemExit, match="--hubs reads the hubs from the codes of --exclusive"):
+        reread_main()
+    monkeypatch.setattr(sys, "argv", [*argv, "--fold"])
+    with pytest.raises(SystemExit, match="--fold reads the hubs from the codes of --exclusive"):
         reread_main()
 
 

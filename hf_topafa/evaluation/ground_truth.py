@@ -483,7 +483,13 @@ def firing_codes(sae, world, num_samples: int = NESTED_SAMPLES, seed: int = 2) -
 
 
 def readings_of(
-    sae, unabsorbed=None, unfold: bool = False, stars: bool = False, codes=None, hubs: bool = False
+    sae,
+    unabsorbed=None,
+    unfold: bool = False,
+    stars: bool = False,
+    codes=None,
+    hubs: bool = False,
+    fold: bool = False,
 ):
     """(label suffix, the SAE or a view of it, directions to match) per reading: the SAE as
     trained; given ``unabsorbed`` (``absorption.unabsorbed_directions`` of its decoder), also
@@ -493,7 +499,8 @@ def readings_of(
     given ``codes`` (the SAE's own code on samples not scored) by levels with no group of latents
     that fire nested (``absorption.nested_pairs``), both at ``unabsorbed``'s level; with
     ``hubs`` that reading once more, each atom silent where its parent's own row fires
-    (``absorption.group_hubs``). ``evaluate --unfold`` and ``synth_reread.py`` read so."""
+    (``absorption.group_hubs``), and with ``fold`` once more with that row folded into the atom
+    (``absorption.FoldedView``). ``evaluate --unfold`` and ``synth_reread.py`` read so."""
     views = [("", sae, None)]
     if unabsorbed is not None:
         views.append((", unabsorbed", sae, unabsorbed.directions))
@@ -506,8 +513,10 @@ def readings_of(
         views.append((", unfolded by levels, stars", stars_view, None))
     if unfold and codes is not None:
         level = None if unabsorbed is None else unabsorbed.level
-        suffixes = (", unfolded by levels, exclusive", ", unfolded by levels, exclusive, hubs")
-        found = exclusive_views(sae, codes, level, hubs)  # one view, or two with hubs
+        suffixes = [
+            ", unfolded by levels, exclusive" + end for end in ("", ", hubs", ", hubs folded")
+        ]
+        found = exclusive_views(sae, codes, level, hubs, fold)  # one view, two with hubs, three
         views += [(suffix, view, None) for suffix, view in zip(suffixes, found, strict=False)]
     return views
 

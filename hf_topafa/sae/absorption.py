@@ -17,9 +17,10 @@ themselves, for the ancestors above the parents; with ``stars`` a group whose ro
 one of them (``star_groups``) is read as that row's, with no atom; given the SAE's codes on some
 samples, two rows that fire nested (``nested_pairs``) are not grouped at all, and with ``hubs``
 a group's member that is its parent's own row (``group_hubs``) silences the atom where it
-fires. On the synthetic worlds these are measured in ``results/synthbench`` ("Absorbed
+fires, or with ``fold`` gives the atom its firings and leaves the reading (``FoldedView``). On
+the synthetic worlds these are measured in ``results/synthbench`` ("Absorbed
 parents", "Ancestors unfolded by levels", "Star groups", "Exclusive groups", "Parents counted
-twice").
+twice", "Hubs folded into their atoms").
 """
 
 from __future__ import annotations
@@ -281,6 +282,10 @@ class UnfoldedView(nn.Module):
 
     ``hub_codes``: the codes [n, h] of the latents this view reads, on samples it is not scored
     on; each group's parent's own row (``group_hubs``) then silences its atom where it fires.
+    ``fold``: instead, the hub's column is emptied and the atom fires wherever the hub or a
+    child does, so the parent is counted once and on one latent, the one its direction is read
+    on, and the atoms above it count their ancestors on the hub's firings too. The emptied
+    columns are listed in ``folded``; ``FoldedView`` leaves them out.
     """
 
     def __init__(
@@ -288,6 +293,7 @@ class UnfoldedView(nn.Module):
         sae,
         unabsorbed: UnabsorbedDirections | None = None,
         hub_codes: torch.Tensor | None = None,
+        fold: bool = False,
     ):
         super().__init__()
         self.sae = sae
@@ -302,6 +308,17 @@ class UnfoldedView(nn.Module):
         if hub_codes is not None:
             hubs = group_hubs(sae.W_dec, atoms, hub_codes)
         self.register_buffer("hub", hubs)  # -1: the atom has no hub
+        self.fold = fold
+        inner = (
+            sae.folded
+            if isinstance(sae, UnfoldedView)
+            else torch.zeros(len(norms), dtype=torch.bool)
+        )
+        folded = torch.cat([inner, torch.zeros(len(atoms.directions), dtype=torch.bool)])
+        if fold:
+            folded[hubs[hubs >= 0]] = True
+        self.register_buffer("folded", folded)
+        """[d_sae] bool: the columns this view and the views it reads empty (folded hubs)."""
         self.hubs = int((hubs >= 0).sum()) + getattr(sae, "hubs", 0)
         """How many atoms of this view and the views it reads a row of their group silences
         where it fires."""
@@ -342,7 +359,10 @@ class UnfoldedView(nn.Module):
         parents = flat.new_zeros(flat.shape[0], self.added)
         parents.index_add_(1, self.group[members], flat[:, members] * self.share[members])
         hubbed = self.hub >= 0
-        if hubbed.any():
+        if hubbed.any() and self.fold:
+            flat = flat.clone()
+            flat[:, self.hub[hubbed]] = 0  # the atom has taken the hub's firings
+        elif hubbed.any():
             parents[:, hubbed] = parents[:, hubbed] * (flat[:, self.hub[hubbed]] == 0)
         return torch.cat([flat, parents], -1).reshape(*acts.shape[:-1], -1)
 
@@ -356,6 +376,36 @@ class UnfoldedView(nn.Module):
                                l0=(code != 0).sum(-1), k=None)  # fmt: skip
 
 
+class FoldedView(nn.Module):
+    """A view read with ``fold`` (``UnfoldedView``) without the columns it emptied: one latent
+    per parent, so that the evaluator matches the parent to the latent that fires for it. Its
+    code and rows are the view's, less those columns; the reconstruction is the SAE's own."""
+
+    def __init__(self, view: UnfoldedView):
+        super().__init__()
+        self.view = view
+        self.register_buffer("kept", (~view.folded).nonzero().squeeze(-1))
+        self.config = copy.copy(view.config)
+        self.config.d_sae = len(self.kept)
+        self.atoms, self.hubs, self.level = view.atoms, view.hubs, view.level
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self.view.W_dec[self.kept]
+
+    def input_scale(self, std: torch.Tensor) -> torch.Tensor:
+        return self.view.input_scale(std)
+
+    def normalize_input(self, x: torch.Tensor, remember: bool = False):
+        return self.view.normalize_input(x, remember)
+
+    def forward(self, x: torch.Tensor) -> SimpleNamespace:
+        out = self.view(x)
+        code = out.feature_acts[..., self.kept]
+        return SimpleNamespace(feature_acts=code, reconstruction=out.reconstruction,
+                               l0=(code != 0).sum(-1), k=None)  # fmt: skip
+
+
 def unfolded_by_levels(
     sae,
     unabsorbed: UnabsorbedDirections | None = None,
@@ -363,6 +413,7 @@ def unfolded_by_levels(
     stars: bool = False,
     codes: torch.Tensor | None = None,
     hubs: bool = False,
+    fold: bool = False,
 ) -> UnfoldedView:
     """``UnfoldedView`` of ``sae``, then of each view's new atoms among themselves, until they
     share no direction above chance. Sibling rows absorb every ancestor, not only their parent,
@@ -372,8 +423,9 @@ def unfolded_by_levels(
     ``stars``: a star group adds no atom at any level (``star_groups``). ``codes``: the SAE's
     own code [n, h] on samples; rows or atoms that fire nested are not grouped at any level
     (``nested_pairs``); with ``hubs`` too, at every level a group's parent's own row silences
-    its atom where it fires (``group_hubs``). An ``unabsorbed`` found without stars or codes is
-    found again at its level with them."""
+    its atom where it fires (``group_hubs``), or with ``fold`` gives the atom its firings (the
+    hubs' columns emptied: ``FoldedView`` drops them). An ``unabsorbed`` found without stars or
+    codes is found again at its level with them."""
     if hubs and codes is None:
         raise ValueError("hubs are read from the SAE's codes on samples: pass codes")
     if (
@@ -383,21 +435,24 @@ def unfolded_by_levels(
     ):
         level = None if unabsorbed is None else unabsorbed.level
         unabsorbed = unabsorbed_directions(sae.W_dec, level, stars, codes)
-    first = UnfoldedView(sae, unabsorbed, codes.float() if hubs else None)
-    return unfolded_further(first, held, stars, codes, hubs)
+    first = UnfoldedView(sae, unabsorbed, codes.float() if hubs else None, hubs and fold)
+    return unfolded_further(first, held, stars, codes, hubs, fold)
 
 
 def exclusive_views(
-    sae, codes: torch.Tensor, level: float | None = None, hubs: bool = False
-) -> list[UnfoldedView]:
+    sae, codes: torch.Tensor, level: float | None = None, hubs: bool = False, fold: bool = False
+) -> list[UnfoldedView | FoldedView]:
     """Procedure D's reading of ``sae``: unfolded by levels with no group of latents that fire
     nested in ``codes`` (the SAE's own code [n, h] on samples); with ``hubs`` also that same
-    grouping read again with each atom silent where its hub fires. The nested grouping of the
-    decoder is found once for both (at ``level``, or chance)."""
+    grouping read again with each atom silent where its hub fires, and with ``fold`` once more
+    with each hub folded into its atom (``FoldedView``). The nested grouping of the decoder is
+    found once for all (at ``level``, or chance)."""
     nested = unabsorbed_directions(sae.W_dec, level, codes=codes)
     views = [unfolded_by_levels(sae, nested, codes=codes)]
-    if hubs:
+    if hubs or fold:
         views.append(unfolded_by_levels(sae, nested, codes=codes, hubs=True))
+    if fold:
+        views.append(FoldedView(unfolded_by_levels(sae, nested, codes=codes, hubs=True, fold=True)))
     return views
 
 
@@ -407,6 +462,7 @@ def unfolded_further(
     stars: bool = False,
     codes: torch.Tensor | None = None,
     hubs: bool = False,
+    fold: bool = False,
 ) -> UnfoldedView:
     """``view`` with its newest atoms unfolded among themselves, level by level, until they
     share no direction above chance (``unfolded_by_levels`` after its first level). Each level's
@@ -415,14 +471,15 @@ def unfolded_further(
     level's last atoms, of one or two, match no feature and fire 0.8 times per sample).
     ``stars``: star groups of atoms add no atom (``star_groups``). ``codes``: the SAE's own code
     [n, h] on samples, unfolded at each level so that atoms that fire nested are not grouped;
-    ``hubs``: and so that each level's groups' hubs are found (``group_hubs``)."""
+    ``hubs``: and so that each level's groups' hubs are found (``group_hubs``), and with ``fold``
+    folded into their atoms."""
     level = view_level(view) if held else None
     unfolded = None if codes is None else view.unfold(codes.float())  # one level on at a time
     while view.added >= 2:
         found = unabsorbed_among(view.W_dec, view.added, level, stars, unfolded)
         if not bool(found.grouped.any()):
             break
-        view = UnfoldedView(view, found, unfolded if hubs else None)
+        view = UnfoldedView(view, found, unfolded if hubs else None, hubs and fold)
         unfolded = None if unfolded is None else view.with_atoms(unfolded)
     return view
 
