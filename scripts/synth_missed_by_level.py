@@ -13,7 +13,10 @@ descendant's: the feature absorbed into a relative's row). The same by
 depth below the root, and by how often the feature fires (four equal bands of the held ones).
 First it prints the noise level ``risk_floor`` prices each latent at on this dictionary beside
 the truth's (the energy of the features the width does not hold): a level set too high drops
-true features that the dictionary holds.
+true features that the dictionary holds. ``--rule`` reads with another rule (e.g. the switch's
+``risk_tail@PRICE``); ``--fold`` adds procedure D with each hub folded into its atom
+(``absorption.FoldedView``), where a parent is counted once and on the latent matched to it, so
+what it misses is missed, not counted on a latent matched elsewhere.
 
     python scripts/synth_missed_by_level.py runs/synthbench_deep/runs/synthsaebench-4k-deep/topk-k14 \\
         runs/synthbench_deep/cache/synthsaebench-4k-deep-eval runs/synthbench_deep/cache/synthsaebench-4k-deep-train \\
@@ -49,6 +52,7 @@ from hf_topafa.sae.kfree import centered_input
 from hf_topafa.sae.reading import read_with
 
 PROCEDURE_D = ", unfolded by levels, exclusive"
+FOLDED = PROCEDURE_D + ", hubs folded"
 NEAR = 0.9  # a matched |cosine| at least this counts as the feature learned
 LEVEL_SAMPLES = 4096  # one batch, as the reading prices each batch of 4,096
 LEVEL_FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5)  # levels tried, times the unheld energy
@@ -190,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
                        ("train_cache", "the training cache, for the nested-firing groups")):  # fmt: skip
         parser.add_argument(name, help=role)
     parser.add_argument("--samples", type=int, default=10000, help="scored samples")
+    parser.add_argument(
+        "--rule", default="risk_floor", help="the reading rule (default risk_floor)"
+    )
+    parser.add_argument(
+        "--fold",
+        action="store_true",
+        help="also procedure D with each hub folded into its atom (absorption.FoldedView)",
+    )
     parser.add_argument("--json", default=None, help="write the groups, with the command, here")
     return parser
 
@@ -201,10 +213,14 @@ def main() -> None:
     world = world_of_cache(cache.manifest)
     truth = TruthSet.from_cache(cache, world.cfg.num_features, limit=args.samples)
     base = SparseAutoencoder.from_pretrained(args.run)
-    read = read_with(base, "risk_floor")
+    try:
+        read = read_with(base, args.rule)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     codes = codes_of(read, ActivationCache(args.train_cache).first_activations(NESTED_SAMPLES))
     unabsorbed = unabsorbed_directions(base.W_dec)
-    views = {suffix: view for suffix, view, _ in readings_of(read, unabsorbed, True, True, codes)}
+    found_views = readings_of(read, unabsorbed, True, True, codes, args.fold, args.fold)
+    views = {suffix: view for suffix, view, _ in found_views}
     features = world.feature_dict.feature_vectors
     held = most_frequent(truth.feature_counts(), base.config.d_sae)
     place = places(world)
@@ -219,7 +235,10 @@ def main() -> None:
         print(f"  the pooled residual at the counts of each level (both over the unheld): {steps}")
     result = {"run": args.run, "cache": args.cache, "samples": truth.num_samples,
               "noise": noise, "command": script_command(), "readings": {}}  # fmt: skip
-    for label, view in (("risk_floor", views[""]), ("procedure D", views[PROCEDURE_D])):
+    readings = [(args.rule, views[""]), ("procedure D", views[PROCEDURE_D])]
+    if args.fold:
+        readings.append(("procedure D, hubs folded", views[FOLDED]))
+    for label, view in readings:
         match, cos = matched_cosines(view.W_dec, features)
         cosine = torch.zeros(world.cfg.num_features)
         cosine[match[match >= 0]] = cos[match >= 0]

@@ -1098,6 +1098,14 @@ def test_missed_by_level_on_the_worlds_own_features(world_json, oracle_run, tmp_
         group["firings_per_sample"], abs=0.01)  # fmt: skip
     noise = found["noise"]  # the width holds every feature: nothing unheld
     assert noise["unheld_noise"] == 0 and noise["ratio"] is None and noise["pooled_level"] > 0
+    monkeypatch.setattr(sys, "argv", [*argv, "--rule", "topk:8", "--fold"])
+    missed_by_level_main()  # another rule, and procedure D with hubs folded: no hub here
+    readings = json.loads(out.read_text())["readings"]
+    assert list(readings) == ["topk:8", "procedure D", "procedure D, hubs folded"]
+    assert readings["procedure D, hubs folded"] == readings["procedure D"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--rule", "nonsense"])
+    with pytest.raises(SystemExit, match="nonsense"):
+        missed_by_level_main()
     # holding only the 24 most frequent, the rest is noise; a higher level keeps fewer features
     # and leaves more residual
     cache = ActivationCache(caches[0])
