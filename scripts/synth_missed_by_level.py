@@ -16,7 +16,10 @@ the truth's (the energy of the features the width does not hold): a level set to
 true features that the dictionary holds. ``--rule`` reads with another rule (e.g. the switch's
 ``risk_tail@PRICE``); ``--fold`` adds procedure D with each hub folded into its atom
 (``absorption.FoldedView``), where a parent is counted once and on the latent matched to it, so
-what it misses is missed, not counted on a latent matched elsewhere.
+what it misses is missed, not counted on a latent matched elsewhere. Per reading it also splits
+the missed firings by what the feature's one-to-one matched latent is (``missed_by_latent``):
+none, an atom that stayed silent, a row learned (|cos| >= 0.9) that the rule dropped, or a row
+learned badly; and the false firings, of atoms and of rows.
 
     python scripts/synth_missed_by_level.py runs/synthbench_deep/runs/synthsaebench-4k-deep/topk-k14 \\
         runs/synthbench_deep/cache/synthsaebench-4k-deep-eval runs/synthbench_deep/cache/synthsaebench-4k-deep-train \\
@@ -47,7 +50,7 @@ from hf_topafa.evaluation.ground_truth import (
 from hf_topafa.evaluation.sparse_recovery import unheld_noise
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk
-from hf_topafa.sae.absorption import NESTED_SAMPLES, unabsorbed_directions
+from hf_topafa.sae.absorption import NESTED_SAMPLES, FoldedView, unabsorbed_directions
 from hf_topafa.sae.kfree import centered_input
 from hf_topafa.sae.reading import read_with
 
@@ -120,6 +123,51 @@ def detections(sae, world, truth: TruthSet, match: torch.Tensor, batch: int = 40
         found["missed_beside_ancestor"] += (missed & kept_ancestor(kept, parents)).sum(0)
         found["missed_beside_descendant"] += (missed & kept_descendant(kept, parents, depth)).sum(0)
     return found
+
+
+def atom_latents(view, width: int) -> torch.Tensor:
+    """[latents] bool: which of a reading's latents are atoms (added after the SAE's ``width``
+    own rows; a folded view has left some rows out)."""
+    positions = view.kept if isinstance(view, FoldedView) else torch.arange(view.config.d_sae)
+    return positions >= width
+
+
+@torch.no_grad()
+def missed_by_latent(sae, world, truth: TruthSet, match, cosine, atoms, held, batch=4096) -> dict:
+    """Per sample: the held features' firings, those the reading misses split by what the
+    feature's matched latent is (``match``: one feature per latent, -1 for none; ``cosine``: its
+    |cosine| per latent; ``atoms``: which latents are atoms) — ``no_latent`` (no latent stands
+    for it), ``atom`` (its atom stayed silent), ``row_learned`` (a row of the SAE's own at
+    |cos| >= NEAR, dropped by the rule) or ``row_poorly_learned`` — and the false firings (a
+    latent on while its matched feature is off), of all latents and of atoms. What the rule
+    could still recover is the learned rows; the rest is the dictionary's or the grouping's."""
+    features = world.cfg.num_features
+    latent_of = torch.full((features,), -1, dtype=torch.long)
+    latent_of[match[match >= 0]] = (match >= 0).nonzero().squeeze(-1)
+    has = latent_of >= 0
+    kind = {"no_latent": ~has}
+    kind["atom"] = has & atoms[latent_of.clamp_min(0)]
+    learned = cosine[latent_of.clamp_min(0)] >= NEAR
+    kind["row_learned"] = has & ~kind["atom"] & learned
+    kind["row_poorly_learned"] = has & ~kind["atom"] & ~learned
+    found = dict.fromkeys(["fires", "missed", *(f"missed_{k}" for k in kind),
+                           "false_pos", "false_pos_atoms"], 0.0)  # fmt: skip
+    matched = (match >= 0).nonzero().squeeze(-1)
+    for start in range(0, truth.num_samples, batch):
+        codes = truth.rows(start, min(truth.num_samples, start + batch))
+        fired = sae(world.feature_dict(codes)).feature_acts != 0
+        on = codes > 0
+        kept = torch.zeros_like(on)
+        kept[:, match[matched]] = fired[:, matched]
+        missed = on & ~kept & held
+        found["fires"] += float((on & held).sum())
+        found["missed"] += float(missed.sum())
+        for name, members in kind.items():
+            found[f"missed_{name}"] += float(missed[:, members].sum())
+        false = fired[:, matched] & ~on[:, match[matched]]
+        found["false_pos"] += float(false.sum())
+        found["false_pos_atoms"] += float(false[:, atoms[matched]].sum())
+    return {key: value / truth.num_samples for key, value in found.items()}
 
 
 def kept_ancestor(kept: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
@@ -243,7 +291,15 @@ def main() -> None:
         cosine = torch.zeros(world.cfg.num_features)
         cosine[match[match >= 0]] = cos[match >= 0]
         found = detections(view, world, truth, match)
-        result["readings"][label] = {}
+        latent_cos = torch.where(match >= 0, cos, torch.zeros_like(cos))
+        atoms = atom_latents(view, base.config.d_sae)
+        split = missed_by_latent(view, world, truth, match, latent_cos, atoms, held)
+        result["readings"][label] = {"missed_by_latent": split}
+        print(f"\n{label}: {split['fires']:.3f} held firings per sample, {split['missed']:.3f} "
+              f"missed: no latent {split['missed_no_latent']:.3f}, a silent atom "
+              f"{split['missed_atom']:.3f}, a learned row dropped {split['missed_row_learned']:.3f}, "
+              f"a row learned badly {split['missed_row_poorly_learned']:.3f}; false "
+              f"{split['false_pos']:.3f} ({split['false_pos_atoms']:.3f} of atoms)")  # fmt: skip
         for grouping, labels in groupings.items():
             groups = by_place(labels, held, found, cosine, truth.num_samples)
             result["readings"][label][grouping] = groups

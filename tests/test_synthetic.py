@@ -1088,6 +1088,12 @@ def test_missed_by_level_on_the_worlds_own_features(world_json, oracle_run, tmp_
     missed_by_level_main()
     found = json.loads(out.read_text())
     (group,) = found["readings"]["risk_floor"]["place"].values()  # no hierarchy: all outside
+    split = found["readings"]["risk_floor"]["missed_by_latent"]  # the world's own features
+    parts = ("no_latent", "atom", "row_learned", "row_poorly_learned")
+    assert split["missed"] == pytest.approx(sum(split[f"missed_{part}"] for part in parts))
+    assert split["missed_no_latent"] == split["missed_atom"] == split["false_pos_atoms"] == 0
+    assert split["missed"] == split["missed_row_learned"] > 0  # every row learned: the rule drops
+    assert 0 < split["missed"] < split["fires"]
     assert group["features_held"] == 48 and group["matched_cosine_mean"] == pytest.approx(
         1, abs=1e-5
     )
