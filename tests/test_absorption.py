@@ -359,7 +359,7 @@ def test_the_absorption_report_reads_a_saved_sae_and_says_what_it_cannot_load(
         report_main()
 
 
-def test_the_text_paths_hubs_reading_counts_a_parent_alone_once():
+def test_the_text_paths_hubs_readings_count_a_parent_alone_once():
     from hf_topafa.evaluation.unfolded_l0 import UnfoldedL0
 
     _, W_dec, codes = parent_row_beside_its_children()
@@ -372,3 +372,6 @@ def test_the_text_paths_hubs_reading_counts_a_parent_alone_once():
     # the parent alone: 2 without hubs (its row and the atom), 1 with; a child: 2 either way
     assert spa["l0_unfolded_by_levels_exclusive_mean"] == pytest.approx((40 * 2 + 20 * 2) / 100)
     assert spa["l0_unfolded_by_levels_exclusive_hubs_mean"] == pytest.approx((40 + 20 * 2) / 100)
+    # folded: the parent alone on its atom, once; a child and the atom
+    assert spa["hubs_by_levels_exclusive_folded"] == 1
+    assert spa["l0_unfolded_by_levels_exclusive_hubs_folded_mean"] == pytest.approx(0.8)

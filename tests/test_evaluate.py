@@ -280,6 +280,14 @@ def test_unfold_on_text_counts_the_absorbed_parents_as_features(smollm2):
     assert "L0 unfolded by levels" in report and "without stars' atoms" in report
     assert "without nested groups" in report and "nesting read on" in report
     assert "and with hubs" in report and "atoms silent where their parent's own row" in report
+    # folded, a parent counts once as with hubs, and its ancestors as without them
+    assert spa["atoms_by_levels_exclusive_hubs_folded"] == spa["atoms_by_levels_exclusive"]
+    assert (
+        spa["l0_mean"]
+        <= spa["l0_unfolded_by_levels_exclusive_hubs_folded_mean"]
+        <= spa["l0_unfolded_by_levels_exclusive_mean"]
+    )
+    assert "or hubs folded" in report and "own rows folded into their atoms" in report
 
 
 def test_unfold_on_text_reads_nesting_on_the_first_tokens_and_counts_every_token(

@@ -197,6 +197,13 @@ def format_report(metrics: dict) -> str:
                          f"{_fmt(spa['l0_unfolded_by_levels_exclusive_hubs_mean'])}  (5-95% "
                          f"{_fmt(hq['q05'])}-{_fmt(hq['q95'])}; {spa['hubs_by_levels_exclusive']} "
                          "atoms silent where their parent's own row fires)"))  # fmt: skip
+        if "l0_unfolded_by_levels_exclusive_hubs_folded_mean" in spa:  # written before folding
+            fq = spa["l0_unfolded_by_levels_exclusive_hubs_folded_quantiles"]
+            rows.append(("  or hubs folded", f"mean "
+                         f"{_fmt(spa['l0_unfolded_by_levels_exclusive_hubs_folded_mean'])}  (5-95% "
+                         f"{_fmt(fq['q05'])}-{_fmt(fq['q95'])}; "
+                         f"{spa['hubs_by_levels_exclusive_folded']} parents' own rows folded into "
+                         "their atoms)"))  # fmt: skip
     if "k_quantiles" in spa:
         kq = spa["k_quantiles"]
         rule = get_rule(sae["activation"]).display_name

@@ -399,6 +399,10 @@ class FoldedView(nn.Module):
     def normalize_input(self, x: torch.Tensor, remember: bool = False):
         return self.view.normalize_input(x, remember)
 
+    def unfold(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        """This view's code from the SAE's own code (``UnfoldedView.unfold``)."""
+        return self.view.unfold(feature_acts)[..., self.kept]
+
     def forward(self, x: torch.Tensor) -> SimpleNamespace:
         out = self.view(x)
         code = out.feature_acts[..., self.kept]
