@@ -305,8 +305,12 @@ GROUND_TRUTH: dict[str, str] = {
         "(hubs), five ladders that overcounted came into the band and those at or near the "
         "band's floor fell under it: over eighteen ladders its count then never overshot the "
         "band at its own k and undershot on ten (one dictionary of another world still "
-        "overshot), and the bars met stayed where they were (59 of 72 against 60). It reads a "
-        "learned dictionary; it was not trained end to end."
+        "overshot), and the bars met stayed where they were (59 of 72 against 60). With that "
+        "row folded into the atom instead (one latent per parent) F1 rose on all 42 "
+        "dictionaries with such a row and 60 of 72 bars were met; of what it then missed, "
+        "0.8% to 33% was learned rows the price dropped or atoms that stayed silent, the rest "
+        "features the dictionary gave no latent of its own or learned at |cos| under 0.9. It "
+        "reads a learned dictionary; it was not trained end to end."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
