@@ -19,7 +19,9 @@ true features that the dictionary holds. ``--rule`` reads with another rule (e.g
 what it misses is missed, not counted on a latent matched elsewhere. Per reading it also splits
 the missed firings by what the feature's one-to-one matched latent is (``missed_by_latent``):
 none, an atom that stayed silent, a row learned (|cos| >= 0.9) that the rule dropped, or a row
-learned badly; and the false firings, of atoms and of rows.
+learned badly; and the false firings, of atoms and of rows. Of the held features no latent
+stands for, it says how much of each is in the SAE's decoder (``unmatched_in_decoder``): the
+nearest row, how many rows meet it above chance, and how those rows meet each other.
 
     python scripts/synth_missed_by_level.py runs/synthbench_deep/runs/synthsaebench-4k-deep/topk-k14 \\
         runs/synthbench_deep/cache/synthsaebench-4k-deep-eval runs/synthbench_deep/cache/synthsaebench-4k-deep-train \\
@@ -50,7 +52,12 @@ from hf_topafa.evaluation.ground_truth import (
 from hf_topafa.evaluation.sparse_recovery import unheld_noise
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk
-from hf_topafa.sae.absorption import NESTED_SAMPLES, FoldedView, unabsorbed_directions
+from hf_topafa.sae.absorption import (
+    NESTED_SAMPLES,
+    FoldedView,
+    chance_coherence,
+    unabsorbed_directions,
+)
 from hf_topafa.sae.kfree import centered_input
 from hf_topafa.sae.reading import read_with
 
@@ -168,6 +175,44 @@ def missed_by_latent(sae, world, truth: TruthSet, match, cosine, atoms, held, ba
         found["false_pos"] += float(false.sum())
         found["false_pos_atoms"] += float(false[:, atoms[matched]].sum())
     return {key: value / truth.num_samples for key, value in found.items()}
+
+
+@torch.no_grad()
+def unmatched_in_decoder(W_dec, features, unmatched, rate, parents) -> dict:
+    """Of the ``unmatched`` features (bool [features]; ``rate``: firings per sample), weighted
+    by how often they fire: the |cosine| of the nearest decoder row, how many rows meet the
+    feature above the chance level (``chance_coherence``), the mean |cosine| between two such
+    rows (where there are two), and the share with children in the world's hierarchy. A feature
+    spread over several rows that do not meet each other above chance is absorbed, but into
+    rows no grouping at that level joins."""
+    if not bool(unmatched.any()):
+        return {"features": 0}
+    unit = torch.nn.functional.normalize
+    rows = unit(W_dec.detach().float(), dim=-1)
+    cos = (rows @ unit(features.float(), dim=-1)[unmatched].T).abs()  # [h, unmatched]
+    level = chance_coherence(*rows.shape)
+    near = cos > level
+    weight = rate[unmatched] / rate[unmatched].sum().clamp_min(1e-12)
+    between, has_pairs = torch.zeros(len(weight)), torch.zeros(len(weight), dtype=torch.bool)
+    for j in range(len(weight)):
+        members = near[:, j].nonzero().squeeze(-1)
+        if len(members) >= 2:
+            meet = (rows[members] @ rows[members].T).abs()
+            between[j] = meet[~torch.eye(len(members), dtype=torch.bool)].mean()
+            has_pairs[j] = True
+    children = torch.zeros(len(rate), dtype=torch.bool)
+    children[parents[parents >= 0]] = True
+    paired = weight[has_pairs].sum().clamp_min(1e-12)
+    return {
+        "features": int(unmatched.sum()),
+        "firings_per_sample": float(rate[unmatched].sum()),
+        "level": level,
+        "nearest_row_cosine": float((cos.max(0).values * weight).sum()),
+        "rows_above_level": float((near.sum(0).float() * weight).sum()),
+        "share_in_two_or_more_rows": float(weight[has_pairs].sum()),
+        "cosine_between_those_rows": float((between * weight)[has_pairs].sum() / paired),
+        "share_with_children": float(weight[children[unmatched]].sum()),
+    }
 
 
 def kept_ancestor(kept: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
@@ -294,12 +339,25 @@ def main() -> None:
         latent_cos = torch.where(match >= 0, cos, torch.zeros_like(cos))
         atoms = atom_latents(view, base.config.d_sae)
         split = missed_by_latent(view, world, truth, match, latent_cos, atoms, held)
-        result["readings"][label] = {"missed_by_latent": split}
+        unmatched = held.clone()
+        unmatched[match[match >= 0]] = False
+        rate = truth.feature_counts().float() / truth.num_samples
+        spread = unmatched_in_decoder(
+            base.W_dec, features, unmatched, rate, hierarchy_parents(world)
+        )
+        result["readings"][label] = {"missed_by_latent": split, "unmatched_in_decoder": spread}
         print(f"\n{label}: {split['fires']:.3f} held firings per sample, {split['missed']:.3f} "
               f"missed: no latent {split['missed_no_latent']:.3f}, a silent atom "
               f"{split['missed_atom']:.3f}, a learned row dropped {split['missed_row_learned']:.3f}, "
               f"a row learned badly {split['missed_row_poorly_learned']:.3f}; false "
               f"{split['false_pos']:.3f} ({split['false_pos_atoms']:.3f} of atoms)")  # fmt: skip
+        if spread["features"]:
+            print(f"  the {spread['features']} held features no latent stands for "
+                  f"({spread['firings_per_sample']:.3f} firings per sample), weighted by firing: "
+                  f"nearest row |cos| {spread['nearest_row_cosine']:.3f}, "
+                  f"{spread['rows_above_level']:.2f} rows above chance ({spread['level']:.3f}), "
+                  f"which meet each other at {spread['cosine_between_those_rows']:.3f}; "
+                  f"{spread['share_with_children']:.2f} have children")  # fmt: skip
         for grouping, labels in groupings.items():
             groups = by_place(labels, held, found, cosine, truth.num_samples)
             result["readings"][label][grouping] = groups

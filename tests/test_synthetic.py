@@ -34,6 +34,7 @@ from hf_topafa.evaluation.ground_truth import (  # noqa: E402
 )
 from hf_topafa.sae.absorption import (  # noqa: E402
     UnfoldedView,
+    chance_coherence,
     unabsorbed_directions,
     unfolded_by_levels,
     unfolded_further,
@@ -76,6 +77,7 @@ from synth_missed_by_level import (  # noqa: E402
     kept_descendant,
     noise_levels,
     places,
+    unmatched_in_decoder,
 )
 from synth_missed_by_level import main as missed_by_level_main  # noqa: E402
 from synth_price_sweep import crossing_price  # noqa: E402
@@ -1077,6 +1079,27 @@ def test_missed_by_level_places_each_feature_and_counts_what_the_reading_keeps()
                                                 "quarter 4", "quarter 3", "quarter 1", "quarter 3"]  # fmt: skip
 
 
+def test_a_feature_spread_over_rows_that_do_not_meet_is_found_in_the_decoder():
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(3)))[0].T
+    parent, children = basis[0], basis[1:4]
+    # three rows hold the parent at cosine 0.6 and meet each other at 0.36, under chance (0.48)
+    W_dec = torch.cat([0.6 * parent + 0.8 * children, basis[4:41]])
+    features = basis[:8]
+    unmatched = torch.tensor([True] + [False] * 7)
+    rate = torch.full((8,), 0.5)
+    parents = torch.tensor([-1, 0, 0, 0, -1, -1, -1, -1])
+    found = unmatched_in_decoder(W_dec, features, unmatched, rate, parents)
+    assert found["level"] == pytest.approx(chance_coherence(40, 64))
+    assert found["features"] == 1 and found["firings_per_sample"] == 0.5
+    assert found["nearest_row_cosine"] == pytest.approx(0.6, abs=1e-5)
+    assert found["rows_above_level"] == 3 and found["share_in_two_or_more_rows"] == 1
+    assert found["cosine_between_those_rows"] == pytest.approx(0.36, abs=1e-5)
+    assert found["share_with_children"] == 1
+    assert unmatched_in_decoder(W_dec, features, unmatched & False, rate, parents) == {
+        "features": 0
+    }
+
+
 def test_missed_by_level_on_the_worlds_own_features(world_json, oracle_run, tmp_path, monkeypatch):
     caches = [write_synthetic_cache(str(world_json), tmp_path / name, 300, seed=seed,
                                     with_truth=True, progress=False)
@@ -1094,6 +1117,7 @@ def test_missed_by_level_on_the_worlds_own_features(world_json, oracle_run, tmp_
     assert split["missed_no_latent"] == split["missed_atom"] == split["false_pos_atoms"] == 0
     assert split["missed"] == split["missed_row_learned"] > 0  # every row learned: the rule drops
     assert 0 < split["missed"] < split["fires"]
+    assert found["readings"]["risk_floor"]["unmatched_in_decoder"] == {"features": 0}
     assert group["features_held"] == 48 and group["matched_cosine_mean"] == pytest.approx(
         1, abs=1e-5
     )
