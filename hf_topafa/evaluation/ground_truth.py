@@ -516,7 +516,7 @@ def readings_of(
         suffixes = [
             ", unfolded by levels, exclusive" + end for end in ("", ", hubs", ", hubs folded")
         ]
-        found = exclusive_views(sae, codes, level, hubs, fold)  # one view, two with hubs, three
+        found = exclusive_views(sae, codes, level, hubs, fold)  # 1, 2 with hubs, 3 with fold
         views += [(suffix, view, None) for suffix, view in zip(suffixes, found, strict=False)]
     return views
 

@@ -320,8 +320,8 @@ class UnfoldedView(nn.Module):
         self.register_buffer("folded", folded)
         """[d_sae] bool: the columns this view and the views it reads empty (folded hubs)."""
         self.hubs = int((hubs >= 0).sum()) + getattr(sae, "hubs", 0)
-        """How many atoms of this view and the views it reads a row of their group silences
-        where it fires."""
+        """How many atoms of this view and the views it reads have a hub (a row of their group
+        that silences them where it fires, or that is folded into them)."""
         self.config = copy.copy(sae.config)
         self.config.d_sae = self.rows.shape[0]
         self.added = self.rows.shape[0] - norms.shape[0]
@@ -448,8 +448,8 @@ def exclusive_views(
 ) -> list[UnfoldedView | FoldedView]:
     """Procedure D's reading of ``sae``: unfolded by levels with no group of latents that fire
     nested in ``codes`` (the SAE's own code [n, h] on samples); with ``hubs`` also that same
-    grouping read again with each atom silent where its hub fires, and with ``fold`` once more
-    with each hub folded into its atom (``FoldedView``). The nested grouping of the decoder is
+    grouping read again with each atom silent where its hub fires, and with ``fold`` (which
+    reads that one too) once more with each hub folded into its atom (``FoldedView``). The nested grouping of the decoder is
     found once for all (at ``level``, or chance)."""
     nested = unabsorbed_directions(sae.W_dec, level, codes=codes)
     views = [unfolded_by_levels(sae, nested, codes=codes)]
