@@ -55,6 +55,7 @@ from hf_topafa.sae import risk
 from hf_topafa.sae.absorption import (
     NESTED_SAMPLES,
     FoldedView,
+    UnfoldedView,
     chance_coherence,
     unabsorbed_directions,
 )
@@ -178,13 +179,29 @@ def missed_by_latent(sae, world, truth: TruthSet, match, cosine, atoms, held, ba
 
 
 @torch.no_grad()
-def unmatched_in_decoder(W_dec, features, unmatched, rate, parents) -> dict:
+def first_level_atoms(view, width: int, match: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per row of the SAE its first-level atom, -1 for none [width]; per such atom the feature
+    the reading's latent for it is matched to, -1 where it has none [G]) for a view of the SAE."""
+    inner = view.view if isinstance(view, FoldedView) else view
+    while isinstance(inner.sae, UnfoldedView):
+        inner = inner.sae
+    positions = view.kept if isinstance(view, FoldedView) else torch.arange(view.config.d_sae)
+    latent_at = torch.full((int(positions.max()) + 1,), -1, dtype=torch.long)
+    latent_at[positions] = torch.arange(len(positions))
+    latents = latent_at[width : width + inner.added]
+    feature = torch.where(latents >= 0, match[latents.clamp_min(0)], latents)
+    return inner.group, feature
+
+
+def unmatched_in_decoder(W_dec, features, unmatched, rate, parents, atoms=None) -> dict:
     """Of the ``unmatched`` features (bool [features]; ``rate``: firings per sample), weighted
     by how often they fire: the |cosine| of the nearest decoder row, how many rows meet the
     feature above the chance level (``chance_coherence``), the mean |cosine| between two such
     rows (where there are two), and the share with children in the world's hierarchy. A feature
     spread over several rows that do not meet each other above chance is absorbed, but into
-    rows no grouping at that level joins."""
+    rows no grouping at that level joins. Given ``atoms`` (``first_level_atoms``): the share
+    whose grouped rows all fall in one atom, and the share whose atom is matched to one of the
+    feature's ancestors (one latent for a chain of features)."""
     if not bool(unmatched.any()):
         return {"features": 0}
     unit = torch.nn.functional.normalize
@@ -194,12 +211,18 @@ def unmatched_in_decoder(W_dec, features, unmatched, rate, parents) -> dict:
     near = cos > level
     weight = rate[unmatched] / rate[unmatched].sum().clamp_min(1e-12)
     between, has_pairs = torch.zeros(len(weight)), torch.zeros(len(weight), dtype=torch.bool)
-    for j in range(len(weight)):
+    one_atom, to_ancestor = torch.zeros_like(has_pairs), torch.zeros_like(has_pairs)
+    for j, feature in enumerate(unmatched.nonzero().squeeze(-1).tolist()):
         members = near[:, j].nonzero().squeeze(-1)
         if len(members) >= 2:
             meet = (rows[members] @ rows[members].T).abs()
             between[j] = meet[~torch.eye(len(members), dtype=torch.bool)].mean()
             has_pairs[j] = True
+            if atoms is not None:
+                groups = atoms[0][members].unique()
+                one_atom[j] = len(groups) == 1 and int(groups[0]) >= 0
+                if one_atom[j]:
+                    to_ancestor[j] = int(atoms[1][groups[0]]) in ancestors_of(feature, parents)
     children = torch.zeros(len(rate), dtype=torch.bool)
     children[parents[parents >= 0]] = True
     paired = weight[has_pairs].sum().clamp_min(1e-12)
@@ -212,7 +235,24 @@ def unmatched_in_decoder(W_dec, features, unmatched, rate, parents) -> dict:
         "share_in_two_or_more_rows": float(weight[has_pairs].sum()),
         "cosine_between_those_rows": float((between * weight)[has_pairs].sum() / paired),
         "share_with_children": float(weight[children[unmatched]].sum()),
+        **(
+            {}
+            if atoms is None
+            else {
+                "share_in_one_atom": float(weight[one_atom].sum()),
+                "share_in_an_atom_matched_to_an_ancestor": float(weight[to_ancestor].sum()),
+            }
+        ),
     }
+
+
+def ancestors_of(feature: int, parents: torch.Tensor) -> list[int]:
+    """The feature's ancestors in the world's hierarchy, nearest first."""
+    found = []
+    while int(parents[feature]) >= 0:
+        feature = int(parents[feature])
+        found.append(feature)
+    return found
 
 
 def kept_ancestor(kept: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
@@ -342,8 +382,9 @@ def main() -> None:
         unmatched = held.clone()
         unmatched[match[match >= 0]] = False
         rate = truth.feature_counts().float() / truth.num_samples
+        grouped = None if view is read else first_level_atoms(view, base.config.d_sae, match)
         spread = unmatched_in_decoder(
-            base.W_dec, features, unmatched, rate, hierarchy_parents(world)
+            base.W_dec, features, unmatched, rate, hierarchy_parents(world), grouped
         )
         result["readings"][label] = {"missed_by_latent": split, "unmatched_in_decoder": spread}
         print(f"\n{label}: {split['fires']:.3f} held firings per sample, {split['missed']:.3f} "
@@ -358,6 +399,10 @@ def main() -> None:
                   f"{spread['rows_above_level']:.2f} rows above chance ({spread['level']:.3f}), "
                   f"which meet each other at {spread['cosine_between_those_rows']:.3f}; "
                   f"{spread['share_with_children']:.2f} have children")  # fmt: skip
+            if "share_in_one_atom" in spread:
+                print(f"  {spread['share_in_one_atom']:.2f} of them in rows of one atom, "
+                      f"{spread['share_in_an_atom_matched_to_an_ancestor']:.2f} in an atom "
+                      "matched to one of their ancestors")  # fmt: skip
         for grouping, labels in groupings.items():
             groups = by_place(labels, held, found, cosine, truth.num_samples)
             result["readings"][label][grouping] = groups

@@ -1095,6 +1095,19 @@ def test_a_feature_spread_over_rows_that_do_not_meet_is_found_in_the_decoder():
     assert found["rows_above_level"] == 3 and found["share_in_two_or_more_rows"] == 1
     assert found["cosine_between_those_rows"] == pytest.approx(0.36, abs=1e-5)
     assert found["share_with_children"] == 1
+    assert "share_in_one_atom" not in found
+    # the three rows grouped into one atom, read as the parent's parent (feature 4): one latent
+    # for two features
+    group = torch.tensor([0, 0, 0] + [-1] * 37)
+    chain = torch.tensor([4, 0, 0, 0, -1, -1, -1, -1])
+    found = unmatched_in_decoder(
+        W_dec, features, unmatched, rate, chain, (group, torch.tensor([4]))
+    )
+    assert found["share_in_one_atom"] == found["share_in_an_atom_matched_to_an_ancestor"] == 1
+    found = unmatched_in_decoder(
+        W_dec, features, unmatched, rate, chain, (group, torch.tensor([5]))
+    )
+    assert found["share_in_one_atom"] == 1 and found["share_in_an_atom_matched_to_an_ancestor"] == 0
     assert unmatched_in_decoder(W_dec, features, unmatched & False, rate, parents) == {
         "features": 0
     }
