@@ -308,9 +308,12 @@ GROUND_TRUTH: dict[str, str] = {
         "overshot), and the bars met stayed where they were (59 of 72 against 60). With that "
         "row folded into the atom instead (one latent per parent) F1 rose on all 42 "
         "dictionaries with such a row and 60 of 72 bars were met; of what it then missed, "
-        "0.8% to 33% was learned rows the price dropped or atoms that stayed silent, the rest "
-        "features the dictionary gave no latent of its own or learned at |cos| under 0.9. It "
-        "reads a learned dictionary; it was not trained end to end."
+        "0.8% to 33% was learned rows the price dropped or atoms that stayed silent; the "
+        "features no latent stood for were mostly parents absorbed into their children's "
+        "rows: grouped into one atom that "
+        "stands for a chain (the parent and an ancestor, counted once), or, on the deep, dense "
+        "and weak worlds, spread over rows that meet under chance. It reads a learned "
+        "dictionary; it was not trained end to end."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
