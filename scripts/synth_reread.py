@@ -36,6 +36,8 @@ first ``--firing-samples`` activations of CACHE (samples not scored: the trainin
 (``absorption.group_hubs``: the parent is counted once), and ``--fold`` one more: each hub folded
 into its atom, which fires where the hub did, the hub's column left out (``absorption.FoldedView``:
 the parent counted once, on one latent, and its ancestors on the hub's firings too).
+``--triangles`` groups, in those exclusive readings, rows that meet in threes above the triangle
+chance level too (``absorption.triangle_coherence``).
 ``--last-only`` scores only each rule's last reading (procedure D's with ``--stars
 --exclusive``), for readers as slow as ``risk_refit``.
 
@@ -151,6 +153,12 @@ def main() -> None:
         "atom fires where the hub did and the hub's column is left out (absorption.FoldedView; "
         "the last reading; implies --hubs)",
     )
+    p.add_argument(
+        "--triangles",
+        action="store_true",
+        help="with --exclusive, group rows that meet in threes above the triangle chance level "
+        "too (absorption.triangle_coherence) in the exclusive readings",
+    )
     p.add_argument("--firing-samples", type=int, default=NESTED_SAMPLES)
     p.add_argument(
         "--last-only",
@@ -168,6 +176,8 @@ def main() -> None:
     args = p.parse_args()
     args.unfold = args.unfold or args.stars or args.exclusive is not None
     args.hubs = args.hubs or args.fold
+    if args.triangles and args.exclusive is None:
+        raise SystemExit("--triangles groups the exclusive readings: give --exclusive CACHE")
     if args.hubs and args.exclusive is None:
         option = "--fold" if args.fold else "--hubs"
         raise SystemExit(f"{option} reads the hubs from the codes of --exclusive CACHE: give both")
@@ -219,7 +229,8 @@ def main() -> None:
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
         codes = None if firing_x is None else codes_of(read, firing_x)
-        views = readings_of(read, unabsorbed, args.unfold, args.stars, codes, args.hubs, args.fold)
+        views = readings_of(read, unabsorbed, args.unfold, args.stars, codes, args.hubs, args.fold,
+                            args.triangles)  # fmt: skip
         for suffix, sae, directions in views[-1:] if args.last_only else views:
             if suffix.startswith(EXCLUSIVE):  # its groups follow this reading's code: per rule
                 match[suffix] = matched_features(sae.W_dec, features)

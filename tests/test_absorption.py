@@ -18,6 +18,7 @@ from hf_topafa.sae.absorption import (
     nested_pairs,
     parent_atoms,
     star_groups,
+    triangle_coherence,
     unabsorbed_among,
     unabsorbed_directions,
     unfolded_by_levels,
@@ -273,6 +274,27 @@ def test_a_hub_folded_into_its_atom_counts_its_parent_once_and_its_grandparent_t
     torch.testing.assert_close(out.reconstruction, sae(x).reconstruction)
     # without hubs asked for, fold changes nothing
     assert unfolded_by_levels(sae, codes=codes, fold=True)(x).l0.tolist() == [3, 3]
+
+
+def test_three_rows_that_meet_under_the_pair_level_group_as_a_triangle():
+    assert triangle_coherence(1024, 192) == pytest.approx(0.257, abs=1e-3)
+    assert triangle_coherence(1024, 192) < chance_coherence(1024, 192)
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(6)))[0].T
+    parent, children = basis[0], basis[1:4]
+    # three children hold a thin parent: they meet at 0.36, over the triangle level (0.31) and
+    # under the pair level (0.48); two more rows meet at 0.36 with no third
+    pair = 0.6 * basis[10] + 0.8 * basis[11:13]
+    W_dec = torch.cat([0.6 * parent + 0.8 * children, pair, basis[13:48]])
+    assert triangle_coherence(40, 64) < 0.36 < chance_coherence(40, 64)
+    assert not unabsorbed_directions(W_dec).changed.any()
+    found = unabsorbed_directions(W_dec, triangles=True)
+    assert found.changed.nonzero().squeeze(-1).tolist() == [0, 1, 2]  # the pair stays apart
+    atoms = parent_atoms(found)
+    # the atom sums three rows: the parent, with what of the children three do not cancel
+    assert len(atoms.directions) == 1 and float(atoms.directions[0] @ parent) > 0.75
+    assert int((basis @ atoms.directions[0]).abs().argmax()) == 0
+    with pytest.raises(ValueError, match="need at least 3 rows"):
+        triangle_coherence(2, 64)
 
 
 def test_siblings_that_fire_together_share_no_absorbed_parent():

@@ -442,11 +442,20 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     assert written["unabsorb"]["hubs"]["topk:8"] >= 0
     assert rows[0]["l0"] <= folded["l0"] <= unhubbed["l0"]  # the parent once, on the atom
     assert folded["explained_variance"] == unhubbed["explained_variance"]
+    monkeypatch.setattr(sys, "argv", [*exclusive, "--fold", "--triangles", "--last-only"])
+    reread_main()  # rows that meet in threes grouped too
+    written = json.loads(out.read_text())
+    (thrice,) = written["rows"]
+    assert thrice["rule"] == "topk:8, unfolded by levels, exclusive, hubs folded, triangles"
+    assert thrice["explained_variance"] == unhubbed["explained_variance"]
     monkeypatch.setattr(sys, "argv", [*argv, "--hubs"])
     with pytest.raises(SystemExit, match="--hubs reads the hubs from the codes of --exclusive"):
         reread_main()
     monkeypatch.setattr(sys, "argv", [*argv, "--fold"])
     with pytest.raises(SystemExit, match="--fold reads the hubs from the codes of --exclusive"):
+        reread_main()
+    monkeypatch.setattr(sys, "argv", [*argv, "--triangles"])
+    with pytest.raises(SystemExit, match="--triangles groups the exclusive readings"):
         reread_main()
 
 

@@ -490,6 +490,7 @@ def readings_of(
     codes=None,
     hubs: bool = False,
     fold: bool = False,
+    triangles: bool = False,
 ):
     """(label suffix, the SAE or a view of it, directions to match) per reading: the SAE as
     trained; given ``unabsorbed`` (``absorption.unabsorbed_directions`` of its decoder), also
@@ -500,7 +501,9 @@ def readings_of(
     that fire nested (``absorption.nested_pairs``), both at ``unabsorbed``'s level; with
     ``hubs`` that reading once more, each atom silent where its parent's own row fires
     (``absorption.group_hubs``), and with ``fold`` once more with that row folded into the atom
-    (``absorption.FoldedView``). ``evaluate --unfold`` and ``synth_reread.py`` read so."""
+    (``absorption.FoldedView``); ``triangles``: those exclusive readings with rows that meet in
+    threes grouped too (``absorption.triangle_coherence``, labelled so). ``evaluate --unfold``
+    and ``synth_reread.py`` read so."""
     views = [("", sae, None)]
     if unabsorbed is not None:
         views.append((", unabsorbed", sae, unabsorbed.directions))
@@ -514,9 +517,10 @@ def readings_of(
     if unfold and codes is not None:
         level = None if unabsorbed is None else unabsorbed.level
         suffixes = [
-            ", unfolded by levels, exclusive" + end for end in ("", ", hubs", ", hubs folded")
+            ", unfolded by levels, exclusive" + end + ", triangles" * triangles
+            for end in ("", ", hubs", ", hubs folded")
         ]
-        found = exclusive_views(sae, codes, level, hubs, fold)  # 1, 2 with hubs, 3 with fold
+        found = exclusive_views(sae, codes, level, hubs, fold, triangles)  # 1; 2 hubs; 3 fold
         views += [(suffix, view, None) for suffix, view in zip(suffixes, found, strict=False)]
     return views
 
