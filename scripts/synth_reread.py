@@ -37,7 +37,8 @@ first ``--firing-samples`` activations of CACHE (samples not scored: the trainin
 into its atom, which fires where the hub did, the hub's column left out (``absorption.FoldedView``:
 the parent counted once, on one latent, and its ancestors on the hub's firings too).
 ``--triangles`` groups, in those exclusive readings, rows that meet in threes above the triangle
-chance level too (``absorption.triangle_coherence``).
+chance level too (``absorption.triangle_coherence``), ``--lone-triangles`` only rows that meet no
+other above the pair level, each triangle a group of its own.
 ``--last-only`` scores only each rule's last reading (procedure D's with ``--stars
 --exclusive``), for readers as slow as ``risk_refit``.
 
@@ -155,9 +156,18 @@ def main() -> None:
     )
     p.add_argument(
         "--triangles",
-        action="store_true",
+        action="store_const",
+        const="joined",
         help="with --exclusive, group rows that meet in threes above the triangle chance level "
         "too (absorption.triangle_coherence) in the exclusive readings",
+    )
+    p.add_argument(
+        "--lone-triangles",
+        action="store_const",
+        const="lone",
+        dest="triangles",
+        help="as --triangles, but only rows that meet no other above the pair level: each "
+        "triangle a group of its own",
     )
     p.add_argument("--firing-samples", type=int, default=NESTED_SAMPLES)
     p.add_argument(
@@ -177,7 +187,8 @@ def main() -> None:
     args.unfold = args.unfold or args.stars or args.exclusive is not None
     args.hubs = args.hubs or args.fold
     if args.triangles and args.exclusive is None:
-        raise SystemExit("--triangles groups the exclusive readings: give --exclusive CACHE")
+        option = "--triangles" if args.triangles == "joined" else "--lone-triangles"
+        raise SystemExit(f"{option} groups the exclusive readings: give --exclusive CACHE")
     if args.hubs and args.exclusive is None:
         option = "--fold" if args.fold else "--hubs"
         raise SystemExit(f"{option} reads the hubs from the codes of --exclusive CACHE: give both")

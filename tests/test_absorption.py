@@ -287,12 +287,21 @@ def test_three_rows_that_meet_under_the_pair_level_group_as_a_triangle():
     W_dec = torch.cat([0.6 * parent + 0.8 * children, pair, basis[13:48]])
     assert triangle_coherence(40, 64) < 0.36 < chance_coherence(40, 64)
     assert not unabsorbed_directions(W_dec).changed.any()
-    found = unabsorbed_directions(W_dec, triangles=True)
+    found = unabsorbed_directions(W_dec, triangles="joined")
     assert found.changed.nonzero().squeeze(-1).tolist() == [0, 1, 2]  # the pair stays apart
     atoms = parent_atoms(found)
     # the atom sums three rows: the parent, with what of the children three do not cancel
     assert len(atoms.directions) == 1 and float(atoms.directions[0] @ parent) > 0.75
     assert int((basis @ atoms.directions[0]).abs().argmax()) == 0
+    # joined, a row that closes a triangle with a pair's group joins it; lone, it does not
+    held = 0.8 * basis[50] + 0.6 * basis[51:53]  # a pair that meets at 0.64, over the pair level
+    W_more = torch.cat([W_dec, held, (0.45 * basis[50] + 0.893 * basis[53])[None]])  # 0.36 to both
+    joined = unabsorbed_directions(W_more, triangles="joined").changed
+    lone = unabsorbed_directions(W_more, triangles="lone").changed
+    assert joined.nonzero().squeeze(-1).tolist() == [0, 1, 2, 40, 41, 42]
+    assert lone.nonzero().squeeze(-1).tolist() == [0, 1, 2, 40, 41]
+    with pytest.raises(ValueError, match="triangles must be one of"):
+        unabsorbed_directions(W_dec, triangles="all")
     with pytest.raises(ValueError, match="need at least 3 rows"):
         triangle_coherence(2, 64)
 

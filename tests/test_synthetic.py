@@ -448,6 +448,10 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     (thrice,) = written["rows"]
     assert thrice["rule"] == "topk:8, unfolded by levels, exclusive, hubs folded, triangles"
     assert thrice["explained_variance"] == unhubbed["explained_variance"]
+    monkeypatch.setattr(sys, "argv", [*exclusive, "--fold", "--lone-triangles", "--last-only"])
+    reread_main()
+    (lone,) = json.loads(out.read_text())["rows"]
+    assert lone["rule"] == "topk:8, unfolded by levels, exclusive, hubs folded, lone triangles"
     monkeypatch.setattr(sys, "argv", [*argv, "--hubs"])
     with pytest.raises(SystemExit, match="--hubs reads the hubs from the codes of --exclusive"):
         reread_main()
@@ -456,6 +460,9 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
         reread_main()
     monkeypatch.setattr(sys, "argv", [*argv, "--triangles"])
     with pytest.raises(SystemExit, match="--triangles groups the exclusive readings"):
+        reread_main()
+    monkeypatch.setattr(sys, "argv", [*argv, "--lone-triangles"])
+    with pytest.raises(SystemExit, match="--lone-triangles groups the exclusive readings"):
         reread_main()
 
 

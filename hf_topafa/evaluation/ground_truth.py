@@ -482,6 +482,9 @@ def firing_codes(sae, world, num_samples: int = NESTED_SAMPLES, seed: int = 2) -
     return torch.cat(parts)
 
 
+TRIANGLE_LABELS = {None: "", "joined": ", triangles", "lone": ", lone triangles"}
+
+
 def readings_of(
     sae,
     unabsorbed=None,
@@ -490,7 +493,7 @@ def readings_of(
     codes=None,
     hubs: bool = False,
     fold: bool = False,
-    triangles: bool = False,
+    triangles: str | None = None,
 ):
     """(label suffix, the SAE or a view of it, directions to match) per reading: the SAE as
     trained; given ``unabsorbed`` (``absorption.unabsorbed_directions`` of its decoder), also
@@ -501,8 +504,9 @@ def readings_of(
     that fire nested (``absorption.nested_pairs``), both at ``unabsorbed``'s level; with
     ``hubs`` that reading once more, each atom silent where its parent's own row fires
     (``absorption.group_hubs``), and with ``fold`` once more with that row folded into the atom
-    (``absorption.FoldedView``); ``triangles``: those exclusive readings with rows that meet in
-    threes grouped too (``absorption.triangle_coherence``, labelled so). ``evaluate --unfold``
+    (``absorption.FoldedView``); ``triangles`` ("joined" or "lone"): those exclusive readings
+    with rows that meet in threes grouped too (``absorption.unabsorbed_directions``, labelled
+    so). ``evaluate --unfold``
     and ``synth_reread.py`` read so."""
     views = [("", sae, None)]
     if unabsorbed is not None:
@@ -517,7 +521,7 @@ def readings_of(
     if unfold and codes is not None:
         level = None if unabsorbed is None else unabsorbed.level
         suffixes = [
-            ", unfolded by levels, exclusive" + end + ", triangles" * triangles
+            ", unfolded by levels, exclusive" + end + TRIANGLE_LABELS[triangles]
             for end in ("", ", hubs", ", hubs folded")
         ]
         found = exclusive_views(sae, codes, level, hubs, fold, triangles)  # 1; 2 hubs; 3 fold

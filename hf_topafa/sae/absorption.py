@@ -43,6 +43,11 @@ def chance_coherence(d_sae: int, d_in: int) -> float:
     return math.sqrt(2.0 * math.log(d_sae**2) / d_in)
 
 
+TRIANGLES = (None, "joined", "lone")
+"""How ``unabsorbed_directions`` may group rows that meet in threes: not, joined to the pairs'
+groups, or only among rows that meet no other above the pair level."""
+
+
 def triangle_coherence(d_sae: int, d_in: int) -> float:
     """The |cosine| above which three of ``d_sae`` random unit vectors in ``d_in`` dimensions
     all meet pairwise about once by chance: sqrt(2 ln(d_sae³ / 6) / (3 d_in)), the tail bound of
@@ -91,25 +96,32 @@ def unabsorbed_directions(
     level: float | None = None,
     stars: bool = False,
     codes: torch.Tensor | None = None,
-    triangles: bool = False,
+    triangles: str | None = None,
 ) -> UnabsorbedDirections:
     """Each row of ``W_dec`` [h, d] without the direction it shares with the rows whose cosine
     with it exceeds ``level`` (default ``chance_coherence(h, d)``). Rows with no such neighbour
     keep their own direction. ``stars``: a star group's hub keeps its own direction too, and the
     group is marked (``in_star``) so that no atom is added for it (``star_groups``). ``codes``
     [n, h]: the latents' activations on samples (not the ones a reading is scored on); two rows
-    that fire nested in them are not neighbours (``nested_pairs``). ``triangles``: two rows are
-    neighbours too where they and a third all meet above ``triangle_coherence``."""
+    that fire nested in them are not neighbours (``nested_pairs``). ``triangles="joined"``: two
+    rows are neighbours too where they and a third all meet above ``triangle_coherence``;
+    ``"lone"``: only where all three have no neighbour above ``level``, so that a triangle
+    makes a group of its own and joins none."""
+    if triangles not in TRIANGLES:
+        raise ValueError(f"triangles must be one of {TRIANGLES}, not {triangles!r}")
     rows = W_dec.detach().float()
     unit = rows / torch.linalg.vector_norm(rows, dim=-1, keepdim=True).clamp_min(1e-12)
     level = chance_coherence(*unit.shape) if level is None else float(level)
     cosines = unit @ unit.T
     near = cosines > level
-    if triangles:
+    near.fill_diagonal_(False)
+    if triangles is not None:
         weak = cosines > triangle_coherence(*unit.shape)
         weak.fill_diagonal_(False)
+        if triangles == "lone":
+            alone = ~near.any(-1)
+            weak &= alone[:, None] & alone[None, :]
         near |= weak & ((weak.float() @ weak.float()) > 0)  # closes a triangle of weak pairs
-    near.fill_diagonal_(False)
     nested = None
     if codes is not None:
         if codes.shape[-1] != len(unit):
@@ -467,14 +479,14 @@ def exclusive_views(
     level: float | None = None,
     hubs: bool = False,
     fold: bool = False,
-    triangles: bool = False,
+    triangles: str | None = None,
 ) -> list[UnfoldedView | FoldedView]:
     """Procedure D's reading of ``sae``: unfolded by levels with no group of latents that fire
     nested in ``codes`` (the SAE's own code [n, h] on samples); with ``hubs`` also that same
     grouping read again with each atom silent where its hub fires, and with ``fold`` (which
     reads that one too) once more with each hub folded into its atom (``FoldedView``). The
     nested grouping of the decoder is found once for all (at ``level``, or chance; with
-    ``triangles`` also the rows that meet in threes above ``triangle_coherence``)."""
+    ``triangles`` also the rows that meet in threes, as ``unabsorbed_directions`` says)."""
     nested = unabsorbed_directions(sae.W_dec, level, codes=codes, triangles=triangles)
     views = [unfolded_by_levels(sae, nested, codes=codes)]
     if hubs or fold:
