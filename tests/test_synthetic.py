@@ -452,18 +452,13 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     reread_main()
     (lone,) = json.loads(out.read_text())["rows"]
     assert lone["rule"] == "topk:8, unfolded by levels, exclusive, hubs folded, lone triangles"
-    monkeypatch.setattr(sys, "argv", [*argv, "--hubs"])
-    with pytest.raises(SystemExit, match="--hubs reads the hubs from the codes of --exclusive"):
-        reread_main()
-    monkeypatch.setattr(sys, "argv", [*argv, "--fold"])
-    with pytest.raises(SystemExit, match="--fold reads the hubs from the codes of --exclusive"):
-        reread_main()
-    monkeypatch.setattr(sys, "argv", [*argv, "--triangles"])
-    with pytest.raises(SystemExit, match="--triangles groups the exclusive readings"):
-        reread_main()
-    monkeypatch.setattr(sys, "argv", [*argv, "--lone-triangles"])
-    with pytest.raises(SystemExit, match="--lone-triangles groups the exclusive readings"):
-        reread_main()
+    for option, says in (("--hubs", "reads the hubs from the codes of --exclusive"),
+                         ("--fold", "reads the hubs from the codes of --exclusive"),
+                         ("--triangles", "groups the exclusive readings"),
+                         ("--lone-triangles", "groups the exclusive readings")):  # fmt: skip
+        monkeypatch.setattr(sys, "argv", [*argv, option])
+        with pytest.raises(SystemExit, match=f"{option} {says}"):
+            reread_main()
 
 
 def test_risk_level_reports_the_pooled_level_and_what_pays_it(
