@@ -133,11 +133,16 @@ def detections(sae, world, truth: TruthSet, match: torch.Tensor, batch: int = 40
     return found
 
 
+def latent_positions(view) -> torch.Tensor:
+    """[latents]: each of a reading's latents' position in its unfolded code (a folded view has
+    left some out)."""
+    return view.kept if isinstance(view, FoldedView) else torch.arange(view.config.d_sae)
+
+
 def atom_latents(view, width: int) -> torch.Tensor:
     """[latents] bool: which of a reading's latents are atoms (added after the SAE's ``width``
-    own rows; a folded view has left some rows out)."""
-    positions = view.kept if isinstance(view, FoldedView) else torch.arange(view.config.d_sae)
-    return positions >= width
+    own rows)."""
+    return latent_positions(view) >= width
 
 
 @torch.no_grad()
@@ -185,7 +190,7 @@ def first_level_atoms(view, width: int, match: torch.Tensor) -> tuple[torch.Tens
     inner = view.view if isinstance(view, FoldedView) else view
     while isinstance(inner.sae, UnfoldedView):
         inner = inner.sae
-    positions = view.kept if isinstance(view, FoldedView) else torch.arange(view.config.d_sae)
+    positions = latent_positions(view)
     latent_at = torch.full((int(positions.max()) + 1,), -1, dtype=torch.long)
     latent_at[positions] = torch.arange(len(positions))
     latents = latent_at[width : width + inner.added]
@@ -371,6 +376,8 @@ def main() -> None:
     readings = [(args.rule, views[""]), ("procedure D", views[PROCEDURE_D])]
     if args.fold:
         readings.append(("procedure D, hubs folded", views[FOLDED]))
+    rate = truth.feature_counts().float() / truth.num_samples
+    parents = hierarchy_parents(world)
     for label, view in readings:
         match, cos = matched_cosines(view.W_dec, features)
         cosine = torch.zeros(world.cfg.num_features)
@@ -381,11 +388,8 @@ def main() -> None:
         split = missed_by_latent(view, world, truth, match, latent_cos, atoms, held)
         unmatched = held.clone()
         unmatched[match[match >= 0]] = False
-        rate = truth.feature_counts().float() / truth.num_samples
         grouped = None if view is read else first_level_atoms(view, base.config.d_sae, match)
-        spread = unmatched_in_decoder(
-            base.W_dec, features, unmatched, rate, hierarchy_parents(world), grouped
-        )
+        spread = unmatched_in_decoder(base.W_dec, features, unmatched, rate, parents, grouped)
         result["readings"][label] = {"missed_by_latent": split, "unmatched_in_decoder": spread}
         print(f"\n{label}: {split['fires']:.3f} held firings per sample, {split['missed']:.3f} "
               f"missed: no latent {split['missed_no_latent']:.3f}, a silent atom "
