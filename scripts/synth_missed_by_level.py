@@ -19,7 +19,8 @@ true features that the dictionary holds. ``--rule`` reads with another rule (e.g
 what it misses is missed, not counted on a latent matched elsewhere. Per reading it also splits
 the missed firings by what the feature's one-to-one matched latent is (``missed_by_latent``):
 none, an atom that stayed silent, a row learned (|cos| >= 0.9) that the rule dropped, or a row
-learned badly; and the false firings, of atoms and of rows. Of the held features no latent
+learned badly; and the false firings, of atoms and of rows, and of the atoms' those where the
+feature the atom points nearest is on (matched to another latent), and that latent fires too. Of the held features no latent
 stands for, it says how much of each is in the SAE's decoder (``unmatched_in_decoder``): the
 nearest row, how many rows meet it above chance, and how those rows meet each other.
 
@@ -133,6 +134,14 @@ def detections(sae, world, truth: TruthSet, match: torch.Tensor, batch: int = 40
     return found
 
 
+def nearest_features(W_dec: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """[latents]: the feature each row points nearest (|cosine|), whichever latent it is matched
+    to one to one."""
+    unit = torch.nn.functional.normalize
+    cos = unit(W_dec.detach().float(), dim=-1) @ unit(features.float(), dim=-1).T
+    return cos.abs().argmax(-1)
+
+
 def latent_positions(view) -> torch.Tensor:
     """[latents]: each of a reading's latents' position in its unfolded code (a folded view has
     left some out)."""
@@ -146,14 +155,20 @@ def atom_latents(view, width: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def missed_by_latent(sae, world, truth: TruthSet, match, cosine, atoms, held, batch=4096) -> dict:
+def missed_by_latent(
+    sae, world, truth: TruthSet, match, cosine, atoms, held, nearest=None, batch=4096
+) -> dict:
     """Per sample: the held features' firings, those the reading misses split by what the
     feature's matched latent is (``match``: one feature per latent, -1 for none; ``cosine``: its
     |cosine| per latent; ``atoms``: which latents are atoms) — ``no_latent`` (no latent stands
     for it), ``atom`` (its atom stayed silent), ``row_learned`` (a row of the SAE's own at
     |cos| >= NEAR, dropped by the rule) or ``row_poorly_learned`` — and the false firings (a
     latent on while its matched feature is off), of all latents and of atoms. What the rule
-    could still recover is the learned rows; the rest is the dictionary's or the grouping's."""
+    could still recover is the learned rows; the rest is the dictionary's or the grouping's.
+    Given ``nearest`` (per latent the feature its row is nearest, by |cosine|): the atoms' false
+    firings where that feature is on (``false_pos_atoms_nearest_on``: the atom stands for a
+    feature that is on, which the one-to-one matching gave to another latent), and of those the
+    ones where that other latent fires too (``..._twice``: the feature counted twice)."""
     features = world.cfg.num_features
     latent_of = torch.full((features,), -1, dtype=torch.long)
     latent_of[match[match >= 0]] = (match >= 0).nonzero().squeeze(-1)
@@ -165,6 +180,8 @@ def missed_by_latent(sae, world, truth: TruthSet, match, cosine, atoms, held, ba
     kind["row_poorly_learned"] = has & ~kind["atom"] & ~learned
     found = dict.fromkeys(["fires", "missed", *(f"missed_{k}" for k in kind),
                            "false_pos", "false_pos_atoms"], 0.0)  # fmt: skip
+    if nearest is not None:
+        found.update(false_pos_atoms_nearest_on=0.0, false_pos_atoms_nearest_on_twice=0.0)
     matched = (match >= 0).nonzero().squeeze(-1)
     for start in range(0, truth.num_samples, batch):
         codes = truth.rows(start, min(truth.num_samples, start + batch))
@@ -180,6 +197,12 @@ def missed_by_latent(sae, world, truth: TruthSet, match, cosine, atoms, held, ba
         false = fired[:, matched] & ~on[:, match[matched]]
         found["false_pos"] += float(false.sum())
         found["false_pos_atoms"] += float(false[:, atoms[matched]].sum())
+        if nearest is not None:
+            false_atoms = false & atoms[matched] & on[:, nearest[matched]]
+            holder = latent_of[nearest[matched]]  # the latent matched to the nearest feature
+            twice = (holder >= 0) & fired[:, holder.clamp_min(0)]
+            found["false_pos_atoms_nearest_on"] += float(false_atoms.sum())
+            found["false_pos_atoms_nearest_on_twice"] += float((false_atoms & twice).sum())
     return {key: value / truth.num_samples for key, value in found.items()}
 
 
@@ -385,7 +408,8 @@ def main() -> None:
         found = detections(view, world, truth, match)
         latent_cos = torch.where(match >= 0, cos, torch.zeros_like(cos))
         atoms = atom_latents(view, base.config.d_sae)
-        split = missed_by_latent(view, world, truth, match, latent_cos, atoms, held)
+        nearest = nearest_features(view.W_dec, features)
+        split = missed_by_latent(view, world, truth, match, latent_cos, atoms, held, nearest)
         unmatched = held.clone()
         unmatched[match[match >= 0]] = False
         grouped = None if view is read else first_level_atoms(view, base.config.d_sae, match)
@@ -395,7 +419,10 @@ def main() -> None:
               f"missed: no latent {split['missed_no_latent']:.3f}, a silent atom "
               f"{split['missed_atom']:.3f}, a learned row dropped {split['missed_row_learned']:.3f}, "
               f"a row learned badly {split['missed_row_poorly_learned']:.3f}; false "
-              f"{split['false_pos']:.3f} ({split['false_pos_atoms']:.3f} of atoms)")  # fmt: skip
+              f"{split['false_pos']:.3f} ({split['false_pos_atoms']:.3f} of atoms, "
+              f"{split['false_pos_atoms_nearest_on']:.3f} where the atom's nearest feature is "
+              f"on, {split['false_pos_atoms_nearest_on_twice']:.3f} with that feature's latent "
+              "on too)")  # fmt: skip
         if spread["features"]:
             print(f"  the {spread['features']} held features no latent stands for "
                   f"({spread['firings_per_sample']:.3f} firings per sample), weighted by firing: "

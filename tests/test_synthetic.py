@@ -8,6 +8,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -75,6 +76,8 @@ from synth_missed_by_level import (  # noqa: E402
     frequency_quarters,
     kept_ancestor,
     kept_descendant,
+    missed_by_latent,
+    nearest_features,
     noise_levels,
     places,
     unmatched_in_decoder,
@@ -675,7 +678,6 @@ def test_per_sample_counts_follow_an_adaptive_rule(world_json):
 
 
 def test_chains_count_each_active_root_to_leaf_path_once():
-    from types import SimpleNamespace
 
     from sae_lens.synthetic.hierarchy import Hierarchy, HierarchyNode
 
@@ -1032,7 +1034,6 @@ def test_recovery_ceiling_reads_the_worlds_own_features_at_the_noise_the_width_l
 
 
 def test_missed_by_level_places_each_feature_and_counts_what_the_reading_keeps():
-    from types import SimpleNamespace
 
     from sae_lens.synthetic.hierarchy import HierarchyNode
 
@@ -1123,6 +1124,32 @@ def test_a_feature_spread_over_rows_that_do_not_meet_is_found_in_the_decoder():
     assert unmatched_in_decoder(W_dec, features, unmatched & False, rate, parents) == {
         "features": 0
     }
+
+
+def test_missed_by_latent_splits_atoms_false_firings_by_the_feature_they_point_at():
+    """Latent 0 is feature 1's row; latent 1 an atom that fires with feature 0 but is matched to
+    feature 2 (the matching gave feature 0 to latent 2, which fires only beside feature 1)."""
+    codes = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    truth = SimpleNamespace(num_samples=4, rows=lambda start, stop: codes[start:stop])
+    world = SimpleNamespace(cfg=SimpleNamespace(num_features=3),
+                                  feature_dict=lambda c: c)  # fmt: skip
+
+    def sae(x):
+        fires = torch.stack([x[:, 1], x[:, 0], x[:, 0] * x[:, 1]], -1)
+        return SimpleNamespace(feature_acts=fires)
+
+    match, atoms = torch.tensor([1, 2, 0]), torch.tensor([False, True, False])
+    args = (sae, world, truth, match, torch.ones(3), atoms, torch.ones(3, dtype=torch.bool))
+    found = missed_by_latent(*args, nearest=torch.tensor([1, 0, 0]))
+    assert found["false_pos"] == found["false_pos_atoms"] == 0.5  # the atom, on samples 0 and 1
+    assert found["false_pos_atoms_nearest_on"] == 0.5  # feature 0 is on both times
+    assert found["false_pos_atoms_nearest_on_twice"] == 0.25  # latent 2 fires on sample 0 only
+    assert found["missed_atom"] == found["missed_row_learned"] == 0.25  # feature 2; feature 0
+    found = missed_by_latent(*args, nearest=torch.tensor([1, 2, 0]))  # the atom points at its own
+    assert found["false_pos_atoms_nearest_on"] == found["false_pos_atoms_nearest_on_twice"] == 0
+    assert "false_pos_atoms_nearest_on" not in missed_by_latent(*args)
+    rows = torch.tensor([[0.0, 2.0], [1.0, -0.1]])
+    assert nearest_features(rows, torch.tensor([[1.0, 0.0], [0.0, -1.0]])).tolist() == [1, 0]
 
 
 def test_missed_by_level_on_the_worlds_own_features(world_json, oracle_run, tmp_path, monkeypatch):
