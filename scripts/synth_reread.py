@@ -36,6 +36,8 @@ first ``--firing-samples`` activations of CACHE (samples not scored: the trainin
 (``absorption.group_hubs``: the parent is counted once), and ``--fold`` one more: each hub folded
 into its atom, which fires where the hub did, the hub's column left out (``absorption.FoldedView``:
 the parent counted once, on one latent, and its ancestors on the hub's firings too).
+``--doubles`` one more after that: without the atoms that are most of another latent's firings
+and fire inside them (``absorption.doubled_atoms``: one feature counted twice).
 ``--triangles`` groups, in those exclusive readings, rows that meet in threes above the triangle
 chance level too (``absorption.triangle_coherence``), ``--lone-triangles`` only rows that meet no
 other above the pair level, each triangle a group of its own.
@@ -73,6 +75,7 @@ from hf_topafa.sae.reading import read_with
 
 EXCLUSIVE = ", unfolded by levels, exclusive"
 HUBS = ", hubs"
+DOUBLES = ", doubles dropped"
 SHOWN = ("l0", "true_l0_top_width", "f1", "mcc", "precision", "recall", "l0_corr", "dead")
 
 
@@ -155,6 +158,13 @@ def main() -> None:
         "the last reading; implies --hubs)",
     )
     p.add_argument(
+        "--doubles",
+        action="store_true",
+        help="with --exclusive, also score each reading folded without the atoms that double "
+        "another latent: most of its firings, inside them (absorption.doubled_atoms; the last "
+        "reading; implies --fold)",
+    )
+    p.add_argument(
         "--triangles",
         action="store_const",
         const="joined",
@@ -185,12 +195,13 @@ def main() -> None:
     )
     args = p.parse_args()
     args.unfold = args.unfold or args.stars or args.exclusive is not None
+    args.fold = args.fold or args.doubles
     args.hubs = args.hubs or args.fold
     if args.triangles and args.exclusive is None:
         option = "--triangles" if args.triangles == "joined" else "--lone-triangles"
         raise SystemExit(f"{option} groups the exclusive readings: give --exclusive CACHE")
     if args.hubs and args.exclusive is None:
-        option = "--fold" if args.fold else "--hubs"
+        option = "--doubles" if args.doubles else "--fold" if args.fold else "--hubs"
         raise SystemExit(f"{option} reads the hubs from the codes of --exclusive CACHE: give both")
     torch.set_num_threads(1)
     cache = ActivationCache(args.cache)
@@ -241,13 +252,15 @@ def main() -> None:
             raise SystemExit(str(exc)) from None
         codes = None if firing_x is None else codes_of(read, firing_x)
         views = readings_of(read, unabsorbed, args.unfold, args.stars, codes, args.hubs, args.fold,
-                            args.triangles)  # fmt: skip
+                            args.triangles, args.doubles)  # fmt: skip
         for suffix, sae, directions in views[-1:] if args.last_only else views:
             if suffix.startswith(EXCLUSIVE):  # its groups follow this reading's code: per rule
                 match[suffix] = matched_features(sae.W_dec, features)
                 found["atoms_by_levels_exclusive"][rule] = sae.atoms  # with --hubs: its reading's
             if suffix.startswith(EXCLUSIVE + HUBS):
                 found.setdefault("hubs", {})[rule] = sae.hubs
+            if DOUBLES in suffix:
+                found.setdefault("doubles", {})[rule] = sae.doubles
             row = {
                 **score_against_truth(sae, world, truth, directions=directions)["row"],
                 **kept_true_and_false(sae, world, truth, match[suffix]),

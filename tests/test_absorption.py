@@ -4,6 +4,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from hf_topafa.sae.absorption import (
     UnfoldedView,
     chance_coherence,
     connected_groups,
+    doubled_atoms,
+    exclusive_views,
     group_hubs,
     nested_pairs,
     parent_atoms,
@@ -274,6 +277,63 @@ def test_a_hub_folded_into_its_atom_counts_its_parent_once_and_its_grandparent_t
     torch.testing.assert_close(out.reconstruction, sae(x).reconstruction)
     # without hubs asked for, fold changes nothing
     assert unfolded_by_levels(sae, codes=codes, fold=True)(x).l0.tolist() == [3, 3]
+
+
+def test_an_atom_that_is_most_of_another_latents_firings_inside_them_is_its_double():
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(7)))[0].T
+    # rows 0-3, then atoms 4-6: atom 4 fires inside row 0, in 8 of its 10 firings, and meets it
+    # at 0.6 (chance at 7 rows in 64 dims: 0.35); atom 5 inside row 1 too, but in 2 of its 10;
+    # atom 6 is as atom 4 to row 2, but points away from it
+    rows = torch.stack([basis[0], basis[1], basis[2], basis[3],
+                        0.6 * basis[0] + 0.8 * basis[10], 0.6 * basis[1] + 0.8 * basis[11],
+                        basis[12]])  # fmt: skip
+    codes = torch.zeros(30, 7)
+    codes[0:10, 0] = codes[10:20, 1] = codes[20:30, 2] = 1.0
+    codes[0:8, 4] = codes[10:12, 5] = codes[20:28, 6] = 1.0
+    view = SimpleNamespace(unfold=lambda c: c, W_dec=rows, atoms=3)
+    assert chance_coherence(7, 64) < 0.6
+    assert doubled_atoms(view, codes).nonzero().squeeze(-1).tolist() == [4]
+    codes[8:10, 0] = 0.0  # row 0 now fires only with atom 4, as often: the rarer is the later
+    assert doubled_atoms(view, codes).nonzero().squeeze(-1).tolist() == [4]
+    codes[0:4, 4] = 0.0  # atom 4 is half of row 0's firings: still its double
+    assert doubled_atoms(view, codes).tolist()[4]
+    codes[0:6, 4] = 0.0  # under half: not
+    assert not doubled_atoms(view, codes).any()
+    view.atoms = 2  # row 4 is a row: never a double
+    codes[0:8, 4] = 1.0
+    assert not doubled_atoms(view, codes).any()
+
+
+def test_doubles_dropped_leave_the_folded_reading_without_its_doubled_atoms():
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(5)))[0].T
+    grandparent, parents, children = basis[0], basis[1:5], basis[5:21]
+    parent_rows = 1.2 * grandparent + 1.5 * parents
+    W_dec = torch.cat([parent_rows, parent_rows.repeat_interleave(4, 0) + children, basis[21:51]])
+    codes = torch.zeros(200, 50)
+    codes[:150, 4:8] = torch.eye(4).repeat(38, 1)[:150]  # family 0's children fire most
+    for p in range(1, 4):
+        codes[150 + 15 * (p - 1) : 150 + 15 * p, 4 + 4 * p] = 1.0
+    sae = top1_reading_rows(W_dec)
+    views = exclusive_views(sae, codes, doubles=True)
+    assert len(views) == 4
+    folded, dropped = views[2], views[3]
+    # family 0's atom is 150 of the grandparent atom's 195 firings, inside them, but its row
+    # (its children's, less the grandparent) meets the grandparent's at 0.30, under chance: a
+    # parent of its own, kept
+    assert folded.view.atoms == 5 and dropped.doubles == folded.doubles == 0
+    unit = torch.nn.functional.normalize(folded.view.W_dec, dim=-1)
+    assert float(unit[50] @ unit[54]) < chance_coherence(55, 64)
+    torch.testing.assert_close(dropped.W_dec, folded.W_dec)
+    x = 3 * torch.nn.functional.normalize(W_dec[4:9], dim=-1)
+    torch.testing.assert_close(dropped(x).feature_acts, folded(x).feature_acts)
+    # a column dropped by hand leaves the reading
+    mask = torch.zeros(55, dtype=torch.bool)
+    mask[50] = True
+    one_less = FoldedView(folded.view, mask)
+    assert one_less.doubles == 1 and one_less.config.d_sae == 54
+    torch.testing.assert_close(
+        one_less(x).feature_acts, folded(x).feature_acts[:, [*range(50), *range(51, 55)]]
+    )
 
 
 def test_three_rows_that_meet_under_the_pair_level_group_as_a_triangle():

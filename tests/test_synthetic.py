@@ -455,8 +455,20 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     reread_main()
     (lone,) = json.loads(out.read_text())["rows"]
     assert lone["rule"] == "topk:8, unfolded by levels, exclusive, hubs folded, lone triangles"
+    monkeypatch.setattr(sys, "argv", [*exclusive, "--doubles"])
+    reread_main()  # --doubles implies --fold and adds the folded reading without doubles, last
+    written = json.loads(out.read_text())
+    assert [r["rule"] for r in written["rows"][-2:]] == [
+        "topk:8, unfolded by levels, exclusive, hubs folded",
+        "topk:8, unfolded by levels, exclusive, hubs folded, doubles dropped",
+    ]
+    doubled = written["unabsorb"]["doubles"]["topk:8"]
+    assert written["rows"][-2] == folded and doubled >= 0
+    assert written["rows"][-1]["l0"] <= folded["l0"]  # a double's firings are another's
+    assert written["rows"][-1]["explained_variance"] == folded["explained_variance"]
     for option, says in (("--hubs", "reads the hubs from the codes of --exclusive"),
                          ("--fold", "reads the hubs from the codes of --exclusive"),
+                         ("--doubles", "reads the hubs from the codes of --exclusive"),
                          ("--triangles", "groups the exclusive readings"),
                          ("--lone-triangles", "groups the exclusive readings")):  # fmt: skip
         monkeypatch.setattr(sys, "argv", [*argv, option])

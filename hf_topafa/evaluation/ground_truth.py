@@ -494,6 +494,7 @@ def readings_of(
     hubs: bool = False,
     fold: bool = False,
     triangles: str | None = None,
+    doubles: bool = False,
 ):
     """(label suffix, the SAE or a view of it, directions to match) per reading: the SAE as
     trained; given ``unabsorbed`` (``absorption.unabsorbed_directions`` of its decoder), also
@@ -504,10 +505,11 @@ def readings_of(
     that fire nested (``absorption.nested_pairs``), both at ``unabsorbed``'s level; with
     ``hubs`` that reading once more, each atom silent where its parent's own row fires
     (``absorption.group_hubs``), and with ``fold`` once more with that row folded into the atom
-    (``absorption.FoldedView``); ``triangles`` ("joined" or "lone"): those exclusive readings
-    with rows that meet in threes grouped too (``absorption.unabsorbed_directions``, labelled
-    so). ``evaluate --unfold``
-    and ``synth_reread.py`` read so."""
+    (``absorption.FoldedView``), and with ``doubles`` once more without the atoms that double
+    another latent (``absorption.doubled_atoms``); ``triangles`` ("joined" or "lone"): those
+    exclusive readings with rows that meet in threes grouped too
+    (``absorption.unabsorbed_directions``, labelled so). ``evaluate --unfold`` and
+    ``synth_reread.py`` read so."""
     views = [("", sae, None)]
     if unabsorbed is not None:
         views.append((", unabsorbed", sae, unabsorbed.directions))
@@ -522,9 +524,9 @@ def readings_of(
         level = None if unabsorbed is None else unabsorbed.level
         suffixes = [
             ", unfolded by levels, exclusive" + end + TRIANGLE_LABELS[triangles]
-            for end in ("", ", hubs", ", hubs folded")
+            for end in ("", ", hubs", ", hubs folded", ", hubs folded, doubles dropped")
         ]
-        found = exclusive_views(sae, codes, level, hubs, fold, triangles)  # 1; 2 hubs; 3 fold
+        found = exclusive_views(sae, codes, level, hubs, fold, triangles, doubles)
         views += [(suffix, view, None) for suffix, view in zip(suffixes, found, strict=False)]
     return views
 
