@@ -19,10 +19,11 @@ true features that the dictionary holds. ``--rule`` reads with another rule (e.g
 what it misses is missed, not counted on a latent matched elsewhere. Per reading it also splits
 the missed firings by what the feature's one-to-one matched latent is (``missed_by_latent``):
 none, an atom that stayed silent, a row learned (|cos| >= 0.9) that the rule dropped, or a row
-learned badly; and the false firings, of atoms and of rows, and of the atoms' those where the
-feature the atom points nearest is on (matched to another latent), and that latent fires too. Of the held features no latent
-stands for, it says how much of each is in the SAE's decoder (``unmatched_in_decoder``): the
-nearest row, how many rows meet it above chance, and how those rows meet each other.
+learned badly; and the false firings, of atoms and of rows, and of the atoms' false firings
+those where the feature the atom points nearest is on (the match gave it to another latent) and
+where that latent fires too. Of the held features no latent stands for, it says how much of
+each is in the SAE's decoder (``unmatched_in_decoder``): the nearest row, how many rows meet it
+above chance, and how those rows meet each other.
 
     python scripts/synth_missed_by_level.py runs/synthbench_deep/runs/synthsaebench-4k-deep/topk-k14 \\
         runs/synthbench_deep/cache/synthsaebench-4k-deep-eval runs/synthbench_deep/cache/synthsaebench-4k-deep-train \\

@@ -690,7 +690,6 @@ def test_per_sample_counts_follow_an_adaptive_rule(world_json):
 
 
 def test_chains_count_each_active_root_to_leaf_path_once():
-
     from sae_lens.synthetic.hierarchy import Hierarchy, HierarchyNode
 
     from hf_topafa.evaluation.ground_truth import active_chains, hierarchy_parents
@@ -1046,7 +1045,6 @@ def test_recovery_ceiling_reads_the_worlds_own_features_at_the_noise_the_width_l
 
 
 def test_missed_by_level_places_each_feature_and_counts_what_the_reading_keeps():
-
     from sae_lens.synthetic.hierarchy import HierarchyNode
 
     def node(i, *children, exclusive=False):
@@ -1143,8 +1141,7 @@ def test_missed_by_latent_splits_atoms_false_firings_by_the_feature_they_point_a
     feature 2 (the matching gave feature 0 to latent 2, which fires only beside feature 1)."""
     codes = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
     truth = SimpleNamespace(num_samples=4, rows=lambda start, stop: codes[start:stop])
-    world = SimpleNamespace(cfg=SimpleNamespace(num_features=3),
-                                  feature_dict=lambda c: c)  # fmt: skip
+    world = SimpleNamespace(cfg=SimpleNamespace(num_features=3), feature_dict=lambda c: c)
 
     def sae(x):
         fires = torch.stack([x[:, 1], x[:, 0], x[:, 0] * x[:, 1]], -1)

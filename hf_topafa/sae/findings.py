@@ -312,8 +312,16 @@ GROUND_TRUTH: dict[str, str] = {
         "features no latent stood for were mostly parents absorbed into their children's "
         "rows: grouped into one atom that "
         "stands for a chain (the parent and an ancestor, counted once), or, on the deep, dense "
-        "and weak worlds, spread over rows that meet under chance. It reads a learned "
-        "dictionary; it was not trained end to end."
+        "and weak worlds, spread over rows that meet under chance. Grouping also the rows "
+        "that meet no other but close a triangle above the lower chance level of three "
+        "raised the count there, with about as many false firings as true ones, and the "
+        "tally to 61 bars of 72, the count on 9 ladders and all four bars on 7, with two "
+        "ladders pushed over the band. An atom that fires inside another latent and is most "
+        "of its firings counts that latent's feature twice (0.02 to 0.96 firings per sample "
+        "on sixteen dictionaries); leaving such atoms out cut false firings more than true "
+        "ones on 35 of 42 dictionaries but lowered the count, to the band on 7 ladders: where "
+        "it met the truth it did so partly on double counts. It reads a learned dictionary; "
+        "it was not trained end to end."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
