@@ -288,6 +288,18 @@ def test_unfold_on_text_counts_the_absorbed_parents_as_features(smollm2):
         <= spa["l0_unfolded_by_levels_exclusive_mean"]
     )
     assert "or hubs folded" in report and "own rows folded into their atoms" in report
+    # a double's firings are another latent's: leaving it out never raises the count
+    assert spa["doubles_by_levels_exclusive"] >= 0
+    assert (
+        spa["atoms_by_levels_exclusive_hubs_folded_doubles"]
+        == spa["atoms_by_levels_exclusive_hubs_folded"]
+    )
+    assert (
+        spa["l0_mean"]
+        <= spa["l0_unfolded_by_levels_exclusive_hubs_folded_doubles_mean"]
+        <= spa["l0_unfolded_by_levels_exclusive_hubs_folded_mean"]
+    )
+    assert "and without doubles" in report and "left out as doubles" in report
 
 
 def test_unfold_on_text_reads_nesting_on_the_first_tokens_and_counts_every_token(

@@ -204,6 +204,13 @@ def format_report(metrics: dict) -> str:
                          f"{_fmt(fq['q05'])}-{_fmt(fq['q95'])}; "
                          f"{spa['hubs_by_levels_exclusive_folded']} parents' own rows folded into "
                          "their atoms)"))  # fmt: skip
+        if "l0_unfolded_by_levels_exclusive_hubs_folded_doubles_mean" in spa:  # since doubles
+            dq = spa["l0_unfolded_by_levels_exclusive_hubs_folded_doubles_quantiles"]
+            rows.append(("  and without doubles", f"mean "
+                         f"{_fmt(spa['l0_unfolded_by_levels_exclusive_hubs_folded_doubles_mean'])}"
+                         f"  (5-95% {_fmt(dq['q05'])}-{_fmt(dq['q95'])}; "
+                         f"{spa['doubles_by_levels_exclusive']} atoms left out as doubles of "
+                         "another latent)"))  # fmt: skip
     if "k_quantiles" in spa:
         kq = spa["k_quantiles"]
         rule = get_rule(sae["activation"]).display_name

@@ -551,7 +551,7 @@ def run_command(cfg, outputs, loaded) -> int:
             found, codes = unabsorbed_directions(sae.W_dec), firing_codes(sae, world)
         unfold = outputs.unfold
         for reading, view, directions in readings_of(sae, found, unfold, unfold, codes, unfold,
-                                                     unfold):  # fmt: skip
+                                                     unfold, doubles=unfold):  # fmt: skip
             scored = score_against_truth(view, world, truth, directions=directions)
             name = label + reading
             row = {"sae": name, "d_sae": view.config.d_sae, **scored["row"]}

@@ -1,10 +1,10 @@
 """An SAE's per-token L0 with the ancestors its rows absorbed counted as features of their own
-(``hf-topafa evaluate --unfold``), in five readings of ``sae.absorption``: unfolded by levels,
+(``hf-topafa evaluate --unfold``), in six readings of ``sae.absorption``: unfolded by levels,
 without star groups' atoms, without groups of latents that fire nested, and that again with each
-atom silent where its group's parent's own row fires (hubs), and with that row folded into the
-atom instead (one latent per parent).
+atom silent where its group's parent's own row fires (hubs), with that row folded into the atom
+instead (one latent per parent), and folded without the atoms that double another latent.
 
-The last three need the SAE's own firing to tell nested latents apart and to find the hubs, so
+The last four need the SAE's own firing to tell nested latents apart and to find the hubs, so
 they are built on the first ``NESTED_SAMPLES`` tokens, and those tokens are counted once they
 are: every token is counted by every reading, in order.
 """
@@ -16,7 +16,12 @@ import torch
 from ..sae.absorption import NESTED_SAMPLES, UnfoldedView, exclusive_views, unfolded_by_levels
 from .eval_report import quantiles
 
-EXCLUSIVE_READINGS = ("_exclusive", "_exclusive_hubs", "_exclusive_hubs_folded")
+EXCLUSIVE_READINGS = (
+    "_exclusive",
+    "_exclusive_hubs",
+    "_exclusive_hubs_folded",
+    "_exclusive_hubs_folded_doubles",
+)
 
 
 def l0_of(view: UnfoldedView, codes: torch.Tensor) -> torch.Tensor:
@@ -25,7 +30,7 @@ def l0_of(view: UnfoldedView, codes: torch.Tensor) -> torch.Tensor:
 
 
 class UnfoldedL0:
-    """The five readings' per-token L0, accumulated batch by batch (``update``)."""
+    """The six readings' per-token L0, accumulated batch by batch (``update``)."""
 
     def __init__(self, sae):
         self.sae = sae
@@ -53,7 +58,7 @@ class UnfoldedL0:
         fired = torch.cat(self.early_firing).float()
         self.early_firing = []
         self.nested_tokens = min(len(fired), NESTED_SAMPLES)
-        views = exclusive_views(self.sae, fired[:NESTED_SAMPLES], hubs=True, fold=True)
+        views = exclusive_views(self.sae, fired[:NESTED_SAMPLES], doubles=True)
         for name, view in zip(EXCLUSIVE_READINGS, views, strict=True):
             self.views[name] = view.eval()
             self.per_token[name].append(l0_of(view, fired))
@@ -71,5 +76,6 @@ class UnfoldedL0:
             fields[f"l0_unfolded_by_levels{name}_quantiles"] = quantiles(l0)
         fields["hubs_by_levels_exclusive"] = self.views["_exclusive_hubs"].hubs
         fields["hubs_by_levels_exclusive_folded"] = self.views["_exclusive_hubs_folded"].hubs
+        fields["doubles_by_levels_exclusive"] = self.views["_exclusive_hubs_folded_doubles"].doubles
         fields["nested_tokens"] = self.nested_tokens
         return fields
