@@ -145,6 +145,22 @@ def write_json(data, path: str | os.PathLike) -> Path:
     return helpers.write_json(path, to_json(data))
 
 
+UNFOLDED_ROWS = (
+    ("", "L0 unfolded by levels", "{atoms_by_levels} ancestor atoms"),
+    ("_stars", "  without stars' atoms", "{atoms_by_levels_stars} ancestor atoms"),
+    ("_exclusive", "  without nested groups",
+     "{atoms_by_levels_exclusive} ancestor atoms; nesting read on {nested_tokens} tokens"),
+    ("_exclusive_hubs", "  and with hubs",
+     "{hubs_by_levels_exclusive} atoms silent where their parent's own row fires"),
+    ("_exclusive_hubs_folded", "  or hubs folded",
+     "{hubs_by_levels_exclusive_folded} parents' own rows folded into their atoms"),
+    ("_exclusive_hubs_folded_doubles", "  and without doubles",
+     "{doubles_by_levels_exclusive} atoms left out as doubles of another latent"),
+)  # fmt: skip
+"""The report's rows for ``evaluate --unfold``'s readings (``unfolded_l0``): the sparsity
+fields' suffix, the row's label and what it adds after the L0's spread."""
+
+
 def _fmt(value, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
@@ -177,40 +193,12 @@ def format_report(metrics: dict) -> str:
     q = spa["l0_quantiles"]
     rows.append(("L0", f"mean {_fmt(spa['l0_mean'])}  (median {_fmt(q['q50'])}, "
                  f"5-95% {_fmt(q['q05'])}-{_fmt(q['q95'])})"))  # fmt: skip
-    if "l0_unfolded_by_levels_mean" in spa:
-        uq = spa["l0_unfolded_by_levels_quantiles"]
-        rows.append(("L0 unfolded by levels", f"mean {_fmt(spa['l0_unfolded_by_levels_mean'])}  "
-                     f"(5-95% {_fmt(uq['q05'])}-{_fmt(uq['q95'])}; {spa['atoms_by_levels']} "
-                     "ancestor atoms)"))  # fmt: skip
-        sq = spa["l0_unfolded_by_levels_stars_quantiles"]
-        rows.append(("  without stars' atoms", f"mean "
-                     f"{_fmt(spa['l0_unfolded_by_levels_stars_mean'])}  (5-95% {_fmt(sq['q05'])}-"
-                     f"{_fmt(sq['q95'])}; {spa['atoms_by_levels_stars']} ancestor atoms)"))  # fmt: skip
-        eq = spa["l0_unfolded_by_levels_exclusive_quantiles"]
-        rows.append(("  without nested groups", f"mean "
-                     f"{_fmt(spa['l0_unfolded_by_levels_exclusive_mean'])}  (5-95% "
-                     f"{_fmt(eq['q05'])}-{_fmt(eq['q95'])}; {spa['atoms_by_levels_exclusive']} "
-                     f"ancestor atoms; nesting read on {spa['nested_tokens']} tokens)"))  # fmt: skip
-        if "l0_unfolded_by_levels_exclusive_hubs_mean" in spa:  # reports written before hubs
-            hq = spa["l0_unfolded_by_levels_exclusive_hubs_quantiles"]
-            rows.append(("  and with hubs", f"mean "
-                         f"{_fmt(spa['l0_unfolded_by_levels_exclusive_hubs_mean'])}  (5-95% "
-                         f"{_fmt(hq['q05'])}-{_fmt(hq['q95'])}; {spa['hubs_by_levels_exclusive']} "
-                         "atoms silent where their parent's own row fires)"))  # fmt: skip
-        if "l0_unfolded_by_levels_exclusive_hubs_folded_mean" in spa:  # written before folding
-            fq = spa["l0_unfolded_by_levels_exclusive_hubs_folded_quantiles"]
-            rows.append(("  or hubs folded", f"mean "
-                         f"{_fmt(spa['l0_unfolded_by_levels_exclusive_hubs_folded_mean'])}  (5-95% "
-                         f"{_fmt(fq['q05'])}-{_fmt(fq['q95'])}; "
-                         f"{spa['hubs_by_levels_exclusive_folded']} parents' own rows folded into "
-                         "their atoms)"))  # fmt: skip
-        if "l0_unfolded_by_levels_exclusive_hubs_folded_doubles_mean" in spa:  # since doubles
-            dq = spa["l0_unfolded_by_levels_exclusive_hubs_folded_doubles_quantiles"]
-            rows.append(("  and without doubles", f"mean "
-                         f"{_fmt(spa['l0_unfolded_by_levels_exclusive_hubs_folded_doubles_mean'])}"
-                         f"  (5-95% {_fmt(dq['q05'])}-{_fmt(dq['q95'])}; "
-                         f"{spa['doubles_by_levels_exclusive']} atoms left out as doubles of "
-                         "another latent)"))  # fmt: skip
+    for suffix, label, tail in UNFOLDED_ROWS:  # a report holds those read when it was written
+        key = f"l0_unfolded_by_levels{suffix}"
+        if f"{key}_mean" in spa:
+            uq = spa[f"{key}_quantiles"]
+            rows.append((label, f"mean {_fmt(spa[f'{key}_mean'])}  (5-95% {_fmt(uq['q05'])}-"
+                         f"{_fmt(uq['q95'])}; {tail.format(**spa)})"))  # fmt: skip
     if "k_quantiles" in spa:
         kq = spa["k_quantiles"]
         rule = get_rule(sae["activation"]).display_name
