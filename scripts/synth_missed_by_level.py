@@ -49,6 +49,7 @@ from hf_topafa.evaluation.ground_truth import (
     hierarchy_nodes,
     hierarchy_parents,
     most_frequent,
+    nearest_features,
     readings_of,
 )
 from hf_topafa.evaluation.sparse_recovery import unheld_noise
@@ -133,14 +134,6 @@ def detections(sae, world, truth: TruthSet, match: torch.Tensor, batch: int = 40
         found["missed_beside_ancestor"] += (missed & kept_ancestor(kept, parents)).sum(0)
         found["missed_beside_descendant"] += (missed & kept_descendant(kept, parents, depth)).sum(0)
     return found
-
-
-def nearest_features(W_dec: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """[latents]: the feature each row points nearest (|cosine|), whichever latent it is matched
-    to one to one."""
-    unit = torch.nn.functional.normalize
-    cos = unit(W_dec.detach().float(), dim=-1) @ unit(features.float(), dim=-1).T
-    return cos.abs().argmax(-1)
 
 
 def latent_positions(view) -> torch.Tensor:
@@ -241,6 +234,7 @@ def unmatched_in_decoder(W_dec, features, unmatched, rate, parents, atoms=None) 
     weight = rate[unmatched] / rate[unmatched].sum().clamp_min(1e-12)
     between, has_pairs = torch.zeros(len(weight)), torch.zeros(len(weight), dtype=torch.bool)
     one_atom, to_ancestor = torch.zeros_like(has_pairs), torch.zeros_like(has_pairs)
+    steps = list(ancestor_steps(parents))  # each feature's ancestors, one level up at a time
     for j, feature in enumerate(unmatched.nonzero().squeeze(-1).tolist()):
         members = near[:, j].nonzero().squeeze(-1)
         if len(members) >= 2:
@@ -251,7 +245,8 @@ def unmatched_in_decoder(W_dec, features, unmatched, rate, parents, atoms=None) 
                 groups = atoms[0][members].unique()
                 one_atom[j] = len(groups) == 1 and int(groups[0]) >= 0
                 if one_atom[j]:
-                    to_ancestor[j] = int(atoms[1][groups[0]]) in ancestors_of(feature, parents)
+                    target = int(atoms[1][groups[0]])
+                    to_ancestor[j] = target >= 0 and any(int(a[feature]) == target for a in steps)
     children = torch.zeros(len(rate), dtype=torch.bool)
     children[parents[parents >= 0]] = True
     paired = weight[has_pairs].sum().clamp_min(1e-12)
@@ -273,15 +268,6 @@ def unmatched_in_decoder(W_dec, features, unmatched, rate, parents, atoms=None) 
             }
         ),
     }
-
-
-def ancestors_of(feature: int, parents: torch.Tensor) -> list[int]:
-    """The feature's ancestors in the world's hierarchy, nearest first."""
-    found = []
-    while int(parents[feature]) >= 0:
-        feature = int(parents[feature])
-        found.append(feature)
-    return found
 
 
 def kept_ancestor(kept: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:

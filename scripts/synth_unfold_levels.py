@@ -38,6 +38,7 @@ from hf_topafa.evaluation.ground_truth import (
     firings_by_latent,
     hierarchy_depths,
     hierarchy_parents,
+    nearest_features,
 )
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae.absorption import (
@@ -72,9 +73,7 @@ def doubled_by_members(
     """Per level after the rows: how often per sample an atom fires together with one of its own
     members whose nearest true feature (|cos|) is the atom's too, so that one feature is counted
     twice in the sample (a group whose member is already the parent, ``absorption.star_groups``)."""
-    unit = torch.nn.functional.normalize(view.W_dec.detach(), dim=-1)
-    nearest = unit @ torch.nn.functional.normalize(world.feature_dict.feature_vectors, dim=-1).T
-    nearest = nearest.abs().argmax(-1)
+    nearest = nearest_features(view.W_dec, world.feature_dict.feature_vectors)
     levels = []  # (first atom, the atoms' member matrix [latents, atoms]) per level
     for level in unfolding_levels(view):
         base = level.W_dec.shape[0] - level.added

@@ -255,6 +255,14 @@ def matched_features(W_dec: torch.Tensor, features: torch.Tensor) -> torch.Tenso
     return matched_cosines(W_dec, features)[0]
 
 
+def nearest_features(W_dec: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """For each latent (row of ``W_dec``), the true feature its row points nearest (|cosine|),
+    whichever one the one-to-one matching gives it."""
+    unit = torch.nn.functional.normalize
+    cos = unit(W_dec.detach().float(), dim=-1) @ unit(features.float(), dim=-1).T
+    return cos.abs().argmax(-1)
+
+
 def hierarchy_parents(world) -> torch.Tensor:
     """Each feature's parent in the world's hierarchy, as a long tensor [features]: -1 for roots
     and for features outside the hierarchy. A world without a hierarchy gives all -1."""

@@ -458,18 +458,16 @@ def doubled_atoms(view: UnfoldedView, codes: torch.Tensor) -> torch.Tensor:
     while the feature it points nearest was on, and the latent matched to that feature fired
     too, 0.02 to 0.96 times per sample ("Hubs folded into their atoms"). The rarer of the two
     is the double (the later one on a tie)."""
-    fired = (view.unfold(codes.float()) != 0).float()
-    count = fired.sum(0)
-    inside = (fired.T @ fired) >= 0.5 * count[:, None].clamp_min(1)
-    most = count[:, None] >= 0.5 * count[None, :]
+    code = view.unfold(codes.float())
+    count = (code != 0).sum(0)
     index = torch.arange(len(count))
     rarer = (count[:, None] < count[None, :]) | (
         (count[:, None] == count[None, :]) & (index[:, None] > index[None, :])
     )
+    most = count[:, None] >= 0.5 * count[None, :]
     unit = torch.nn.functional.normalize(view.W_dec.detach().float(), dim=-1)
     near = (unit @ unit.T).abs() > chance_coherence(*unit.shape)
-    double = inside & most & rarer & near
-    double.fill_diagonal_(False)
+    double = nested_pairs(code) & rarer & most & near  # nested: the rarer inside the other
     atoms = index >= len(count) - view.atoms
     return atoms & double.any(-1)
 
