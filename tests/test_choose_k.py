@@ -91,21 +91,33 @@ def tiny_caches(tmp_path_factory, smollm2):
     )
 
 
-def procedure_d_count(folder, eval_dir, reader: str = "risk_floor", hubs: bool = False) -> float:
+def procedure_d_count(folder, eval_dir, reader: str = "risk_floor", reading: str = "exclusive"):
     """Per held-out token (the eval cache's first 256), what procedure D's reading by ``reader``
     keeps of the run's dictionary, counted here from the pieces: the reading's code, unfolded
-    by levels with no group of latents that fire nested (with ``hubs``, each atom silent where
-    its parent's own row fires)."""
+    by levels with no group of latents that fire nested, its atoms counted as ``reading`` says
+    (``choose-k --reading``)."""
     from hf_topafa import SparseAutoencoder
     from hf_topafa.data.harvest import ActivationCache
-    from hf_topafa.sae.absorption import unfolded_by_levels
+    from hf_topafa.sae.absorption import (
+        FoldedView,
+        doubled_atoms,
+        unabsorbed_directions,
+        unfolded_by_levels,
+    )
     from hf_topafa.sae.reading import read_with
 
     acts = ActivationCache(eval_dir).first_activations(256)
     sae = read_with(SparseAutoencoder.from_pretrained(folder), reader)
     with torch.no_grad():
         codes = sae(acts).feature_acts
-    view = unfolded_by_levels(sae, codes=(codes != 0).float(), hubs=hubs)
+    fired = (codes != 0).float()
+    if reading in ("exclusive", "hubs"):
+        view = unfolded_by_levels(sae, codes=fired, hubs=reading == "hubs")
+    else:
+        triangles = "lone" if reading == "lone" else None
+        grouped = unabsorbed_directions(sae.W_dec, codes=fired, triangles=triangles)
+        folded = unfolded_by_levels(sae, grouped, codes=fired, hubs=True, fold=True)
+        view = FoldedView(folded, doubled_atoms(folded, fired) if reading == "doubles" else None)
     return float((view.unfold(codes) != 0).sum(-1).float().mean())
 
 
@@ -213,7 +225,10 @@ def test_the_reading_is_procedure_ds_risk_floor_unfolded_without_nested_groups(m
         calls.append((folder, len(acts), options))
         sparsity = {"l0_unfolded_by_levels_mean": 9.0, "l0_unfolded_by_levels_stars_mean": 8.0,
                     "l0_unfolded_by_levels_exclusive_mean": 7.0, "l0_mean": 5.0,
-                    "l0_unfolded_by_levels_exclusive_hubs_mean": 6.0}  # fmt: skip
+                    "l0_unfolded_by_levels_exclusive_hubs_mean": 6.0,
+                    "l0_unfolded_by_levels_exclusive_hubs_folded_mean": 5.5,
+                    "l0_unfolded_by_levels_exclusive_hubs_folded_doubles_mean": 5.25,
+                    "l0_unfolded_by_levels_exclusive_hubs_folded_lone_mean": 5.75}  # fmt: skip
         return {"sparsity": sparsity}, None
 
     monkeypatch.setattr(harvest, "ActivationCache", Cache)
@@ -223,7 +238,8 @@ def test_the_reading_is_procedure_ds_risk_floor_unfolded_without_nested_groups(m
     # --reader risk_refit: the same unfolded reading, the amplitudes re-fit
     assert reading_count("run", held_out_activations("eval-cache"), "risk_refit") == 7.0
     assert calls[-1][2] == {"read_with": "risk_refit", "unfold": True}
-    assert reading_count("run", held_out_activations("eval-cache"), hubs=True) == 6.0
+    for reading, count in (("hubs", 6.0), ("folded", 5.5), ("doubles", 5.25), ("lone", 5.75)):
+        assert reading_count("run", held_out_activations("eval-cache"), reading=reading) == count
     rows = [{"k": 8, "reading": 7.0}]
     chosen = self_consistent(rows, "risk_refit")
     assert chosen["rule"] == "risk_refit, unfolded by levels, exclusive"
@@ -241,6 +257,14 @@ def test_a_bad_choose_k_option_is_one_line_naming_what_is_valid(capsys):
     assert cli.main(["choose-k", "--k", "8", "--output", "o"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--k needs two or more distinct positive values" in err
+    argv = ["choose-k", "--k", "8", "16", "--output", "o", "--hubs", "--reading", "folded"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--hubs is --reading hubs" in err
+    assert (
+        parse_command(["--k", "4", "8", "--output", "o", "--hubs", "--reading", "hubs"])[0].reading
+        == "hubs"
+    )
 
 
 def write_ladder(
@@ -419,9 +443,28 @@ def test_the_hubs_option_reads_every_dictionary_with_hubs(tiny_caches, tmp_path,
     assert cli.main(argv) == 0
     assert "ancestors unfolded, hubs) keeps" in capsys.readouterr().out
     chosen = json.loads((out / "choose_k.json").read_text())["self_consistent"]
-    assert chosen["hubs"] and chosen["rule"] == "risk_floor, unfolded by levels, exclusive, hubs"
+    assert chosen["reading"] == "hubs"
+    assert chosen["rule"] == "risk_floor, unfolded by levels, exclusive, hubs"
     for row in json.loads((out / "choose_k.json").read_text())["rows"]:
         for run in row["runs"]:
             assert run["reading"] == pytest.approx(
-                procedure_d_count(run["folder"], eval_dir, hubs=True)
+                procedure_d_count(run["folder"], eval_dir, reading="hubs")
             )
+    # the finished sweep read again with each other way of counting its atoms, nothing trained
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/model.safetensors")}
+    for reading, tail in (("folded", ", hubs folded"), ("doubles", ", hubs folded, doubles dropped"),
+                          ("lone", ", hubs folded, lone triangles")):  # fmt: skip
+        again = [a for a in argv if a != "--hubs"] + ["--reading", reading]
+        assert cli.main(again) == 0
+        assert f"ancestors unfolded{tail}) keeps" in capsys.readouterr().out
+        result = json.loads((out / "choose_k.json").read_text())
+        assert result["self_consistent"]["reading"] == reading
+        assert (
+            result["self_consistent"]["rule"] == "risk_floor, unfolded by levels, exclusive" + tail
+        )
+        for row in result["rows"]:
+            for run in row["runs"]:
+                assert run["reading"] == pytest.approx(
+                    procedure_d_count(run["folder"], eval_dir, reading=reading)
+                )
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/model.safetensors")} == stamps

@@ -251,7 +251,10 @@ def test_unfold_on_text_counts_the_absorbed_parents_as_features(smollm2):
         # and a parent with a row of its own, its three children's rows leaning on it (|cos|
         # 0.29, above the chance level 0.17; 0.08 with each other): a star, no atom for it with stars
         leaning = basis[11:14] + 0.3 * basis[10]
-        sae.W_dec.copy_(torch.cat([absorbed, basis[10:11], leaning, basis[14:66]]))
+        # and three rows that lean on a thin parent (|cos| 0.14 with each other: under the pair
+        # level, above the triangle level 0.11): a lone triangle, grouped only in that reading
+        lone = basis[14:17] + 0.4 * basis[66]
+        sae.W_dec.copy_(torch.cat([absorbed, basis[10:11], leaning, lone, basis[17:66]]))
         sae.W_enc.copy_(sae.W_dec.T)
     cfg = ev.EvalConfig(**SMALL, compute_downstream=False)
     [(plain, _)] = ev.evaluate_saes([sae], cfg)
@@ -300,6 +303,16 @@ def test_unfold_on_text_counts_the_absorbed_parents_as_features(smollm2):
         <= spa["l0_unfolded_by_levels_exclusive_hubs_folded_mean"]
     )
     assert "and without doubles" in report and "left out as doubles" in report
+    # the lone triangle is one atom more, firing where its rows do
+    assert (
+        spa["atoms_by_levels_exclusive_hubs_folded_lone"]
+        == spa["atoms_by_levels_exclusive_hubs_folded"] + 1
+    )
+    assert (
+        spa["l0_unfolded_by_levels_exclusive_hubs_folded_lone_mean"]
+        > spa["l0_unfolded_by_levels_exclusive_hubs_folded_mean"]
+    )
+    assert "or folded, lone triangles" in report and "meeting only in threes" in report
 
 
 def test_unfold_on_text_reads_nesting_on_the_first_tokens_and_counts_every_token(

@@ -806,11 +806,12 @@ def test_evaluate_synthetic_unfold_scores_own_directions_and_parents(
         "oracle, unfolded by levels, exclusive, hubs",
         "oracle, unfolded by levels, exclusive, hubs folded",
         "oracle, unfolded by levels, exclusive, hubs folded, doubles dropped",
+        "oracle, unfolded by levels, exclusive, hubs folded, lone triangles",
     ]  # fmt: skip
     assert rows[0]["mcc"] == pytest.approx(rows[1]["mcc"]) == pytest.approx(1.0, abs=1e-5)
     for unfolded in rows[2:]:  # no row to unfold
         assert unfolded["d_sae"] == 48 and unfolded["l0"] == rows[0]["l0"]
-    assert len(list((tmp_path / "p").glob("ground_truth_oracle*.png"))) == 9
+    assert len(list((tmp_path / "p").glob("ground_truth_oracle*.png"))) == 10
 
 
 def test_evaluate_synthetic_command(world_json, oracle_run, tmp_path, capsys):

@@ -111,7 +111,7 @@ class EvalOutputs:
         "count the directions rows share above chance (absorbed parents, and the ancestors those "
         "share in turn, unfolded level by level) as features of their own "
         "(hf_topafa.sae.absorption): on text extra L0s; with --synthetic each SAE is scored "
-        "eight times more: along its rows less the shared direction, unfolded once, by levels, "
+        "nine times more: along its rows less the shared direction, unfolded once, by levels, "
         "by levels with no atom for a group whose rows all meet one of them and not each "
         "other (absorption.star_groups: that row is the parent), by levels with no group of "
         "latents that fire nested (absorption.nested_pairs: on text read on the first 20,000 "
@@ -120,7 +120,9 @@ class EvalOutputs:
         "(absorption.group_hubs; hubs found on the same tokens or samples), and so with that row "
         "folded into its atom instead (absorption.FoldedView: one latent per parent), and that "
         "without the atoms that fire inside another latent and are most of its firings "
-        "(absorption.doubled_atoms: one feature counted twice)",
+        "(absorption.doubled_atoms: one feature counted twice), and folded with the rows that "
+        "meet no other but close a triangle grouped too (lone triangles: "
+        "absorption.triangle_coherence)",
     )
 
 

@@ -156,6 +156,8 @@ UNFOLDED_ROWS = (
      "{hubs_by_levels_exclusive_folded} parents' own rows folded into their atoms"),
     ("_exclusive_hubs_folded_doubles", "  and without doubles",
      "{doubles_by_levels_exclusive} atoms left out as doubles of another latent"),
+    ("_exclusive_hubs_folded_lone", "  or folded, lone triangles",
+     "{atoms_by_levels_exclusive_hubs_folded_lone} atoms; rows meeting only in threes grouped"),
 )  # fmt: skip
 """The report's rows for ``evaluate --unfold``'s readings (``unfolded_l0``): the sparsity
 fields' suffix, the row's label and what it adds after the L0's spread."""

@@ -33,6 +33,7 @@ from ..sae.absorption import (
 )
 from ..sae.afa import quantiles
 from .agreement import matched_cosines
+from .unfolded_l0 import EXCLUSIVE_READINGS
 
 
 class SAELensView(nn.Module):
@@ -503,6 +504,7 @@ def readings_of(
     fold: bool = False,
     triangles: str | None = None,
     doubles: bool = False,
+    lone: bool = False,
 ):
     """(label suffix, the SAE or a view of it, directions to match) per reading: the SAE as
     trained; given ``unabsorbed`` (``absorption.unabsorbed_directions`` of its decoder), also
@@ -516,8 +518,9 @@ def readings_of(
     (``absorption.FoldedView``), and with ``doubles`` once more without the atoms that double
     another latent (``absorption.doubled_atoms``); ``triangles`` ("joined" or "lone"): those
     exclusive readings with rows that meet in threes grouped too
-    (``absorption.unabsorbed_directions``, labelled so). ``evaluate --unfold`` and
-    ``synth_reread.py`` read so."""
+    (``absorption.unabsorbed_directions``, labelled so); ``lone``: given ``codes``, one reading
+    more, folded with lone triangles grouped. ``evaluate --unfold`` and ``synth_reread.py`` read
+    so."""
     views = [("", sae, None)]
     if unabsorbed is not None:
         views.append((", unabsorbed", sae, unabsorbed.directions))
@@ -530,12 +533,14 @@ def readings_of(
         views.append((", unfolded by levels, stars", stars_view, None))
     if unfold and codes is not None:
         level = None if unabsorbed is None else unabsorbed.level
-        suffixes = [
-            ", unfolded by levels, exclusive" + end + TRIANGLE_LABELS[triangles]
-            for end in ("", ", hubs", ", hubs folded", ", hubs folded, doubles dropped")
-        ]
+        exclusive = ", unfolded by levels, exclusive"
+        tails = [EXCLUSIVE_READINGS[name][1] for name in ("exclusive", "hubs", "folded", "doubles")]
+        suffixes = [exclusive + tail + TRIANGLE_LABELS[triangles] for tail in tails]
         found = exclusive_views(sae, codes, level, hubs, fold, triangles, doubles)
         views += [(suffix, view, None) for suffix, view in zip(suffixes, found, strict=False)]
+        if lone:
+            view = exclusive_views(sae, codes, level, fold=True, triangles="lone")[-1]
+            views.append((exclusive + EXCLUSIVE_READINGS["lone"][1], view, None))
     return views
 
 
@@ -559,7 +564,7 @@ def run_command(cfg, outputs, loaded) -> int:
             found, codes = unabsorbed_directions(sae.W_dec), firing_codes(sae, world)
         unfold = outputs.unfold
         for reading, view, directions in readings_of(sae, found, unfold, unfold, codes, unfold,
-                                                     unfold, doubles=unfold):  # fmt: skip
+                                                     unfold, doubles=unfold, lone=unfold):  # fmt: skip
             scored = score_against_truth(view, world, truth, directions=directions)
             name = label + reading
             row = {"sae": name, "d_sae": view.config.d_sae, **scored["row"]}

@@ -1,10 +1,11 @@
 """An SAE's per-token L0 with the ancestors its rows absorbed counted as features of their own
-(``hf-topafa evaluate --unfold``), in six readings of ``sae.absorption``: unfolded by levels,
+(``hf-topafa evaluate --unfold``), in seven readings of ``sae.absorption``: unfolded by levels,
 without star groups' atoms, without groups of latents that fire nested, and that again with each
 atom silent where its group's parent's own row fires (hubs), with that row folded into the atom
-instead (one latent per parent), and folded without the atoms that double another latent.
+instead (one latent per parent), folded without the atoms that double another latent, and
+folded with the rows that meet no other but close a triangle grouped too (lone triangles).
 
-The last four need the SAE's own firing to tell nested latents apart and to find the hubs, so
+The last five need the SAE's own firing to tell nested latents apart and to find the hubs, so
 they are built on the first ``NESTED_SAMPLES`` tokens, and those tokens are counted once they
 are: every token is counted by every reading, in order.
 """
@@ -16,12 +17,16 @@ import torch
 from ..sae.absorption import NESTED_SAMPLES, UnfoldedView, exclusive_views, unfolded_by_levels
 from .eval_report import quantiles
 
-EXCLUSIVE_READINGS = (
-    "_exclusive",
-    "_exclusive_hubs",
-    "_exclusive_hubs_folded",
-    "_exclusive_hubs_folded_doubles",
-)
+EXCLUSIVE_READINGS = {
+    "exclusive": ("_exclusive", ""),
+    "hubs": ("_exclusive_hubs", ", hubs"),
+    "folded": ("_exclusive_hubs_folded", ", hubs folded"),
+    "doubles": ("_exclusive_hubs_folded_doubles", ", hubs folded, doubles dropped"),
+    "lone": ("_exclusive_hubs_folded_lone", ", hubs folded, lone triangles"),
+}
+"""The readings without nested groups, by name (``choose-k --reading``): the suffix of their
+sparsity fields and what their label adds after "unfolded by levels, exclusive" (as
+``ground_truth.readings_of`` labels them on synthetic data)."""
 
 
 def l0_of(view: UnfoldedView, codes: torch.Tensor) -> torch.Tensor:
@@ -30,14 +35,14 @@ def l0_of(view: UnfoldedView, codes: torch.Tensor) -> torch.Tensor:
 
 
 class UnfoldedL0:
-    """The six readings' per-token L0, accumulated batch by batch (``update``)."""
+    """The seven readings' per-token L0, accumulated batch by batch (``update``)."""
 
     def __init__(self, sae):
         self.sae = sae
         self.views = {"": unfolded_by_levels(sae).eval(),
                       "_stars": unfolded_by_levels(sae, stars=True).eval()}  # fmt: skip
         self.per_token: dict[str, list[torch.Tensor]] = {
-            name: [] for name in ("", "_stars", *EXCLUSIVE_READINGS)
+            name: [] for name in ("", "_stars", *(f for f, _ in EXCLUSIVE_READINGS.values()))
         }
         self.early_firing: list[torch.Tensor] = []
         self.nested_tokens = 0
@@ -58,8 +63,11 @@ class UnfoldedL0:
         fired = torch.cat(self.early_firing).float()
         self.early_firing = []
         self.nested_tokens = min(len(fired), NESTED_SAMPLES)
-        views = exclusive_views(self.sae, fired[:NESTED_SAMPLES], doubles=True)
-        for name, view in zip(EXCLUSIVE_READINGS, views, strict=True):
+        nesting = fired[:NESTED_SAMPLES]
+        views = exclusive_views(self.sae, nesting, doubles=True)
+        views.append(exclusive_views(self.sae, nesting, fold=True, triangles="lone")[-1])
+        names = [suffix for suffix, _ in EXCLUSIVE_READINGS.values()]
+        for name, view in zip(names, views, strict=True):
             self.views[name] = view.eval()
             self.per_token[name].append(l0_of(view, fired))
 

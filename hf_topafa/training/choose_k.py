@@ -18,6 +18,8 @@ outright, so their reading fits in k for the wrong reason (the flat world's k = 
 four worlds built after the rule was fixed it chose a k meeting every bar where agreement chose
 too small or too large a one; on the other two the reading missed the count at every k
 (results/synthbench/README.md, "The dense config in 384 dimensions", "A dead guard").
+``--reading`` counts the atoms as the later readings do (hubs silent, folded, doubles dropped,
+lone triangles: ``evaluation.unfolded_l0.EXCLUSIVE_READINGS``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import argparse
 import itertools
 import json
 from pathlib import Path
+
+from ..evaluation.unfolded_l0 import EXCLUSIVE_READINGS
 
 # Agreements closer than this swapped order between dictionaries of near-equal quality on the
 # synthetic worlds (4k world: k = 12 and 24 at 0.649 / 0.650, MCC 0.668 / 0.666): call it a tie.
@@ -37,6 +41,7 @@ READING = "risk_floor"  # procedure D's reader
 READERS = ("risk_floor", "risk_refit", "risk_calibrated", "risk_tail", "risk_balance",
            "risk_switch")  # fmt: skip
 READING_TOKENS = 8192  # held-out tokens each dictionary is read on
+READINGS = tuple(EXCLUSIVE_READINGS)  # --reading: how procedure D's reading counts the atoms
 # A dictionary leaving more of its latents dead than this has not learned its width: it misses
 # features outright, so its reading fitting in k says nothing. On every synthetic sweep the dead
 # share was at most 0.5% or at least 11% (flat world k = 5: 16%, where the unguarded choice
@@ -70,11 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "the residual's own tail; risk_balance sets it where false and "
                         "missed latents are expected to balance; risk_switch takes the "
                         "balance's price, or the tail's where the balance's fit fails)")  # fmt: skip
-    parser.add_argument("--hubs", action="store_true",
-                        help="read each dictionary with hubs: an atom is silent where its "
-                        "group's parent's own row fires, so that parent is not counted twice "
-                        "(absorption.group_hubs; results/synthbench/README.md, \"Parents counted "
-                        "twice\")")  # fmt: skip
+    parser.add_argument("--reading", choices=READINGS, default=None,
+                        help="how the atoms are counted (default: exclusive, procedure D's): hubs: "
+                        "an atom is silent where its group's parent's own row fires, so that "
+                        "parent is not counted twice; folded: that row folded into the atom, one "
+                        "latent per parent; doubles: folded, without the atoms that fire inside "
+                        "another latent and are most of its firings; lone: folded, with rows "
+                        "that meet only in threes grouped too (absorption; results/synthbench/"
+                        "README.md, \"Parents counted twice\", \"Hubs folded into their atoms\")")  # fmt: skip
+    parser.add_argument("--hubs", action="store_true", help="the same as --reading hubs")
     parser.add_argument("--json", default=None, help="default: OUTPUT/choose_k.json")
     parser.add_argument("--plot", default=None, help="default: OUTPUT/choose_k.png")
     return parser
@@ -87,6 +96,9 @@ def parse_command(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         raise ValueError(f"--k needs two or more distinct positive values, got {args.k}")
     if len(set(args.seeds)) < 2:
         raise ValueError(f"--seeds needs two or more distinct seeds, got {args.seeds}")
+    if args.hubs and args.reading not in (None, "hubs"):
+        raise ValueError(f"--hubs is --reading hubs; it cannot go with --reading {args.reading}")
+    args.reading = "hubs" if args.hubs else args.reading or "exclusive"
     given = [option.split("=")[0].replace("_", "-") for option in train_argv]
     for name in SET_PER_RUN:
         if name in given:
@@ -128,17 +140,18 @@ def held_out_activations(eval_cache: str):
     return cache.first_activations(min(READING_TOKENS, cache.num_tokens))
 
 
-def reading_count(sae_or_folder, acts, reader: str = READING, hubs: bool = False) -> float:
+def reading_count(sae_or_folder, acts, reader: str = READING, reading: str = "exclusive") -> float:
     """Per held-out token, what procedure D's reading keeps of a run's dictionary (the loaded
-    SAE, or its folder), read by ``reader``; with ``hubs``, each atom silent where its parent's
-    own row fires."""
+    SAE, or its folder), read by ``reader``, its atoms counted as ``reading`` says (one of
+    ``READINGS``)."""
     from ..evaluation.evaluate import evaluate_activations
 
     metrics, _ = evaluate_activations(sae_or_folder, acts, read_with=reader, unfold=True)
-    return metrics["sparsity"][f"l0_unfolded_by_levels_exclusive{'_hubs' * hubs}_mean"]
+    suffix, _ = EXCLUSIVE_READINGS[reading]
+    return metrics["sparsity"][f"l0_unfolded_by_levels{suffix}_mean"]
 
 
-def self_consistent(rows: list[dict], reader: str = READING, hubs: bool = False) -> dict:
+def self_consistent(rows: list[dict], reader: str = READING, reading: str = "exclusive") -> dict:
     """The smallest k whose seeds' readings keep at most k per token on average, passing over a
     k whose dictionaries leave more than ``DEAD_SHARE_GUARD`` of their latents dead (a row's
     ``dead_share``; such a row needs no reading). None where no k is left: the sweep needs a
@@ -147,8 +160,8 @@ def self_consistent(rows: list[dict], reader: str = READING, hubs: bool = False)
     fits = [row["k"] for row in rows if row["k"] not in passed_over and row["reading"] <= row["k"]]
     return {"k": min(fits) if fits else None, "passed_over": passed_over,
             "dead_share_guard": DEAD_SHARE_GUARD,
-            "reader": reader, "hubs": hubs,
-            "rule": f"{reader}, unfolded by levels, exclusive{', hubs' * hubs}",
+            "reader": reader, "reading": reading,
+            "rule": f"{reader}, unfolded by levels, exclusive{EXCLUSIVE_READINGS[reading][1]}",
             "tokens": READING_TOKENS}  # fmt: skip
 
 
@@ -210,7 +223,7 @@ def describe(
         row["dead_share"] = sum(shares) / len(shares) if shares else None
         if acts is not None:  # the SAEs loaded above, not read from disk again
             for key, run in zip(keys, row["runs"], strict=True):
-                run["reading"] = reading_count(saes[key], acts, args.reader, args.hubs)
+                run["reading"] = reading_count(saes[key], acts, args.reader, args.reading)
             row["reading"] = sum(run["reading"] for run in row["runs"]) / len(keys)
     some = next(iter(saes.values()))
     first, second = list(dict.fromkeys(args.seeds))[:2]
@@ -218,7 +231,7 @@ def describe(
     result = {"activation": args.activation, "seeds": args.seeds, "rows": rows,
               "chance": chance["mcc"], "chosen": choice(rows)}  # fmt: skip
     if eval_cache is not None:
-        result["self_consistent"] = self_consistent(rows, args.reader, args.hubs)
+        result["self_consistent"] = self_consistent(rows, args.reader, args.reading)
     return result
 
 
@@ -262,9 +275,9 @@ def self_consistent_line(result: dict) -> str:
                 f"larger k and run again (finished runs are kept){guard}")  # fmt: skip
     smallest = min(row["k"] for row in result["rows"] if row["k"] not in passed)
     below = " (the sweep's smallest: a k below may fit too)" if k == smallest else ""
-    hubs = ", hubs" if chosen.get("hubs") else ""
+    counted = EXCLUSIVE_READINGS[chosen["reading"]][1]
     return (f"self-consistent k = {k}: the smallest k whose reading ({chosen['reader']}, absorbed "
-            f"ancestors unfolded{hubs}) keeps at most k per held-out token{below}{guard}")  # fmt: skip
+            f"ancestors unfolded{counted}) keeps at most k per held-out token{below}{guard}")  # fmt: skip
 
 
 def cli_main(argv: list[str]) -> int:
