@@ -208,7 +208,7 @@ def test_a_k_whose_dictionary_left_many_latents_dead_is_passed_over_unread():
 def test_the_reading_is_procedure_ds_risk_floor_unfolded_without_nested_groups(monkeypatch):
     from hf_topafa.data import harvest
     from hf_topafa.evaluation import evaluate
-    from hf_topafa.training.choose_k import READING_TOKENS, held_out_activations, reading_count
+    from hf_topafa.training.choose_k import READING_TOKENS, held_out_activations, reading_counts
 
     class Cache:  # a held-out cache of 20,000 tokens
         num_tokens = 20_000
@@ -233,13 +233,12 @@ def test_the_reading_is_procedure_ds_risk_floor_unfolded_without_nested_groups(m
 
     monkeypatch.setattr(harvest, "ActivationCache", Cache)
     monkeypatch.setattr(evaluate, "evaluate_activations", fake_evaluate)
-    assert reading_count("run", held_out_activations("eval-cache")) == 7.0
+    counts = {"exclusive": 7.0, "hubs": 6.0, "folded": 5.5, "doubles": 5.25, "lone": 5.75}
+    assert reading_counts("run", held_out_activations("eval-cache")) == counts
     assert calls == [("run", READING_TOKENS, {"read_with": "risk_floor", "unfold": True})]
     # --reader risk_refit: the same unfolded reading, the amplitudes re-fit
-    assert reading_count("run", held_out_activations("eval-cache"), "risk_refit") == 7.0
+    assert reading_counts("run", held_out_activations("eval-cache"), "risk_refit") == counts
     assert calls[-1][2] == {"read_with": "risk_refit", "unfold": True}
-    for reading, count in (("hubs", 6.0), ("folded", 5.5), ("doubles", 5.25), ("lone", 5.75)):
-        assert reading_count("run", held_out_activations("eval-cache"), reading=reading) == count
     rows = [{"k": 8, "reading": 7.0}]
     chosen = self_consistent(rows, "risk_refit")
     assert chosen["rule"] == "risk_refit, unfolded by levels, exclusive"
@@ -456,15 +455,24 @@ def test_the_hubs_option_reads_every_dictionary_with_hubs(tiny_caches, tmp_path,
                           ("lone", ", hubs folded, lone triangles")):  # fmt: skip
         again = [a for a in argv if a != "--hubs"] + ["--reading", reading]
         assert cli.main(again) == 0
-        assert f"ancestors unfolded{tail}) keeps" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert f"ancestors unfolded{tail}) keeps" in printed
         result = json.loads((out / "choose_k.json").read_text())
         assert result["self_consistent"]["reading"] == reading
+        # every way of counting is read at once; each names its own self-consistent k
+        by_reading = result["self_consistent_by_reading"]
+        assert by_reading[reading] == result["self_consistent"]["k"]
+        assert set(by_reading) == {"exclusive", "hubs", "folded", "doubles", "lone"}
+        assert f"{reading} {by_reading[reading] or 'none'}" in printed.split("(--reading): ")[1]
         assert (
             result["self_consistent"]["rule"] == "risk_floor, unfolded by levels, exclusive" + tail
         )
         for row in result["rows"]:
             for run in row["runs"]:
-                assert run["reading"] == pytest.approx(
-                    procedure_d_count(run["folder"], eval_dir, reading=reading)
+                assert (
+                    run["reading"]
+                    == run["readings"][reading]
+                    == pytest.approx(procedure_d_count(run["folder"], eval_dir, reading=reading))
                 )
+            assert row["reading"] == pytest.approx(sum(r["reading"] for r in row["runs"]) / 2)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/model.safetensors")} == stamps

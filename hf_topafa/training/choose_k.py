@@ -140,15 +140,16 @@ def held_out_activations(eval_cache: str):
     return cache.first_activations(min(READING_TOKENS, cache.num_tokens))
 
 
-def reading_count(sae_or_folder, acts, reader: str = READING, reading: str = "exclusive") -> float:
+def reading_counts(sae_or_folder, acts, reader: str = READING) -> dict[str, float]:
     """Per held-out token, what procedure D's reading keeps of a run's dictionary (the loaded
-    SAE, or its folder), read by ``reader``, its atoms counted as ``reading`` says (one of
-    ``READINGS``)."""
+    SAE, or its folder), read by ``reader``, for each way of counting its atoms (``READINGS``:
+    one evaluation reads them all)."""
     from ..evaluation.evaluate import evaluate_activations
 
     metrics, _ = evaluate_activations(sae_or_folder, acts, read_with=reader, unfold=True)
-    suffix, _ = EXCLUSIVE_READINGS[reading]
-    return metrics["sparsity"][f"l0_unfolded_by_levels{suffix}_mean"]
+    sparsity = metrics["sparsity"]
+    return {name: sparsity[f"l0_unfolded_by_levels{suffix}_mean"]
+            for name, (suffix, _) in EXCLUSIVE_READINGS.items()}  # fmt: skip
 
 
 def self_consistent(rows: list[dict], reader: str = READING, reading: str = "exclusive") -> dict:
@@ -223,8 +224,11 @@ def describe(
         row["dead_share"] = sum(shares) / len(shares) if shares else None
         if acts is not None:  # the SAEs loaded above, not read from disk again
             for key, run in zip(keys, row["runs"], strict=True):
-                run["reading"] = reading_count(saes[key], acts, args.reader, args.reading)
-            row["reading"] = sum(run["reading"] for run in row["runs"]) / len(keys)
+                run["readings"] = reading_counts(saes[key], acts, args.reader)
+                run["reading"] = run["readings"][args.reading]
+            row["readings"] = {name: sum(run["readings"][name] for run in row["runs"]) / len(keys)
+                               for name in READINGS}  # fmt: skip
+            row["reading"] = row["readings"][args.reading]
     some = next(iter(saes.values()))
     first, second = list(dict.fromkeys(args.seeds))[:2]
     chance = dictionary_agreement(starting_decoder(some, first), starting_decoder(some, second))
@@ -232,6 +236,11 @@ def describe(
               "chance": chance["mcc"], "chosen": choice(rows)}  # fmt: skip
     if eval_cache is not None:
         result["self_consistent"] = self_consistent(rows, args.reader, args.reading)
+        result["self_consistent_by_reading"] = {
+            name: self_consistent([{**row, "reading": row["readings"][name]} for row in rows],
+                                  args.reader, name)["k"]
+            for name in READINGS
+        }  # fmt: skip
     return result
 
 
@@ -260,6 +269,10 @@ def report(result: dict) -> str:
     lines.append("from start: each decoder matched to the one it started from; near 1, training "
                  "has barely moved it, and the agreement says little yet")  # fmt: skip
     lines.append(self_consistent_line(result))
+    if "self_consistent_by_reading" in result:
+        ks = result["self_consistent_by_reading"].items()
+        lines.append("self-consistent k by each way of counting the atoms (--reading): "
+                     + ", ".join(f"{name} {'none' if k is None else k}" for name, k in ks))  # fmt: skip
     return "\n".join(lines)
 
 
