@@ -476,3 +476,47 @@ def test_the_hubs_option_reads_every_dictionary_with_hubs(tiny_caches, tmp_path,
                 )
             assert row["reading"] == pytest.approx(sum(r["reading"] for r in row["runs"]) / 2)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/model.safetensors")} == stamps
+
+
+def test_synth_check_choice_scores_each_readings_choice_against_the_truth(tmp_path, monkeypatch):
+    from synth_check_choice import main as check_main
+
+    def row(label: str, l0: float, f1: float, mcc: float, corr: float = 0.9) -> dict:
+        return {"sae": label, "l0": l0, "true_l0_top_width": 10.0, "f1": f1, "mcc": mcc,
+                "l0_corr": corr}  # fmt: skip
+
+    trained = {"results": [row(f"topk-k{k}-seed{s}", k, 0.5 + k / 100, 0.6 + s / 10)
+                           for k in (4, 8) for s in (0, 1)]}  # fmt: skip
+    folded = ", unfolded by levels, exclusive, hubs folded"
+    read = {"results": [
+        row(f"topk-k4-seed0 read by risk_switch{folded}", 7.0, 0.7, 0.75),
+        row(f"topk-k4-seed0 read by risk_switch{folded}, doubles dropped", 6.0, 0.7, 0.75),
+        row(f"topk-k8-seed0 read by risk_switch{folded}", 9.5, 0.57, 0.75),  # under seed 0's F1
+        row(f"topk-k4-seed1 read by risk_switch{folded}", 9.0, 0.7, 0.65, corr=0.7),  # MCC 0.7
+        row(f"topk-k8-seed1 read by risk_switch{folded}", 10.5, 0.7, 0.75),
+    ]}  # fmt: skip
+    choice = {"chosen": {"k": 4}, "self_consistent_by_reading": {"folded": 8, "doubles": None}}
+    for name, data in (("c", choice), ("t", trained), ("r", read)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    out = tmp_path / "check.json"
+    monkeypatch.setattr(sys, "argv", ["synth_check_choice.py", str(tmp_path / "c.json"), "--trained",
+                                      str(tmp_path / "t.json"), "--read", str(tmp_path / "r.json"),
+                                      "--json", str(out)])  # fmt: skip
+    check_main()
+    result = json.loads(out.read_text())
+    assert result["best_topk"] == {"0": {"f1": 0.58, "mcc": 0.6}, "1": {"f1": 0.58, "mcc": 0.7}}
+    assert result["agreed_k"] == 4 and result["command"].startswith("python scripts/synth_check")
+    folded_seeds = result["readings"]["folded"]["seeds"]
+    assert result["readings"]["folded"]["self_consistent_k"] == 8
+    assert folded_seeds["0"]["8"]["bars"] == {"count": True, "f1": False, "mcc": True, "corr": True}
+    assert folded_seeds["0"]["4"]["bars"]["count"] is False  # 0.7x
+    assert folded_seeds["1"]["4"]["bars"] == {
+        "count": True,
+        "f1": True,
+        "mcc": False,
+        "corr": False,
+    }
+    assert folded_seeds["1"]["8"]["ratio"] == pytest.approx(1.05)
+    # a reading's rows are only its own: the doubles row is not the folded one
+    assert list(result["readings"]["doubles"]["seeds"]) == ["0"]
+    assert result["readings"]["doubles"]["seeds"]["0"]["4"]["count"] == 6.0

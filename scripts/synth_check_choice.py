@@ -1,0 +1,105 @@
+"""A truth-free choice of k, made by ``hf-topafa choose-k`` on a synthetic world, scored against
+the world's truth: the whole path a researcher without the truth takes, checked at its end.
+
+``choose-k --eval-cache`` names the self-consistent k by each way of counting the atoms
+(``self_consistent_by_reading``). Two ``hf-topafa evaluate --synthetic`` runs over the sweep's
+folders give the truth: one as trained (the best TopK F1 and MCC of each seed, the bars) and
+one ``--unfold --read-with READER`` (each reading's count, F1, MCC and per-sample correlation).
+For each reading this prints and writes every k's four bars per seed (``synth_choose_k.bars_met``)
+and marks the k it chose.
+
+    python scripts/synth_check_choice.py runs/synthbench_ternary/choose/choose_k.json \\
+        --trained results/synthbench/ternary/trained.json \\
+        --read results/synthbench/ternary/risk_switch.json --json results/synthbench/ternary/check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from synth_choose_k import bars_met
+
+from hf_topafa.evaluation.unfolded_l0 import EXCLUSIVE_READINGS
+from hf_topafa.helpers import read_json, script_command, write_json
+
+RUN = re.compile(r"topk-k(\d+)-seed(\d+)")
+UNFOLDED = ", unfolded by levels, exclusive"
+
+
+def run_of(label: str) -> tuple[int, int]:
+    """(k, seed) of a choose-k run folder named in an evaluate label."""
+    found = RUN.search(label)
+    if found is None:
+        raise ValueError(f"{label!r} names no choose-k run folder (topk-kK-seedS)")
+    return int(found.group(1)), int(found.group(2))
+
+
+def best_by_seed(trained: dict) -> dict[int, dict]:
+    """Per seed, the best F1 and MCC over its dictionaries as trained."""
+    best: dict[int, dict] = {}
+    for row in trained["results"]:
+        _, seed = run_of(row["sae"])
+        seen = best.setdefault(seed, {"f1": row["f1"], "mcc": row["mcc"]})
+        seen["f1"], seen["mcc"] = max(seen["f1"], row["f1"]), max(seen["mcc"], row["mcc"])
+    return best
+
+
+def reading_rows(read: dict, name: str) -> dict[tuple[int, int], dict]:
+    """Per (k, seed), the row of the reading called ``name`` (``choose-k --reading``)."""
+    label = UNFOLDED + EXCLUSIVE_READINGS[name][1]
+    return {run_of(row["sae"]): row for row in read["results"] if row["sae"].endswith(label)}
+
+
+def check(choice: dict, trained: dict, read: dict) -> dict:
+    best = best_by_seed(trained)
+    found = {}
+    for name, chosen in choice["self_consistent_by_reading"].items():
+        scored = {}
+        for (k, seed), row in sorted(reading_rows(read, name).items()):
+            reading = {"count": row["l0"], "held": row["true_l0_top_width"], "f1": row["f1"],
+                       "mcc": row["mcc"], "corr": row["l0_corr"]}  # fmt: skip
+            reading.update(
+                ratio=reading["count"] / reading["held"], bars=bars_met(reading, best[seed])
+            )
+            scored.setdefault(str(seed), {})[str(k)] = reading
+        found[name] = {"self_consistent_k": chosen, "seeds": scored}
+    return {"best_topk": {str(s): b for s, b in best.items()}, "agreed_k": choice["chosen"]["k"],
+            "readings": found}  # fmt: skip
+
+
+def print_check(result: dict) -> None:
+    print(f"agreement chose k = {result['agreed_k']}; best TopK per seed: "
+          + ", ".join(f"seed {s} F1 {b['f1']:.3f} MCC {b['mcc']:.3f}"
+                      for s, b in result["best_topk"].items()))  # fmt: skip
+    for name, found in result["readings"].items():
+        print(f"-- {name}: self-consistent k = {found['self_consistent_k']}")
+        for seed, by_k in found["seeds"].items():
+            for k, r in by_k.items():
+                mark = " <- chosen" if int(k) == found["self_consistent_k"] else ""
+                missed = [bar for bar, met in r["bars"].items() if not met]
+                print(f"  seed {seed} k {k:>3}: count {r['count']:.2f} of {r['held']:.2f} "
+                      f"({r['ratio']:.3f}x), F1 {r['f1']:.3f}, MCC {r['mcc']:.3f}, corr "
+                      f"{r['corr']:.3f}; bars {4 - len(missed)}/4"
+                      + (f" (missed: {', '.join(missed)})" if missed else "") + mark)  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("choose_k", help="the choose_k.json of a sweep read with --eval-cache")
+    p.add_argument("--trained", required=True, help="evaluate --synthetic of the runs as trained")
+    p.add_argument("--read", required=True, help="evaluate --synthetic --unfold --read-with RULE")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    choice = read_json(args.choose_k)
+    if "self_consistent_by_reading" not in choice:
+        raise SystemExit(f"{args.choose_k} has no self-consistent k by reading: run choose-k "
+                         "again with --eval-cache (finished runs are kept)")  # fmt: skip
+    result = check(choice, read_json(args.trained), read_json(args.read))
+    print_check(result)
+    if args.json:
+        write_json(args.json, {"command": script_command(), **result})
+
+
+if __name__ == "__main__":
+    main()
