@@ -2,15 +2,15 @@
 the world's truth: the whole path a researcher without the truth takes, checked at its end.
 
 ``choose-k --eval-cache`` names the self-consistent k by each way of counting the atoms
-(``self_consistent_by_reading``). Two ``hf-topafa evaluate --synthetic`` runs over the sweep's
-folders give the truth: one as trained (the best TopK F1 and MCC of each seed, the bars) and
-one ``--unfold --read-with READER`` (each reading's count, F1, MCC and per-sample correlation).
-For each reading this prints and writes every k's four bars per seed (``synth_choose_k.bars_met``)
-and marks the k it chose.
+(``self_consistent_by_reading``). The truth: ``hf-topafa evaluate --synthetic`` over the
+sweep's folders as trained (the best TopK F1 and MCC of each seed, the bars), and one
+``synth_reread.py --last-only`` reading per dictionary and way of counting (its count, F1, MCC
+and per-sample correlation; the reading is told by its row's label). For each way this prints
+and writes every k's four bars per seed (``synth_choose_k.bars_met``) and marks the k it chose.
 
-    python scripts/synth_check_choice.py runs/synthbench_ternary/choose/choose_k.json \\
+    python scripts/synth_check_choice.py results/synthbench/ternary/choose_k.json \\
         --trained results/synthbench/ternary/trained.json \\
-        --read results/synthbench/ternary/risk_switch.json --json results/synthbench/ternary/check.json
+        --read results/synthbench/ternary/readings/*/*.json --json results/synthbench/ternary/check.json
 """
 
 from __future__ import annotations
@@ -45,18 +45,20 @@ def best_by_seed(trained: dict) -> dict[int, dict]:
     return best
 
 
-def reading_rows(read: dict, name: str) -> dict[tuple[int, int], dict]:
-    """Per (k, seed), the row of the reading called ``name`` (``choose-k --reading``)."""
+def reading_rows(readings: list[dict], name: str) -> dict[tuple[int, int], dict]:
+    """Per (k, seed), the last row of the ``synth_reread.py`` reading called ``name``
+    (``choose-k --reading``), told by the label its rule ends with."""
     label = UNFOLDED + EXCLUSIVE_READINGS[name][1]
-    return {run_of(row["sae"]): row for row in read["results"] if row["sae"].endswith(label)}
+    return {run_of(data["run"]): data["rows"][-1] for data in readings
+            if data["rows"][-1]["rule"].endswith(label)}  # fmt: skip
 
 
-def check(choice: dict, trained: dict, read: dict) -> dict:
+def check(choice: dict, trained: dict, readings: list[dict]) -> dict:
     best = best_by_seed(trained)
     found = {}
     for name, chosen in choice["self_consistent_by_reading"].items():
         scored = {}
-        for (k, seed), row in sorted(reading_rows(read, name).items()):
+        for (k, seed), row in sorted(reading_rows(readings, name).items()):
             reading = {"count": row["l0"], "held": row["true_l0_top_width"], "f1": row["f1"],
                        "mcc": row["mcc"], "corr": row["l0_corr"]}  # fmt: skip
             reading.update(
@@ -88,14 +90,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("choose_k", help="the choose_k.json of a sweep read with --eval-cache")
     p.add_argument("--trained", required=True, help="evaluate --synthetic of the runs as trained")
-    p.add_argument("--read", required=True, help="evaluate --synthetic --unfold --read-with RULE")
+    p.add_argument("--read", required=True, nargs="+",
+                   help="synth_reread.py --last-only JSONs of the sweep's runs")  # fmt: skip
     p.add_argument("--json", default=None)
     args = p.parse_args()
     choice = read_json(args.choose_k)
     if "self_consistent_by_reading" not in choice:
         raise SystemExit(f"{args.choose_k} has no self-consistent k by reading: run choose-k "
                          "again with --eval-cache (finished runs are kept)")  # fmt: skip
-    result = check(choice, read_json(args.trained), read_json(args.read))
+    result = check(choice, read_json(args.trained), [read_json(path) for path in args.read])
     print_check(result)
     if args.json:
         write_json(args.json, {"command": script_command(), **result})

@@ -481,26 +481,34 @@ def test_the_hubs_option_reads_every_dictionary_with_hubs(tiny_caches, tmp_path,
 def test_synth_check_choice_scores_each_readings_choice_against_the_truth(tmp_path, monkeypatch):
     from synth_check_choice import main as check_main
 
-    def row(label: str, l0: float, f1: float, mcc: float, corr: float = 0.9) -> dict:
-        return {"sae": label, "l0": l0, "true_l0_top_width": 10.0, "f1": f1, "mcc": mcc,
-                "l0_corr": corr}  # fmt: skip
+    def row(l0: float, f1: float, mcc: float, corr: float = 0.9, **named) -> dict:
+        return {"l0": l0, "true_l0_top_width": 10.0, "f1": f1, "mcc": mcc, "l0_corr": corr, **named}
 
-    trained = {"results": [row(f"topk-k{k}-seed{s}", k, 0.5 + k / 100, 0.6 + s / 10)
+    trained = {"results": [row(k, 0.5 + k / 100, 0.6 + s / 10, sae=f"topk-k{k}-seed{s}")
                            for k in (4, 8) for s in (0, 1)]}  # fmt: skip
-    folded = ", unfolded by levels, exclusive, hubs folded"
-    read = {"results": [
-        row(f"topk-k4-seed0 read by risk_switch{folded}", 7.0, 0.7, 0.75),
-        row(f"topk-k4-seed0 read by risk_switch{folded}, doubles dropped", 6.0, 0.7, 0.75),
-        row(f"topk-k8-seed0 read by risk_switch{folded}", 9.5, 0.57, 0.75),  # under seed 0's F1
-        row(f"topk-k4-seed1 read by risk_switch{folded}", 9.0, 0.7, 0.65, corr=0.7),  # MCC 0.7
-        row(f"topk-k8-seed1 read by risk_switch{folded}", 10.5, 0.7, 0.75),
-    ]}  # fmt: skip
+    folded = "risk_tail@3, unfolded by levels, exclusive, hubs folded"
+    readings = {  # synth_reread.py --last-only files: (run, its last row)
+        "k4-seed0-folded": ("topk-k4-seed0", row(7.0, 0.7, 0.75)),
+        "k4-seed0-doubles": (
+            "topk-k4-seed0",
+            row(6.0, 0.7, 0.75, rule=f"{folded}, doubles dropped"),
+        ),
+        "k8-seed0-folded": ("topk-k8-seed0", row(9.5, 0.57, 0.75)),  # under seed 0's best F1
+        "k4-seed1-folded": ("topk-k4-seed1", row(9.0, 0.7, 0.65, corr=0.7)),  # seed 1's MCC: 0.7
+        "k8-seed1-folded": ("topk-k8-seed1", row(10.5, 0.7, 0.75)),
+    }
+    paths = []
+    for name, (run, last) in readings.items():
+        earlier = row(1.0, 0.1, 0.1, rule="risk_tail@3")  # a reading's earlier rows are not read
+        data = {"run": f"runs/w/choose/{run}", "rows": [earlier, {"rule": folded, **last}]}
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(data))
     choice = {"chosen": {"k": 4}, "self_consistent_by_reading": {"folded": 8, "doubles": None}}
-    for name, data in (("c", choice), ("t", trained), ("r", read)):
+    for name, data in (("c", choice), ("t", trained)):
         (tmp_path / f"{name}.json").write_text(json.dumps(data))
     out = tmp_path / "check.json"
     monkeypatch.setattr(sys, "argv", ["synth_check_choice.py", str(tmp_path / "c.json"), "--trained",
-                                      str(tmp_path / "t.json"), "--read", str(tmp_path / "r.json"),
+                                      str(tmp_path / "t.json"), "--read", *map(str, paths),
                                       "--json", str(out)])  # fmt: skip
     check_main()
     result = json.loads(out.read_text())
@@ -517,6 +525,10 @@ def test_synth_check_choice_scores_each_readings_choice_against_the_truth(tmp_pa
         "corr": False,
     }
     assert folded_seeds["1"]["8"]["ratio"] == pytest.approx(1.05)
-    # a reading's rows are only its own: the doubles row is not the folded one
+    # a reading's rows are only its own: the doubles file is not a folded one
     assert list(result["readings"]["doubles"]["seeds"]) == ["0"]
     assert result["readings"]["doubles"]["seeds"]["0"]["4"]["count"] == 6.0
+    choice.pop("self_consistent_by_reading")
+    (tmp_path / "c.json").write_text(json.dumps(choice))
+    with pytest.raises(SystemExit, match="run choose-k again with --eval-cache"):
+        check_main()
