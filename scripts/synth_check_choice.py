@@ -6,7 +6,8 @@ the world's truth: the whole path a researcher without the truth takes, checked 
 sweep's folders as trained (the best TopK F1 and MCC of each seed, the bars), and one
 ``synth_reread.py --last-only`` reading per dictionary and way of counting (its count, F1, MCC
 and per-sample correlation; the reading is told by its row's label). For each way this prints
-and writes every k's four bars per seed (``synth_choose_k.bars_met``) and marks the k it chose.
+and writes every k's four bars per seed (``synth_choose_k.bars_met``) and marks the k it chose;
+``--plot`` draws each way's count over what the width holds against k, the band shaded.
 
     python scripts/synth_check_choice.py results/synthbench/ternary/choose_k.json \\
         --trained results/synthbench/ternary/trained.json \\
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from synth_choose_k import bars_met
+from synth_choose_k import COUNT_BAND, bars_met
 
 from hf_topafa.evaluation.unfolded_l0 import EXCLUSIVE_READINGS
 from hf_topafa.helpers import read_json, script_command, write_json
@@ -86,6 +87,35 @@ def print_check(result: dict) -> None:
                       + (f" (missed: {', '.join(missed)})" if missed else "") + mark)  # fmt: skip
 
 
+def plot_check(result: dict, path: str, title: str) -> None:
+    """Per way of counting, count / truth against k (seed 0 solid, others dashed), the band
+    shaded and the chosen k ringed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.axhspan(*COUNT_BAND, color="tab:green", alpha=0.15, label="within 10% of the truth")
+    for i, (name, found) in enumerate(result["readings"].items()):
+        color = f"C{i}"
+        for seed, by_k in found["seeds"].items():
+            ks = sorted(by_k, key=int)
+            ratios = [by_k[k]["ratio"] for k in ks]
+            ax.plot([int(k) for k in ks], ratios, color=color, marker="o", ms=3,
+                    ls="-" if seed == "0" else "--", label=f"{name}, seed {seed}")  # fmt: skip
+            chosen = str(found["self_consistent_k"])
+            if chosen in by_k:
+                ax.scatter([int(chosen)], [by_k[chosen]["ratio"]], s=120, facecolors="none",
+                           edgecolors=color, zorder=3)  # fmt: skip
+    ax.set_xlabel("TopK k of the dictionary read (ringed: the k each reading chose)")
+    ax.set_ylabel("count / true L0 the width holds")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, ncol=2, loc="lower right")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("choose_k", help="the choose_k.json of a sweep read with --eval-cache")
@@ -93,6 +123,8 @@ def main() -> None:
     p.add_argument("--read", required=True, nargs="+",
                    help="synth_reread.py --last-only JSONs of the sweep's runs")  # fmt: skip
     p.add_argument("--json", default=None)
+    p.add_argument("--plot", default=None, help="a PNG of each reading's count against k")
+    p.add_argument("--title", default="Each reading's count against the truth, per k")
     args = p.parse_args()
     choice = read_json(args.choose_k)
     if "self_consistent_by_reading" not in choice:
@@ -102,6 +134,9 @@ def main() -> None:
     print_check(result)
     if args.json:
         write_json(args.json, {"command": script_command(), **result})
+    if args.plot:
+        plot_check(result, args.plot, args.title)
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

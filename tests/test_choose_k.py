@@ -509,8 +509,9 @@ def test_synth_check_choice_scores_each_readings_choice_against_the_truth(tmp_pa
     out = tmp_path / "check.json"
     monkeypatch.setattr(sys, "argv", ["synth_check_choice.py", str(tmp_path / "c.json"), "--trained",
                                       str(tmp_path / "t.json"), "--read", *map(str, paths),
-                                      "--json", str(out)])  # fmt: skip
+                                      "--json", str(out), "--plot", str(tmp_path / "c.png")])  # fmt: skip
     check_main()
+    assert (tmp_path / "c.png").stat().st_size > 10_000
     result = json.loads(out.read_text())
     assert result["best_topk"] == {"0": {"f1": 0.58, "mcc": 0.6}, "1": {"f1": 0.58, "mcc": 0.7}}
     assert result["agreed_k"] == 4 and result["command"].startswith("python scripts/synth_check")
