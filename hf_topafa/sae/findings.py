@@ -320,8 +320,11 @@ GROUND_TRUTH: dict[str, str] = {
         "of its firings counts that latent's feature twice (0.02 to 0.96 firings per sample "
         "on sixteen dictionaries); leaving such atoms out cut false firings more than true "
         "ones on 35 of 42 dictionaries but lowered the count, to the band on 7 ladders: where "
-        "it met the truth it did so partly on double counts. It reads a learned dictionary; "
-        "it was not trained end to end."
+        "it met the truth it did so partly on double counts. On a world built after all of "
+        "these readings, taken end to end with no truth (the hf-topafa choose-k command, each "
+        "hub folded), the k it chose met all four bars on both seeds (1.005 and 1.003 times "
+        "the truth; F1 0.82 and 0.83 against the best TopK's 0.66). It reads a learned "
+        "dictionary; it was not trained end to end."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
