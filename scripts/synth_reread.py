@@ -60,11 +60,13 @@ from hf_topafa.data.harvest import ActivationCache
 from hf_topafa.data.synthetic_cache import world_of_cache
 from hf_topafa.evaluation.ground_truth import (
     TruthSet,
+    ancestor_steps,
     codes_of,
     firings_by_latent,
     hierarchy_parents,
     kurtosis_reading_of_truth,
     matched_features,
+    nearest_features,
     oracle_sae,
     readings_of,
     score_against_truth,
@@ -85,16 +87,12 @@ def shared_is_ancestor(unabsorbed, match, world) -> float | None:
     changed = unabsorbed.changed.nonzero().squeeze(-1)
     if not len(changed):
         return None
-    parents = hierarchy_parents(world)
-    features = world.feature_dict.feature_vectors.to(unabsorbed.shared.dtype)
-    nearest = (unabsorbed.shared[changed] @ features.T).abs().argmax(-1)
-    hits = 0
-    for feature, target in zip(match[changed].tolist(), nearest.tolist(), strict=True):
-        ancestor = int(parents[feature])
-        while ancestor >= 0 and ancestor != target:
-            ancestor = int(parents[ancestor])
-        hits += ancestor == target
-    return hits / len(changed)
+    nearest = nearest_features(unabsorbed.shared[changed], world.feature_dict.feature_vectors)
+    feature = match[changed]
+    is_ancestor = torch.zeros(len(changed), dtype=torch.bool)
+    for above in ancestor_steps(hierarchy_parents(world)):
+        is_ancestor |= above[feature] == nearest
+    return int(is_ancestor.sum()) / len(changed)
 
 
 @torch.no_grad()
