@@ -21,15 +21,14 @@ import re
 
 from synth_choose_k import COUNT_BAND, bars_met
 
-from hf_topafa.evaluation.unfolded_l0 import EXCLUSIVE_READINGS
+from hf_topafa.evaluation.unfolded_l0 import EXCLUSIVE_LABEL, EXCLUSIVE_READINGS
 from hf_topafa.helpers import read_json, script_command, write_json
 
 RUN = re.compile(r"topk-k(\d+)-seed(\d+)")
-UNFOLDED = ", unfolded by levels, exclusive"
 
 
 def run_of(label: str) -> tuple[int, int]:
-    """(k, seed) of a choose-k run folder named in an evaluate label."""
+    """(k, seed) of the choose-k run folder a label or path names."""
     found = RUN.search(label)
     if found is None:
         raise ValueError(f"{label!r} names no choose-k run folder (topk-kK-seedS)")
@@ -49,7 +48,7 @@ def best_by_seed(trained: dict) -> dict[int, dict]:
 def reading_rows(readings: list[dict], name: str) -> dict[tuple[int, int], dict]:
     """Per (k, seed), the last row of the ``synth_reread.py`` reading called ``name``
     (``choose-k --reading``), told by the label its rule ends with."""
-    label = UNFOLDED + EXCLUSIVE_READINGS[name][1]
+    label = EXCLUSIVE_LABEL + EXCLUSIVE_READINGS[name][1]
     return {run_of(data["run"]): data["rows"][-1] for data in readings
             if data["rows"][-1]["rule"].endswith(label)}  # fmt: skip
 
@@ -130,7 +129,10 @@ def main() -> None:
     if "self_consistent_by_reading" not in choice:
         raise SystemExit(f"{args.choose_k} has no self-consistent k by reading: run choose-k "
                          "again with --eval-cache (finished runs are kept)")  # fmt: skip
-    result = check(choice, read_json(args.trained), [read_json(path) for path in args.read])
+    try:
+        result = check(choice, read_json(args.trained), [read_json(path) for path in args.read])
+    except ValueError as err:  # a file that is not what it should be: one line, no traceback
+        raise SystemExit(str(err)) from None
     print_check(result)
     if args.json:
         write_json(args.json, {"command": script_command(), **result})

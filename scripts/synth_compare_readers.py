@@ -17,8 +17,8 @@ import argparse
 from pathlib import Path
 
 from synth_choose_k import COUNT_BAND  # the count's bar, as the choices are judged
-from synth_reread import EXCLUSIVE as PROCEDURE_D  # procedure D's view, as the readings name it
 
+from hf_topafa.evaluation.unfolded_l0 import EXCLUSIVE_LABEL as PROCEDURE_D  # as readings name it
 from hf_topafa.helpers import read_json, script_command, write_json
 
 

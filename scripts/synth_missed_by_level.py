@@ -53,6 +53,7 @@ from hf_topafa.evaluation.ground_truth import (
     readings_of,
 )
 from hf_topafa.evaluation.sparse_recovery import unheld_noise
+from hf_topafa.evaluation.unfolded_l0 import EXCLUSIVE_LABEL
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae import risk
 from hf_topafa.sae.absorption import (
@@ -65,7 +66,7 @@ from hf_topafa.sae.absorption import (
 from hf_topafa.sae.kfree import centered_input
 from hf_topafa.sae.reading import read_with
 
-PROCEDURE_D = ", unfolded by levels, exclusive"
+PROCEDURE_D = EXCLUSIVE_LABEL  # procedure D's reading's label
 FOLDED = PROCEDURE_D + ", hubs folded"
 NEAR = 0.9  # a matched |cosine| at least this counts as the feature learned
 LEVEL_SAMPLES = 4096  # one batch, as the reading prices each batch of 4,096

@@ -71,11 +71,11 @@ from hf_topafa.evaluation.ground_truth import (
     readings_of,
     score_against_truth,
 )
+from hf_topafa.evaluation.unfolded_l0 import EXCLUSIVE_LABEL
 from hf_topafa.helpers import script_command, write_json
 from hf_topafa.sae.absorption import NESTED_SAMPLES, unabsorbed_directions
 from hf_topafa.sae.reading import read_with
 
-EXCLUSIVE = ", unfolded by levels, exclusive"
 HUBS = ", hubs"
 DOUBLES = ", doubles dropped"
 SHOWN = ("l0", "true_l0_top_width", "f1", "mcc", "precision", "recall", "l0_corr", "dead")
@@ -252,10 +252,12 @@ def main() -> None:
         views = readings_of(read, unabsorbed, args.unfold, args.stars, codes, args.hubs, args.fold,
                             args.triangles, args.doubles)  # fmt: skip
         for suffix, sae, directions in views[-1:] if args.last_only else views:
-            if suffix.startswith(EXCLUSIVE):  # its groups follow this reading's code: per rule
+            if suffix.startswith(
+                EXCLUSIVE_LABEL
+            ):  # its groups follow this reading's code: per rule
                 match[suffix] = matched_features(sae.W_dec, features)
                 found["atoms_by_levels_exclusive"][rule] = sae.atoms  # with --hubs: its reading's
-            if suffix.startswith(EXCLUSIVE + HUBS):
+            if suffix.startswith(EXCLUSIVE_LABEL + HUBS):
                 found.setdefault("hubs", {})[rule] = sae.hubs
             if DOUBLES in suffix:
                 found.setdefault("doubles", {})[rule] = sae.doubles

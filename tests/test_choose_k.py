@@ -529,6 +529,11 @@ def test_synth_check_choice_scores_each_readings_choice_against_the_truth(tmp_pa
     # a reading's rows are only its own: the doubles file is not a folded one
     assert list(result["readings"]["doubles"]["seeds"]) == ["0"]
     assert result["readings"]["doubles"]["seeds"]["0"]["4"]["count"] == 6.0
+    paths[0].write_text(
+        json.dumps({"run": "runs/w/topk-k4", "rows": [{"rule": folded, **row(1, 1, 1)}]})
+    )
+    with pytest.raises(SystemExit, match="names no choose-k run folder"):
+        check_main()  # one line naming the file's run, no traceback
     choice.pop("self_consistent_by_reading")
     (tmp_path / "c.json").write_text(json.dumps(choice))
     with pytest.raises(SystemExit, match="run choose-k again with --eval-cache"):

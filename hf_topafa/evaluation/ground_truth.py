@@ -33,7 +33,7 @@ from ..sae.absorption import (
 )
 from ..sae.afa import quantiles
 from .agreement import matched_cosines
-from .unfolded_l0 import EXCLUSIVE_READINGS
+from .unfolded_l0 import EXCLUSIVE_LABEL, EXCLUSIVE_READINGS
 
 
 class SAELensView(nn.Module):
@@ -533,14 +533,13 @@ def readings_of(
         views.append((", unfolded by levels, stars", stars_view, None))
     if unfold and codes is not None:
         level = None if unabsorbed is None else unabsorbed.level
-        exclusive = ", unfolded by levels, exclusive"
         tails = [EXCLUSIVE_READINGS[name][1] for name in ("exclusive", "hubs", "folded", "doubles")]
-        suffixes = [exclusive + tail + TRIANGLE_LABELS[triangles] for tail in tails]
+        suffixes = [EXCLUSIVE_LABEL + tail + TRIANGLE_LABELS[triangles] for tail in tails]
         found = exclusive_views(sae, codes, level, hubs, fold, triangles, doubles)
         views += [(suffix, view, None) for suffix, view in zip(suffixes, found, strict=False)]
         if lone:
             view = exclusive_views(sae, codes, level, fold=True, triangles="lone")[-1]
-            views.append((exclusive + EXCLUSIVE_READINGS["lone"][1], view, None))
+            views.append((EXCLUSIVE_LABEL + EXCLUSIVE_READINGS["lone"][1], view, None))
     return views
 
 

@@ -17,6 +17,9 @@ import torch
 from ..sae.absorption import NESTED_SAMPLES, UnfoldedView, exclusive_views, unfolded_by_levels
 from .eval_report import quantiles
 
+EXCLUSIVE_LABEL = ", unfolded by levels, exclusive"
+"""What a reading's label says after its rule for procedure D's reading (no nested groups)."""
+
 EXCLUSIVE_READINGS = {
     "exclusive": ("_exclusive", ""),
     "hubs": ("_exclusive_hubs", ", hubs"),

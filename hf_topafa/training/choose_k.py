@@ -29,7 +29,7 @@ import itertools
 import json
 from pathlib import Path
 
-from ..evaluation.unfolded_l0 import EXCLUSIVE_READINGS
+from ..evaluation.unfolded_l0 import EXCLUSIVE_LABEL, EXCLUSIVE_READINGS
 
 # Agreements closer than this swapped order between dictionaries of near-equal quality on the
 # synthetic worlds (4k world: k = 12 and 24 at 0.649 / 0.650, MCC 0.668 / 0.666): call it a tie.
@@ -162,7 +162,7 @@ def self_consistent(rows: list[dict], reader: str = READING, reading: str = "exc
     return {"k": min(fits) if fits else None, "passed_over": passed_over,
             "dead_share_guard": DEAD_SHARE_GUARD,
             "reader": reader, "reading": reading,
-            "rule": f"{reader}, unfolded by levels, exclusive{EXCLUSIVE_READINGS[reading][1]}",
+            "rule": f"{reader}{EXCLUSIVE_LABEL}{EXCLUSIVE_READINGS[reading][1]}",
             "tokens": READING_TOKENS}  # fmt: skip
 
 
