@@ -323,8 +323,9 @@ GROUND_TRUTH: dict[str, str] = {
         "it met the truth it did so partly on double counts. On a world built after all of "
         "these readings, taken end to end with no truth (the hf-topafa choose-k command, each "
         "hub folded), the k it chose met all four bars on both seeds (1.005 and 1.003 times "
-        "the truth; F1 0.82 and 0.83 against the best TopK's 0.66). It reads a learned "
-        "dictionary; it was not trained end to end."
+        "the truth; F1 0.82 and 0.83 against the best TopK's 0.66), and on a second, sparser "
+        "one, with a third of the true count, again (0.95 and 0.98 times). It reads a "
+        "learned dictionary; it was not trained end to end."
     ),
     "jumprelu": (
         "On synthetic data whose true features are known (SynthSAEBench-4k, width 1,024, 3M "
