@@ -27,6 +27,7 @@ from ..sae.absorption import (
     NESTED_SAMPLES,
     UnfoldedView,
     exclusive_views,
+    folded_view,
     unabsorbed_directions,
     unfolded_by_levels,
     unfolded_further,
@@ -538,7 +539,8 @@ def readings_of(
         found = exclusive_views(sae, codes, level, hubs, fold, triangles, doubles)
         views += [(suffix, view, None) for suffix, view in zip(suffixes, found, strict=False)]
         if lone:
-            view = exclusive_views(sae, codes, level, fold=True, triangles="lone")[-1]
+            nested = unabsorbed_directions(sae.W_dec, level, codes=codes, triangles="lone")
+            view = folded_view(sae, codes, nested)
             views.append((EXCLUSIVE_LABEL + EXCLUSIVE_READINGS["lone"][1], view, None))
     return views
 

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from ..sae.absorption import NESTED_SAMPLES, UnfoldedView, exclusive_views, unfolded_by_levels
+from ..sae.absorption import (
+    NESTED_SAMPLES,
+    UnfoldedView,
+    exclusive_views,
+    folded_view,
+    unfolded_by_levels,
+)
 from .eval_report import quantiles
 
 EXCLUSIVE_LABEL = ", unfolded by levels, exclusive"
@@ -68,7 +74,7 @@ class UnfoldedL0:
         self.nested_tokens = min(len(fired), NESTED_SAMPLES)
         nesting = fired[:NESTED_SAMPLES]
         views = exclusive_views(self.sae, nesting, doubles=True)
-        views.append(exclusive_views(self.sae, nesting, fold=True, triangles="lone")[-1])
+        views.append(folded_view(self.sae, nesting, triangles="lone"))
         names = [suffix for suffix, _ in EXCLUSIVE_READINGS.values()]
         for name, view in zip(names, views, strict=True):
             self.views[name] = view.eval()

@@ -527,11 +527,25 @@ def exclusive_views(
     if hubs or fold or doubles:
         views.append(unfolded_by_levels(sae, nested, codes=codes, hubs=True))
     if fold or doubles:
-        views.append(FoldedView(unfolded_by_levels(sae, nested, codes=codes, hubs=True, fold=True)))
+        views.append(folded_view(sae, codes, nested))
     if doubles:
         folded = views[-1].view
         views.append(FoldedView(folded, doubled_atoms(folded, codes)))
     return views
+
+
+def folded_view(
+    sae,
+    codes: torch.Tensor,
+    nested: UnabsorbedDirections | None = None,
+    triangles: str | None = None,
+) -> FoldedView:
+    """Procedure D's reading with each hub folded into its atom alone (``exclusive_views``'s
+    last with ``fold``), without the readings before it: grouped as ``nested`` says, or found
+    here from ``codes`` (with ``triangles``, as ``unabsorbed_directions`` says)."""
+    if nested is None:
+        nested = unabsorbed_directions(sae.W_dec, codes=codes, triangles=triangles)
+    return FoldedView(unfolded_by_levels(sae, nested, codes=codes, hubs=True, fold=True))
 
 
 def unfolded_further(
