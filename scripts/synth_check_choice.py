@@ -6,7 +6,9 @@ the world's truth: the whole path a researcher without the truth takes, checked 
 sweep's folders as trained (the best TopK F1 and MCC of each seed, the bars), and one
 ``synth_reread.py --last-only`` reading per dictionary and way of counting (its count, F1, MCC
 and per-sample correlation; the reading is told by its row's label). For each way this prints
-and writes every k's four bars per seed (``synth_choose_k.bars_met``) and marks the k it chose;
+and writes every k's four bars per seed (``synth_choose_k.bars_met``) and marks the k it chose,
+with the true and false firings per sample the count is made of (a count can meet the truth by
+missing as many features as it counts falsely);
 ``--plot`` draws each way's count over what the width holds against k, the band shaded.
 
     python scripts/synth_check_choice.py results/synthbench/ternary/choose_k.json \\
@@ -49,8 +51,13 @@ def reading_rows(readings: list[dict], name: str) -> dict[tuple[int, int], dict]
     """Per (k, seed), the last row of the ``synth_reread.py`` reading called ``name``
     (``choose-k --reading``), told by the label its rule ends with."""
     label = EXCLUSIVE_LABEL + EXCLUSIVE_READINGS[name][1]
-    return {run_of(data["run"]): data["rows"][-1] for data in readings
+    rows = {run_of(data["run"]): data["rows"][-1] for data in readings
             if data["rows"][-1]["rule"].endswith(label)}  # fmt: skip
+    for (k, seed), row in rows.items():
+        if "true_pos" not in row:
+            raise ValueError(f"the {name} reading of k = {k}, seed {seed} holds no true and false "
+                             "firings per sample: read it again with synth_reread.py")  # fmt: skip
+    return rows
 
 
 def check(choice: dict, trained: dict, readings: list[dict]) -> dict:
@@ -60,7 +67,8 @@ def check(choice: dict, trained: dict, readings: list[dict]) -> dict:
         scored = {}
         for (k, seed), row in sorted(reading_rows(readings, name).items()):
             reading = {"count": row["l0"], "held": row["true_l0_top_width"], "f1": row["f1"],
-                       "mcc": row["mcc"], "corr": row["l0_corr"]}  # fmt: skip
+                       "mcc": row["mcc"], "corr": row["l0_corr"], "true": row["true_pos"],
+                       "false": row["false_pos"]}  # fmt: skip
             reading.update(
                 ratio=reading["count"] / reading["held"], bars=bars_met(reading, best[seed])
             )
@@ -82,7 +90,8 @@ def print_check(result: dict) -> None:
                 missed = [bar for bar, met in r["bars"].items() if not met]
                 print(f"  seed {seed} k {k:>3}: count {r['count']:.2f} of {r['held']:.2f} "
                       f"({r['ratio']:.3f}x), F1 {r['f1']:.3f}, MCC {r['mcc']:.3f}, corr "
-                      f"{r['corr']:.3f}; bars {4 - len(missed)}/4"
+                      f"{r['corr']:.3f}, true {r['true']:.2f} and false {r['false']:.2f} per "
+                      f"sample; bars {4 - len(missed)}/4"
                       + (f" (missed: {', '.join(missed)})" if missed else "") + mark)  # fmt: skip
 
 

@@ -482,7 +482,9 @@ def test_synth_check_choice_scores_each_readings_choice_against_the_truth(tmp_pa
     from synth_check_choice import main as check_main
 
     def row(l0: float, f1: float, mcc: float, corr: float = 0.9, **named) -> dict:
-        return {"l0": l0, "true_l0_top_width": 10.0, "f1": f1, "mcc": mcc, "l0_corr": corr, **named}
+        made = {"true_pos": l0 * f1, "false_pos": l0 * (1 - f1)}
+        return {"l0": l0, "true_l0_top_width": 10.0, "f1": f1, "mcc": mcc, "l0_corr": corr,
+                **made, **named}  # fmt: skip
 
     trained = {"results": [row(k, 0.5 + k / 100, 0.6 + s / 10, sae=f"topk-k{k}-seed{s}")
                            for k in (4, 8) for s in (0, 1)]}  # fmt: skip
@@ -526,9 +528,17 @@ def test_synth_check_choice_scores_each_readings_choice_against_the_truth(tmp_pa
         "corr": False,
     }
     assert folded_seeds["1"]["8"]["ratio"] == pytest.approx(1.05)
+    assert folded_seeds["1"]["8"]["true"] == pytest.approx(7.35)  # what the count is made of
+    assert folded_seeds["1"]["8"]["false"] == pytest.approx(3.15)
     # a reading's rows are only its own: the doubles file is not a folded one
     assert list(result["readings"]["doubles"]["seeds"]) == ["0"]
     assert result["readings"]["doubles"]["seeds"]["0"]["4"]["count"] == 6.0
+    no_firings = {key: v for key, v in row(7.0, 0.7, 0.75).items() if key != "true_pos"}
+    paths[0].write_text(
+        json.dumps({"run": "runs/w/choose/topk-k4-seed0", "rows": [{"rule": folded, **no_firings}]})
+    )
+    with pytest.raises(SystemExit, match="k = 4, seed 0 holds no true and false firings"):
+        check_main()
     paths[0].write_text(
         json.dumps({"run": "runs/w/topk-k4", "rows": [{"rule": folded, **row(1, 1, 1)}]})
     )
