@@ -326,9 +326,11 @@ GROUND_TRUTH: dict[str, str] = {
         "the truth; F1 0.82 and 0.83 against the best TopK's 0.66), and on a second, sparser "
         "one, with a third of the true count, again (0.95 and 0.98 times). With one setting "
         "moved, the width, that second world in 192 dimensions met them again (1.04 and 1.00 "
-        "times) and a ladder that undercounted in 224 dimensions met them in 320 (1.05 and "
-        "1.09 times), but another, whose amplitudes are near the noise, fell further under "
-        "in 320 (0.66 times): where it meets the count, missed and false features balance. "
+        "times), a ladder that undercounted in 224 dimensions met them in 320 (1.05 and 1.09 "
+        "times) and one with weak amplitudes came into the count there (0.98 and 0.93 times, "
+        "its per-sample correlation just under 0.8), but one with weak amplitudes and sparse "
+        "firing fell further under in 320 (0.66 times): where it meets the count, missed and "
+        "false features balance. "
         "It reads a learned dictionary; it was not trained end to end."
     ),
     "jumprelu": (
