@@ -539,8 +539,7 @@ def readings_of(
         found = exclusive_views(sae, codes, level, hubs, fold, triangles, doubles)
         views += [(suffix, view, None) for suffix, view in zip(suffixes, found, strict=False)]
         if lone:
-            nested = unabsorbed_directions(sae.W_dec, level, codes=codes, triangles="lone")
-            view = folded_view(sae, codes, nested)
+            view = folded_view(sae, codes, level=level, triangles="lone")
             views.append((EXCLUSIVE_LABEL + EXCLUSIVE_READINGS["lone"][1], view, None))
     return views
 

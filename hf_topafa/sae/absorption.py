@@ -538,13 +538,14 @@ def folded_view(
     sae,
     codes: torch.Tensor,
     nested: UnabsorbedDirections | None = None,
+    level: float | None = None,
     triangles: str | None = None,
 ) -> FoldedView:
     """Procedure D's reading with each hub folded into its atom alone (``exclusive_views``'s
     last with ``fold``), without the readings before it: grouped as ``nested`` says, or found
-    here from ``codes`` (with ``triangles``, as ``unabsorbed_directions`` says)."""
+    here from ``codes`` (at ``level``, with ``triangles``, as ``unabsorbed_directions`` says)."""
     if nested is None:
-        nested = unabsorbed_directions(sae.W_dec, codes=codes, triangles=triangles)
+        nested = unabsorbed_directions(sae.W_dec, level, codes=codes, triangles=triangles)
     return FoldedView(unfolded_by_levels(sae, nested, codes=codes, hubs=True, fold=True))
 
 
