@@ -42,7 +42,9 @@ and fire inside them (``absorption.doubled_atoms``: one feature counted twice).
 chance level too (``absorption.triangle_coherence``), ``--lone-triangles`` only rows that meet no
 other above the pair level, each triangle a group of its own.
 ``--last-only`` scores only each rule's last reading (procedure D's with ``--stars
---exclusive``), for readers as slow as ``risk_refit``.
+--exclusive``), for readers as slow as ``risk_refit``. The JSON's ``unabsorb`` holds each
+exclusive reading's atoms, hubs and doubles under its row's rule (files written before
+2026-12-08 hold one figure per rule, the last reading's).
 
     python scripts/synth_reread.py runs/synthbench_dense12m/runs/synthsaebench-4k-dense/topk-k16 \
         runs/synthbench_dense12m/cache/synthsaebench-4k-dense-eval topk:16 risk_batch --unabsorb
@@ -252,23 +254,22 @@ def main() -> None:
         views = readings_of(read, unabsorbed, args.unfold, args.stars, codes, args.hubs, args.fold,
                             args.triangles, args.doubles)  # fmt: skip
         for suffix, sae, directions in views[-1:] if args.last_only else views:
-            if suffix.startswith(
-                EXCLUSIVE_LABEL
-            ):  # its groups follow this reading's code: per rule
+            label = rule + suffix  # each exclusive reading's groups, hubs and doubles: its own
+            if suffix.startswith(EXCLUSIVE_LABEL):  # its groups follow this reading's code
                 match[suffix] = matched_features(sae.W_dec, features)
-                found["atoms_by_levels_exclusive"][rule] = sae.atoms  # with --hubs: its reading's
+                found["atoms_by_levels_exclusive"][label] = sae.atoms
             if suffix.startswith(EXCLUSIVE_LABEL + HUBS):
-                found.setdefault("hubs", {})[rule] = sae.hubs
+                found.setdefault("hubs", {})[label] = sae.hubs
             if DOUBLES in suffix:
-                found.setdefault("doubles", {})[rule] = sae.doubles
+                found.setdefault("doubles", {})[label] = sae.doubles
             row = {
                 **score_against_truth(sae, world, truth, directions=directions)["row"],
                 **kept_true_and_false(sae, world, truth, match[suffix]),
             }
             shown = {key: round(row[key], 3) if isinstance(row[key], float) else row[key]
                      for key in (*SHOWN, "true_pos", "false_pos")}  # fmt: skip
-            print(json.dumps({"rule": rule + suffix, **shown}))
-            rows.append({"rule": rule + suffix, **row})
+            print(json.dumps({"rule": label, **shown}))
+            rows.append({"rule": label, **row})
     if args.json:
         write_json(args.json, {"run": args.run, "cache": args.cache, "samples": truth.num_samples,
                                "true_l0": rows[0]["true_l0"] if rows else None,

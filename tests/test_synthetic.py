@@ -427,7 +427,8 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     assert written["rows"][4]["rule"] == "topk:8, unfolded by levels, exclusive"
     found = written["unabsorb"]
     assert found["firing"] == {"cache": str(firing), "samples": 300}
-    assert found["atoms_by_levels_exclusive"]["topk:8"] <= found["atoms_by_levels"]
+    exclusive_label = "topk:8, unfolded by levels, exclusive"
+    assert found["atoms_by_levels_exclusive"][exclusive_label] <= found["atoms_by_levels"]
     assert rows[0]["l0"] <= written["rows"][4]["l0"] <= rows[3]["l0"]
     unhubbed = written["rows"][4]
     monkeypatch.setattr(sys, "argv", [*exclusive, "--hubs", "--last-only"])
@@ -435,14 +436,14 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
     written = json.loads(out.read_text())
     (hubbed,) = written["rows"]
     assert hubbed["rule"] == "topk:8, unfolded by levels, exclusive, hubs"
-    assert written["unabsorb"]["hubs"]["topk:8"] >= 0
+    assert written["unabsorb"]["hubs"][hubbed["rule"]] >= 0
     assert rows[0]["l0"] <= hubbed["l0"] <= unhubbed["l0"]  # a hub only silences its atom
     monkeypatch.setattr(sys, "argv", [*exclusive, "--fold", "--last-only"])
     reread_main()  # --fold implies --hubs and adds the reading with each hub folded, last
     written = json.loads(out.read_text())
     (folded,) = written["rows"]
     assert folded["rule"] == "topk:8, unfolded by levels, exclusive, hubs folded"
-    assert written["unabsorb"]["hubs"]["topk:8"] >= 0
+    assert written["unabsorb"]["hubs"][folded["rule"]] >= 0
     assert rows[0]["l0"] <= folded["l0"] <= unhubbed["l0"]  # the parent once, on the atom
     assert folded["explained_variance"] == unhubbed["explained_variance"]
     monkeypatch.setattr(sys, "argv", [*exclusive, "--fold", "--triangles", "--last-only"])
@@ -462,7 +463,11 @@ def test_reread_unabsorb_scores_each_reading_twice_and_leaves_a_clean_dictionary
         "topk:8, unfolded by levels, exclusive, hubs folded",
         "topk:8, unfolded by levels, exclusive, hubs folded, doubles dropped",
     ]
-    doubled = written["unabsorb"]["doubles"]["topk:8"]
+    found = written["unabsorb"]  # every reading keeps its own groups, not the last one's
+    labels = [r["rule"] for r in written["rows"] if ", exclusive" in r["rule"]]
+    assert list(found["atoms_by_levels_exclusive"]) == labels and len(labels) == 4
+    assert list(found["hubs"]) == labels[1:]
+    doubled = found["doubles"][labels[-1]]
     assert written["rows"][-2] == folded and doubled >= 0
     assert written["rows"][-1]["l0"] <= folded["l0"]  # a double's firings are another's
     assert written["rows"][-1]["explained_variance"] == folded["explained_variance"]
